@@ -1,0 +1,10 @@
+//! Skiff's API vocabulary: the served resource kinds, selectors, patch logic, name
+//! validation and the client. No server, no wasmtime: agents, controllers and the CLI
+//! all build on this crate.
+
+pub mod client;
+pub mod module;
+pub mod patch;
+pub mod resources;
+pub mod selector;
+pub mod validation;

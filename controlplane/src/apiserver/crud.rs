@@ -1,0 +1,930 @@
+//! Create, get, list, update, patch and delete, with Kubernetes semantics: system
+//! fields, defaulting, validation, compare-and-swap on resourceVersion, graceful
+//! deletion and finalizers.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use base64::Engine;
+use serde_json::{Value, json};
+
+use skiff_api::patch::{self, PatchError, PatchType};
+use skiff_api::resources::{ResourceInfo, StatusOnCreate, Subresource};
+use skiff_api::selector::{FieldSelector, LabelSelector};
+
+use super::error::{ApiError, ApiResult, Subject};
+use super::objects::{self, meta_mut, remove_path, set_path};
+use super::request::{self, Query, json_response};
+use super::{ApiServer, Target, defaults, validate};
+use crate::store::{ListRequest, StoreError, Stored, WriteOp};
+
+/// How often an update without a resourceVersion precondition retries a lost
+/// compare-and-swap before giving up with a Conflict.
+const MAX_UPDATE_RETRIES: usize = 32;
+/// How many times a generated name is re-drawn when it collides.
+const MAX_GENERATE_NAME_ATTEMPTS: usize = 8;
+/// The grace a pod gets when neither the request nor the pod names one (Kubernetes' default).
+const DEFAULT_POD_GRACE_SECONDS: i64 = 30;
+
+fn namespace_info() -> &'static ResourceInfo {
+    skiff_api::resources::lookup("", "v1", "namespaces").expect("namespaces are served")
+}
+
+/// Reads a JSON body as an object of the target's kind, in normalised form.
+pub(crate) fn decode(info: &'static ResourceInfo, body: &[u8]) -> ApiResult<Value> {
+    let mut value = request::parse_json(body)?;
+    check_type(info, &mut value)?;
+    normalize(info, value)
+}
+
+/// Fills in or checks apiVersion and kind against the endpoint's kind.
+fn check_type(info: &'static ResourceInfo, value: &mut Value) -> ApiResult<()> {
+    let expected_av = info.api_version();
+    match value.get("apiVersion").and_then(Value::as_str) {
+        None | Some("") => value["apiVersion"] = json!(expected_av),
+        Some(av) if av != expected_av => {
+            return Err(ApiError::BadRequest(format!(
+                "the API version in the data ({av}) does not match the expected API version ({expected_av})"
+            )));
+        }
+        _ => {}
+    }
+    match value.get("kind").and_then(Value::as_str) {
+        None | Some("") => value["kind"] = json!(info.kind),
+        Some(kind) if kind != info.kind => {
+            return Err(ApiError::BadRequest(format!(
+                "the kind in the data ({kind}) does not match the expected kind ({}) for {}",
+                info.kind,
+                info.qualified_plural()
+            )));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn normalize(info: &'static ResourceInfo, value: Value) -> ApiResult<Value> {
+    (info.normalize)(value).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "{} in version \"{}\" cannot be decoded: {e}",
+            info.kind, info.version
+        ))
+    })
+}
+
+fn check_namespace(target: &Target, obj: &mut Value) -> ApiResult<()> {
+    if !target.info.namespaced {
+        meta_mut(obj).remove("namespace");
+        return Ok(());
+    }
+    let path_ns = target.namespace.as_deref().unwrap_or_default();
+    match objects::namespace(obj) {
+        None => {
+            meta_mut(obj).insert("namespace".into(), json!(path_ns));
+            Ok(())
+        }
+        Some(ns) if ns == path_ns => Ok(()),
+        Some(_) => Err(ApiError::BadRequest(
+            "the namespace of the provided object does not match the namespace sent on the request"
+                .into(),
+        )),
+    }
+}
+
+fn reset_status(info: &'static ResourceInfo, obj: &mut Value) {
+    match info.status_on_create {
+        StatusOnCreate::Keep => {}
+        StatusOnCreate::Reset => remove_path(obj, &["status"]),
+        StatusOnCreate::Phase(phase) => {
+            remove_path(obj, &["status"]);
+            set_path(obj, &["status", "phase"], json!(phase));
+        }
+    }
+}
+
+/// Refuses new objects in a namespace that is being deleted.
+async fn check_namespace_active(api: &ApiServer, target: &Target, name: &str) -> ApiResult<()> {
+    let Some(ns) = target
+        .namespace
+        .as_deref()
+        .filter(|_| target.info.namespaced)
+    else {
+        return Ok(());
+    };
+    let key = namespace_info().key(None, ns);
+    match api.store.get(&key)? {
+        Some(stored) if objects::is_deleting(&stored.object) => Err(ApiError::Forbidden(format!(
+            "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+            target.info.qualified_plural()
+        ))),
+        Some(_) => Ok(()),
+        None => Err(ApiError::NotFound(Subject::new(namespace_info(), ns))),
+    }
+}
+
+pub(crate) async fn create(
+    api: &ApiServer,
+    target: &Target,
+    query: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    if target.info.namespaced && target.namespace.is_none() {
+        return Err(ApiError::MethodNotAllowed(format!(
+            "create of {} needs a namespace in the path",
+            target.info.qualified_plural()
+        )));
+    }
+    request::require_json(headers)?;
+    let body = request::read_body(headers, body, api.config.max_body_bytes).await?;
+    let obj = decode(target.info, &body)?;
+    let created = create_object(api, target, obj, query.dry_run()?).await?;
+    Ok(json_response(StatusCode::CREATED, &created))
+}
+
+/// Creates an object that has already been decoded; shared with internal callers.
+pub(crate) async fn create_object(
+    api: &ApiServer,
+    target: &Target,
+    mut obj: Value,
+    dry_run: bool,
+) -> ApiResult<Value> {
+    let info = target.info;
+    check_namespace(target, &mut obj)?;
+    let generate = objects::name(&obj).is_empty();
+    let prefix = objects::meta_str(&obj, "generateName").map(str::to_string);
+    let uid = uuid::Uuid::new_v4().to_string();
+    {
+        let meta = meta_mut(&mut obj);
+        for system in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
+            meta.remove(system);
+        }
+        meta.insert("uid".into(), json!(uid));
+        meta.insert("creationTimestamp".into(), json!(objects::now_rfc3339()));
+        if info.has_spec {
+            meta.insert("generation".into(), json!(1));
+        } else {
+            meta.remove("generation");
+        }
+    }
+    reset_status(info, &mut obj);
+    if info.kind == "Secret" {
+        defaults::fold_string_data(&mut obj);
+    }
+    if info.kind == "Job" {
+        defaults::job_selector(&mut obj, &uid);
+    }
+    defaults::apply(info.kind, &mut obj);
+
+    for attempt in 0.. {
+        if generate && let Some(prefix) = &prefix {
+            meta_mut(&mut obj).insert(
+                "name".into(),
+                json!(format!("{prefix}{}", objects::random_suffix())),
+            );
+        }
+        let name = objects::name(&obj).to_string();
+        let errs = validate::validate(info, &obj);
+        if !errs.is_empty() {
+            return Err(ApiError::invalid(info, &name, errs));
+        }
+        check_namespace_active(api, target, &name).await?;
+        if dry_run {
+            return Ok(obj);
+        }
+        let guard = info
+            .namespaced
+            .then(|| namespace_info().key(None, objects::namespace(&obj).unwrap_or_default()));
+        let key = info.key(objects::namespace(&obj), &name);
+        match api
+            .store
+            .write(WriteOp::Create {
+                key,
+                object: obj.clone(),
+                guard,
+            })
+            .await
+        {
+            Ok(stored) => return Ok((*stored.object).clone()),
+            Err(StoreError::AlreadyExists { .. })
+                if generate && prefix.is_some() && attempt < MAX_GENERATE_NAME_ATTEMPTS =>
+            {
+                continue;
+            }
+            Err(e) => return Err(ApiError::from_store(e, info, &name)),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+pub(crate) async fn get(api: &ApiServer, target: &Target) -> ApiResult<Response> {
+    let stored = get_stored(api, target.info, &target.key(), target.name())?;
+    Ok(json_response(StatusCode::OK, &stored.object))
+}
+
+pub(crate) fn get_stored(
+    api: &ApiServer,
+    info: &'static ResourceInfo,
+    key: &str,
+    name: &str,
+) -> ApiResult<Stored> {
+    api.store
+        .get(key)?
+        .ok_or_else(|| ApiError::not_found(info, name))
+}
+
+/// Label and field selectors of a list or watch, checked against what the kind serves.
+pub(crate) struct Selectors {
+    label: LabelSelector,
+    field: FieldSelector,
+}
+
+impl Selectors {
+    pub fn from_query(info: &'static ResourceInfo, query: &Query) -> ApiResult<Selectors> {
+        let label = LabelSelector::parse(query.get("labelSelector").unwrap_or_default())
+            .map_err(|e| ApiError::BadRequest(format!("unable to parse requirement: {e}")))?;
+        let field = FieldSelector::parse(query.get("fieldSelector").unwrap_or_default())
+            .map_err(|e| ApiError::BadRequest(format!("invalid field selector: {e}")))?;
+        for (f, _, _) in field.requirements() {
+            if !info.supports_field(f) {
+                return Err(ApiError::BadRequest(format!(
+                    "field label not supported: {f} (for {})",
+                    info.qualified_plural()
+                )));
+            }
+        }
+        Ok(Selectors { label, field })
+    }
+
+    pub fn matches(&self, obj: &Value) -> bool {
+        self.label.matches_value(obj) && self.field.matches(obj)
+    }
+}
+
+/// A continue token: where the previous page ended and the revision it was read at.
+fn encode_continue(rev: u64, last_key: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"v": "meta.k8s.io/v1", "rv": rev, "start": last_key}).to_string())
+}
+
+fn decode_continue(token: &str, prefix: &str) -> ApiResult<(u64, String)> {
+    let bad = || ApiError::BadRequest("continue key is not valid".into());
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let rev = v.get("rv").and_then(Value::as_u64).ok_or_else(bad)?;
+    let start = v.get("start").and_then(Value::as_str).ok_or_else(bad)?;
+    if !start.starts_with(prefix) {
+        return Err(bad());
+    }
+    Ok((rev, start.to_string()))
+}
+
+pub(crate) async fn list(api: &ApiServer, target: &Target, query: &Query) -> ApiResult<Response> {
+    let info = target.info;
+    let selectors = Selectors::from_query(info, query)?;
+    let prefix = info.namespace_prefix(target.namespace.as_deref());
+    let limit: usize = query.number("limit")?.unwrap_or(0);
+    let current = api.store.current_revision();
+    let (at_rev, start_after) = match query.get("continue") {
+        Some(token) => {
+            let (rev, start) = decode_continue(token, &prefix)?;
+            (Some(rev), Some(start))
+        }
+        None => {
+            let rv: Option<u64> = match query.get("resourceVersion") {
+                None => None,
+                Some(rv) => Some(objects::parse_revision(rv).ok_or_else(|| {
+                    ApiError::BadRequest(format!("invalid resourceVersion {rv:?}"))
+                })?),
+            };
+            if rv.is_some_and(|rv| rv > current) {
+                return Err(ApiError::Timeout(format!(
+                    "Too large resource version: {}, current: {current}",
+                    rv.unwrap_or_default()
+                )));
+            }
+            match query.get("resourceVersionMatch") {
+                Some("Exact") => (
+                    Some(rv.ok_or_else(|| {
+                        ApiError::BadRequest(
+                            "resourceVersionMatch=Exact needs a resourceVersion".into(),
+                        )
+                    })?),
+                    None,
+                ),
+                None | Some("NotOlderThan") => (None, None),
+                Some(other) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "unsupported resourceVersionMatch {other:?}"
+                    )));
+                }
+            }
+        }
+    };
+    let filter = |obj: &Value| selectors.matches(obj);
+    let page = api
+        .store
+        .list(ListRequest {
+            prefix: &prefix,
+            start_after: start_after.as_deref(),
+            at_rev,
+            limit,
+            filter: &filter,
+        })
+        .map_err(|e| match e {
+            StoreError::Compacted { .. } if query.get("continue").is_some() => ApiError::Expired(
+                "The provided continue parameter is too old to display a consistent list result. \
+                 You can start a new list without the continue parameter."
+                    .into(),
+            ),
+            other => other.into(),
+        })?;
+    let mut metadata = json!({"resourceVersion": page.rev.to_string()});
+    if page.more
+        && let Some(last) = page.items.last()
+    {
+        metadata["continue"] = json!(encode_continue(page.rev, &last.key));
+    }
+    let items: Vec<&Value> = page.items.iter().map(|s| &*s.object).collect();
+    let list = json!({
+        "kind": info.list_kind(),
+        "apiVersion": info.api_version(),
+        "metadata": metadata,
+        "items": items,
+    });
+    Ok(json_response(StatusCode::OK, &list))
+}
+
+/// Which part of an object a write may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// The main resource: everything but status (for kinds with a status subresource).
+    Main,
+    /// The status subresource: only status.
+    Status,
+}
+
+fn part_of(target: &Target) -> Part {
+    if target.sub == Some(Subresource::Status) {
+        Part::Status
+    } else {
+        Part::Main
+    }
+}
+
+/// Turns the object a client wants into the object to store: system fields come from
+/// the stored object, the other part is kept, generation follows spec, and the result
+/// is defaulted and validated.
+fn prepare_update(
+    info: &'static ResourceInfo,
+    target: &Target,
+    current: &Value,
+    desired: Value,
+    part: Part,
+) -> ApiResult<Value> {
+    let mut desired = desired;
+    check_type(info, &mut desired)?;
+    let mut desired = normalize(info, desired)?;
+    let name = target.name();
+    match objects::name(&desired) {
+        "" => {
+            meta_mut(&mut desired).insert("name".into(), json!(name));
+        }
+        n if n != name => {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
+        }
+        _ => {}
+    }
+    check_namespace(target, &mut desired)?;
+
+    let mut new = match part {
+        Part::Status => {
+            let mut new = current.clone();
+            match desired.get("status") {
+                Some(status) => new["status"] = status.clone(),
+                None => remove_path(&mut new, &["status"]),
+            }
+            new
+        }
+        Part::Main => {
+            if info.has_subresource(Subresource::Status) {
+                match current.get("status") {
+                    Some(status) => desired["status"] = status.clone(),
+                    None => remove_path(&mut desired, &["status"]),
+                }
+            }
+            defaults::apply(info.kind, &mut desired);
+            desired
+        }
+    };
+    {
+        let old_meta = current.get("metadata").cloned().unwrap_or_default();
+        let meta = meta_mut(&mut new);
+        for system in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
+            match old_meta.get(system) {
+                Some(v) => meta.insert(system.into(), v.clone()),
+                None => meta.remove(system),
+            };
+        }
+        meta.remove("resourceVersion");
+        meta.remove("selfLink");
+    }
+    if info.has_spec && current.get("spec") != new.get("spec") {
+        let generation = current
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        meta_mut(&mut new).insert("generation".into(), json!(generation + 1));
+    }
+    let errs = validate::validate_update(info, current, &new);
+    if !errs.is_empty() {
+        return Err(ApiError::invalid(info, name, errs));
+    }
+    Ok(new)
+}
+
+/// Whether an object that is being deleted may now go away: no finalizers hold it and
+/// its grace period is over.
+pub(crate) fn deletion_due(obj: &Value, now: jiff::Timestamp) -> bool {
+    if !objects::is_deleting(obj) || !objects::finalizers(obj).is_empty() {
+        return false;
+    }
+    if obj.get("kind").and_then(Value::as_str) == Some("Namespace") {
+        // Namespaces go once the namespace cleaner has drained them.
+        return false;
+    }
+    let grace = obj
+        .pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let deadline = objects::meta_str(obj, "deletionTimestamp").and_then(objects::parse_time);
+    grace == 0 || deadline.is_none_or(|d| d <= now)
+}
+
+/// Read-modify-write with compare-and-swap, retried on lost races unless the client gave
+/// a resourceVersion precondition. `mutate` gets the stored object and returns the
+/// object the client wants.
+async fn guaranteed_update<F>(
+    api: &ApiServer,
+    target: &Target,
+    part: Part,
+    dry_run: bool,
+    mut mutate: F,
+) -> ApiResult<Value>
+where
+    F: FnMut(&Stored) -> ApiResult<(Value, Option<u64>)>,
+{
+    let info = target.info;
+    let key = target.key();
+    let name = target.name();
+    for _ in 0..MAX_UPDATE_RETRIES {
+        let current = get_stored(api, info, &key, name)?;
+        let (desired, precondition) = mutate(&current)?;
+        if precondition.is_some_and(|rv| rv != current.rev) {
+            return Err(ApiError::from_store(
+                StoreError::Conflict {
+                    key: key.clone(),
+                    expected: precondition.unwrap_or_default(),
+                    actual: current.rev,
+                },
+                info,
+                name,
+            ));
+        }
+        let new = prepare_update(info, target, &current.object, desired, part)?;
+        let mut unchanged = (*current.object).clone();
+        meta_mut(&mut unchanged).remove("resourceVersion");
+        if new == unchanged || dry_run {
+            return Ok(if dry_run {
+                new
+            } else {
+                (*current.object).clone()
+            });
+        }
+        let op = if deletion_due(&new, jiff::Timestamp::now()) {
+            WriteOp::Delete {
+                key: key.clone(),
+                expected_rev: Some(current.rev),
+            }
+        } else {
+            WriteOp::Update {
+                key: key.clone(),
+                object: new,
+                expected_rev: Some(current.rev),
+            }
+        };
+        match api.store.write(op).await {
+            Ok(stored) => return Ok((*stored.object).clone()),
+            Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
+            Err(e) => return Err(ApiError::from_store(e, info, name)),
+        }
+    }
+    Err(ApiError::Conflict(
+        Subject::new(info, name),
+        "too many concurrent writers; please try again".into(),
+    ))
+}
+
+pub(crate) fn precondition_of(obj: &Value) -> ApiResult<Option<u64>> {
+    match objects::resource_version(obj) {
+        None => Ok(None),
+        // A resourceVersion that is not one of ours can never match.
+        Some(rv) => Ok(Some(objects::parse_revision(rv).unwrap_or(u64::MAX))),
+    }
+}
+
+pub(crate) async fn update(
+    api: &ApiServer,
+    target: &Target,
+    query: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    request::require_json(headers)?;
+    let body = request::read_body(headers, body, api.config.max_body_bytes).await?;
+    let desired = decode(target.info, &body)?;
+    let precondition = precondition_of(&desired)?;
+    let out = guaranteed_update(api, target, part_of(target), query.dry_run()?, |_| {
+        Ok((desired.clone(), precondition))
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &out))
+}
+
+/// Applies a patch document of the given type to an object.
+pub(crate) fn apply_patch(
+    info: &'static ResourceInfo,
+    name: &str,
+    kind: PatchType,
+    current: &Value,
+    body: &[u8],
+) -> ApiResult<Value> {
+    patch::apply_patch(kind, current, body).map_err(|e| match e {
+        PatchError::Malformed { .. } => ApiError::BadRequest(e.to_string()),
+        PatchError::Unsupported(_) => ApiError::UnsupportedMediaType(format!(
+            "{e}: use application/merge-patch+json or application/json-patch+json"
+        )),
+        PatchError::TooManyOperations { .. } => ApiError::TooLarge(e.to_string()),
+        other => ApiError::Invalid(
+            Subject::new(info, name),
+            vec![skiff_api::validation::FieldError {
+                field: String::new(),
+                reason: skiff_api::validation::FieldErrorType::Invalid,
+                message: other.to_string(),
+            }],
+        ),
+    })
+}
+
+pub(crate) fn patch_type(headers: &HeaderMap) -> ApiResult<PatchType> {
+    let ct = request::content_type(headers).unwrap_or_default();
+    PatchType::from_content_type(&ct).ok_or_else(|| {
+        ApiError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format - accepted media types include: \
+             application/json-patch+json, application/merge-patch+json (got {ct:?})"
+        ))
+    })
+}
+
+pub(crate) async fn patch(
+    api: &ApiServer,
+    target: &Target,
+    query: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let kind = patch_type(headers)?;
+    let body = request::read_body(headers, body, api.config.max_body_bytes).await?;
+    let info = target.info;
+    let name = target.name().to_string();
+    let out = guaranteed_update(api, target, part_of(target), query.dry_run()?, |current| {
+        let patched = apply_patch(info, &name, kind, &current.object, &body)?;
+        // A resourceVersion the patch itself sets is a precondition.
+        let precondition = match objects::resource_version(&patched) {
+            Some(rv) if Some(rv) != objects::resource_version(&current.object) => {
+                precondition_of(&patched)?
+            }
+            _ => None,
+        };
+        Ok((patched, precondition))
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &out))
+}
+
+/// The parts of `DeleteOptions` the server acts on.
+#[derive(Debug, Default, Clone)]
+pub struct DeleteOptions {
+    pub grace_period_seconds: Option<i64>,
+    pub precondition_uid: Option<String>,
+    pub precondition_rv: Option<String>,
+    pub propagation_policy: Option<String>,
+    pub dry_run: bool,
+}
+
+impl DeleteOptions {
+    /// Reads options from the body (a DeleteOptions object) and the query, the query winning.
+    pub(crate) fn from_request(query: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
+        let mut opts = DeleteOptions::default();
+        if !body.iter().all(u8::is_ascii_whitespace) {
+            let v = request::parse_json(body)?;
+            opts.grace_period_seconds = v.get("gracePeriodSeconds").and_then(Value::as_i64);
+            opts.precondition_uid = v
+                .pointer("/preconditions/uid")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            opts.precondition_rv = v
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            opts.propagation_policy = v
+                .get("propagationPolicy")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            if v.get("orphanDependents") == Some(&json!(true)) && opts.propagation_policy.is_none()
+            {
+                opts.propagation_policy = Some("Orphan".into());
+            }
+            opts.dry_run = v
+                .get("dryRun")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|x| x == "All"));
+        }
+        if let Some(g) = query.number("gracePeriodSeconds")? {
+            opts.grace_period_seconds = Some(g);
+        }
+        if let Some(p) = query.get("propagationPolicy") {
+            opts.propagation_policy = Some(p.to_string());
+        }
+        opts.dry_run |= query.dry_run()?;
+        match opts.propagation_policy.as_deref() {
+            None | Some("Background" | "Foreground" | "Orphan") => {}
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "propagationPolicy {other:?} is not supported: use Background, Foreground or Orphan"
+                )));
+            }
+        }
+        if opts.grace_period_seconds.is_some_and(|g| g < 0) {
+            opts.grace_period_seconds = Some(0);
+        }
+        Ok(opts)
+    }
+}
+
+/// What a delete did.
+pub enum Deleted {
+    /// The object is gone; this was its last state.
+    Gone(Value),
+    /// The object stays until its grace period ends or finalizers are removed.
+    Pending(Value),
+}
+
+const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Deletes one object: at once, or by marking it for graceful deletion, honouring
+/// preconditions, finalizers and the propagation policy.
+pub async fn delete_object(
+    api: &ApiServer,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+    opts: &DeleteOptions,
+) -> ApiResult<Deleted> {
+    if info.kind == "Namespace" && PROTECTED_NAMESPACES.contains(&name) {
+        return Err(ApiError::Forbidden(format!(
+            "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+        )));
+    }
+    let key = info.key(namespace, name);
+    for _ in 0..MAX_UPDATE_RETRIES {
+        let current = get_stored(api, info, &key, name)?;
+        let obj = &*current.object;
+        if let Some(uid) = &opts.precondition_uid {
+            let actual = objects::meta_str(obj, "uid").unwrap_or_default();
+            if uid != actual {
+                return Err(ApiError::Conflict(
+                    Subject::new(info, name),
+                    format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
+                    ),
+                ));
+            }
+        }
+        if let Some(rv) = &opts.precondition_rv {
+            let actual = objects::resource_version(obj).unwrap_or_default();
+            if rv != actual {
+                return Err(ApiError::Conflict(
+                    Subject::new(info, name),
+                    format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {actual}"
+                    ),
+                ));
+            }
+        }
+        let marked = mark_for_deletion(info, obj, opts);
+        let now = jiff::Timestamp::now();
+        let (op, gone) = match &marked {
+            Some(m) if *m == *obj && !deletion_due(m, now) => {
+                return Ok(Deleted::Pending(obj.clone()));
+            }
+            Some(m) if !deletion_due(m, now) => (
+                WriteOp::Update {
+                    key: key.clone(),
+                    object: m.clone(),
+                    expected_rev: Some(current.rev),
+                },
+                false,
+            ),
+            _ => (
+                WriteOp::Delete {
+                    key: key.clone(),
+                    expected_rev: Some(current.rev),
+                },
+                true,
+            ),
+        };
+        if opts.dry_run {
+            return Ok(if gone {
+                Deleted::Gone(obj.clone())
+            } else {
+                Deleted::Pending(marked.unwrap_or_default())
+            });
+        }
+        match api.store.write(op).await {
+            Ok(stored) if gone => return Ok(Deleted::Gone((*stored.object).clone())),
+            Ok(stored) => return Ok(Deleted::Pending((*stored.object).clone())),
+            Err(StoreError::Conflict { .. }) if opts.precondition_rv.is_none() => continue,
+            Err(e) => return Err(ApiError::from_store(e, info, name)),
+        }
+    }
+    Err(ApiError::Conflict(
+        Subject::new(info, name),
+        "too many concurrent writers; please try again".into(),
+    ))
+}
+
+/// The object as it should look while its deletion is pending, or `None` to delete it at
+/// once.
+fn mark_for_deletion(
+    info: &'static ResourceInfo,
+    obj: &Value,
+    opts: &DeleteOptions,
+) -> Option<Value> {
+    let mut marked = obj.clone();
+    let already = objects::is_deleting(obj);
+    let mut finalizers = objects::finalizers(obj);
+    if !already {
+        let extra = match opts.propagation_policy.as_deref() {
+            Some("Foreground") => Some("foregroundDeletion"),
+            Some("Orphan") => Some("orphan"),
+            _ => None,
+        };
+        if let Some(f) = extra.filter(|f| !finalizers.iter().any(|x| x == f)) {
+            finalizers.push(f.to_string());
+        }
+    }
+    let grace = match info.kind {
+        "Pod" => {
+            let bound = obj
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty());
+            let finished = matches!(
+                obj.pointer("/status/phase").and_then(Value::as_str),
+                Some("Succeeded" | "Failed")
+            );
+            let requested = opts.grace_period_seconds.unwrap_or_else(|| {
+                obj.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(DEFAULT_POD_GRACE_SECONDS)
+            });
+            if bound && !finished {
+                requested.max(0)
+            } else {
+                0
+            }
+        }
+        _ => 0,
+    };
+    let is_namespace = info.kind == "Namespace";
+    if grace == 0 && finalizers.is_empty() && !is_namespace {
+        return None;
+    }
+    let now = jiff::Timestamp::now();
+    let deadline = now + jiff::SignedDuration::from_secs(grace);
+    let meta = meta_mut(&mut marked);
+    // A second delete may shorten the grace period, never lengthen it.
+    let old_grace = meta
+        .get("deletionGracePeriodSeconds")
+        .and_then(Value::as_i64);
+    if !already || old_grace.is_some_and(|g| grace < g) {
+        meta.insert(
+            "deletionTimestamp".into(),
+            json!(objects::format_time(deadline)),
+        );
+        meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+    }
+    if !finalizers.is_empty() {
+        meta.insert("finalizers".into(), json!(finalizers));
+    }
+    if is_namespace {
+        set_path(&mut marked, &["status", "phase"], json!("Terminating"));
+    }
+    Some(marked)
+}
+
+/// The body a delete answers with: the object for pods and pending deletions (as
+/// Kubernetes does), otherwise a success Status naming the object.
+fn deleted_response(info: &'static ResourceInfo, deleted: Deleted) -> Value {
+    match deleted {
+        Deleted::Pending(obj) => obj,
+        Deleted::Gone(obj) if info.kind == "Pod" => obj,
+        Deleted::Gone(obj) => {
+            let mut details = json!({
+                "name": objects::name(&obj),
+                "kind": info.plural,
+                "uid": objects::meta_str(&obj, "uid").unwrap_or_default(),
+            });
+            if !info.group.is_empty() {
+                details["group"] = json!(info.group);
+            }
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
+        }
+    }
+}
+
+pub(crate) async fn delete(
+    api: &ApiServer,
+    target: &Target,
+    query: &Query,
+    body: Body,
+) -> ApiResult<Response> {
+    let body = request::read_body(&HeaderMap::new(), body, api.config.max_body_bytes).await?;
+    let opts = DeleteOptions::from_request(query, &body)?;
+    let deleted = delete_object(
+        api,
+        target.info,
+        target.namespace.as_deref(),
+        target.name(),
+        &opts,
+    )
+    .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &deleted_response(target.info, deleted),
+    ))
+}
+
+pub(crate) async fn delete_collection(
+    api: &ApiServer,
+    target: &Target,
+    query: &Query,
+    body: Body,
+) -> ApiResult<Response> {
+    let info = target.info;
+    let body = request::read_body(&HeaderMap::new(), body, api.config.max_body_bytes).await?;
+    let opts = DeleteOptions::from_request(query, &body)?;
+    let selectors = Selectors::from_query(info, query)?;
+    let prefix = info.namespace_prefix(target.namespace.as_deref());
+    let filter = |obj: &Value| selectors.matches(obj);
+    let page = api.store.list(ListRequest {
+        prefix: &prefix,
+        start_after: None,
+        at_rev: None,
+        limit: 0,
+        filter: &filter,
+    })?;
+    let mut items = Vec::new();
+    for item in page.items {
+        let name = objects::name(&item.object).to_string();
+        match delete_object(api, info, objects::namespace(&item.object), &name, &opts).await {
+            Ok(Deleted::Gone(obj) | Deleted::Pending(obj)) => items.push(obj),
+            // Deleted by someone else meanwhile: that is what the client asked for.
+            Err(ApiError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let list = json!({
+        "kind": info.list_kind(),
+        "apiVersion": info.api_version(),
+        "metadata": {"resourceVersion": api.store.current_revision().to_string()},
+        "items": items,
+    });
+    Ok(json_response(StatusCode::OK, &list))
+}

@@ -1,0 +1,220 @@
+//! The module store: Wasm binaries uploaded raw, validated, stored content-addressed on
+//! disk, and described by a `skiff.dev/v1` Module object named by its digest.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use skiff_api::module::{self, Module, ModuleType};
+use skiff_api::resources::{self, ResourceInfo};
+use skiff_api::validation::{FieldError, FieldErrorType};
+
+use super::error::{ApiError, ApiResult, Subject};
+use super::request::{self, json_response};
+use super::{ApiServer, Target};
+
+fn modules_info() -> &'static ResourceInfo {
+    resources::lookup(module::GROUP, module::VERSION, "modules").expect("modules are served")
+}
+
+/// Content-addressed blob files: `DIR/sha256/<hex>`.
+#[derive(Debug, Clone)]
+pub struct ModuleBlobs {
+    dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("writing module blob {path}")]
+    WriteFailed {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ModuleBlobs {
+    pub fn new(dir: impl Into<PathBuf>) -> ModuleBlobs {
+        ModuleBlobs { dir: dir.into() }
+    }
+
+    fn path(&self, hex: &str) -> PathBuf {
+        self.dir.join("sha256").join(hex)
+    }
+
+    /// Writes a blob durably: to a temporary file, fsynced, renamed into place, and the
+    /// directory fsynced, so an acknowledged upload survives a crash whole or not at all.
+    pub fn put(&self, hex: &str, bytes: &[u8]) -> Result<(), BlobError> {
+        let path = self.path(hex);
+        if path.exists() {
+            return Ok(());
+        }
+        let fail = |source| BlobError::WriteFailed {
+            path: path.clone(),
+            source,
+        };
+        let dir = path.parent().expect("blob paths have a parent");
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        let tmp = dir.join(format!(".{hex}.{}.tmp", uuid::Uuid::new_v4()));
+        let result = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map_err(fail)
+    }
+
+    pub fn file(&self, hex: &str) -> Option<PathBuf> {
+        let p = self.path(hex);
+        p.exists().then_some(p)
+    }
+
+    pub fn remove(&self, hex: &str) {
+        let _ = std::fs::remove_file(self.path(hex));
+    }
+}
+
+/// Validates bytes as a Wasm core module or component, with wasmtime's parser.
+fn inspect(bytes: &[u8]) -> Result<ModuleType, String> {
+    let kind = if wasmparser::Parser::is_component(bytes) {
+        ModuleType::Component
+    } else if wasmparser::Parser::is_core_wasm(bytes) {
+        ModuleType::Module
+    } else {
+        return Err("not a WebAssembly binary: the magic header \\0asm is missing".into());
+    };
+    wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+        .validate_all(bytes)
+        .map_err(|e| e.to_string())?;
+    Ok(kind)
+}
+
+fn invalid_module(message: String) -> ApiError {
+    ApiError::Invalid(
+        Subject::new(modules_info(), ""),
+        vec![FieldError {
+            field: "body".into(),
+            reason: FieldErrorType::Invalid,
+            message: format!("Invalid value: {message}"),
+        }],
+    )
+}
+
+/// `POST /apis/skiff.dev/v1/modules` with the raw bytes.
+pub(crate) async fn upload(
+    api: &ApiServer,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    match request::content_type(headers).as_deref() {
+        Some("application/wasm" | "application/octet-stream") => {}
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "modules are uploaded as raw bytes with Content-Type: application/wasm (got {})",
+                other.unwrap_or("none")
+            )));
+        }
+    }
+    let bytes = request::read_body(headers, body, api.config.max_module_bytes).await?;
+    let size = bytes.len() as u64;
+    let (kind, hex) = tokio::task::spawn_blocking({
+        let bytes = bytes.clone();
+        move || inspect(&bytes).map(|kind| (kind, hex::encode(Sha256::digest(&bytes))))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(invalid_module)?;
+    let digest = format!("{}{hex}", module::DIGEST_PREFIX);
+    let blobs = api.modules.clone();
+    let hex_for_write = hex.clone();
+    tokio::task::spawn_blocking(move || blobs.put(&hex_for_write, &bytes))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let info = modules_info();
+    let mut object = serde_json::to_value(Module {
+        digest: digest.clone(),
+        size,
+        module_type: kind,
+        ..Default::default()
+    })
+    .map_err(ApiError::internal)?;
+    object["metadata"] = serde_json::json!({"name": digest});
+    let target = Target {
+        info,
+        namespace: None,
+        name: None,
+        sub: None,
+    };
+    match super::crud::create_object(api, &target, object, false).await {
+        Ok(created) => Ok(json_response(StatusCode::CREATED, &created)),
+        // The same bytes again: the upload is idempotent.
+        Err(ApiError::AlreadyExists(_)) => {
+            let existing = super::crud::get_stored(api, info, &info.key(None, &digest), &digest)?;
+            Ok(json_response(StatusCode::OK, &existing.object))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `GET /apis/skiff.dev/v1/modules/sha256:<hex>`: the raw bytes.
+pub(crate) async fn download(api: &ApiServer, name: &str) -> ApiResult<Response> {
+    let info = modules_info();
+    let hex = module::parse_digest(name).ok_or_else(|| ApiError::not_found(info, name))?;
+    // The object is the source of truth: a blob without one is garbage from a delete.
+    super::crud::get_stored(api, info, &info.key(None, name), name)?;
+    let path = api
+        .modules
+        .file(hex)
+        .ok_or_else(|| ApiError::not_found(info, name))?;
+    let bytes = tokio::fs::read(&path).await.map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
+}
+
+/// After a Module object is deleted, its blob goes too.
+pub(crate) async fn forget_if_deleted(api: &ApiServer, name: &str) {
+    let info = modules_info();
+    if let (Some(hex), Ok(None)) = (
+        module::parse_digest(name),
+        api.store.get(&info.key(None, name)),
+    ) {
+        api.modules.remove(hex);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inspect_tells_modules_from_components_and_rejects_garbage() {
+        let core = wat::parse_str("(module)").unwrap();
+        assert_eq!(inspect(&core), Ok(ModuleType::Module));
+        let component = wat::parse_str("(component)").unwrap();
+        assert_eq!(inspect(&component), Ok(ModuleType::Component));
+        assert!(inspect(b"hello").unwrap_err().contains("magic"));
+        let mut broken = core.clone();
+        broken.extend_from_slice(&[1, 2, 3]);
+        assert!(inspect(&broken).is_err());
+    }
+
+    #[test]
+    fn blobs_are_written_once_and_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = ModuleBlobs::new(dir.path());
+        blobs.put("ab", b"xyz").unwrap();
+        blobs.put("ab", b"xyz").unwrap();
+        assert_eq!(std::fs::read(blobs.file("ab").unwrap()).unwrap(), b"xyz");
+        blobs.remove("ab");
+        assert!(blobs.file("ab").is_none());
+    }
+}

@@ -1,0 +1,141 @@
+//! Request plumbing shared by the handlers: query parameters, bounded body reads,
+//! content negotiation, and JSON responses.
+
+use std::collections::HashMap;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+use super::error::{ApiError, ApiResult};
+
+/// A request's query parameters (the last value wins, as in Kubernetes).
+#[derive(Debug, Default, Clone)]
+pub struct Query(HashMap<String, String>);
+
+impl Query {
+    pub fn parse(raw: Option<&str>) -> ApiResult<Query> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or_default())
+            .map_err(|e| ApiError::BadRequest(format!("invalid query string: {e}")))?;
+        Ok(Query(pairs.into_iter().collect()))
+    }
+
+    /// A copy with one parameter replaced.
+    pub fn with(&self, key: &str, value: String) -> Query {
+        let mut q = self.clone();
+        q.0.insert(key.to_string(), value);
+        q
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A boolean parameter: `1` and `true` are true.
+    pub fn flag(&self, key: &str) -> bool {
+        matches!(self.get(key), Some("1" | "true" | "True"))
+    }
+
+    pub fn number<T: std::str::FromStr>(&self, key: &str) -> ApiResult<Option<T>> {
+        self.get(key)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| ApiError::BadRequest(format!("invalid value for {key}: {v:?}")))
+            })
+            .transpose()
+    }
+
+    /// `dryRun=All` means validate and answer, but store nothing.
+    pub fn dry_run(&self) -> ApiResult<bool> {
+        match self.get("dryRun") {
+            None => Ok(false),
+            Some("All") => Ok(true),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "unsupported dryRun value {other:?}: only \"All\" is supported"
+            ))),
+        }
+    }
+}
+
+/// Reads a whole body, refusing more than `limit` bytes without buffering them.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Bytes> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::body_too_large(limit));
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::body_too_large(limit))
+        }
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "reading the request body failed: {e}"
+        ))),
+    }
+}
+
+/// The media type of the body, without parameters.
+pub fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|v| !v.is_empty())
+}
+
+/// Create and update take JSON; a missing content type is read as JSON too.
+pub fn require_json(headers: &HeaderMap) -> ApiResult<()> {
+    match content_type(headers).as_deref() {
+        None | Some("application/json") => Ok(()),
+        Some(other) => Err(ApiError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json (got {other})"
+        ))),
+    }
+}
+
+/// Whether the client asked for JSON rather than raw bytes (used by module downloads).
+pub fn wants_json(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    accept.contains("application/json") && !accept.contains("application/wasm")
+}
+
+/// Parses a JSON object body.
+pub fn parse_json(body: &[u8]) -> ApiResult<Value> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::BadRequest(
+            "the request body must be a JSON object".into(),
+        ));
+    }
+    Ok(value)
+}
+
+pub fn json_response(code: StatusCode, value: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}

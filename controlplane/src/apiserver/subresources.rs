@@ -1,0 +1,255 @@
+//! The `scale` subresource (an `autoscaling/v1` Scale view of `spec.replicas`) and
+//! `pods/binding`, which assigns a pod to a node exactly once.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use skiff_api::selector::LabelSelector;
+
+use super::crud::{apply_patch, get_stored, patch_type, precondition_of};
+use super::error::{ApiError, ApiResult, Subject};
+use super::objects::{self, meta_mut, set_path};
+use super::request::{self, json_response};
+use super::{ApiServer, Target};
+use crate::store::{StoreError, WriteOp};
+
+const MAX_RETRIES: usize = 32;
+
+/// The Scale view of a workload.
+fn scale_of(obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector")
+        .cloned()
+        .and_then(|s| serde_json::from_value(s).ok())
+        .and_then(|s| LabelSelector::from_label_selector(&s).ok())
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let meta = obj.get("metadata").cloned().unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+            "creationTimestamp": meta.get("creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "status": {
+            "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "selector": selector,
+        },
+    })
+}
+
+pub(crate) async fn get_scale(api: &ApiServer, target: &Target) -> ApiResult<Response> {
+    let stored = get_stored(api, target.info, &target.key(), target.name())?;
+    Ok(json_response(StatusCode::OK, &scale_of(&stored.object)))
+}
+
+/// Sets `spec.replicas` from a desired Scale, with compare-and-swap.
+async fn write_scale<F>(api: &ApiServer, target: &Target, mut desired: F) -> ApiResult<Response>
+where
+    F: FnMut(&Value) -> ApiResult<Value>,
+{
+    let info = target.info;
+    let name = target.name();
+    let key = target.key();
+    for _ in 0..MAX_RETRIES {
+        let current = get_stored(api, info, &key, name)?;
+        let scale = desired(&scale_of(&current.object))?;
+        let precondition = precondition_of(&scale)?;
+        if precondition.is_some_and(|rv| rv != current.rev) {
+            return Err(ApiError::Conflict(
+                Subject::new(info, name),
+                "the object has been modified; please apply your changes to the latest version and try again".into(),
+            ));
+        }
+        let replicas = match scale.pointer("/spec/replicas") {
+            Some(Value::Number(n))
+                if n.as_i64()
+                    .is_some_and(|n| (0..=i64::from(i32::MAX)).contains(&n)) =>
+            {
+                n.clone()
+            }
+            other => {
+                return Err(ApiError::Invalid(
+                    Subject::new(info, name).with_kind("Scale"),
+                    vec![skiff_api::validation::FieldError {
+                        field: "spec.replicas".into(),
+                        reason: skiff_api::validation::FieldErrorType::Invalid,
+                        message: format!(
+                            "Invalid value: {}: must be greater than or equal to 0",
+                            other.cloned().unwrap_or_default()
+                        ),
+                    }],
+                ));
+            }
+        };
+        let mut obj = (*current.object).clone();
+        if obj.pointer("/spec/replicas") != Some(&Value::Number(replicas.clone())) {
+            set_path(&mut obj, &["spec", "replicas"], Value::Number(replicas));
+            let generation = obj
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            meta_mut(&mut obj).insert("generation".into(), json!(generation + 1));
+        } else {
+            return Ok(json_response(StatusCode::OK, &scale_of(&current.object)));
+        }
+        match api
+            .store
+            .write(WriteOp::Update {
+                key: key.clone(),
+                object: obj,
+                expected_rev: Some(current.rev),
+            })
+            .await
+        {
+            Ok(stored) => return Ok(json_response(StatusCode::OK, &scale_of(&stored.object))),
+            Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
+            Err(e) => return Err(ApiError::from_store(e, info, name)),
+        }
+    }
+    Err(ApiError::Conflict(
+        Subject::new(info, name),
+        "too many concurrent writers; please try again".into(),
+    ))
+}
+
+pub(crate) async fn put_scale(
+    api: &ApiServer,
+    target: &Target,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    request::require_json(headers)?;
+    let body = request::read_body(headers, body, api.config.max_body_bytes).await?;
+    let scale = request::parse_json(&body)?;
+    if scale
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k != "Scale")
+    {
+        return Err(ApiError::BadRequest(
+            "the body must be an autoscaling/v1 Scale".into(),
+        ));
+    }
+    write_scale(api, target, |_| Ok(scale.clone())).await
+}
+
+pub(crate) async fn patch_scale(
+    api: &ApiServer,
+    target: &Target,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let kind = patch_type(headers)?;
+    let body = request::read_body(headers, body, api.config.max_body_bytes).await?;
+    let (info, name) = (target.info, target.name().to_string());
+    write_scale(api, target, |current| {
+        let patched = apply_patch(info, &name, kind, current, &body)?;
+        // The Scale view carries the current resourceVersion; only a changed one is a precondition.
+        let mut patched = patched;
+        if objects::resource_version(&patched) == objects::resource_version(current) {
+            meta_mut(&mut patched).remove("resourceVersion");
+        }
+        Ok(patched)
+    })
+    .await
+}
+
+/// `POST pods/NAME/binding`: sets `spec.nodeName` once. A pod already bound, even to the
+/// same node, is a Conflict, so two schedulers can never both win.
+pub(crate) async fn bind(
+    api: &ApiServer,
+    target: &Target,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    request::require_json(headers)?;
+    let body = request::read_body(headers, body, api.config.max_body_bytes).await?;
+    let binding = request::parse_json(&body)?;
+    let info = target.info;
+    let name = target.name();
+    if let Some(n) = objects::meta_str(&binding, "name")
+        && n != name
+    {
+        return Err(ApiError::BadRequest(format!(
+            "the name of the binding ({n}) does not match the pod ({name})"
+        )));
+    }
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if node.is_empty() {
+        return Err(ApiError::Invalid(
+            Subject::new(info, name).with_kind("Binding"),
+            vec![skiff_api::validation::FieldError {
+                field: "target.name".into(),
+                reason: skiff_api::validation::FieldErrorType::Required,
+                message: "Required value".into(),
+            }],
+        ));
+    }
+    let key = target.key();
+    for _ in 0..MAX_RETRIES {
+        let current = get_stored(api, info, &key, name)?;
+        let obj = &*current.object;
+        if let Some(existing) = obj
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            return Err(ApiError::Conflict(
+                Subject::new(info, name),
+                format!("pod {name} is already assigned to node \"{existing}\""),
+            ));
+        }
+        if objects::is_deleting(obj) {
+            return Err(ApiError::Conflict(
+                Subject::new(info, name),
+                format!("pod {name} is being deleted, cannot be assigned to a host"),
+            ));
+        }
+        let mut new = obj.clone();
+        set_path(&mut new, &["spec", "nodeName"], json!(node));
+        let mut conditions: Vec<Value> = new
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+        conditions.push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": objects::now_rfc3339()}));
+        set_path(&mut new, &["status", "conditions"], json!(conditions));
+        match api
+            .store
+            .write(WriteOp::Update {
+                key: key.clone(),
+                object: new,
+                expected_rev: Some(current.rev),
+            })
+            .await
+        {
+            Ok(_) => {
+                return Ok(json_response(
+                    StatusCode::CREATED,
+                    &json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201
+                    }),
+                ));
+            }
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(ApiError::from_store(e, info, name)),
+        }
+    }
+    Err(ApiError::Conflict(
+        Subject::new(info, name),
+        "too many concurrent writers; please try again".into(),
+    ))
+}

@@ -1,0 +1,280 @@
+//! `skiff server`: opens the store, serves the API on a socket, runs the loops that
+//! belong to the control plane, and shuts all of it down in two phases.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use serde_json::json;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::apiserver::{self, ApiConfig, ApiServer, ModuleBlobs};
+use crate::lifecycle;
+use crate::store::redb::RedbStore;
+use crate::store::{Retention, Store, StoreError, WriteOp};
+
+/// The namespaces every cluster starts with.
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub api: ApiConfig,
+    pub retention: Retention,
+    /// How often the change log is compacted.
+    pub compact_interval: Duration,
+    /// How long in-flight requests get to finish on shutdown before they are cut.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> ServerConfig {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            listen,
+            api: ApiConfig::default(),
+            retention: Retention::default(),
+            compact_interval: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("creating data directory {path}")]
+    DataDirUnusable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening the store")]
+    StoreOpenFailed(#[source] StoreError),
+    #[error("creating the system namespaces")]
+    BootstrapFailed(#[source] StoreError),
+    #[error("listening on {addr}")]
+    BindFailed {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {path}")]
+    KubeconfigWriteFailed {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running server.
+pub struct Server {
+    pub api_url: String,
+    pub kubeconfig: PathBuf,
+    api: Arc<ApiServer>,
+    store: Arc<RedbStore>,
+    stop_loops: CancellationToken,
+    loops: JoinSet<()>,
+    http: tokio::task::JoinHandle<()>,
+    shutdown_grace: Duration,
+}
+
+impl Server {
+    /// Opens the store, binds the listener and starts serving. Returns once the API
+    /// answers requests.
+    pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+            ServerError::DataDirUnusable {
+                path: config.data_dir.clone(),
+                source,
+            }
+        })?;
+        let store = RedbStore::open(&config.data_dir.join("store.redb"))
+            .map_err(ServerError::StoreOpenFailed)?;
+        bootstrap(&*store)
+            .await
+            .map_err(ServerError::BootstrapFailed)?;
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::BindFailed {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::BindFailed {
+                addr: config.listen,
+                source,
+            })?;
+        let api_url = format!("http://{addr}");
+
+        let mut api_config = config.api.clone();
+        api_config.advertise_address = addr.to_string();
+        let api = Arc::new(ApiServer {
+            store: store.clone() as Arc<dyn Store>,
+            modules: ModuleBlobs::new(apiserver_blob_dir(&config.data_dir)),
+            config: api_config,
+            shutdown: CancellationToken::new(),
+        });
+
+        let stop_loops = CancellationToken::new();
+        let mut loops = JoinSet::new();
+        loops.spawn(lifecycle::run_pod_reaper(
+            api.store.clone(),
+            stop_loops.clone(),
+        ));
+        loops.spawn(lifecycle::run_namespace_cleaner(
+            api.clone(),
+            stop_loops.clone(),
+        ));
+        loops.spawn(compact_periodically(
+            api.store.clone(),
+            config.retention,
+            config.compact_interval,
+            stop_loops.clone(),
+        ));
+
+        let app = apiserver::router(api.clone());
+        let shutdown = api.shutdown.clone();
+        let http = tokio::spawn(async move {
+            // Without TCP_NODELAY, small responses wait out delayed ACKs (~40 ms).
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let serve = axum::serve(listener, app.into_make_service())
+                .with_graceful_shutdown(async move { shutdown.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "API server stopped with an error");
+            }
+        });
+
+        let kubeconfig = config.data_dir.join("kubeconfig");
+        write_kubeconfig(&kubeconfig, &api_url)?;
+        tracing::info!(url = %api_url, data_dir = %config.data_dir.display(), "API server ready");
+        Ok(Server {
+            api_url,
+            kubeconfig,
+            api,
+            store,
+            stop_loops,
+            loops,
+            http,
+            shutdown_grace: config.shutdown_grace,
+        })
+    }
+
+    /// Two-phase shutdown: stop taking requests and end watches, let in-flight requests
+    /// finish within the grace period, then stop the loops and close the store.
+    pub async fn shutdown(mut self) {
+        self.api.shutdown.cancel();
+        let http_abort = self.http.abort_handle();
+        if tokio::time::timeout(self.shutdown_grace, &mut self.http)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "in-flight requests did not finish within the shutdown grace; cutting them"
+            );
+            http_abort.abort();
+        }
+        self.stop_loops.cancel();
+        while self.loops.join_next().await.is_some() {}
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.shutdown()).await;
+        tracing::info!("server stopped");
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.api.store.clone()
+    }
+}
+
+fn apiserver_blob_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("modules")
+}
+
+/// Creates the system namespaces if they are missing.
+async fn bootstrap(store: &dyn Store) -> Result<(), StoreError> {
+    let info = skiff_api::resources::lookup("", "v1", "namespaces").expect("namespaces are served");
+    for name in SYSTEM_NAMESPACES {
+        let key = info.key(None, name);
+        if store.get(&key)?.is_some() {
+            continue;
+        }
+        let object = json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": name,
+                "uid": uuid::Uuid::new_v4().to_string(),
+                "creationTimestamp": apiserver::objects::now_rfc3339(),
+                "labels": {"kubernetes.io/metadata.name": name},
+            },
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        });
+        match store
+            .write(WriteOp::Create {
+                key,
+                object,
+                guard: None,
+            })
+            .await
+        {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn compact_periodically(
+    store: Arc<dyn Store>,
+    retention: Retention,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => match store.compact(retention).await {
+                Ok(rev) => tracing::debug!(compacted = rev, "change log compacted"),
+                Err(e) => tracing::warn!(error = %e, "compaction failed"),
+            },
+        }
+    }
+}
+
+/// Writes a kubeconfig for this server, atomically and readable by the owner only.
+fn write_kubeconfig(path: &Path, url: &str) -> Result<(), ServerError> {
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {url}\n\
+         contexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: admin\n    namespace: default\n\
+         current-context: skiff\nusers:\n- name: admin\n  user: {{}}\npreferences: {{}}\n"
+    );
+    let tmp = path.with_extension("tmp");
+    let fail = |source| ServerError::KubeconfigWriteFailed {
+        path: path.to_path_buf(),
+        source,
+    };
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(fail)?;
+        f.write_all(text.as_bytes()).map_err(fail)?;
+    }
+    std::fs::rename(&tmp, path).map_err(fail)
+}

@@ -1,0 +1,171 @@
+//! The versioned object store: every write is a new cluster-wide revision, kept in a
+//! change log that watches resume from (the etcd / kine model).
+//!
+//! The API server only ever talks to [`Store`], so an etcd backend can slot in later
+//! beside [`redb::RedbStore`] without touching it.
+
+pub mod redb;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+pub use watch::WatchStream;
+
+/// A cluster-wide revision. It only ever grows, and becomes `metadata.resourceVersion`.
+pub type Revision = u64;
+
+/// An object as stored: its JSON, whose `metadata.resourceVersion` equals `rev`.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub key: String,
+    /// The revision that last modified this key (etcd's mod_revision).
+    pub rev: Revision,
+    pub object: Arc<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// One entry of the change log.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub rev: Revision,
+    pub kind: EventType,
+    pub key: String,
+    /// The new object. For `Deleted`, the last state of the object, with its
+    /// `metadata.resourceVersion` set to the revision of the delete (as Kubernetes does).
+    pub object: Arc<Value>,
+    /// The state before this event: `None` for `Added`.
+    pub prev: Option<Arc<Value>>,
+}
+
+/// One write, applied atomically. Preconditions are checked against the state the write
+/// sees, which includes earlier writes of the same group commit.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Fails with `AlreadyExists` if `key` exists, and with `GuardMissing` if `guard`
+    /// (e.g. the namespace object's key) does not exist.
+    Create {
+        key: String,
+        object: Value,
+        guard: Option<String>,
+    },
+    /// Replaces `key`. Fails with `NotFound` if absent and with `Conflict` if
+    /// `expected_rev` is given and differs from the stored revision.
+    Update {
+        key: String,
+        object: Value,
+        expected_rev: Option<Revision>,
+    },
+    /// Removes `key`, with the same preconditions as `Update`.
+    Delete {
+        key: String,
+        expected_rev: Option<Revision>,
+    },
+}
+
+impl WriteOp {
+    pub fn key(&self) -> &str {
+        match self {
+            WriteOp::Create { key, .. }
+            | WriteOp::Update { key, .. }
+            | WriteOp::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// A consistent page of a key range.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    pub items: Vec<Stored>,
+    /// The revision the page was read at: watch from here to miss nothing.
+    pub rev: Revision,
+    /// True when more matching keys follow the last item.
+    pub more: bool,
+}
+
+/// What to list.
+pub struct ListRequest<'a> {
+    /// Every key that starts with this prefix.
+    pub prefix: &'a str,
+    /// Only keys strictly greater than this one (for `continue`).
+    pub start_after: Option<&'a str>,
+    /// Read the range as it was at this revision (for `continue` and
+    /// `resourceVersionMatch=Exact`); `None` reads the latest state. Fails with
+    /// `Compacted` when the log no longer reaches back that far.
+    pub at_rev: Option<Revision>,
+    /// Stop after this many matching items (0 = no limit).
+    pub limit: usize,
+    /// Only items for which this returns true count and are returned.
+    pub filter: &'a (dyn Fn(&Value) -> bool + Sync),
+}
+
+/// How much of the change log to keep. Compaction keeps whichever of the two keeps more.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub revisions: u64,
+    pub duration: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            revisions: 10_000,
+            duration: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{key} not found")]
+    NotFound { key: String },
+    #[error("{key} already exists")]
+    AlreadyExists { key: String },
+    #[error("{key} was modified: expected revision {expected}, found {actual}")]
+    Conflict {
+        key: String,
+        expected: Revision,
+        actual: Revision,
+    },
+    #[error("{guard} does not exist")]
+    GuardMissing { guard: String },
+    #[error("revision {requested} has been compacted (oldest retained is {compacted})")]
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
+    #[error("the store is shutting down")]
+    Closed,
+    #[error("storage backend failed: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The object store. Implementations batch concurrent writes into one durable commit.
+pub trait Store: Send + Sync + 'static {
+    /// The newest committed revision.
+    fn current_revision(&self) -> Revision;
+    /// The newest revision that compaction has removed from the log (0 if none).
+    fn compacted_revision(&self) -> Revision;
+    fn get(&self, key: &str) -> Result<Option<Stored>, StoreError>;
+    fn list(&self, req: ListRequest<'_>) -> Result<ListPage, StoreError>;
+    /// Applies one write durably. The future resolves once the write is on disk, with the
+    /// stored object (for `Delete`, the deleted object as its event carries it).
+    fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<Stored, StoreError>>;
+    /// Streams every event with a revision greater than `after` whose key starts with
+    /// `prefix`, in revision order, with no gaps. Fails with `Compacted` if `after` is
+    /// older than the retained log.
+    fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError>;
+    /// Removes log entries outside the retention window; returns the new compacted revision.
+    fn compact(&self, retention: Retention) -> BoxFuture<'static, Result<Revision, StoreError>>;
+}

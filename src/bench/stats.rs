@@ -1,0 +1,35 @@
+//! Latency summaries for the benchmarks.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// Latencies recorded in microseconds.
+pub struct Latencies(Histogram<u64>);
+
+impl Latencies {
+    pub fn new() -> Latencies {
+        Latencies(
+            Histogram::new_with_bounds(1, 120_000_000, 3)
+                .expect("static histogram bounds are valid"),
+        )
+    }
+
+    pub fn record(&mut self, d: Duration) {
+        let us = (d.as_micros() as u64).clamp(1, 120_000_000);
+        self.0.record(us).expect("value clamped into bounds");
+    }
+
+    pub fn merge(&mut self, other: &Latencies) {
+        self.0.add(&other.0).expect("same bounds");
+    }
+
+    pub fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// The given quantile, in milliseconds.
+    pub fn ms(&self, q: f64) -> f64 {
+        self.0.value_at_quantile(q) as f64 / 1000.0
+    }
+}

@@ -1,0 +1,132 @@
+//! The `skiff` binary: command-line wiring for the server, the benchmarks and (later)
+//! the agent, `skiff dev` and the client verbs.
+
+mod bench;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use skiff_controlplane::server::{Server, ServerConfig};
+use skiff_controlplane::store::Retention;
+
+#[derive(Parser)]
+#[command(
+    name = "skiff",
+    version,
+    about = "A Kubernetes-compatible orchestrator that runs pods as WebAssembly"
+)]
+struct Cli {
+    /// Log format; the level comes from RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane: API server and store.
+    Server(ServerArgs),
+    /// Run a benchmark and print its results.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Where the store, modules and kubeconfig live.
+    #[arg(long, default_value = "skiff-data")]
+    data_dir: PathBuf,
+    /// Address to serve the API on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = skiff_controlplane::apiserver::DEFAULT_MAX_BODY_BYTES)]
+    max_body_bytes: usize,
+    /// Largest module upload accepted, in bytes.
+    #[arg(long, default_value_t = skiff_controlplane::apiserver::DEFAULT_MAX_MODULE_BYTES)]
+    max_module_bytes: usize,
+    /// Keep at least this many revisions of the change log for watches to resume from.
+    #[arg(long, default_value_t = 10_000)]
+    retain_revisions: u64,
+    /// Keep at least this much time of the change log (whichever keeps more).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    retain_duration: Duration,
+    /// How often the change log is compacted.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    compact_interval: Duration,
+    /// How often watches that allow bookmarks get one.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    bookmark_interval: Duration,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    let mut config = ServerConfig::new(&args.data_dir, args.listen);
+    config.api.max_body_bytes = args.max_body_bytes;
+    config.api.max_module_bytes = args.max_module_bytes;
+    config.api.bookmark_interval = args.bookmark_interval;
+    config.retention = Retention {
+        revisions: args.retain_revisions,
+        duration: args.retain_duration,
+    };
+    config.compact_interval = args.compact_interval;
+    let server = Server::start(config).await.context("starting the server")?;
+    // Tests and scripts wait for this line: the API answers once it is printed.
+    println!("api: {}", server.api_url);
+    println!("kubeconfig: {}", server.kubeconfig.display());
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    // A server holds a socket per watch and an agent many instances: lift the soft
+    // open-files limit to the hard one, as Go programs do at start-up.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "could not raise the open-files limit");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Server(args) => run_server(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    })
+}

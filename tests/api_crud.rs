@@ -1,0 +1,724 @@
+//! End to end against the real `skiff server` binary: create/get/list/update/patch/
+//! delete with Kubernetes semantics, selectors, paging, subresources, and every error
+//! path answering the right Status while changing nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Api, ServerProcess, configmap, eventually, pod, rv};
+use serde_json::{Value, json};
+
+const NS: &str = "/api/v1/namespaces/default";
+
+fn start(extra: &[&str]) -> (tempfile::TempDir, ServerProcess, Api) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), extra);
+    let api = Api::new(&server.url);
+    (dir, server, api)
+}
+
+fn assert_status(resp: &(u16, Value), code: u16, reason: &str) {
+    assert_eq!(resp.0, code, "unexpected status: {}", resp.1);
+    assert_eq!(resp.1["kind"], "Status", "{}", resp.1);
+    assert_eq!(resp.1["reason"], reason, "{}", resp.1);
+    assert_eq!(resp.1["code"], code, "{}", resp.1);
+}
+
+#[tokio::test]
+async fn crud_with_compare_and_swap() {
+    let (_d, _s, api) = start(&[]);
+    let (code, created) = api
+        .post(
+            &format!("{NS}/configmaps"),
+            &configmap("app", json!({"tier": "web"})),
+        )
+        .await;
+    assert_eq!(code, 201, "{created}");
+    assert!(
+        created["metadata"]["uid"]
+            .as_str()
+            .is_some_and(|u| !u.is_empty())
+    );
+    assert!(created["metadata"]["creationTimestamp"].is_string());
+    let first_rv = rv(&created);
+
+    let (code, got) = api.get(&format!("{NS}/configmaps/app")).await;
+    assert_eq!((code, &got), (200, &created));
+
+    // Update with the current resourceVersion succeeds and bumps it.
+    let mut update = got.clone();
+    update["data"]["k"] = json!("v2");
+    let (code, updated) = api.put(&format!("{NS}/configmaps/app"), &update).await;
+    assert_eq!(code, 200, "{updated}");
+    assert!(rv(&updated) > first_rv);
+    assert_eq!(updated["metadata"]["uid"], created["metadata"]["uid"]);
+
+    // The same (now stale) resourceVersion loses the compare-and-swap.
+    update["data"]["k"] = json!("v3");
+    let conflict = api.put(&format!("{NS}/configmaps/app"), &update).await;
+    assert_status(&conflict, 409, "Conflict");
+    assert_eq!(
+        api.get(&format!("{NS}/configmaps/app")).await.1["data"]["k"],
+        "v2"
+    );
+
+    // Delete with a stale resourceVersion precondition is refused too.
+    let stale = json!({"preconditions": {"resourceVersion": first_rv.to_string()}});
+    assert_status(
+        &api.delete(&format!("{NS}/configmaps/app"), Some(&stale))
+            .await,
+        409,
+        "Conflict",
+    );
+    let (code, status) = api.delete(&format!("{NS}/configmaps/app"), None).await;
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(status["status"], "Success");
+    assert_eq!(status["details"]["uid"], created["metadata"]["uid"]);
+    assert_status(
+        &api.get(&format!("{NS}/configmaps/app")).await,
+        404,
+        "NotFound",
+    );
+}
+
+#[tokio::test]
+async fn generate_name_defaults_and_generation() {
+    let (_d, _s, api) = start(&[]);
+    let body = json!({"metadata": {"generateName": "web-"}, "spec": {
+        "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "sha256:00"}]}}}});
+    let (code, d) = api
+        .post("/apis/apps/v1/namespaces/default/deployments", &body)
+        .await;
+    assert_eq!(code, 201, "{d}");
+    let name = d["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("web-") && name.len() == 9, "{name}");
+    assert_eq!(d["metadata"]["generation"], 1);
+    assert_eq!(d["spec"]["replicas"], 1);
+    assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
+    let path = format!("/apis/apps/v1/namespaces/default/deployments/{name}");
+
+    // A metadata-only change keeps the generation; a spec change bumps it.
+    let (_, d2) = api
+        .patch(
+            &path,
+            "application/merge-patch+json",
+            r#"{"metadata":{"labels":{"a":"b"}}}"#,
+        )
+        .await;
+    assert_eq!(d2["metadata"]["generation"], 1);
+    let (_, d3) = api
+        .patch(
+            &path,
+            "application/merge-patch+json",
+            r#"{"spec":{"replicas":3}}"#,
+        )
+        .await;
+    assert_eq!(d3["metadata"]["generation"], 2);
+
+    // The main resource ignores status; /status changes only status.
+    let (_, d4) = api
+        .patch(
+            &path,
+            "application/merge-patch+json",
+            r#"{"status":{"replicas":7},"spec":{"paused":true}}"#,
+        )
+        .await;
+    assert!(d4["status"].get("replicas").is_none(), "{d4}");
+    assert_eq!(d4["spec"]["paused"], true);
+    let (code, d5) = api
+        .patch(
+            &format!("{path}/status"),
+            "application/merge-patch+json",
+            r#"{"status":{"replicas":7},"spec":{"paused":false}}"#,
+        )
+        .await;
+    assert_eq!(code, 200, "{d5}");
+    assert_eq!(d5["status"]["replicas"], 7);
+    assert_eq!(d5["spec"]["paused"], true);
+    assert_eq!(d5["metadata"]["generation"], 3);
+
+    // Scale reads and writes spec.replicas.
+    let (code, scale) = api.get(&format!("{path}/scale")).await;
+    assert_eq!(code, 200, "{scale}");
+    assert_eq!(
+        (
+            scale["kind"].as_str(),
+            scale["spec"]["replicas"].as_i64(),
+            scale["status"]["selector"].as_str()
+        ),
+        (Some("Scale"), Some(3), Some("app=web"))
+    );
+    let (code, scale) = api
+        .patch(
+            &format!("{path}/scale"),
+            "application/merge-patch+json",
+            r#"{"spec":{"replicas":5}}"#,
+        )
+        .await;
+    assert_eq!((code, scale["spec"]["replicas"].as_i64()), (200, Some(5)));
+    assert_eq!(api.get(&path).await.1["spec"]["replicas"], 5);
+}
+
+#[tokio::test]
+async fn json_patch_and_merge_patch() {
+    let (_d, _s, api) = start(&[]);
+    api.post(
+        &format!("{NS}/configmaps"),
+        &configmap("p", json!({"a": "1"})),
+    )
+    .await;
+    let path = format!("{NS}/configmaps/p");
+    let (code, out) = api.patch(&path, "application/json-patch+json", r#"[{"op":"add","path":"/data/x","value":"y"},{"op":"remove","path":"/metadata/labels/a"}]"#).await;
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(out["data"], json!({"k": "v", "x": "y"}));
+    assert!(
+        out["metadata"]
+            .get("labels")
+            .is_none_or(|l| l.as_object().unwrap().is_empty())
+    );
+    let (code, out) = api
+        .patch(
+            &path,
+            "application/merge-patch+json",
+            r#"{"data":{"k":null}}"#,
+        )
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(out["data"], json!({"x": "y"}));
+    // A failing test operation is Invalid and changes nothing.
+    let before = api.get(&path).await.1;
+    let failed = api.patch(&path, "application/json-patch+json", r#"[{"op":"test","path":"/data/x","value":"nope"},{"op":"add","path":"/data/z","value":"1"}]"#).await;
+    assert_status(&failed, 422, "Invalid");
+    assert_eq!(api.get(&path).await.1, before);
+    // A patch that names a stale resourceVersion is a Conflict.
+    let stale = format!(
+        r#"{{"metadata":{{"resourceVersion":"{}"}},"data":{{"q":"1"}}}}"#,
+        rv(&before) - 1
+    );
+    assert_status(
+        &api.patch(&path, "application/merge-patch+json", &stale)
+            .await,
+        409,
+        "Conflict",
+    );
+}
+
+#[tokio::test]
+async fn label_and_field_selectors_cover_every_operator() {
+    let (_d, _s, api) = start(&[]);
+    for (name, labels) in [
+        ("a", json!({"env": "prod", "tier": "web"})),
+        ("b", json!({"env": "dev", "tier": "web"})),
+        ("c", json!({"env": "test"})),
+        ("d", json!({})),
+    ] {
+        assert_eq!(
+            api.post(&format!("{NS}/configmaps"), &configmap(name, labels))
+                .await
+                .0,
+            201
+        );
+    }
+    let names = |v: Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (selector, expected) in [
+        ("env=prod", vec!["a"]),
+        ("env==prod", vec!["a"]),
+        ("env!=prod", vec!["b", "c", "d"]),
+        ("env in (prod,dev)", vec!["a", "b"]),
+        ("env notin (prod,dev)", vec!["c", "d"]),
+        ("tier", vec!["a", "b"]),
+        ("!tier", vec!["c", "d"]),
+        ("tier=web,env!=dev", vec!["a"]),
+        ("", vec!["a", "b", "c", "d"]),
+    ] {
+        let q =
+            reqwest::Url::parse_with_params("http://x/", &[("labelSelector", selector)]).unwrap();
+        let (code, list) = api
+            .get(&format!("{NS}/configmaps?{}", q.query().unwrap()))
+            .await;
+        assert_eq!(code, 200, "{selector}: {list}");
+        assert_eq!(names(list), expected, "labelSelector {selector:?}");
+    }
+    let (_, list) = api
+        .get(&format!("{NS}/configmaps?fieldSelector=metadata.name%3Db"))
+        .await;
+    assert_eq!(names(list), vec!["b"]);
+    let (_, list) = api
+        .get(&format!(
+            "{NS}/configmaps?fieldSelector=metadata.name!%3Db,metadata.namespace%3Ddefault"
+        ))
+        .await;
+    assert_eq!(names(list), vec!["a", "c", "d"]);
+
+    // Pods: spec.nodeName and status.phase, with = and !=.
+    api.post(&format!("{NS}/pods"), &pod("on-n1", Some("n1")))
+        .await;
+    api.post(&format!("{NS}/pods"), &pod("unbound", None)).await;
+    let (_, list) = api
+        .get("/api/v1/pods?fieldSelector=spec.nodeName%3Dn1")
+        .await;
+    assert_eq!(names(list), vec!["on-n1"]);
+    let (_, list) = api.get("/api/v1/pods?fieldSelector=spec.nodeName%3D").await;
+    assert_eq!(names(list), vec!["unbound"]);
+    let (_, list) = api
+        .get("/api/v1/pods?fieldSelector=status.phase%3DPending,spec.nodeName!%3Dn1")
+        .await;
+    assert_eq!(names(list), vec!["unbound"]);
+    let (_, list) = api
+        .get("/api/v1/pods?fieldSelector=status.phase!%3DPending")
+        .await;
+    assert!(names(list).is_empty());
+
+    assert_status(
+        &api.get(&format!("{NS}/configmaps?labelSelector=a%20in%20("))
+            .await,
+        400,
+        "BadRequest",
+    );
+    assert_status(
+        &api.get(&format!("{NS}/configmaps?fieldSelector=spec.nodeName%3Dx"))
+            .await,
+        400,
+        "BadRequest",
+    );
+}
+
+#[tokio::test]
+async fn paging_is_consistent_while_objects_change() {
+    let (_d, _s, api) = start(&[]);
+    for i in 0..25 {
+        api.post(
+            &format!("{NS}/configmaps"),
+            &configmap(&format!("cm-{i:02}"), json!({})),
+        )
+        .await;
+    }
+    let (_, first) = api.get(&format!("{NS}/configmaps?limit=10")).await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 10);
+    let list_rv = first["metadata"]["resourceVersion"].clone();
+    // Changes after the first page must not show in later pages of the same list.
+    api.post(&format!("{NS}/configmaps"), &configmap("cm-99", json!({})))
+        .await;
+    api.delete(&format!("{NS}/configmaps/cm-20"), None).await;
+
+    let mut names: Vec<String> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    let mut token = first["metadata"]["continue"].as_str().unwrap().to_string();
+    loop {
+        let (code, page) = api
+            .get(&format!("{NS}/configmaps?limit=10&continue={token}"))
+            .await;
+        assert_eq!(code, 200, "{page}");
+        assert_eq!(page["metadata"]["resourceVersion"], list_rv);
+        names.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["metadata"]["name"].as_str().unwrap().to_string()),
+        );
+        match page["metadata"]["continue"].as_str() {
+            Some(t) => token = t.to_string(),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("cm-{i:02}")).collect();
+    assert_eq!(names, expected);
+    assert_status(
+        &api.get(&format!("{NS}/configmaps?limit=10&continue=garbage"))
+            .await,
+        400,
+        "BadRequest",
+    );
+}
+
+#[tokio::test]
+async fn every_error_path_answers_a_status_and_changes_nothing() {
+    let (_d, _s, api) = start(&["--max-body-bytes", "4096"]);
+    api.post(&format!("{NS}/configmaps"), &configmap("keep", json!({})))
+        .await;
+    let rev_before =
+        api.get(&format!("{NS}/configmaps")).await.1["metadata"]["resourceVersion"].clone();
+
+    let malformed = api
+        .raw(
+            reqwest::Method::POST,
+            &format!("{NS}/configmaps"),
+            "application/json",
+            b"{not json".to_vec(),
+        )
+        .await;
+    assert_status(&malformed, 400, "BadRequest");
+    let wrong_kind = api
+        .post(
+            &format!("{NS}/configmaps"),
+            &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}}),
+        )
+        .await;
+    assert_status(&wrong_kind, 400, "BadRequest");
+    let wrong_shape = api
+        .post(
+            &format!("{NS}/configmaps"),
+            &json!({"metadata": {"name": "x"}, "data": ["no"]}),
+        )
+        .await;
+    assert_status(&wrong_shape, 400, "BadRequest");
+    let ns_mismatch = api
+        .post(
+            &format!("{NS}/configmaps"),
+            &json!({"metadata": {"name": "x", "namespace": "kube-system"}}),
+        )
+        .await;
+    assert_status(&ns_mismatch, 400, "BadRequest");
+
+    let missing = api.get(&format!("{NS}/configmaps/nope")).await;
+    assert_status(&missing, 404, "NotFound");
+    assert_eq!(missing.1["details"]["name"], "nope");
+    assert_eq!(missing.1["details"]["kind"], "configmaps");
+    assert_status(
+        &api.get("/api/v1/namespaces/missing/configmaps/x").await,
+        404,
+        "NotFound",
+    );
+    assert_status(
+        &api.post(
+            "/api/v1/namespaces/missing/configmaps",
+            &configmap("x", json!({})),
+        )
+        .await,
+        404,
+        "NotFound",
+    );
+    assert_status(
+        &api.get("/apis/nope.example/v1/widgets").await,
+        404,
+        "NotFound",
+    );
+
+    assert_status(
+        &api.post(&format!("{NS}/configmaps"), &configmap("keep", json!({})))
+            .await,
+        409,
+        "AlreadyExists",
+    );
+
+    let big = json!({"metadata": {"name": "big"}, "data": {"k": "x".repeat(8192)}});
+    assert_status(
+        &api.post(&format!("{NS}/configmaps"), &big).await,
+        413,
+        "RequestEntityTooLarge",
+    );
+
+    let smp = api
+        .patch(&format!("{NS}/configmaps/keep"), "text/plain", "{}")
+        .await;
+    assert_status(&smp, 415, "UnsupportedMediaType");
+
+    let invalid = api
+        .post(
+            &format!("{NS}/pods"),
+            &json!({"metadata": {"name": "UPPER"}, "spec": {"containers": [{"name": "c"}]}}),
+        )
+        .await;
+    assert_status(&invalid, 422, "Invalid");
+    let causes: Vec<&str> = invalid.1["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(causes, vec!["metadata.name", "spec.containers[0].image"]);
+    assert_eq!(
+        invalid.1["details"]["causes"][1]["reason"],
+        "FieldValueRequired"
+    );
+
+    assert_status(
+        &api.delete("/api/v1/namespaces/default", None).await,
+        403,
+        "Forbidden",
+    );
+    assert_status(
+        &api.raw(
+            reqwest::Method::PUT,
+            &format!("{NS}/configmaps"),
+            "application/json",
+            b"{}".to_vec(),
+        )
+        .await,
+        405,
+        "MethodNotAllowed",
+    );
+
+    // None of the rejected writes changed anything.
+    let after = api.get(&format!("{NS}/configmaps")).await.1;
+    assert_eq!(after["metadata"]["resourceVersion"], rev_before);
+    assert_eq!(after["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn graceful_pod_deletion_and_finalizers() {
+    let (_d, _s, api) = start(&[]);
+    // Unbound pods go at once.
+    api.post(&format!("{NS}/pods"), &pod("unbound", None)).await;
+    let (code, gone) = api.delete(&format!("{NS}/pods/unbound"), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(gone["metadata"]["name"], "unbound");
+    assert_eq!(api.get(&format!("{NS}/pods/unbound")).await.0, 404);
+
+    // Bound pods get a deletionTimestamp and go when the grace period ends.
+    api.post(&format!("{NS}/pods"), &pod("bound", Some("n1")))
+        .await;
+    let (code, terminating) = api
+        .delete(
+            &format!("{NS}/pods/bound"),
+            Some(&json!({"gracePeriodSeconds": 1})),
+        )
+        .await;
+    assert_eq!(code, 200, "{terminating}");
+    assert_eq!(terminating["metadata"]["deletionGracePeriodSeconds"], 1);
+    assert!(terminating["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(
+        api.get(&format!("{NS}/pods/bound")).await.0,
+        200,
+        "still there during its grace period"
+    );
+    eventually(
+        "the bound pod to go after its grace",
+        Duration::from_secs(10),
+        || async { (api.get(&format!("{NS}/pods/bound")).await.0 == 404).then_some(()) },
+    )
+    .await;
+
+    // The agent's confirmation (grace 0) removes a terminating pod at once.
+    api.post(&format!("{NS}/pods"), &pod("confirm", Some("n1")))
+        .await;
+    api.delete(&format!("{NS}/pods/confirm"), None).await;
+    assert_eq!(api.get(&format!("{NS}/pods/confirm")).await.0, 200);
+    api.delete(&format!("{NS}/pods/confirm?gracePeriodSeconds=0"), None)
+        .await;
+    assert_eq!(api.get(&format!("{NS}/pods/confirm")).await.0, 404);
+
+    // A finalizer holds deletion until it is removed.
+    let mut held = configmap("held", json!({}));
+    held["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    api.post(&format!("{NS}/configmaps"), &held).await;
+    let (code, marked) = api.delete(&format!("{NS}/configmaps/held"), None).await;
+    assert_eq!(code, 200);
+    assert!(
+        marked["metadata"]["deletionTimestamp"].is_string(),
+        "{marked}"
+    );
+    assert_eq!(api.get(&format!("{NS}/configmaps/held")).await.0, 200);
+    let (code, _) = api
+        .patch(
+            &format!("{NS}/configmaps/held"),
+            "application/merge-patch+json",
+            r#"{"metadata":{"finalizers":null}}"#,
+        )
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(api.get(&format!("{NS}/configmaps/held")).await.0, 404);
+
+    // Propagation policies are recorded as the finalizers the garbage collector acts on.
+    api.post(&format!("{NS}/configmaps"), &configmap("fg", json!({})))
+        .await;
+    let (_, fg) = api
+        .delete(
+            &format!("{NS}/configmaps/fg"),
+            Some(&json!({"propagationPolicy": "Foreground"})),
+        )
+        .await;
+    assert_eq!(fg["metadata"]["finalizers"], json!(["foregroundDeletion"]));
+    api.post(&format!("{NS}/configmaps"), &configmap("or", json!({})))
+        .await;
+    let (_, or) = api
+        .delete(
+            &format!("{NS}/configmaps/or?propagationPolicy=Orphan"),
+            None,
+        )
+        .await;
+    assert_eq!(or["metadata"]["finalizers"], json!(["orphan"]));
+}
+
+#[tokio::test]
+async fn deletecollection_and_namespace_deletion() {
+    let (_d, _s, api) = start(&[]);
+    api.post("/api/v1/namespaces", &json!({"metadata": {"name": "team"}}))
+        .await;
+    for i in 0..5 {
+        let labels = if i % 2 == 0 {
+            json!({"even": "yes"})
+        } else {
+            json!({})
+        };
+        api.post(
+            "/api/v1/namespaces/team/configmaps",
+            &configmap(&format!("c{i}"), labels),
+        )
+        .await;
+    }
+    let (code, deleted) = api
+        .delete(
+            "/api/v1/namespaces/team/configmaps?labelSelector=even",
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{deleted}");
+    assert_eq!(deleted["items"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        api.get("/api/v1/namespaces/team/configmaps").await.1["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    api.post("/api/v1/namespaces/team/pods", &pod("p", None))
+        .await;
+    let (code, ns) = api.delete("/api/v1/namespaces/team", None).await;
+    assert_eq!(code, 200);
+    assert_eq!(ns["status"]["phase"], "Terminating");
+    // No new content while terminating.
+    let refused = api
+        .post(
+            "/api/v1/namespaces/team/configmaps",
+            &configmap("late", json!({})),
+        )
+        .await;
+    assert!(matches!(refused.0, 403 | 404), "{refused:?}");
+    eventually(
+        "namespace team to be drained and removed",
+        Duration::from_secs(10),
+        || async { (api.get("/api/v1/namespaces/team").await.0 == 404).then_some(()) },
+    )
+    .await;
+    assert!(
+        api.get("/api/v1/namespaces/team/configmaps").await.1["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        api.get("/api/v1/namespaces/team/pods").await.1["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn binding_assigns_a_node_exactly_once() {
+    let (_d, _s, api) = start(&[]);
+    api.post(&format!("{NS}/pods"), &pod("p", None)).await;
+    let binding = |node: &str| json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": node}});
+    let (code, _) = api
+        .post(&format!("{NS}/pods/p/binding"), &binding("n1"))
+        .await;
+    assert_eq!(code, 201);
+    let (_, p) = api.get(&format!("{NS}/pods/p")).await;
+    assert_eq!(p["spec"]["nodeName"], "n1");
+    assert_eq!(p["status"]["conditions"][0]["type"], "PodScheduled");
+    assert_status(
+        &api.post(&format!("{NS}/pods/p/binding"), &binding("n2"))
+            .await,
+        409,
+        "Conflict",
+    );
+    assert_eq!(
+        api.get(&format!("{NS}/pods/p")).await.1["spec"]["nodeName"],
+        "n1"
+    );
+}
+
+#[tokio::test]
+async fn discovery_and_health() {
+    let (_d, _s, api) = start(&[]);
+    let (code, core) = api.get("/api/v1").await;
+    assert_eq!(code, 200);
+    let names: Vec<&str> = core["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "namespaces",
+        "nodes",
+        "nodes/status",
+        "pods",
+        "pods/status",
+        "pods/binding",
+        "configmaps",
+        "secrets",
+        "services",
+        "events",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let (_, groups) = api.get("/apis").await;
+    let groups: Vec<&str> = groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        groups,
+        vec![
+            "apps",
+            "batch",
+            "coordination.k8s.io",
+            "discovery.k8s.io",
+            "skiff.dev"
+        ]
+    );
+    let (_, apps) = api.get("/apis/apps/v1").await;
+    let deploy = apps["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "deployments")
+        .unwrap();
+    assert_eq!(deploy["shortNames"], json!(["deploy"]));
+    assert!(
+        deploy["verbs"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("watch"))
+    );
+    assert_eq!(api.get("/version").await.1["major"], "1");
+    for h in ["/healthz", "/livez", "/readyz"] {
+        assert_eq!(api.get(h).await.0, 200, "{h}");
+    }
+    let (_, api_versions) = api.get("/api").await;
+    assert_eq!(api_versions["versions"], json!(["v1"]));
+}
+
+#[tokio::test]
+async fn secrets_fold_string_data() {
+    let (_d, _s, api) = start(&[]);
+    let (code, s) = api
+        .post(
+            &format!("{NS}/secrets"),
+            &json!({"metadata": {"name": "s"}, "stringData": {"user": "admin"}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{s}");
+    assert_eq!(s["data"]["user"], "YWRtaW4=");
+    assert!(s.get("stringData").is_none());
+    assert_eq!(s["type"], "Opaque");
+}

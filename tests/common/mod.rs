@@ -1,0 +1,279 @@
+//! Shared fixtures for the end-to-end tests: the real `skiff` binary on a loopback port
+//! with a real redb file in a temporary directory, and a small JSON client.
+
+#![allow(dead_code)] // reason: each test binary uses a different subset of these helpers
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A `skiff server` process; killed when dropped.
+pub struct ServerProcess {
+    pub url: String,
+    pub data_dir: PathBuf,
+    child: Child,
+}
+
+impl ServerProcess {
+    /// Starts the binary and waits for its `api:` line.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        Self::start_on(data_dir, "127.0.0.1:0", extra)
+    }
+
+    pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> ServerProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["server", "--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning skiff server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("api: ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server printed its api: line within 30s");
+        ServerProcess {
+            url,
+            data_dir: data_dir.to_path_buf(),
+            child,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for exit; returns the exit status.
+    pub fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for server") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within {within:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it returns Some, or panics after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A thin JSON client over reqwest that returns (status, body) for assertions.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Api {
+        Api {
+            base: base.to_string(),
+            http: reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .build()
+                .unwrap(),
+        }
+    }
+
+    async fn finish(resp: reqwest::Response) -> (u16, Value) {
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, body)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        Self::finish(
+            self.http
+                .get(format!("{}{path}", self.base))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        Self::finish(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .json(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        Self::finish(
+            self.http
+                .put(format!("{}{path}", self.base))
+                .json(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn patch(&self, path: &str, content_type: &str, body: &str) -> (u16, Value) {
+        let req = self
+            .http
+            .patch(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body.to_string());
+        Self::finish(req.send().await.unwrap()).await
+    }
+
+    pub async fn delete(&self, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut req = self.http.delete(format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        Self::finish(req.send().await.unwrap()).await
+    }
+
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body);
+        Self::finish(req.send().await.unwrap()).await
+    }
+
+    /// Opens a watch and returns a reader of its events.
+    pub async fn watch(&self, path: &str) -> WatchReader {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "watch {path} should open");
+        WatchReader {
+            resp,
+            buf: Vec::new(),
+        }
+    }
+}
+
+pub struct WatchReader {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl WatchReader {
+    /// The next event, or None when the stream ends or `timeout` passes.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                return Some(serde_json::from_slice(&line).expect("watch events are JSON lines"));
+            }
+            match tokio::time::timeout_at(deadline, self.resp.chunk()).await {
+                Ok(Ok(Some(chunk))) => self.buf.extend_from_slice(&chunk),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next event that is not a BOOKMARK.
+    pub async fn next_change(&mut self, timeout: Duration) -> Option<Value> {
+        loop {
+            let e = self.next(timeout).await?;
+            if e["type"] != "BOOKMARK" {
+                return Some(e);
+            }
+        }
+    }
+}
+
+/// A ConfigMap body.
+pub fn configmap(name: &str, labels: Value) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": labels},
+        "data": {"k": "v"},
+    })
+}
+
+/// A Pod body, optionally bound to a node.
+pub fn pod(name: &str, node: Option<&str>) -> Value {
+    let mut p = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "main", "image": format!("sha256:{}", "0".repeat(64))}]},
+    });
+    if let Some(n) = node {
+        p["spec"]["nodeName"] = n.into();
+    }
+    p
+}
+
+pub fn rv(obj: &Value) -> u64 {
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("resourceVersion")
+        .parse()
+        .expect("numeric resourceVersion")
+}
