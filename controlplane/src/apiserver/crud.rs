@@ -903,13 +903,7 @@ pub(crate) async fn delete_collection(
     let selectors = Selectors::from_query(info, query)?;
     let prefix = info.namespace_prefix(target.namespace.as_deref());
     let filter = |obj: &Value| selectors.matches(obj);
-    let page = api.store.list(ListRequest {
-        prefix: &prefix,
-        start_after: None,
-        at_rev: None,
-        limit: 0,
-        filter: &filter,
-    })?;
+    let page = api.store.list(ListRequest::all(&prefix, &filter))?;
     let mut items = Vec::new();
     for item in page.items {
         let name = objects::name(&item.object).to_string();

@@ -100,13 +100,7 @@ pub(crate) async fn serve(api: &SharedApi, target: &Target, query: &Query) -> Ap
     let (initial, stream) = match start {
         Start::ListThenWatch => {
             let filter = |obj: &Value| selectors.matches(obj);
-            let page = api.store.list(ListRequest {
-                prefix: &prefix,
-                start_after: None,
-                at_rev: None,
-                limit: 0,
-                filter: &filter,
-            })?;
+            let page = api.store.list(ListRequest::all(&prefix, &filter))?;
             let initial: Vec<Bytes> = page
                 .items
                 .iter()

@@ -56,13 +56,9 @@ pub async fn run_namespace_cleaner(api: Arc<ApiServer>, stop: CancellationToken)
 async fn reconcile_all(api: &ApiServer) -> Result<bool, StoreError> {
     let namespaces = resources::lookup("", "v1", "namespaces").expect("namespaces are served");
     let deleting = |o: &Value| objects::is_deleting(o);
-    let page = api.store.list(ListRequest {
-        prefix: &namespaces.prefix(),
-        start_after: None,
-        at_rev: None,
-        limit: 0,
-        filter: &deleting,
-    })?;
+    let page = api
+        .store
+        .list(ListRequest::all(&namespaces.prefix(), &deleting))?;
     let mut pending = false;
     for ns in page.items {
         let name = objects::name(&ns.object).to_string();
@@ -95,13 +91,7 @@ async fn drain(api: &ApiServer, namespace: &str) -> Result<bool, StoreError> {
     let everything = |_: &Value| true;
     for info in resources::all().iter().filter(|r| r.namespaced) {
         let prefix = info.namespace_prefix(Some(namespace));
-        let page = api.store.list(ListRequest {
-            prefix: &prefix,
-            start_after: None,
-            at_rev: None,
-            limit: 0,
-            filter: &everything,
-        })?;
+        let page = api.store.list(ListRequest::all(&prefix, &everything))?;
         for item in page.items {
             remaining = true;
             if objects::is_deleting(&item.object) {

@@ -71,13 +71,7 @@ async fn reap(
     let pods = resources::lookup("", "v1", "pods").expect("pods are served");
     let prefix = pods.prefix();
     let terminating = |o: &Value| objects::is_deleting(o);
-    let page = store.list(ListRequest {
-        prefix: &prefix,
-        start_after: None,
-        at_rev: None,
-        limit: 0,
-        filter: &terminating,
-    })?;
+    let page = store.list(ListRequest::all(&prefix, &terminating))?;
     let mut deadlines = Deadlines::default();
     for item in &page.items {
         deadlines.track(&item.key, Some(&item.object));

@@ -108,6 +108,19 @@ pub struct ListRequest<'a> {
     pub filter: &'a (dyn Fn(&Value) -> bool + Sync),
 }
 
+impl<'a> ListRequest<'a> {
+    /// Every item under `prefix` that `filter` accepts, at the latest revision.
+    pub fn all(prefix: &'a str, filter: &'a (dyn Fn(&Value) -> bool + Sync)) -> ListRequest<'a> {
+        ListRequest {
+            prefix,
+            start_after: None,
+            at_rev: None,
+            limit: 0,
+            filter,
+        }
+    }
+}
+
 /// How much of the change log to keep. Compaction keeps whichever of the two keeps more.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
