@@ -2,6 +2,7 @@
 //! the agent, `skiff dev` and the client verbs.
 
 mod bench;
+mod dev;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,8 +38,106 @@ enum LogFormat {
 enum Command {
     /// Run the control plane: API server and store.
     Server(ServerArgs),
+    /// Run a node agent: join a control plane and run the pods bound to this node.
+    Agent(AgentArgs),
+    /// Run a whole local cluster (a server and N agents) in one process.
+    Dev(dev::DevArgs),
     /// Run a benchmark and print its results.
     Bench(bench::BenchArgs),
+}
+
+/// Flags that shape how an agent runs pods (shared by `skiff agent` and `skiff dev`).
+#[derive(clap::Args, Clone)]
+pub struct PodFlags {
+    /// How often the node Lease is renewed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    lease_interval: Duration,
+    /// Pods this node admits.
+    #[arg(long, default_value_t = skiff_runtime::config::DEFAULT_POD_CAPACITY)]
+    pod_capacity: u32,
+    /// A host directory hostPath volumes may use (repeatable). None by default.
+    #[arg(long = "allow-host-path")]
+    allow_host_path: Vec<PathBuf>,
+    /// First delay of restart and image-pull back-off (doubles up to --backoff-max).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    backoff_base: Duration,
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    backoff_max: Duration,
+    /// Size at which a container log file is rotated.
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    log_max_bytes: u64,
+}
+
+impl PodFlags {
+    pub fn apply(&self, config: &mut skiff_runtime::AgentConfig) {
+        config.lease_interval = self.lease_interval;
+        config.pod_capacity = self.pod_capacity;
+        config.allowed_host_paths = self.allow_host_path.clone();
+        config.backoff_base = self.backoff_base;
+        config.backoff_max = self.backoff_max;
+        config.log_max_bytes = self.log_max_bytes;
+    }
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The API server's URL (or use --kubeconfig).
+    #[arg(long)]
+    server: Option<String>,
+    /// A kubeconfig to reach the API server with.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name.
+    #[arg(long)]
+    name: String,
+    /// Where module bytes, compiled modules, volumes and logs live.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The agent's listener (logs, metrics); port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:10250")]
+    listen: SocketAddr,
+    /// Extra node label KEY=VALUE (repeatable).
+    #[arg(long = "node-label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pods: PodFlags,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+/// A client for an API server given by URL (no credentials yet) or by kubeconfig.
+pub async fn client_for(
+    server: Option<&str>,
+    kubeconfig: Option<&std::path::Path>,
+) -> anyhow::Result<kube::Client> {
+    match server {
+        Some(url) => {
+            let config = kube::Config::new(
+                url.parse()
+                    .with_context(|| format!("invalid --server URL {url:?}"))?,
+            );
+            Ok(kube::Client::try_from(config)?)
+        }
+        None => Ok(skiff_api::client::connect(kubeconfig).await?),
+    }
+}
+
+async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let client = client_for(args.server.as_deref(), args.kubeconfig.as_deref()).await?;
+    let mut config = skiff_runtime::AgentConfig::new(&args.name, &args.data_dir, args.listen);
+    config.labels = args.labels;
+    args.pods.apply(&mut config);
+    let agent = skiff_runtime::Agent::start(config, client)
+        .await
+        .context("starting the agent")?;
+    println!("agent: {} listening on {}", agent.name, agent.listen);
+    shutdown_signal().await;
+    agent.shutdown().await;
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -82,7 +181,7 @@ fn init_logging(format: LogFormat) {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     tokio::select! {
@@ -126,6 +225,8 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Server(args) => run_server(args).await,
+            Command::Agent(args) => run_agent(args).await,
+            Command::Dev(args) => dev::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     })

@@ -18,6 +18,8 @@ pub enum Subresource {
     Scale,
     /// `pods/binding`: assigns a pod to a node once.
     Binding,
+    /// `pods/log`: a container's log, proxied from the node that runs it.
+    Log,
 }
 
 impl Subresource {
@@ -26,6 +28,7 @@ impl Subresource {
             Subresource::Status => "status",
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
+            Subresource::Log => "log",
         }
     }
 }
@@ -169,7 +172,7 @@ static RESOURCES: &[ResourceInfo] = &[
         namespaced: true,
         short_names: &["po"],
         categories: &["all"],
-        subresources: &[Subresource::Status, Subresource::Binding],
+        subresources: &[Subresource::Status, Subresource::Binding, Subresource::Log],
         has_spec: true,
         status_on_create: StatusOnCreate::Phase("Pending"),
         extra_fields: &[

@@ -1,1 +1,27 @@
-//! The node agent: runs the pods bound to its node as Wasm in wasmtime (next issue).
+//! The node agent: joins the control plane as a Node and runs the pods bound to it as
+//! WebAssembly instances in wasmtime, with no containers and no shim per pod.
+
+pub mod agent;
+pub mod config;
+pub mod events;
+pub mod images;
+pub mod logs;
+pub mod metrics;
+pub mod node;
+pub mod pod;
+pub mod quantity;
+pub mod server;
+pub mod sync;
+pub mod wasm;
+
+pub use agent::{Agent, AgentError};
+pub use config::AgentConfig;
+
+/// Now, as Kubernetes writes timestamps.
+pub(crate) fn now_rfc3339() -> String {
+    format_time(jiff::Timestamp::now())
+}
+
+pub(crate) fn format_time(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}

@@ -3,6 +3,7 @@
 
 mod api;
 mod etcd;
+mod pods;
 mod stats;
 
 use std::path::PathBuf;
@@ -18,11 +19,15 @@ enum Which {
     /// Durable creates/s with concurrent clients, and watch delivery latency with many
     /// watchers; against etcd (the store Kubernetes uses) when `etcd` is installed.
     Api(api::ApiBenchArgs),
+    /// Pod start latency (create to Running through a watch) over many pods on one node,
+    /// and density: idle pods one agent holds, with its RSS.
+    Pods(pods::PodBenchArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.which {
         Which::Api(a) => api::run(a).await,
+        Which::Pods(a) => pods::run(a).await,
     }
 }
 

@@ -9,6 +9,89 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// A `skiff dev` cluster or `skiff agent` process, read until a marker line.
+pub struct Process {
+    pub child: Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Process {
+    /// Spawns `skiff ARGS` and waits for a stdout line starting with `marker`; returns
+    /// the rest of that line.
+    pub fn start(args: &[&str], marker: &str) -> (Process, String) {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning skiff");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        // Owned from here on, so a panic below still kills and reaps the child.
+        let process = Process { child, lines: rx };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = process
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("skiff {args:?} printed no {marker:?} line within 60s"));
+            if let Some(rest) = line.strip_prefix(marker) {
+                return (process, rest.trim().to_string());
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for exit; returns the exit status.
+    pub fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for skiff") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "skiff did not exit within {within:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A committed guest from workloads/bin.
+pub fn workload(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("workloads/bin")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
 /// A `skiff server` process; killed when dropped.
 pub struct ServerProcess {
     pub url: String,
@@ -183,6 +266,32 @@ impl Api {
             req = req.json(b);
         }
         Self::finish(req.send().await.unwrap()).await
+    }
+
+    /// Uploads a module; returns its `sha256:` digest.
+    pub async fn upload(&self, bytes: Vec<u8>) -> String {
+        let (code, module) = self
+            .raw(
+                reqwest::Method::POST,
+                "/apis/skiff.dev/v1/modules",
+                "application/wasm",
+                bytes,
+            )
+            .await;
+        assert!(code == 201 || code == 200, "upload failed: {module}");
+        module["digest"].as_str().expect("digest").to_string()
+    }
+
+    /// The text of a GET (for logs).
+    pub async fn text(&self, path: &str) -> (u16, String) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let code = resp.status().as_u16();
+        (code, resp.text().await.unwrap())
     }
 
     pub async fn raw(

@@ -495,6 +495,21 @@ where
     for _ in 0..MAX_UPDATE_RETRIES {
         let current = get_stored(api, info, &key, name)?;
         let (desired, precondition) = mutate(&current)?;
+        // A uid in the object is a precondition too: it must still be the same object.
+        let (want_uid, have_uid) = (
+            objects::meta_str(&desired, "uid"),
+            objects::meta_str(&current.object, "uid"),
+        );
+        if let (Some(want), Some(have)) = (want_uid, have_uid)
+            && want != have
+        {
+            return Err(ApiError::Conflict(
+                Subject::new(info, name),
+                format!(
+                    "Precondition failed: UID in precondition: {want}, UID in object meta: {have}"
+                ),
+            ));
+        }
         if precondition.is_some_and(|rv| rv != current.rev) {
             return Err(ApiError::from_store(
                 StoreError::Conflict {

@@ -58,6 +58,7 @@ fn resource_list(group: &str, version: &str) -> Option<APIResourceList> {
                         &["get", "patch", "update"],
                     ),
                     Subresource::Binding => ("Binding", None, None, &["create"]),
+                    Subresource::Log => ("Pod", None, None, &["get"]),
                 };
             out.push(APIResource {
                 name: format!("{}/{}", r.plural, sub.name()),

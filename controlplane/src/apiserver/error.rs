@@ -68,6 +68,10 @@ pub enum ApiError {
     Timeout(String),
     #[error("the server is shutting down")]
     Unavailable,
+    /// A node or other upstream the request needed failed; its error is the client's
+    /// business (as kube-apiserver shows kubelet errors), so it is not hidden.
+    #[error("{0}")]
+    Upstream(String),
     #[error("an internal error occurred")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -97,7 +101,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::Upstream(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -115,7 +119,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Timeout(_) => "Timeout",
             ApiError::Unavailable => "ServiceUnavailable",
-            ApiError::Internal(_) => "InternalError",
+            ApiError::Internal(_) | ApiError::Upstream(_) => "InternalError",
         }
     }
 

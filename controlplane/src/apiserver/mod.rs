@@ -5,6 +5,7 @@ mod crud;
 mod defaults;
 mod discovery;
 pub mod error;
+mod logs;
 mod modules;
 pub mod objects;
 mod request;
@@ -248,6 +249,7 @@ async fn route(
         (&Method::POST, true, Some(Subresource::Binding)) => {
             subresources::bind(api, &target, &headers, body).await
         }
+        (&Method::GET, true, Some(Subresource::Log)) => logs::proxy(api, &target, &query).await,
         _ => Err(ApiError::MethodNotAllowed(format!(
             "the server does not allow this method on the requested resource: {method} {}",
             target.info.qualified_plural()

@@ -1,0 +1,124 @@
+//! `pods/{name}/log`: the API server finds the node that runs the pod and streams the
+//! container's log from that node's agent, as kube-apiserver does with the kubelet.
+
+use axum::body::Body;
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use futures::TryStreamExt;
+use serde_json::Value;
+
+use skiff_api::resources;
+
+use super::crud::get_stored;
+use super::error::{ApiError, ApiResult};
+use super::request::Query;
+use super::{ApiServer, Target};
+
+/// The query parameters passed through to the agent.
+const LOG_PARAMS: &[&str] = &[
+    "follow",
+    "tailLines",
+    "sinceSeconds",
+    "sinceTime",
+    "timestamps",
+    "previous",
+    "limitBytes",
+];
+
+/// Which container to read: the one named, the default-container annotation, or the only one.
+fn choose_container(pod: &Value, name: &str, query: &Query) -> ApiResult<String> {
+    let containers: Vec<&str> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("name").and_then(Value::as_str))
+        .collect();
+    let wanted = query.get("container").map(str::to_string).or_else(|| {
+        pod.pointer("/metadata/annotations/kubectl.kubernetes.io~1default-container")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    match wanted {
+        Some(c) if containers.contains(&c.as_str()) => Ok(c),
+        Some(c) => Err(ApiError::BadRequest(format!(
+            "container {c} is not valid for pod {name}"
+        ))),
+        None if containers.len() == 1 => Ok(containers[0].to_string()),
+        None => Err(ApiError::BadRequest(format!(
+            "a container name must be specified for pod {name}, choose one of: [{}]",
+            containers.join(" ")
+        ))),
+    }
+}
+
+/// The agent's address, from the Node's InternalIP and kubelet endpoint port.
+fn node_endpoint(node: &Value) -> Option<String> {
+    let ip = node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))?
+        .get("address")?
+        .as_str()?;
+    let port = node
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_u64)?;
+    Some(if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    })
+}
+
+pub(crate) async fn proxy(api: &ApiServer, target: &Target, query: &Query) -> ApiResult<Response> {
+    let name = target.name();
+    let pod = get_stored(api, target.info, &target.key(), name)?;
+    let container = choose_container(&pod.object, name, query)?;
+    let node_name = pod
+        .object
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty());
+    let Some(node_name) = node_name else {
+        return Err(ApiError::BadRequest(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    };
+    let nodes = resources::lookup("", "v1", "nodes").expect("nodes are served");
+    let node = get_stored(api, nodes, &nodes.key(None, node_name), node_name)?;
+    let endpoint = node_endpoint(&node.object).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "node {node_name} has no reachable address for logs"
+        ))
+    })?;
+    let namespace = target.namespace.as_deref().unwrap_or_default();
+    let mut url = reqwest::Url::parse(&format!(
+        "http://{endpoint}/containerLogs/{namespace}/{name}/{container}"
+    ))
+    .map_err(ApiError::internal)?;
+    for p in LOG_PARAMS {
+        if let Some(v) = query.get(p) {
+            url.query_pairs_mut().append_pair(p, v);
+        }
+    }
+    let upstream = reqwest::Client::new()
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| ApiError::Upstream(format!("reading logs from node {node_name}: {e}")))?;
+    let status =
+        StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = upstream
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("text/plain")
+        .to_string();
+    let body = Body::from_stream(upstream.bytes_stream().map_err(std::io::Error::other));
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(body)
+        .map_err(ApiError::internal)
+}

@@ -1,0 +1,322 @@
+//! One container's loop: pull, configure, run, and on exit restart (with back-off) or
+//! stop, as its pod's restart policy says. Each turn of the loop moves the container's
+//! [`State`] along an explicit transition and reports it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use tokio_util::sync::CancellationToken;
+
+use super::state::{State, Terminated, restarts};
+use super::{PodState, Runtime};
+use crate::config::backoff;
+use crate::events::EventType::{Normal, Warning};
+use crate::images::PullSource;
+use crate::logs::ContainerLog;
+use crate::pod::env::{PodFields, resolve};
+use crate::pod::volumes::Volumes;
+use crate::wasm::{Program, RunSpec};
+
+/// A container that has run this long without failing starts its back-off afresh, as
+/// the kubelet does.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
+
+/// The steps of the loop. Each names what happens next.
+enum Step {
+    Pull,
+    Configure(Arc<Program>),
+    Run(Arc<Program>, RunSpec),
+    Exited(Terminated, Instant),
+    BackOff(Duration),
+}
+
+pub(crate) struct ContainerLoop {
+    pub rt: Arc<Runtime>,
+    pub pod: Arc<Pod>,
+    pub index: usize,
+    pub volumes: Arc<Volumes>,
+    pub log: Arc<ContainerLog>,
+    pub status: tokio::sync::watch::Sender<PodState>,
+    pub stop: CancellationToken,
+}
+
+impl ContainerLoop {
+    fn container(&self) -> &k8s_openapi::api::core::v1::Container {
+        &self
+            .pod
+            .spec
+            .as_ref()
+            .expect("bound pods have a spec")
+            .containers[self.index]
+    }
+
+    fn name(&self) -> &str {
+        &self.container().name
+    }
+
+    fn set(&self, state: State) {
+        self.status
+            .send_modify(|s| s.containers[self.index].state = state);
+    }
+
+    fn event(&self, kind: crate::events::EventType, reason: &str, message: String) {
+        self.rt
+            .events
+            .record(&self.pod, Some(self.name()), kind, reason, message);
+    }
+
+    /// Sleeps unless stopped; returns false when stopped.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = self.stop.cancelled() => false,
+        }
+    }
+
+    pub async fn run(self) {
+        let image = self.container().image.clone().unwrap_or_default();
+        let policy = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into());
+        let mut pull_failures = 0u32;
+        let mut crash_failures = 0u32;
+        let mut step = Step::Pull;
+        loop {
+            if self.stop.is_cancelled() {
+                return;
+            }
+            step = match step {
+                Step::Pull => match self.rt.images.pull(&image).await {
+                    Ok((program, source)) => {
+                        pull_failures = 0;
+                        match source {
+                            PullSource::Present => self.event(
+                                Normal,
+                                "Pulled",
+                                format!("Container image \"{image}\" already present on machine"),
+                            ),
+                            PullSource::Pulled { took, compiled } => {
+                                if compiled {
+                                    self.rt.metrics.module_compiled();
+                                }
+                                self.event(
+                                    Normal,
+                                    "Pulled",
+                                    format!(
+                                        "Successfully pulled image \"{image}\" in {}ms{}",
+                                        took.as_millis(),
+                                        if compiled { " (compiled)" } else { "" }
+                                    ),
+                                )
+                            }
+                        }
+                        Step::Configure(program)
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        self.set(State::waiting(e.reason(), Some(message.clone())));
+                        self.event(
+                            Warning,
+                            "Failed",
+                            format!("Failed to pull image \"{image}\": {message}"),
+                        );
+                        if !e.retryable() {
+                            // The bytes are what they are: nothing to retry until the pod changes.
+                            self.stop.cancelled().await;
+                            return;
+                        }
+                        let delay = backoff(
+                            self.rt.config.backoff_base,
+                            self.rt.config.backoff_max,
+                            pull_failures,
+                        );
+                        pull_failures += 1;
+                        if !self.pause(Duration::from_millis(200).min(delay)).await {
+                            return;
+                        }
+                        self.set(State::waiting(
+                            "ImagePullBackOff",
+                            Some(format!("Back-off pulling image \"{image}\": {message}")),
+                        ));
+                        self.event(
+                            Normal,
+                            "BackOff",
+                            format!("Back-off pulling image \"{image}\""),
+                        );
+                        Step::BackOff(delay)
+                    }
+                },
+                Step::Configure(program) => match self.configure().await {
+                    Ok(spec) => Step::Run(program, spec),
+                    Err(message) => {
+                        self.set(State::waiting(
+                            "CreateContainerConfigError",
+                            Some(message.clone()),
+                        ));
+                        self.event(Warning, "Failed", format!("Error: {message}"));
+                        let delay = backoff(
+                            self.rt.config.backoff_base,
+                            self.rt.config.backoff_max,
+                            pull_failures,
+                        );
+                        pull_failures += 1;
+                        if !self.pause(delay).await {
+                            return;
+                        }
+                        Step::Configure(program)
+                    }
+                },
+                Step::Run(program, spec) => {
+                    let after_restart = self.status.borrow().containers[self.index].started_once;
+                    if let Err(e) = self.log.start_instance(after_restart) {
+                        tracing::warn!(error = %e, "opening the container log failed");
+                    }
+                    let started_at = crate::now_rfc3339();
+                    let began = Instant::now();
+                    self.event(
+                        Normal,
+                        "Created",
+                        format!("Created container {}", self.name()),
+                    );
+                    self.status.send_modify(|s| {
+                        let c = &mut s.containers[self.index];
+                        c.state = State::Running {
+                            started_at: started_at.clone(),
+                        };
+                        c.started_once = true;
+                    });
+                    self.event(
+                        Normal,
+                        "Started",
+                        format!("Started container {}", self.name()),
+                    );
+                    self.rt.metrics.instance_started();
+                    let outcome = program.run(spec, self.stop.child_token()).await;
+                    self.rt.metrics.instance_ended();
+                    self.log.end_instance();
+                    Step::Exited(Terminated::from_outcome(&outcome, started_at), began)
+                }
+                Step::Exited(terminated, began) => {
+                    if self.stop.is_cancelled() {
+                        return;
+                    }
+                    match terminated.reason {
+                        "Trap" => self.event(
+                            Warning,
+                            "Trap",
+                            format!(
+                                "Container {} trapped: {}",
+                                self.name(),
+                                terminated.message.clone().unwrap_or_default()
+                            ),
+                        ),
+                        "OOMKilled" => self.event(
+                            Warning,
+                            "OOMKilled",
+                            format!(
+                                "Container {} exceeded its memory limit: {}",
+                                self.name(),
+                                terminated.message.clone().unwrap_or_default()
+                            ),
+                        ),
+                        _ => {}
+                    }
+                    if !restarts(&policy, &terminated) {
+                        self.status.send_modify(|s| {
+                            let c = &mut s.containers[self.index];
+                            c.state = State::Terminated(terminated.clone());
+                            c.done = true;
+                        });
+                        self.stop.cancelled().await;
+                        return;
+                    }
+                    if began.elapsed() >= BACKOFF_RESET_AFTER {
+                        crash_failures = 0;
+                    }
+                    // The first restart is immediate; then the back-off doubles.
+                    let delay = if crash_failures == 0 {
+                        Duration::ZERO
+                    } else {
+                        backoff(
+                            self.rt.config.backoff_base,
+                            self.rt.config.backoff_max,
+                            crash_failures - 1,
+                        )
+                    };
+                    crash_failures += 1;
+                    let pod_name = self.pod.metadata.name.clone().unwrap_or_default();
+                    let ns = self.pod.metadata.namespace.clone().unwrap_or_default();
+                    let uid = self.pod.metadata.uid.clone().unwrap_or_default();
+                    self.status.send_modify(|s| {
+                        let c = &mut s.containers[self.index];
+                        c.restart_count += 1;
+                        c.last = Some(terminated.clone());
+                        c.state = if delay.is_zero() {
+                            State::Terminated(terminated.clone())
+                        } else {
+                            State::waiting(
+                                "CrashLoopBackOff",
+                                Some(format!("back-off {}s restarting failed container={} pod={pod_name}_{ns}({uid})", delay.as_secs(), self.name())),
+                            )
+                        };
+                    });
+                    if !delay.is_zero() {
+                        self.event(Warning, "BackOff", format!("Back-off restarting failed container {} in pod {pod_name}_{ns}({uid})", self.name()));
+                    }
+                    Step::BackOff(delay)
+                }
+                Step::BackOff(delay) => {
+                    if !self.pause(delay).await {
+                        return;
+                    }
+                    Step::Pull
+                }
+            };
+        }
+    }
+
+    /// The instance's argv, environment, preopens and limits.
+    async fn configure(&self) -> Result<RunSpec, String> {
+        let c = self.container();
+        let node = self.rt.config.name.clone();
+        let fields = PodFields {
+            pod: &self.pod,
+            node_name: &node,
+            host_ip: &self.rt.host_ip,
+        };
+        let env = resolve(&self.rt.client, &fields, c)
+            .await
+            .map_err(|e| e.to_string())?;
+        let preopens = self.volumes.preopens(c).map_err(|e| e.to_string())?;
+        // Kubernetes: command replaces the entrypoint, args follow it. A Wasm command has
+        // no entrypoint of its own, so argv[0] is the command or the container's name.
+        let mut args: Vec<String> = c.command.clone().unwrap_or_default();
+        if args.is_empty() {
+            args.push(c.name.clone());
+        }
+        args.extend(c.args.clone().unwrap_or_default());
+        let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());
+        let memory_limit = limits
+            .and_then(|l| l.get("memory"))
+            .map(|q| crate::quantity::bytes(&q.0))
+            .transpose()
+            .map_err(|e| format!("resources.limits.memory: {e}"))?;
+        let cpu_limit_millicores = limits
+            .and_then(|l| l.get("cpu"))
+            .map(|q| crate::quantity::millicores(&q.0))
+            .transpose()
+            .map_err(|e| format!("resources.limits.cpu: {e}"))?;
+        Ok(RunSpec {
+            args,
+            env,
+            preopens,
+            output: self.log.clone(),
+            memory_limit,
+            cpu_limit_millicores,
+        })
+    }
+}

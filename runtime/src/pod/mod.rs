@@ -1,0 +1,336 @@
+//! Running one pod: prepare its volumes, run each container's loop, and report the
+//! pod's status (phase, conditions, container statuses) as it changes.
+
+mod container;
+pub mod env;
+pub mod state;
+pub mod volumes;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AgentConfig;
+use crate::events::EventRecorder;
+use crate::images::ImageStore;
+use crate::logs::ContainerLog;
+use crate::metrics::Metrics;
+use state::{ContainerStatus, State, phase};
+use volumes::Volumes;
+
+/// What every pod on this agent shares.
+pub struct Runtime {
+    pub client: kube::Client,
+    pub images: ImageStore,
+    pub events: EventRecorder,
+    pub config: AgentConfig,
+    pub host_ip: String,
+    pub logs: LogRegistry,
+    pub metrics: Metrics,
+}
+
+/// The live state of a pod, from which its status is derived.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodState {
+    pub containers: Vec<ContainerStatus>,
+    /// A pod-level failure (a refused volume), with its reason and message.
+    pub failure: Option<(&'static str, String)>,
+}
+
+/// A pod's container logs, by container name.
+type PodLogs = HashMap<String, Arc<ContainerLog>>;
+
+/// The container logs of the pods on this agent, by namespace and pod name.
+#[derive(Default)]
+pub struct LogRegistry {
+    pods: Mutex<HashMap<(String, String), PodLogs>>,
+}
+
+impl LogRegistry {
+    pub fn get(&self, namespace: &str, pod: &str, container: &str) -> Option<Arc<ContainerLog>> {
+        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        pods.get(&(namespace.to_string(), pod.to_string()))?
+            .get(container)
+            .cloned()
+    }
+
+    pub fn containers(&self, namespace: &str, pod: &str) -> Vec<String> {
+        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        pods.get(&(namespace.to_string(), pod.to_string()))
+            .map(|c| c.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn insert(&self, namespace: &str, pod: &str, container: &str, log: Arc<ContainerLog>) {
+        let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        pods.entry((namespace.to_string(), pod.to_string()))
+            .or_default()
+            .insert(container.to_string(), log);
+    }
+
+    pub fn remove(&self, namespace: &str, pod: &str) {
+        self.pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(namespace.to_string(), pod.to_string()));
+    }
+}
+
+pub fn pod_dir(config: &AgentConfig, uid: &str) -> PathBuf {
+    config.data_dir.join("pods").join(uid)
+}
+
+pub fn log_dir(config: &AgentConfig, pod: &Pod) -> PathBuf {
+    let m = &pod.metadata;
+    config.data_dir.join("logs").join(format!(
+        "{}_{}_{}",
+        m.namespace.as_deref().unwrap_or_default(),
+        m.name.as_deref().unwrap_or_default(),
+        m.uid.as_deref().unwrap_or_default()
+    ))
+}
+
+/// The container statuses a pod starts from: restart counts continue from what the
+/// control plane last heard (after an agent restart).
+fn initial_state(pod: &Pod) -> PodState {
+    let previous = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default();
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            let restarts = previous
+                .iter()
+                .find(|p| p.name == c.name)
+                .map(|p| p.restart_count.max(0) as u32)
+                .unwrap_or(0);
+            let ran = previous.iter().any(|p| {
+                p.name == c.name
+                    && (p.restart_count > 0
+                        || p.state
+                            .as_ref()
+                            .is_some_and(|s| s.running.is_some() || s.terminated.is_some()))
+            });
+            let mut status =
+                ContainerStatus::new(&c.name, c.image.as_deref().unwrap_or_default(), restarts);
+            // An instance the control plane saw running died with the old agent: that is a restart.
+            if ran {
+                status.restart_count += 1;
+                status.started_once = true;
+            }
+            status
+        })
+        .collect();
+    PodState {
+        containers,
+        failure: None,
+    }
+}
+
+/// Runs a pod until `stop`: its containers, and a reporter that writes its status.
+pub async fn run_pod(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let (status_tx, status_rx) = tokio::sync::watch::channel(initial_state(&pod));
+    let start_time = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.clone())
+        .map(|t| crate::format_time(t.0))
+        .unwrap_or_else(crate::now_rfc3339);
+    let reporter_stop = CancellationToken::new();
+    let reporter = tokio::spawn(report_status(
+        rt.clone(),
+        pod.clone(),
+        start_time,
+        status_rx,
+        reporter_stop.clone(),
+    ));
+
+    let volumes = loop {
+        match Volumes::prepare(
+            &rt.client,
+            &pod,
+            &pod_dir(&rt.config, &uid),
+            &rt.config.allowed_host_paths,
+        )
+        .await
+        {
+            Ok(v) => break Some(Arc::new(v)),
+            Err(e) => {
+                let message = e.to_string();
+                rt.events.record(
+                    &pod,
+                    None,
+                    crate::events::EventType::Warning,
+                    "FailedMount",
+                    message.clone(),
+                );
+                if e.is_permanent() {
+                    status_tx.send_modify(|s| {
+                        s.failure = Some(("FailedMount", message.clone()));
+                        for c in &mut s.containers {
+                            c.state =
+                                State::waiting("CreateContainerConfigError", Some(message.clone()));
+                            c.done = true;
+                        }
+                    });
+                    break None;
+                }
+                status_tx.send_modify(|s| {
+                    for c in &mut s.containers {
+                        c.state = State::waiting("ContainerCreating", Some(message.clone()));
+                    }
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(rt.config.backoff_base) => {}
+                    _ = stop.cancelled() => break None,
+                }
+            }
+        }
+    };
+
+    let mut loops = tokio::task::JoinSet::new();
+    if let Some(volumes) = volumes {
+        let spec_containers = pod.spec.as_ref().map(|s| s.containers.len()).unwrap_or(0);
+        for index in 0..spec_containers {
+            let cname = pod.spec.as_ref().expect("checked above").containers[index]
+                .name
+                .clone();
+            let log = match ContainerLog::open(
+                log_dir(&rt.config, &pod).join(&cname),
+                rt.config.log_max_bytes,
+            ) {
+                Ok(l) => Arc::new(l),
+                Err(e) => {
+                    tracing::error!(pod = %name, container = %cname, error = %e, "cannot open the container log");
+                    continue;
+                }
+            };
+            rt.logs.insert(&namespace, &name, &cname, log.clone());
+            loops.spawn(
+                container::ContainerLoop {
+                    rt: rt.clone(),
+                    pod: pod.clone(),
+                    index,
+                    volumes: volumes.clone(),
+                    log,
+                    status: status_tx.clone(),
+                    stop: stop.clone(),
+                }
+                .run(),
+            );
+        }
+    }
+    while loops.join_next().await.is_some() {}
+    stop.cancelled().await;
+    reporter_stop.cancel();
+    let _ = reporter.await;
+}
+
+/// Writes the pod's status whenever its state changes, coalescing bursts.
+async fn report_status(
+    rt: Arc<Runtime>,
+    pod: Arc<Pod>,
+    start_time: String,
+    mut rx: tokio::sync::watch::Receiver<PodState>,
+    stop: CancellationToken,
+) {
+    let api: Api<Pod> = Api::namespaced(
+        rt.client.clone(),
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+    );
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let mut ready_since: Option<(bool, String)> = None;
+    let mut last_written: Option<Value> = None;
+    loop {
+        let state = rx.borrow_and_update().clone();
+        let ready = state.failure.is_none() && state.containers.iter().all(ContainerStatus::ready);
+        let transition = match &ready_since {
+            Some((r, t)) if *r == ready => t.clone(),
+            _ => {
+                let now = crate::now_rfc3339();
+                ready_since = Some((ready, now.clone()));
+                now
+            }
+        };
+        let status = pod_status(&rt.host_ip, &uid, &start_time, &state, ready, &transition);
+        if last_written.as_ref() != Some(&status) {
+            let patch = json!({"metadata": {"uid": uid}, "status": status});
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => last_written = Some(status),
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return,
+                Err(e) => {
+                    tracing::warn!(pod = %name, error = %e, "writing pod status failed; will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+fn condition(kind: &str, ok: bool, transition: &str) -> Value {
+    json!({"type": kind, "status": if ok { "True" } else { "False" }, "lastTransitionTime": transition})
+}
+
+/// The pod's `.status`, as the kubelet would write it.
+fn pod_status(
+    host_ip: &str,
+    uid: &str,
+    start_time: &str,
+    state: &PodState,
+    ready: bool,
+    transition: &str,
+) -> Value {
+    let phase = if state.failure.is_some() {
+        "Failed"
+    } else {
+        phase(&state.containers)
+    };
+    let mut status = json!({
+        "phase": phase,
+        "conditions": [
+            condition("PodReadyToStartContainers", true, start_time),
+            condition("Initialized", true, start_time),
+            condition("Ready", ready, transition),
+            condition("ContainersReady", ready, transition),
+            condition("PodScheduled", true, start_time),
+        ],
+        "hostIP": host_ip,
+        "hostIPs": [{"ip": host_ip}],
+        "podIP": host_ip,
+        "podIPs": [{"ip": host_ip}],
+        "startTime": start_time,
+        "containerStatuses": state.containers.iter().map(|c| c.to_json(uid)).collect::<Vec<_>>(),
+        "reason": null,
+        "message": null,
+    });
+    if let Some((reason, message)) = &state.failure {
+        status["reason"] = json!(reason);
+        status["message"] = json!(message);
+    }
+    status
+}

@@ -1,0 +1,393 @@
+//! Pod volumes as host directories that become WASI preopens: emptyDir, configMap and
+//! secret (projected as files, written through cap-std so a key can never escape the
+//! volume), and hostPath only under the roots the agent allows.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Pod, Secret, Volume};
+use kube::Api;
+
+use crate::wasm::Preopen;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("hostPath {path} is not under a root this agent allows ({allowed})")]
+    HostPathRefused { path: String, allowed: String },
+    #[error(
+        "volume {name}: {kind} volumes are not supported; use emptyDir, configMap, secret or hostPath"
+    )]
+    Unsupported { name: String, kind: String },
+    #[error("volume {volume}: {kind} {name} not found")]
+    SourceMissing {
+        volume: String,
+        kind: &'static str,
+        name: String,
+    },
+    #[error("volume {volume}: key {key} not found in {kind} {name}")]
+    KeyMissing {
+        volume: String,
+        kind: &'static str,
+        name: String,
+        key: String,
+    },
+    #[error("volume {volume}: path {path:?} must be relative and must not contain '..'")]
+    BadPath { volume: String, path: String },
+    #[error("volumeMount {mount}: no volume named {name}")]
+    MountUnknown { mount: String, name: String },
+    #[error("volume {volume}: reading its source failed: {message}")]
+    SourceUnreadable { volume: String, message: String },
+    #[error("volume {volume}: {source}")]
+    Io {
+        volume: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl VolumeError {
+    /// Whether the pod fails outright (rather than waiting for a missing source to appear).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            VolumeError::HostPathRefused { .. }
+                | VolumeError::Unsupported { .. }
+                | VolumeError::BadPath { .. }
+                | VolumeError::MountUnknown { .. }
+        )
+    }
+}
+
+/// Prepared volumes: name → host directory, and whether the volume is read-only by nature.
+pub struct Volumes {
+    dirs: HashMap<String, (PathBuf, bool)>,
+}
+
+fn io(volume: &str) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
+    move |source| VolumeError::Io {
+        volume: volume.to_string(),
+        source,
+    }
+}
+
+fn safe_relative(volume: &str, path: &str) -> Result<PathBuf, VolumeError> {
+    let p = Path::new(path);
+    if path.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(VolumeError::BadPath {
+            volume: volume.to_string(),
+            path: path.to_string(),
+        });
+    }
+    Ok(p.to_path_buf())
+}
+
+/// Writes `files` (relative path → bytes) into a fresh directory through cap-std.
+fn project(volume: &str, dir: &Path, files: Vec<(PathBuf, Vec<u8>)>) -> Result<(), VolumeError> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io(volume))?;
+    }
+    std::fs::create_dir_all(dir).map_err(io(volume))?;
+    let root = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
+        .map_err(io(volume))?;
+    for (rel, bytes) in files {
+        if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+            root.create_dir_all(parent).map_err(io(volume))?;
+        }
+        root.write(&rel, bytes).map_err(io(volume))?;
+    }
+    Ok(())
+}
+
+/// Chooses which keys become which files, as `items` says (all keys by default).
+fn select(
+    volume: &str,
+    kind: &'static str,
+    name: &str,
+    data: Vec<(String, Vec<u8>)>,
+    items: Option<&Vec<KeyToPath>>,
+    optional: bool,
+) -> Result<Vec<(PathBuf, Vec<u8>)>, VolumeError> {
+    let Some(items) = items else {
+        return data
+            .into_iter()
+            .map(|(k, v)| Ok((safe_relative(volume, &k)?, v)))
+            .collect();
+    };
+    let mut out = Vec::new();
+    for item in items {
+        match data.iter().find(|(k, _)| *k == item.key) {
+            Some((_, v)) => out.push((safe_relative(volume, &item.path)?, v.clone())),
+            None if optional => {}
+            None => {
+                return Err(VolumeError::KeyMissing {
+                    volume: volume.to_string(),
+                    kind,
+                    name: name.to_string(),
+                    key: item.key.clone(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn is_under(path: &Path, roots: &[PathBuf]) -> bool {
+    roots
+        .iter()
+        .filter_map(|r| r.canonicalize().ok())
+        .any(|root| path.starts_with(root))
+}
+
+async fn prepare_one(
+    client: &kube::Client,
+    namespace: &str,
+    vol: &Volume,
+    dir: &Path,
+    allowed: &[PathBuf],
+) -> Result<(PathBuf, bool), VolumeError> {
+    let name = vol.name.as_str();
+    if vol.empty_dir.is_some() {
+        std::fs::create_dir_all(dir).map_err(io(name))?;
+        return Ok((dir.to_path_buf(), false));
+    }
+    if let Some(cm) = &vol.config_map {
+        let optional = cm.optional.unwrap_or(false);
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        let data = match api
+            .get_opt(&cm.name)
+            .await
+            .map_err(|e| VolumeError::SourceUnreadable {
+                volume: name.into(),
+                message: e.to_string(),
+            })? {
+            Some(c) => c
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .chain(
+                    c.binary_data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0)),
+                )
+                .collect(),
+            None if optional => Vec::new(),
+            None => {
+                return Err(VolumeError::SourceMissing {
+                    volume: name.into(),
+                    kind: "configmap",
+                    name: cm.name.clone(),
+                });
+            }
+        };
+        project(
+            name,
+            dir,
+            select(
+                name,
+                "configmap",
+                &cm.name,
+                data,
+                cm.items.as_ref(),
+                optional,
+            )?,
+        )?;
+        return Ok((dir.to_path_buf(), true));
+    }
+    if let Some(s) = &vol.secret {
+        let optional = s.optional.unwrap_or(false);
+        let secret_name = s.secret_name.clone().unwrap_or_default();
+        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let data =
+            match api
+                .get_opt(&secret_name)
+                .await
+                .map_err(|e| VolumeError::SourceUnreadable {
+                    volume: name.into(),
+                    message: e.to_string(),
+                })? {
+                Some(sec) => sec
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect(),
+                None if optional => Vec::new(),
+                None => {
+                    return Err(VolumeError::SourceMissing {
+                        volume: name.into(),
+                        kind: "secret",
+                        name: secret_name,
+                    });
+                }
+            };
+        project(
+            name,
+            dir,
+            select(
+                name,
+                "secret",
+                &secret_name,
+                data,
+                s.items.as_ref(),
+                optional,
+            )?,
+        )?;
+        return Ok((dir.to_path_buf(), true));
+    }
+    if let Some(hp) = &vol.host_path {
+        let refused = || VolumeError::HostPathRefused {
+            path: hp.path.clone(),
+            allowed: if allowed.is_empty() {
+                "none configured; see --allow-host-path".into()
+            } else {
+                allowed
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        };
+        let requested = Path::new(&hp.path);
+        if !requested.is_absolute() {
+            return Err(refused());
+        }
+        // Check before creating anything, on the nearest existing ancestor, so a refused
+        // path never touches the host.
+        let existing = requested
+            .ancestors()
+            .find(|a| a.exists())
+            .and_then(|a| a.canonicalize().ok())
+            .ok_or_else(refused)?;
+        if !is_under(&existing, allowed) {
+            return Err(refused());
+        }
+        if matches!(hp.type_.as_deref(), Some("DirectoryOrCreate")) {
+            std::fs::create_dir_all(requested).map_err(io(name))?;
+        }
+        let real = requested.canonicalize().map_err(io(name))?;
+        if !is_under(&real, allowed) {
+            return Err(refused());
+        }
+        return Ok((real, false));
+    }
+    let kind = serde_json::to_value(vol)
+        .ok()
+        .and_then(|v| {
+            v.as_object()
+                .and_then(|m| m.keys().find(|k| *k != "name").cloned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    Err(VolumeError::Unsupported {
+        name: name.into(),
+        kind,
+    })
+}
+
+impl Volumes {
+    /// Prepares every volume of the pod under `pod_dir/volumes/`.
+    pub async fn prepare(
+        client: &kube::Client,
+        pod: &Pod,
+        pod_dir: &Path,
+        allowed: &[PathBuf],
+    ) -> Result<Volumes, VolumeError> {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let mut dirs = HashMap::new();
+        for vol in pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            let dir = pod_dir.join("volumes").join(&vol.name);
+            dirs.insert(
+                vol.name.clone(),
+                prepare_one(client, namespace, vol, &dir, allowed).await?,
+            );
+        }
+        Ok(Volumes { dirs })
+    }
+
+    /// The preopens a container gets from its volumeMounts.
+    pub fn preopens(&self, container: &Container) -> Result<Vec<Preopen>, VolumeError> {
+        let mut out = Vec::new();
+        for m in container.volume_mounts.iter().flatten() {
+            let (dir, forced_ro) =
+                self.dirs
+                    .get(&m.name)
+                    .ok_or_else(|| VolumeError::MountUnknown {
+                        mount: m.mount_path.clone(),
+                        name: m.name.clone(),
+                    })?;
+            let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                Some(sub) => {
+                    let p = dir.join(safe_relative(&m.name, sub)?);
+                    std::fs::create_dir_all(&p).map_err(io(&m.name))?;
+                    p
+                }
+                None => dir.clone(),
+            };
+            out.push(Preopen {
+                host,
+                guest: m.mount_path.clone(),
+                read_only: *forced_ro || m.read_only.unwrap_or(false),
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_cannot_escape() {
+        assert!(safe_relative("v", "a/b.txt").is_ok());
+        for bad in ["../x", "/etc/passwd", "a/../../b", ""] {
+            assert!(safe_relative("v", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn projection_writes_selected_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("cm");
+        let data = vec![
+            ("a".to_string(), b"1".to_vec()),
+            ("b".to_string(), b"2".to_vec()),
+        ];
+        let items = vec![KeyToPath {
+            key: "b".into(),
+            path: "sub/b.txt".into(),
+            ..Default::default()
+        }];
+        project(
+            "v",
+            &target,
+            select("v", "configmap", "cm", data, Some(&items), false).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(target.join("sub/b.txt")).unwrap(), b"2");
+        assert!(!target.join("a").exists());
+    }
+
+    #[test]
+    fn host_paths_must_be_under_an_allowed_root() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("ok")).unwrap();
+        let allowed = vec![root.path().to_path_buf()];
+        assert!(is_under(
+            &root.path().join("ok").canonicalize().unwrap(),
+            &allowed
+        ));
+        assert!(!is_under(Path::new("/etc"), &allowed));
+        assert!(!is_under(
+            &root.path().join("ok").canonicalize().unwrap(),
+            &[]
+        ));
+    }
+}

@@ -1,0 +1,194 @@
+//! The agent's listener: container logs for the API server's `pods/log` proxy, health,
+//! and metrics. (App traffic joins it in a later issue.)
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::logs::{self, ContainerLog, LogQuery};
+use crate::pod::Runtime;
+
+pub fn router(rt: Arc<Runtime>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(container_logs),
+        )
+        .with_state(rt)
+}
+
+async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        rt.metrics.render(),
+    )
+        .into_response()
+}
+
+fn status(code: StatusCode, reason: &str, message: String) -> Response {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()});
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn parse_query(q: &HashMap<String, String>) -> Result<LogQuery, String> {
+    let flag = |k: &str| matches!(q.get(k).map(String::as_str), Some("true" | "1"));
+    let num = |k: &str| -> Result<Option<i64>, String> {
+        q.get(k)
+            .filter(|v| !v.is_empty())
+            .map(|v| v.parse::<i64>().map_err(|_| format!("invalid {k}: {v:?}")))
+            .transpose()
+    };
+    let since = match (
+        num("sinceSeconds")?,
+        q.get("sinceTime").filter(|v| !v.is_empty()),
+    ) {
+        (Some(s), _) => Some(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(s.max(0))),
+        (None, Some(t)) => Some(t.parse().map_err(|_| format!("invalid sinceTime: {t:?}"))?),
+        _ => None,
+    };
+    Ok(LogQuery {
+        previous: flag("previous"),
+        tail_lines: num("tailLines")?.filter(|n| *n >= 0).map(|n| n as usize),
+        since,
+        timestamps: flag("timestamps"),
+        limit_bytes: num("limitBytes")?.filter(|n| *n > 0).map(|n| n as usize),
+        follow: flag("follow"),
+    })
+}
+
+async fn container_logs(
+    State(rt): State<Arc<Runtime>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> Response {
+    let query = match parse_query(&raw) {
+        Ok(q) => q,
+        Err(m) => return status(StatusCode::BAD_REQUEST, "BadRequest", m),
+    };
+    let Some(log) = rt.logs.get(&namespace, &pod, &container) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("container {container} of pod {namespace}/{pod} has no logs on this node"),
+        );
+    };
+    let files = log.files(query.previous);
+    if query.previous && files.is_empty() {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("previous terminated container \"{container}\" in pod \"{pod}\" not found"),
+        );
+    }
+    let (lines, offset) =
+        match tokio::task::spawn_blocking(move || logs::read_lines(&files, query_tail(&raw))).await
+        {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                return status(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    format!("reading logs: {e}"),
+                );
+            }
+            Err(e) => {
+                return status(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    e.to_string(),
+                );
+            }
+        };
+    let mut first = logs::render(&lines, &query);
+    if let Some(limit) = query.limit_bytes {
+        first.truncate(limit);
+    }
+    let follow =
+        query.follow && !query.previous && query.limit_bytes.is_none_or(|l| first.len() < l);
+    let body = if follow {
+        Body::from_stream(follow_stream(log, first, offset, query))
+    } else {
+        Body::from(first)
+    };
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+fn query_tail(raw: &HashMap<String, String>) -> Option<usize> {
+    raw.get("tailLines")
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|n| *n >= 0)
+        .map(|n| n as usize)
+}
+
+/// The lines already written, then new ones as they come, until the instance ends or
+/// the byte limit is reached.
+fn follow_stream(
+    log: Arc<ContainerLog>,
+    first: Vec<u8>,
+    offset: u64,
+    query: LogQuery,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let mut sent = first.len();
+        if !first.is_empty() && tx.send(Ok(Bytes::from(first))).await.is_err() {
+            return;
+        }
+        let mut changes = log.subscribe();
+        let mut offset = offset;
+        let current = log.files(false).pop();
+        loop {
+            let running = log.is_running();
+            if let Some(path) = &current {
+                let path = path.clone();
+                let read =
+                    tokio::task::spawn_blocking(move || logs::read_from(&path, offset)).await;
+                if let Ok(Ok((lines, next))) = read {
+                    offset = next;
+                    let mut out = logs::render(
+                        &lines,
+                        &LogQuery {
+                            since: None,
+                            ..query.clone()
+                        },
+                    );
+                    if let Some(limit) = query.limit_bytes {
+                        out.truncate(limit.saturating_sub(sent));
+                    }
+                    sent += out.len();
+                    if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
+                        return;
+                    }
+                    if query.limit_bytes.is_some_and(|l| sent >= l) {
+                        return;
+                    }
+                }
+            }
+            if !running {
+                return;
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

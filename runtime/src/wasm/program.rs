@@ -1,0 +1,328 @@
+//! A loaded program and its runs: builds each replica's WASI context and store, runs the
+//! command to completion or stop, and turns whatever happened into an [`Outcome`].
+
+use std::fmt::Write as _;
+
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::ResourceTable;
+use wasmtime::{InstancePre, Linker, Store, Trap, WasmBacktrace};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::engine::WasmEngine;
+use super::limits::{MAX_HOST_RESOURCES, StoreBudget};
+use super::slicing::{Metered, RunMeter, Slicer};
+use super::stdio::SinkStream;
+use super::{Outcome, ProgramKind, RunSpec, Stream};
+
+/// Longest trap or failure text kept in an [`Outcome`]: enough for the trap and a few dozen
+/// frames of backtrace, small enough to go into pod status and events.
+const MAX_OUTCOME_TEXT: usize = 4096;
+
+/// Store data of a preview1 command.
+pub(crate) struct ModuleState {
+    wasi: WasiP1Ctx,
+    budget: StoreBudget,
+    slicer: Slicer,
+}
+
+/// Store data of a preview2 command component.
+pub(crate) struct ComponentState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    budget: StoreBudget,
+    slicer: Slicer,
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The WASI preview1 imports every command module links against.
+pub(crate) fn module_linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<ModuleState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut ModuleState| &mut state.wasi)?;
+    Ok(linker)
+}
+
+/// The WASI 0.2 imports every command component links against.
+pub(crate) fn component_linker(
+    engine: &wasmtime::Engine,
+) -> wasmtime::Result<wasmtime::component::Linker<ComponentState>> {
+    let mut linker = wasmtime::component::Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    Ok(linker)
+}
+
+/// A program pre-linked against WASI, ready to instantiate.
+pub(crate) enum Prepared {
+    Module(InstancePre<ModuleState>),
+    Component(CommandPre<ComponentState>),
+}
+
+/// A compiled, classified and pre-linked guest program. Replicas of a pod share one
+/// `Arc<Program>`; each [`Program::run`] gets its own store, memory and WASI context.
+pub struct Program {
+    engine: WasmEngine,
+    digest_hex: String,
+    prepared: Prepared,
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Program")
+            .field("digest", &self.digest_hex)
+            .field("kind", &self.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why running stopped short of an exit code.
+enum RunError {
+    /// Instantiation failed: a start-function trap, a refused allocation, no free slot.
+    Instantiate(wasmtime::Error),
+    /// The command itself failed: trap, `proc_exit`, or a fatal host-call error.
+    Call(wasmtime::Error),
+}
+
+impl Program {
+    pub(crate) fn new(engine: WasmEngine, digest_hex: String, prepared: Prepared) -> Program {
+        Program {
+            engine,
+            digest_hex,
+            prepared,
+        }
+    }
+
+    pub fn kind(&self) -> ProgramKind {
+        match self.prepared {
+            Prepared::Module(_) => ProgramKind::CommandModule,
+            Prepared::Component(_) => ProgramKind::CommandComponent,
+        }
+    }
+
+    /// The sha256 hex digest of the binary this program was loaded from.
+    pub fn digest(&self) -> &str {
+        &self.digest_hex
+    }
+
+    /// Runs the command once with exactly what `spec` grants, until it exits, fails or
+    /// `stop` is cancelled. Never panics on guest behaviour; every end is an [`Outcome`].
+    ///
+    /// Stopping is prompt in both places a guest can be: running wasm is trapped at its
+    /// next slice boundary by the epoch callback, and a guest suspended in a host call
+    /// (sleep, I/O) or a CPU-throttle pause is dropped. Dropping the future is supported by
+    /// wasmtime: its fiber is unwound and the store stays usable for inspection.
+    pub async fn run(&self, spec: RunSpec, stop: CancellationToken) -> Outcome {
+        if stop.is_cancelled() {
+            return Outcome::Interrupted;
+        }
+        let mut builder = match wasi_builder(&spec) {
+            Ok(builder) => builder,
+            Err(reason) => return Outcome::Failed(bounded(reason)),
+        };
+        let _ticking = self.engine.enter_run();
+        let meter = RunMeter::new();
+        let slicer = Slicer::new(
+            self.engine.config().slice_ticks,
+            stop.clone(),
+            meter.clone(),
+            spec.cpu_limit_millicores,
+        );
+        let budget = StoreBudget::new(spec.memory_limit);
+        match &self.prepared {
+            Prepared::Module(pre) => {
+                let state = ModuleState {
+                    wasi: builder.build_p1(),
+                    budget,
+                    slicer,
+                };
+                let mut store = Store::new(self.engine.wasmtime(), state);
+                store.limiter(|state| &mut state.budget);
+                Slicer::install(&mut store, |state| &mut state.slicer);
+                let ended = {
+                    let run = Metered::new(run_module(pre, &mut store), meter);
+                    tokio::select! {
+                        biased;
+                        () = stop.cancelled() => None,
+                        ended = run => Some(ended),
+                    }
+                };
+                let state = store.data();
+                outcome(ended, &state.budget, &state.slicer)
+            }
+            Prepared::Component(pre) => {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_HOST_RESOURCES);
+                let state = ComponentState {
+                    wasi: builder.build(),
+                    table,
+                    budget,
+                    slicer,
+                };
+                let mut store = Store::new(self.engine.wasmtime(), state);
+                store.limiter(|state| &mut state.budget);
+                Slicer::install(&mut store, |state| &mut state.slicer);
+                let ended = {
+                    let run = Metered::new(run_component(pre, &mut store), meter);
+                    tokio::select! {
+                        biased;
+                        () = stop.cancelled() => None,
+                        ended = run => Some(ended),
+                    }
+                };
+                let state = store.data();
+                outcome(ended, &state.budget, &state.slicer)
+            }
+        }
+    }
+}
+
+async fn run_module(
+    pre: &InstancePre<ModuleState>,
+    store: &mut Store<ModuleState>,
+) -> Result<i32, RunError> {
+    let instance = pre
+        .instantiate_async(&mut *store)
+        .await
+        .map_err(RunError::Instantiate)?;
+    let start = instance
+        .get_typed_func::<(), ()>(&mut *store, "_start")
+        .map_err(RunError::Instantiate)?;
+    start
+        .call_async(&mut *store, ())
+        .await
+        .map(|()| 0)
+        .map_err(RunError::Call)
+}
+
+async fn run_component(
+    pre: &CommandPre<ComponentState>,
+    store: &mut Store<ComponentState>,
+) -> Result<i32, RunError> {
+    let command = pre
+        .instantiate_async(&mut *store)
+        .await
+        .map_err(RunError::Instantiate)?;
+    match command.wasi_cli_run().call_run(&mut *store).await {
+        Ok(Ok(())) => Ok(0),
+        // `run` returning `err` is how a component says "exit with failure" (code 1).
+        Ok(Err(())) => Ok(1),
+        Err(error) => Err(RunError::Call(error)),
+    }
+}
+
+/// The guest's whole world: args, env, preopens, stdout/stderr into the sink, an empty
+/// stdin, clocks and randomness, and no network at all.
+fn wasi_builder(spec: &RunSpec) -> Result<WasiCtxBuilder, String> {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .args(&spec.args)
+        .envs(&spec.env)
+        .stdout(SinkStream::new(spec.output.clone(), Stream::Stdout))
+        .stderr(SinkStream::new(spec.output.clone(), Stream::Stderr))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    for preopen in &spec.preopens {
+        let perms = if preopen.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        builder
+            .preopened_dir(&preopen.host, &preopen.guest, perms)
+            .map_err(|error| {
+                format!(
+                    "cannot open {} for the guest at {}: {error:#}",
+                    preopen.host.display(),
+                    preopen.guest
+                )
+            })?;
+    }
+    Ok(builder)
+}
+
+/// Decides how the run ended. `None` means the stop token won the race.
+fn outcome(ended: Option<Result<i32, RunError>>, budget: &StoreBudget, slicer: &Slicer) -> Outcome {
+    let out_of_memory = || budget.refusal().map(|r| Outcome::OutOfMemory(r.message()));
+    let exited = |code: i32| match code {
+        0 => Outcome::Exited(0),
+        code => out_of_memory().unwrap_or(Outcome::Exited(code)),
+    };
+    let (error, instantiating) = match ended {
+        None => return Outcome::Interrupted,
+        Some(Ok(code)) => return exited(code),
+        Some(Err(RunError::Instantiate(error))) => (error, true),
+        Some(Err(RunError::Call(error))) => (error, false),
+    };
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        return exited(exit.0);
+    }
+    if slicer.interrupted() {
+        return Outcome::Interrupted;
+    }
+    if let Some(oom) = out_of_memory() {
+        return oom;
+    }
+    let is_trap = error.downcast_ref::<Trap>().is_some();
+    if instantiating && !is_trap {
+        // Not the guest's code failing: no free instance slot, a store limit, a link error.
+        return Outcome::Failed(bounded(format!(
+            "instantiating the program failed: {error:#}"
+        )));
+    }
+    Outcome::Trapped(describe_failure(&error))
+}
+
+/// The trap (or fatal host error) first, then the wasm backtrace, bounded in length.
+fn describe_failure(error: &wasmtime::Error) -> String {
+    let backtrace = error
+        .downcast_ref::<WasmBacktrace>()
+        .map(|bt| bt.to_string());
+    let mut text = match error.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => error
+            .chain()
+            .map(|cause| cause.to_string())
+            .filter(|cause| Some(cause) != backtrace.as_ref())
+            .collect::<Vec<_>>()
+            .join(": "),
+    };
+    if let Some(backtrace) = backtrace {
+        let _ = write!(text, "\n{backtrace}");
+    }
+    bounded(text)
+}
+
+/// Cuts `text` to [`MAX_OUTCOME_TEXT`] bytes on a character boundary.
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_OUTCOME_TEXT {
+        let mut end = MAX_OUTCOME_TEXT - "…".len();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_texts_are_cut_on_a_char_boundary() {
+        let text = bounded("é".repeat(5000));
+        assert!(text.len() <= MAX_OUTCOME_TEXT);
+        assert!(text.ends_with('…'));
+        assert_eq!(bounded("short".to_owned()), "short");
+    }
+}

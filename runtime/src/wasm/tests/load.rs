@@ -1,0 +1,195 @@
+//! Loading: detection of what a binary is, compile-once, and the on-disk cache.
+
+use std::sync::Arc;
+
+use super::guests::{HELLO, HTTP_COMPONENT, REACTOR, command_component};
+use super::*;
+use crate::wasm::{LoadError, ProgramKind};
+
+fn load_error(bytes: &[u8]) -> LoadError {
+    let cache = tempfile::tempdir().expect("temp dir");
+    match engine().load(&digest(bytes), bytes, cache.path()) {
+        Ok((program, _)) => panic!("expected a load error, got {program:?}"),
+        Err(error) => error,
+    }
+}
+
+#[test]
+fn a_module_exporting_start_is_a_command_module() {
+    assert_eq!(program(HELLO).kind(), ProgramKind::CommandModule);
+}
+
+#[test]
+fn a_component_exporting_cli_run_is_a_command_component() {
+    let guest = command_component("i32.const 0");
+    assert_eq!(program(&guest).kind(), ProgramKind::CommandComponent);
+}
+
+#[test]
+fn a_reactor_module_is_rejected_with_the_reason() {
+    match load_error(&wasm(REACTOR)) {
+        LoadError::InvalidModule(reason) => {
+            assert_eq!(reason, "a reactor/library module: no _start export")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn an_empty_component_is_rejected() {
+    match load_error(&wasm("(component)")) {
+        LoadError::InvalidModule(reason) => {
+            assert!(
+                reason.contains("without a wasi:cli/run@0.2 export"),
+                "{reason}"
+            )
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn an_http_component_is_rejected_as_not_supported_yet() {
+    match load_error(&wasm(HTTP_COMPONENT)) {
+        LoadError::InvalidModule(reason) => assert_eq!(
+            reason,
+            "a wasi:http component; HTTP apps are not supported by this agent yet"
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn bytes_that_are_not_wasm_are_rejected() {
+    assert!(matches!(load_error(b"hello"), LoadError::NotWasm(_)));
+    // Wasm text is not a binary either: the agent runs only what a digest pins.
+    assert!(matches!(
+        load_error(HELLO.as_bytes()),
+        LoadError::NotWasm(_)
+    ));
+}
+
+#[test]
+fn invalid_code_fails_to_compile_with_wasmtime_s_message() {
+    // A valid header followed by a section id that doesn't exist.
+    match load_error(b"\0asm\x01\0\0\0\x7f\x00") {
+        LoadError::CompileFailed(message) => assert!(!message.is_empty()),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn modules_with_imports_beyond_wasi_are_rejected() {
+    let guest = r#"(module (import "env" "secret" (func)) (func (export "_start")))"#;
+    match load_error(&wasm(guest)) {
+        LoadError::InvalidModule(reason) => assert!(reason.contains("imports"), "{reason}"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn digests_are_checked_before_anything_touches_the_cache() {
+    let cache = tempfile::tempdir().expect("temp dir");
+    let bytes = wasm(HELLO);
+    let engine = engine();
+    let wrong = digest(b"something else");
+    assert!(matches!(
+        engine.load(&wrong, &bytes, cache.path()),
+        Err(LoadError::DigestMismatch { .. })
+    ));
+    assert!(matches!(
+        engine.load_cached("../escape", cache.path()),
+        Err(LoadError::InvalidDigest(_))
+    ));
+    assert_eq!(engine.compiles(), 0);
+}
+
+#[test]
+fn a_program_is_compiled_once_and_shared() -> TestResult {
+    let cache = tempfile::tempdir()?;
+    let bytes = wasm(HELLO);
+    let engine = engine();
+    let (first, source) = engine.load(&digest(&bytes), &bytes, cache.path())?;
+    assert!(matches!(source, LoadSource::Compiled(_)));
+    let (second, source) = engine.load(&digest(&bytes), &bytes, cache.path())?;
+    assert_eq!(source, LoadSource::Cached);
+    assert!(Arc::ptr_eq(&first, &second), "replicas share one program");
+    assert_eq!(engine.compiles(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_engine_loads_the_cached_artifact_without_recompiling() -> TestResult {
+    let cache = tempfile::tempdir()?;
+    let bytes = wasm(HELLO);
+    let hash = digest(&bytes);
+    let first = engine();
+    let (compiled, _) = first.load(&hash, &bytes, cache.path())?;
+    assert_eq!(first.compiles(), 1);
+
+    // As after an agent restart: a new engine with the same config, and no bytes.
+    let second = engine();
+    let cached = second
+        .load_cached(&hash, cache.path())?
+        .expect("the artifact is on disk");
+    assert_eq!(second.compiles(), 0);
+    assert_eq!(cached.kind(), compiled.kind());
+    assert_eq!(cached.digest(), hash);
+
+    let output = Capture::new();
+    assert_eq!(
+        run_to_end(&cached, spec(output.clone())).await,
+        Outcome::Exited(0)
+    );
+    assert_eq!(output.stdout(), "hello from wasm\n");
+
+    // `load` with the bytes also finds it instead of compiling.
+    let (_, source) = second.load(&hash, &bytes, cache.path())?;
+    assert_eq!(source, LoadSource::Cached);
+    assert_eq!(second.compiles(), 0);
+    Ok(())
+}
+
+#[test]
+fn load_cached_misses_cleanly_and_survives_a_corrupt_artifact() -> TestResult {
+    let cache = tempfile::tempdir()?;
+    let bytes = wasm(HELLO);
+    let hash = digest(&bytes);
+    let engine = engine();
+    assert!(engine.load_cached(&hash, cache.path())?.is_none());
+
+    drop(engine.load(&hash, &bytes, cache.path())?);
+    let artifact = std::fs::read_dir(cache.path())?
+        .filter_map(Result::ok)
+        .map(|dir| dir.path().join(format!("{hash}.cwasm")))
+        .find(|path| path.exists())
+        .expect("the artifact was written under the engine directory");
+    std::fs::write(&artifact, b"truncated by a crash")?;
+
+    // A fresh engine (nothing in memory) treats the bad file as a miss and recompiles.
+    let fresh = super::engine();
+    assert!(fresh.load_cached(&hash, cache.path())?.is_none());
+    let (_, source) = fresh.load(&hash, &bytes, cache.path())?;
+    assert!(matches!(source, LoadSource::Compiled(_)));
+    assert!(fresh.load_cached(&hash, cache.path())?.is_some());
+    Ok(())
+}
+
+#[test]
+fn nonsense_engine_configs_are_rejected() {
+    for config in [
+        EngineConfig {
+            epoch_tick: Duration::ZERO,
+            ..EngineConfig::default()
+        },
+        EngineConfig {
+            slice_ticks: 0,
+            ..EngineConfig::default()
+        },
+    ] {
+        assert!(matches!(
+            WasmEngine::new(config),
+            Err(crate::wasm::EngineError::ConfigRejected(_))
+        ));
+    }
+}

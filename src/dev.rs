@@ -1,0 +1,66 @@
+//! `skiff dev`: a whole local cluster in one process: the control plane and N agents
+//! named dev-1..dev-N, on loopback, with free ports and the embedded store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use skiff_controlplane::server::{Server, ServerConfig};
+
+use crate::PodFlags;
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Where the cluster's store, nodes and kubeconfig live.
+    #[arg(long, default_value = "skiff-dev")]
+    data_dir: PathBuf,
+    /// How many agents (nodes) to run.
+    #[arg(long, default_value_t = 1)]
+    nodes: u32,
+    /// The API server's address; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    pods: PodFlags,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let server = Server::start(ServerConfig::new(args.data_dir.join("server"), args.listen))
+        .await
+        .context("starting the control plane")?;
+    // The kubeconfig sits at the top of the dev directory, where users look for it.
+    let kubeconfig = args.data_dir.join("kubeconfig");
+    std::fs::copy(&server.kubeconfig, &kubeconfig).context("writing the kubeconfig")?;
+    let agents = futures::future::try_join_all((1..=args.nodes).map(|i| {
+        let name = format!("dev-{i}");
+        let mut config = skiff_runtime::AgentConfig::new(
+            &name,
+            args.data_dir.join("nodes").join(&name),
+            "127.0.0.1:0".parse().expect("a valid address"),
+        );
+        args.pods.apply(&mut config);
+        let url = server.api_url.clone();
+        async move {
+            let client = crate::client_for(Some(&url), None).await?;
+            skiff_runtime::Agent::start(config, client)
+                .await
+                .with_context(|| format!("starting agent {name}"))
+        }
+    }))
+    .await?;
+    println!("api: {}", server.api_url);
+    println!("kubeconfig: {}", kubeconfig.display());
+    println!(
+        "nodes: {} ready in {} ms",
+        agents.len(),
+        started.elapsed().as_millis()
+    );
+    crate::shutdown_signal().await;
+    tracing::info!("stopping the dev cluster");
+    futures::future::join_all(agents.into_iter().map(|a| a.shutdown())).await;
+    server.shutdown().await;
+    Ok(())
+}
