@@ -115,6 +115,9 @@ impl ImageStore {
         let hex = skiff_api::module::parse_digest(image)
             .ok_or_else(|| PullError::BadReference(image.to_string()))?
             .to_string();
+        if let Some(program) = self.engine.loaded(&hex) {
+            return Ok((program, PullSource::Present));
+        }
         let gate = self
             .inflight
             .lock()

@@ -1,16 +1,21 @@
 //! The agent's pod loop: watch the pods bound to this node and reconcile them against
-//! the pod workers that are running. Level-based: every pass compares the whole desired
-//! set with the whole running set, whatever event woke it.
+//! the pod workers that are running.
+//!
+//! Level-based: reconciling a pod compares its desired state (the watch cache) with its
+//! running state (the worker), whatever event marked it. Events only say *which* pods to
+//! look at, so a busy node does work per change rather than per pod; a periodic full
+//! pass looks at every pod regardless.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Preconditions};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +25,16 @@ use crate::pod::{Runtime, log_dir, pod_dir, run_pod};
 /// A full pass runs at least this often even when nothing is heard from the watch.
 const RESYNC: Duration = Duration::from_secs(10);
 
+/// A pod by namespace and name.
+type Key = (String, String);
+
+fn key_of(pod: &Pod) -> Key {
+    (
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
 struct Worker {
     pod: Arc<Pod>,
     stop: CancellationToken,
@@ -28,8 +43,41 @@ struct Worker {
     stopping: bool,
 }
 
-fn key(pod: &Pod) -> String {
-    pod.metadata.uid.clone().unwrap_or_default()
+impl Worker {
+    fn uid(&self) -> Option<&str> {
+        self.pod.metadata.uid.as_deref()
+    }
+}
+
+/// Pods to look at next, shared by the watch, the workers and the loop.
+#[derive(Default)]
+struct Queue {
+    dirty: Mutex<(HashSet<Key>, bool)>,
+    wake: Notify,
+}
+
+impl Queue {
+    fn mark(&self, key: Key) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .insert(key);
+        self.wake.notify_one();
+    }
+
+    fn mark_all(&self) {
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.wake.notify_one();
+    }
+
+    /// The marked pods, or `None` when everything should be looked at.
+    fn take(&self) -> Option<HashSet<Key>> {
+        let mut d = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        let all = std::mem::take(&mut d.1);
+        let keys = std::mem::take(&mut d.0);
+        (!all).then_some(keys)
+    }
 }
 
 /// Watches this node's pods and keeps a worker per live pod until `stop`.
@@ -37,28 +85,50 @@ pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
     let api: Api<Pod> = Api::all(rt.client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", rt.config.name));
     let (store, writer) = reflector::store();
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let watch_wake = wake.clone();
+    let queue = Arc::new(Queue::default());
+    let watch_queue = queue.clone();
     // The reflector keeps the cache; it re-lists on 410 and resumes otherwise.
     let watch_task = tokio::spawn(async move {
         let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "pod watch interrupted; retrying");
+            match event {
+                Ok(
+                    watcher::Event::Apply(p)
+                    | watcher::Event::Delete(p)
+                    | watcher::Event::InitApply(p),
+                ) => watch_queue.mark(key_of(&p)),
+                // A (re-)list: pods may have gone while we weren't watching.
+                Ok(watcher::Event::InitDone | watcher::Event::Init) => watch_queue.mark_all(),
+                Err(e) => tracing::warn!(error = %e, "pod watch interrupted; retrying"),
             }
-            watch_wake.notify_one();
         }
     });
-    let mut workers: HashMap<String, Worker> = HashMap::new();
+    let mut workers: HashMap<Key, Worker> = HashMap::new();
     let _ = tokio::time::timeout(Duration::from_secs(30), store.wait_until_ready()).await;
+    queue.mark_all();
+    let mut resync = tokio::time::interval(RESYNC);
     loop {
-        reconcile(&rt, &store, &mut workers, &wake).await;
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(RESYNC) => {}
+            _ = queue.wake.notified() => {}
+            _ = resync.tick() => queue.mark_all(),
         }
+        let keys: Vec<Key> = match queue.take() {
+            Some(keys) => keys.into_iter().collect(),
+            None => store
+                .state()
+                .iter()
+                .map(|p| key_of(p))
+                .chain(workers.keys().cloned())
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect(),
+        };
+        for key in keys {
+            reconcile(&rt, &store, &mut workers, &queue, key).await;
+        }
+        rt.metrics.set_pods(workers.len());
     }
     watch_task.abort();
     // Shutdown: stop every instance; the pods stay bound and come back on restart.
@@ -70,71 +140,68 @@ pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
     }
 }
 
+/// Brings one pod's running state in line with its desired state.
 async fn reconcile(
     rt: &Arc<Runtime>,
     store: &Store<Pod>,
-    workers: &mut HashMap<String, Worker>,
-    wake: &Arc<tokio::sync::Notify>,
+    workers: &mut HashMap<Key, Worker>,
+    queue: &Arc<Queue>,
+    key: Key,
 ) {
-    let desired: HashMap<String, Arc<Pod>> =
-        store.state().into_iter().map(|p| (key(&p), p)).collect();
-    for (uid, pod) in &desired {
-        let terminating = pod.metadata.deletion_timestamp.is_some();
-        match workers.get_mut(uid) {
-            None if terminating => confirm_deletion(rt, pod).await,
-            None => {
-                let stop = CancellationToken::new();
-                let run = run_pod(rt.clone(), pod.clone(), stop.clone());
-                let done = wake.clone();
-                // A finished worker wakes the loop, so a stopped pod's deletion is confirmed at once.
-                let task = tokio::spawn(async move {
-                    run.await;
-                    done.notify_one();
-                });
-                workers.insert(
-                    uid.clone(),
-                    Worker {
-                        pod: pod.clone(),
-                        stop,
-                        task,
-                        stopping: false,
-                    },
-                );
-            }
-            Some(w) if terminating && !w.stopping => {
-                rt.events.record(
+    let desired = store.get(&ObjectRef::new(&key.1).within(&key.0));
+    // A worker for another pod of the same name (deleted and recreated) goes first.
+    let stale = workers.get(&key).is_some_and(|w| {
+        desired
+            .as_ref()
+            .is_none_or(|p| p.metadata.uid.as_deref() != w.uid())
+    });
+    if stale && let Some(w) = workers.remove(&key) {
+        w.stop.cancel();
+        let _ = w.task.await;
+        cleanup(rt, &w.pod);
+    }
+    let Some(pod) = desired else { return };
+    let terminating = pod.metadata.deletion_timestamp.is_some();
+    match workers.get_mut(&key) {
+        None if terminating => confirm_deletion(rt, &pod).await,
+        None => {
+            let stop = CancellationToken::new();
+            let run = run_pod(rt.clone(), pod.clone(), stop.clone());
+            let (done, done_key) = (queue.clone(), key.clone());
+            // A finished worker marks its pod, so a stopped pod's deletion is confirmed at once.
+            let task = tokio::spawn(async move {
+                run.await;
+                done.mark(done_key);
+            });
+            workers.insert(
+                key,
+                Worker {
                     pod,
-                    None,
-                    EventType::Normal,
-                    "Killing",
-                    "Stopping the pod's instances".into(),
-                );
-                w.stop.cancel();
-                w.stopping = true;
-            }
-            Some(w) if w.stopping && w.task.is_finished() => {
-                confirm_deletion(rt, pod).await;
-                if let Some(w) = workers.remove(uid) {
-                    cleanup(rt, &w.pod);
-                }
-            }
-            Some(_) => {}
+                    stop,
+                    task,
+                    stopping: false,
+                },
+            );
         }
-    }
-    // Pods gone from the API (force-deleted, or moved): stop and clean up.
-    let gone: Vec<String> = workers
-        .keys()
-        .filter(|uid| !desired.contains_key(*uid))
-        .cloned()
-        .collect();
-    for uid in gone {
-        if let Some(w) = workers.remove(&uid) {
+        Some(w) if terminating && !w.stopping => {
+            rt.events.record(
+                &pod,
+                None,
+                EventType::Normal,
+                "Killing",
+                "Stopping the pod's instances".into(),
+            );
             w.stop.cancel();
-            let _ = w.task.await;
-            cleanup(rt, &w.pod);
+            w.stopping = true;
         }
+        Some(w) if w.stopping && w.task.is_finished() => {
+            confirm_deletion(rt, &pod).await;
+            if let Some(w) = workers.remove(&key) {
+                cleanup(rt, &w.pod);
+            }
+        }
+        Some(_) => {}
     }
-    rt.metrics.set_pods(workers.len());
 }
 
 /// Tells the control plane the pod's instances are gone: delete with grace 0, only if
@@ -154,7 +221,7 @@ async fn confirm_deletion(rt: &Runtime, pod: &Pod) {
     };
     let name = pod.metadata.name.clone().unwrap_or_default();
     match api.delete(&name, &params).await {
-        Ok(_) => tracing::info!(pod = %name, "pod deleted"),
+        Ok(_) => tracing::debug!(pod = %name, "pod deletion confirmed"),
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
         Err(e) => tracing::warn!(pod = %name, error = %e, "confirming deletion failed; will retry"),
     }

@@ -23,6 +23,10 @@ use crate::metrics::Metrics;
 use state::{ContainerStatus, State, phase};
 use volumes::Volumes;
 
+/// How long a pod's first status write waits for its containers to leave the initial
+/// "ContainerCreating" state.
+const TRANSIENT_STATE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What every pod on this agent shares.
 pub struct Runtime {
     pub client: kube::Client,
@@ -256,6 +260,24 @@ async fn report_status(
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let mut ready_since: Option<(bool, String)> = None;
     let mut last_written: Option<Value> = None;
+    // A pod whose module is cached reaches Running within milliseconds: skip writing the
+    // transient "ContainerCreating" state unless it lasts, so a start costs one write.
+    let _ = tokio::time::timeout(TRANSIENT_STATE_GRACE, async {
+        while rx.borrow().containers.iter().all(|c| {
+            matches!(
+                c.state,
+                State::Waiting {
+                    reason: "ContainerCreating",
+                    ..
+                }
+            )
+        }) {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
     loop {
         let state = rx.borrow_and_update().clone();
         let ready = state.failure.is_none() && state.containers.iter().all(ContainerStatus::ready);

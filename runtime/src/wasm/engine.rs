@@ -234,6 +234,21 @@ impl WasmEngine {
         Ok(Some(program))
     }
 
+    /// The program for a digest if it is loaded in memory now: no I/O, so callers can try
+    /// it on the async thread before paying for a blocking load.
+    pub fn loaded(&self, digest_hex: &str) -> Option<Arc<Program>> {
+        let slot = self
+            .inner
+            .programs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(digest_hex)
+            .cloned()?;
+        slot.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .upgrade()
+    }
+
     pub(crate) fn wasmtime(&self) -> &Engine {
         &self.inner.engine
     }
