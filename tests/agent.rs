@@ -190,12 +190,71 @@ async fn hello_runs_to_succeeded_and_its_logs_are_readable() {
         .iter()
         .map(|e| e["reason"].as_str().unwrap())
         .collect();
-    for want in ["Pulled", "Created", "Started"] {
+    for want in ["Pulling", "Pulled", "Created", "Started"] {
         assert!(
             reasons.contains(&want),
             "{want} missing from events {reasons:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn logs_follow_a_running_guest_and_honour_since() {
+    let (_d, _p, api) = dev(&[]);
+    let digest = api.upload(workload("ticker.wasm")).await;
+    wasm_pod("ticker", &digest)
+        .args(&["50ms"])
+        .create(&api)
+        .await;
+    pod_until(&api, "ticker", "the ticker running", |p| {
+        phase(p) == "Running"
+    })
+    .await;
+
+    // follow=true keeps the stream open and delivers new lines as the guest writes them.
+    let mut follow = api
+        .http
+        .get(format!("{}{PODS}/ticker/log?follow=true", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(follow.status().as_u16(), 200);
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.lines().filter(|l| l.starts_with("tick ")).count() < 10 {
+        let chunk = tokio::time::timeout_at(deadline, follow.chunk())
+            .await
+            .expect("ticks keep arriving")
+            .unwrap()
+            .expect("the stream stays open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(follow);
+
+    let ticks = |s: &str| s.lines().filter(|l| l.starts_with("tick ")).count();
+    let full = eventually("two seconds of ticks", WAIT, || {
+        let api = api.clone();
+        async move {
+            let (_, logs) = api.text(&format!("{PODS}/ticker/log")).await;
+            (ticks(&logs) >= 40).then_some(logs)
+        }
+    })
+    .await;
+    let (_, recent) = api.text(&format!("{PODS}/ticker/log?sinceSeconds=1")).await;
+    assert!(
+        ticks(&recent) >= 1 && ticks(&recent) < ticks(&full),
+        "sinceSeconds=1 gave {} of {} ticks",
+        ticks(&recent),
+        ticks(&full)
+    );
+
+    // Asking for a container the pod doesn't have is a clear 400.
+    let (code, body) = api.text(&format!("{PODS}/ticker/log?container=nope")).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("container nope is not valid for pod ticker"),
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -47,9 +47,9 @@ impl PullError {
     /// The container waiting reason a failure shows as.
     pub fn reason(&self) -> &'static str {
         match self {
-            PullError::InvalidModule(_) | PullError::NotWasm(_) | PullError::CompileFailed(_) => {
-                "InvalidModule"
-            }
+            // Bytes that are not Wasm at all are a bad pull (the store served something
+            // else); Wasm that is not a runnable command is the module's own problem.
+            PullError::InvalidModule(_) | PullError::CompileFailed(_) => "InvalidModule",
             _ => "ErrImagePull",
         }
     }
@@ -108,6 +108,11 @@ impl ImageStore {
 
     pub fn engine(&self) -> &WasmEngine {
         &self.engine
+    }
+
+    /// Whether an image's program is loaded in memory (no pull needed).
+    pub fn is_loaded(&self, image: &str) -> bool {
+        skiff_api::module::parse_digest(image).is_some_and(|hex| self.engine.loaded(hex).is_some())
     }
 
     /// The compiled program for an image, fetching and compiling only what is missing.

@@ -85,11 +85,20 @@ impl ContainerLoop {
         let mut pull_failures = 0u32;
         let mut crash_failures = 0u32;
         let mut step = Step::Pull;
+        // "Pulling" is announced once, before the first fetch or compile.
+        let mut announced_pull = false;
         loop {
             if self.stop.is_cancelled() {
                 return;
             }
             step = match step {
+                Step::Pull
+                    if !self.rt.images.is_loaded(&image)
+                        && !std::mem::replace(&mut announced_pull, true) =>
+                {
+                    self.event(Normal, "Pulling", format!("Pulling image \"{image}\""));
+                    Step::Pull
+                }
                 Step::Pull => match self.rt.images.pull(&image).await {
                     Ok((program, source)) => {
                         pull_failures = 0;
