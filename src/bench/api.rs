@@ -4,7 +4,6 @@
 //! figures reported are medians over runs.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -12,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio::io::AsyncBufReadExt;
 
+use super::SkiffProcess;
 use super::etcd::{self, Etcd};
 use super::stats::Latencies;
 
@@ -49,7 +48,7 @@ pub struct ApiBenchArgs {
 enum System {
     Skiff {
         url: String,
-        child: tokio::process::Child,
+        process: SkiffProcess,
         _dir: tempfile::TempDir,
     },
     Etcd(Etcd),
@@ -65,45 +64,22 @@ impl System {
 
     async fn start_skiff() -> anyhow::Result<System> {
         let dir = tempfile::tempdir()?;
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting skiff server")?;
-        let stdout = child.stdout.take().context("server stdout")?;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let url = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(url) = line.strip_prefix("api: ") {
-                    return Ok(url.to_string());
-                }
-            }
-            bail!("server exited before printing its api: line")
-        })
-        .await
-        .context("server did not start within 30s")??;
+        let data_dir = dir.path().display().to_string();
+        let (process, url) = SkiffProcess::start(
+            &["server", "--listen", "127.0.0.1:0", "--data-dir", &data_dir],
+            "api:",
+        )
+        .await?;
         Ok(System::Skiff {
             url,
-            child,
+            process,
             _dir: dir,
         })
     }
 
     async fn stop(self) {
         match self {
-            System::Skiff { mut child, .. } => {
-                if let Some(pid) = child.id() {
-                    // SIGTERM, so the server shuts down as in production.
-                    let _ = std::process::Command::new("kill")
-                        .arg(pid.to_string())
-                        .status();
-                }
-                let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-            }
+            System::Skiff { process, .. } => process.stop().await,
             System::Etcd(e) => e.stop().await,
         }
     }

@@ -7,6 +7,11 @@ mod pods;
 mod stats;
 
 use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::AsyncBufReadExt;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -28,6 +33,65 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.which {
         Which::Api(a) => api::run(a).await,
         Which::Pods(a) => pods::run(a).await,
+    }
+}
+
+/// A `skiff` child process of a benchmark; killed if dropped.
+pub(crate) struct SkiffProcess {
+    child: tokio::process::Child,
+}
+
+impl SkiffProcess {
+    /// Starts `skiff ARGS` and waits for a stdout line starting with `marker`; returns
+    /// the process and the rest of that line.
+    pub(crate) async fn start(
+        args: &[&str],
+        marker: &str,
+    ) -> anyhow::Result<(SkiffProcess, String)> {
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let rest = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(l) = lines.next_line().await? {
+                if let Some(rest) = l.strip_prefix(marker) {
+                    return Ok(rest.trim().to_string());
+                }
+            }
+            bail!("exited before printing {marker}")
+        })
+        .await
+        .context("start timed out")??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok((SkiffProcess { child }, rest))
+    }
+
+    /// Resident memory, from /proc.
+    pub(crate) fn rss_mib(&self) -> f64 {
+        let pid = self.child.id().unwrap_or(0);
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            })
+            .map(|kib| kib / 1024.0)
+            .unwrap_or(f64::NAN)
+    }
+
+    /// SIGTERM, as in production, then wait for the exit.
+    pub(crate) async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
     }
 }
 

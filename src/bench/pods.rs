@@ -7,15 +7,14 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio::io::AsyncBufReadExt;
 
+use super::SkiffProcess;
 use super::stats::Latencies;
 
 #[derive(clap::Args)]
@@ -42,57 +41,6 @@ pub struct PodBenchArgs {
     runs: usize,
     #[arg(long)]
     json: Option<PathBuf>,
-}
-
-struct Proc {
-    child: tokio::process::Child,
-}
-
-impl Proc {
-    async fn start(args: &[&str], marker: &str) -> anyhow::Result<(Proc, String)> {
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()?;
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let rest = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(l) = lines.next_line().await? {
-                if let Some(rest) = l.strip_prefix(marker) {
-                    return Ok(rest.trim().to_string());
-                }
-            }
-            bail!("exited before printing {marker}")
-        })
-        .await
-        .context("start timed out")??;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok((Proc { child }, rest))
-    }
-
-    fn rss_mib(&self) -> f64 {
-        let pid = self.child.id().unwrap_or(0);
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            })
-            .map(|kib| kib / 1024.0)
-            .unwrap_or(f64::NAN)
-    }
-
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg(pid.to_string())
-                .status();
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
-    }
 }
 
 fn pod(name: &str, image: &str, args: &[&str]) -> Value {
@@ -240,7 +188,7 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server_dir = dir.path().join("server").display().to_string();
     let agent_dir = dir.path().join("agent").display().to_string();
-    let (server, url) = Proc::start(
+    let (server, url) = SkiffProcess::start(
         &[
             "server",
             "--listen",
@@ -251,7 +199,7 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
         "api:",
     )
     .await?;
-    let (agent, _) = Proc::start(
+    let (agent, _) = SkiffProcess::start(
         &[
             "agent",
             "--server",

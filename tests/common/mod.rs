@@ -96,7 +96,7 @@ pub fn workload(name: &str) -> Vec<u8> {
 pub struct ServerProcess {
     pub url: String,
     pub data_dir: PathBuf,
-    child: Child,
+    process: Process,
 }
 
 impl ServerProcess {
@@ -106,68 +106,29 @@ impl ServerProcess {
     }
 
     pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> ServerProcess {
-        use std::io::{BufRead, BufReader};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(["server", "--listen", listen, "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawning skiff server");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("api: ") {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server printed its api: line within 30s");
+        let dir = data_dir.to_str().expect("a UTF-8 temp path");
+        let mut args = vec!["server", "--listen", listen, "--data-dir", dir];
+        args.extend_from_slice(extra);
+        let (process, url) = Process::start(&args, "api:");
         ServerProcess {
             url,
             data_dir: data_dir.to_path_buf(),
-            child,
+            process,
         }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// SIGKILL: no chance to flush or clean up.
-    pub fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn kill9(self) {
+        self.process.kill9();
     }
 
     /// SIGTERM, then wait for exit; returns the exit status.
-    pub fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("waiting for server") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit within {within:?} of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn terminate(self, within: Duration) -> std::process::ExitStatus {
+        self.process.terminate(within)
     }
 }
 

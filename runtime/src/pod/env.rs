@@ -74,52 +74,43 @@ impl PodFields<'_> {
 struct Sources<'a> {
     client: &'a kube::Client,
     namespace: &'a str,
-    config_maps: BTreeMap<String, Option<BTreeMap<String, String>>>,
-    secrets: BTreeMap<String, Option<BTreeMap<String, String>>>,
+    /// (kind, name) → the source's data as text, or `None` if it doesn't exist.
+    cache: BTreeMap<(&'static str, String), Option<BTreeMap<String, String>>>,
 }
 
 impl Sources<'_> {
-    async fn config_map(
+    /// The data of the ConfigMap or Secret (`kind` is "configmap" or "secret").
+    async fn data(
         &mut self,
+        kind: &'static str,
         name: &str,
     ) -> Result<Option<&BTreeMap<String, String>>, EnvError> {
-        if !self.config_maps.contains_key(name) {
-            let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), self.namespace);
-            let cm = api
-                .get_opt(name)
-                .await
-                .map_err(|e| EnvError::SourceUnreadable {
-                    kind: "configmap",
-                    name: name.into(),
-                    message: e.to_string(),
-                })?;
-            self.config_maps
-                .insert(name.to_string(), cm.map(|c| c.data.unwrap_or_default()));
+        let key = (kind, name.to_string());
+        if !self.cache.contains_key(&key) {
+            let unreadable = |e: kube::Error| EnvError::SourceUnreadable {
+                kind,
+                name: name.into(),
+                message: e.to_string(),
+            };
+            let data = if kind == "secret" {
+                let api: Api<Secret> = Api::namespaced(self.client.clone(), self.namespace);
+                api.get_opt(name).await.map_err(unreadable)?.map(|s| {
+                    s.data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                        .collect()
+                })
+            } else {
+                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), self.namespace);
+                api.get_opt(name)
+                    .await
+                    .map_err(unreadable)?
+                    .map(|c| c.data.unwrap_or_default())
+            };
+            self.cache.insert(key.clone(), data);
         }
-        Ok(self.config_maps[name].as_ref())
-    }
-
-    async fn secret(&mut self, name: &str) -> Result<Option<&BTreeMap<String, String>>, EnvError> {
-        if !self.secrets.contains_key(name) {
-            let api: Api<Secret> = Api::namespaced(self.client.clone(), self.namespace);
-            let s = api
-                .get_opt(name)
-                .await
-                .map_err(|e| EnvError::SourceUnreadable {
-                    kind: "secret",
-                    name: name.into(),
-                    message: e.to_string(),
-                })?;
-            let decoded = s.map(|s| {
-                s.data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-                    .collect()
-            });
-            self.secrets.insert(name.to_string(), decoded);
-        }
-        Ok(self.secrets[name].as_ref())
+        Ok(self.cache[&key].as_ref())
     }
 }
 
@@ -164,84 +155,63 @@ pub async fn resolve(
     let mut sources = Sources {
         client,
         namespace,
-        config_maps: BTreeMap::new(),
-        secrets: BTreeMap::new(),
+        cache: BTreeMap::new(),
     };
     let mut out: Vec<(String, String)> = Vec::new();
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
-        let (kind, name, optional, data) = if let Some(r) = &from.config_map_ref {
-            (
-                "configmap",
-                r.name.clone(),
-                r.optional.unwrap_or(false),
-                sources.config_map(&r.name).await?.cloned(),
-            )
-        } else if let Some(r) = &from.secret_ref {
-            (
-                "secret",
-                r.name.clone(),
-                r.optional.unwrap_or(false),
-                sources.secret(&r.name).await?.cloned(),
-            )
-        } else {
+        let source = from
+            .config_map_ref
+            .as_ref()
+            .map(|r| ("configmap", &r.name, r.optional))
+            .or_else(|| {
+                from.secret_ref
+                    .as_ref()
+                    .map(|r| ("secret", &r.name, r.optional))
+            });
+        let Some((kind, name, optional)) = source else {
             continue;
         };
-        match data {
+        match sources.data(kind, name).await?.cloned() {
             Some(d) => out.extend(d.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v))),
-            None if optional => {}
-            None => return Err(EnvError::SourceMissing { kind, name }),
+            None if optional.unwrap_or(false) => {}
+            None => {
+                return Err(EnvError::SourceMissing {
+                    kind,
+                    name: name.clone(),
+                });
+            }
         }
     }
     for var in container.env.iter().flatten() {
         let value = match &var.value_from {
             None => expand(var.value.as_deref().unwrap_or_default(), &out),
             Some(src) => {
-                if let Some(r) = &src.config_map_key_ref {
-                    let optional = r.optional.unwrap_or(false);
-                    match sources
-                        .config_map(&r.name)
-                        .await?
-                        .map(|d| d.get(&r.key).cloned())
-                    {
+                let key_ref = src
+                    .config_map_key_ref
+                    .as_ref()
+                    .map(|r| ("configmap", &r.name, &r.key, r.optional))
+                    .or_else(|| {
+                        src.secret_key_ref
+                            .as_ref()
+                            .map(|r| ("secret", &r.name, &r.key, r.optional))
+                    });
+                if let Some((kind, name, key, optional)) = key_ref {
+                    match sources.data(kind, name).await?.map(|d| d.get(key).cloned()) {
                         Some(Some(v)) => v,
-                        _ if optional => continue,
+                        _ if optional.unwrap_or(false) => continue,
                         Some(None) => {
                             return Err(EnvError::KeyMissing {
-                                kind: "configmap",
+                                kind,
                                 namespace: namespace.into(),
-                                name: r.name.clone(),
-                                key: r.key.clone(),
+                                name: name.clone(),
+                                key: key.clone(),
                             });
                         }
                         None => {
                             return Err(EnvError::SourceMissing {
-                                kind: "configmap",
-                                name: r.name.clone(),
-                            });
-                        }
-                    }
-                } else if let Some(r) = &src.secret_key_ref {
-                    let optional = r.optional.unwrap_or(false);
-                    match sources
-                        .secret(&r.name)
-                        .await?
-                        .map(|d| d.get(&r.key).cloned())
-                    {
-                        Some(Some(v)) => v,
-                        _ if optional => continue,
-                        Some(None) => {
-                            return Err(EnvError::KeyMissing {
-                                kind: "secret",
-                                namespace: namespace.into(),
-                                name: r.name.clone(),
-                                key: r.key.clone(),
-                            });
-                        }
-                        None => {
-                            return Err(EnvError::SourceMissing {
-                                kind: "secret",
-                                name: r.name.clone(),
+                                kind,
+                                name: name.clone(),
                             });
                         }
                     }
