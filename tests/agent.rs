@@ -693,3 +693,76 @@ async fn dev_stops_cleanly_on_sigterm() {
     let status = p.terminate(Duration::from_secs(20));
     assert!(status.success(), "skiff dev exited with {status}");
 }
+
+#[tokio::test]
+async fn the_agent_rides_out_a_control_plane_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_dir = dir.path().join("server");
+    // A fixed port, so the restarted server is where the agent expects it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = common::ServerProcess::start_on(&server_dir, &listen, &[]);
+    let api = Api::new(&server.url);
+    let agent_dir = dir.path().join("agent");
+    let (_agent, _) = Process::start(
+        &[
+            "agent",
+            "--server",
+            &server.url,
+            "--name",
+            "dev-1",
+            "--data-dir",
+            agent_dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--lease-interval",
+            "200ms",
+        ],
+        "agent:",
+    );
+    let ticker = api.upload(workload("ticker.wasm")).await;
+    wasm_pod("before", &ticker)
+        .args(&["100ms"])
+        .create(&api)
+        .await;
+    pod_until(&api, "before", "the first pod running", |p| {
+        phase(p) == "Running"
+    })
+    .await;
+
+    server.kill9();
+    let server = common::ServerProcess::start_on(&server_dir, &listen, &[]);
+    let api = Api::new(&server.url);
+    // The agent's watch resumes against the new process: a pod created now runs.
+    wasm_pod("after", &ticker)
+        .args(&["100ms"])
+        .create(&api)
+        .await;
+    pod_until(
+        &api,
+        "after",
+        "a pod created after the restart running",
+        |p| phase(p) == "Running",
+    )
+    .await;
+    // The pod from before kept running through the outage, without a restart.
+    let before = api.get(&format!("{PODS}/before")).await.1;
+    assert_eq!(phase(&before), "Running");
+    assert_eq!(container(&before)["restartCount"], 0, "{before}");
+    let lease = |api: Api| async move {
+        api.get("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/dev-1")
+            .await
+            .1["spec"]["renewTime"]
+            .clone()
+    };
+    let first = lease(api.clone()).await;
+    eventually("the lease renewed against the new server", WAIT, || {
+        let (api, first) = (api.clone(), first.clone());
+        async move { (lease(api).await != first).then_some(()) }
+    })
+    .await;
+}
