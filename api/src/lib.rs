@@ -5,6 +5,7 @@
 pub mod client;
 pub mod module;
 pub mod patch;
+pub mod quantity;
 pub mod resources;
 pub mod selector;
 pub mod validation;

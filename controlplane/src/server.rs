@@ -132,6 +132,10 @@ impl Server {
             api.clone(),
             stop_loops.clone(),
         ));
+        loops.spawn(crate::scheduler::run_scheduler(
+            api.clone(),
+            stop_loops.clone(),
+        ));
         loops.spawn(compact_periodically(
             api.store.clone(),
             config.retention,

@@ -9,7 +9,6 @@ pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod pod;
-pub mod quantity;
 pub mod server;
 pub mod sync;
 pub mod wasm;

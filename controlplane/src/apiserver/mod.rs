@@ -5,6 +5,7 @@ mod crud;
 mod defaults;
 mod discovery;
 pub mod error;
+mod events;
 mod logs;
 mod modules;
 pub mod objects;
@@ -27,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources::{self, ResourceInfo, Subresource};
 
 pub use crud::{DeleteOptions, delete_object};
+pub use events::record_event;
 pub use modules::ModuleBlobs;
+pub use subresources::bind_pod;
 
 use crate::store::Store;
 use error::{ApiError, ApiResult};

@@ -197,7 +197,24 @@ pub(crate) async fn bind(
             }],
         ));
     }
-    let key = target.key();
+    bind_pod(
+        api,
+        target.namespace.as_deref().unwrap_or_default(),
+        name,
+        &node,
+    )
+    .await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
+}
+
+/// Assigns a pod to a node with compare-and-swap: a pod already bound, even to the same
+/// node, is a Conflict. Shared by `pods/binding` and the in-process scheduler.
+pub async fn bind_pod(api: &ApiServer, namespace: &str, name: &str, node: &str) -> ApiResult<()> {
+    let info = skiff_api::resources::lookup("", "v1", "pods").expect("pods are served");
+    let key = info.key(Some(namespace), name);
     for _ in 0..MAX_RETRIES {
         let current = get_stored(api, info, &key, name)?;
         let obj = &*current.object;
@@ -236,14 +253,7 @@ pub(crate) async fn bind(
             })
             .await
         {
-            Ok(_) => {
-                return Ok(json_response(
-                    StatusCode::CREATED,
-                    &json!({
-                        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201
-                    }),
-                ));
-            }
+            Ok(_) => return Ok(()),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(ApiError::from_store(e, info, name)),
         }

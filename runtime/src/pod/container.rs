@@ -311,12 +311,12 @@ impl ContainerLoop {
         let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());
         let memory_limit = limits
             .and_then(|l| l.get("memory"))
-            .map(|q| crate::quantity::bytes(&q.0))
+            .map(|q| skiff_api::quantity::bytes(&q.0))
             .transpose()
             .map_err(|e| format!("resources.limits.memory: {e}"))?;
         let cpu_limit_millicores = limits
             .and_then(|l| l.get("cpu"))
-            .map(|q| crate::quantity::millicores(&q.0))
+            .map(|q| skiff_api::quantity::millicores(&q.0))
             .transpose()
             .map_err(|e| format!("resources.limits.cpu: {e}"))?;
         Ok(RunSpec {
