@@ -35,7 +35,7 @@ fn pod(name: &str, image: &str, spec: Value) -> Value {
     let mut p = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name},
-        "spec": {"containers": [{"name": "main", "image": image, "args": ["1h"]}]},
+        "spec": {"containers": [{"name": "main", "image": image, "args": ["60m"]}]},
     });
     for (k, v) in spec.as_object().unwrap() {
         p["spec"][k] = v.clone();
@@ -106,10 +106,16 @@ async fn pods_spread_and_run() {
         }
     })
     .await;
-    let (_, events) = api
-        .get("/api/v1/namespaces/default/events?fieldSelector=reason%3DScheduled")
-        .await;
-    assert!(events["items"].as_array().unwrap().len() >= 6);
+    eventually("a Scheduled event per pod", WAIT, || {
+        let api = api.clone();
+        async move {
+            let (_, events) = api
+                .get("/api/v1/namespaces/default/events?fieldSelector=reason%3DScheduled")
+                .await;
+            (events["items"].as_array().unwrap().len() == 6).then_some(())
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -126,9 +132,17 @@ async fn a_pod_that_fits_nowhere_says_why() {
     );
     let (_, p) = api.get(&format!("{PODS}/greedy")).await;
     assert_eq!(p["status"]["phase"], "Pending");
-    let (_, events) = api.get("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dgreedy,reason%3DFailedScheduling").await;
+    // The event is recorded just after the condition is written.
+    let event = eventually("a FailedScheduling event", WAIT, || {
+        let api = api.clone();
+        async move {
+            let (_, events) = api.get("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dgreedy,reason%3DFailedScheduling").await;
+            events["items"].as_array().and_then(|i| i.first()).cloned()
+        }
+    })
+    .await;
     assert_eq!(
-        events["items"][0]["message"],
+        event["message"],
         "0/3 nodes are available: 3 Insufficient cpu."
     );
 

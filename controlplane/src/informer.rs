@@ -12,8 +12,26 @@ use tokio_util::sync::CancellationToken;
 use crate::store::{EventType, ListRequest, Store, StoreError};
 
 /// The cached objects by store key; readers get `Arc`s and never mutate them.
+/// One change the cache applied, for controllers that map changes to work-queue keys.
+#[derive(Debug, Clone)]
+pub enum CacheEvent {
+    /// Created or updated; `prev` is the object before, if it was cached.
+    Changed {
+        object: Arc<Value>,
+        prev: Option<Arc<Value>>,
+    },
+    Deleted(Arc<Value>),
+    /// The cache was (re-)listed: anything may have changed.
+    Resynced,
+}
+
+/// Changes buffered per subscriber; one that falls further behind gets `Lagged` and
+/// should treat it as `Resynced`.
+const EVENT_BUFFER: usize = 16_384;
+
 pub struct Cache {
     objects: RwLock<HashMap<String, Arc<Value>>>,
+    events: tokio::sync::broadcast::Sender<CacheEvent>,
     /// Bumped after every change and after each (re-)list; nothing is missed by a
     /// subscriber that is busy when it happens.
     changed: tokio::sync::watch::Sender<u64>,
@@ -24,6 +42,7 @@ impl Default for Cache {
     fn default() -> Self {
         Cache {
             objects: RwLock::default(),
+            events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
             changed: tokio::sync::watch::channel(0).0,
             synced: Default::default(),
         }
@@ -33,6 +52,11 @@ impl Default for Cache {
 impl Cache {
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// Every change from now on, one by one.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<CacheEvent> {
+        self.events.subscribe()
     }
 
     pub fn snapshot(&self) -> Vec<Arc<Value>> {
@@ -96,11 +120,15 @@ impl Cache {
                 event = watch.next() => match event {
                     Some(Ok(e)) => {
                         let mut objects = self.objects.write().unwrap_or_else(|p| p.into_inner());
-                        match e.kind {
-                            EventType::Deleted => objects.remove(&e.key),
-                            _ => objects.insert(e.key.clone(), e.object.clone()),
+                        let change = match e.kind {
+                            EventType::Deleted => {
+                                objects.remove(&e.key);
+                                CacheEvent::Deleted(e.object.clone())
+                            }
+                            _ => CacheEvent::Changed { prev: objects.insert(e.key.clone(), e.object.clone()), object: e.object.clone() },
                         };
                         drop(objects);
+                        let _ = self.events.send(change);
                         self.changed.send_modify(|n| *n += 1);
                     }
                     Some(Err(e)) => return Err(e),

@@ -3,6 +3,7 @@
 //! the gateway.
 
 pub mod apiserver;
+pub mod controllers;
 pub mod informer;
 pub mod lifecycle;
 pub mod scheduler;

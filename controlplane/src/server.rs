@@ -136,6 +136,8 @@ impl Server {
             api.clone(),
             stop_loops.clone(),
         ));
+        let mut controllers = crate::controllers::start(api.clone(), stop_loops.clone());
+        loops.spawn(async move { while controllers.join_next().await.is_some() {} });
         loops.spawn(compact_periodically(
             api.store.clone(),
             config.retention,

@@ -233,7 +233,7 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
 
     // Warm-up: the module is fetched and compiled once, so the runs measure starts.
     let (warm, _) =
-        start_latencies(&http, &url, &image, vec!["warm".into()], 1, 0.0, &["1h"]).await?;
+        start_latencies(&http, &url, &image, vec!["warm".into()], 1, 0.0, &["60m"]).await?;
     eprintln!(
         "warm-up pod (fetch + compile) running after {:.1} ms",
         warm.ms(0.5)
@@ -245,8 +245,16 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
     let mut rates = Vec::new();
     for run in 0..args.runs {
         let names: Vec<String> = (0..args.pods).map(|i| format!("start-{run}-{i}")).collect();
-        let (lat, took) =
-            start_latencies(&http, &url, &image, names, args.clients, args.rate, &["1h"]).await?;
+        let (lat, took) = start_latencies(
+            &http,
+            &url,
+            &image,
+            names,
+            args.clients,
+            args.rate,
+            &["60m"],
+        )
+        .await?;
         eprintln!(
             "run {}/{}: {} pods running, p50 {:.1} ms, p99 {:.1} ms",
             run + 1,
@@ -273,16 +281,40 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
     if args.density > 0 {
         let names: Vec<String> = (0..args.density).map(|i| format!("idle-{i}")).collect();
         let (lat, took) =
-            start_latencies(&http, &url, &image, names, args.clients, 0.0, &["1h"]).await?;
+            start_latencies(&http, &url, &image, names, args.clients, 0.0, &["60m"]).await?;
         // Let the burst's transient allocations settle before reading RSS.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let rss = agent.rss_mib();
+        // Count only instances that are really up: running, never restarted.
+        let list: Value = http
+            .get(format!(
+                "{url}/api/v1/namespaces/default/pods?labelSelector=bench%3Dpods"
+            ))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let healthy = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                let c = &p["status"]["containerStatuses"][0];
+                c["state"]["running"].is_object() && c["restartCount"] == 0
+            })
+            .count();
         eprintln!(
-            "density: {} idle pods running in {:.1} s, agent RSS {rss:.0} MiB",
+            "density: {} idle pods running in {:.1} s ({healthy} running without a restart), agent RSS {rss:.0} MiB",
             lat.len(),
             took.as_secs_f64()
         );
-        density = json!({"pods": lat.len(), "burst_pods_per_sec": lat.len() as f64 / took.as_secs_f64(), "burst_start_p50_ms": lat.ms(0.5), "burst_start_p99_ms": lat.ms(0.99), "agent_rss_mib": rss, "rss_per_pod_kib": (rss - idle_rss) * 1024.0 / lat.len().max(1) as f64, "seconds_to_all_running": took.as_secs_f64()});
+        if healthy < lat.len() as usize {
+            bail!(
+                "only {healthy} of {} density pods are running without restarts",
+                lat.len()
+            );
+        }
+        density = json!({"healthy": healthy, "pods": lat.len(), "burst_pods_per_sec": lat.len() as f64 / took.as_secs_f64(), "burst_start_p50_ms": lat.ms(0.5), "burst_start_p99_ms": lat.ms(0.99), "agent_rss_mib": rss, "rss_per_pod_kib": (rss - idle_rss) * 1024.0 / lat.len().max(1) as f64, "seconds_to_all_running": took.as_secs_f64()});
     }
     let server_rss = server.rss_mib();
     agent.stop().await;

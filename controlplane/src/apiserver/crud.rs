@@ -364,7 +364,7 @@ pub(crate) async fn list(api: &ApiServer, target: &Target, query: &Query) -> Api
 
 /// Which part of an object a write may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Part {
+pub(crate) enum Part {
     /// The main resource: everything but status (for kinds with a status subresource).
     Main,
     /// The status subresource: only status.
@@ -479,7 +479,7 @@ pub(crate) fn deletion_due(obj: &Value, now: jiff::Timestamp) -> bool {
 /// Read-modify-write with compare-and-swap, retried on lost races unless the client gave
 /// a resourceVersion precondition. `mutate` gets the stored object and returns the
 /// object the client wants.
-async fn guaranteed_update<F>(
+pub(crate) async fn guaranteed_update<F>(
     api: &ApiServer,
     target: &Target,
     part: Part,

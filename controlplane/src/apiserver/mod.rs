@@ -6,6 +6,7 @@ mod defaults;
 mod discovery;
 pub mod error;
 mod events;
+pub mod internal;
 mod logs;
 mod modules;
 pub mod objects;
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use skiff_api::resources::{self, ResourceInfo, Subresource};
 
-pub use crud::{DeleteOptions, delete_object};
+pub use crud::{DeleteOptions, Deleted, delete_object};
 pub use events::record_event;
 pub use modules::ModuleBlobs;
 pub use subresources::bind_pod;

@@ -1,0 +1,85 @@
+//! The API as the server's own loops use it: the same create, update and delete paths
+//! clients go through (defaults, validation, system fields, compare-and-swap), without
+//! HTTP in between.
+
+use serde_json::Value;
+
+use skiff_api::resources::{ResourceInfo, Subresource};
+
+use super::crud::{self, DeleteOptions, Deleted, Part};
+use super::error::ApiResult;
+use super::{ApiServer, Target};
+
+fn target(
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    name: Option<&str>,
+    sub: Option<Subresource>,
+) -> Target {
+    Target {
+        info,
+        namespace: namespace.map(str::to_string),
+        name: name.map(str::to_string),
+        sub,
+    }
+}
+
+/// Creates an object (its namespace, if any, from `namespace`).
+pub async fn create(
+    api: &ApiServer,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    object: Value,
+) -> ApiResult<Value> {
+    let object =
+        (info.normalize)(object).map_err(|e| super::error::ApiError::BadRequest(e.to_string()))?;
+    crud::create_object(api, &target(info, namespace, None, None), object, false).await
+}
+
+/// Read-modify-write of everything but status, retried on lost races. `mutate` gets the
+/// stored object and returns the object wanted.
+pub async fn update<F>(
+    api: &ApiServer,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+    mut mutate: F,
+) -> ApiResult<Value>
+where
+    F: FnMut(&Value) -> ApiResult<Value>,
+{
+    let t = target(info, namespace, Some(name), None);
+    crud::guaranteed_update(api, &t, Part::Main, false, |current| {
+        Ok((mutate(&current.object)?, None))
+    })
+    .await
+}
+
+/// Read-modify-write of status only, retried on lost races.
+pub async fn update_status<F>(
+    api: &ApiServer,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+    mut mutate: F,
+) -> ApiResult<Value>
+where
+    F: FnMut(&Value) -> ApiResult<Value>,
+{
+    let t = target(info, namespace, Some(name), Some(Subresource::Status));
+    crud::guaranteed_update(api, &t, Part::Status, false, |current| {
+        Ok((mutate(&current.object)?, None))
+    })
+    .await
+}
+
+/// Deletes an object with the given options (propagation, preconditions, grace).
+pub async fn delete(
+    api: &ApiServer,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+    options: &DeleteOptions,
+) -> ApiResult<Deleted> {
+    crud::delete_object(api, info, namespace, name, options).await
+}

@@ -1,0 +1,212 @@
+//! The controllers that run inside `skiff server`, and what they share: watch-backed
+//! caches (one per kind, started on first use), a work queue per controller, and the
+//! worker loop that reconciles keys and requeues failures with back-off.
+//!
+//! Every controller is level-based: `reconcile(key)` reads the current state of that
+//! object and what it owns, decides, acts, and returns whether to look again later. It
+//! is never told which event woke it, and it never modifies cached objects.
+
+pub mod queue;
+pub mod replicaset;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use skiff_api::resources;
+
+use crate::apiserver::ApiServer;
+use crate::apiserver::error::ApiError;
+use crate::apiserver::objects;
+use crate::informer::{Cache, CacheEvent};
+pub use queue::WorkQueue;
+
+/// What a reconcile decided about its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Converged: wait for the next change.
+    Done,
+    /// Look again after this long even if nothing changes (a timer the state implies).
+    RequeueAfter(Duration),
+}
+
+/// One controller's reconcile function over `namespace/name` keys.
+pub trait Reconciler: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn reconcile(self: Arc<Self>, key: String) -> BoxFuture<'static, Result<Action, ApiError>>;
+}
+
+/// The caches the controllers share, by resource, started on first use.
+pub struct Informers {
+    api: Arc<ApiServer>,
+    caches: Mutex<HashMap<(&'static str, &'static str), Arc<Cache>>>,
+    tasks: Mutex<JoinSet<()>>,
+    stop: CancellationToken,
+}
+
+impl Informers {
+    pub fn new(api: Arc<ApiServer>, stop: CancellationToken) -> Arc<Informers> {
+        Arc::new(Informers {
+            api,
+            caches: Mutex::default(),
+            tasks: Mutex::default(),
+            stop,
+        })
+    }
+
+    pub fn api(&self) -> &Arc<ApiServer> {
+        &self.api
+    }
+
+    /// The cache of a resource (group "" is core), started if new.
+    pub fn cache(&self, group: &'static str, plural: &'static str) -> Arc<Cache> {
+        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        caches
+            .entry((group, plural))
+            .or_insert_with(|| {
+                let info = resources::all()
+                    .iter()
+                    .find(|r| r.group == group && r.plural == plural)
+                    .expect("a served resource");
+                let cache = Arc::new(Cache::default());
+                let run =
+                    cache
+                        .clone()
+                        .run(self.api.store.clone(), info.prefix(), self.stop.clone());
+                self.tasks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .spawn(run);
+                cache
+            })
+            .clone()
+    }
+
+    /// Waits for the caches to finish their first list.
+    pub async fn synced(&self, caches: &[&Arc<Cache>]) {
+        for cache in caches {
+            let mut changes = cache.subscribe();
+            while !cache.is_synced() {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stops the caches and waits for them.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// `namespace/name` of an object.
+pub fn key_of(obj: &Value) -> String {
+    format!(
+        "{}/{}",
+        objects::namespace(obj).unwrap_or_default(),
+        objects::name(obj)
+    )
+}
+
+pub fn split_key(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or(("", key))
+}
+
+/// The controller owner reference of an object (kind and uid).
+pub fn controller_of(obj: &Value) -> Option<(&str, &str, &str)> {
+    obj.pointer("/metadata/ownerReferences")?
+        .as_array()?
+        .iter()
+        .find(|r| r.get("controller") == Some(&Value::Bool(true)))
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap_or_default(),
+                r["name"].as_str().unwrap_or_default(),
+                r["uid"].as_str().unwrap_or_default(),
+            )
+        })
+}
+
+/// Feeds a queue from a cache: each change maps to keys; a re-list (or falling behind)
+/// enqueues what `all` returns.
+pub fn feed<M, A>(
+    queue: Arc<WorkQueue>,
+    cache: Arc<Cache>,
+    map: M,
+    all: A,
+    stop: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
+    M: Fn(&CacheEvent) -> Vec<String> + Send + 'static,
+    A: Fn() -> Vec<String> + Send + 'static,
+{
+    let mut events = cache.events();
+    async move {
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => return,
+                e = events.recv() => e,
+            };
+            match event {
+                Ok(CacheEvent::Resynced)
+                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    all().into_iter().for_each(|k| queue.add(k));
+                }
+                Ok(e) => map(&e).into_iter().for_each(|k| queue.add(k)),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+/// Runs `workers` loops that take keys from the queue and reconcile them, until `stop`.
+pub async fn run_workers<R: Reconciler>(
+    reconciler: Arc<R>,
+    queue: Arc<WorkQueue>,
+    workers: usize,
+    stop: CancellationToken,
+) {
+    let mut set = JoinSet::new();
+    for _ in 0..workers {
+        let (r, q) = (reconciler.clone(), queue.clone());
+        set.spawn(async move {
+            while let Some(key) = q.get().await {
+                match r.clone().reconcile(key.clone()).await {
+                    Ok(Action::Done) => q.forget(&key),
+                    Ok(Action::RequeueAfter(d)) => {
+                        q.forget(&key);
+                        q.add_after(key.clone(), d);
+                    }
+                    Err(e) => {
+                        tracing::debug!(controller = r.name(), key, error = %e, "reconcile failed; retrying with back-off");
+                        q.retry(&key);
+                    }
+                }
+                q.done(&key);
+            }
+        });
+    }
+    stop.cancelled().await;
+    queue.shutdown();
+    while set.join_next().await.is_some() {}
+}
+
+/// Starts every controller; they stop with `stop`.
+pub fn start(api: Arc<ApiServer>, stop: CancellationToken) -> JoinSet<()> {
+    let informers = Informers::new(api, stop.child_token());
+    let mut set = JoinSet::new();
+    set.spawn(replicaset::run(informers.clone(), stop.clone()));
+    set.spawn(async move {
+        stop.cancelled().await;
+        informers.shutdown().await;
+    });
+    set
+}

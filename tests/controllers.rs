@@ -1,0 +1,169 @@
+//! End to end on a 3-node `skiff dev`: the ReplicaSet controller keeps its count through
+//! scaling and pod loss, adopts matching orphans, releases pods it stops matching, and
+//! reports status; its pods are scheduled and run as Wasm.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Api, Process, eventually, workload};
+use serde_json::{Value, json};
+
+const RS: &str = "/apis/apps/v1/namespaces/default/replicasets";
+const PODS: &str = "/api/v1/namespaces/default/pods";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn cluster() -> (tempfile::TempDir, Process, Api) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let (p, url) = Process::start(
+        &[
+            "dev",
+            "--nodes",
+            "3",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &d,
+        ],
+        "api:",
+    );
+    (dir, p, Api::new(&url))
+}
+
+fn replicaset(name: &str, image: &str, replicas: i64) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "main", "image": image, "args": ["60m"]}]},
+            },
+        },
+    })
+}
+
+/// Live (not terminating) pods with the label app=NAME.
+async fn live_pods(api: &Api, app: &str) -> Vec<Value> {
+    let (_, list) = api.get(&format!("{PODS}?labelSelector=app%3D{app}")).await;
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .cloned()
+        .collect()
+}
+
+async fn wait_for_count(api: &Api, app: &str, n: usize) -> Vec<Value> {
+    eventually(&format!("{n} live pods of {app}"), WAIT, || {
+        let api = api.clone();
+        async move {
+            let pods = live_pods(&api, app).await;
+            (pods.len() == n).then_some(pods)
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_replicaset_keeps_its_count_and_reports_status() {
+    let (_d, _p, api) = cluster();
+    let image = api.upload(workload("ticker.wasm")).await;
+    assert_eq!(api.post(RS, &replicaset("web", &image, 3)).await.0, 201);
+    let pods = wait_for_count(&api, "web", 3).await;
+    for p in &pods {
+        assert_eq!(p["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
+        assert_eq!(p["metadata"]["ownerReferences"][0]["controller"], true);
+    }
+    let rs = eventually("all three ready and available", WAIT, || {
+        let api = api.clone();
+        async move {
+            let (_, rs) = api.get(&format!("{RS}/web")).await;
+            (rs["status"]["readyReplicas"] == 3 && rs["status"]["availableReplicas"] == 3)
+                .then_some(rs)
+        }
+    })
+    .await;
+    assert_eq!(rs["status"]["replicas"], 3);
+    assert_eq!(
+        rs["status"]["observedGeneration"],
+        rs["metadata"]["generation"]
+    );
+    let nodes: std::collections::BTreeSet<String> = live_pods(&api, "web")
+        .await
+        .iter()
+        .map(|p| p["spec"]["nodeName"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(nodes.len(), 3, "one replica per node: {nodes:?}");
+
+    // Scale up and down through the scale subresource.
+    api.patch(
+        &format!("{RS}/web/scale"),
+        "application/merge-patch+json",
+        r#"{"spec":{"replicas":5}}"#,
+    )
+    .await;
+    wait_for_count(&api, "web", 5).await;
+    api.patch(
+        &format!("{RS}/web/scale"),
+        "application/merge-patch+json",
+        r#"{"spec":{"replicas":2}}"#,
+    )
+    .await;
+    wait_for_count(&api, "web", 2).await;
+
+    // A lost pod is replaced.
+    let victim = live_pods(&api, "web").await[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.delete(&format!("{PODS}/{victim}?gracePeriodSeconds=0"), None)
+        .await;
+    let pods = wait_for_count(&api, "web", 2).await;
+    assert!(
+        pods.iter()
+            .all(|p| p["metadata"]["name"] != victim.as_str())
+    );
+}
+
+#[tokio::test]
+async fn orphans_are_adopted_and_unmatched_pods_released() {
+    let (_d, _p, api) = cluster();
+    let image = api.upload(workload("ticker.wasm")).await;
+    // An orphan that matches exists first: the ReplicaSet adopts it and creates one more.
+    let orphan = json!({"metadata": {"name": "orphan", "labels": {"app": "db"}}, "spec": {"containers": [{"name": "main", "image": image, "args": ["60m"]}]}});
+    api.post(PODS, &orphan).await;
+    api.post(RS, &replicaset("db", &image, 2)).await;
+    let pods = wait_for_count(&api, "db", 2).await;
+    let adopted = pods
+        .iter()
+        .find(|p| p["metadata"]["name"] == "orphan")
+        .expect("the orphan is one of the two");
+    assert_eq!(adopted["metadata"]["ownerReferences"][0]["name"], "db");
+
+    // Relabel it: the ReplicaSet lets go of it and makes a replacement.
+    api.patch(
+        &format!("{PODS}/orphan"),
+        "application/merge-patch+json",
+        r#"{"metadata":{"labels":{"app":"other"}}}"#,
+    )
+    .await;
+    let pods = wait_for_count(&api, "db", 2).await;
+    assert!(pods.iter().all(|p| p["metadata"]["name"] != "orphan"));
+    let released = eventually("the ownerReference to go", WAIT, || {
+        let api = api.clone();
+        async move {
+            let (_, p) = api.get(&format!("{PODS}/orphan")).await;
+            p["metadata"]["ownerReferences"]
+                .as_array()
+                .is_none_or(|r| r.is_empty())
+                .then_some(p)
+        }
+    })
+    .await;
+    assert_eq!(released["metadata"]["labels"]["app"], "other");
+}
