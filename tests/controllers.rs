@@ -167,3 +167,67 @@ async fn orphans_are_adopted_and_unmatched_pods_released() {
     .await;
     assert_eq!(released["metadata"]["labels"]["app"], "other");
 }
+
+#[tokio::test]
+async fn cascading_delete_in_all_three_propagation_modes() {
+    let (_d, _p, api) = cluster();
+    let image = api.upload(workload("ticker.wasm")).await;
+    for name in ["bg", "fg", "or"] {
+        api.post(RS, &replicaset(name, &image, 2)).await;
+        wait_for_count(&api, name, 2).await;
+    }
+
+    // Background (the default): the owner goes at once, its pods follow.
+    let (code, _) = api.delete(&format!("{RS}/bg"), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(api.get(&format!("{RS}/bg")).await.0, 404);
+    wait_for_count(&api, "bg", 0).await;
+
+    // Foreground: the owner stays, marked, until its pods are gone.
+    let (_, marked) = api
+        .delete(
+            &format!("{RS}/fg"),
+            Some(&json!({"propagationPolicy": "Foreground"})),
+        )
+        .await;
+    assert_eq!(
+        marked["metadata"]["finalizers"],
+        json!(["foregroundDeletion"])
+    );
+    eventually("the foreground owner to go after its pods", WAIT, || {
+        let api = api.clone();
+        async move {
+            let (_, pods) = api.get(&format!("{PODS}?labelSelector=app%3Dfg")).await;
+            let owner_gone = api.get(&format!("{RS}/fg")).await.0 == 404;
+            if owner_gone {
+                assert!(
+                    pods["items"].as_array().unwrap().is_empty(),
+                    "the owner went before its pods: {pods}"
+                );
+            }
+            owner_gone.then_some(())
+        }
+    })
+    .await;
+
+    // Orphan: the owner goes, its pods stay, without the reference.
+    api.delete(
+        &format!("{RS}/or"),
+        Some(&json!({"propagationPolicy": "Orphan"})),
+    )
+    .await;
+    eventually("the orphaning owner to go", WAIT, || {
+        let api = api.clone();
+        async move { (api.get(&format!("{RS}/or")).await.0 == 404).then_some(()) }
+    })
+    .await;
+    let pods = wait_for_count(&api, "or", 2).await;
+    for p in pods {
+        assert!(
+            p["metadata"]["ownerReferences"]
+                .as_array()
+                .is_none_or(|r| r.is_empty()),
+            "{p}"
+        );
+    }
+}

@@ -6,6 +6,7 @@
 //! object and what it owns, decides, acts, and returns whether to look again later. It
 //! is never told which event woke it, and it never modifies cached objects.
 
+pub mod gc;
 pub mod queue;
 pub mod replicaset;
 
@@ -204,6 +205,7 @@ pub fn start(api: Arc<ApiServer>, stop: CancellationToken) -> JoinSet<()> {
     let informers = Informers::new(api, stop.child_token());
     let mut set = JoinSet::new();
     set.spawn(replicaset::run(informers.clone(), stop.clone()));
+    set.spawn(gc::run(informers.clone(), stop.clone()));
     set.spawn(async move {
         stop.cancelled().await;
         informers.shutdown().await;

@@ -1,0 +1,232 @@
+//! The garbage collector: ownerReferences with background, foreground and orphan
+//! propagation.
+//!
+//! - An object whose owners are all gone is deleted (background cascading).
+//! - An owner being deleted with the `orphan` finalizer first has its reference removed
+//!   from every dependent, then loses the finalizer.
+//! - An owner being deleted with `foregroundDeletion` first has its dependents deleted,
+//!   and loses the finalizer once none is left.
+//!
+//! Level-based: each pass looks at every cached object of the kinds that own or are
+//! owned, and checks an owner's absence against the store itself, never the cache alone.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use skiff_api::resources::{self, ResourceInfo};
+
+use super::Informers;
+use crate::apiserver::error::ApiError;
+use crate::apiserver::{ApiServer, DeleteOptions, internal, objects};
+use crate::informer::Cache;
+
+/// The kinds the collector follows (those that own or are owned here).
+const KINDS: &[(&str, &str)] = &[
+    ("", "pods"),
+    ("apps", "replicasets"),
+    ("apps", "deployments"),
+    ("apps", "daemonsets"),
+    ("batch", "jobs"),
+    ("", "configmaps"),
+    ("", "secrets"),
+    ("", "services"),
+    ("discovery.k8s.io", "endpointslices"),
+];
+/// Changes are gathered for this long before a pass, so a burst costs one pass.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+/// A pass also runs this often, to retry what failed.
+const RESYNC: Duration = Duration::from_secs(10);
+
+fn info_of(kind: &str, api_version: &str) -> Option<&'static ResourceInfo> {
+    resources::by_kind(api_version, kind)
+}
+
+fn info_for(obj: &Value) -> Option<&'static ResourceInfo> {
+    info_of(obj.get("kind")?.as_str()?, obj.get("apiVersion")?.as_str()?)
+}
+
+fn owner_refs(obj: &Value) -> Vec<Value> {
+    obj.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
+    let caches: Vec<Arc<Cache>> = KINDS.iter().map(|(g, p)| informers.cache(g, p)).collect();
+    informers.synced(&caches.iter().collect::<Vec<_>>()).await;
+    let api = informers.api().clone();
+    let mut changes: Vec<_> = caches.iter().map(|c| c.subscribe()).collect();
+    loop {
+        if let Err(e) = pass(&api, &caches).await {
+            tracing::debug!(error = %e, "garbage collection pass failed; will retry");
+        }
+        let any_change =
+            futures::future::select_all(changes.iter_mut().map(|c| Box::pin(c.changed())));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = any_change => tokio::time::sleep(DEBOUNCE).await,
+            _ = tokio::time::sleep(RESYNC) => {}
+        }
+    }
+}
+
+/// Whether the owner a reference names is gone (absent, or replaced by another uid).
+fn owner_gone(api: &ApiServer, dependent: &Value, owner: &Value) -> bool {
+    let Some(info) = info_of(
+        owner["kind"].as_str().unwrap_or_default(),
+        owner["apiVersion"].as_str().unwrap_or_default(),
+    ) else {
+        // A kind this server doesn't serve can't exist here.
+        return true;
+    };
+    let key = info.key(
+        objects::namespace(dependent),
+        owner["name"].as_str().unwrap_or_default(),
+    );
+    match api.store.get(&key) {
+        Ok(Some(stored)) => objects::meta_str(&stored.object, "uid") != owner["uid"].as_str(),
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}
+
+async fn pass(api: &ApiServer, caches: &[Arc<Cache>]) -> Result<(), ApiError> {
+    let all: Vec<Arc<Value>> = caches.iter().flat_map(|c| c.snapshot()).collect();
+    // Dependents by owner uid.
+    let mut dependents: HashMap<String, Vec<Arc<Value>>> = HashMap::new();
+    for obj in &all {
+        for r in owner_refs(obj) {
+            if let Some(uid) = r["uid"].as_str() {
+                dependents
+                    .entry(uid.to_string())
+                    .or_default()
+                    .push(obj.clone());
+            }
+        }
+    }
+    let present: std::collections::HashSet<&str> = all
+        .iter()
+        .filter_map(|o| objects::meta_str(o, "uid"))
+        .collect();
+    for obj in &all {
+        let finalizers = objects::finalizers(obj);
+        let uid = objects::meta_str(obj, "uid")
+            .unwrap_or_default()
+            .to_string();
+        let mine = dependents.get(&uid).cloned().unwrap_or_default();
+        if objects::is_deleting(obj) && finalizers.iter().any(|f| f == "orphan") {
+            for d in &mine {
+                strip_owner(api, d, &uid).await?;
+            }
+            remove_finalizer(api, obj, "orphan").await?;
+        } else if objects::is_deleting(obj) && finalizers.iter().any(|f| f == "foregroundDeletion")
+        {
+            if mine.is_empty() {
+                remove_finalizer(api, obj, "foregroundDeletion").await?;
+            } else {
+                for d in mine.iter().filter(|d| !objects::is_deleting(d)) {
+                    delete(api, d, Some("Foreground")).await?;
+                }
+            }
+        }
+        // Background cascading: every owner gone means the dependent goes too.
+        let refs = owner_refs(obj);
+        // The cache answers "present" cheaply; only an owner missing from it is checked
+        // against the store, since the cache may not have seen a brand-new owner yet.
+        let gone = |r: &Value| {
+            !r["uid"].as_str().is_some_and(|u| present.contains(u)) && owner_gone(api, obj, r)
+        };
+        if !refs.is_empty() && !objects::is_deleting(obj) && refs.iter().all(gone) {
+            delete(api, obj, None).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn delete(api: &ApiServer, obj: &Value, propagation: Option<&str>) -> Result<(), ApiError> {
+    let Some(info) = info_for(obj) else {
+        return Ok(());
+    };
+    let opts = DeleteOptions {
+        propagation_policy: propagation.map(str::to_string),
+        precondition_uid: objects::meta_str(obj, "uid").map(str::to_string),
+        ..Default::default()
+    };
+    match internal::delete(
+        api,
+        info,
+        objects::namespace(obj),
+        objects::name(obj),
+        &opts,
+    )
+    .await
+    {
+        Ok(_) | Err(ApiError::NotFound(_) | ApiError::Conflict(..)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn strip_owner(api: &ApiServer, obj: &Value, owner_uid: &str) -> Result<(), ApiError> {
+    let Some(info) = info_for(obj) else {
+        return Ok(());
+    };
+    let result = internal::update(
+        api,
+        info,
+        objects::namespace(obj),
+        objects::name(obj),
+        |cur| {
+            let mut next = cur.clone();
+            let refs: Vec<Value> = owner_refs(cur)
+                .into_iter()
+                .filter(|r| r["uid"] != owner_uid)
+                .collect();
+            next["metadata"]["ownerReferences"] = if refs.is_empty() {
+                Value::Null
+            } else {
+                json!(refs)
+            };
+            Ok(next)
+        },
+    )
+    .await;
+    match result {
+        Ok(_) | Err(ApiError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn remove_finalizer(api: &ApiServer, obj: &Value, finalizer: &str) -> Result<(), ApiError> {
+    let Some(info) = info_for(obj) else {
+        return Ok(());
+    };
+    let result = internal::update(
+        api,
+        info,
+        objects::namespace(obj),
+        objects::name(obj),
+        |cur| {
+            let mut next = cur.clone();
+            let rest: Vec<String> = objects::finalizers(cur)
+                .into_iter()
+                .filter(|f| f != finalizer)
+                .collect();
+            next["metadata"]["finalizers"] = if rest.is_empty() {
+                Value::Null
+            } else {
+                json!(rest)
+            };
+            Ok(next)
+        },
+    )
+    .await;
+    match result {
+        Ok(_) | Err(ApiError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
