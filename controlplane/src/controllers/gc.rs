@@ -22,7 +22,7 @@ use skiff_api::resources::{self, ResourceInfo};
 use super::Informers;
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, DeleteOptions, internal, objects};
-use crate::informer::Cache;
+use crate::informer::{Cache, CacheEvent};
 
 /// The kinds the collector follows (those that own or are owned here).
 const KINDS: &[(&str, &str)] = &[
@@ -60,19 +60,55 @@ pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
     let caches: Vec<Arc<Cache>> = KINDS.iter().map(|(g, p)| informers.cache(g, p)).collect();
     informers.synced(&caches.iter().collect::<Vec<_>>()).await;
     let api = informers.api().clone();
-    let mut changes: Vec<_> = caches.iter().map(|c| c.subscribe()).collect();
+    // Each cache forwards only the changes that can matter to the collector; a channel
+    // of one coalesces a burst into one pass.
+    let (wake, mut woken) = tokio::sync::mpsc::channel::<()>(1);
+    for cache in &caches {
+        let mut events = cache.events();
+        let (wake, stop) = (wake.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    e = events.recv() => e,
+                };
+                let relevant = match event {
+                    Ok(CacheEvent::Changed { object, prev }) => matters(&object, prev.as_deref()),
+                    Ok(CacheEvent::Deleted(object)) => {
+                        object.get("kind") != Some(&json!("Pod")) || !owner_refs(&object).is_empty()
+                    }
+                    Ok(CacheEvent::Resynced)
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if relevant {
+                    let _ = wake.try_send(());
+                }
+            }
+        });
+    }
     loop {
         if let Err(e) = pass(&api, &caches).await {
             tracing::debug!(error = %e, "garbage collection pass failed; will retry");
         }
-        let any_change =
-            futures::future::select_all(changes.iter_mut().map(|c| Box::pin(c.changed())));
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = any_change => tokio::time::sleep(DEBOUNCE).await,
+            _ = woken.recv() => tokio::time::sleep(DEBOUNCE).await,
             _ = tokio::time::sleep(RESYNC) => {}
         }
     }
+}
+
+/// Whether a created or updated object can give the collector work: it has owners it
+/// didn't have before, or it is being deleted with a propagation finalizer.
+fn matters(object: &Value, prev: Option<&Value>) -> bool {
+    let refs = owner_refs(object);
+    let refs_changed = !refs.is_empty() && prev.is_none_or(|p| owner_refs(p) != refs);
+    let propagating = objects::is_deleting(object)
+        && objects::finalizers(object)
+            .iter()
+            .any(|f| f == "orphan" || f == "foregroundDeletion");
+    refs_changed || propagating
 }
 
 /// Whether the owner a reference names is gone (absent, or replaced by another uid).

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources;
 
 use crate::apiserver::{ApiServer, bind_pod, objects, record_event};
-use crate::informer::Cache;
+use crate::informer::{Cache, CacheEvent};
 use crate::store::WriteOp;
 use filter::{Resources, allocatable, nonzero_requests, pod_requests, refusal};
 
@@ -53,11 +53,14 @@ pub async fn run_scheduler(api: Arc<ApiServer>, stop: CancellationToken) {
         pods.clone()
             .run(api.store.clone(), info("pods"), stop.clone()),
     );
-    let (mut node_changes, mut pod_changes) = (nodes.subscribe(), pods.subscribe());
+    let mut node_changes = nodes.subscribe();
+    let mut pod_events = pods.events();
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
+    let mut pass_needed = true;
     loop {
-        if nodes.is_synced() && pods.is_synced() {
+        if pass_needed && nodes.is_synced() && pods.is_synced() {
             schedule_pass(&api, &nodes, &pods, &mut backoff).await;
+            pass_needed = false;
         }
         let next_retry = backoff.values().map(|b| b.not_before).min();
         tokio::select! {
@@ -65,9 +68,23 @@ pub async fn run_scheduler(api: Arc<ApiServer>, stop: CancellationToken) {
             _ = node_changes.changed() => {
                 // A changed node may fit what fitted nowhere: retry everything now.
                 backoff.values_mut().for_each(|b| b.not_before = Instant::now());
+                pass_needed = true;
             }
-            _ = pod_changes.changed() => {}
-            _ = tokio::time::sleep_until(next_retry.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)).into()), if next_retry.is_some() => {}
+            event = pod_events.recv() => match event {
+                // Only a pending pod, or resources freed while some pod waits, needs a
+                // pass: status writes of running pods (most changes) don't.
+                Ok(CacheEvent::Changed { object, .. }) => {
+                    let pending = node_of(&object).is_none() && !objects::is_deleting(&object) && !is_terminal(&object);
+                    let freed = is_terminal(&object) || objects::is_deleting(&object);
+                    pass_needed |= pending || (freed && !backoff.is_empty());
+                }
+                Ok(CacheEvent::Deleted(_)) => pass_needed |= !backoff.is_empty(),
+                Ok(CacheEvent::Resynced) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => pass_needed = true,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            _ = tokio::time::sleep_until(next_retry.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)).into()), if next_retry.is_some() => {
+                pass_needed = true;
+            }
         }
     }
     while caches.join_next().await.is_some() {}
