@@ -22,13 +22,22 @@ pub struct DevArgs {
     /// The API server's address; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
+    /// A node whose Lease is older than this is marked lost and tainted unreachable.
+    #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+    node_monitor_grace: std::time::Duration,
+    /// How long new pods tolerate a lost node before they are evicted.
+    #[arg(long, default_value_t = 300)]
+    default_toleration_seconds: i64,
     #[command(flatten)]
     pods: PodFlags,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let server = Server::start(ServerConfig::new(args.data_dir.join("server"), args.listen))
+    let mut server_config = ServerConfig::new(args.data_dir.join("server"), args.listen);
+    server_config.controllers.node_monitor_grace = args.node_monitor_grace;
+    server_config.api.default_toleration_seconds = args.default_toleration_seconds;
+    let server = Server::start(server_config)
         .await
         .context("starting the control plane")?;
     // The kubeconfig sits at the top of the dev directory, where users look for it.

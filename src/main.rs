@@ -166,6 +166,12 @@ struct ServerArgs {
     /// How often watches that allow bookmarks get one.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     bookmark_interval: Duration,
+    /// A node whose Lease is older than this is marked lost and tainted unreachable.
+    #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+    node_monitor_grace: Duration,
+    /// How long new pods tolerate a lost node before they are evicted.
+    #[arg(long, default_value_t = 300)]
+    default_toleration_seconds: i64,
 }
 
 fn init_logging(format: LogFormat) {
@@ -200,6 +206,8 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         duration: args.retain_duration,
     };
     config.compact_interval = args.compact_interval;
+    config.controllers.node_monitor_grace = args.node_monitor_grace;
+    config.api.default_toleration_seconds = args.default_toleration_seconds;
     let server = Server::start(config).await.context("starting the server")?;
     // Tests and scripts wait for this line: the API answers once it is printed.
     println!("api: {}", server.api_url);

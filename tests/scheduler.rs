@@ -80,7 +80,15 @@ async fn unschedulable_message(api: &Api, name: &str) -> String {
 async fn pods_spread_and_run() {
     let (_d, _p, api) = cluster();
     let image = api.upload(workload("ticker.wasm")).await;
-    let owner = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "0b1c6c36-0000-4000-8000-000000000001"}]);
+    // A real (non-controller) owner, so the garbage collector leaves the pods alone and
+    // the scheduler spreads them as one group.
+    let (_, group) = api
+        .post(
+            "/api/v1/namespaces/default/configmaps",
+            &json!({"metadata": {"name": "web"}}),
+        )
+        .await;
+    let owner = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "web", "uid": group["metadata"]["uid"]}]);
     for i in 0..6 {
         let mut p = pod(&format!("web-{i}"), &image, json!({}));
         p["metadata"]["ownerReferences"] = owner.clone();

@@ -30,6 +30,7 @@ pub struct ServerConfig {
     pub compact_interval: Duration,
     /// How long in-flight requests get to finish on shutdown before they are cut.
     pub shutdown_grace: Duration,
+    pub controllers: crate::controllers::ControllerConfig,
 }
 
 impl ServerConfig {
@@ -41,6 +42,7 @@ impl ServerConfig {
             retention: Retention::default(),
             compact_interval: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
+            controllers: crate::controllers::ControllerConfig::default(),
         }
     }
 }
@@ -136,7 +138,8 @@ impl Server {
             api.clone(),
             stop_loops.clone(),
         ));
-        let mut controllers = crate::controllers::start(api.clone(), stop_loops.clone());
+        let mut controllers =
+            crate::controllers::start(api.clone(), config.controllers.clone(), stop_loops.clone());
         loops.spawn(async move { while controllers.join_next().await.is_some() {} });
         loops.spawn(compact_periodically(
             api.store.clone(),

@@ -180,6 +180,9 @@ pub(crate) async fn create_object(
         defaults::job_selector(&mut obj, &uid);
     }
     defaults::apply(info.kind, &mut obj);
+    if info.kind == "Pod" {
+        defaults::node_problem_tolerations(&mut obj, api.config.default_toleration_seconds);
+    }
 
     for attempt in 0.. {
         if generate && let Some(prefix) = &prefix {

@@ -130,6 +130,36 @@ pub fn apply(kind: &str, obj: &mut Value) {
     }
 }
 
+/// The taints the node lifecycle controller puts on a node it has lost contact with.
+pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
+pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+
+/// Gives a new pod `tolerationSeconds` of patience with a not-ready or unreachable node,
+/// unless it says otherwise, so that it is evicted (and replaced) after that long.
+pub fn node_problem_tolerations(pod: &mut Value, seconds: i64) {
+    let tolerations = pod
+        .pointer("/spec/tolerations")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut out = tolerations.clone();
+    for key in [TAINT_NOT_READY, TAINT_UNREACHABLE] {
+        let covered = tolerations.iter().any(|t| {
+            (t["key"] == key
+                || (t["key"].as_str().unwrap_or_default().is_empty() && t["operator"] == "Exists"))
+                && t["effect"]
+                    .as_str()
+                    .is_none_or(|e| e.is_empty() || e == "NoExecute")
+        });
+        if !covered {
+            out.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}));
+        }
+    }
+    if pod.get("spec").is_some() {
+        set_path(pod, &["spec", "tolerations"], json!(out));
+    }
+}
+
 /// A Job selects its own pods by a label carrying its uid, unless the user asked to pick
 /// the selector (`manualSelector`), as Kubernetes does.
 pub fn job_selector(obj: &mut Value, uid: &str) {

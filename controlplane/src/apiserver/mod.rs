@@ -2,7 +2,7 @@
 //! serves discovery, CRUD, watch, subresources and the module store.
 
 mod crud;
-mod defaults;
+pub mod defaults;
 mod discovery;
 pub mod error;
 mod events;
@@ -50,6 +50,9 @@ pub struct ApiConfig {
     pub bookmark_interval: Duration,
     /// The address clients reach the API at, for discovery's serverAddressByClientCIDRs.
     pub advertise_address: String,
+    /// How long a new pod tolerates its node being not-ready or unreachable before it is
+    /// evicted (Kubernetes' DefaultTolerationSeconds admission adds these tolerations).
+    pub default_toleration_seconds: i64,
 }
 
 impl Default for ApiConfig {
@@ -59,6 +62,7 @@ impl Default for ApiConfig {
             max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
             bookmark_interval: Duration::from_secs(10),
             advertise_address: String::new(),
+            default_toleration_seconds: 300,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! is never told which event woke it, and it never modifies cached objects.
 
 pub mod gc;
+pub mod nodelifecycle;
 pub mod queue;
 pub mod replicaset;
 
@@ -200,12 +201,36 @@ pub async fn run_workers<R: Reconciler>(
     while set.join_next().await.is_some() {}
 }
 
+/// Settings of the controllers.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// A node whose Lease is older than this is considered lost.
+    pub node_monitor_grace: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            node_monitor_grace: Duration::from_secs(40),
+        }
+    }
+}
+
 /// Starts every controller; they stop with `stop`.
-pub fn start(api: Arc<ApiServer>, stop: CancellationToken) -> JoinSet<()> {
+pub fn start(
+    api: Arc<ApiServer>,
+    config: ControllerConfig,
+    stop: CancellationToken,
+) -> JoinSet<()> {
     let informers = Informers::new(api, stop.child_token());
     let mut set = JoinSet::new();
     set.spawn(replicaset::run(informers.clone(), stop.clone()));
     set.spawn(gc::run(informers.clone(), stop.clone()));
+    set.spawn(nodelifecycle::run(
+        informers.clone(),
+        config.node_monitor_grace,
+        stop.clone(),
+    ));
     set.spawn(async move {
         stop.cancelled().await;
         informers.shutdown().await;
