@@ -58,7 +58,9 @@ fn owner_refs(obj: &Value) -> Vec<Value> {
 
 pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
     let caches: Vec<Arc<Cache>> = KINDS.iter().map(|(g, p)| informers.cache(g, p)).collect();
-    informers.synced(&caches.iter().collect::<Vec<_>>()).await;
+    if !informers.synced(&caches.iter().collect::<Vec<_>>()).await {
+        return;
+    }
     let api = informers.api().clone();
     // Each cache forwards only the changes that can matter to the collector; a channel
     // of one coalesces a burst into one pass.

@@ -89,16 +89,18 @@ impl Informers {
             .clone()
     }
 
-    /// Waits for the caches to finish their first list.
-    pub async fn synced(&self, caches: &[&Arc<Cache>]) {
+    /// Waits for the caches to finish their first list; false if stopped first.
+    pub async fn synced(&self, caches: &[&Arc<Cache>]) -> bool {
         for cache in caches {
             let mut changes = cache.subscribe();
             while !cache.is_synced() {
-                if changes.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return false },
+                    _ = self.stop.cancelled() => return false,
                 }
             }
         }
+        true
     }
 
     /// Stops the caches and waits for them.

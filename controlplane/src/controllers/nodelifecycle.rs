@@ -37,7 +37,9 @@ pub async fn run(informers: Arc<Informers>, grace: Duration, stop: CancellationT
     let nodes = informers.cache("", "nodes");
     let leases = informers.cache("coordination.k8s.io", "leases");
     let pods = informers.cache("", "pods");
-    informers.synced(&[&nodes, &leases, &pods]).await;
+    if !informers.synced(&[&nodes, &leases, &pods]).await {
+        return;
+    }
     let api = informers.api().clone();
     let leases_info =
         resources::lookup("coordination.k8s.io", "v1", "leases").expect("leases are served");

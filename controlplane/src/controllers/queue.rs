@@ -81,6 +81,11 @@ impl WorkQueue {
     /// The next key to work on; `None` once the queue is shut down.
     pub async fn get(&self) -> Option<String> {
         loop {
+            // Registered before the state is read, so a shutdown (notify_waiters) between
+            // the check and the wait cannot be missed.
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             let sleep_until = {
                 let mut s = self.lock();
                 if s.closed {
@@ -108,11 +113,11 @@ impl WorkQueue {
             match sleep_until {
                 Some(at) => {
                     tokio::select! {
-                        _ = self.wake.notified() => {}
+                        _ = notified => {}
                         _ = tokio::time::sleep_until(at) => {}
                     }
                 }
-                None => self.wake.notified().await,
+                None => notified.await,
             }
         }
     }

@@ -57,7 +57,9 @@ pub struct ReplicaSetController {
 pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
     let replicasets = informers.cache("apps", "replicasets");
     let pods = informers.cache("", "pods");
-    informers.synced(&[&replicasets, &pods]).await;
+    if !informers.synced(&[&replicasets, &pods]).await {
+        return;
+    }
     let queue = Arc::new(WorkQueue::default());
     let ctrl = Arc::new(ReplicaSetController {
         api: informers.api().clone(),
