@@ -201,3 +201,127 @@ async fn a_lost_node_is_tainted_and_its_pods_replaced_but_an_autonomous_node_kee
         "{edge_pod}"
     );
 }
+
+#[tokio::test]
+async fn a_daemonset_runs_on_every_node_including_one_that_joins_later_and_rolls() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("server"), &[]);
+    let api = Api::new(&server.url);
+    let _a = agent(&server, "edge-1", dir.path());
+    let _b = agent(&server, "edge-2", dir.path());
+    let image = api.upload(workload("ticker.wasm")).await;
+    let ds = json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "collector"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "collector"}},
+            "template": {"metadata": {"labels": {"app": "collector"}}, "spec": {"containers": [{"name": "main", "image": image, "args": ["60m"]}]}},
+        },
+    });
+    assert_eq!(
+        api.post("/apis/apps/v1/namespaces/default/daemonsets", &ds)
+            .await
+            .0,
+        201
+    );
+    let running_on = |api: Api| async move {
+        let (_, list) = api
+            .get("/api/v1/namespaces/default/pods?labelSelector=app%3Dcollector")
+            .await;
+        let mut nodes: Vec<(String, String)> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| {
+                p["metadata"]["deletionTimestamp"].is_null() && p["status"]["phase"] == "Running"
+            })
+            .map(|p| {
+                (
+                    p["spec"]["nodeName"].as_str().unwrap().to_string(),
+                    p["metadata"]["labels"]["controller-revision-hash"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect();
+        nodes.sort();
+        nodes
+    };
+    eventually("a daemon on each node", WAIT, || {
+        let api = api.clone();
+        async move {
+            (running_on(api)
+                .await
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                == ["edge-1", "edge-2"])
+            .then_some(())
+        }
+    })
+    .await;
+
+    // A node that joins later gets its daemon.
+    let _c = agent(&server, "edge-3", dir.path());
+    eventually("a daemon on the new node", WAIT, || {
+        let api = api.clone();
+        async move {
+            (running_on(api)
+                .await
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                == ["edge-1", "edge-2", "edge-3"])
+            .then_some(())
+        }
+    })
+    .await;
+    let before: std::collections::BTreeSet<String> = running_on(api.clone())
+        .await
+        .into_iter()
+        .map(|(_, h)| h)
+        .collect();
+
+    // A template change rolls out to every node, replacing the old daemons.
+    api.patch(
+        "/apis/apps/v1/namespaces/default/daemonsets/collector",
+        "application/merge-patch+json",
+        r#"{"spec":{"template":{"metadata":{"annotations":{"rev":"2"}}}}}"#,
+    )
+    .await;
+    let after = eventually("the rollout to finish", WAIT, || {
+        let api = api.clone();
+        let before = before.clone();
+        async move {
+            let pods = running_on(api).await;
+            let hashes: std::collections::BTreeSet<String> =
+                pods.iter().map(|(_, h)| h.clone()).collect();
+            (pods.len() == 3 && hashes.len() == 1 && hashes.is_disjoint(&before)).then_some(pods)
+        }
+    })
+    .await;
+    assert_eq!(
+        after.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["edge-1", "edge-2", "edge-3"]
+    );
+    let (_, ds) = api
+        .get("/apis/apps/v1/namespaces/default/daemonsets/collector")
+        .await;
+    let status = eventually("status to catch up", WAIT, || {
+        let api = api.clone();
+        async move {
+            let (_, ds) = api
+                .get("/apis/apps/v1/namespaces/default/daemonsets/collector")
+                .await;
+            (ds["status"]["numberReady"] == 3 && ds["status"]["updatedNumberScheduled"] == 3)
+                .then_some(ds)
+        }
+    })
+    .await;
+    assert_eq!(status["status"]["desiredNumberScheduled"], 3);
+    assert_eq!(
+        status["status"]["observedGeneration"],
+        ds["metadata"]["generation"]
+    );
+}

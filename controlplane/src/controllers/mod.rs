@@ -6,6 +6,7 @@
 //! object and what it owns, decides, acts, and returns whether to look again later. It
 //! is never told which event woke it, and it never modifies cached objects.
 
+pub mod daemonset;
 pub mod gc;
 pub mod nodelifecycle;
 pub mod queue;
@@ -228,6 +229,7 @@ pub fn start(
     let mut set = JoinSet::new();
     set.spawn(replicaset::run(informers.clone(), stop.clone()));
     set.spawn(gc::run(informers.clone(), stop.clone()));
+    set.spawn(daemonset::run(informers.clone(), stop.clone()));
     set.spawn(nodelifecycle::run(
         informers.clone(),
         config.node_monitor_grace,

@@ -161,7 +161,7 @@ fn expression_matches(expr: &Value, labels: &BTreeMap<String, String>) -> bool {
 }
 
 /// nodeSelector and required node affinity (terms are ORed, expressions ANDed).
-fn selector_matches(pod: &Value, node: &Value) -> bool {
+pub(crate) fn selector_matches(pod: &Value, node: &Value) -> bool {
     let node_labels = labels(node);
     let selector_ok = pod
         .pointer("/spec/nodeSelector")
@@ -214,7 +214,7 @@ fn tolerates(tolerations: &[Value], taint: &Value) -> bool {
 }
 
 /// The first NoSchedule/NoExecute taint the pod does not tolerate.
-fn untolerated_taint(pod: &Value, node: &Value) -> Option<String> {
+pub(crate) fn untolerated_taint(pod: &Value, node: &Value) -> Option<String> {
     let tolerations: Vec<Value> = pod
         .pointer("/spec/tolerations")
         .and_then(Value::as_array)

@@ -6,7 +6,7 @@
 //! FailedScheduling event, and is retried with back-off, or at once when a node changes.
 //! Binding is compare-and-swap, so two schedulers can never both bind a pod.
 
-mod filter;
+pub(crate) mod filter;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
