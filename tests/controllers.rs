@@ -231,3 +231,100 @@ async fn cascading_delete_in_all_three_propagation_modes() {
         );
     }
 }
+
+fn job(name: &str, image: &str, spec: Value) -> Value {
+    let mut j = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": image}]}}},
+    });
+    for (k, v) in spec.as_object().unwrap() {
+        j["spec"][k] = v.clone();
+    }
+    j
+}
+
+async fn job_condition(api: &Api, name: &str) -> Value {
+    eventually(&format!("job {name} to finish"), WAIT, || {
+        let api = api.clone();
+        let name = name.to_string();
+        async move {
+            let (_, j) = api
+                .get(&format!("/apis/batch/v1/namespaces/default/jobs/{name}"))
+                .await;
+            j["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["status"] == "True")
+                .map(|_| j.clone())
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn jobs_complete_fail_on_backoff_and_deadline_and_expire() {
+    let (_d, _p, api) = cluster();
+    let hello = api.upload(workload("hello.wasm")).await;
+    let exit3 = api.upload(workload("exit3.wasm")).await;
+    let ticker = api.upload(workload("ticker.wasm")).await;
+    const JOBS: &str = "/apis/batch/v1/namespaces/default/jobs";
+
+    api.post(
+        JOBS,
+        &job("three", &hello, json!({"completions": 3, "parallelism": 2})),
+    )
+    .await;
+    let done = job_condition(&api, "three").await;
+    assert_eq!(
+        done["status"]["conditions"][0]["type"], "Complete",
+        "{done}"
+    );
+    assert_eq!(
+        (
+            done["status"]["succeeded"].as_i64(),
+            done["status"]["active"].as_i64()
+        ),
+        (Some(3), Some(0))
+    );
+    assert!(done["status"]["completionTime"].is_string());
+
+    api.post(JOBS, &job("flaky", &exit3, json!({"backoffLimit": 2})))
+        .await;
+    let failed = job_condition(&api, "flaky").await;
+    assert_eq!(
+        failed["status"]["conditions"][0]["type"], "Failed",
+        "{failed}"
+    );
+    assert_eq!(
+        failed["status"]["conditions"][0]["reason"],
+        "BackoffLimitExceeded"
+    );
+    assert_eq!(
+        failed["status"]["failed"], 3,
+        "backoffLimit 2 allows three attempts"
+    );
+
+    api.post(
+        JOBS,
+        &job("slow", &ticker, json!({"activeDeadlineSeconds": 1})),
+    )
+    .await;
+    let late = job_condition(&api, "slow").await;
+    assert_eq!(
+        late["status"]["conditions"][0]["reason"], "DeadlineExceeded",
+        "{late}"
+    );
+
+    api.post(
+        JOBS,
+        &job("brief", &hello, json!({"ttlSecondsAfterFinished": 1})),
+    )
+    .await;
+    job_condition(&api, "brief").await;
+    eventually("the finished job to expire", WAIT, || {
+        let api = api.clone();
+        async move { (api.get(&format!("{JOBS}/brief")).await.0 == 404).then_some(()) }
+    })
+    .await;
+}

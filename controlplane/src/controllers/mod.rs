@@ -8,6 +8,7 @@
 
 pub mod daemonset;
 pub mod gc;
+pub mod job;
 pub mod nodelifecycle;
 pub mod queue;
 pub mod replicaset;
@@ -230,6 +231,7 @@ pub fn start(
     set.spawn(replicaset::run(informers.clone(), stop.clone()));
     set.spawn(gc::run(informers.clone(), stop.clone()));
     set.spawn(daemonset::run(informers.clone(), stop.clone()));
+    set.spawn(job::run(informers.clone(), stop.clone()));
     set.spawn(nodelifecycle::run(
         informers.clone(),
         config.node_monitor_grace,
