@@ -4,6 +4,7 @@
 mod api;
 mod etcd;
 mod pods;
+mod scheduler;
 mod stats;
 
 use std::path::PathBuf;
@@ -27,12 +28,15 @@ enum Which {
     /// Pod start latency (create to Running through a watch) over many pods on one node,
     /// and density: idle pods one agent holds, with its RSS.
     Pods(pods::PodBenchArgs),
+    /// Scheduler throughput onto hollow nodes (Node objects and Leases, no agents).
+    Scheduler(scheduler::SchedulerBenchArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.which {
         Which::Api(a) => api::run(a).await,
         Which::Pods(a) => pods::run(a).await,
+        Which::Scheduler(a) => scheduler::run(a).await,
     }
 }
 
