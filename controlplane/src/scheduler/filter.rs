@@ -245,6 +245,7 @@ pub(crate) fn untolerated_taint(pod: &Value, node: &Value) -> Option<String> {
 pub fn refusal(
     pod: &Value,
     node: &Value,
+    allocatable: &Resources,
     requests: &Resources,
     used: &Resources,
 ) -> Option<String> {
@@ -261,7 +262,7 @@ pub fn refusal(
         return Some(format!("node(s) had untolerated taint {{{taint}}}"));
     }
     let free = {
-        let mut a = allocatable(node);
+        let mut a = *allocatable;
         a.sub(used);
         a
     };
@@ -316,21 +317,27 @@ mod tests {
         };
         let plain = json!({"spec": {}});
         assert_eq!(
-            refusal(&plain, &n, &small, &none).as_deref(),
+            refusal(&plain, &n, &allocatable(&n), &small, &none).as_deref(),
             Some("node(s) had untolerated taint {dedicated: gpu}")
         );
         let tolerant = json!({"spec": {"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]}});
-        assert_eq!(refusal(&tolerant, &n, &small, &none), None);
+        assert_eq!(
+            refusal(&tolerant, &n, &allocatable(&n), &small, &none),
+            None
+        );
         let wrong_zone = json!({"spec": {"nodeSelector": {"zone": "b"}, "tolerations": [{"operator": "Exists"}]}});
         assert_eq!(
-            refusal(&wrong_zone, &n, &small, &none).as_deref(),
+            refusal(&wrong_zone, &n, &allocatable(&n), &small, &none).as_deref(),
             Some("node(s) didn't match Pod's node affinity/selector")
         );
         let affinity = json!({"spec": {"tolerations": [{"operator": "Exists"}], "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
             {"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]},
             {"matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}, {"key": "zone", "operator": "In", "values": ["a", "c"]}]},
         ]}}}}});
-        assert_eq!(refusal(&affinity, &n, &small, &none), None);
+        assert_eq!(
+            refusal(&affinity, &n, &allocatable(&n), &small, &none),
+            None
+        );
         let big = Resources {
             cpu_milli: 1500,
             memory: 0,
@@ -342,13 +349,13 @@ mod tests {
             pods: 3,
         };
         assert_eq!(
-            refusal(&tolerant, &n, &big, &used).as_deref(),
+            refusal(&tolerant, &n, &allocatable(&n), &big, &used).as_deref(),
             Some("Insufficient cpu")
         );
         let mut cordoned = n.clone();
         cordoned["spec"]["unschedulable"] = json!(true);
         assert_eq!(
-            refusal(&tolerant, &cordoned, &small, &none).as_deref(),
+            refusal(&tolerant, &cordoned, &allocatable(&cordoned), &small, &none).as_deref(),
             Some("node(s) were unschedulable")
         );
     }

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -56,10 +57,13 @@ pub async fn run_scheduler(api: Arc<ApiServer>, stop: CancellationToken) {
     let mut node_changes = nodes.subscribe();
     let mut pod_events = pods.events();
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
+    // Pods bound by this scheduler that the cache may not show bound yet (the "assumed"
+    // pods of Kubernetes' scheduler cache): counted on their node, never placed twice.
+    let mut assumed: HashMap<String, (String, Instant)> = HashMap::new();
     let mut pass_needed = true;
     loop {
         if pass_needed && nodes.is_synced() && pods.is_synced() {
-            schedule_pass(&api, &nodes, &pods, &mut backoff).await;
+            schedule_pass(&api, &nodes, &pods, &mut backoff, &mut assumed).await;
             pass_needed = false;
         }
         let next_retry = backoff.values().map(|b| b.not_before).min();
@@ -122,6 +126,11 @@ struct View {
     used: HashMap<String, Resources>,
     /// The same with default requests filled in, for scoring.
     scored: HashMap<String, Resources>,
+    /// Each node's allocatable, parsed once per pass.
+    alloc: HashMap<String, Resources>,
+    /// Where the next pod's search over nodes starts, so searches that stop early
+    /// still cover every node in turn.
+    next_start: usize,
     /// Pods per (owner, node) and (owner, zone), for spreading.
     owner_on_node: HashMap<(String, String), u32>,
     owner_in_zone: HashMap<(String, String), u32>,
@@ -136,6 +145,8 @@ impl View {
         let mut view = View {
             used: HashMap::new(),
             scored: HashMap::new(),
+            alloc: HashMap::new(),
+            next_start: 0,
             owner_on_node: HashMap::new(),
             owner_in_zone: HashMap::new(),
             nodes: Vec::new(),
@@ -146,6 +157,10 @@ impl View {
                 view.account(pod, node, zone);
             }
         }
+        view.alloc = nodes
+            .iter()
+            .map(|n| (objects::name(n).to_string(), allocatable(n)))
+            .collect();
         view.nodes = nodes;
         view
     }
@@ -167,11 +182,11 @@ impl View {
     }
 
     /// Least-allocated (0..100) minus spreading penalties for the pod's owner.
-    fn score(&self, pod: &Value, node: &Value) -> f64 {
-        let alloc = allocatable(node);
+    fn score(&self, owner: Option<&str>, nonzero: &Resources, node: &Value) -> f64 {
         let name = objects::name(node);
+        let alloc = self.alloc.get(name).copied().unwrap_or_default();
         let mut after = self.scored.get(name).copied().unwrap_or_default();
-        after.add(&nonzero_requests(pod));
+        after.add(nonzero);
         let free = |a: u64, u: u64| {
             if a == 0 {
                 0.0
@@ -181,14 +196,18 @@ impl View {
         };
         let least_allocated =
             50.0 * (free(alloc.cpu_milli, after.cpu_milli) + free(alloc.memory, after.memory));
-        let (on_node, in_zone) = match owner_of(pod) {
+        let (on_node, in_zone) = match owner {
             Some(owner) => (
                 self.owner_on_node
-                    .get(&(owner.clone(), name.to_string()))
+                    .get(&(owner.to_string(), name.to_string()))
                     .copied()
                     .unwrap_or(0),
                 zone_of(node)
-                    .and_then(|z| self.owner_in_zone.get(&(owner, z.to_string())).copied())
+                    .and_then(|z| {
+                        self.owner_in_zone
+                            .get(&(owner.to_string(), z.to_string()))
+                            .copied()
+                    })
                     .unwrap_or(0),
             ),
             None => (0, 0),
@@ -197,12 +216,27 @@ impl View {
     }
 }
 
+/// How many feasible nodes to find before choosing, as Kubernetes'
+/// percentageOfNodesToScore adapts it: all of a small cluster, a shrinking share of a
+/// large one, never fewer than 100.
+fn nodes_to_score(total: usize) -> usize {
+    let percent = (50 - (total / 125) as i64).max(5) as usize;
+    (total * percent / 100).max(100).min(total)
+}
+
+/// How long an assumed binding is trusted before the cache must confirm it.
+const ASSUME_TTL: Duration = Duration::from_secs(30);
+
+/// Bindings in flight at once: concurrent writes share the store's group commits.
+const BIND_CONCURRENCY: usize = 64;
+
 /// Places every pending pod whose back-off has passed.
 async fn schedule_pass(
     api: &ApiServer,
     nodes: &Cache,
     pods: &Cache,
     backoff: &mut HashMap<String, Backoff>,
+    assumed: &mut HashMap<String, (String, Instant)>,
 ) {
     let mut all_nodes = nodes.snapshot();
     all_nodes.sort_by(|a, b| objects::name(a).cmp(objects::name(b)));
@@ -210,6 +244,7 @@ async fn schedule_pass(
     let mut pending: Vec<&Arc<Value>> = all_pods
         .iter()
         .filter(|p| node_of(p).is_none() && !objects::is_deleting(p) && !is_terminal(p))
+        .filter(|p| !assumed.contains_key(&pod_key(p)))
         .filter(|p| {
             p.pointer("/spec/schedulerName")
                 .and_then(Value::as_str)
@@ -227,57 +262,66 @@ async fn schedule_pass(
             .cmp(&(objects::meta_str(b, "creationTimestamp"), objects::name(b)))
     });
     let mut view = View::build(all_nodes, &all_pods);
+    // Forget assumptions the cache has caught up with (or that are too old to trust),
+    // and count the rest on their nodes.
+    let by_key: HashMap<String, &Arc<Value>> = all_pods.iter().map(|p| (pod_key(p), p)).collect();
+    assumed.retain(|key, (_, at)| {
+        by_key.get(key).is_some_and(|p| node_of(p).is_none()) && at.elapsed() < ASSUME_TTL
+    });
+    for (key, (node, _)) in assumed.iter() {
+        if let Some(pod) = by_key.get(key) {
+            let zone = view
+                .nodes
+                .iter()
+                .find(|n| objects::name(n) == node)
+                .and_then(|n| zone_of(n))
+                .map(str::to_string);
+            view.account(pod, node, zone);
+        }
+    }
     let now = Instant::now();
+    let mut binds: Vec<(Arc<Value>, String)> = Vec::new();
     for pod in pending {
         let key = pod_key(pod);
         if backoff.get(&key).is_some_and(|b| b.not_before > now) {
             continue;
         }
         let requests = pod_requests(pod);
+        let nonzero = nonzero_requests(pod);
+        let owner = owner_of(pod);
         let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
-        let mut best: Option<(f64, &Arc<Value>)> = None;
-        for node in &view.nodes {
-            let used = view
-                .used
-                .get(objects::name(node))
-                .copied()
-                .unwrap_or_default();
-            match refusal(pod, node, &requests, &used) {
+        let mut best: Option<(f64, usize)> = None;
+        let (total, wanted) = (view.nodes.len(), nodes_to_score(view.nodes.len()));
+        let mut feasible = 0;
+        let mut scanned = 0;
+        while scanned < total && feasible < wanted {
+            let i = (view.next_start + scanned) % total;
+            scanned += 1;
+            let node = &view.nodes[i];
+            let name = objects::name(node);
+            let used = view.used.get(name).copied().unwrap_or_default();
+            let alloc = view.alloc.get(name).copied().unwrap_or_default();
+            match refusal(pod, node, &alloc, &requests, &used) {
                 Some(reason) => *reasons.entry(reason).or_default() += 1,
                 None => {
-                    let score = view.score(pod, node);
+                    feasible += 1;
+                    let score = view.score(owner.as_deref(), &nonzero, node);
                     if best.is_none_or(|(s, _)| score > s) {
-                        best = Some((score, node));
+                        best = Some((score, i));
                     }
                 }
             }
         }
-        let namespace = objects::namespace(pod).unwrap_or("default");
-        let name = objects::name(pod);
+        if total > 0 {
+            view.next_start = (view.next_start + scanned) % total;
+        }
         match best {
-            Some((_, node)) => {
-                let node_name = objects::name(node).to_string();
-                let zone = zone_of(node).map(str::to_string);
-                match bind_pod(api, namespace, name, &node_name).await {
-                    Ok(()) => {
-                        backoff.remove(&key);
-                        view.account(pod, &node_name, zone);
-                        tracing::debug!(pod = %key, node = %node_name, "pod scheduled");
-                        record_event(
-                            api,
-                            pod,
-                            "Normal",
-                            "Scheduled",
-                            format!("Successfully assigned {namespace}/{name} to {node_name}"),
-                            "default-scheduler",
-                        )
-                        .await;
-                    }
-                    Err(e) => {
-                        tracing::debug!(pod = %key, error = %e, "binding failed; will retry");
-                        delay(backoff, key);
-                    }
-                }
+            Some((_, i)) => {
+                let node = view.nodes[i].clone();
+                let node_name = objects::name(&node).to_string();
+                // Assume the placement now; the binding is written concurrently below.
+                view.account(pod, &node_name, zone_of(&node).map(str::to_string));
+                binds.push((pod.clone(), node_name));
             }
             None => {
                 let message = if view.nodes.is_empty() {
@@ -294,6 +338,44 @@ async fn schedule_pass(
                 mark_unschedulable(api, pod, &message).await;
                 delay(backoff, key);
             }
+        }
+    }
+    let results: Vec<(String, String, bool)> = futures::stream::iter(binds)
+        .map(|(pod, node)| async move {
+            let (namespace, name) = (
+                objects::namespace(&pod).unwrap_or("default"),
+                objects::name(&pod),
+            );
+            let key = pod_key(&pod);
+            match bind_pod(api, namespace, name, &node).await {
+                Ok(()) => {
+                    tracing::debug!(pod = %key, node = %node, "pod scheduled");
+                    record_event(
+                        api,
+                        &pod,
+                        "Normal",
+                        "Scheduled",
+                        format!("Successfully assigned {namespace}/{name} to {node}"),
+                        "default-scheduler",
+                    )
+                    .await;
+                    (key, node, true)
+                }
+                Err(e) => {
+                    tracing::debug!(pod = %key, error = %e, "binding failed; will retry");
+                    (key, node, false)
+                }
+            }
+        })
+        .buffer_unordered(BIND_CONCURRENCY)
+        .collect()
+        .await;
+    for (key, node, ok) in results {
+        if ok {
+            backoff.remove(&key);
+            assumed.insert(key, (node, Instant::now()));
+        } else {
+            delay(backoff, key);
         }
     }
 }
