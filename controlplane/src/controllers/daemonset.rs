@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources::{self, ResourceInfo};
 
 use super::{
-    Action, Informers, Reconciler, WorkQueue, controller_of, feed, key_of, run_workers, split_key,
+    Action, Informers, Reconciler, WorkQueue, controller_of, feed, run_workers, split_key,
 };
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, DeleteOptions, internal, objects};
@@ -76,20 +76,10 @@ pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
         return;
     }
     let queue = Arc::new(WorkQueue::default());
-    let all = {
-        let ds = daemonsets.clone();
-        move || ds.snapshot().iter().map(|d| key_of(d)).collect::<Vec<_>>()
-    };
-    tokio::spawn(feed(
+    let all = super::all_keys(daemonsets.clone());
+    tokio::spawn(super::feed_own(
         queue.clone(),
         daemonsets.clone(),
-        |e| match e {
-            CacheEvent::Changed { object, .. } | CacheEvent::Deleted(object) => {
-                vec![key_of(object)]
-            }
-            CacheEvent::Resynced => vec![],
-        },
-        all.clone(),
         stop.clone(),
     ));
     // Any node change may add or remove a daemon's place.

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources::{self, ResourceInfo};
 
 use super::{
-    Action, Informers, Reconciler, WorkQueue, controller_of, feed, key_of, run_workers, split_key,
+    Action, Informers, Reconciler, WorkQueue, controller_of, feed, run_workers, split_key,
 };
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, DeleteOptions, internal, objects, record_event};
@@ -54,27 +54,8 @@ pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
         pods: pods.clone(),
         expected: Mutex::default(),
     });
-    let all = {
-        let jobs = jobs.clone();
-        move || {
-            jobs.snapshot()
-                .iter()
-                .map(|j| key_of(j))
-                .collect::<Vec<_>>()
-        }
-    };
-    tokio::spawn(feed(
-        queue.clone(),
-        jobs.clone(),
-        |e| match e {
-            CacheEvent::Changed { object, .. } | CacheEvent::Deleted(object) => {
-                vec![key_of(object)]
-            }
-            CacheEvent::Resynced => vec![],
-        },
-        all.clone(),
-        stop.clone(),
-    ));
+    let all = super::all_keys(jobs.clone());
+    tokio::spawn(super::feed_own(queue.clone(), jobs.clone(), stop.clone()));
     let observer = ctrl.clone();
     tokio::spawn(feed(
         queue.clone(),

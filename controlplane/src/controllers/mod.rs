@@ -173,6 +173,32 @@ where
     }
 }
 
+/// The keys of every object in a cache, for feeds to enqueue on a re-list.
+pub fn all_keys(cache: Arc<Cache>) -> impl Fn() -> Vec<String> + Clone + Send + 'static {
+    move || cache.snapshot().iter().map(|o| key_of(o)).collect()
+}
+
+/// Feeds a controller's queue with the keys of its own kind's objects as they change.
+pub fn feed_own(
+    queue: Arc<WorkQueue>,
+    cache: Arc<Cache>,
+    stop: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let all = all_keys(cache.clone());
+    feed(
+        queue,
+        cache,
+        |e| match e {
+            CacheEvent::Changed { object, .. } | CacheEvent::Deleted(object) => {
+                vec![key_of(object)]
+            }
+            CacheEvent::Resynced => vec![],
+        },
+        all,
+        stop,
+    )
+}
+
 /// Runs `workers` loops that take keys from the queue and reconcile them, until `stop`.
 pub async fn run_workers<R: Reconciler>(
     reconciler: Arc<R>,

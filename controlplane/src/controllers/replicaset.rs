@@ -68,20 +68,10 @@ pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
         expectations: Mutex::default(),
     });
 
-    let all = {
-        let rs = replicasets.clone();
-        move || rs.snapshot().iter().map(|r| key_of(r)).collect::<Vec<_>>()
-    };
-    tokio::spawn(feed(
+    let all = super::all_keys(replicasets.clone());
+    tokio::spawn(super::feed_own(
         queue.clone(),
         replicasets.clone(),
-        |e| match e {
-            CacheEvent::Changed { object, .. } | CacheEvent::Deleted(object) => {
-                vec![key_of(object)]
-            }
-            CacheEvent::Resynced => vec![],
-        },
-        all.clone(),
         stop.clone(),
     ));
     let observer = ctrl.clone();
