@@ -15,22 +15,9 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// A dev cluster with fast back-off and lease renewal, for tests.
 fn dev(extra: &[&str]) -> (tempfile::TempDir, Process, Api) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = vec![
-        "dev",
-        "--listen",
-        "127.0.0.1:0",
-        "--backoff-base",
-        "300ms",
-        "--lease-interval",
-        "200ms",
-        "--data-dir",
-    ];
-    let d = dir.path().to_str().unwrap().to_string();
-    args.push(&d);
+    let mut args = vec!["--backoff-base", "300ms", "--lease-interval", "200ms"];
     args.extend_from_slice(extra);
-    let (proc_, url) = Process::start(&args, "api:");
-    (dir, proc_, Api::new(&url))
+    common::dev_cluster(1, &args)
 }
 
 /// A pod running one Wasm container on dev-1, described the way a test reads.
@@ -538,7 +525,7 @@ async fn volumes_and_the_sandbox() {
 
 #[tokio::test]
 async fn node_registration_and_lease() {
-    let (_d, _p, api) = dev(&["--nodes", "2"]);
+    let (_d, _p, api) = common::dev_cluster(2, &["--lease-interval", "200ms"]);
     let (_, nodes) = api.get("/api/v1/nodes").await;
     let names: Vec<&str> = nodes["items"]
         .as_array()

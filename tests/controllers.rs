@@ -14,21 +14,7 @@ const PODS: &str = "/api/v1/namespaces/default/pods";
 const WAIT: Duration = Duration::from_secs(30);
 
 fn cluster() -> (tempfile::TempDir, Process, Api) {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap().to_string();
-    let (p, url) = Process::start(
-        &[
-            "dev",
-            "--nodes",
-            "3",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            &d,
-        ],
-        "api:",
-    );
-    (dir, p, Api::new(&url))
+    common::dev_cluster(3, &[])
 }
 
 fn replicaset(name: &str, image: &str, replicas: i64) -> Value {

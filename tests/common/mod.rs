@@ -84,6 +84,25 @@ impl Drop for Process {
     }
 }
 
+/// A `skiff dev` cluster with `nodes` agents and extra flags, in a temporary directory.
+pub fn dev_cluster(nodes: u32, extra: &[&str]) -> (tempfile::TempDir, Process, Api) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let n = nodes.to_string();
+    let mut args = vec![
+        "dev",
+        "--nodes",
+        &n,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &d,
+    ];
+    args.extend_from_slice(extra);
+    let (process, url) = Process::start(&args, "api:");
+    (dir, process, Api::new(&url))
+}
+
 /// A committed guest from workloads/bin.
 pub fn workload(name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

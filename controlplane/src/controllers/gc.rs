@@ -209,62 +209,59 @@ async fn delete(api: &ApiServer, obj: &Value, propagation: Option<&str>) -> Resu
     }
 }
 
-async fn strip_owner(api: &ApiServer, obj: &Value, owner_uid: &str) -> Result<(), ApiError> {
+/// Updates an object with `mutate`; one that is already gone needs nothing.
+async fn update_if_present<F>(api: &ApiServer, obj: &Value, mutate: F) -> Result<(), ApiError>
+where
+    F: FnMut(&Value) -> Result<Value, ApiError>,
+{
     let Some(info) = info_for(obj) else {
         return Ok(());
     };
-    let result = internal::update(
+    match internal::update(
         api,
         info,
         objects::namespace(obj),
         objects::name(obj),
-        |cur| {
-            let mut next = cur.clone();
-            let refs: Vec<Value> = owner_refs(cur)
-                .into_iter()
-                .filter(|r| r["uid"] != owner_uid)
-                .collect();
-            next["metadata"]["ownerReferences"] = if refs.is_empty() {
-                Value::Null
-            } else {
-                json!(refs)
-            };
-            Ok(next)
-        },
+        mutate,
     )
-    .await;
-    match result {
+    .await
+    {
         Ok(_) | Err(ApiError::NotFound(_)) => Ok(()),
         Err(e) => Err(e),
     }
 }
 
-async fn remove_finalizer(api: &ApiServer, obj: &Value, finalizer: &str) -> Result<(), ApiError> {
-    let Some(info) = info_for(obj) else {
-        return Ok(());
-    };
-    let result = internal::update(
-        api,
-        info,
-        objects::namespace(obj),
-        objects::name(obj),
-        |cur| {
-            let mut next = cur.clone();
-            let rest: Vec<String> = objects::finalizers(cur)
-                .into_iter()
-                .filter(|f| f != finalizer)
-                .collect();
-            next["metadata"]["finalizers"] = if rest.is_empty() {
-                Value::Null
-            } else {
-                json!(rest)
-            };
-            Ok(next)
-        },
-    )
-    .await;
-    match result {
-        Ok(_) | Err(ApiError::NotFound(_)) => Ok(()),
-        Err(e) => Err(e),
+/// `list` as a metadata field: removed entirely when empty, as Kubernetes writes it.
+fn list_or_null<T: serde::Serialize>(list: Vec<T>) -> Value {
+    if list.is_empty() {
+        Value::Null
+    } else {
+        json!(list)
     }
+}
+
+async fn strip_owner(api: &ApiServer, obj: &Value, owner_uid: &str) -> Result<(), ApiError> {
+    update_if_present(api, obj, |cur| {
+        let mut next = cur.clone();
+        let refs: Vec<Value> = owner_refs(cur)
+            .into_iter()
+            .filter(|r| r["uid"] != owner_uid)
+            .collect();
+        next["metadata"]["ownerReferences"] = list_or_null(refs);
+        Ok(next)
+    })
+    .await
+}
+
+async fn remove_finalizer(api: &ApiServer, obj: &Value, finalizer: &str) -> Result<(), ApiError> {
+    update_if_present(api, obj, |cur| {
+        let mut next = cur.clone();
+        let rest: Vec<String> = objects::finalizers(cur)
+            .into_iter()
+            .filter(|f| f != finalizer)
+            .collect();
+        next["metadata"]["finalizers"] = list_or_null(rest);
+        Ok(next)
+    })
+    .await
 }
