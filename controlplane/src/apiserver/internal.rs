@@ -73,6 +73,29 @@ where
     .await
 }
 
+/// Sets the given `.status` fields, keeping the others.
+pub async fn merge_status(
+    api: &ApiServer,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+    fields: &Value,
+) -> ApiResult<Value> {
+    update_status(api, info, namespace, name, |cur| {
+        let mut next = cur.clone();
+        let mut status = cur
+            .get("status")
+            .cloned()
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        for (k, v) in fields.as_object().into_iter().flatten() {
+            status[k] = v.clone();
+        }
+        next["status"] = status;
+        Ok(next)
+    })
+    .await
+}
+
 /// Deletes an object with the given options (propagation, preconditions, grace).
 pub async fn delete(
     api: &ApiServer,

@@ -291,16 +291,7 @@ impl JobController {
             .any(|k| job.pointer(&format!("/status/{k}")) != status.get(*k))
             || outcome.is_some();
         if changed {
-            internal::update_status(&self.api, job_info(), Some(ns), name, |cur| {
-                let mut next = cur.clone();
-                let mut s = cur.get("status").cloned().unwrap_or(json!({}));
-                for (k, v) in status.as_object().expect("an object") {
-                    s[k] = v.clone();
-                }
-                next["status"] = s;
-                Ok(next)
-            })
-            .await?;
+            internal::merge_status(&self.api, job_info(), Some(ns), name, &status).await?;
         }
         // The deadline is a timer the state implies.
         Ok(match deadline {

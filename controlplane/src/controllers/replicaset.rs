@@ -469,20 +469,12 @@ impl ReplicaSetController {
         .iter()
         .any(|f| current.get(*f).cloned().unwrap_or(json!(0)) != status[*f]);
         if changed {
-            let result = internal::update_status(
+            let result = internal::merge_status(
                 &self.api,
                 rs_info(),
                 objects::namespace(rs),
                 objects::name(rs),
-                |cur| {
-                    let mut next = cur.clone();
-                    let mut s = cur.get("status").cloned().unwrap_or(json!({}));
-                    for (k, v) in status.as_object().expect("built as an object") {
-                        s[k] = v.clone();
-                    }
-                    next["status"] = s;
-                    Ok(next)
-                },
+                &status,
             )
             .await;
             match result {

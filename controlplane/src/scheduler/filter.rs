@@ -30,9 +30,28 @@ impl Resources {
     }
 }
 
-/// The sum of a pod's container requests (limits stand in for missing requests, as in
-/// Kubernetes), plus one pod.
-pub fn pod_requests(pod: &Value) -> Resources {
+/// One container's cpu (millicores) and memory (bytes) requests; limits stand in for
+/// missing requests, as in Kubernetes.
+fn container_requests(c: &Value) -> (u64, u64) {
+    let res = c.get("resources");
+    let get = |name: &str| {
+        res.and_then(|r| {
+            r.pointer(&format!("/requests/{name}"))
+                .or_else(|| r.pointer(&format!("/limits/{name}")))
+        })
+        .and_then(Value::as_str)
+    };
+    let cpu = get("cpu")
+        .and_then(|q| quantity::millicores(q).ok())
+        .unwrap_or(0) as u64;
+    let memory = get("memory")
+        .and_then(|q| quantity::bytes(q).ok())
+        .unwrap_or(0);
+    (cpu, memory)
+}
+
+/// Sums the pod's containers, each mapped by `each`, plus one pod.
+fn sum_containers(pod: &Value, each: impl Fn(u64, u64) -> (u64, u64)) -> Resources {
     let mut r = Resources {
         pods: 1,
         ..Default::default()
@@ -43,22 +62,17 @@ pub fn pod_requests(pod: &Value) -> Resources {
         .into_iter()
         .flatten()
     {
-        let res = c.get("resources");
-        let get = |name: &str| {
-            res.and_then(|r| {
-                r.pointer(&format!("/requests/{name}"))
-                    .or_else(|| r.pointer(&format!("/limits/{name}")))
-            })
-            .and_then(Value::as_str)
-        };
-        r.cpu_milli += get("cpu")
-            .and_then(|q| quantity::millicores(q).ok())
-            .unwrap_or(0) as u64;
-        r.memory += get("memory")
-            .and_then(|q| quantity::bytes(q).ok())
-            .unwrap_or(0);
+        let (cpu, memory) = container_requests(c);
+        let (cpu, memory) = each(cpu, memory);
+        r.cpu_milli += cpu;
+        r.memory += memory;
     }
     r
+}
+
+/// The sum of a pod's container requests, plus one pod.
+pub fn pod_requests(pod: &Value) -> Resources {
+    sum_containers(pod, |cpu, memory| (cpu, memory))
 }
 
 /// What the scorer assumes a container without requests uses, as Kubernetes does, so
@@ -68,29 +82,13 @@ const DEFAULT_MEMORY: u64 = 200 * 1024 * 1024;
 
 /// Requests for scoring: a container's missing cpu or memory request counts as the default.
 pub fn nonzero_requests(pod: &Value) -> Resources {
-    let mut r = Resources {
-        pods: 1,
-        ..Default::default()
-    };
-    for c in pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let one = pod_requests(&serde_json::json!({"spec": {"containers": [c]}}));
-        r.cpu_milli += if one.cpu_milli == 0 {
-            DEFAULT_CPU_MILLI
-        } else {
-            one.cpu_milli
-        };
-        r.memory += if one.memory == 0 {
-            DEFAULT_MEMORY
-        } else {
-            one.memory
-        };
-    }
-    r
+    let or_default = |v: u64, default: u64| if v == 0 { default } else { v };
+    sum_containers(pod, |cpu, memory| {
+        (
+            or_default(cpu, DEFAULT_CPU_MILLI),
+            or_default(memory, DEFAULT_MEMORY),
+        )
+    })
 }
 
 /// What a node offers (`status.allocatable`).
