@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use skiff_api::resources::{self, ResourceInfo};
 
+use super::podutil::{is_active, is_ready, pods_info};
 use super::{
     Action, Informers, Reconciler, WorkQueue, controller_of, feed, run_workers, split_key,
 };
@@ -30,10 +31,6 @@ const WORKERS: usize = 2;
 
 fn ds_info() -> &'static ResourceInfo {
     resources::lookup("apps", "v1", "daemonsets").expect("daemonsets are served")
-}
-
-fn pods_info() -> &'static ResourceInfo {
-    resources::lookup("", "v1", "pods").expect("pods are served")
 }
 
 /// Tolerations every daemon pod gets, as Kubernetes adds them.
@@ -128,22 +125,6 @@ impl Reconciler for DaemonSetController {
     }
 }
 
-fn is_active(pod: &Value) -> bool {
-    !objects::is_deleting(pod)
-        && !matches!(
-            pod.pointer("/status/phase").and_then(Value::as_str),
-            Some("Succeeded" | "Failed")
-        )
-}
-
-fn is_pod_ready(pod: &Value) -> bool {
-    pod.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-}
-
 impl DaemonSetController {
     /// The daemon pod for a node, from the template.
     fn pod_for(&self, ds: &Value, node: &str, hash: &str) -> Value {
@@ -235,7 +216,7 @@ impl DaemonSetController {
             .iter()
             .filter_map(|n| by_node.get(n).and_then(|p| p.first()))
             .collect();
-        let unavailable = wanted.len() - current.iter().filter(|p| is_pod_ready(p)).count();
+        let unavailable = wanted.len() - current.iter().filter(|p| is_ready(p)).count();
         if rolling {
             let budget = max_unavailable.saturating_sub(unavailable);
             let outdated = current.iter().filter(|p| {
@@ -267,7 +248,7 @@ impl DaemonSetController {
             }
         }
         let scheduled = current.len();
-        let ready = current.iter().filter(|p| is_pod_ready(p)).count();
+        let ready = current.iter().filter(|p| is_ready(p)).count();
         let updated = current
             .iter()
             .filter(|p| {

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use skiff_api::resources::{self, ResourceInfo};
 
+use super::podutil::pods_info;
 use super::{
     Action, Informers, Reconciler, WorkQueue, controller_of, feed, run_workers, split_key,
 };
@@ -27,10 +28,6 @@ const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn job_info() -> &'static ResourceInfo {
     resources::lookup("batch", "v1", "jobs").expect("jobs are served")
-}
-
-fn pods_info() -> &'static ResourceInfo {
-    resources::lookup("", "v1", "pods").expect("pods are served")
 }
 
 pub struct JobController {

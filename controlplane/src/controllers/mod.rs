@@ -7,9 +7,11 @@
 //! is never told which event woke it, and it never modifies cached objects.
 
 pub mod daemonset;
+pub mod deployment;
 pub mod gc;
 pub mod job;
 pub mod nodelifecycle;
+pub mod podutil;
 pub mod queue;
 pub mod replicaset;
 
@@ -22,10 +24,12 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use skiff_api::resources;
+use skiff_api::resources::{self, ResourceInfo};
+use skiff_api::selector::LabelSelector;
 
 use crate::apiserver::ApiServer;
-use crate::apiserver::error::ApiError;
+use crate::apiserver::error::{ApiError, Subject};
+use crate::apiserver::internal;
 use crate::apiserver::objects;
 use crate::informer::{Cache, CacheEvent};
 pub use queue::WorkQueue;
@@ -139,6 +143,83 @@ pub fn controller_of(obj: &Value) -> Option<(&str, &str, &str)> {
                 r["uid"].as_str().unwrap_or_default(),
             )
         })
+}
+
+/// The label selector in an object's `spec.selector`; None when missing, invalid or
+/// empty (which would select everything).
+pub fn selector_of(obj: &Value) -> Option<LabelSelector> {
+    let sel = serde_json::from_value(obj.pointer("/spec/selector")?.clone()).ok()?;
+    LabelSelector::from_label_selector(&sel)
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// Makes `owner` the controller of an orphan that its selector matches. None when
+/// another controller took it, or it went away, meanwhile.
+pub async fn adopt(
+    api: &ApiServer,
+    info: &'static ResourceInfo,
+    obj: &Value,
+    owner: Value,
+) -> Result<Option<Value>, ApiError> {
+    let result = internal::update(
+        api,
+        info,
+        objects::namespace(obj),
+        objects::name(obj),
+        |current| {
+            if controller_of(current).is_some() {
+                return Err(ApiError::Conflict(
+                    Subject::new(info, objects::name(current)),
+                    "already owned".into(),
+                ));
+            }
+            let mut next = current.clone();
+            let refs = next["metadata"]["ownerReferences"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            next["metadata"]["ownerReferences"] =
+                Value::Array(refs.into_iter().chain([owner.clone()]).collect());
+            Ok(next)
+        },
+    )
+    .await;
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(ApiError::Conflict(..) | ApiError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Lets go of an object the owner's selector no longer matches.
+pub async fn release(
+    api: &ApiServer,
+    info: &'static ResourceInfo,
+    obj: &Value,
+    owner_uid: &str,
+) -> Result<(), ApiError> {
+    let result = internal::update(
+        api,
+        info,
+        objects::namespace(obj),
+        objects::name(obj),
+        |current| {
+            let mut next = current.clone();
+            if let Some(refs) = next
+                .pointer_mut("/metadata/ownerReferences")
+                .and_then(Value::as_array_mut)
+            {
+                refs.retain(|r| r["uid"] != owner_uid);
+            }
+            Ok(next)
+        },
+    )
+    .await;
+    match result {
+        Ok(_) | Err(ApiError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Feeds a queue from a cache: each change maps to keys; a re-list (or falling behind)
@@ -255,6 +336,7 @@ pub fn start(
     let informers = Informers::new(api, stop.child_token());
     let mut set = JoinSet::new();
     set.spawn(replicaset::run(informers.clone(), stop.clone()));
+    set.spawn(deployment::run(informers.clone(), stop.clone()));
     set.spawn(gc::run(informers.clone(), stop.clone()));
     set.spawn(daemonset::run(informers.clone(), stop.clone()));
     set.spawn(job::run(informers.clone(), stop.clone()));

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources::{self, ResourceInfo};
 
 use super::Informers;
+use super::podutil::pods_info;
 use crate::apiserver::defaults::TAINT_UNREACHABLE;
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, DeleteOptions, internal, objects, record_event};
@@ -27,10 +28,6 @@ const PERIOD: Duration = Duration::from_millis(500);
 
 fn nodes_info() -> &'static ResourceInfo {
     resources::lookup("", "v1", "nodes").expect("nodes are served")
-}
-
-fn pods_info() -> &'static ResourceInfo {
-    resources::lookup("", "v1", "pods").expect("pods are served")
 }
 
 pub async fn run(informers: Arc<Informers>, grace: Duration, stop: CancellationToken) {

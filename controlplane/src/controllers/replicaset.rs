@@ -16,10 +16,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use skiff_api::resources::{self, ResourceInfo};
-use skiff_api::selector::LabelSelector;
 
+use super::podutil::{availability, is_active, is_ready, labels, pods_info};
 use super::{
-    Action, Informers, Reconciler, WorkQueue, controller_of, feed, key_of, run_workers, split_key,
+    Action, Informers, Reconciler, WorkQueue, adopt, controller_of, feed, key_of, release,
+    run_workers, selector_of, split_key,
 };
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, DeleteOptions, internal, objects, record_event};
@@ -34,10 +35,6 @@ const WORKERS: usize = 4;
 
 fn rs_info() -> &'static ResourceInfo {
     resources::lookup("apps", "v1", "replicasets").expect("replicasets are served")
-}
-
-fn pods_info() -> &'static ResourceInfo {
-    resources::lookup("", "v1", "pods").expect("pods are served")
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -83,40 +80,6 @@ pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
         stop.clone(),
     ));
     run_workers(ctrl, queue, WORKERS, stop).await;
-}
-
-fn is_active(pod: &Value) -> bool {
-    !objects::is_deleting(pod)
-        && !matches!(
-            pod.pointer("/status/phase").and_then(Value::as_str),
-            Some("Succeeded" | "Failed")
-        )
-}
-
-fn labels(obj: &Value) -> std::collections::BTreeMap<String, String> {
-    obj.pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn ready_since(pod: &Value) -> Option<jiff::Timestamp> {
-    let c = pod
-        .pointer("/status/conditions")?
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Ready")?;
-    if c["status"] != "True" {
-        return None;
-    }
-    c["lastTransitionTime"]
-        .as_str()
-        .and_then(objects::parse_time)
-        .or(Some(jiff::Timestamp::UNIX_EPOCH))
 }
 
 impl ReplicaSetController {
@@ -193,13 +156,6 @@ impl ReplicaSetController {
     }
 }
 
-fn selector_of(rs: &Value) -> Option<LabelSelector> {
-    let sel = serde_json::from_value(rs.pointer("/spec/selector")?.clone()).ok()?;
-    LabelSelector::from_label_selector(&sel)
-        .ok()
-        .filter(|s| !s.is_empty())
-}
-
 /// A pod from the ReplicaSet's template, owned by it.
 fn pod_from_template(rs: &Value) -> Value {
     let template = rs.pointer("/spec/template").cloned().unwrap_or_default();
@@ -228,7 +184,7 @@ fn deletion_rank(pod: &Value) -> (u8, u8, u8, std::cmp::Reverse<String>) {
         .and_then(Value::as_str)
         .is_none_or(str::is_empty);
     let pending = pod.pointer("/status/phase").and_then(Value::as_str) == Some("Pending");
-    let ready = ready_since(pod).is_some();
+    let ready = is_ready(pod);
     (
         u8::from(!unscheduled),
         u8::from(!pending),
@@ -280,12 +236,14 @@ impl ReplicaSetController {
                     if matches {
                         owned.push(pod);
                     } else {
-                        self.release(&pod, &uid).await?;
+                        release(&self.api, pods_info(), &pod, &uid).await?;
                     }
                 }
                 Some(_) => {}
                 None if matches && is_active(&pod) => {
-                    if let Some(adopted) = self.adopt(&pod, &rs).await? {
+                    if let Some(adopted) =
+                        adopt(&self.api, pods_info(), &pod, owner_ref(&rs)).await?
+                    {
                         owned.push(Arc::new(adopted));
                     }
                 }
@@ -355,64 +313,6 @@ impl ReplicaSetController {
         self.update_status(&rs, &owned).await
     }
 
-    /// Takes an orphan that matches: sets this ReplicaSet as its controller.
-    async fn adopt(&self, pod: &Value, rs: &Value) -> Result<Option<Value>, ApiError> {
-        let owner = owner_ref(rs);
-        let result = internal::update(
-            &self.api,
-            pods_info(),
-            objects::namespace(pod),
-            objects::name(pod),
-            |current| {
-                if controller_of(current).is_some() {
-                    return Err(ApiError::Conflict(
-                        crate::apiserver::error::Subject::new(pods_info(), objects::name(current)),
-                        "already owned".into(),
-                    ));
-                }
-                let mut next = current.clone();
-                let refs = next["metadata"]["ownerReferences"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                next["metadata"]["ownerReferences"] =
-                    json!(refs.into_iter().chain([owner.clone()]).collect::<Vec<_>>());
-                Ok(next)
-            },
-        )
-        .await;
-        match result {
-            Ok(v) => Ok(Some(v)),
-            Err(ApiError::Conflict(..) | ApiError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Lets go of a pod the selector no longer matches.
-    async fn release(&self, pod: &Value, uid: &str) -> Result<(), ApiError> {
-        let result = internal::update(
-            &self.api,
-            pods_info(),
-            objects::namespace(pod),
-            objects::name(pod),
-            |current| {
-                let mut next = current.clone();
-                if let Some(refs) = next
-                    .pointer_mut("/metadata/ownerReferences")
-                    .and_then(Value::as_array_mut)
-                {
-                    refs.retain(|r| r["uid"] != uid);
-                }
-                Ok(next)
-            },
-        )
-        .await;
-        match result {
-            Ok(_) | Err(ApiError::NotFound(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Writes replicas, readyReplicas, availableReplicas and observedGeneration; asks to
     /// come back when a ready pod will have been ready for minReadySeconds.
     async fn update_status(&self, rs: &Value, owned: &[Arc<Value>]) -> Result<Action, ApiError> {
@@ -430,15 +330,16 @@ impl ReplicaSetController {
         let mut available = 0;
         let mut next_check: Option<i64> = None;
         for pod in &active {
-            if let Some(since) = ready_since(pod) {
-                ready += 1;
-                let ready_for = now.duration_since(since).as_secs();
-                if ready_for >= min_ready {
+            match availability(pod, min_ready, now) {
+                Ok(()) => {
+                    ready += 1;
                     available += 1;
-                } else {
-                    let wait = min_ready - ready_for;
+                }
+                Err(Some(wait)) => {
+                    ready += 1;
                     next_check = Some(next_check.map_or(wait, |w: i64| w.min(wait)));
                 }
+                Err(None) => {}
             }
         }
         let fully_labeled = active
