@@ -168,6 +168,12 @@ async fn follow_rollout(
 #[tokio::test]
 async fn a_rolling_update_keeps_availability_and_rolls_back() {
     let (_d, _p, api) = common::dev_cluster(3, &[]);
+    // The loops below run because this server holds the leadership Lease.
+    let (code, lease) = api
+        .get("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/skiff-controlplane")
+        .await;
+    assert_eq!(code, 200, "{lease}");
+    assert!(!lease["spec"]["holderIdentity"].as_str().unwrap().is_empty());
     let image = api.upload(workload("ticker.wasm")).await;
     let strategy =
         json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": "25%"}});

@@ -5,6 +5,7 @@
 pub mod apiserver;
 pub mod controllers;
 pub mod informer;
+pub mod leader;
 pub mod lifecycle;
 pub mod scheduler;
 pub mod server;

@@ -31,6 +31,8 @@ pub struct ServerConfig {
     /// How long in-flight requests get to finish on shutdown before they are cut.
     pub shutdown_grace: Duration,
     pub controllers: crate::controllers::ControllerConfig,
+    /// Leader election timing; an empty identity is derived from the data directory.
+    pub leader: crate::leader::LeaderConfig,
 }
 
 impl ServerConfig {
@@ -43,6 +45,7 @@ impl ServerConfig {
             compact_interval: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             controllers: crate::controllers::ControllerConfig::default(),
+            leader: crate::leader::LeaderConfig::new(""),
         }
     }
 }
@@ -65,12 +68,59 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reading or writing the server identity {path}")]
+    IdentityUnusable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("writing {path}")]
     KubeconfigWriteFailed {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The loops a leader runs: scheduler, controllers, pod reaper and namespace cleaner,
+/// until `term` ends.
+async fn run_leader_loops(
+    api: Arc<ApiServer>,
+    controllers: crate::controllers::ControllerConfig,
+    term: CancellationToken,
+) {
+    let mut set = JoinSet::new();
+    set.spawn(lifecycle::run_pod_reaper(api.store.clone(), term.clone()));
+    set.spawn(lifecycle::run_namespace_cleaner(api.clone(), term.clone()));
+    set.spawn(crate::scheduler::run_scheduler(api.clone(), term.clone()));
+    let mut controllers = crate::controllers::start(api, controllers, term);
+    set.spawn(async move { while controllers.join_next().await.is_some() {} });
+    while set.join_next().await.is_some() {}
+}
+
+/// This server's leader-election identity: `HOSTNAME_RANDOM`, kept in the data
+/// directory so a restarted server renews its own Lease at once instead of waiting out
+/// its previous incarnation's.
+fn server_identity(data_dir: &Path) -> Result<String, ServerError> {
+    let path = data_dir.join("server-id");
+    let fail = |source| ServerError::IdentityUnusable {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "skiff".to_string());
+    let id = format!("{host}_{}", uuid::Uuid::new_v4());
+    std::fs::write(&path, &id).map_err(fail)?;
+    Ok(id)
 }
 
 /// A running server.
@@ -126,21 +176,20 @@ impl Server {
 
         let stop_loops = CancellationToken::new();
         let mut loops = JoinSet::new();
-        loops.spawn(lifecycle::run_pod_reaper(
-            api.store.clone(),
-            stop_loops.clone(),
-        ));
-        loops.spawn(lifecycle::run_namespace_cleaner(
+        // The scheduler and controllers run only while this server holds the
+        // leadership Lease, so two servers never run two of each.
+        let mut leader = config.leader.clone();
+        if leader.identity.is_empty() {
+            leader.identity = server_identity(&config.data_dir)?;
+        }
+        let controllers = config.controllers.clone();
+        let leading_api = api.clone();
+        loops.spawn(crate::leader::run(
             api.clone(),
+            leader,
             stop_loops.clone(),
+            move |term| run_leader_loops(leading_api.clone(), controllers.clone(), term),
         ));
-        loops.spawn(crate::scheduler::run_scheduler(
-            api.clone(),
-            stop_loops.clone(),
-        ));
-        let mut controllers =
-            crate::controllers::start(api.clone(), config.controllers.clone(), stop_loops.clone());
-        loops.spawn(async move { while controllers.join_next().await.is_some() {} });
         loops.spawn(compact_periodically(
             api.store.clone(),
             config.retention,
@@ -208,7 +257,7 @@ fn apiserver_blob_dir(data_dir: &Path) -> PathBuf {
 }
 
 /// Creates the system namespaces if they are missing.
-async fn bootstrap(store: &dyn Store) -> Result<(), StoreError> {
+pub(crate) async fn bootstrap(store: &dyn Store) -> Result<(), StoreError> {
     let info = skiff_api::resources::lookup("", "v1", "namespaces").expect("namespaces are served");
     for name in SYSTEM_NAMESPACES {
         let key = info.key(None, name);
