@@ -3,6 +3,7 @@
 //! and taints against tolerations. Each refusal carries the phrase Kubernetes counts in
 //! its "0/3 nodes are available: ..." message.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
@@ -119,6 +120,10 @@ fn labels(obj: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
+    v.get(field).and_then(Value::as_str).unwrap_or_default()
+}
+
 pub fn is_ready(node: &Value) -> bool {
     node.pointer("/status/conditions")
         .and_then(Value::as_array)
@@ -127,153 +132,275 @@ pub fn is_ready(node: &Value) -> bool {
         .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
-fn expression_matches(expr: &Value, labels: &BTreeMap<String, String>) -> bool {
-    let key = expr["key"].as_str().unwrap_or_default();
-    let values: Vec<&str> = expr["values"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    let have = labels.get(key);
-    match expr["operator"].as_str().unwrap_or_default() {
-        "In" => have.is_some_and(|v| values.contains(&v.as_str())),
-        "NotIn" => have.is_none_or(|v| !values.contains(&v.as_str())),
-        "Exists" => have.is_some(),
-        "DoesNotExist" => have.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(have), Some(want)) = (
-                have.and_then(|v| v.parse::<i64>().ok()),
-                values.first().and_then(|v| v.parse::<i64>().ok()),
-            ) else {
-                return false;
-            };
-            if expr["operator"] == "Gt" {
-                have > want
-            } else {
-                have < want
-            }
+/// A taint that keeps pods off (NoSchedule or NoExecute).
+#[derive(Debug, Clone)]
+pub struct Taint {
+    key: String,
+    value: String,
+    effect: String,
+}
+
+/// What filtering and scoring need of a node, read from its JSON once per pass.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub name: String,
+    pub ready: bool,
+    pub unschedulable: bool,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    pub allocatable: Resources,
+}
+
+impl NodeInfo {
+    pub fn from_node(node: &Value) -> NodeInfo {
+        NodeInfo {
+            name: node
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            ready: is_ready(node),
+            unschedulable: node.pointer("/spec/unschedulable") == Some(&Value::Bool(true)),
+            labels: labels(node),
+            taints: node
+                .pointer("/spec/taints")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|t| matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute")))
+                .map(|t| Taint {
+                    key: str_of(t, "key").to_string(),
+                    value: str_of(t, "value").to_string(),
+                    effect: str_of(t, "effect").to_string(),
+                })
+                .collect(),
+            allocatable: allocatable(node),
         }
-        _ => false,
     }
 }
 
-/// nodeSelector and required node affinity (terms are ORed, expressions ANDed).
-pub(crate) fn selector_matches(pod: &Value, node: &Value) -> bool {
-    let node_labels = labels(node);
-    let selector_ok = pod
-        .pointer("/spec/nodeSelector")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .all(|(k, v)| node_labels.get(k).map(String::as_str) == v.as_str());
-    let terms = pod
-        .pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
-        .and_then(Value::as_array);
-    let affinity_ok = match terms {
-        None => true,
-        Some(terms) => terms.iter().any(|t| {
-            t["matchExpressions"]
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Operator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+    Gt,
+    Lt,
+    Unknown,
+}
+
+/// One node selector requirement.
+#[derive(Debug, Clone)]
+struct Requirement {
+    key: String,
+    operator: Operator,
+    values: Vec<String>,
+}
+
+impl Requirement {
+    fn from_json(expr: &Value) -> Requirement {
+        Requirement {
+            key: str_of(expr, "key").to_string(),
+            operator: match str_of(expr, "operator") {
+                "In" => Operator::In,
+                "NotIn" => Operator::NotIn,
+                "Exists" => Operator::Exists,
+                "DoesNotExist" => Operator::DoesNotExist,
+                "Gt" => Operator::Gt,
+                "Lt" => Operator::Lt,
+                _ => Operator::Unknown,
+            },
+            values: expr["values"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .all(|e| expression_matches(e, &node_labels))
-                && t["matchFields"].as_array().into_iter().flatten().all(|e| {
-                    let name = node
-                        .pointer("/metadata/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    expression_matches(
-                        e,
-                        &BTreeMap::from([("metadata.name".to_string(), name.to_string())]),
-                    )
-                })
-        }),
-    };
-    selector_ok && affinity_ok
-}
-
-fn tolerates(tolerations: &[Value], taint: &Value) -> bool {
-    tolerations.iter().any(|t| {
-        let effect_ok = t["effect"]
-            .as_str()
-            .is_none_or(|e| e.is_empty() || Some(e) == taint["effect"].as_str());
-        let key = t["key"].as_str().unwrap_or_default();
-        match t["operator"].as_str().unwrap_or("Equal") {
-            "Exists" => effect_ok && (key.is_empty() || Some(key) == taint["key"].as_str()),
-            _ => {
-                effect_ok
-                    && Some(key) == taint["key"].as_str()
-                    && t["value"].as_str().unwrap_or_default()
-                        == taint["value"].as_str().unwrap_or_default()
-            }
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
         }
-    })
-}
+    }
 
-/// The first NoSchedule/NoExecute taint the pod does not tolerate.
-pub(crate) fn untolerated_taint(pod: &Value, node: &Value) -> Option<String> {
-    let tolerations: Vec<Value> = pod
-        .pointer("/spec/tolerations")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    node.pointer("/spec/taints")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|t| matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute")))
-        .find(|t| !tolerates(&tolerations, t))
-        .map(|t| {
-            let (k, v) = (
-                t["key"].as_str().unwrap_or_default(),
-                t["value"].as_str().unwrap_or_default(),
-            );
-            if v.is_empty() {
-                format!("{k}: ")
-            } else {
-                format!("{k}: {v}")
+    fn matches(&self, have: Option<&str>) -> bool {
+        let listed = |v: &str| self.values.iter().any(|w| w == v);
+        match self.operator {
+            Operator::In => have.is_some_and(listed),
+            Operator::NotIn => have.is_none_or(|v| !listed(v)),
+            Operator::Exists => have.is_some(),
+            Operator::DoesNotExist => have.is_none(),
+            Operator::Gt | Operator::Lt => {
+                let (Some(have), Some(want)) = (
+                    have.and_then(|v| v.parse::<i64>().ok()),
+                    self.values.first().and_then(|v| v.parse::<i64>().ok()),
+                ) else {
+                    return false;
+                };
+                if self.operator == Operator::Gt {
+                    have > want
+                } else {
+                    have < want
+                }
             }
-            .trim_end_matches(": ")
-            .to_string()
-        })
+            Operator::Unknown => false,
+        }
+    }
 }
 
-/// Why a node cannot take a pod, as the phrase Kubernetes counts per node.
-pub fn refusal(
-    pod: &Value,
-    node: &Value,
-    allocatable: &Resources,
-    requests: &Resources,
-    used: &Resources,
-) -> Option<String> {
-    if !is_ready(node) {
-        return Some("node(s) were not ready".into());
+/// A node selector term: label expressions and field expressions, all ANDed.
+#[derive(Debug, Clone)]
+struct Term {
+    expressions: Vec<Requirement>,
+    fields: Vec<Requirement>,
+}
+
+#[derive(Debug, Clone)]
+struct Toleration {
+    key: String,
+    exists: bool,
+    value: String,
+    effect: String,
+}
+
+impl Toleration {
+    fn tolerates(&self, taint: &Taint) -> bool {
+        let effect_ok = self.effect.is_empty() || self.effect == taint.effect;
+        if self.exists {
+            effect_ok && (self.key.is_empty() || self.key == taint.key)
+        } else {
+            effect_ok && self.key == taint.key && self.value == taint.value
+        }
     }
-    if node.pointer("/spec/unschedulable") == Some(&Value::Bool(true)) {
-        return Some("node(s) were unschedulable".into());
+}
+
+/// What filtering needs of a pod, read from its JSON once per pass.
+#[derive(Debug, Clone)]
+pub struct PodInfo {
+    pub requests: Resources,
+    /// Requests with defaults for missing ones, for scoring.
+    pub nonzero: Resources,
+    node_selector: Vec<(String, String)>,
+    /// Required node affinity: terms ORed; None when there is none.
+    affinity: Option<Vec<Term>>,
+    tolerations: Vec<Toleration>,
+}
+
+impl PodInfo {
+    pub fn from_pod(pod: &Value) -> PodInfo {
+        let terms = pod
+            .pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
+            .and_then(Value::as_array);
+        let requirements = |t: &Value, field: &str| -> Vec<Requirement> {
+            t[field]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(Requirement::from_json)
+                .collect()
+        };
+        PodInfo {
+            requests: pod_requests(pod),
+            nonzero: nonzero_requests(pod),
+            node_selector: pod
+                .pointer("/spec/nodeSelector")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect(),
+            affinity: terms.map(|terms| {
+                terms
+                    .iter()
+                    .map(|t| Term {
+                        expressions: requirements(t, "matchExpressions"),
+                        fields: requirements(t, "matchFields"),
+                    })
+                    .collect()
+            }),
+            tolerations: pod
+                .pointer("/spec/tolerations")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|t| Toleration {
+                    key: str_of(t, "key").to_string(),
+                    exists: str_of(t, "operator") == "Exists",
+                    value: str_of(t, "value").to_string(),
+                    effect: str_of(t, "effect").to_string(),
+                })
+                .collect(),
+        }
     }
-    if !selector_matches(pod, node) {
-        return Some("node(s) didn't match Pod's node affinity/selector".into());
+
+    /// nodeSelector and required node affinity.
+    pub fn selector_matches(&self, node: &NodeInfo) -> bool {
+        let label = |k: &str| node.labels.get(k).map(String::as_str);
+        let selector_ok = self
+            .node_selector
+            .iter()
+            .all(|(k, v)| label(k) == Some(v.as_str()));
+        let affinity_ok = self.affinity.as_ref().is_none_or(|terms| {
+            terms.iter().any(|t| {
+                t.expressions.iter().all(|r| r.matches(label(&r.key)))
+                    && t.fields.iter().all(|r| {
+                        r.matches((r.key == "metadata.name").then_some(node.name.as_str()))
+                    })
+            })
+        });
+        selector_ok && affinity_ok
     }
-    if let Some(taint) = untolerated_taint(pod, node) {
-        return Some(format!("node(s) had untolerated taint {{{taint}}}"));
+
+    /// The first NoSchedule/NoExecute taint of the node the pod does not tolerate,
+    /// as Kubernetes prints it (`key: value`, or `key` alone).
+    pub fn untolerated_taint(&self, node: &NodeInfo) -> Option<String> {
+        node.taints
+            .iter()
+            .find(|t| !self.tolerations.iter().any(|tol| tol.tolerates(t)))
+            .map(|t| {
+                if t.value.is_empty() {
+                    t.key.clone()
+                } else {
+                    format!("{}: {}", t.key, t.value)
+                }
+            })
     }
-    let free = {
-        let mut a = *allocatable;
-        a.sub(used);
-        a
-    };
-    if requests.pods > free.pods {
-        return Some("Too many pods".into());
+
+    /// Why the node cannot take the pod, as the phrase Kubernetes counts per node.
+    pub fn refusal(&self, node: &NodeInfo, used: &Resources) -> Option<Cow<'static, str>> {
+        if !node.ready {
+            return Some("node(s) were not ready".into());
+        }
+        if node.unschedulable {
+            return Some("node(s) were unschedulable".into());
+        }
+        if !self.selector_matches(node) {
+            return Some("node(s) didn't match Pod's node affinity/selector".into());
+        }
+        if let Some(taint) = self.untolerated_taint(node) {
+            return Some(format!("node(s) had untolerated taint {{{taint}}}").into());
+        }
+        let mut free = node.allocatable;
+        free.sub(used);
+        if self.requests.pods > free.pods {
+            return Some("Too many pods".into());
+        }
+        if self.requests.cpu_milli > free.cpu_milli {
+            return Some("Insufficient cpu".into());
+        }
+        if self.requests.memory > free.memory {
+            return Some("Insufficient memory".into());
+        }
+        None
     }
-    if requests.cpu_milli > free.cpu_milli {
-        return Some("Insufficient cpu".into());
-    }
-    if requests.memory > free.memory {
-        return Some("Insufficient memory".into());
-    }
-    None
+}
+
+/// nodeSelector and required node affinity of a pod against a node.
+pub(crate) fn selector_matches(pod: &Value, node: &Value) -> bool {
+    PodInfo::from_pod(pod).selector_matches(&NodeInfo::from_node(node))
+}
+
+/// The first NoSchedule/NoExecute taint of the node the pod does not tolerate.
+pub(crate) fn untolerated_taint(pod: &Value, node: &Value) -> Option<String> {
+    PodInfo::from_pod(pod).untolerated_taint(&NodeInfo::from_node(node))
 }
 
 #[cfg(test)]
@@ -309,23 +436,23 @@ mod tests {
             json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]),
         );
         let none = Resources::default();
-        let small = Resources {
-            pods: 1,
-            ..Default::default()
-        };
         let plain = json!({"spec": {}});
         assert_eq!(
-            refusal(&plain, &n, &allocatable(&n), &small, &none).as_deref(),
+            PodInfo::from_pod(&plain)
+                .refusal(&NodeInfo::from_node(&n), &none)
+                .as_deref(),
             Some("node(s) had untolerated taint {dedicated: gpu}")
         );
         let tolerant = json!({"spec": {"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]}});
         assert_eq!(
-            refusal(&tolerant, &n, &allocatable(&n), &small, &none),
+            PodInfo::from_pod(&tolerant).refusal(&NodeInfo::from_node(&n), &none),
             None
         );
         let wrong_zone = json!({"spec": {"nodeSelector": {"zone": "b"}, "tolerations": [{"operator": "Exists"}]}});
         assert_eq!(
-            refusal(&wrong_zone, &n, &allocatable(&n), &small, &none).as_deref(),
+            PodInfo::from_pod(&wrong_zone)
+                .refusal(&NodeInfo::from_node(&n), &none)
+                .as_deref(),
             Some("node(s) didn't match Pod's node affinity/selector")
         );
         let affinity = json!({"spec": {"tolerations": [{"operator": "Exists"}], "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
@@ -333,27 +460,27 @@ mod tests {
             {"matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}, {"key": "zone", "operator": "In", "values": ["a", "c"]}]},
         ]}}}}});
         assert_eq!(
-            refusal(&affinity, &n, &allocatable(&n), &small, &none),
+            PodInfo::from_pod(&affinity).refusal(&NodeInfo::from_node(&n), &none),
             None
         );
-        let big = Resources {
-            cpu_milli: 1500,
-            memory: 0,
-            pods: 1,
-        };
+        let big = json!({"spec": {"tolerations": [{"operator": "Exists"}], "containers": [{"resources": {"requests": {"cpu": "1500m"}}}]}});
         let used = Resources {
             cpu_milli: 1000,
             memory: 0,
             pods: 3,
         };
         assert_eq!(
-            refusal(&tolerant, &n, &allocatable(&n), &big, &used).as_deref(),
+            PodInfo::from_pod(&big)
+                .refusal(&NodeInfo::from_node(&n), &used)
+                .as_deref(),
             Some("Insufficient cpu")
         );
         let mut cordoned = n.clone();
         cordoned["spec"]["unschedulable"] = json!(true);
         assert_eq!(
-            refusal(&tolerant, &cordoned, &allocatable(&cordoned), &small, &none).as_deref(),
+            PodInfo::from_pod(&tolerant)
+                .refusal(&NodeInfo::from_node(&cordoned), &none)
+                .as_deref(),
             Some("node(s) were unschedulable")
         );
     }

@@ -8,12 +8,13 @@
 
 pub(crate) mod filter;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +23,7 @@ use skiff_api::resources;
 use crate::apiserver::{ApiServer, bind_pod, objects, record_event};
 use crate::informer::{Cache, CacheEvent};
 use crate::store::WriteOp;
-use filter::{Resources, allocatable, nonzero_requests, pod_requests, refusal};
+use filter::{NodeInfo, PodInfo, Resources, nonzero_requests, pod_requests};
 
 const SCHEDULER_NAME: &str = "default-scheduler";
 /// Back-off for a pod that fits nowhere: it doubles from the first to the last.
@@ -56,22 +57,36 @@ pub async fn run_scheduler(api: Arc<ApiServer>, stop: CancellationToken) {
     );
     let mut node_changes = nodes.subscribe();
     let mut pod_events = pods.events();
-    let mut backoff: HashMap<String, Backoff> = HashMap::new();
-    // Pods bound by this scheduler that the cache may not show bound yet (the "assumed"
-    // pods of Kubernetes' scheduler cache): counted on their node, never placed twice.
-    let mut assumed: HashMap<String, (String, Instant)> = HashMap::new();
+    let (results_tx, mut results) = mpsc::unbounded_channel::<BindResult>();
+    let mut state = State {
+        backoff: HashMap::new(),
+        assumed: HashMap::new(),
+        costs: Costs::default(),
+        binds: Arc::new(Semaphore::new(BIND_CONCURRENCY)),
+        results: results_tx,
+    };
     let mut pass_needed = true;
     loop {
         if pass_needed && nodes.is_synced() && pods.is_synced() {
-            schedule_pass(&api, &nodes, &pods, &mut backoff, &mut assumed).await;
+            schedule_pass(&api, &nodes, &pods, &mut state).await;
             pass_needed = false;
         }
-        let next_retry = backoff.values().map(|b| b.not_before).min();
+        let next_retry = state.backoff.values().map(|b| b.not_before).min();
         tokio::select! {
             _ = stop.cancelled() => break,
+            Some((key, _node, ok)) = results.recv() => {
+                if ok {
+                    state.backoff.remove(&key);
+                } else {
+                    // Lost a race or failed: forget the placement and retry later.
+                    state.assumed.remove(&key);
+                    delay(&mut state.backoff, key);
+                    pass_needed = true;
+                }
+            }
             _ = node_changes.changed() => {
                 // A changed node may fit what fitted nowhere: retry everything now.
-                backoff.values_mut().for_each(|b| b.not_before = Instant::now());
+                state.backoff.values_mut().for_each(|b| b.not_before = Instant::now());
                 pass_needed = true;
             }
             event = pod_events.recv() => match event {
@@ -80,9 +95,9 @@ pub async fn run_scheduler(api: Arc<ApiServer>, stop: CancellationToken) {
                 Ok(CacheEvent::Changed { object, .. }) => {
                     let pending = node_of(&object).is_none() && !objects::is_deleting(&object) && !is_terminal(&object);
                     let freed = is_terminal(&object) || objects::is_deleting(&object);
-                    pass_needed |= pending || (freed && !backoff.is_empty());
+                    pass_needed |= pending || (freed && !state.backoff.is_empty());
                 }
-                Ok(CacheEvent::Deleted(_)) => pass_needed |= !backoff.is_empty(),
+                Ok(CacheEvent::Deleted(_)) => pass_needed |= !state.backoff.is_empty(),
                 Ok(CacheEvent::Resynced) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => pass_needed = true,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
@@ -96,21 +111,67 @@ pub async fn run_scheduler(api: Arc<ApiServer>, stop: CancellationToken) {
 
 fn is_terminal(pod: &Value) -> bool {
     matches!(
-        pod.pointer("/status/phase").and_then(Value::as_str),
+        pod.get("status")
+            .and_then(|s| s.get("phase"))
+            .and_then(Value::as_str),
         Some("Succeeded" | "Failed")
     )
 }
 
 fn node_of(pod: &Value) -> Option<&str> {
-    pod.pointer("/spec/nodeName")
-        .and_then(Value::as_str)
+    pod.get("spec")?
+        .get("nodeName")?
+        .as_str()
         .filter(|n| !n.is_empty())
 }
 
 fn owner_of(pod: &Value) -> Option<String> {
-    pod.pointer("/metadata/ownerReferences/0/uid")
-        .and_then(Value::as_str)
+    pod.get("metadata")?
+        .get("ownerReferences")?
+        .get(0)?
+        .get("uid")?
+        .as_str()
         .map(str::to_string)
+}
+
+/// What a pod costs its node, by uid: requests and owner never change after creation,
+/// so each pod is read once, not on every pass.
+#[derive(Default)]
+struct Costs {
+    by_uid: HashMap<String, (Cost, u64)>,
+    pass: u64,
+}
+
+#[derive(Clone)]
+struct Cost {
+    requests: Resources,
+    nonzero: Resources,
+    owner: Option<String>,
+}
+
+impl Costs {
+    fn of(&mut self, pod: &Value) -> Cost {
+        let pass = self.pass;
+        let uid = objects::meta_str(pod, "uid").unwrap_or_default();
+        if let Some((cost, seen)) = self.by_uid.get_mut(uid) {
+            *seen = pass;
+            return cost.clone();
+        }
+        let cost = Cost {
+            requests: pod_requests(pod),
+            nonzero: nonzero_requests(pod),
+            owner: owner_of(pod),
+        };
+        self.by_uid.insert(uid.to_string(), (cost.clone(), pass));
+        cost
+    }
+
+    /// Starts a pass; the previous one's unseen pods (deleted ones) are forgotten.
+    fn next_pass(&mut self) {
+        let last = self.pass;
+        self.by_uid.retain(|_, (_, seen)| *seen == last);
+        self.pass += 1;
+    }
 }
 
 fn zone_of(node: &Value) -> Option<&str> {
@@ -119,73 +180,93 @@ fn zone_of(node: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
-/// What the pass knows about the cluster, kept current as it binds.
+/// What the pass knows about the cluster, kept current as it places pods: nodes parsed
+/// once into typed form, and per-node sums indexed by position.
 struct View {
-    nodes: Vec<Arc<Value>>,
+    nodes: Vec<NodeInfo>,
+    index: HashMap<String, usize>,
+    /// Each node's zone, interned.
+    zone: Vec<Option<u32>>,
     /// Requests bound to each node, for fitting.
-    used: HashMap<String, Resources>,
+    used: Vec<Resources>,
     /// The same with default requests filled in, for scoring.
-    scored: HashMap<String, Resources>,
-    /// Each node's allocatable, parsed once per pass.
-    alloc: HashMap<String, Resources>,
+    scored: Vec<Resources>,
     /// Where the next pod's search over nodes starts, so searches that stop early
     /// still cover every node in turn.
     next_start: usize,
-    /// Pods per (owner, node) and (owner, zone), for spreading.
-    owner_on_node: HashMap<(String, String), u32>,
-    owner_in_zone: HashMap<(String, String), u32>,
+    /// Owner uids, interned; pods per (owner, node) and (owner, zone), for spreading.
+    owners: HashMap<String, u32>,
+    owner_on_node: HashMap<(u32, usize), u32>,
+    owner_in_zone: HashMap<(u32, u32), u32>,
 }
 
 impl View {
-    fn build(nodes: Vec<Arc<Value>>, pods: &[Arc<Value>]) -> View {
-        let zones: HashMap<&str, &str> = nodes
-            .iter()
-            .filter_map(|n| Some((objects::name(n), zone_of(n)?)))
-            .collect();
-        let mut view = View {
-            used: HashMap::new(),
-            scored: HashMap::new(),
-            alloc: HashMap::new(),
+    fn build(nodes: &[Arc<Value>]) -> View {
+        let mut zones: HashMap<String, u32> = HashMap::new();
+        let mut zone = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            zone.push(zone_of(n).map(|z| {
+                let next = zones.len() as u32;
+                *zones.entry(z.to_string()).or_insert(next)
+            }));
+        }
+        let infos: Vec<NodeInfo> = nodes.iter().map(|n| NodeInfo::from_node(n)).collect();
+        View {
+            index: infos
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.name.clone(), i))
+                .collect(),
+            used: vec![Resources::default(); infos.len()],
+            scored: vec![Resources::default(); infos.len()],
+            nodes: infos,
+            zone,
             next_start: 0,
+            owners: HashMap::new(),
             owner_on_node: HashMap::new(),
             owner_in_zone: HashMap::new(),
-            nodes: Vec::new(),
-        };
-        for pod in pods.iter().filter(|p| !is_terminal(p)) {
-            if let Some(node) = node_of(pod) {
-                let zone = zones.get(node).map(|z| z.to_string());
-                view.account(pod, node, zone);
-            }
         }
-        view.alloc = nodes
-            .iter()
-            .map(|n| (objects::name(n).to_string(), allocatable(n)))
-            .collect();
-        view.nodes = nodes;
-        view
     }
 
-    fn account(&mut self, pod: &Value, node: &str, zone: Option<String>) {
-        self.used
-            .entry(node.to_string())
-            .or_default()
-            .add(&pod_requests(pod));
-        if let Some(owner) = owner_of(pod) {
-            *self
-                .owner_on_node
-                .entry((owner.clone(), node.to_string()))
-                .or_default() += 1;
-            if let Some(z) = zone {
+    fn owner_id(&mut self, owner: Option<&String>) -> Option<u32> {
+        let uid = owner?;
+        if let Some(id) = self.owners.get(uid) {
+            return Some(*id);
+        }
+        let id = self.owners.len() as u32;
+        self.owners.insert(uid.clone(), id);
+        Some(id)
+    }
+
+    /// Counts a pod (bound, or placed this pass) on a node.
+    fn account(
+        &mut self,
+        node: usize,
+        requests: &Resources,
+        nonzero: &Resources,
+        owner: Option<u32>,
+    ) {
+        self.used[node].add(requests);
+        self.scored[node].add(nonzero);
+        if let Some(owner) = owner {
+            *self.owner_on_node.entry((owner, node)).or_default() += 1;
+            if let Some(z) = self.zone[node] {
                 *self.owner_in_zone.entry((owner, z)).or_default() += 1;
             }
         }
     }
 
+    fn account_pod(&mut self, cost: &Cost, node: &str) {
+        if let Some(&i) = self.index.get(node) {
+            let owner = self.owner_id(cost.owner.as_ref());
+            self.account(i, &cost.requests, &cost.nonzero, owner);
+        }
+    }
+
     /// Least-allocated (0..100) minus spreading penalties for the pod's owner.
-    fn score(&self, owner: Option<&str>, nonzero: &Resources, node: &Value) -> f64 {
-        let name = objects::name(node);
-        let alloc = self.alloc.get(name).copied().unwrap_or_default();
-        let mut after = self.scored.get(name).copied().unwrap_or_default();
+    fn score(&self, node: usize, nonzero: &Resources, owner: Option<u32>) -> f64 {
+        let alloc = self.nodes[node].allocatable;
+        let mut after = self.scored[node];
         after.add(nonzero);
         let free = |a: u64, u: u64| {
             if a == 0 {
@@ -198,16 +279,9 @@ impl View {
             50.0 * (free(alloc.cpu_milli, after.cpu_milli) + free(alloc.memory, after.memory));
         let (on_node, in_zone) = match owner {
             Some(owner) => (
-                self.owner_on_node
-                    .get(&(owner.to_string(), name.to_string()))
-                    .copied()
-                    .unwrap_or(0),
-                zone_of(node)
-                    .and_then(|z| {
-                        self.owner_in_zone
-                            .get(&(owner.to_string(), z.to_string()))
-                            .copied()
-                    })
+                self.owner_on_node.get(&(owner, node)).copied().unwrap_or(0),
+                self.zone[node]
+                    .and_then(|z| self.owner_in_zone.get(&(owner, z)).copied())
                     .unwrap_or(0),
             ),
             None => (0, 0),
@@ -230,28 +304,70 @@ const ASSUME_TTL: Duration = Duration::from_secs(30);
 /// Bindings in flight at once: concurrent writes share the store's group commits.
 const BIND_CONCURRENCY: usize = 64;
 
-/// Places every pending pod whose back-off has passed.
-async fn schedule_pass(
-    api: &ApiServer,
-    nodes: &Cache,
-    pods: &Cache,
-    backoff: &mut HashMap<String, Backoff>,
-    assumed: &mut HashMap<String, (String, Instant)>,
-) {
+/// The outcome of one binding: pod key, node, success.
+type BindResult = (String, String, bool);
+
+/// What the scheduler carries from pass to pass.
+struct State {
+    /// Pods that fit nowhere, and when to try them again.
+    backoff: HashMap<String, Backoff>,
+    /// Pods placed by this scheduler that the cache may not show bound yet (the
+    /// "assumed" pods of Kubernetes' scheduler cache): counted on their node, never
+    /// placed twice.
+    assumed: HashMap<String, (String, Instant)>,
+    costs: Costs,
+    /// Bindings in flight, bounded.
+    binds: Arc<Semaphore>,
+    results: mpsc::UnboundedSender<BindResult>,
+}
+
+/// Places every pending pod whose back-off has passed. Bindings are written in the
+/// background as pods are placed; each is assumed on its node at once and its result
+/// comes back on `results`.
+async fn schedule_pass(api: &Arc<ApiServer>, nodes: &Cache, pods: &Cache, state: &mut State) {
+    let State {
+        backoff,
+        assumed,
+        costs,
+        binds,
+        results,
+    } = state;
     let mut all_nodes = nodes.snapshot();
     all_nodes.sort_by(|a, b| objects::name(a).cmp(objects::name(b)));
     let all_pods = pods.snapshot();
-    let mut pending: Vec<&Arc<Value>> = all_pods
-        .iter()
-        .filter(|p| node_of(p).is_none() && !objects::is_deleting(p) && !is_terminal(p))
-        .filter(|p| !assumed.contains_key(&pod_key(p)))
-        .filter(|p| {
-            p.pointer("/spec/schedulerName")
-                .and_then(Value::as_str)
-                .unwrap_or(SCHEDULER_NAME)
-                == SCHEDULER_NAME
-        })
-        .collect();
+    let mut pending: Vec<&Arc<Value>> = Vec::new();
+    let mut by_key: HashMap<String, &Arc<Value>> = HashMap::with_capacity(all_pods.len());
+    let mut view = View::build(&all_nodes);
+    costs.next_pass();
+    for p in &all_pods {
+        if is_terminal(p) {
+            continue;
+        }
+        match node_of(p) {
+            Some(node) => view.account_pod(&costs.of(p), node),
+            None => {
+                let key = pod_key(p);
+                if !objects::is_deleting(p)
+                    && !assumed.contains_key(&key)
+                    && p.pointer("/spec/schedulerName")
+                        .and_then(Value::as_str)
+                        .unwrap_or(SCHEDULER_NAME)
+                        == SCHEDULER_NAME
+                {
+                    pending.push(p);
+                }
+                by_key.insert(key, p);
+            }
+        }
+    }
+    // Forget assumptions the cache has caught up with (or that are too old to trust),
+    // and count the rest on their nodes.
+    assumed.retain(|key, (_, at)| by_key.contains_key(key) && at.elapsed() < ASSUME_TTL);
+    for (key, (node, _)) in assumed.iter() {
+        if let Some(pod) = by_key.get(key) {
+            view.account_pod(&costs.of(pod), node);
+        }
+    }
     let keys: std::collections::HashSet<String> = pending.iter().map(|p| pod_key(p)).collect();
     backoff.retain(|k, _| keys.contains(k));
     if pending.is_empty() {
@@ -261,35 +377,15 @@ async fn schedule_pass(
         (objects::meta_str(a, "creationTimestamp"), objects::name(a))
             .cmp(&(objects::meta_str(b, "creationTimestamp"), objects::name(b)))
     });
-    let mut view = View::build(all_nodes, &all_pods);
-    // Forget assumptions the cache has caught up with (or that are too old to trust),
-    // and count the rest on their nodes.
-    let by_key: HashMap<String, &Arc<Value>> = all_pods.iter().map(|p| (pod_key(p), p)).collect();
-    assumed.retain(|key, (_, at)| {
-        by_key.get(key).is_some_and(|p| node_of(p).is_none()) && at.elapsed() < ASSUME_TTL
-    });
-    for (key, (node, _)) in assumed.iter() {
-        if let Some(pod) = by_key.get(key) {
-            let zone = view
-                .nodes
-                .iter()
-                .find(|n| objects::name(n) == node)
-                .and_then(|n| zone_of(n))
-                .map(str::to_string);
-            view.account(pod, node, zone);
-        }
-    }
     let now = Instant::now();
-    let mut binds: Vec<(Arc<Value>, String)> = Vec::new();
     for pod in pending {
         let key = pod_key(pod);
         if backoff.get(&key).is_some_and(|b| b.not_before > now) {
             continue;
         }
-        let requests = pod_requests(pod);
-        let nonzero = nonzero_requests(pod);
-        let owner = owner_of(pod);
-        let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
+        let info = PodInfo::from_pod(pod);
+        let owner = view.owner_id(costs.of(pod).owner.as_ref());
+        let mut reasons: BTreeMap<Cow<'static, str>, u32> = BTreeMap::new();
         let mut best: Option<(f64, usize)> = None;
         let (total, wanted) = (view.nodes.len(), nodes_to_score(view.nodes.len()));
         let mut feasible = 0;
@@ -297,15 +393,11 @@ async fn schedule_pass(
         while scanned < total && feasible < wanted {
             let i = (view.next_start + scanned) % total;
             scanned += 1;
-            let node = &view.nodes[i];
-            let name = objects::name(node);
-            let used = view.used.get(name).copied().unwrap_or_default();
-            let alloc = view.alloc.get(name).copied().unwrap_or_default();
-            match refusal(pod, node, &alloc, &requests, &used) {
+            match info.refusal(&view.nodes[i], &view.used[i]) {
                 Some(reason) => *reasons.entry(reason).or_default() += 1,
                 None => {
                     feasible += 1;
-                    let score = view.score(owner.as_deref(), &nonzero, node);
+                    let score = view.score(i, &info.nonzero, owner);
                     if best.is_none_or(|(s, _)| score > s) {
                         best = Some((score, i));
                     }
@@ -317,11 +409,21 @@ async fn schedule_pass(
         }
         match best {
             Some((_, i)) => {
-                let node = view.nodes[i].clone();
-                let node_name = objects::name(&node).to_string();
-                // Assume the placement now; the binding is written concurrently below.
-                view.account(pod, &node_name, zone_of(&node).map(str::to_string));
-                binds.push((pod.clone(), node_name));
+                // Assume the placement now; the binding is written in the background.
+                view.account(i, &info.requests, &info.nonzero, owner);
+                let node = view.nodes[i].name.clone();
+                assumed.insert(key.clone(), (node.clone(), Instant::now()));
+                let permit = binds
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                let (api, pod, results) = (api.clone(), pod.clone(), results.clone());
+                tokio::spawn(async move {
+                    let ok = bind(&api, &pod, &node).await;
+                    drop(permit);
+                    let _ = results.send((key, node, ok));
+                });
             }
             None => {
                 let message = if view.nodes.is_empty() {
@@ -340,42 +442,31 @@ async fn schedule_pass(
             }
         }
     }
-    let results: Vec<(String, String, bool)> = futures::stream::iter(binds)
-        .map(|(pod, node)| async move {
-            let (namespace, name) = (
-                objects::namespace(&pod).unwrap_or("default"),
-                objects::name(&pod),
-            );
-            let key = pod_key(&pod);
-            match bind_pod(api, namespace, name, &node).await {
-                Ok(()) => {
-                    tracing::debug!(pod = %key, node = %node, "pod scheduled");
-                    record_event(
-                        api,
-                        &pod,
-                        "Normal",
-                        "Scheduled",
-                        format!("Successfully assigned {namespace}/{name} to {node}"),
-                        "default-scheduler",
-                    )
-                    .await;
-                    (key, node, true)
-                }
-                Err(e) => {
-                    tracing::debug!(pod = %key, error = %e, "binding failed; will retry");
-                    (key, node, false)
-                }
-            }
-        })
-        .buffer_unordered(BIND_CONCURRENCY)
-        .collect()
-        .await;
-    for (key, node, ok) in results {
-        if ok {
-            backoff.remove(&key);
-            assumed.insert(key, (node, Instant::now()));
-        } else {
-            delay(backoff, key);
+}
+
+/// Writes a binding and records Scheduled; false if it lost a race or failed.
+async fn bind(api: &ApiServer, pod: &Value, node: &str) -> bool {
+    let (namespace, name) = (
+        objects::namespace(pod).unwrap_or("default"),
+        objects::name(pod),
+    );
+    match bind_pod(api, namespace, name, node).await {
+        Ok(()) => {
+            tracing::debug!(pod = %name, node = %node, "pod scheduled");
+            record_event(
+                api,
+                pod,
+                "Normal",
+                "Scheduled",
+                format!("Successfully assigned {namespace}/{name} to {node}"),
+                SCHEDULER_NAME,
+            )
+            .await;
+            true
+        }
+        Err(e) => {
+            tracing::debug!(pod = %name, error = %e, "binding failed; will retry");
+            false
         }
     }
 }
