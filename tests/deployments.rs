@@ -323,6 +323,8 @@ async fn recreate_pause_history_min_ready_and_deadline() {
     let (_d, _p, api) = common::dev_cluster(3, &[]);
     let image = api.upload(workload("ticker.wasm")).await;
     let mut d = deployment("batch", &image, 2, json!({"type": "Recreate"}));
+    // No annotations at all, as most Deployments come.
+    d["metadata"].as_object_mut().unwrap().remove("annotations");
     d["spec"]["revisionHistoryLimit"] = json!(1);
     d["spec"]["minReadySeconds"] = json!(3);
     let (code, out) = api.post(DEPLOY, &d).await;
@@ -483,4 +485,120 @@ async fn recreate_pause_history_min_ready_and_deadline() {
         .clone();
     assert_eq!(available["status"], "False");
     assert_eq!(d["status"]["unavailableReplicas"], 1);
+}
+
+/// Runs the real kubectl against the cluster; panics with its output if it fails.
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl is installed by scripts/test");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// Revisions `kubectl rollout history` lists.
+fn history(kubeconfig: &std::path::Path, name: &str) -> Vec<String> {
+    kubectl(
+        kubeconfig,
+        &["rollout", "history", &format!("deployment/{name}")],
+        None,
+    )
+    .lines()
+    .skip_while(|l| !l.starts_with("REVISION"))
+    .skip(1)
+    .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+    .collect()
+}
+
+#[tokio::test]
+async fn kubectl_rollout_status_history_and_undo() {
+    let (dir, _p, api) = common::dev_cluster(2, &[]);
+    let kubeconfig = dir.path().join("kubeconfig");
+    let image = api.upload(workload("ticker.wasm")).await;
+    let manifest = deployment("web", &image, 2, json!({"type": "RollingUpdate"})).to_string();
+    let kc = kubeconfig.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        // No OpenAPI yet (issue 6), so client-side validation is off.
+        kubectl(
+            &kc,
+            &["apply", "--validate=false", "-f", "-"],
+            Some(&manifest),
+        );
+        kubectl(
+            &kc,
+            &["rollout", "status", "deployment/web", "--timeout=60s"],
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.contains("successfully rolled out"), "{out}");
+
+    let kc = kubeconfig.clone();
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "main", "image": image, "args": ["30m"]}]}}}}).to_string();
+    let (out, revisions) = tokio::task::spawn_blocking(move || {
+        kubectl(
+            &kc,
+            &["patch", "deployment/web", "--type=merge", "-p", &patch],
+            None,
+        );
+        let out = kubectl(
+            &kc,
+            &["rollout", "status", "deployment/web", "--timeout=60s"],
+            None,
+        );
+        (out, history(&kc, "web"))
+    })
+    .await
+    .unwrap();
+    assert!(out.contains("successfully rolled out"), "{out}");
+    assert_eq!(revisions, ["1", "2"]);
+
+    let kc = kubeconfig.clone();
+    let (undo, revisions) = tokio::task::spawn_blocking(move || {
+        let undo = kubectl(&kc, &["rollout", "undo", "deployment/web"], None);
+        kubectl(
+            &kc,
+            &["rollout", "status", "deployment/web", "--timeout=60s"],
+            None,
+        );
+        (undo, history(&kc, "web"))
+    })
+    .await
+    .unwrap();
+    assert!(undo.contains("rolled back"), "{undo}");
+    assert_eq!(
+        revisions,
+        ["2", "3"],
+        "the first ReplicaSet came back as revision 3"
+    );
+    let current = eventually("only revision-3 pods left", WAIT, || {
+        let api = api.clone();
+        async move {
+            let (all, _) = pods(&api, "web").await;
+            let current: Vec<Value> = all.into_iter().filter(live).collect();
+            (current.len() == 2).then_some(current)
+        }
+    })
+    .await;
+    assert!(
+        current
+            .iter()
+            .all(|p| p["spec"]["containers"][0]["args"][0] == "60m")
+    );
 }

@@ -36,6 +36,8 @@ fn default_pod_spec(spec: &mut Value) {
                 );
                 default_at(c, &["terminationMessagePolicy"], json!("File"));
                 default_at(c, &["imagePullPolicy"], json!("IfNotPresent"));
+                // A struct, not a pointer, in Kubernetes: it always shows, even empty.
+                default_at(c, &["resources"], json!({}));
                 if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
                     for p in ports {
                         default_at(p, &["protocol"], json!("TCP"));

@@ -194,8 +194,19 @@ fn max_unavailable(d: &Value) -> i64 {
 }
 
 /// A template without its revision label, for comparing a ReplicaSet's to the
-/// Deployment's.
+/// Deployment's. Nulls and empty objects are dropped, so the comparison is semantic
+/// as Kubernetes' is over typed structs (`resources: {}` equals no resources).
 fn without_hash(template: Option<&Value>) -> Value {
+    fn prune(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                map.values_mut().for_each(prune);
+                map.retain(|_, x| !(x.is_null() || x.as_object().is_some_and(|o| o.is_empty())));
+            }
+            Value::Array(items) => items.iter_mut().for_each(prune),
+            _ => {}
+        }
+    }
     let mut t = template.cloned().unwrap_or_default();
     if let Some(labels) = t
         .pointer_mut("/metadata/labels")
@@ -203,6 +214,7 @@ fn without_hash(template: Option<&Value>) -> Value {
     {
         labels.remove(TEMPLATE_HASH);
     }
+    prune(&mut t);
     t
 }
 
@@ -488,10 +500,7 @@ impl DeploymentController {
                                 let history = annotation(cur, REVISION_HISTORY)
                                     .map(|h| format!("{h},{old_revision}"))
                                     .unwrap_or_else(|| old_revision.to_string());
-                                let ann = &mut objects::meta_mut(&mut next)["annotations"];
-                                if !ann.is_object() {
-                                    *ann = json!({});
-                                }
+                                let ann = annotations_mut(&mut next);
                                 ann[REVISION] = json!(next_revision.to_string());
                                 if old_revision > 0 {
                                     ann[REVISION_HISTORY] = json!(history);
@@ -527,10 +536,7 @@ impl DeploymentController {
                 objects::name(&d),
                 |cur| {
                     let mut next = cur.clone();
-                    let ann = &mut objects::meta_mut(&mut next)["annotations"];
-                    if !ann.is_object() {
-                        *ann = json!({});
-                    }
+                    let ann = annotations_mut(&mut next);
                     ann[REVISION] = json!(revision);
                     Ok(next)
                 },
@@ -645,10 +651,7 @@ impl DeploymentController {
             |cur| {
                 let mut next = cur.clone();
                 next["spec"]["replicas"] = json!(replicas);
-                let ann = &mut objects::meta_mut(&mut next)["annotations"];
-                if !ann.is_object() {
-                    *ann = json!({});
-                }
+                let ann = annotations_mut(&mut next);
                 ann[DESIRED_REPLICAS] = json!(desired);
                 ann[MAX_REPLICAS] = json!(max);
                 Ok(next)
@@ -1132,6 +1135,17 @@ impl DeploymentController {
     }
 }
 
+/// An object's annotations as a JSON object, created if missing.
+fn annotations_mut(obj: &mut Value) -> &mut Value {
+    let ann = objects::meta_mut(obj)
+        .entry("annotations")
+        .or_insert_with(|| json!({}));
+    if !ann.is_object() {
+        *ann = json!({});
+    }
+    ann
+}
+
 /// Copies the Deployment's own annotations (change-cause and the like) onto a
 /// ReplicaSet, as `kubectl rollout history` expects to find them there.
 fn copy_annotations(d: &Value, rs: &mut Value) {
@@ -1141,10 +1155,7 @@ fn copy_annotations(d: &Value, rs: &mut Value) {
     else {
         return;
     };
-    let ann = &mut objects::meta_mut(rs)["annotations"];
-    if !ann.is_object() {
-        *ann = json!({});
-    }
+    let ann = annotations_mut(rs);
     for (k, v) in from {
         if !NOT_COPIED.contains(&k.as_str()) {
             ann[k] = v.clone();
@@ -1185,9 +1196,11 @@ mod tests {
     }
 
     #[test]
-    fn templates_compare_without_the_hash_label() {
-        let a = json!({"metadata": {"labels": {"app": "web", TEMPLATE_HASH: "abc"}}});
-        let b = json!({"metadata": {"labels": {"app": "web"}}});
+    fn templates_compare_without_the_hash_label_and_empty_fields() {
+        let a = json!({"metadata": {"labels": {"app": "web", TEMPLATE_HASH: "abc"}}, "spec": {"containers": [{"name": "c", "resources": {}}]}});
+        let b = json!({"metadata": {"labels": {"app": "web"}, "creationTimestamp": null}, "spec": {"containers": [{"name": "c"}]}});
         assert_eq!(without_hash(Some(&a)), without_hash(Some(&b)));
+        let c = json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "d"}]}});
+        assert_ne!(without_hash(Some(&a)), without_hash(Some(&c)));
     }
 }

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::task::JoinSet;
@@ -292,14 +293,23 @@ pub async fn run_workers<R: Reconciler>(
         let (r, q) = (reconciler.clone(), queue.clone());
         set.spawn(async move {
             while let Some(key) = q.get().await {
-                match r.clone().reconcile(key.clone()).await {
-                    Ok(Action::Done) => q.forget(&key),
-                    Ok(Action::RequeueAfter(d)) => {
+                // A bug that panics on one object must not stop the controller for
+                // all of them: the key is retried with back-off like any failure.
+                let outcome = std::panic::AssertUnwindSafe(r.clone().reconcile(key.clone()))
+                    .catch_unwind()
+                    .await;
+                match outcome {
+                    Ok(Ok(Action::Done)) => q.forget(&key),
+                    Ok(Ok(Action::RequeueAfter(d))) => {
                         q.forget(&key);
                         q.add_after(key.clone(), d);
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         tracing::debug!(controller = r.name(), key, error = %e, "reconcile failed; retrying with back-off");
+                        q.retry(&key);
+                    }
+                    Err(_) => {
+                        tracing::error!(controller = r.name(), key, "reconcile panicked; retrying with back-off");
                         q.retry(&key);
                     }
                 }
