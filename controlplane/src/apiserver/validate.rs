@@ -225,6 +225,137 @@ fn validate_non_negative(obj: &Value, pointer: &str, field: &str, errs: &mut Vec
     }
 }
 
+/// One IntOrString of a rolling update: a non-negative count, or a percent (at most
+/// 100% where `at_most_100`). Returns whether it is zero.
+fn validate_int_or_percent(
+    value: Option<&Value>,
+    field: &str,
+    at_most_100: bool,
+    errs: &mut Vec<FieldError>,
+) -> bool {
+    match value {
+        None => false,
+        Some(Value::Number(n)) => {
+            let n = n.as_i64().unwrap_or(-1);
+            if n < 0 {
+                errs.push(err(
+                    field,
+                    FieldErrorType::Invalid,
+                    format!("Invalid value: {n}: must be greater than or equal to 0"),
+                ));
+            }
+            n == 0
+        }
+        Some(Value::String(text)) => {
+            let percent = text
+                .strip_suffix('%')
+                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|p| p.parse::<u64>().ok());
+            match percent {
+                None => {
+                    errs.push(invalid(
+                        field,
+                        text,
+                        "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')",
+                    ));
+                    false
+                }
+                Some(p) => {
+                    if at_most_100 && p > 100 {
+                        errs.push(invalid(field, text, "must not be greater than 100%"));
+                    }
+                    p == 0
+                }
+            }
+        }
+        Some(other) => {
+            errs.push(invalid(
+                field,
+                &other.to_string(),
+                "must be an integer or a percent",
+            ));
+            false
+        }
+    }
+}
+
+/// A Deployment's strategy and its timing fields, as Kubernetes checks them.
+fn validate_deployment_strategy(obj: &Value, errs: &mut Vec<FieldError>) {
+    validate_non_negative(
+        obj,
+        "/spec/revisionHistoryLimit",
+        "spec.revisionHistoryLimit",
+        errs,
+    );
+    let strategy = obj.pointer("/spec/strategy");
+    let kind = strategy
+        .and_then(|s| s.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("RollingUpdate");
+    let rolling = strategy
+        .and_then(|s| s.get("rollingUpdate"))
+        .filter(|r| !r.is_null());
+    match kind {
+        "Recreate" => {
+            if rolling.is_some() {
+                errs.push(err(
+                    "spec.strategy.rollingUpdate",
+                    FieldErrorType::Forbidden,
+                    "Forbidden: may not be specified when strategy `type` is 'Recreate'",
+                ));
+            }
+        }
+        "RollingUpdate" => {
+            let surge_zero = validate_int_or_percent(
+                rolling.and_then(|r| r.get("maxSurge")),
+                "spec.strategy.rollingUpdate.maxSurge",
+                false,
+                errs,
+            );
+            let unavailable = rolling.and_then(|r| r.get("maxUnavailable"));
+            let unavailable_zero = validate_int_or_percent(
+                unavailable,
+                "spec.strategy.rollingUpdate.maxUnavailable",
+                true,
+                errs,
+            );
+            if surge_zero && unavailable_zero {
+                errs.push(invalid(
+                    "spec.strategy.rollingUpdate.maxUnavailable",
+                    &unavailable
+                        .map(Value::to_string)
+                        .unwrap_or_default()
+                        .replace('"', ""),
+                    "may not be 0 when `maxSurge` is 0",
+                ));
+            }
+        }
+        other => errs.push(err(
+            "spec.strategy.type",
+            FieldErrorType::NotSupported,
+            format!(
+                "Unsupported value: \"{other}\": supported values: \"Recreate\", \"RollingUpdate\""
+            ),
+        )),
+    }
+    let deadline = obj
+        .pointer("/spec/progressDeadlineSeconds")
+        .and_then(Value::as_i64);
+    let min_ready = obj
+        .pointer("/spec/minReadySeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    if let Some(d) = deadline
+        && d <= min_ready
+    {
+        errs.push(err(
+            "spec.progressDeadlineSeconds",
+            FieldErrorType::Invalid,
+            format!("Invalid value: {d}: must be greater than minReadySeconds"),
+        ));
+    }
+}
+
 fn validate_data_keys(obj: &Value, errs: &mut Vec<FieldError>) {
     let mut seen = HashSet::new();
     for field in ["data", "binaryData"] {
@@ -257,11 +388,20 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Vec<FieldError> {
         "Deployment" | "ReplicaSet" | "DaemonSet" => {
             validate_selector_and_template(obj, &mut errs);
             validate_non_negative(obj, "/spec/replicas", "spec.replicas", &mut errs);
+            validate_non_negative(
+                obj,
+                "/spec/minReadySeconds",
+                "spec.minReadySeconds",
+                &mut errs,
+            );
             validate_pod_spec(
                 obj.pointer("/spec/template/spec"),
                 "spec.template.spec",
                 &mut errs,
             );
+            if info.kind == "Deployment" {
+                validate_deployment_strategy(obj, &mut errs);
+            }
         }
         "Job" => {
             validate_selector_and_template(obj, &mut errs);
@@ -396,4 +536,76 @@ pub fn validate_update(info: &ResourceInfo, old: &Value, new: &Value) -> Vec<Fie
         _ => {}
     }
     errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment_errors(strategy: Value, extra: Value) -> Vec<String> {
+        let info = skiff_api::resources::lookup("apps", "v1", "deployments").unwrap();
+        let mut d = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {
+                "replicas": 2,
+                "strategy": strategy,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                             "spec": {"containers": [{"name": "c", "image": "sha256:00"}]}},
+            },
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            d["spec"][k] = v.clone();
+        }
+        validate(info, &d)
+            .into_iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn deployment_strategies_are_checked_like_kubernetes() {
+        let ok = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 1}});
+        assert!(deployment_errors(ok, json!({})).is_empty());
+        assert!(deployment_errors(json!({"type": "Recreate"}), json!({})).is_empty());
+
+        let both_zero = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}});
+        assert_eq!(
+            deployment_errors(both_zero, json!({})),
+            [
+                "spec.strategy.rollingUpdate.maxUnavailable: Invalid value: \"0%\": may not be 0 when `maxSurge` is 0"
+            ]
+        );
+        let bad = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "lots", "maxUnavailable": "150%"}});
+        let errs = deployment_errors(bad, json!({}));
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].starts_with(
+            "spec.strategy.rollingUpdate.maxSurge: Invalid value: \"lots\": a valid percent string"
+        ));
+        assert!(errs[1].ends_with("must not be greater than 100%"));
+        let recreate = json!({"type": "Recreate", "rollingUpdate": {"maxSurge": 1}});
+        assert_eq!(
+            deployment_errors(recreate, json!({})),
+            [
+                "spec.strategy.rollingUpdate: Forbidden: may not be specified when strategy `type` is 'Recreate'"
+            ]
+        );
+        assert_eq!(
+            deployment_errors(json!({"type": "BlueGreen"}), json!({})),
+            [
+                "spec.strategy.type: Unsupported value: \"BlueGreen\": supported values: \"Recreate\", \"RollingUpdate\""
+            ]
+        );
+        assert_eq!(
+            deployment_errors(
+                json!({"type": "Recreate"}),
+                json!({"minReadySeconds": 10, "progressDeadlineSeconds": 5})
+            ),
+            [
+                "spec.progressDeadlineSeconds: Invalid value: 5: must be greater than minReadySeconds"
+            ]
+        );
+    }
 }
