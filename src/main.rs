@@ -66,6 +66,12 @@ pub struct PodFlags {
     /// Size at which a container log file is rotated.
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     log_max_bytes: u64,
+    /// CPU time one HTTP request may use before it is stopped with 504.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+    /// Largest HTTP request body an app accepts (413 beyond).
+    #[arg(long, default_value_t = skiff_runtime::wasm::DEFAULT_MAX_REQUEST_BODY)]
+    max_request_body: u64,
 }
 
 impl PodFlags {
@@ -76,6 +82,8 @@ impl PodFlags {
         config.backoff_base = self.backoff_base;
         config.backoff_max = self.backoff_max;
         config.log_max_bytes = self.log_max_bytes;
+        config.request_timeout = self.request_timeout;
+        config.max_request_body = self.max_request_body;
     }
 }
 
@@ -93,7 +101,7 @@ struct AgentArgs {
     /// Where module bytes, compiled modules, volumes and logs live.
     #[arg(long)]
     data_dir: PathBuf,
-    /// The agent's listener (logs, metrics); port 0 picks a free port.
+    /// The agent's listener (logs, metrics, apps); port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:10250")]
     listen: SocketAddr,
     /// Extra node label KEY=VALUE (repeatable).

@@ -74,6 +74,7 @@ impl Agent {
             host_ip: listen.ip().to_string(),
             logs: LogRegistry::default(),
             metrics: Metrics::new(),
+            apps: Default::default(),
             config: config.clone(),
         });
         node::register(&client, &config, listen).await?;

@@ -14,7 +14,8 @@ pub struct AgentConfig {
     pub name: String,
     /// Where module bytes, compiled artifacts, volumes and logs live.
     pub data_dir: PathBuf,
-    /// The agent's own listener (logs now, app traffic later). Port 0 picks one.
+    /// The agent's own listener: logs, metrics and the HTTP apps of its pods. Port 0
+    /// picks one.
     pub listen: SocketAddr,
     /// How often the node Lease is renewed.
     pub lease_interval: Duration,
@@ -29,6 +30,11 @@ pub struct AgentConfig {
     pub log_max_bytes: u64,
     /// Extra node labels.
     pub labels: Vec<(String, String)>,
+    /// CPU time one HTTP request may use before it is stopped with 504 (a pod's
+    /// `skiff.dev/request-timeout` annotation overrides it).
+    pub request_timeout: Duration,
+    /// Largest HTTP request body an app accepts (413 beyond).
+    pub max_request_body: u64,
 }
 
 impl AgentConfig {
@@ -48,6 +54,8 @@ impl AgentConfig {
             backoff_max: Duration::from_secs(300),
             log_max_bytes: 10 * 1024 * 1024,
             labels: Vec::new(),
+            request_timeout: crate::wasm::DEFAULT_REQUEST_TIMEOUT,
+            max_request_body: crate::wasm::DEFAULT_MAX_REQUEST_BODY,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The agent's listener: container logs for the API server's `pods/log` proxy, health,
-//! and metrics. (App traffic joins it in a later issue.)
+//! metrics, and everything else to the HTTP apps of the pods running here (see
+//! `apps.rs` for how a request finds its pod).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub fn router(rt: Arc<Runtime>) -> Router {
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
+        .fallback(serve_app)
         .with_state(rt)
 }
 
@@ -191,4 +193,90 @@ fn follow_stream(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// A response the agent gives itself when no app handled the request, marked so the
+/// gateway knows the request never reached an app and may try another endpoint.
+fn unserved(code: StatusCode, text: String) -> Response {
+    (
+        code,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::HeaderName::from_static(UNSERVED_HEADER), "1"),
+        ],
+        format!("{text}\n"),
+    )
+        .into_response()
+}
+
+/// Marks agent responses for requests no app saw.
+pub const UNSERVED_HEADER: &str = "x-skiff-unserved";
+
+/// Routes a request to the HTTP app of a pod on this node and serves it.
+async fn serve_app(State(rt): State<Arc<Runtime>>, request: axum::extract::Request) -> Response {
+    use crate::apps::{POD_HEADER, QUEUE_TIMEOUT, Routed};
+    let named = request
+        .headers()
+        .get(POD_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let routed = match named {
+        Some(named) => {
+            let (namespace, name) = named.split_once('/').unwrap_or(("default", &named));
+            match rt.apps.get(namespace, name) {
+                Some(pod) if pod.is_ready() => Routed::Pod(pod),
+                Some(_) => Routed::NoneReady(named.clone()),
+                None => {
+                    return unserved(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("pod {named} is not served on this node"),
+                    );
+                }
+            }
+        }
+        None => {
+            let host = request
+                .headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| request.uri().authority().map(|a| a.as_str()))
+                .unwrap_or_default()
+                .to_string();
+            rt.apps.route(&host, request.uri().path())
+        }
+    };
+    let pod = match routed {
+        Routed::Pod(pod) => pod,
+        Routed::NotFound => {
+            return unserved(
+                StatusCode::NOT_FOUND,
+                format!("no app is routed at {}", request.uri().path()),
+            );
+        }
+        Routed::NoneReady(app) => {
+            return unserved(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no ready replica of {app}"),
+            );
+        }
+    };
+    let Ok(Ok(_slot)) =
+        tokio::time::timeout(QUEUE_TIMEOUT, pod.slots.clone().acquire_owned()).await
+    else {
+        return unserved(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{}/{} has too many requests in flight",
+                pod.namespace, pod.name
+            ),
+        );
+    };
+    let request = request.map(|body| {
+        http_body_util::BodyExt::map_err(body, |_| wasmtime_wasi_http::Error::ConnectionTerminated)
+    });
+    let response = pod
+        .program
+        .serve(&pod.spec, request, pod.stop.clone())
+        .await;
+    response.map(Body::new)
 }

@@ -16,7 +16,7 @@ use crate::images::PullSource;
 use crate::logs::ContainerLog;
 use crate::pod::env::{PodFields, resolve};
 use crate::pod::volumes::Volumes;
-use crate::wasm::{Program, RunSpec};
+use crate::wasm::{HttpSpec, OutboundHosts, Program, ProgramKind, RunSpec};
 
 /// A container that has run this long without failing starts its back-off afresh, as
 /// the kubelet does.
@@ -27,6 +27,8 @@ enum Step {
     Pull,
     Configure(Arc<Program>),
     Run(Arc<Program>, RunSpec),
+    /// An HTTP component: registered for requests until the pod stops.
+    Serve(Arc<Program>, RunSpec),
     Exited(Terminated, Instant),
     BackOff(Duration),
 }
@@ -160,6 +162,9 @@ impl ContainerLoop {
                     }
                 },
                 Step::Configure(program) => match self.configure().await {
+                    Ok(spec) if program.kind() == ProgramKind::HttpComponent => {
+                        Step::Serve(program, spec)
+                    }
                     Ok(spec) => Step::Run(program, spec),
                     Err(message) => {
                         self.set(State::waiting(
@@ -208,6 +213,10 @@ impl ContainerLoop {
                     self.rt.metrics.instance_ended();
                     self.log.end_instance();
                     Step::Exited(Terminated::from_outcome(&outcome, started_at), began)
+                }
+                Step::Serve(program, spec) => {
+                    self.serve(program, spec).await;
+                    return;
                 }
                 Step::Exited(terminated, began) => {
                     if self.stop.is_cancelled() {
@@ -288,6 +297,73 @@ impl ContainerLoop {
         }
     }
 
+    /// Serves an HTTP component's requests until the pod stops: Running and Ready once
+    /// the component is compiled and pre-instantiated (it is, by now).
+    async fn serve(&self, program: Arc<Program>, spec: RunSpec) {
+        let after_restart = self.status.borrow().containers[self.index].started_once;
+        if let Err(e) = self.log.start_instance(after_restart) {
+            tracing::warn!(error = %e, "opening the container log failed");
+        }
+        let annotations = self.pod.metadata.annotations.clone().unwrap_or_default();
+        let annotation = |k: &str| annotations.get(k).map(String::as_str);
+        let timeout = annotation("skiff.dev/request-timeout")
+            .and_then(parse_duration)
+            .unwrap_or(self.rt.config.request_timeout);
+        let outbound = OutboundHosts::new(
+            annotation(crate::apps::OUTBOUND_ANNOTATION)
+                .unwrap_or_default()
+                .split(',')
+                .map(str::to_string),
+        );
+        let concurrency = annotation("skiff.dev/max-concurrency")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(crate::apps::DEFAULT_MAX_CONCURRENCY);
+        let routes = annotation(crate::apps::ROUTES_ANNOTATION)
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(crate::apps::Route::parse)
+            .collect();
+        let served = Arc::new(crate::apps::ServedPod {
+            namespace: self.pod.metadata.namespace.clone().unwrap_or_default(),
+            name: self.pod.metadata.name.clone().unwrap_or_default(),
+            program,
+            spec: HttpSpec {
+                run: spec,
+                timeout,
+                outbound,
+                max_body_bytes: self.rt.config.max_request_body,
+            },
+            routes,
+            stop: self.stop.child_token(),
+            ready: std::sync::atomic::AtomicBool::new(true),
+            slots: Arc::new(tokio::sync::Semaphore::new(concurrency)),
+        });
+        let started_at = crate::now_rfc3339();
+        self.event(
+            Normal,
+            "Created",
+            format!("Created container {}", self.name()),
+        );
+        self.rt.apps.insert(served.clone());
+        self.status.send_modify(|s| {
+            let c = &mut s.containers[self.index];
+            c.state = State::Running { started_at };
+            c.started_once = true;
+        });
+        self.event(
+            Normal,
+            "Started",
+            format!("Started container {}", self.name()),
+        );
+        self.rt.metrics.instance_started();
+        self.stop.cancelled().await;
+        served.stop.cancel();
+        self.rt.apps.remove(&served);
+        self.rt.metrics.instance_ended();
+        self.log.end_instance();
+    }
+
     /// The instance's argv, environment, preopens and limits.
     async fn configure(&self) -> Result<RunSpec, String> {
         let c = self.container();
@@ -327,5 +403,33 @@ impl ContainerLoop {
             memory_limit,
             cpu_limit_millicores,
         })
+    }
+}
+
+/// A duration as annotations write it: `500ms`, `10s`, `2m`.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n * 60)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotation_durations_parse() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration(" 10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("fast"), None);
     }
 }

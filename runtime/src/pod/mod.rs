@@ -36,6 +36,8 @@ pub struct Runtime {
     pub host_ip: String,
     pub logs: LogRegistry,
     pub metrics: Metrics,
+    /// The HTTP apps of the pods running here, for the listener to route to.
+    pub apps: crate::apps::AppRegistry,
 }
 
 /// The live state of a pod, from which its status is derived.

@@ -15,8 +15,11 @@ const CLI_RUN_P2_PREFIX: &str = "wasi:cli/run@0.2.";
 /// Prefix shared by every version of the run interface, to give a precise reason for 0.3.
 const CLI_RUN_PREFIX: &str = "wasi:cli/run@";
 
-/// Prefix of the export of wasi:http proxy components.
+/// Prefix of the export of wasi:http proxy components, any version.
 const HTTP_HANDLER_PREFIX: &str = "wasi:http/incoming-handler@";
+
+/// The wasi:http 0.2.x handler export this agent serves.
+const HTTP_HANDLER_P2_PREFIX: &str = "wasi:http/incoming-handler@0.2.";
 
 /// The first eight bytes of a core module: magic, then version 1, layer 0.
 const CORE_MODULE_HEADER: [u8; 8] = *b"\0asm\x01\0\0\0";
@@ -69,13 +72,19 @@ pub(crate) fn classify_module(module: &Module) -> Result<ProgramKind, LoadError>
     }
 }
 
-/// A component must export `wasi:cli/run@0.2.x` to be a preview2 command.
+/// A component must export `wasi:http/incoming-handler@0.2.x` (an HTTP app) or
+/// `wasi:cli/run@0.2.x` (a preview2 command).
 pub(crate) fn classify_component(
     engine: &Engine,
     component: &Component,
 ) -> Result<ProgramKind, LoadError> {
     let ty = component.component_type();
     let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+    // An HTTP handler is served even if it also exports a run function, as `wasmtime
+    // serve` would.
+    if names.iter().any(|n| n.starts_with(HTTP_HANDLER_P2_PREFIX)) {
+        return Ok(ProgramKind::HttpComponent);
+    }
     if names.iter().any(|n| n.starts_with(CLI_RUN_P2_PREFIX)) {
         return Ok(ProgramKind::CommandComponent);
     }
@@ -84,10 +93,10 @@ pub(crate) fn classify_component(
             "exports {run}, but this agent runs only wasi:cli/run@0.2.x commands"
         )));
     }
-    if names.iter().any(|n| n.starts_with(HTTP_HANDLER_PREFIX)) {
-        return Err(LoadError::InvalidModule(
-            "a wasi:http component; HTTP apps are not supported by this agent yet".to_owned(),
-        ));
+    if let Some(handler) = names.iter().find(|n| n.starts_with(HTTP_HANDLER_PREFIX)) {
+        return Err(LoadError::InvalidModule(format!(
+            "exports {handler}, but this agent serves only wasi:http@0.2.x handlers"
+        )));
     }
     Err(LoadError::InvalidModule(format!(
         "a component without a wasi:cli/run@0.2 export (it exports {})",

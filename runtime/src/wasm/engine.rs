@@ -15,9 +15,11 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 
 use super::cache::{self, Artifact};
 use super::detect::{self, Format};
+use super::http::HttpState;
 use super::limits::{MAX_MEMORIES_PER_STORE, MAX_TABLE_ELEMENTS, MAX_TABLES_PER_STORE};
 use super::program::{self, ComponentState, ModuleState, Prepared, Program};
-use super::{LoadError, LoadSource};
+use super::{LoadError, LoadSource, ProgramKind};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// Pods the pooling allocator has slots for. Command pods hold their slots for their whole
 /// life, so this is the node's pod capacity when pooling is on.
@@ -96,6 +98,7 @@ struct EngineInner {
     engine_dir: String,
     module_linker: wasmtime::Linker<ModuleState>,
     component_linker: wasmtime::component::Linker<ComponentState>,
+    http_linker: wasmtime::component::Linker<HttpState>,
     /// Loaded programs by digest. Weak: a program lives while some pod holds it, and the
     /// per-digest mutex makes concurrent loads of one digest compile it once.
     programs: Mutex<HashMap<String, Arc<Mutex<Weak<Program>>>>>,
@@ -128,6 +131,8 @@ impl WasmEngine {
             .map_err(|e| EngineError::LinkerFailed(format!("{e:#}")))?;
         let component_linker = program::component_linker(&engine)
             .map_err(|e| EngineError::LinkerFailed(format!("{e:#}")))?;
+        let http_linker = super::http::http_linker(&engine)
+            .map_err(|e| EngineError::LinkerFailed(format!("{e:#}")))?;
         let ticker = Ticker::start(engine.clone(), config.epoch_tick)
             .map_err(EngineError::TickerSpawnFailed)?;
         Ok(WasmEngine {
@@ -137,6 +142,7 @@ impl WasmEngine {
                 config,
                 module_linker,
                 component_linker,
+                http_linker,
                 programs: Mutex::new(HashMap::new()),
                 compiles: AtomicU64::new(0),
                 ticker,
@@ -298,8 +304,22 @@ impl WasmEngine {
                         .map_err(unlinkable)?,
                 )
             }
+            Artifact::Component(component)
+                if detect::classify_component(&self.inner.engine, &component)?
+                    == ProgramKind::HttpComponent =>
+            {
+                let pre = self
+                    .inner
+                    .http_linker
+                    .instantiate_pre(&component)
+                    .map_err(unlinkable)?;
+                Prepared::Http(ProxyPre::new(pre).map_err(|e| {
+                    LoadError::InvalidModule(format!(
+                        "its wasi:http/incoming-handler export is unusable: {e:#}"
+                    ))
+                })?)
+            }
             Artifact::Component(component) => {
-                detect::classify_component(&self.inner.engine, &component)?;
                 let pre = self
                     .inner
                     .component_linker

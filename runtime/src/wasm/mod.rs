@@ -1,5 +1,6 @@
 //! The Wasm execution core: compiles and caches guest programs, and runs WASI commands
-//! (preview1 core modules and preview2 components) under memory, CPU and stop control.
+//! (preview1 core modules and preview2 components) under memory, CPU and stop control,
+//! and serves wasi:http components one instance per request (`http.rs`).
 //!
 //! The pieces, in the order a pod meets them:
 //! - [`WasmEngine`] (`engine.rs`) owns the wasmtime engine, its epoch ticker thread, the
@@ -13,6 +14,7 @@
 mod cache;
 mod detect;
 mod engine;
+mod http;
 mod limits;
 mod program;
 mod slicing;
@@ -26,6 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use self::engine::{EngineConfig, EngineError, WasmEngine};
+pub use self::http::{
+    DEFAULT_MAX_REQUEST_BODY, DEFAULT_REQUEST_TIMEOUT, HttpSpec, OutboundHosts, host_response,
+};
 pub use self::limits::{
     DEFAULT_MEMORY_LIMIT, MAX_HOST_RESOURCES, MAX_INSTANCES_PER_STORE, MAX_MEMORIES_PER_STORE,
     MAX_TABLE_ELEMENTS, MAX_TABLES_PER_STORE,
@@ -43,13 +48,16 @@ pub enum LoadSource {
     Cached,
 }
 
-/// What kind of WASI program a binary is. Only commands run on this agent for now.
+/// What kind of WASI program a binary is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProgramKind {
     /// A core module exporting `_start`: a WASI preview1 command.
     CommandModule,
     /// A component exporting `wasi:cli/run@0.2.x`: a WASI preview2 command.
     CommandComponent,
+    /// A component exporting `wasi:http/incoming-handler@0.2.x`: an HTTP app, served
+    /// one fresh instance per request rather than run.
+    HttpComponent,
 }
 
 /// Why a binary could not become a [`Program`].

@@ -11,10 +11,13 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::engine::WasmEngine;
+use super::http::{HttpSpec, HttpState};
 use super::limits::{MAX_HOST_RESOURCES, StoreBudget};
 use super::slicing::{Metered, RunMeter, Slicer};
 use super::stdio::SinkStream;
 use super::{Outcome, ProgramKind, RunSpec, Stream};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// Longest trap or failure text kept in an [`Outcome`]: enough for the trap and a few dozen
 /// frames of backtrace, small enough to go into pod status and events.
@@ -64,6 +67,7 @@ pub(crate) fn component_linker(
 pub(crate) enum Prepared {
     Module(InstancePre<ModuleState>),
     Component(CommandPre<ComponentState>),
+    Http(ProxyPre<HttpState>),
 }
 
 /// A compiled, classified and pre-linked guest program. Replicas of a pod share one
@@ -104,6 +108,27 @@ impl Program {
         match self.prepared {
             Prepared::Module(_) => ProgramKind::CommandModule,
             Prepared::Component(_) => ProgramKind::CommandComponent,
+            Prepared::Http(_) => ProgramKind::HttpComponent,
+        }
+    }
+
+    /// Serves one HTTP request with a fresh instance of an HTTP component (see
+    /// `http.rs`). For any other kind of program, a 500 that says so.
+    pub async fn serve<B>(
+        &self,
+        spec: &HttpSpec,
+        request: hyper::Request<B>,
+        stop: CancellationToken,
+    ) -> hyper::Response<HyperOutgoingBody>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        match &self.prepared {
+            Prepared::Http(pre) => {
+                super::http::handle(&self.engine, pre, spec, request, stop).await
+            }
+            _ => super::http::host_response(500, "this program is a command, not an HTTP app"),
         }
     }
 
@@ -137,6 +162,9 @@ impl Program {
         );
         let budget = StoreBudget::new(spec.memory_limit);
         match &self.prepared {
+            Prepared::Http(_) => Outcome::Failed(
+                "an HTTP component is served per request, not run as a command".to_owned(),
+            ),
             Prepared::Module(pre) => {
                 let state = ModuleState {
                     wasi: builder.build_p1(),
@@ -220,7 +248,7 @@ async fn run_component(
 
 /// The guest's whole world: args, env, preopens, stdout/stderr into the sink, an empty
 /// stdin, clocks and randomness, and no network at all.
-fn wasi_builder(spec: &RunSpec) -> Result<WasiCtxBuilder, String> {
+pub(crate) fn wasi_builder(spec: &RunSpec) -> Result<WasiCtxBuilder, String> {
     let mut builder = WasiCtxBuilder::new();
     builder
         .args(&spec.args)
@@ -282,7 +310,7 @@ fn outcome(ended: Option<Result<i32, RunError>>, budget: &StoreBudget, slicer: &
 }
 
 /// The trap (or fatal host error) first, then the wasm backtrace, bounded in length.
-fn describe_failure(error: &wasmtime::Error) -> String {
+pub(crate) fn describe_failure(error: &wasmtime::Error) -> String {
     let backtrace = error
         .downcast_ref::<WasmBacktrace>()
         .map(|bt| bt.to_string());

@@ -150,7 +150,10 @@ pub(crate) struct Slicer {
     stop: CancellationToken,
     meter: Arc<RunMeter>,
     cpu: Option<CpuBudget>,
+    /// Running time after which the guest is interrupted (one HTTP request's budget).
+    cpu_deadline: Option<Duration>,
     interrupted: bool,
+    timed_out: bool,
 }
 
 impl Slicer {
@@ -165,8 +168,21 @@ impl Slicer {
             stop,
             meter,
             cpu: CpuBudget::from_millicores(cpu_limit_millicores, Instant::now()),
+            cpu_deadline: None,
             interrupted: false,
+            timed_out: false,
         }
+    }
+
+    /// Interrupts the guest once it has run for `limit` (checked at slice boundaries).
+    pub(crate) fn with_cpu_deadline(mut self, limit: Duration) -> Slicer {
+        self.cpu_deadline = Some(limit);
+        self
+    }
+
+    /// Whether the callback trapped the guest for running past its CPU deadline.
+    pub(crate) fn timed_out(&self) -> bool {
+        self.timed_out
     }
 
     /// Whether the callback trapped the guest because it was stopped.
@@ -189,6 +205,10 @@ impl Slicer {
         }
         let now = Instant::now();
         let consumed = self.meter.consumed(now);
+        if self.cpu_deadline.is_some_and(|limit| consumed >= limit) {
+            self.timed_out = true;
+            return UpdateDeadline::Interrupt;
+        }
         let pause = match &mut self.cpu {
             Some(budget) => budget.settle(consumed, now),
             None => Duration::ZERO,

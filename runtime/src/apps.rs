@@ -1,0 +1,272 @@
+//! The HTTP apps this agent serves: pods whose container is a wasi:http component,
+//! registered while they run, and the routing of requests to them.
+//!
+//! A request reaches a pod in one of two ways, the same on the agent's listener and on
+//! the gateway, so the gateway forwards requests unchanged:
+//! - the gateway names the pod it chose in the `x-skiff-pod: NAMESPACE/NAME` header;
+//! - otherwise, by the pod's routes (the `skiff.dev/routes` annotation the App
+//!   controller sets): a Host (`web.default.localhost`) and/or a path prefix
+//!   (`/default/web/`). The longest matching route wins; among its ready pods,
+//!   requests go round-robin. This is what lets a client on an edge device reach an
+//!   app while the control plane is away.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::wasm::{HttpSpec, Program};
+
+/// The header the gateway names its chosen pod in.
+pub const POD_HEADER: &str = "x-skiff-pod";
+
+/// The pod annotation listing an app's routes, comma-separated: `HOST`, `/PATH/`, or
+/// `HOST/PATH/`.
+pub const ROUTES_ANNOTATION: &str = "skiff.dev/routes";
+
+/// The pod annotation listing the hosts its guest may call out to (comma-separated
+/// `host`, `host:port`, `*.domain` or `*`); without it, outgoing HTTP is denied.
+pub const OUTBOUND_ANNOTATION: &str = "skiff.dev/allowed-outbound-hosts";
+
+/// Requests one pod serves at once unless its `skiff.dev/max-concurrency` annotation
+/// says otherwise; more wait for a slot.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 100;
+
+/// How long a request waits for a free slot before it gets 503.
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A host and/or path prefix an app answers on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Lowercase host without a port.
+    pub host: Option<String>,
+    /// Starts and ends with `/`.
+    pub path_prefix: Option<String>,
+}
+
+impl Route {
+    /// Parses one entry of the routes annotation.
+    pub fn parse(entry: &str) -> Option<Route> {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            return None;
+        }
+        let (host, path) = match entry.find('/') {
+            Some(0) => (None, Some(entry)),
+            Some(i) => (Some(&entry[..i]), Some(&entry[i..])),
+            None => (Some(entry), None),
+        };
+        let path_prefix = path.map(|p| {
+            if p.ends_with('/') {
+                p.to_string()
+            } else {
+                format!("{p}/")
+            }
+        });
+        Some(Route {
+            host: host.map(|h| strip_port(h).to_ascii_lowercase()),
+            path_prefix,
+        })
+    }
+
+    /// How specific the match is, if the request matches: host matches count most,
+    /// then longer prefixes.
+    fn matches(&self, host: &str, path: &str) -> Option<usize> {
+        if let Some(h) = &self.host
+            && h != host
+        {
+            return None;
+        }
+        let prefix_len = match &self.path_prefix {
+            None => 0,
+            Some(p) => {
+                let bare = &p[..p.len() - 1];
+                if path.starts_with(p.as_str()) || path == bare {
+                    p.len()
+                } else {
+                    return None;
+                }
+            }
+        };
+        Some(usize::from(self.host.is_some()) * 100_000 + prefix_len)
+    }
+}
+
+pub fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// One running HTTP pod.
+pub struct ServedPod {
+    pub namespace: String,
+    pub name: String,
+    pub program: Arc<Program>,
+    pub spec: HttpSpec,
+    pub routes: Vec<Route>,
+    /// Cancelled when the pod stops; in-flight instances are interrupted.
+    pub stop: CancellationToken,
+    /// Readiness (its probe, if any, passes); traffic by route goes to ready pods only.
+    pub ready: AtomicBool,
+    pub slots: Arc<Semaphore>,
+}
+
+impl ServedPod {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.stop.is_cancelled()
+    }
+}
+
+/// What routing found for a request.
+pub enum Routed {
+    Pod(Arc<ServedPod>),
+    /// A route matched (the app's name is given) but none of its pods is ready.
+    NoneReady(String),
+    NotFound,
+}
+
+#[derive(Default)]
+pub struct AppRegistry {
+    pods: RwLock<HashMap<(String, String), Arc<ServedPod>>>,
+    next: AtomicUsize,
+}
+
+impl AppRegistry {
+    pub fn insert(&self, pod: Arc<ServedPod>) {
+        let key = (pod.namespace.clone(), pod.name.clone());
+        self.pods
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, pod);
+    }
+
+    /// Removes the pod, if `served` is still the one registered under its name.
+    pub fn remove(&self, served: &Arc<ServedPod>) {
+        let mut pods = self.pods.write().unwrap_or_else(|p| p.into_inner());
+        let key = (served.namespace.clone(), served.name.clone());
+        if pods.get(&key).is_some_and(|p| Arc::ptr_eq(p, served)) {
+            pods.remove(&key);
+        }
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<ServedPod>> {
+        self.pods
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.pods.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The pod for a request by its Host and path: the most specific route's ready
+    /// pods, round-robin.
+    pub fn route(&self, host: &str, path: &str) -> Routed {
+        let host = strip_port(host).to_ascii_lowercase();
+        let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
+        let mut best: Option<(usize, &Route)> = None;
+        let mut candidates: Vec<&Arc<ServedPod>> = Vec::new();
+        for pod in pods.values() {
+            // Equal scores mean the same route: no two different routes match one
+            // request equally well.
+            let matched = pod
+                .routes
+                .iter()
+                .filter_map(|r| r.matches(&host, path).map(|score| (score, r)))
+                .max_by_key(|(score, _)| *score);
+            let Some((score, route)) = matched else {
+                continue;
+            };
+            match best {
+                Some((b, _)) if b > score => {}
+                Some((b, _)) if b == score => candidates.push(pod),
+                _ => {
+                    best = Some((score, route));
+                    candidates.clear();
+                    candidates.push(pod);
+                }
+            }
+        }
+        let Some((_, route)) = best else {
+            return Routed::NotFound;
+        };
+        let mut ready: Vec<&Arc<ServedPod>> =
+            candidates.into_iter().filter(|p| p.is_ready()).collect();
+        if ready.is_empty() {
+            let app = route
+                .host
+                .clone()
+                .or_else(|| route.path_prefix.clone())
+                .unwrap_or_default();
+            return Routed::NoneReady(app);
+        }
+        ready.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % ready.len();
+        Routed::Pod(ready[i].clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_hosts_paths_and_both() {
+        assert_eq!(
+            Route::parse("web.default.localhost"),
+            Some(Route {
+                host: Some("web.default.localhost".into()),
+                path_prefix: None
+            })
+        );
+        assert_eq!(
+            Route::parse("/default/web"),
+            Some(Route {
+                host: None,
+                path_prefix: Some("/default/web/".into())
+            })
+        );
+        assert_eq!(
+            Route::parse("Example.com:8080/api/"),
+            Some(Route {
+                host: Some("example.com".into()),
+                path_prefix: Some("/api/".into())
+            })
+        );
+        assert_eq!(Route::parse("  "), None);
+    }
+
+    #[test]
+    fn matching_prefers_hosts_then_longer_prefixes() {
+        let host = Route::parse("web.default.localhost").unwrap();
+        let path = Route::parse("/default/web/").unwrap();
+        let longer = Route::parse("/default/web/api/").unwrap();
+        assert!(host.matches("web.default.localhost", "/x").is_some());
+        assert!(host.matches("other.localhost", "/x").is_none());
+        assert!(path.matches("any", "/default/web/x").is_some());
+        assert!(path.matches("any", "/default/web").is_some());
+        assert!(path.matches("any", "/default/webby").is_none());
+        assert!(
+            longer.matches("any", "/default/web/api/v1").unwrap()
+                > path.matches("any", "/default/web/api/v1").unwrap()
+        );
+        assert!(
+            host.matches("web.default.localhost", "/default/web/")
+                .unwrap()
+                > path
+                    .matches("web.default.localhost", "/default/web/")
+                    .unwrap()
+        );
+    }
+}
