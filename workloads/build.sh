@@ -3,7 +3,8 @@
 #
 #   ./build.sh            (runnable from any directory; idempotent)
 #
-# Rust guests: wasm32-wasip1 (core modules) and wasm32-wasip2 (component).
+# Rust guests: wasm32-wasip1 (core modules) and wasm32-wasip2 (components:
+# wasi:cli/run commands, and wasi:http/incoming-handler cdylibs).
 # .wat guests: `wasm-tools parse` if installed, else the tools/wat2wasm host
 # tool from this workspace. Fails with a clear message (exit 1) if the wasm
 # targets are missing and cannot be installed, so CI can fall back to the
@@ -17,6 +18,8 @@ die() { echo "workloads/build.sh: error: $*" >&2; exit 1; }
 
 P1_GUESTS=(hello ticker files exit3 membomb spinner)
 P2_GUESTS=(hello-component)
+# wasi:http components (cdylib crates; cargo names the output with `_`).
+HTTP_GUESTS=(http-hello http-echo http-fetch)
 WAT_GUESTS=(trap loop not-command reactor)
 TARGETS=(wasm32-wasip1 wasm32-wasip2)
 
@@ -56,9 +59,14 @@ echo "== cargo build wasm32-wasip2: ${P2_GUESTS[*]}"
 mapfile -t args < <(pkgs "${P2_GUESTS[@]}")
 cargo build "${locked[@]}" --release --target wasm32-wasip2 "${args[@]}"
 
+echo "== cargo build wasm32-wasip2 (wasi:http): ${HTTP_GUESTS[*]}"
+mapfile -t args < <(pkgs "${HTTP_GUESTS[@]}")
+cargo build "${locked[@]}" --release --target wasm32-wasip2 "${args[@]}"
+
 mkdir -p bin
 for g in "${P1_GUESTS[@]}"; do cp "target/wasm32-wasip1/release/$g.wasm" "bin/$g.wasm"; done
 for g in "${P2_GUESTS[@]}"; do cp "target/wasm32-wasip2/release/$g.wasm" "bin/$g.wasm"; done
+for g in "${HTTP_GUESTS[@]}"; do cp "target/wasm32-wasip2/release/${g//-/_}.wasm" "bin/$g.wasm"; done
 
 if command -v wasm-tools >/dev/null 2>&1; then
     echo "== .wat -> .wasm with $(wasm-tools --version)"
@@ -75,7 +83,7 @@ else
 fi
 
 echo "== bin/ sizes (bytes)"
-all=("${P1_GUESTS[@]}" "${P2_GUESTS[@]}" "${WAT_GUESTS[@]}")
+all=("${P1_GUESTS[@]}" "${P2_GUESTS[@]}" "${HTTP_GUESTS[@]}" "${WAT_GUESTS[@]}")
 for g in "${all[@]}"; do
     printf '%8d  bin/%s.wasm\n' "$(wc -c < "bin/$g.wasm")" "$g"
 done
