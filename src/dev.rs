@@ -28,6 +28,9 @@ pub struct DevArgs {
     /// How long new pods tolerate a lost node before they are evicted.
     #[arg(long, default_value_t = 300)]
     default_toleration_seconds: i64,
+    /// Where the HTTP gateway listens; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    gateway: SocketAddr,
     #[command(flatten)]
     pods: PodFlags,
 }
@@ -37,6 +40,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut server_config = ServerConfig::new(args.data_dir.join("server"), args.listen);
     server_config.controllers.node_monitor_grace = args.node_monitor_grace;
     server_config.api.default_toleration_seconds = args.default_toleration_seconds;
+    server_config.gateway = Some(args.gateway);
     let server = Server::start(server_config)
         .await
         .context("starting the control plane")?;
@@ -60,6 +64,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     }))
     .await?;
+    if let Some(url) = &server.gateway_url {
+        println!("gateway: {url}");
+    }
     println!("api: {}", server.api_url);
     println!("kubeconfig: {}", kubeconfig.display());
     println!(

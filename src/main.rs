@@ -180,6 +180,9 @@ struct ServerArgs {
     /// How long new pods tolerate a lost node before they are evicted.
     #[arg(long, default_value_t = 300)]
     default_toleration_seconds: i64,
+    /// Serve the HTTP gateway here (port 0 picks one); off unless given.
+    #[arg(long)]
+    gateway: Option<SocketAddr>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -216,7 +219,11 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     config.compact_interval = args.compact_interval;
     config.controllers.node_monitor_grace = args.node_monitor_grace;
     config.api.default_toleration_seconds = args.default_toleration_seconds;
+    config.gateway = args.gateway;
     let server = Server::start(config).await.context("starting the server")?;
+    if let Some(url) = &server.gateway_url {
+        println!("gateway: {url}");
+    }
     // Tests and scripts wait for this line: the API answers once it is printed.
     println!("api: {}", server.api_url);
     println!("kubeconfig: {}", server.kubeconfig.display());

@@ -2,6 +2,7 @@
 //! validation and the client. No server, no wasmtime: agents, controllers and the CLI
 //! all build on this crate.
 
+pub mod app;
 pub mod client;
 pub mod module;
 pub mod patch;

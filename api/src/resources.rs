@@ -361,6 +361,21 @@ static RESOURCES: &[ResourceInfo] = &[
         extra_fields: &[],
         normalize: through::<crate::module::Module>,
     },
+    ResourceInfo {
+        group: crate::module::GROUP,
+        version: crate::module::VERSION,
+        kind: "App",
+        plural: "apps",
+        singular: "app",
+        namespaced: true,
+        short_names: &[],
+        categories: &["all"],
+        subresources: &[Subresource::Status],
+        has_spec: true,
+        status_on_create: StatusOnCreate::Reset,
+        extra_fields: &[],
+        normalize: through::<crate::app::App>,
+    },
 ];
 
 /// Every served kind.

@@ -54,6 +54,11 @@ impl Cache {
         self.changed.subscribe()
     }
 
+    /// A number that changes whenever the cache does.
+    pub fn version(&self) -> u64 {
+        *self.changed.borrow()
+    }
+
     /// Every change from now on, one by one.
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<CacheEvent> {
         self.events.subscribe()

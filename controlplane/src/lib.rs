@@ -1,9 +1,10 @@
 //! Skiff's control plane: the versioned store, the Kubernetes-compatible API server,
-//! and the loops that belong to the server: the scheduler now; later the controllers and
-//! the gateway.
+//! and what else runs in the server: the scheduler, the controllers, leader election
+//! and the HTTP gateway.
 
 pub mod apiserver;
 pub mod controllers;
+pub mod gateway;
 pub mod informer;
 pub mod leader;
 pub mod lifecycle;

@@ -33,6 +33,8 @@ pub struct ServerConfig {
     pub controllers: crate::controllers::ControllerConfig,
     /// Leader election timing; an empty identity is derived from the data directory.
     pub leader: crate::leader::LeaderConfig,
+    /// Where the HTTP gateway listens, if anywhere (port 0 picks one).
+    pub gateway: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -46,6 +48,7 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             controllers: crate::controllers::ControllerConfig::default(),
             leader: crate::leader::LeaderConfig::new(""),
+            gateway: None,
         }
     }
 }
@@ -126,6 +129,8 @@ fn server_identity(data_dir: &Path) -> Result<String, ServerError> {
 /// A running server.
 pub struct Server {
     pub api_url: String,
+    /// The gateway's URL, when it runs.
+    pub gateway_url: Option<String>,
     pub kubeconfig: PathBuf,
     api: Arc<ApiServer>,
     store: Arc<RedbStore>,
@@ -165,8 +170,23 @@ impl Server {
             })?;
         let api_url = format!("http://{addr}");
 
+        let gateway = match config.gateway {
+            Some(at) => {
+                let listener = tokio::net::TcpListener::bind(at)
+                    .await
+                    .map_err(|source| ServerError::BindFailed { addr: at, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| ServerError::BindFailed { addr: at, source })?;
+                Some((listener, crate::gateway::url_of(bound)))
+            }
+            None => None,
+        };
+        let gateway_url = gateway.as_ref().map(|(_, url)| url.clone());
+
         let mut api_config = config.api.clone();
         api_config.advertise_address = addr.to_string();
+        api_config.gateway_url = gateway_url.clone();
         let api = Arc::new(ApiServer {
             store: store.clone() as Arc<dyn Store>,
             modules: ModuleBlobs::new(apiserver_blob_dir(&config.data_dir)),
@@ -197,6 +217,15 @@ impl Server {
             stop_loops.clone(),
         ));
 
+        if let Some((listener, url)) = gateway {
+            loops.spawn(crate::gateway::serve(
+                listener,
+                api.store.clone(),
+                api.shutdown.clone(),
+            ));
+            tracing::info!(%url, "gateway ready");
+        }
+
         let app = apiserver::router(api.clone());
         let shutdown = api.shutdown.clone();
         let http = tokio::spawn(async move {
@@ -216,6 +245,7 @@ impl Server {
         tracing::info!(url = %api_url, data_dir = %config.data_dir.display(), "API server ready");
         Ok(Server {
             api_url,
+            gateway_url,
             kubeconfig,
             api,
             store,

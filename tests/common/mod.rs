@@ -13,6 +13,8 @@ use serde_json::Value;
 pub struct Process {
     pub child: Child,
     pub lines: std::sync::mpsc::Receiver<String>,
+    /// The stdout lines up to and including the marker.
+    pub seen: Vec<String>,
 }
 
 impl Process {
@@ -35,7 +37,11 @@ impl Process {
             }
         });
         // Owned from here on, so a panic below still kills and reaps the child.
-        let process = Process { child, lines: rx };
+        let mut process = Process {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -43,10 +49,20 @@ impl Process {
                 .lines
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("skiff {args:?} printed no {marker:?} line within 60s"));
+            process.seen.push(line.clone());
             if let Some(rest) = line.strip_prefix(marker) {
                 return (process, rest.trim().to_string());
             }
         }
+    }
+
+    /// The rest of a line printed before the marker that starts with `prefix`, such as
+    /// `gateway:`.
+    pub fn printed(&self, prefix: &str) -> Option<String> {
+        self.seen
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|rest| rest.trim().to_string())
     }
 
     pub fn pid(&self) -> u32 {
@@ -97,6 +113,8 @@ pub fn dev_cluster(nodes: u32, extra: &[&str]) -> (tempfile::TempDir, Process, A
         "127.0.0.1:0",
         "--data-dir",
         &d,
+        "--gateway",
+        "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
     let (process, url) = Process::start(&args, "api:");

@@ -1,6 +1,7 @@
 //! The Kubernetes-compatible API server: `router(state)` builds the axum Router that
 //! serves discovery, CRUD, watch, subresources and the module store.
 
+mod apps;
 mod crud;
 pub mod defaults;
 mod discovery;
@@ -53,6 +54,8 @@ pub struct ApiConfig {
     /// How long a new pod tolerates its node being not-ready or unreachable before it is
     /// evicted (Kubernetes' DefaultTolerationSeconds admission adds these tolerations).
     pub default_toleration_seconds: i64,
+    /// The gateway's URL, when one runs: Apps' `status.url` is on it.
+    pub gateway_url: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -63,6 +66,7 @@ impl Default for ApiConfig {
             bookmark_interval: Duration::from_secs(10),
             advertise_address: String::new(),
             default_toleration_seconds: 300,
+            gateway_url: None,
         }
     }
 }
@@ -232,6 +236,9 @@ async fn route(
             modules::download(api, target.name()).await
         }
         (&Method::GET, true, None | Some(Subresource::Status)) => crud::get(api, &target).await,
+        (&Method::PUT, true, None) if apps::is_deploy(&target, &headers) => {
+            apps::deploy(api, &target, &query, &headers, body).await
+        }
         (&Method::PUT, true, None | Some(Subresource::Status)) => {
             crud::update(api, &target, &query, &headers, body).await
         }

@@ -115,6 +115,22 @@ pub(crate) async fn upload(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    let (module, created) = store(api, headers, body).await?;
+    let code = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_response(code, &module))
+}
+
+/// Validates and stores uploaded module bytes; returns the Module object and whether it
+/// is new. Invalid Wasm is 422 and stores nothing.
+pub(crate) async fn store(
+    api: &ApiServer,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<(serde_json::Value, bool)> {
     match request::content_type(headers).as_deref() {
         Some("application/wasm" | "application/octet-stream") => {}
         other => {
@@ -156,11 +172,11 @@ pub(crate) async fn upload(
         sub: None,
     };
     match super::crud::create_object(api, &target, object, false).await {
-        Ok(created) => Ok(json_response(StatusCode::CREATED, &created)),
+        Ok(created) => Ok((created, true)),
         // The same bytes again: the upload is idempotent.
         Err(ApiError::AlreadyExists(_)) => {
             let existing = super::crud::get_stored(api, info, &info.key(None, &digest), &digest)?;
-            Ok(json_response(StatusCode::OK, &existing.object))
+            Ok(((*existing.object).clone(), false))
         }
         Err(e) => Err(e),
     }

@@ -42,6 +42,8 @@ fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
 fn name_rules(kind: &str) -> fn(&str) -> Vec<String> {
     match kind {
         "Namespace" | "Service" => v::is_dns1123_label,
+        // An App's name becomes its Service's name and part of its host name.
+        "App" => v::is_dns1035_label,
         _ => v::is_dns1123_subdomain,
     }
 }
@@ -222,6 +224,51 @@ fn validate_non_negative(obj: &Value, pointer: &str, field: &str, errs: &mut Vec
             FieldErrorType::Invalid,
             format!("Invalid value: {n}: must be greater than or equal to 0"),
         ));
+    }
+}
+
+/// An App: a module reference, a non-negative replica count, a route that is a host
+/// and/or an absolute path, and non-empty outbound hosts.
+fn validate_app(obj: &Value, errs: &mut Vec<FieldError>) {
+    let module = obj
+        .pointer("/spec/module")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if module.is_empty() {
+        errs.push(required("spec.module"));
+    } else if skiff_api::module::parse_digest(module).is_none() {
+        errs.push(invalid(
+            "spec.module",
+            module,
+            "must be a module reference: sha256: and 64 lowercase hex digits",
+        ));
+    }
+    validate_non_negative(obj, "/spec/replicas", "spec.replicas", errs);
+    if let Some(path) = obj.pointer("/spec/route/path").and_then(Value::as_str)
+        && !path.starts_with('/')
+    {
+        errs.push(invalid("spec.route.path", path, "must start with '/'"));
+    }
+    if let Some(host) = obj.pointer("/spec/route/host").and_then(Value::as_str) {
+        for msg in v::is_dns1123_subdomain(host) {
+            errs.push(invalid("spec.route.host", host, &msg));
+        }
+    }
+    for (i, host) in obj
+        .pointer("/spec/allowedOutboundHosts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let text = host.as_str().unwrap_or_default();
+        if text.trim().is_empty() || text.contains(',') {
+            errs.push(invalid(
+                format!("spec.allowedOutboundHosts[{i}]"),
+                text,
+                "must be a host, host:port, *.domain or *",
+            ));
+        }
     }
 }
 
@@ -429,6 +476,7 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Vec<FieldError> {
                 ));
             }
         }
+        "App" => validate_app(obj, &mut errs),
         "Service" => {
             let ports = obj
                 .pointer("/spec/ports")

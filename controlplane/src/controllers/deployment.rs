@@ -196,7 +196,7 @@ fn max_unavailable(d: &Value) -> i64 {
 /// A template without its revision label, for comparing a ReplicaSet's to the
 /// Deployment's. Nulls and empty objects are dropped, so the comparison is semantic
 /// as Kubernetes' is over typed structs (`resources: {}` equals no resources).
-fn without_hash(template: Option<&Value>) -> Value {
+pub(crate) fn without_hash(template: Option<&Value>) -> Value {
     fn prune(v: &mut Value) {
         match v {
             Value::Object(map) => {

@@ -6,8 +6,10 @@
 //! object and what it owns, decides, acts, and returns whether to look again later. It
 //! is never told which event woke it, and it never modifies cached objects.
 
+pub mod app;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpointslice;
 pub mod gc;
 pub mod job;
 pub mod nodelifecycle;
@@ -347,6 +349,8 @@ pub fn start(
     let mut set = JoinSet::new();
     set.spawn(replicaset::run(informers.clone(), stop.clone()));
     set.spawn(deployment::run(informers.clone(), stop.clone()));
+    set.spawn(endpointslice::run(informers.clone(), stop.clone()));
+    set.spawn(app::run(informers.clone(), stop.clone()));
     set.spawn(gc::run(informers.clone(), stop.clone()));
     set.spawn(daemonset::run(informers.clone(), stop.clone()));
     set.spawn(job::run(informers.clone(), stop.clone()));

@@ -358,6 +358,31 @@ impl ContainerLoop {
         );
         self.rt.metrics.instance_started();
         self.stop.cancelled().await;
+        // Drain: take no new requests (the gateway tries another replica), let those in
+        // flight finish within the grace period, then stop what is left.
+        served
+            .ready
+            .store(false, std::sync::atomic::Ordering::Release);
+        let grace = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30)
+            .max(0) as u64;
+        let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
+        let drained =
+            tokio::time::timeout(Duration::from_secs(grace), served.slots.acquire_many(all)).await;
+        if drained.is_err() {
+            self.event(
+                Warning,
+                "Killing",
+                format!(
+                    "Stopping container {} with requests still in flight after {grace}s",
+                    self.name()
+                ),
+            );
+        }
         served.stop.cancel();
         self.rt.apps.remove(&served);
         self.rt.metrics.instance_ended();

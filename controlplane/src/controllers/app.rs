@@ -1,0 +1,422 @@
+//! The App controller: an App (`skiff.dev/v1`) owns a Deployment and a Service of its
+//! name, and its status reports the URL on the gateway that serves it, its replica
+//! counts, the module it serves, and a Ready condition.
+//!
+//! - The Deployment's pods run the App's module as one container `app`, with the App's
+//!   env (plus POD_NAME, POD_NAMESPACE and NODE_NAME), resources and probes, and the
+//!   annotations the agent reads: routes and allowed outbound hosts.
+//! - Updates roll with `maxUnavailable: 0, maxSurge: 1`, so serving capacity never
+//!   drops while a new module rolls out.
+//! - The Service selects the App's pods; its `skiff.dev/routes` annotation gives the
+//!   gateway the App's own route, besides the default `/NAMESPACE/NAME/` and
+//!   `NAME.NAMESPACE.localhost`.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use skiff_api::resources::{self, ResourceInfo};
+
+use super::{
+    Action, Informers, Reconciler, WorkQueue, controller_of, feed, run_workers, split_key,
+};
+use crate::apiserver::error::ApiError;
+use crate::apiserver::{ApiServer, internal, objects};
+use crate::informer::{Cache, CacheEvent};
+
+/// The label that ties an App's Deployment, Service and pods to it.
+pub const APP_LABEL: &str = "app.skiff.dev/name";
+pub const ROUTES_ANNOTATION: &str = "skiff.dev/routes";
+pub const OUTBOUND_ANNOTATION: &str = "skiff.dev/allowed-outbound-hosts";
+const WORKERS: usize = 2;
+
+pub fn apps() -> &'static ResourceInfo {
+    resources::lookup("skiff.dev", "v1", "apps").expect("apps are served")
+}
+
+fn deployments() -> &'static ResourceInfo {
+    resources::lookup("apps", "v1", "deployments").expect("deployments are served")
+}
+
+fn services() -> &'static ResourceInfo {
+    resources::lookup("", "v1", "services").expect("services are served")
+}
+
+/// The default path of an App on the gateway.
+pub fn default_path(namespace: &str, name: &str) -> String {
+    format!("/{namespace}/{name}/")
+}
+
+/// Every route of an App, as the routes annotation lists them.
+pub fn routes(app: &Value) -> String {
+    let ns = objects::namespace(app).unwrap_or("default");
+    let name = objects::name(app);
+    let mut routes = vec![default_path(ns, name), format!("{name}.{ns}.localhost")];
+    let host = app.pointer("/spec/route/host").and_then(Value::as_str);
+    let path = app.pointer("/spec/route/path").and_then(Value::as_str);
+    match (host, path) {
+        (Some(h), Some(p)) => routes.push(format!("{h}{p}")),
+        (Some(h), None) => routes.push(h.to_string()),
+        (None, Some(p)) => routes.push(p.to_string()),
+        (None, None) => {}
+    }
+    routes.join(",")
+}
+
+pub struct AppController {
+    api: Arc<ApiServer>,
+    apps: Arc<Cache>,
+    deployments: Arc<Cache>,
+    services: Arc<Cache>,
+}
+
+pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
+    let apps = informers.cache("skiff.dev", "apps");
+    let deployments = informers.cache("apps", "deployments");
+    let services = informers.cache("", "services");
+    if !informers.synced(&[&apps, &deployments, &services]).await {
+        return;
+    }
+    let queue = Arc::new(WorkQueue::default());
+    let ctrl = Arc::new(AppController {
+        api: informers.api().clone(),
+        apps: apps.clone(),
+        deployments: deployments.clone(),
+        services: services.clone(),
+    });
+    let all = super::all_keys(apps.clone());
+    tokio::spawn(super::feed_own(queue.clone(), apps, stop.clone()));
+    let owned = |e: &CacheEvent| match e {
+        CacheEvent::Changed { object, .. } | CacheEvent::Deleted(object) => {
+            match controller_of(object) {
+                Some(("App", name, _)) => vec![format!(
+                    "{}/{name}",
+                    objects::namespace(object).unwrap_or_default()
+                )],
+                _ => vec![],
+            }
+        }
+        CacheEvent::Resynced => vec![],
+    };
+    tokio::spawn(feed(
+        queue.clone(),
+        deployments,
+        owned,
+        all.clone(),
+        stop.clone(),
+    ));
+    tokio::spawn(feed(queue.clone(), services, owned, all, stop.clone()));
+    run_workers(ctrl, queue, WORKERS, stop).await;
+}
+
+impl Reconciler for AppController {
+    fn name(&self) -> &'static str {
+        "app"
+    }
+
+    fn reconcile(self: Arc<Self>, key: String) -> BoxFuture<'static, Result<Action, ApiError>> {
+        Box::pin(async move { self.sync(&key).await })
+    }
+}
+
+fn owner_ref(app: &Value) -> Value {
+    json!({"apiVersion": "skiff.dev/v1", "kind": "App", "name": objects::name(app), "uid": objects::meta_str(app, "uid"), "controller": true, "blockOwnerDeletion": true})
+}
+
+/// The Deployment an App wants.
+fn deployment_for(app: &Value) -> Value {
+    let name = objects::name(app);
+    let spec = app.get("spec").cloned().unwrap_or_default();
+    let field = |path: &str| {
+        ["POD_NAME", "POD_NAMESPACE", "NODE_NAME"]
+            .iter()
+            .zip(["metadata.name", "metadata.namespace", "spec.nodeName"])
+            .find(|(n, _)| **n == path)
+            .map(|(n, f)| json!({"name": n, "valueFrom": {"fieldRef": {"fieldPath": f}}}))
+            .expect("listed")
+    };
+    let mut env: Vec<Value> = vec![
+        field("POD_NAME"),
+        field("POD_NAMESPACE"),
+        field("NODE_NAME"),
+    ];
+    env.extend(
+        spec.get("env")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+    );
+    let mut container = json!({
+        "name": "app",
+        "image": spec.get("module"),
+        "env": env,
+    });
+    for key in ["resources", "readinessProbe", "livenessProbe"] {
+        if let Some(v) = spec.get(key).filter(|v| !v.is_null()) {
+            container[key] = v.clone();
+        }
+    }
+    let mut annotations = json!({ROUTES_ANNOTATION: routes(app)});
+    if let Some(hosts) = spec.get("allowedOutboundHosts").and_then(Value::as_array) {
+        let hosts: Vec<&str> = hosts.iter().filter_map(Value::as_str).collect();
+        annotations[OUTBOUND_ANNOTATION] = json!(hosts.join(","));
+    }
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "labels": {APP_LABEL: name},
+            "ownerReferences": [owner_ref(app)],
+        },
+        "spec": {
+            "replicas": spec.get("replicas").cloned().unwrap_or(json!(1)),
+            "selector": {"matchLabels": {APP_LABEL: name}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": {APP_LABEL: name}, "annotations": annotations},
+                "spec": {"containers": [container]},
+            },
+        },
+    })
+}
+
+fn service_for(app: &Value) -> Value {
+    let name = objects::name(app);
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "labels": {APP_LABEL: name},
+            "annotations": {ROUTES_ANNOTATION: routes(app)},
+            "ownerReferences": [owner_ref(app)],
+        },
+        "spec": {
+            "selector": {APP_LABEL: name},
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+        },
+    })
+}
+
+impl AppController {
+    async fn sync(&self, key: &str) -> Result<Action, ApiError> {
+        let (ns, name) = split_key(key);
+        let Some(app) = self.apps.get(&apps().key(Some(ns), name)) else {
+            return Ok(Action::Done);
+        };
+        if objects::is_deleting(&app) {
+            return Ok(Action::Done);
+        }
+        let uid = objects::meta_str(&app, "uid").unwrap_or_default();
+        let ours = |obj: &Value| controller_of(obj).is_some_and(|(_, _, u)| u == uid);
+
+        // The Deployment.
+        let wanted = deployment_for(&app);
+        let deployment = match self.deployments.get(&deployments().key(Some(ns), name)) {
+            None => {
+                match internal::create(&self.api, deployments(), Some(ns), wanted.clone()).await {
+                    Ok(created) => Some(Arc::new(created)),
+                    Err(ApiError::AlreadyExists(_)) => None,
+                    Err(e) => return Err(e),
+                }
+            }
+            Some(current) if !ours(&current) => {
+                self.conflict(
+                    &app,
+                    &format!("a Deployment named {name} exists and is not this App's"),
+                )
+                .await?;
+                return Ok(Action::Done);
+            }
+            Some(current) => {
+                let differs = current.pointer("/spec/replicas") != wanted.pointer("/spec/replicas")
+                    || !same_template(&current, &wanted);
+                if differs {
+                    let updated =
+                        internal::update(&self.api, deployments(), Some(ns), name, |cur| {
+                            let mut next = cur.clone();
+                            next["spec"]["replicas"] = wanted["spec"]["replicas"].clone();
+                            next["spec"]["template"] = wanted["spec"]["template"].clone();
+                            next["spec"]["strategy"] = wanted["spec"]["strategy"].clone();
+                            Ok(next)
+                        })
+                        .await?;
+                    Some(Arc::new(updated))
+                } else {
+                    Some(current)
+                }
+            }
+        };
+
+        // The Service.
+        let wanted = service_for(&app);
+        match self.services.get(&services().key(Some(ns), name)) {
+            None => match internal::create(&self.api, services(), Some(ns), wanted).await {
+                Ok(_) | Err(ApiError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e),
+            },
+            Some(current) if !ours(&current) => {
+                self.conflict(
+                    &app,
+                    &format!("a Service named {name} exists and is not this App's"),
+                )
+                .await?;
+                return Ok(Action::Done);
+            }
+            Some(current) => {
+                let routes = current.pointer(&format!(
+                    "/metadata/annotations/{}",
+                    ROUTES_ANNOTATION.replace('/', "~1")
+                ));
+                if routes
+                    != wanted.pointer(&format!(
+                        "/metadata/annotations/{}",
+                        ROUTES_ANNOTATION.replace('/', "~1")
+                    ))
+                {
+                    internal::update(&self.api, services(), Some(ns), name, |cur| {
+                        let mut next = cur.clone();
+                        objects::set_path(
+                            &mut next,
+                            &["metadata", "annotations", ROUTES_ANNOTATION],
+                            json!(routes_of(&wanted)),
+                        );
+                        Ok(next)
+                    })
+                    .await?;
+                }
+            }
+        }
+        self.update_status(&app, deployment.as_deref()).await?;
+        Ok(Action::Done)
+    }
+
+    async fn conflict(&self, app: &Value, message: &str) -> Result<(), ApiError> {
+        let status = json!({
+            "observedGeneration": app.pointer("/metadata/generation"),
+            "conditions": [{"type": "Ready", "status": "False", "reason": "NameConflict", "message": message, "lastTransitionTime": objects::now_rfc3339()}],
+        });
+        match internal::merge_status(
+            &self.api,
+            apps(),
+            objects::namespace(app),
+            objects::name(app),
+            &status,
+        )
+        .await
+        {
+            Ok(_) | Err(ApiError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn update_status(&self, app: &Value, deployment: Option<&Value>) -> Result<(), ApiError> {
+        let ns = objects::namespace(app).unwrap_or("default");
+        let name = objects::name(app);
+        let replicas = app
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let d = deployment
+            .and_then(|d| d.get("status"))
+            .cloned()
+            .unwrap_or_default();
+        let count = |f: &str| d.get(f).and_then(Value::as_i64).unwrap_or(0);
+        let current = deployment
+            .is_some_and(|dep| d.get("observedGeneration") == dep.pointer("/metadata/generation"));
+        let rolled_out = current
+            && count("updatedReplicas") == replicas
+            && count("replicas") == replicas
+            && count("availableReplicas") == replicas;
+        let progress_failed = d
+            .get("conditions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Progressing" && c["status"] == "False")
+            .and_then(|c| c["message"].as_str())
+            .map(str::to_string);
+        let (ready, reason, message) = if rolled_out {
+            (
+                "True",
+                "RolledOut",
+                format!("{replicas} of {replicas} replicas serve the current module"),
+            )
+        } else if let Some(failed) = progress_failed {
+            ("False", "ProgressDeadlineExceeded", failed)
+        } else {
+            (
+                "False",
+                "RollingOut",
+                format!(
+                    "{} of {replicas} replicas updated, {} available",
+                    count("updatedReplicas"),
+                    count("availableReplicas")
+                ),
+            )
+        };
+        let url = self
+            .api
+            .config
+            .gateway_url
+            .as_ref()
+            .map(|g| format!("{g}{}", default_path(ns, name)));
+        let previous = app
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+            .cloned();
+        let transition = previous
+            .as_ref()
+            .filter(|c| c["status"] == ready)
+            .and_then(|c| c.get("lastTransitionTime").cloned())
+            .unwrap_or_else(|| json!(objects::now_rfc3339()));
+        let status = json!({
+            "url": url,
+            "replicas": count("replicas"),
+            "readyReplicas": count("readyReplicas"),
+            "updatedReplicas": count("updatedReplicas"),
+            "availableReplicas": count("availableReplicas"),
+            "moduleDigest": app.pointer("/spec/module"),
+            "observedGeneration": app.pointer("/metadata/generation"),
+            "conditions": [{"type": "Ready", "status": ready, "reason": reason, "message": message, "lastTransitionTime": transition, "observedGeneration": app.pointer("/metadata/generation")}],
+        });
+        let old = app.get("status").cloned().unwrap_or_default();
+        if old == status {
+            return Ok(());
+        }
+        match internal::update_status(&self.api, apps(), Some(ns), name, |cur| {
+            let mut next = cur.clone();
+            next["status"] = status.clone();
+            Ok(next)
+        })
+        .await
+        {
+            Ok(_) | Err(ApiError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn routes_of(service: &Value) -> String {
+    service
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(ROUTES_ANNOTATION))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Whether the Deployment's template already is the wanted one, compared as stored:
+/// the wanted one goes through the same normalization and defaulting first.
+fn same_template(current: &Value, wanted: &Value) -> bool {
+    let Ok(mut wanted) = (deployments().normalize)(wanted.clone()) else {
+        return false;
+    };
+    crate::apiserver::defaults::apply("Deployment", &mut wanted);
+    super::deployment::without_hash(current.pointer("/spec/template"))
+        == super::deployment::without_hash(wanted.pointer("/spec/template"))
+}

@@ -1,0 +1,437 @@
+//! The HTTP gateway (`skiff server --gateway HOST:PORT`): routes each request by Host and
+//! path to the ready endpoints of a Service (every App has one), across nodes.
+//!
+//! Routes, most specific first:
+//! 1. the Service's own routes, from its `skiff.dev/routes` annotation (a Host and/or a
+//!    path prefix; the App controller writes the App's route there);
+//! 2. Host `NAME.NAMESPACE.localhost` (browsers resolve `*.localhost` to loopback with
+//!    no DNS set-up);
+//! 3. path prefix `/NAMESPACE/NAME/`, which works with no Host header at all.
+//!
+//! A request goes to the next ready endpoint, round-robin, of the Service's
+//! EndpointSlice: to the agent of the endpoint's node, unchanged, with the chosen pod in
+//! `x-skiff-pod`. If the connection fails before anything is sent, or the agent answers
+//! that it doesn't serve that pod (any more), the next endpoint is tried. No endpoint
+//! ready: 503 naming the app; no route: 404.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use skiff_api::resources;
+
+use crate::apiserver::objects;
+use crate::controllers::endpointslice::slice_name;
+use crate::informer::Cache;
+use crate::store::Store;
+
+/// The annotation with a Service's (or App's) extra routes: comma-separated `HOST`,
+/// `/PATH/` or `HOST/PATH/`, as on the agent.
+pub const ROUTES_ANNOTATION: &str = "skiff.dev/routes";
+/// The header naming the pod the gateway chose.
+pub const POD_HEADER: &str = "x-skiff-pod";
+/// The header an agent sets on answers for requests no app saw.
+const UNSERVED_HEADER: &str = "x-skiff-unserved";
+/// Bodies up to this size are buffered so the request can be retried on another
+/// endpoint; larger ones stream through, tried once.
+const MAX_BUFFERED_BODY: u64 = 1024 * 1024;
+
+type GatewayBody = http_body_util::combinators::UnsyncBoxBody<Bytes, axum::Error>;
+
+/// One route to a Service.
+#[derive(Debug, Clone)]
+struct RouteEntry {
+    host: Option<String>,
+    path_prefix: Option<String>,
+    namespace: String,
+    service: String,
+}
+
+/// Routes from annotations, rebuilt when the Services change.
+#[derive(Default)]
+struct RouteTable {
+    version: Option<u64>,
+    entries: Vec<RouteEntry>,
+}
+
+pub struct Gateway {
+    services: Arc<Cache>,
+    slices: Arc<Cache>,
+    nodes: Arc<Cache>,
+    client: Client<HttpConnector, GatewayBody>,
+    table: Mutex<Arc<RouteTable>>,
+    next: Mutex<HashMap<String, usize>>,
+}
+
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn parse_route(entry: &str) -> Option<(Option<String>, Option<String>)> {
+    let entry = entry.trim();
+    if entry.is_empty() {
+        return None;
+    }
+    let (host, path) = match entry.find('/') {
+        Some(0) => (None, Some(entry)),
+        Some(i) => (Some(&entry[..i]), Some(&entry[i..])),
+        None => (Some(entry), None),
+    };
+    Some((
+        host.map(|h| strip_port(h).to_ascii_lowercase()),
+        path.map(|p| {
+            if p.ends_with('/') {
+                p.to_string()
+            } else {
+                format!("{p}/")
+            }
+        }),
+    ))
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix) || path == &prefix[..prefix.len() - 1]
+}
+
+impl Gateway {
+    /// Starts the caches the gateway routes from.
+    pub fn new(store: Arc<dyn Store>, stop: CancellationToken) -> Arc<Gateway> {
+        let cache = |group: &str, plural: &str| {
+            let info = resources::all()
+                .iter()
+                .find(|r| r.group == group && r.plural == plural)
+                .expect("a served resource");
+            let cache = Arc::new(Cache::default());
+            tokio::spawn(
+                cache
+                    .clone()
+                    .run(store.clone(), info.prefix(), stop.clone()),
+            );
+            cache
+        };
+        let mut connector = HttpConnector::new();
+        // Without TCP_NODELAY, small responses wait out delayed ACKs (~40 ms).
+        connector.set_nodelay(true);
+        Arc::new(Gateway {
+            services: cache("", "services"),
+            slices: cache("discovery.k8s.io", "endpointslices"),
+            nodes: cache("", "nodes"),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            table: Mutex::default(),
+            next: Mutex::default(),
+        })
+    }
+
+    fn table(&self) -> Arc<RouteTable> {
+        let version = self.services.version();
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if table.version != Some(version) {
+            let mut entries = Vec::new();
+            for svc in self.services.snapshot() {
+                let Some(routes) = svc
+                    .pointer("/metadata/annotations")
+                    .and_then(|a| a.get(ROUTES_ANNOTATION))
+                    .and_then(Value::as_str)
+                else {
+                    continue;
+                };
+                for (host, path_prefix) in routes.split(',').filter_map(parse_route) {
+                    entries.push(RouteEntry {
+                        host,
+                        path_prefix,
+                        namespace: objects::namespace(&svc).unwrap_or_default().to_string(),
+                        service: objects::name(&svc).to_string(),
+                    });
+                }
+            }
+            *table = Arc::new(RouteTable {
+                version: Some(version),
+                entries,
+            });
+        }
+        table.clone()
+    }
+
+    fn service_exists(&self, namespace: &str, name: &str) -> bool {
+        let info = resources::lookup("", "v1", "services").expect("services are served");
+        self.services
+            .get(&info.key(Some(namespace), name))
+            .is_some()
+    }
+
+    /// The Service a request is for.
+    fn route(&self, host: &str, path: &str) -> Option<(String, String)> {
+        let host = strip_port(host).to_ascii_lowercase();
+        let table = self.table();
+        let best = table
+            .entries
+            .iter()
+            .filter_map(|e| {
+                if e.host.as_ref().is_some_and(|h| *h != host) {
+                    return None;
+                }
+                let len = match &e.path_prefix {
+                    Some(p) if prefix_matches(p, path) => p.len(),
+                    Some(_) => return None,
+                    None => 0,
+                };
+                Some((usize::from(e.host.is_some()) * 100_000 + len, e))
+            })
+            .max_by_key(|(score, _)| *score);
+        if let Some((_, e)) = best {
+            return Some((e.namespace.clone(), e.service.clone()));
+        }
+        if let Some(rest) = host.strip_suffix(".localhost")
+            && let Some((name, namespace)) = rest.split_once('.')
+            && self.service_exists(namespace, name)
+        {
+            return Some((namespace.to_string(), name.to_string()));
+        }
+        let mut segments = path.trim_start_matches('/').splitn(3, '/');
+        if let (Some(namespace), Some(name)) = (segments.next(), segments.next())
+            && self.service_exists(namespace, name)
+        {
+            return Some((namespace.to_string(), name.to_string()));
+        }
+        None
+    }
+
+    /// The ready endpoints of a Service, as (pod `ns/name`, agent address), starting
+    /// at the next one in round-robin order.
+    fn endpoints(&self, namespace: &str, service: &str) -> Vec<(String, String)> {
+        let info = resources::lookup("discovery.k8s.io", "v1", "endpointslices")
+            .expect("endpointslices are served");
+        let Some(slice) = self
+            .slices
+            .get(&info.key(Some(namespace), &slice_name(service)))
+        else {
+            return Vec::new();
+        };
+        let nodes = resources::lookup("", "v1", "nodes").expect("nodes are served");
+        let mut ready: Vec<(String, String)> = slice
+            .get("endpoints")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.pointer("/conditions/ready") == Some(&Value::Bool(true)))
+            .filter_map(|e| {
+                let pod = e.pointer("/targetRef/name")?.as_str()?;
+                let node = self
+                    .nodes
+                    .get(&nodes.key(None, e.get("nodeName")?.as_str()?))?;
+                Some((format!("{namespace}/{pod}"), agent_address(&node)?))
+            })
+            .collect();
+        if ready.is_empty() {
+            return ready;
+        }
+        let key = format!("{namespace}/{service}");
+        let start = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let n = next.entry(key).or_default();
+            *n = n.wrapping_add(1);
+            *n % ready.len()
+        };
+        ready.rotate_left(start);
+        ready
+    }
+}
+
+/// Where a node's agent listens: its InternalIP and kubelet endpoint port.
+fn agent_address(node: &Value) -> Option<String> {
+    let ip = node
+        .pointer("/status/addresses")?
+        .as_array()?
+        .iter()
+        .find(|a| a["type"] == "InternalIP")?
+        .get("address")?
+        .as_str()?;
+    let port = node
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")?
+        .as_u64()?;
+    Some(if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    })
+}
+
+fn text(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{message}\n"),
+    )
+        .into_response()
+}
+
+/// Headers that belong to one connection, not to the request.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// The request body, buffered (so it can be sent again) when small or absent.
+enum Payload {
+    Buffered(Bytes),
+    Streaming(Option<Body>),
+}
+
+async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or_default()
+        .to_string();
+    let path = request.uri().path().to_string();
+    let Some((namespace, service)) = gw.route(&host, &path) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no app is routed at {host}{path}"),
+        );
+    };
+    let endpoints = gw.endpoints(&namespace, &service);
+    if endpoints.is_empty() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("app {namespace}/{service} has no ready replica"),
+        );
+    }
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
+    let mut payload = if !chunked && declared.unwrap_or(0) <= MAX_BUFFERED_BODY {
+        match body.collect().await {
+            Ok(collected) => Payload::Buffered(collected.to_bytes()),
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the request body failed: {e}"),
+                );
+            }
+        }
+    } else {
+        Payload::Streaming(Some(body))
+    };
+    let mut headers = parts.headers.clone();
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+    let mut last_error = String::new();
+    for (i, (pod, agent)) in endpoints.iter().enumerate() {
+        let last = i + 1 == endpoints.len();
+        let body: GatewayBody = match &mut payload {
+            Payload::Buffered(bytes) => Full::new(bytes.clone())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            Payload::Streaming(body) => match body.take() {
+                Some(b) => b.boxed_unsync(),
+                None => break,
+            },
+        };
+        let uri = format!(
+            "http://{agent}{}",
+            parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+        );
+        let mut outgoing = http::Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .body(body)
+            .expect("a valid request");
+        *outgoing.headers_mut() = forwarded_headers(&headers, pod, &host);
+        match gw.client.request(outgoing).await {
+            Ok(response) => {
+                let unserved = response.headers().contains_key(UNSERVED_HEADER);
+                if unserved && !last && matches!(payload, Payload::Buffered(_)) {
+                    last_error = format!("{pod} was not served by its node");
+                    continue;
+                }
+                let (mut parts, body) = response.into_parts();
+                parts.headers.remove(UNSERVED_HEADER);
+                return Response::from_parts(parts, Body::new(body));
+            }
+            Err(e) if e.is_connect() => {
+                tracing::debug!(%pod, %agent, error = %e, "gateway: endpoint unreachable; trying the next");
+                last_error = format!("{pod} on {agent}: {e}");
+            }
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("app {namespace}/{service}: the replica {pod} failed: {e}"),
+                );
+            }
+        }
+    }
+    text(
+        StatusCode::BAD_GATEWAY,
+        format!("app {namespace}/{service}: no replica could be reached ({last_error})"),
+    )
+}
+
+fn forwarded_headers(headers: &HeaderMap, pod: &str, host: &str) -> HeaderMap {
+    let mut out = headers.clone();
+    if let Ok(v) = HeaderValue::from_str(pod) {
+        out.insert(POD_HEADER, v);
+    }
+    if !host.is_empty()
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        out.insert("x-forwarded-host", v);
+    }
+    out.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    out
+}
+
+/// Serves the gateway on `listener` until `stop`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: Arc<dyn Store>,
+    stop: CancellationToken,
+) {
+    use axum::serve::ListenerExt;
+    let gateway = Gateway::new(store, stop.clone());
+    let app = axum::Router::new().fallback(handle).with_state(gateway);
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let served = axum::serve(listener, app.into_make_service())
+        .with_graceful_shutdown(async move { stop.cancelled().await });
+    if let Err(e) = served.await {
+        tracing::error!(error = %e, "the gateway stopped with an error");
+    }
+}
+
+/// The address a gateway listener serves, as a URL.
+pub fn url_of(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}

@@ -1,0 +1,341 @@
+//! End to end on `skiff dev` with its gateway: HTTP apps deployed in one request, served
+//! through the gateway across nodes, updated and scaled without a failed request, and
+//! guests that trap, spin, stream to a departed client or call out, none of which
+//! harms the pod.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Api, eventually, workload};
+use serde_json::Value;
+
+const APPS: &str = "/apis/skiff.dev/v1/namespaces/default/apps";
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    _process: common::Process,
+    api: Api,
+    gateway: String,
+}
+
+fn cluster(nodes: u32, extra: &[&str]) -> Cluster {
+    let (dir, process, api) = common::dev_cluster(nodes, extra);
+    let gateway = process
+        .printed("gateway:")
+        .expect("skiff dev prints its gateway");
+    Cluster {
+        _dir: dir,
+        _process: process,
+        api,
+        gateway,
+    }
+}
+
+/// `PUT .../apps/NAME?QUERY` with the raw module.
+async fn deploy(api: &Api, name: &str, module: &str, query: &str) -> (u16, Value) {
+    api.raw(
+        reqwest::Method::PUT,
+        &format!("{APPS}/{name}?{query}"),
+        "application/wasm",
+        workload(module),
+    )
+    .await
+}
+
+async fn get(http: &reqwest::Client, url: &str) -> (u16, String) {
+    match http.get(url).send().await {
+        Ok(r) => {
+            let code = r.status().as_u16();
+            (code, r.text().await.unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Sends requests to `url` back to back until stopped; counts answers and failures.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Traffic {
+    fn start(url: String) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, o, f) = (stop.clone(), ok.clone(), failures.clone());
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .build()
+                .unwrap();
+            while !s.load(Ordering::Relaxed) {
+                let (code, body) = get(&http, &url).await;
+                if code == 200 {
+                    o.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    f.lock().unwrap().push(format!("{code}: {body}"));
+                }
+            }
+        });
+        Traffic {
+            stop,
+            ok,
+            failures,
+            task,
+        }
+    }
+
+    async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        let failures = self.failures.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+fn field<'a>(body: &'a str, key: &str) -> Option<&'a str> {
+    body.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+}
+
+#[tokio::test]
+async fn deploy_in_one_request_scale_update_and_lose_a_pod_without_failures() {
+    let c = cluster(3, &[]);
+    let http = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
+
+    // One request: module stored, App created, answered once it serves.
+    let (code, app) = deploy(&c.api, "web", "http-hello.wasm", "replicas=1&wait=true").await;
+    assert_eq!(code, 201, "{app}");
+    let url = app["status"]["url"]
+        .as_str()
+        .expect("status.url")
+        .to_string();
+    assert_eq!(url, format!("{}/default/web/", c.gateway));
+    assert_eq!(app["status"]["readyReplicas"], 1);
+    assert!(
+        app["status"]["moduleDigest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    let (code, body) = get(&http, &url).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("hello from skiff"), "{body}");
+    // The same app by Host, with no path prefix.
+    let host = reqwest::Url::parse(&c.gateway).unwrap();
+    let by_host = http
+        .get(format!("{}/anything", c.gateway))
+        .header(
+            "host",
+            format!("web.default.localhost:{}", host.port().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_host.status(), 200);
+
+    // Scale to 3: requests spread over the three nodes.
+    let (code, app) = deploy(&c.api, "web", "http-hello.wasm", "replicas=3&wait=true").await;
+    assert_eq!(code, 200, "{app}");
+    assert_eq!(app["status"]["readyReplicas"], 3);
+    let mut nodes = BTreeSet::new();
+    let mut pods = BTreeSet::new();
+    for _ in 0..30 {
+        let (code, body) = get(&http, &url).await;
+        assert_eq!(code, 200, "{body}");
+        nodes.insert(field(&body, "node").unwrap().to_string());
+        pods.insert(field(&body, "pod").unwrap().to_string());
+    }
+    assert_eq!(nodes.len(), 3, "requests reached {nodes:?}");
+    assert_eq!(pods.len(), 3, "requests reached {pods:?}");
+
+    // Invalid Wasm: 422, and the App is unchanged.
+    let (code, status) = c
+        .api
+        .raw(
+            reqwest::Method::PUT,
+            &format!("{APPS}/web?wait=true"),
+            "application/wasm",
+            b"not wasm at all".to_vec(),
+        )
+        .await;
+    assert_eq!(code, 422, "{status}");
+    assert_eq!(status["kind"], "Status");
+    let (_, after) = c.api.get(&format!("{APPS}/web")).await;
+    assert_eq!(after["spec"]["module"], app["spec"]["module"]);
+    assert_eq!(
+        after["metadata"]["generation"],
+        app["metadata"]["generation"]
+    );
+
+    // A new module rolls out under continuous traffic: no request fails.
+    let traffic = Traffic::start(url.clone());
+    eventually("traffic flowing", WAIT, || {
+        let ok = traffic.ok.clone();
+        async move { (ok.load(Ordering::Relaxed) > 20).then_some(()) }
+    })
+    .await;
+    let (code, v2) = deploy(&c.api, "web", "http-echo.wasm", "wait=true").await;
+    assert_eq!(code, 200, "{v2}");
+    assert_ne!(v2["spec"]["module"], app["spec"]["module"]);
+    let (code, body) = get(&http, &url).await;
+    assert_eq!(code, 200);
+    let echoed: Value = serde_json::from_str(&body).expect("the new module answers JSON");
+    assert_eq!(echoed["path"], "/default/web/");
+
+    // A deleted pod is dropped by the gateway, still with no failed request.
+    let (_, list) = c
+        .api
+        .get("/api/v1/namespaces/default/pods?labelSelector=app.skiff.dev%2Fname%3Dweb")
+        .await;
+    let victim = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .unwrap()["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = traffic.ok.load(Ordering::Relaxed);
+    c.api
+        .delete(&format!("/api/v1/namespaces/default/pods/{victim}"), None)
+        .await;
+    eventually("the pod replaced and traffic still flowing", WAIT, || {
+        let api = c.api.clone();
+        let ok = traffic.ok.clone();
+        async move {
+            let (_, app) = api.get(&format!("{APPS}/web")).await;
+            (app["status"]["readyReplicas"] == 3 && ok.load(Ordering::Relaxed) > before + 50)
+                .then_some(())
+        }
+    })
+    .await;
+    let (ok, failures) = traffic.finish().await;
+    assert!(ok > 100, "only {ok} requests went through");
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+}
+
+#[tokio::test]
+async fn faults_in_a_guest_answer_5xx_and_the_pod_serves_on() {
+    let c = cluster(1, &["--request-timeout", "500ms"]);
+    let http = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
+
+    // Unknown route: 404; an App with no ready replica: 503 naming it.
+    let (code, body) = get(&http, &format!("{}/default/nothing/", c.gateway)).await;
+    assert_eq!(code, 404, "{body}");
+    let (code, empty) = deploy(&c.api, "idle", "http-hello.wasm", "replicas=0&wait=true").await;
+    assert_eq!(code, 201, "{empty}");
+    let (code, body) = get(&http, empty["status"]["url"].as_str().unwrap()).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("default/idle"), "{body}");
+
+    let (code, app) = deploy(&c.api, "web", "http-hello.wasm", "wait=true").await;
+    assert_eq!(code, 201, "{app}");
+    let url = app["status"]["url"].as_str().unwrap().to_string();
+
+    // A request that spins past its CPU budget: 504, then the pod serves the next one.
+    let (code, body) = get(&http, &format!("{url}spin")).await;
+    assert_eq!(code, 504, "{body}");
+    assert_eq!(get(&http, &url).await.0, 200);
+    // A trap: 500, and again the next request is fine.
+    let (code, body) = get(&http, &format!("{url}trap")).await;
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains("trapped"), "{body}");
+    assert_eq!(get(&http, &url).await.0, 200);
+
+    // A guest still writing after its client went away.
+    let mut streaming = http
+        .get(format!("{url}stream?n=40&ms=25"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streaming.status(), 200);
+    let first = streaming.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("chunk 1"));
+    drop(streaming);
+    for _ in 0..5 {
+        assert_eq!(get(&http, &url).await.0, 200);
+    }
+    // The pod never restarted, and its log says what happened.
+    let (_, list) = c
+        .api
+        .get("/api/v1/namespaces/default/pods?labelSelector=app.skiff.dev%2Fname%3Dweb")
+        .await;
+    let pod = &list["items"][0];
+    assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
+    assert_eq!(pod["status"]["phase"], "Running");
+    let name = pod["metadata"]["name"].as_str().unwrap();
+    let (_, log) = c
+        .api
+        .text(&format!("/api/v1/namespaces/default/pods/{name}/log"))
+        .await;
+    assert!(log.contains("exceeded its CPU time limit"), "{log}");
+    assert!(log.contains("trapped"), "{log}");
+}
+
+#[tokio::test]
+async fn outbound_calls_are_denied_unless_listed() {
+    let c = cluster(1, &[]);
+    let http = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
+    let (code, echo) = deploy(&c.api, "echo", "http-echo.wasm", "wait=true").await;
+    assert_eq!(code, 201, "{echo}");
+    let target = echo["status"]["url"].as_str().unwrap().to_string();
+    let (code, caller) = deploy(&c.api, "caller", "http-fetch.wasm", "wait=true").await;
+    assert_eq!(code, 201, "{caller}");
+    let caller_url = caller["status"]["url"].as_str().unwrap().to_string();
+    let call = format!("{caller_url}?url={target}called");
+
+    // Denied by default: a clear error to the guest, which answers 502.
+    let (code, body) = get(&http, &call).await;
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+
+    // Listed: the call goes through the gateway to the echo app.
+    let gateway_host = reqwest::Url::parse(&c.gateway).unwrap();
+    let allowed = format!(
+        "{}:{}",
+        gateway_host.host_str().unwrap(),
+        gateway_host.port().unwrap()
+    );
+    let (code, out) = c
+        .api
+        .patch(
+            &format!("{APPS}/caller"),
+            "application/merge-patch+json",
+            &serde_json::json!({"spec": {"allowedOutboundHosts": [allowed]}}).to_string(),
+        )
+        .await;
+    assert_eq!(code, 200, "{out}");
+    let body = eventually("the call allowed", WAIT, || {
+        let (http, call) = (http.clone(), call.clone());
+        async move {
+            let (code, body) = get(&http, &call).await;
+            (code == 200).then_some(body)
+        }
+    })
+    .await;
+    assert!(body.starts_with("upstream 200:"), "{body}");
+    assert!(body.contains("/default/echo/called"), "{body}");
+}
