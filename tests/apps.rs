@@ -339,3 +339,123 @@ async fn outbound_calls_are_denied_unless_listed() {
     assert!(body.starts_with("upstream 200:"), "{body}");
     assert!(body.contains("/default/echo/called"), "{body}");
 }
+
+#[tokio::test]
+async fn readiness_and_liveness_probes_run_against_the_handler() {
+    let c = cluster(1, &["--backoff-base", "200ms"]);
+    let http = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
+    let module = c.api.upload(workload("http-hello.wasm")).await;
+    let app = |name: &str, probes: Value| {
+        let mut spec = serde_json::json!({"module": module, "replicas": 1});
+        for (k, v) in probes.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        serde_json::json!({"apiVersion": "skiff.dev/v1", "kind": "App", "metadata": {"name": name}, "spec": spec})
+    };
+    let probe = |path: &str| serde_json::json!({"httpGet": {"path": path, "port": 80}, "periodSeconds": 1, "failureThreshold": 1});
+
+    // A passing readiness probe: Ready, and served.
+    let (code, out) = c
+        .api
+        .post(
+            APPS,
+            &app(
+                "healthy",
+                serde_json::json!({"readinessProbe": probe("/healthz")}),
+            ),
+        )
+        .await;
+    assert_eq!(code, 201, "{out}");
+    let url = eventually("healthy ready", WAIT, || {
+        let api = c.api.clone();
+        async move {
+            let (_, a) = api.get(&format!("{APPS}/healthy")).await;
+            (a["status"]["readyReplicas"] == 1)
+                .then(|| a["status"]["url"].as_str().unwrap().to_string())
+        }
+    })
+    .await;
+    assert_eq!(get(&http, &url).await.0, 200);
+
+    // A failing readiness probe: running but not ready, so out of the endpoints: 503.
+    let (code, out) = c
+        .api
+        .post(
+            APPS,
+            &app(
+                "sick",
+                serde_json::json!({"readinessProbe": probe("/trap")}),
+            ),
+        )
+        .await;
+    assert_eq!(code, 201, "{out}");
+    let slice = eventually("sick listed as not ready", WAIT, || {
+        let api = c.api.clone();
+        async move {
+            let (code, s) = api
+                .get("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/sick-skiff")
+                .await;
+            (code == 200 && s["endpoints"].as_array().is_some_and(|e| e.len() == 1)).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(slice["endpoints"][0]["conditions"]["ready"], false);
+    let (_, pods) = c
+        .api
+        .get("/api/v1/namespaces/default/pods?labelSelector=app.skiff.dev%2Fname%3Dsick")
+        .await;
+    assert_eq!(pods["items"][0]["status"]["phase"], "Running");
+    let (code, body) = get(&http, &format!("{}/default/sick/", c.gateway)).await;
+    assert_eq!(code, 503, "{body}");
+
+    // A failing liveness probe: the container restarts, with the usual back-off.
+    let (code, out) = c
+        .api
+        .post(
+            APPS,
+            &app(
+                "dying",
+                serde_json::json!({"livenessProbe": probe("/trap")}),
+            ),
+        )
+        .await;
+    assert_eq!(code, 201, "{out}");
+    let pod = eventually("dying restarted twice", WAIT, || {
+        let api = c.api.clone();
+        async move {
+            let (_, pods) = api
+                .get("/api/v1/namespaces/default/pods?labelSelector=app.skiff.dev%2Fname%3Ddying")
+                .await;
+            let pod = pods["items"].get(0)?.clone();
+            (pod["status"]["containerStatuses"][0]["restartCount"].as_i64() >= Some(2))
+                .then_some(pod)
+        }
+    })
+    .await;
+    let last = &pod["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("liveness probe failed"),
+        "{last}"
+    );
+    let name = pod["metadata"]["name"].as_str().unwrap();
+    let (_, events) = c
+        .api
+        .get(&format!(
+            "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{name}"
+        ))
+        .await;
+    let reasons: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(reasons.contains(&"Unhealthy"), "{reasons:?}");
+    assert!(reasons.contains(&"Killing"), "{reasons:?}");
+}

@@ -15,6 +15,7 @@ use crate::events::EventType::{Normal, Warning};
 use crate::images::PullSource;
 use crate::logs::ContainerLog;
 use crate::pod::env::{PodFields, resolve};
+use crate::pod::probe::{HttpProbe, ProbeState};
 use crate::pod::volumes::Volumes;
 use crate::wasm::{HttpSpec, OutboundHosts, Program, ProgramKind, RunSpec};
 
@@ -215,8 +216,11 @@ impl ContainerLoop {
                     Step::Exited(Terminated::from_outcome(&outcome, started_at), began)
                 }
                 Step::Serve(program, spec) => {
-                    self.serve(program, spec).await;
-                    return;
+                    let began = Instant::now();
+                    match self.serve(program, spec).await {
+                        Some(terminated) => Step::Exited(terminated, began),
+                        None => return,
+                    }
                 }
                 Step::Exited(terminated, began) => {
                     if self.stop.is_cancelled() {
@@ -297,9 +301,26 @@ impl ContainerLoop {
         }
     }
 
-    /// Serves an HTTP component's requests until the pod stops: Running and Ready once
-    /// the component is compiled and pre-instantiated (it is, by now).
-    async fn serve(&self, program: Arc<Program>, spec: RunSpec) {
+    /// Serves an HTTP component's requests until the pod stops (None) or its liveness
+    /// probe fails (the terminated state to restart from). Running once the component
+    /// is compiled and pre-instantiated (it is, by now); Ready then, or once its
+    /// readiness probe passes.
+    async fn serve(&self, program: Arc<Program>, spec: RunSpec) -> Option<Terminated> {
+        let (readiness, liveness) = match (
+            HttpProbe::from_spec(self.container().readiness_probe.as_ref()),
+            HttpProbe::from_spec(self.container().liveness_probe.as_ref()),
+        ) {
+            (Ok(r), Ok(l)) => (r, l),
+            (Err(e), _) | (_, Err(e)) => {
+                self.set(State::waiting(
+                    "CreateContainerConfigError",
+                    Some(e.clone()),
+                ));
+                self.event(Warning, "Failed", format!("Error: {e}"));
+                self.stop.cancelled().await;
+                return None;
+            }
+        };
         let after_restart = self.status.borrow().containers[self.index].started_once;
         if let Err(e) = self.log.start_instance(after_restart) {
             tracing::warn!(error = %e, "opening the container log failed");
@@ -336,7 +357,7 @@ impl ContainerLoop {
             },
             routes,
             stop: self.stop.child_token(),
-            ready: std::sync::atomic::AtomicBool::new(true),
+            ready: std::sync::atomic::AtomicBool::new(readiness.is_none()),
             slots: Arc::new(tokio::sync::Semaphore::new(concurrency)),
         });
         let started_at = crate::now_rfc3339();
@@ -348,8 +369,11 @@ impl ContainerLoop {
         self.rt.apps.insert(served.clone());
         self.status.send_modify(|s| {
             let c = &mut s.containers[self.index];
-            c.state = State::Running { started_at };
+            c.state = State::Running {
+                started_at: started_at.clone(),
+            };
             c.started_once = true;
+            c.probe_ready = readiness.is_none();
         });
         self.event(
             Normal,
@@ -357,12 +381,35 @@ impl ContainerLoop {
             format!("Started container {}", self.name()),
         );
         self.rt.metrics.instance_started();
-        self.stop.cancelled().await;
-        // Drain: take no new requests (the gateway tries another replica), let those in
-        // flight finish within the grace period, then stop what is left.
+        let liveness_failed = self
+            .probe(&served, readiness.as_ref(), liveness.as_ref())
+            .await;
         served
             .ready
             .store(false, std::sync::atomic::Ordering::Release);
+        if let Some(message) = liveness_failed {
+            self.event(
+                Normal,
+                "Killing",
+                format!(
+                    "Container {} failed liveness probe, will be restarted",
+                    self.name()
+                ),
+            );
+            served.stop.cancel();
+            self.rt.apps.remove(&served);
+            self.rt.metrics.instance_ended();
+            self.log.end_instance();
+            return Some(Terminated {
+                exit_code: super::state::EXIT_KILLED,
+                reason: "Error",
+                message: Some(format!("liveness probe failed: {message}")),
+                started_at,
+                finished_at: crate::now_rfc3339(),
+            });
+        }
+        // Drain: take no new requests (the gateway tries another replica), let those in
+        // flight finish within the grace period, then stop what is left.
         let grace = self
             .pod
             .spec
@@ -387,6 +434,52 @@ impl ContainerLoop {
         self.rt.apps.remove(&served);
         self.rt.metrics.instance_ended();
         self.log.end_instance();
+        None
+    }
+
+    /// Runs the probes until the pod stops (None) or the liveness probe fails (what
+    /// failed). Readiness results go to the pod's Ready condition and to routing.
+    async fn probe(
+        &self,
+        served: &Arc<crate::apps::ServedPod>,
+        readiness: Option<&HttpProbe>,
+        liveness: Option<&HttpProbe>,
+    ) -> Option<String> {
+        let now = tokio::time::Instant::now();
+        let mut next_ready = readiness.map(|p| now + p.initial_delay);
+        let mut next_live = liveness.map(|p| now + p.initial_delay);
+        let mut ready_state = ProbeState::new(false);
+        let mut live_state = ProbeState::new(true);
+        let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return None,
+                _ = tokio::time::sleep_until(next_ready.unwrap_or_else(far)), if next_ready.is_some() => {
+                    let probe = readiness.expect("scheduled only with a probe");
+                    let result = probe.check(served).await;
+                    if let Err(e) = &result {
+                        self.event(Warning, "Unhealthy", format!("Readiness probe failed: {e}"));
+                    }
+                    if ready_state.record(probe, result.is_ok()) {
+                        let ready = ready_state.passing;
+                        served.ready.store(ready, std::sync::atomic::Ordering::Release);
+                        self.status.send_modify(|s| s.containers[self.index].probe_ready = ready);
+                    }
+                    next_ready = Some(tokio::time::Instant::now() + probe.period);
+                }
+                _ = tokio::time::sleep_until(next_live.unwrap_or_else(far)), if next_live.is_some() => {
+                    let probe = liveness.expect("scheduled only with a probe");
+                    let result = probe.check(served).await;
+                    if let Err(e) = &result {
+                        self.event(Warning, "Unhealthy", format!("Liveness probe failed: {e}"));
+                    }
+                    if live_state.record(probe, result.is_ok()) && !live_state.passing {
+                        return Some(result.err().unwrap_or_default());
+                    }
+                    next_live = Some(tokio::time::Instant::now() + probe.period);
+                }
+            }
+        }
     }
 
     /// The instance's argv, environment, preopens and limits.

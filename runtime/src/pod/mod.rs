@@ -3,6 +3,7 @@
 
 mod container;
 pub mod env;
+mod probe;
 pub mod state;
 pub mod volumes;
 

@@ -112,6 +112,9 @@ pub struct ContainerStatus {
     pub started_once: bool,
     /// Whether the container has finished for good (its restart policy won't run it again).
     pub done: bool,
+    /// Whether its readiness probe (if any) passes; a running container without one is
+    /// ready.
+    pub probe_ready: bool,
 }
 
 impl ContainerStatus {
@@ -124,11 +127,12 @@ impl ContainerStatus {
             restart_count,
             started_once: restart_count > 0,
             done: false,
+            probe_ready: true,
         }
     }
 
     pub fn ready(&self) -> bool {
-        matches!(self.state, State::Running { .. })
+        matches!(self.state, State::Running { .. }) && self.probe_ready
     }
 
     pub fn to_json(&self, pod_uid: &str) -> Value {

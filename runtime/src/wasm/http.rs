@@ -221,6 +221,10 @@ where
         );
     }
     let limit = spec.max_body_bytes;
+    // A body without a declared length is cut at the limit as it streams; the client
+    // then gets 413 whatever the guest made of the error.
+    let exceeded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = exceeded.clone();
     let request = request.map(move |body| {
         Limited::new(
             body.map_err(Into::into),
@@ -228,9 +232,18 @@ where
         )
         .map_err(move |e| match e.downcast::<HttpError>() {
             Ok(e) => *e,
-            Err(_) => HttpError::HttpRequestBodySize(Some(limit)),
+            Err(_) => {
+                flag.store(true, std::sync::atomic::Ordering::Release);
+                HttpError::HttpRequestBodySize(Some(limit))
+            }
         })
     });
+    let too_large = || {
+        host_response(
+            413,
+            format!("request body larger than the limit of {limit} bytes"),
+        )
+    };
     let mut builder = match super::program::wasi_builder(&spec.run) {
         Ok(b) => b,
         Err(reason) => return host_response(500, format!("the app cannot start: {reason}")),
@@ -307,7 +320,9 @@ where
             .output
             .write(Stream::Stderr, format!("skiff: {line}\n").as_bytes());
     };
+    let exceeded = || exceeded.load(std::sync::atomic::Ordering::Acquire);
     match receiver.await {
+        Ok(Ok(_)) if exceeded() => too_large(),
         Ok(Ok(response)) => {
             // The head is out; report a fault that happens while streaming the body.
             let output = spec.run.output.clone();
@@ -326,6 +341,7 @@ where
             });
             response
         }
+        Ok(Err(_)) if exceeded() => too_large(),
         Ok(Err(code)) => {
             log(format!("request {path} answered with an error: {code:?}"));
             host_response(
@@ -333,6 +349,7 @@ where
                 format!("the app failed the request: {code:?}"),
             )
         }
+        Err(_) if exceeded() => too_large(),
         Err(_) => {
             let fault = task.await.ok().flatten();
             let (status, text) = match &fault {

@@ -49,11 +49,11 @@ fn an_empty_component_is_rejected() {
 }
 
 #[test]
-fn an_http_component_is_rejected_as_not_supported_yet() {
+fn a_component_whose_http_export_lacks_handle_is_rejected() {
     match load_error(&wasm(HTTP_COMPONENT)) {
-        LoadError::InvalidModule(reason) => assert_eq!(
-            reason,
-            "a wasi:http component; HTTP apps are not supported by this agent yet"
+        LoadError::InvalidModule(reason) => assert!(
+            reason.starts_with("its wasi:http/incoming-handler export is unusable"),
+            "{reason}"
         ),
         other => panic!("unexpected {other:?}"),
     }

@@ -1,6 +1,7 @@
 //! Tests of the Wasm execution core against tiny WAT guests: shared fixtures and guests.
 
 mod guests;
+mod http;
 mod limits;
 mod load;
 mod measure;
