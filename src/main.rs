@@ -2,6 +2,7 @@
 //! the agent, `skiff dev` and the client verbs.
 
 mod bench;
+mod cli;
 mod dev;
 
 use std::net::SocketAddr;
@@ -44,6 +45,12 @@ enum Command {
     Dev(dev::DevArgs),
     /// Run a benchmark and print its results.
     Bench(bench::BenchArgs),
+    /// Deploy a wasi:http component as an app and print its URL.
+    Deploy(cli::DeployArgs),
+    /// List apps with their URL and ready replicas.
+    Apps(cli::AppsArgs),
+    /// Print the logs of an app's pods (app/NAME) or of a pod.
+    Logs(cli::LogsArgs),
 }
 
 /// Flags that shape how an agent runs pods (shared by `skiff agent` and `skiff dev`).
@@ -111,7 +118,7 @@ struct AgentArgs {
     pods: PodFlags,
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
@@ -251,6 +258,9 @@ fn main() -> anyhow::Result<()> {
             Command::Agent(args) => run_agent(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Deploy(args) => cli::deploy(args).await,
+            Command::Apps(args) => cli::apps(args).await,
+            Command::Logs(args) => cli::logs(args).await,
         }
     })
 }

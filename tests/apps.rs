@@ -459,3 +459,104 @@ async fn readiness_and_liveness_probes_run_against_the_handler() {
     assert!(reasons.contains(&"Unhealthy"), "{reasons:?}");
     assert!(reasons.contains(&"Killing"), "{reasons:?}");
 }
+
+/// Runs a client verb of the real binary; returns (success, stdout, stderr).
+async fn skiff(args: Vec<String>) -> (bool, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("running skiff");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_deploy_apps_and_logs_verbs() {
+    let c = cluster(2, &[]);
+    let kubeconfig = c._dir.path().join("kubeconfig").display().to_string();
+    let guest = |name: &str| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("workloads/bin")
+            .join(name)
+            .display()
+            .to_string()
+    };
+    let (ok, out, err) = skiff(vec![
+        "deploy".into(),
+        guest("http-hello.wasm"),
+        "--name".into(),
+        "hi".into(),
+        "--replicas".into(),
+        "2".into(),
+        "--env".into(),
+        "VERSION=cli".into(),
+        "--kubeconfig".into(),
+        kubeconfig.clone(),
+    ])
+    .await;
+    assert!(ok, "{out}{err}");
+    let url = out
+        .lines()
+        .find_map(|l| l.strip_prefix("hi is serving at "))
+        .unwrap_or_else(|| panic!("no URL in {out}"))
+        .to_string();
+    let http = reqwest::Client::new();
+    let (code, body) = get(&http, &url).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("version=cli"), "{body}");
+
+    let (ok, out, err) = skiff(vec![
+        "apps".into(),
+        "--kubeconfig".into(),
+        kubeconfig.clone(),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("hi "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains("2/2") && row.contains(&url), "{out}");
+
+    // A trap leaves a line in the pod's log; `skiff logs app/hi` finds it.
+    assert_eq!(get(&http, &format!("{url}trap")).await.0, 500);
+    let (ok, out, err) = skiff(vec![
+        "logs".into(),
+        "app/hi".into(),
+        "--kubeconfig".into(),
+        kubeconfig.clone(),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("trapped"), "{out}");
+
+    // Failures are clear and exit non-zero.
+    let (ok, _, err) = skiff(vec![
+        "deploy".into(),
+        guest("../README.md"),
+        "--name".into(),
+        "bad".into(),
+        "--kubeconfig".into(),
+        kubeconfig.clone(),
+    ])
+    .await;
+    assert!(!ok);
+    assert!(err.contains("the module was refused"), "{err}");
+    let (ok, _, err) = skiff(vec![
+        "logs".into(),
+        "app/nope".into(),
+        "--kubeconfig".into(),
+        kubeconfig,
+    ])
+    .await;
+    assert!(!ok);
+    assert!(err.contains("app nope has no pods"), "{err}");
+}

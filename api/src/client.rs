@@ -42,15 +42,19 @@ pub fn kubeconfig_path(flag: Option<&Path>) -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".kube/config"))
 }
 
-/// A client for the cluster a kubeconfig names.
-pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
+/// The client configuration a kubeconfig gives (cluster URL, credentials).
+pub async fn config(kubeconfig: Option<&Path>) -> Result<kube::Config, ClientError> {
     let path = kubeconfig_path(kubeconfig).ok_or(ClientError::NoKubeconfig)?;
     let kc = Kubeconfig::read_from(&path)
         .map_err(|source| ClientError::KubeconfigUnreadable { path, source })?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
-        .map_err(ClientError::ConfigInvalid)?;
-    kube::Client::try_from(config).map_err(ClientError::ClientBuildFailed)
+        .map_err(ClientError::ConfigInvalid)
+}
+
+/// A client for the cluster a kubeconfig names.
+pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
+    kube::Client::try_from(config(kubeconfig).await?).map_err(ClientError::ClientBuildFailed)
 }
 
 /// Uploads a Wasm binary to the module store; returns the stored Module (its digest).

@@ -1,0 +1,410 @@
+//! The friendly client verbs: `skiff deploy`, `skiff apps` and `skiff logs`. They read
+//! the kubeconfig like kubectl (`--kubeconfig`, then `$KUBECONFIG`, then
+//! `~/.kube/config`) and speak the same API.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::{StreamExt, TryStreamExt};
+use serde_json::{Value, json};
+
+/// indicatif draws the upload and rollout bars: the de facto Rust progress-bar crate.
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(clap::Args)]
+pub struct Target {
+    /// The kubeconfig to use (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+    /// The namespace.
+    #[arg(long, short = 'n', global = true, default_value = "default")]
+    namespace: String,
+}
+
+#[derive(clap::Args)]
+pub struct DeployArgs {
+    /// The .wasm file: a wasi:http component.
+    file: PathBuf,
+    /// The app's name (default: the file name without .wasm).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    replicas: Option<i32>,
+    /// Where the gateway also serves it: HOST, /PATH or HOST/PATH.
+    #[arg(long)]
+    route: Option<String>,
+    /// An environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", value_parser = crate::parse_label)]
+    env: Vec<(String, String)>,
+    /// How long to wait for the rollout.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(clap::Args)]
+pub struct AppsArgs {
+    /// List apps in every namespace.
+    #[arg(long, short = 'A')]
+    all_namespaces: bool,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(clap::Args)]
+pub struct LogsArgs {
+    /// `app/NAME`, `pod/NAME` or a pod's name.
+    what: String,
+    /// Keep streaming new lines.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// Only the last N lines of each pod.
+    #[arg(long)]
+    tail: Option<i64>,
+    #[command(flatten)]
+    target: Target,
+}
+
+async fn connect(target: &Target) -> anyhow::Result<kube::Client> {
+    skiff_api::client::connect(target.kubeconfig.as_deref())
+        .await
+        .context("connecting to the cluster")
+}
+
+/// The message of an API error, as kubectl prints it.
+fn api_error(e: kube::Error) -> anyhow::Error {
+    match e {
+        kube::Error::Api(s) => anyhow::anyhow!("{} ({})", s.message, s.reason),
+        other => anyhow::Error::new(other),
+    }
+}
+
+async fn request(client: &kube::Client, req: http::Request<Vec<u8>>) -> anyhow::Result<Value> {
+    client.request::<Value>(req).await.map_err(api_error)
+}
+
+fn json_request(
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &Value,
+) -> http::Request<Vec<u8>> {
+    http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::ACCEPT, "application/json")
+        .body(serde_json::to_vec(body).expect("JSON"))
+        .expect("a valid request")
+}
+
+fn get_request(path: &str) -> http::Request<Vec<u8>> {
+    http::Request::get(path)
+        .header(http::header::ACCEPT, "application/json")
+        .body(Vec::new())
+        .expect("a valid request")
+}
+
+/// Uploads the module with a progress bar; returns its digest.
+async fn upload(target: &Target, bytes: Vec<u8>) -> anyhow::Result<String> {
+    let config = skiff_api::client::config(target.kubeconfig.as_deref()).await?;
+    let url = format!(
+        "{}/apis/skiff.dev/v1/modules",
+        config.cluster_url.to_string().trim_end_matches('/')
+    );
+    let bar = ProgressBar::new(bytes.len() as u64).with_style(
+        ProgressStyle::with_template("upload  [{bar:30}] {bytes}/{total_bytes} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let chunks: Vec<Vec<u8>> = bytes.chunks(64 * 1024).map(<[u8]>::to_vec).collect();
+    let progress = bar.clone();
+    let stream = futures::stream::iter(chunks).map(move |chunk| {
+        progress.inc(chunk.len() as u64);
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/wasm")
+        .header("content-length", bytes.len())
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .context("uploading the module")?;
+    let code = response.status();
+    let body: Value = response.json().await.unwrap_or_default();
+    if !code.is_success() {
+        bar.abandon_with_message("refused");
+        bail!(
+            "the module was refused: {}",
+            body["message"].as_str().unwrap_or("no reason given")
+        );
+    }
+    let digest = body["digest"].as_str().unwrap_or_default().to_string();
+    bar.finish_with_message(format!(
+        "{} ({})",
+        &digest[..digest.len().min(19)],
+        body["type"].as_str().unwrap_or("module")
+    ));
+    Ok(digest)
+}
+
+pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => args
+            .file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(|s| s.to_ascii_lowercase().replace('_', "-"))
+            .context("pass --name")?,
+    };
+    let client = connect(&args.target).await?;
+    let digest = upload(&args.target, bytes).await?;
+    let ns = &args.target.namespace;
+    let path = format!("/apis/skiff.dev/v1/namespaces/{ns}/apps/{name}");
+    let mut spec = json!({"module": digest});
+    if let Some(r) = args.replicas {
+        spec["replicas"] = json!(r);
+    }
+    if let Some(route) = &args.route {
+        spec["route"] = match route.find('/') {
+            Some(0) => json!({"path": route}),
+            Some(i) => json!({"host": &route[..i], "path": &route[i..]}),
+            None => json!({"host": route}),
+        };
+    }
+    if !args.env.is_empty() {
+        spec["env"] = json!(
+            args.env
+                .iter()
+                .map(|(k, v)| json!({"name": k, "value": v}))
+                .collect::<Vec<_>>()
+        );
+    }
+    let exists = client.request::<Value>(get_request(&path)).await;
+    let app = match exists {
+        Ok(_) => {
+            request(
+                &client,
+                json_request(
+                    "PATCH",
+                    &path,
+                    "application/merge-patch+json",
+                    &json!({"spec": spec}),
+                ),
+            )
+            .await?
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            let app = json!({"apiVersion": "skiff.dev/v1", "kind": "App", "metadata": {"name": name}, "spec": spec});
+            request(
+                &client,
+                json_request(
+                    "POST",
+                    &format!("/apis/skiff.dev/v1/namespaces/{ns}/apps"),
+                    "application/json",
+                    &app,
+                ),
+            )
+            .await?
+        }
+        Err(e) => return Err(api_error(e)),
+    };
+    let generation = app.pointer("/metadata/generation").cloned();
+    let wanted = app
+        .pointer("/spec/replicas")
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
+    let bar = ProgressBar::new(wanted).with_style(
+        ProgressStyle::with_template("rollout [{bar:30}] {pos}/{len} ready {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(100));
+    let deadline = Instant::now() + args.timeout;
+    let app = loop {
+        let app = request(&client, get_request(&path)).await?;
+        let status = app.get("status").cloned().unwrap_or_default();
+        bar.set_position(status["readyReplicas"].as_u64().unwrap_or(0).min(wanted));
+        bar.set_message(format!(
+            "{} updated",
+            status["updatedReplicas"].as_u64().unwrap_or(0)
+        ));
+        let ready = status["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready")
+            .cloned()
+            .unwrap_or_default();
+        let current = status.get("observedGeneration") == generation.as_ref()
+            && status["moduleDigest"] == digest.as_str();
+        if current && ready["status"] == "True" {
+            break app;
+        }
+        if current && ready["reason"] == "ProgressDeadlineExceeded" {
+            bar.abandon_with_message("failed");
+            bail!(
+                "{name} did not roll out: {}",
+                ready["message"].as_str().unwrap_or_default()
+            );
+        }
+        if Instant::now() > deadline {
+            bar.abandon_with_message("timed out");
+            bail!(
+                "{name} did not roll out within {}: {}",
+                humantime::format_duration(args.timeout),
+                ready["message"].as_str().unwrap_or("no status yet")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    bar.finish_with_message("done");
+    match app.pointer("/status/url").and_then(Value::as_str) {
+        Some(url) => println!("{name} is serving at {url}"),
+        None => println!("{name} is serving (this server runs no gateway, so it has no URL)"),
+    }
+    Ok(())
+}
+
+fn age(created: Option<&str>) -> String {
+    let Some(t) = created.and_then(|t| t.parse::<jiff::Timestamp>().ok()) else {
+        return "-".into();
+    };
+    let secs = jiff::Timestamp::now().duration_since(t).as_secs().max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+pub async fn apps(args: AppsArgs) -> anyhow::Result<()> {
+    let client = connect(&args.target).await?;
+    let path = if args.all_namespaces {
+        "/apis/skiff.dev/v1/apps".to_string()
+    } else {
+        format!(
+            "/apis/skiff.dev/v1/namespaces/{}/apps",
+            args.target.namespace
+        )
+    };
+    let list = request(&client, get_request(&path)).await?;
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        println!("No apps found.");
+        return Ok(());
+    }
+    let mut rows = vec![vec![
+        "NAMESPACE".to_string(),
+        "NAME".into(),
+        "READY".into(),
+        "URL".into(),
+        "MODULE".into(),
+        "AGE".into(),
+    ]];
+    for app in &items {
+        let s = &app["status"];
+        let module = app["spec"]["module"].as_str().unwrap_or_default();
+        rows.push(vec![
+            app["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            app["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            format!(
+                "{}/{}",
+                s["readyReplicas"].as_i64().unwrap_or(0),
+                app["spec"]["replicas"].as_i64().unwrap_or(1)
+            ),
+            s["url"].as_str().unwrap_or("<none>").to_string(),
+            module.get(..19).unwrap_or(module).to_string(),
+            age(app["metadata"]["creationTimestamp"].as_str()),
+        ]);
+    }
+    let skip = usize::from(!args.all_namespaces);
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .map(|(i, cell)| format!("{cell:<width$}", width = widths[i]))
+            .collect();
+        println!("{}", line.join("   ").trim_end());
+    }
+    Ok(())
+}
+
+pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    let client = connect(&args.target).await?;
+    let ns = &args.target.namespace;
+    let pods: Vec<String> = match args.what.split_once('/') {
+        Some(("app" | "apps", name)) => {
+            let list = request(
+                &client,
+                get_request(&format!(
+                    "/api/v1/namespaces/{ns}/pods?labelSelector=app.skiff.dev%2Fname%3D{name}"
+                )),
+            )
+            .await?;
+            let mut names: Vec<String> = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+                .collect();
+            names.sort();
+            if names.is_empty() {
+                bail!("app {name} has no pods in namespace {ns}");
+            }
+            names
+        }
+        Some(("pod" | "pods" | "po", name)) => vec![name.to_string()],
+        Some((kind, _)) => bail!("skiff logs takes app/NAME or pod/NAME, not {kind}/..."),
+        None => vec![args.what.clone()],
+    };
+    let prefix = pods.len() > 1;
+    let streams = pods.iter().map(|pod| {
+        let mut query = vec![];
+        if args.follow {
+            query.push("follow=true".to_string());
+        }
+        if let Some(n) = args.tail {
+            query.push(format!("tailLines={n}"));
+        }
+        let path = format!("/api/v1/namespaces/{ns}/pods/{pod}/log?{}", query.join("&"));
+        let client = client.clone();
+        let pod = pod.clone();
+        async move {
+            let req = http::Request::get(path)
+                .body(Vec::new())
+                .expect("a valid request");
+            let reader = client.request_stream(req).await.map_err(api_error)?;
+            let mut lines = futures::io::AsyncBufReadExt::lines(reader);
+            while let Some(line) = lines.try_next().await? {
+                if prefix {
+                    println!("[{pod}] {line}");
+                } else {
+                    println!("{line}");
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    });
+    for result in futures::future::join_all(streams).await {
+        result?;
+    }
+    Ok(())
+}
