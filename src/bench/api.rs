@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::SkiffProcess;
 use super::etcd::{self, Etcd};
-use super::stats::Latencies;
+use super::stats::{Latencies, median};
 
 #[derive(clap::Args)]
 pub struct ApiBenchArgs {
@@ -339,15 +339,6 @@ async fn stop(sys: Arc<System>) {
         Ok(sys) => sys.stop().await,
         // Still shared: dropping it kills the child processes (kill_on_drop).
         Err(_) => tracing::warn!("benchmark tasks outlived their run"),
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod api;
 mod etcd;
+mod http;
 mod pods;
 mod scheduler;
 mod stats;
@@ -30,6 +31,9 @@ enum Which {
     Pods(pods::PodBenchArgs),
     /// Scheduler throughput onto hollow nodes (Node objects and Leases, no agents).
     Scheduler(scheduler::SchedulerBenchArgs),
+    /// HTTP requests/s and p99 of a wasi:http component on the agent and through the
+    /// gateway, against `wasmtime serve` on the same component; and deploy to first 200.
+    Http(http::HttpBenchArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -37,6 +41,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Which::Api(a) => api::run(a).await,
         Which::Pods(a) => pods::run(a).await,
         Which::Scheduler(a) => scheduler::run(a).await,
+        Which::Http(a) => http::run(a).await,
     }
 }
 

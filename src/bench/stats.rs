@@ -33,3 +33,18 @@ impl Latencies {
         self.0.value_at_quantile(q) as f64 / 1000.0
     }
 }
+
+/// The median of some figures (NaN for none).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| !v.is_nan());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}

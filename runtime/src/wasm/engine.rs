@@ -98,7 +98,9 @@ struct EngineInner {
     engine_dir: String,
     module_linker: wasmtime::Linker<ModuleState>,
     component_linker: wasmtime::component::Linker<ComponentState>,
-    http_linker: wasmtime::component::Linker<HttpState>,
+    /// The engine HTTP components run on, created with the first one: the same code
+    /// generation, with the pooling allocator, since every request instantiates.
+    http: std::sync::OnceLock<Result<HttpEngine, String>>,
     /// Loaded programs by digest. Weak: a program lives while some pod holds it, and the
     /// per-digest mutex makes concurrent loads of one digest compile it once.
     programs: Mutex<HashMap<String, Arc<Mutex<Weak<Program>>>>>,
@@ -131,8 +133,6 @@ impl WasmEngine {
             .map_err(|e| EngineError::LinkerFailed(format!("{e:#}")))?;
         let component_linker = program::component_linker(&engine)
             .map_err(|e| EngineError::LinkerFailed(format!("{e:#}")))?;
-        let http_linker = super::http::http_linker(&engine)
-            .map_err(|e| EngineError::LinkerFailed(format!("{e:#}")))?;
         let ticker = Ticker::start(engine.clone(), config.epoch_tick)
             .map_err(EngineError::TickerSpawnFailed)?;
         Ok(WasmEngine {
@@ -142,7 +142,7 @@ impl WasmEngine {
                 config,
                 module_linker,
                 component_linker,
-                http_linker,
+                http: std::sync::OnceLock::new(),
                 programs: Mutex::new(HashMap::new()),
                 compiles: AtomicU64::new(0),
                 ticker,
@@ -287,6 +287,24 @@ impl WasmEngine {
         slot
     }
 
+    /// The HTTP engine, created on first use (and its epoch then ticks too).
+    fn http_engine(&self) -> Result<&HttpEngine, LoadError> {
+        self.inner
+            .http
+            .get_or_init(|| {
+                let mut config = wasmtime_config(&self.inner.config);
+                config.allocation_strategy(InstanceAllocationStrategy::Pooling(
+                    http_pooling_config(),
+                ));
+                let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
+                let linker = super::http::http_linker(&engine).map_err(|e| format!("{e:#}"))?;
+                let _ = self.inner.ticker.shared.http.set(engine.clone());
+                Ok(HttpEngine { engine, linker })
+            })
+            .as_ref()
+            .map_err(|e| LoadError::InvalidModule(format!("the HTTP engine is unavailable: {e}")))
+    }
+
     /// Classifies an artifact and pre-links it against WASI, so each run only instantiates.
     fn prepare(&self, digest_hex: &str, artifact: Artifact) -> Result<Arc<Program>, LoadError> {
         let unlinkable = |e: wasmtime::Error| {
@@ -308,11 +326,17 @@ impl WasmEngine {
                 if detect::classify_component(&self.inner.engine, &component)?
                     == ProgramKind::HttpComponent =>
             {
-                let pre = self
-                    .inner
-                    .http_linker
-                    .instantiate_pre(&component)
-                    .map_err(unlinkable)?;
+                let http = self.http_engine()?;
+                // Move the compiled code to the HTTP engine: same configuration but
+                // the allocator, so the artifact is compatible.
+                let serialized = component
+                    .serialize()
+                    .map_err(|e| LoadError::SerializeFailed(format!("{e:#}")))?;
+                // SAFETY: the bytes were serialized just now by a compatible engine of
+                // this process.
+                let component = unsafe { Component::deserialize(&http.engine, &serialized) }
+                    .map_err(|e| LoadError::CompileFailed(format!("{e:#}")))?;
+                let pre = http.linker.instantiate_pre(&component).map_err(unlinkable)?;
                 Prepared::Http(ProxyPre::new(pre).map_err(|e| {
                     LoadError::InvalidModule(format!(
                         "its wasi:http/incoming-handler export is unusable: {e:#}"
@@ -376,6 +400,31 @@ fn pooling_config() -> PoolingAllocationConfig {
     pool
 }
 
+/// The engine and linker of HTTP components.
+struct HttpEngine {
+    engine: Engine,
+    linker: wasmtime::component::Linker<HttpState>,
+}
+
+/// Concurrent HTTP requests (instances) the pool holds across all apps of the node;
+/// beyond it, instantiation fails and the request gets 503.
+const HTTP_POOL_INSTANCES: u32 = 1000;
+
+/// Pool sizes for per-request instances of HTTP components. A Rust wasi:http component
+/// made by wasm32-wasip2 has a handful of core instances and one or two memories.
+fn http_pooling_config() -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(HTTP_POOL_INSTANCES)
+        .total_stacks(HTTP_POOL_INSTANCES)
+        .total_core_instances(HTTP_POOL_INSTANCES * 8)
+        .total_memories(HTTP_POOL_INSTANCES * 2)
+        .total_tables(HTTP_POOL_INSTANCES * 8)
+        .table_elements(POOL_TABLE_ELEMENTS.min(MAX_TABLE_ELEMENTS))
+        .max_memories_per_module(MAX_MEMORIES_PER_STORE as u32)
+        .max_tables_per_module(MAX_TABLES_PER_STORE as u32);
+    pool
+}
+
 /// The background thread that advances the engine epoch every tick while guests run.
 struct Ticker {
     shared: Arc<TickerShared>,
@@ -383,6 +432,8 @@ struct Ticker {
 }
 
 struct TickerShared {
+    /// The HTTP engine, once one exists: its epoch advances with the main one.
+    http: std::sync::OnceLock<Engine>,
     stop: AtomicBool,
     /// Guests running now; with none, the thread parks instead of waking every tick.
     active: AtomicUsize,
@@ -402,6 +453,7 @@ impl Drop for ActiveRun {
 impl Ticker {
     fn start(engine: Engine, tick: Duration) -> std::io::Result<Ticker> {
         let shared = Arc::new(TickerShared {
+            http: std::sync::OnceLock::new(),
             stop: AtomicBool::new(false),
             active: AtomicUsize::new(0),
         });
@@ -417,6 +469,9 @@ impl Ticker {
                     }
                     std::thread::sleep(tick);
                     engine.increment_epoch();
+                    if let Some(http) = thread_shared.http.get() {
+                        http.increment_epoch();
+                    }
                 }
             })?;
         Ok(Ticker {

@@ -268,7 +268,7 @@ where
             allowed: spec.outbound.clone(),
         },
     };
-    let mut store = Store::new(engine.wasmtime(), state);
+    let mut store = Store::new(pre.engine(), state);
     store.limiter(|state| &mut state.budget);
     Slicer::install(&mut store, |state| &mut state.slicer);
     let (sender, receiver) = tokio::sync::oneshot::channel();
