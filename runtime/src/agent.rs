@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -81,18 +80,7 @@ impl Agent {
 
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let app = server::router(rt.clone());
-        let http_stop = stop.clone();
-        tasks.spawn(async move {
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let serve = axum::serve(listener, app.into_make_service())
-                .with_graceful_shutdown(async move { http_stop.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "agent listener stopped with an error");
-            }
-        });
+        tasks.spawn(server::serve(listener, rt.clone(), stop.clone()));
         tasks.spawn(node::keep_alive(
             client.clone(),
             config.clone(),

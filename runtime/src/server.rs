@@ -212,8 +212,25 @@ fn unserved(code: StatusCode, text: String) -> Response {
 /// Marks agent responses for requests no app saw.
 pub const UNSERVED_HEADER: &str = "x-skiff-unserved";
 
+/// Whether a path is one of the agent's own endpoints rather than app traffic.
+pub fn is_agent_path(path: &str) -> bool {
+    path == "/healthz" || path == "/metrics" || path.starts_with("/containerLogs/")
+}
+
 /// Routes a request to the HTTP app of a pod on this node and serves it.
 async fn serve_app(State(rt): State<Arc<Runtime>>, request: axum::extract::Request) -> Response {
+    let request = request.map(|body| {
+        http_body_util::BodyExt::map_err(body, |_| wasmtime_wasi_http::Error::ConnectionTerminated)
+    });
+    serve_app_request(rt, request).await
+}
+
+/// Routes a request (any body) to the HTTP app of a pod on this node and serves it.
+pub async fn serve_app_request<B>(rt: Arc<Runtime>, request: http::Request<B>) -> Response
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
     use crate::apps::{POD_HEADER, QUEUE_TIMEOUT, Routed};
     let named = request
         .headers()
@@ -271,12 +288,71 @@ async fn serve_app(State(rt): State<Arc<Runtime>>, request: axum::extract::Reque
             ),
         );
     };
-    let request = request.map(|body| {
-        http_body_util::BodyExt::map_err(body, |_| wasmtime_wasi_http::Error::ConnectionTerminated)
-    });
     let response = pod
         .program
         .serve(&pod.spec, request, pod.stop.clone())
         .await;
     response.map(Body::new)
+}
+
+/// Serves the agent's listener until `stop`: HTTP/1.1 with keep-alive, TCP_NODELAY on
+/// every connection; app traffic goes straight to the pods, the agent's own endpoints
+/// through the router. On stop, connections finish their current request (5 s at most).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    rt: Arc<Runtime>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use tower::ServiceExt;
+    let router = router(rt.clone());
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        // Without TCP_NODELAY, small responses wait out delayed ACKs (~40 ms).
+        let _ = tcp.set_nodelay(true);
+        let (router, rt, stop) = (router.clone(), rt.clone(), stop.clone());
+        connections.spawn(async move {
+            let service =
+                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let (router, rt) = (router.clone(), rt.clone());
+                    async move {
+                        let response = if is_agent_path(request.uri().path()) {
+                            match router.oneshot(request.map(Body::new)).await {
+                                Ok(response) => response,
+                                Err(never) => match never {},
+                            }
+                        } else {
+                            serve_app_request(rt, request).await
+                        };
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+        // Reap finished connections so the set stays small.
+        while connections.try_join_next().is_some() {}
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
 }

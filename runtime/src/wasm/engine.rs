@@ -336,7 +336,10 @@ impl WasmEngine {
                 // this process.
                 let component = unsafe { Component::deserialize(&http.engine, &serialized) }
                     .map_err(|e| LoadError::CompileFailed(format!("{e:#}")))?;
-                let pre = http.linker.instantiate_pre(&component).map_err(unlinkable)?;
+                let pre = http
+                    .linker
+                    .instantiate_pre(&component)
+                    .map_err(unlinkable)?;
                 Prepared::Http(ProxyPre::new(pre).map_err(|e| {
                     LoadError::InvalidModule(format!(
                         "its wasi:http/incoming-handler export is unusable: {e:#}"

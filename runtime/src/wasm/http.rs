@@ -288,6 +288,13 @@ where
     let ticking = engine.enter_run();
     // The instance runs in its own task so it can keep writing the body after the
     // response head has gone out.
+    // Who reports a fault that happens after the response head went out: the instance
+    // task if the head was out when it ended, else this function once it sees the head.
+    let late = Arc::new(std::sync::Mutex::new(LateFault::default()));
+    let late_in_task = late.clone();
+    let output = spec.run.output.clone();
+    let timeout = spec.timeout;
+    let late_path = path.clone();
     let task = tokio::spawn(Metered::new(
         async move {
             let _ticking = ticking;
@@ -301,7 +308,7 @@ where
                 Err(e) => Err(e),
             };
             let state = store.data();
-            result.err().map(|e| {
+            let fault = result.err().map(|e| {
                 if state.slicer.timed_out() {
                     Fault::TimedOut
                 } else if state.slicer.interrupted() {
@@ -311,7 +318,17 @@ where
                 } else {
                     Fault::Trapped(super::program::describe_failure(&e))
                 }
-            })
+            });
+            let mut late = late_in_task.lock().unwrap_or_else(|p| p.into_inner());
+            late.done = true;
+            if late.head_sent {
+                if let Some(f) = &fault {
+                    log_late(&*output, &late_path, f, timeout);
+                }
+            } else {
+                late.fault = fault.clone();
+            }
+            fault
         },
         meter,
     ));
@@ -324,21 +341,15 @@ where
     match receiver.await {
         Ok(Ok(_)) if exceeded() => too_large(),
         Ok(Ok(response)) => {
-            // The head is out; report a fault that happens while streaming the body.
-            let output = spec.run.output.clone();
-            let timeout = spec.timeout;
-            tokio::spawn(async move {
-                if let Ok(Some(fault)) = task.await {
-                    output.write(
-                        Stream::Stderr,
-                        format!(
-                            "skiff: request {path} failed while streaming its body: {}\n",
-                            fault.describe(timeout)
-                        )
-                        .as_bytes(),
-                    );
-                }
-            });
+            // The head is out; a fault while streaming the body is logged, by the task
+            // if it is still running.
+            let mut late = late.lock().unwrap_or_else(|p| p.into_inner());
+            late.head_sent = true;
+            if late.done
+                && let Some(f) = late.fault.take()
+            {
+                log_late(&*spec.run.output, &path, &f, spec.timeout);
+            }
             response
         }
         Ok(Err(_)) if exceeded() => too_large(),
@@ -365,7 +376,27 @@ where
     }
 }
 
+/// What the instance task and the response path share about a fault after the head.
+#[derive(Default)]
+struct LateFault {
+    head_sent: bool,
+    done: bool,
+    fault: Option<Fault>,
+}
+
+fn log_late(output: &dyn super::OutputSink, path: &str, fault: &Fault, timeout: Duration) {
+    output.write(
+        Stream::Stderr,
+        format!(
+            "skiff: request {path} failed while streaming its body: {}\n",
+            fault.describe(timeout)
+        )
+        .as_bytes(),
+    );
+}
+
 /// How a request's instance failed.
+#[derive(Clone)]
 enum Fault {
     TimedOut,
     Stopped,
