@@ -114,9 +114,30 @@ async fn deploy_in_one_request_scale_update_and_lose_a_pod_without_failures() {
         .build()
         .unwrap();
 
-    // One request: module stored, App created, answered once it serves.
-    let (code, app) = deploy(&c.api, "web", "http-hello.wasm", "replicas=1&wait=true").await;
-    assert_eq!(code, 201, "{app}");
+    // One request with curl: module stored, App created, answered once it serves.
+    let module =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/bin/http-hello.wasm");
+    let put = format!("{}{APPS}/web?replicas=1&wait=true", c.api.base);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "-XPUT",
+                "-H",
+                "Content-Type: application/wasm",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", module.display()))
+            .args(["-w", "\n%{http_code}", &put])
+            .output()
+            .expect("curl is installed by scripts/test")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').expect("curl printed the status");
+    assert_eq!(code, "201", "{text}");
+    let app: Value = serde_json::from_str(body).unwrap();
     let url = app["status"]["url"]
         .as_str()
         .expect("status.url")
