@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 const RS: &str = "/apis/apps/v1/namespaces/default/replicasets";
 const PODS: &str = "/api/v1/namespaces/default/pods";
-const WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(60);
 
 fn cluster() -> (tempfile::TempDir, Process, Api) {
     common::dev_cluster(3, &[])

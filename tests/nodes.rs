@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{Api, Process, ServerProcess, eventually, workload};
 use serde_json::{Value, json};
 
-const WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(60);
 
 fn agent(server: &ServerProcess, name: &str, dir: &std::path::Path) -> Process {
     let d = dir.join(name);

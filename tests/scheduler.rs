@@ -10,7 +10,7 @@ use common::{Api, Process, eventually, workload};
 use serde_json::{Value, json};
 
 const PODS: &str = "/api/v1/namespaces/default/pods";
-const WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(60);
 
 fn cluster() -> (tempfile::TempDir, Process, Api) {
     common::dev_cluster(3, &[])

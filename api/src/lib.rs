@@ -8,5 +8,6 @@ pub mod module;
 pub mod patch;
 pub mod quantity;
 pub mod resources;
+pub mod routes;
 pub mod selector;
 pub mod validation;

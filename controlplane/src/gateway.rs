@@ -37,13 +37,7 @@ use crate::controllers::endpointslice::slice_name;
 use crate::informer::Cache;
 use crate::store::Store;
 
-/// The annotation with a Service's (or App's) extra routes: comma-separated `HOST`,
-/// `/PATH/` or `HOST/PATH/`, as on the agent.
-pub const ROUTES_ANNOTATION: &str = "skiff.dev/routes";
-/// The header naming the pod the gateway chose.
-pub const POD_HEADER: &str = "x-skiff-pod";
-/// The header an agent sets on answers for requests no app saw.
-const UNSERVED_HEADER: &str = "x-skiff-unserved";
+use skiff_api::routes::{POD_HEADER, ROUTES_ANNOTATION, Route, UNSERVED_HEADER};
 /// Bodies up to this size are buffered so the request can be retried on another
 /// endpoint; larger ones stream through, tried once.
 const MAX_BUFFERED_BODY: u64 = 1024 * 1024;
@@ -53,8 +47,7 @@ type GatewayBody = http_body_util::combinators::UnsyncBoxBody<Bytes, axum::Error
 /// One route to a Service.
 #[derive(Debug, Clone)]
 struct RouteEntry {
-    host: Option<String>,
-    path_prefix: Option<String>,
+    route: Route,
     namespace: String,
     service: String,
 }
@@ -73,39 +66,6 @@ pub struct Gateway {
     client: Client<HttpConnector, GatewayBody>,
     table: Mutex<Arc<RouteTable>>,
     next: Mutex<HashMap<String, usize>>,
-}
-
-fn strip_port(host: &str) -> &str {
-    match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    }
-}
-
-fn parse_route(entry: &str) -> Option<(Option<String>, Option<String>)> {
-    let entry = entry.trim();
-    if entry.is_empty() {
-        return None;
-    }
-    let (host, path) = match entry.find('/') {
-        Some(0) => (None, Some(entry)),
-        Some(i) => (Some(&entry[..i]), Some(&entry[i..])),
-        None => (Some(entry), None),
-    };
-    Some((
-        host.map(|h| strip_port(h).to_ascii_lowercase()),
-        path.map(|p| {
-            if p.ends_with('/') {
-                p.to_string()
-            } else {
-                format!("{p}/")
-            }
-        }),
-    ))
-}
-
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    path.starts_with(prefix) || path == &prefix[..prefix.len() - 1]
 }
 
 impl Gateway {
@@ -150,10 +110,9 @@ impl Gateway {
                 else {
                     continue;
                 };
-                for (host, path_prefix) in routes.split(',').filter_map(parse_route) {
+                for route in Route::parse_list(routes) {
                     entries.push(RouteEntry {
-                        host,
-                        path_prefix,
+                        route,
                         namespace: objects::namespace(&svc).unwrap_or_default().to_string(),
                         service: objects::name(&svc).to_string(),
                     });
@@ -176,22 +135,12 @@ impl Gateway {
 
     /// The Service a request is for.
     fn route(&self, host: &str, path: &str) -> Option<(String, String)> {
-        let host = strip_port(host).to_ascii_lowercase();
+        let host = skiff_api::routes::request_host(host);
         let table = self.table();
         let best = table
             .entries
             .iter()
-            .filter_map(|e| {
-                if e.host.as_ref().is_some_and(|h| *h != host) {
-                    return None;
-                }
-                let len = match &e.path_prefix {
-                    Some(p) if prefix_matches(p, path) => p.len(),
-                    Some(_) => return None,
-                    None => 0,
-                };
-                Some((usize::from(e.host.is_some()) * 100_000 + len, e))
-            })
+            .filter_map(|e| Some((e.route.matches(&host, path)?, e)))
             .max_by_key(|(score, _)| *score);
         if let Some((_, e)) = best {
             return Some((e.namespace.clone(), e.service.clone()));
@@ -298,13 +247,7 @@ enum Payload {
 }
 
 async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()))
-        .unwrap_or_default()
-        .to_string();
+    let host = skiff_api::routes::host_of(&request);
     let path = request.uri().path().to_string();
     let Some((namespace, service)) = gw.route(&host, &path) else {
         return text(

@@ -20,16 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::wasm::{HttpSpec, Program};
 
-/// The header the gateway names its chosen pod in.
-pub const POD_HEADER: &str = "x-skiff-pod";
-
-/// The pod annotation listing an app's routes, comma-separated: `HOST`, `/PATH/`, or
-/// `HOST/PATH/`.
-pub const ROUTES_ANNOTATION: &str = "skiff.dev/routes";
-
-/// The pod annotation listing the hosts its guest may call out to (comma-separated
-/// `host`, `host:port`, `*.domain` or `*`); without it, outgoing HTTP is denied.
-pub const OUTBOUND_ANNOTATION: &str = "skiff.dev/allowed-outbound-hosts";
+pub use skiff_api::routes::{
+    OUTBOUND_ANNOTATION, POD_HEADER, ROUTES_ANNOTATION, Route, UNSERVED_HEADER,
+};
 
 /// Requests one pod serves at once unless its `skiff.dev/max-concurrency` annotation
 /// says otherwise; more wait for a slot.
@@ -37,70 +30,6 @@ pub const DEFAULT_MAX_CONCURRENCY: usize = 100;
 
 /// How long a request waits for a free slot before it gets 503.
 pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A host and/or path prefix an app answers on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    /// Lowercase host without a port.
-    pub host: Option<String>,
-    /// Starts and ends with `/`.
-    pub path_prefix: Option<String>,
-}
-
-impl Route {
-    /// Parses one entry of the routes annotation.
-    pub fn parse(entry: &str) -> Option<Route> {
-        let entry = entry.trim();
-        if entry.is_empty() {
-            return None;
-        }
-        let (host, path) = match entry.find('/') {
-            Some(0) => (None, Some(entry)),
-            Some(i) => (Some(&entry[..i]), Some(&entry[i..])),
-            None => (Some(entry), None),
-        };
-        let path_prefix = path.map(|p| {
-            if p.ends_with('/') {
-                p.to_string()
-            } else {
-                format!("{p}/")
-            }
-        });
-        Some(Route {
-            host: host.map(|h| strip_port(h).to_ascii_lowercase()),
-            path_prefix,
-        })
-    }
-
-    /// How specific the match is, if the request matches: host matches count most,
-    /// then longer prefixes.
-    fn matches(&self, host: &str, path: &str) -> Option<usize> {
-        if let Some(h) = &self.host
-            && h != host
-        {
-            return None;
-        }
-        let prefix_len = match &self.path_prefix {
-            None => 0,
-            Some(p) => {
-                let bare = &p[..p.len() - 1];
-                if path.starts_with(p.as_str()) || path == bare {
-                    p.len()
-                } else {
-                    return None;
-                }
-            }
-        };
-        Some(usize::from(self.host.is_some()) * 100_000 + prefix_len)
-    }
-}
-
-pub fn strip_port(host: &str) -> &str {
-    match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    }
-}
 
 /// One running HTTP pod.
 pub struct ServedPod {
@@ -173,7 +102,7 @@ impl AppRegistry {
     /// The pod for a request by its Host and path: the most specific route's ready
     /// pods, round-robin.
     pub fn route(&self, host: &str, path: &str) -> Routed {
-        let host = strip_port(host).to_ascii_lowercase();
+        let host = skiff_api::routes::request_host(host);
         let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
         let mut best: Option<(usize, &Route)> = None;
         let mut candidates: Vec<&Arc<ServedPod>> = Vec::new();
@@ -214,59 +143,5 @@ impl AppRegistry {
         ready.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         let i = self.next.fetch_add(1, Ordering::Relaxed) % ready.len();
         Routed::Pod(ready[i].clone())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_parse_hosts_paths_and_both() {
-        assert_eq!(
-            Route::parse("web.default.localhost"),
-            Some(Route {
-                host: Some("web.default.localhost".into()),
-                path_prefix: None
-            })
-        );
-        assert_eq!(
-            Route::parse("/default/web"),
-            Some(Route {
-                host: None,
-                path_prefix: Some("/default/web/".into())
-            })
-        );
-        assert_eq!(
-            Route::parse("Example.com:8080/api/"),
-            Some(Route {
-                host: Some("example.com".into()),
-                path_prefix: Some("/api/".into())
-            })
-        );
-        assert_eq!(Route::parse("  "), None);
-    }
-
-    #[test]
-    fn matching_prefers_hosts_then_longer_prefixes() {
-        let host = Route::parse("web.default.localhost").unwrap();
-        let path = Route::parse("/default/web/").unwrap();
-        let longer = Route::parse("/default/web/api/").unwrap();
-        assert!(host.matches("web.default.localhost", "/x").is_some());
-        assert!(host.matches("other.localhost", "/x").is_none());
-        assert!(path.matches("any", "/default/web/x").is_some());
-        assert!(path.matches("any", "/default/web").is_some());
-        assert!(path.matches("any", "/default/webby").is_none());
-        assert!(
-            longer.matches("any", "/default/web/api/v1").unwrap()
-                > path.matches("any", "/default/web/api/v1").unwrap()
-        );
-        assert!(
-            host.matches("web.default.localhost", "/default/web/")
-                .unwrap()
-                > path
-                    .matches("web.default.localhost", "/default/web/")
-                    .unwrap()
-        );
     }
 }

@@ -202,15 +202,15 @@ fn unserved(code: StatusCode, text: String) -> Response {
         code,
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-            (header::HeaderName::from_static(UNSERVED_HEADER), "1"),
+            (
+                header::HeaderName::from_static(crate::apps::UNSERVED_HEADER),
+                "1",
+            ),
         ],
         format!("{text}\n"),
     )
         .into_response()
 }
-
-/// Marks agent responses for requests no app saw.
-pub const UNSERVED_HEADER: &str = "x-skiff-unserved";
 
 /// Whether a path is one of the agent's own endpoints rather than app traffic.
 pub fn is_agent_path(path: &str) -> bool {
@@ -251,16 +251,9 @@ where
                 }
             }
         }
-        None => {
-            let host = request
-                .headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .or_else(|| request.uri().authority().map(|a| a.as_str()))
-                .unwrap_or_default()
-                .to_string();
-            rt.apps.route(&host, request.uri().path())
-        }
+        None => rt
+            .apps
+            .route(&skiff_api::routes::host_of(&request), request.uri().path()),
     };
     let pod = match routed {
         Routed::Pod(pod) => pod,

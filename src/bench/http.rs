@@ -130,6 +130,30 @@ async fn wait_for_200(
     }
 }
 
+/// Deploys `bytes` as app NAME in one request and times it to the first 200 at `url`.
+async fn deploy_to_first_200(
+    http: &reqwest::Client,
+    api: &str,
+    name: &str,
+    bytes: &[u8],
+    url: &str,
+) -> anyhow::Result<Duration> {
+    let sent = Instant::now();
+    let r = http
+        .put(format!(
+            "{api}/apis/skiff.dev/v1/namespaces/default/apps/{name}?replicas=1"
+        ))
+        .header("content-type", "application/wasm")
+        .body(bytes.to_vec())
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("deploy failed: {}", r.text().await?);
+    }
+    wait_for_200(http, url, Duration::from_secs(60)).await?;
+    Ok(sent.elapsed())
+}
+
 pub async fn run(args: HttpBenchArgs) -> anyhow::Result<()> {
     let bytes = std::fs::read(&args.component)
         .with_context(|| format!("reading {}", args.component.display()))?;
@@ -179,48 +203,19 @@ pub async fn run(args: HttpBenchArgs) -> anyhow::Result<()> {
         node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
     );
 
-    // The cold path: deploy request to first 200, module never seen before.
-    let sent = Instant::now();
-    let r = http
-        .put(format!(
-            "{api}/apis/skiff.dev/v1/namespaces/default/apps/bench?replicas=1"
-        ))
-        .header("content-type", "application/wasm")
-        .body(bytes.clone())
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("deploy failed: {}", r.text().await?);
-    }
-    let app: Value = r.json().await?;
+    // The cold path: deploy request to first 200, module never seen before; then the
+    // same for a second app, with the module already compiled.
     let path = "/default/bench/";
-    let url = app
-        .pointer("/status/url")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or(format!("{gateway}{path}"));
-    wait_for_200(&http, &url, Duration::from_secs(60)).await?;
-    let cold = sent.elapsed();
-    // The same again with the compiled module cached: a second app.
-    let sent = Instant::now();
-    let r = http
-        .put(format!(
-            "{api}/apis/skiff.dev/v1/namespaces/default/apps/bench2?replicas=1"
-        ))
-        .header("content-type", "application/wasm")
-        .body(bytes.clone())
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("deploy failed: {}", r.text().await?);
-    }
-    wait_for_200(
+    let url = format!("{gateway}{path}");
+    let cold = deploy_to_first_200(&http, &api, "bench", &bytes, &url).await?;
+    let warm = deploy_to_first_200(
         &http,
+        &api,
+        "bench2",
+        &bytes,
         &format!("{gateway}/default/bench2/"),
-        Duration::from_secs(60),
     )
     .await?;
-    let warm = sent.elapsed();
 
     let peer = if args.wasmtime == "none" {
         None

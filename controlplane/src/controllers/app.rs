@@ -24,12 +24,11 @@ use super::{
 };
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, internal, objects};
-use crate::informer::{Cache, CacheEvent};
+use crate::informer::Cache;
 
 /// The label that ties an App's Deployment, Service and pods to it.
 pub const APP_LABEL: &str = "app.skiff.dev/name";
-pub const ROUTES_ANNOTATION: &str = "skiff.dev/routes";
-pub const OUTBOUND_ANNOTATION: &str = "skiff.dev/allowed-outbound-hosts";
+pub use skiff_api::routes::{OUTBOUND_ANNOTATION, ROUTES_ANNOTATION};
 const WORKERS: usize = 2;
 
 pub fn apps() -> &'static ResourceInfo {
@@ -88,22 +87,11 @@ pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
     });
     let all = super::all_keys(apps.clone());
     tokio::spawn(super::feed_own(queue.clone(), apps, stop.clone()));
-    let owned = |e: &CacheEvent| match e {
-        CacheEvent::Changed { object, .. } | CacheEvent::Deleted(object) => {
-            match controller_of(object) {
-                Some(("App", name, _)) => vec![format!(
-                    "{}/{name}",
-                    objects::namespace(object).unwrap_or_default()
-                )],
-                _ => vec![],
-            }
-        }
-        CacheEvent::Resynced => vec![],
-    };
+    let owned = super::controller_keys("App");
     tokio::spawn(feed(
         queue.clone(),
         deployments,
-        owned,
+        owned.clone(),
         all.clone(),
         stop.clone(),
     ));

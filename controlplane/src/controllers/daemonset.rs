@@ -22,7 +22,7 @@ use super::{
 };
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, DeleteOptions, internal, objects};
-use crate::informer::{Cache, CacheEvent};
+use crate::informer::Cache;
 use crate::scheduler::filter::{selector_matches, untolerated_taint};
 
 /// The label that tells which template revision made a daemon pod.
@@ -91,18 +91,7 @@ pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
     tokio::spawn(feed(
         queue.clone(),
         pods.clone(),
-        |e| match e {
-            CacheEvent::Changed { object, .. } | CacheEvent::Deleted(object) => {
-                match controller_of(object) {
-                    Some(("DaemonSet", name, _)) => vec![format!(
-                        "{}/{name}",
-                        objects::namespace(object).unwrap_or_default()
-                    )],
-                    _ => vec![],
-                }
-            }
-            CacheEvent::Resynced => vec![],
-        },
+        super::controller_keys("DaemonSet"),
         all,
         stop.clone(),
     ));

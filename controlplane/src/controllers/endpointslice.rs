@@ -17,9 +17,7 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources::{self, ResourceInfo};
 
 use super::podutil::{is_ready, labels};
-use super::{
-    Action, Informers, Reconciler, WorkQueue, controller_of, feed, run_workers, split_key,
-};
+use super::{Action, Informers, Reconciler, WorkQueue, feed, run_workers, split_key};
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, internal, objects};
 use crate::informer::{Cache, CacheEvent};
@@ -77,18 +75,7 @@ pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
     tokio::spawn(feed(
         queue.clone(),
         slices,
-        |e| match e {
-            CacheEvent::Changed { object, .. } | CacheEvent::Deleted(object) => {
-                match controller_of(object) {
-                    Some(("Service", name, _)) => vec![format!(
-                        "{}/{name}",
-                        objects::namespace(object).unwrap_or_default()
-                    )],
-                    _ => vec![],
-                }
-            }
-            CacheEvent::Resynced => vec![],
-        },
+        super::controller_keys("Service"),
         all,
         stop.clone(),
     ));

@@ -257,6 +257,25 @@ where
     }
 }
 
+/// Maps a change of an owned object to the key of its controller, when that is a
+/// `kind` (a pod to its DaemonSet, a slice to its Service, ...).
+pub fn controller_keys(
+    kind: &'static str,
+) -> impl Fn(&CacheEvent) -> Vec<String> + Clone + Send + 'static {
+    move |e| match e {
+        CacheEvent::Changed { object, .. } | CacheEvent::Deleted(object) => {
+            match controller_of(object) {
+                Some((k, name, _)) if k == kind => vec![format!(
+                    "{}/{name}",
+                    objects::namespace(object).unwrap_or_default()
+                )],
+                _ => vec![],
+            }
+        }
+        CacheEvent::Resynced => vec![],
+    }
+}
+
 /// The keys of every object in a cache, for feeds to enqueue on a re-list.
 pub fn all_keys(cache: Arc<Cache>) -> impl Fn() -> Vec<String> + Clone + Send + 'static {
     move || cache.snapshot().iter().map(|o| key_of(o)).collect()
