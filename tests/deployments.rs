@@ -587,6 +587,41 @@ async fn kubectl_rollout_status_history_and_undo() {
         ["2", "3"],
         "the first ReplicaSet came back as revision 3"
     );
+
+    // Table output: the columns kubectl users know.
+    let kc = kubeconfig.clone();
+    let (deployments, wide) = tokio::task::spawn_blocking(move || {
+        (
+            kubectl(&kc, &["get", "deployments"], None),
+            kubectl(&kc, &["get", "pods", "-o", "wide"], None),
+        )
+    })
+    .await
+    .unwrap();
+    let header: Vec<&str> = deployments
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    let row: Vec<&str> = deployments
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[0], "web", "{deployments}");
+    let header = wide.lines().next().unwrap();
+    for column in ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"] {
+        assert!(header.contains(column), "{wide}");
+    }
+    assert!(
+        wide.lines()
+            .skip(1)
+            .any(|l| l.contains("Running") && l.contains("dev-")),
+        "{wide}"
+    );
     let current = eventually("only revision-3 pods left", WAIT, || {
         let api = api.clone();
         async move {

@@ -225,9 +225,14 @@ pub(crate) async fn create_object(
     unreachable!("the loop returns")
 }
 
-pub(crate) async fn get(api: &ApiServer, target: &Target) -> ApiResult<Response> {
+pub(crate) async fn get(
+    api: &ApiServer,
+    target: &Target,
+    query: &Query,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
     let stored = get_stored(api, target.info, &target.key(), target.name())?;
-    Ok(json_response(StatusCode::OK, &stored.object))
+    super::tables::respond(target.info, headers, query, &stored.object, false)
 }
 
 pub(crate) fn get_stored(
@@ -289,7 +294,12 @@ fn decode_continue(token: &str, prefix: &str) -> ApiResult<(u64, String)> {
     Ok((rev, start.to_string()))
 }
 
-pub(crate) async fn list(api: &ApiServer, target: &Target, query: &Query) -> ApiResult<Response> {
+pub(crate) async fn list(
+    api: &ApiServer,
+    target: &Target,
+    query: &Query,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
     let info = target.info;
     let selectors = Selectors::from_query(info, query)?;
     let prefix = info.namespace_prefix(target.namespace.as_deref());
@@ -362,7 +372,7 @@ pub(crate) async fn list(api: &ApiServer, target: &Target, query: &Query) -> Api
         "metadata": metadata,
         "items": items,
     });
-    Ok(json_response(StatusCode::OK, &list))
+    super::tables::respond(info, headers, query, &list, true)
 }
 
 /// Which part of an object a write may change.

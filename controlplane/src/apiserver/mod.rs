@@ -13,6 +13,7 @@ mod modules;
 pub mod objects;
 mod request;
 mod subresources;
+mod tables;
 mod validate;
 mod watch;
 
@@ -223,19 +224,21 @@ async fn route(
     let is_module = target.info.kind == skiff_api::module::KIND;
     match (&method, target.name.is_some(), target.sub) {
         (&Method::GET, false, None) if query.flag("watch") => {
-            watch::serve(api, &target, &query).await
+            watch::serve(api, &target, &query, &headers).await
         }
-        (&Method::GET, false, None) => crud::list(api, &target, &query).await,
+        (&Method::GET, false, None) => crud::list(api, &target, &query, &headers).await,
         (&Method::POST, false, None) if is_module => modules::upload(api, &headers, body).await,
         (&Method::POST, false, None) => crud::create(api, &target, &query, &headers, body).await,
         (&Method::DELETE, false, None) => crud::delete_collection(api, &target, &query, body).await,
         (&Method::GET, true, None) if query.flag("watch") => {
-            watch::serve(api, &target, &query).await
+            watch::serve(api, &target, &query, &headers).await
         }
         (&Method::GET, true, None) if is_module && !request::wants_json(&headers) => {
             modules::download(api, target.name()).await
         }
-        (&Method::GET, true, None | Some(Subresource::Status)) => crud::get(api, &target).await,
+        (&Method::GET, true, None | Some(Subresource::Status)) => {
+            crud::get(api, &target, &query, &headers).await
+        }
         (&Method::PUT, true, None) if apps::is_deploy(&target, &headers) => {
             apps::deploy(api, &target, &query, &headers, body).await
         }

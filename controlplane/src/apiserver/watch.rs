@@ -42,6 +42,36 @@ fn line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(out)
 }
 
+/// How change events are written: objects as they are, or as one-row Tables when the
+/// client asked for Tables (the columns only in the first).
+struct Encoder {
+    info: &'static skiff_api::resources::ResourceInfo,
+    table: Option<(&'static str, &'static str)>,
+    columns_sent: bool,
+}
+
+impl Encoder {
+    fn event(&mut self, kind: &str, object: &Value) -> Bytes {
+        let Some((version, include)) = self.table else {
+            return line(kind, object);
+        };
+        let rv = object
+            .pointer("/metadata/resourceVersion")
+            .cloned()
+            .unwrap_or_default();
+        let table = super::tables::table(
+            self.info,
+            &[object],
+            json!({"resourceVersion": rv}),
+            include,
+            version,
+            !self.columns_sent,
+        );
+        self.columns_sent = true;
+        line(kind, &table)
+    }
+}
+
 fn bookmark(info: &skiff_api::resources::ResourceInfo, rev: u64) -> Bytes {
     line(
         "BOOKMARK",
@@ -65,8 +95,21 @@ enum Start {
     After(u64),
 }
 
-pub(crate) async fn serve(api: &SharedApi, target: &Target, query: &Query) -> ApiResult<Response> {
+pub(crate) async fn serve(
+    api: &SharedApi,
+    target: &Target,
+    query: &Query,
+    headers: &axum::http::HeaderMap,
+) -> ApiResult<Response> {
     let info = target.info;
+    let mut encoder = Encoder {
+        info,
+        table: match super::tables::wants_table(headers) {
+            Some(version) => Some((version, super::tables::include_object(query)?)),
+            None => None,
+        },
+        columns_sent: false,
+    };
     if query.get("sendInitialEvents").is_some() {
         // Refused rather than ignored, so client-go falls back to list-then-watch instead
         // of waiting for an initial-events bookmark that would never come.
@@ -104,7 +147,7 @@ pub(crate) async fn serve(api: &SharedApi, target: &Target, query: &Query) -> Ap
             let initial: Vec<Bytes> = page
                 .items
                 .iter()
-                .map(|s| line("ADDED", &s.object))
+                .map(|s| encoder.event("ADDED", &s.object))
                 .collect();
             (initial, api.store.watch(&prefix, page.rev))
         }
@@ -119,7 +162,9 @@ pub(crate) async fn serve(api: &SharedApi, target: &Target, query: &Query) -> Ap
                 }
             }
             match stream {
-                Ok(stream) => pump(&api, info, stream, selectors, bookmarks, &tx).await,
+                Ok(stream) => {
+                    pump(&api, info, stream, selectors, bookmarks, &mut encoder, &tx).await
+                }
                 // Kubernetes reports an expired revision inside a 200 watch stream, which is
                 // what makes clients re-list.
                 Err(e) => {
@@ -151,6 +196,7 @@ async fn pump(
     mut stream: WatchStream,
     selectors: Selectors,
     bookmarks: bool,
+    encoder: &mut Encoder,
     tx: &tokio::sync::mpsc::Sender<Bytes>,
 ) {
     let mut ticker = tokio::time::interval(api.config.bookmark_interval);
@@ -160,7 +206,7 @@ async fn pump(
             next = stream.next() => match next {
                 Some(Ok(event)) => {
                     if let Some((kind, obj)) = translate(&event, &selectors)
-                        && tx.send(line(kind, &obj)).await.is_err()
+                        && tx.send(encoder.event(kind, &obj)).await.is_err()
                     {
                         return;
                     }
