@@ -530,15 +530,27 @@ async fn kubectl_rollout_status_history_and_undo() {
     let (dir, _p, api) = common::dev_cluster(2, &[]);
     let kubeconfig = dir.path().join("kubeconfig");
     let image = api.upload(workload("ticker.wasm")).await;
-    let manifest = deployment("web", &image, 2, json!({"type": "RollingUpdate"})).to_string();
+    let mut manifest = deployment("web", &image, 2, json!({"type": "RollingUpdate"}));
+    // A strategy given as type alone makes kubectl send $retainKeys on every apply (it
+    // would say "configured" against any server): leave it to the defaults.
+    manifest["spec"].as_object_mut().unwrap().remove("strategy");
+    let manifest = manifest.to_string();
     let kc = kubeconfig.clone();
     let out = tokio::task::spawn_blocking(move || {
         // No OpenAPI yet (issue 6), so client-side validation is off.
-        kubectl(
+        let created = kubectl(
             &kc,
             &["apply", "--validate=false", "-f", "-"],
             Some(&manifest),
         );
+        assert!(created.contains("deployment.apps/web created"), "{created}");
+        // Client-side apply again, unchanged: a strategic merge patch that changes nothing.
+        let again = kubectl(
+            &kc,
+            &["apply", "--validate=false", "-f", "-"],
+            Some(&manifest),
+        );
+        assert!(again.contains("deployment.apps/web unchanged"), "{again}");
         kubectl(
             &kc,
             &["rollout", "status", "deployment/web", "--timeout=60s"],
@@ -586,6 +598,42 @@ async fn kubectl_rollout_status_history_and_undo() {
         revisions,
         ["2", "3"],
         "the first ReplicaSet came back as revision 3"
+    );
+
+    // Strategic merge patches: set env merges into the container's env by name, and
+    // cordon marks the node.
+    let kc = kubeconfig.clone();
+    let (env, nodes) = tokio::task::spawn_blocking(move || {
+        kubectl(&kc, &["set", "env", "deployment/web", "EXTRA=1"], None);
+        kubectl(
+            &kc,
+            &["rollout", "status", "deployment/web", "--timeout=60s"],
+            None,
+        );
+        let env = kubectl(
+            &kc,
+            &[
+                "get",
+                "deployment",
+                "web",
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].env}",
+            ],
+            None,
+        );
+        kubectl(&kc, &["cordon", "dev-2"], None);
+        let nodes = kubectl(&kc, &["get", "nodes"], None);
+        kubectl(&kc, &["uncordon", "dev-2"], None);
+        (env, nodes)
+    })
+    .await
+    .unwrap();
+    assert!(env.contains("EXTRA"), "{env}");
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.starts_with("dev-2") && l.contains("SchedulingDisabled")),
+        "{nodes}"
     );
 
     // Table output: the columns kubectl users know.

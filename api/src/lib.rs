@@ -10,4 +10,5 @@ pub mod quantity;
 pub mod resources;
 pub mod routes;
 pub mod selector;
+pub mod strategic;
 pub mod validation;

@@ -3,7 +3,8 @@
 //! JSON merge patch (RFC 7386) and JSON patch (RFC 6902) are applied with the
 //! `json-patch` crate, inside the same bounds kube-apiserver sets: at most 10 000
 //! operations, and at most 3 MiB copied by `copy` operations in one patch. Strategic
-//! merge patch and server-side apply are recognised by content type but not applied yet.
+//! merge patch is applied by `strategic.rs`; server-side apply is recognised by content
+//! type and answered 415, so kubectl says it isn't available.
 //!
 //! Errors say which status the server should answer: [`PatchError::Malformed`] is 400,
 //! [`PatchError::Failed`] and [`PatchError::CopyTooLarge`] are 422,
@@ -121,7 +122,16 @@ pub fn apply_patch(
     match patch_type {
         PatchType::Merge => apply_merge_patch(target, patch_body),
         PatchType::Json => apply_json_patch(target, patch_body),
-        PatchType::StrategicMerge | PatchType::Apply => Err(PatchError::Unsupported(patch_type)),
+        PatchType::StrategicMerge => {
+            let patch: Value = serde_json::from_slice(patch_body).map_err(|e| {
+                PatchError::malformed(
+                    format!("error decoding strategic merge patch: {e}"),
+                    Some(e),
+                )
+            })?;
+            crate::strategic::apply(target, &patch).map_err(|e| PatchError::malformed(e.0, None))
+        }
+        PatchType::Apply => Err(PatchError::Unsupported(patch_type)),
     }
 }
 
@@ -501,15 +511,11 @@ mod tests {
             .unwrap(),
             json!({})
         );
-        for t in [PatchType::StrategicMerge, PatchType::Apply] {
-            let err = apply_patch(t, &target, b"{}").unwrap_err();
-            assert!(matches!(err, PatchError::Unsupported(u) if u == t));
-        }
+        let err = apply_patch(PatchType::Apply, &target, b"{}").unwrap_err();
+        assert!(matches!(err, PatchError::Unsupported(PatchType::Apply)));
         assert_eq!(
-            apply_patch(PatchType::StrategicMerge, &target, b"{}")
-                .unwrap_err()
-                .to_string(),
-            "patch type application/strategic-merge-patch+json is not supported yet"
+            apply_patch(PatchType::StrategicMerge, &json!({"a": 1}), br#"{"b": 2}"#).unwrap(),
+            json!({"a": 1, "b": 2})
         );
     }
 

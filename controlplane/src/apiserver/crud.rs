@@ -605,7 +605,8 @@ pub(crate) fn apply_patch(
     patch::apply_patch(kind, current, body).map_err(|e| match e {
         PatchError::Malformed { .. } => ApiError::BadRequest(e.to_string()),
         PatchError::Unsupported(_) => ApiError::UnsupportedMediaType(format!(
-            "{e}: use application/merge-patch+json or application/json-patch+json"
+            "{e}: use application/merge-patch+json, application/json-patch+json or \
+             application/strategic-merge-patch+json"
         )),
         PatchError::TooManyOperations { .. } => ApiError::TooLarge(e.to_string()),
         other => ApiError::Invalid(
@@ -624,7 +625,8 @@ pub(crate) fn patch_type(headers: &HeaderMap) -> ApiResult<PatchType> {
     PatchType::from_content_type(&ct).ok_or_else(|| {
         ApiError::UnsupportedMediaType(format!(
             "the body of the request was in an unknown format - accepted media types include: \
-             application/json-patch+json, application/merge-patch+json (got {ct:?})"
+             application/json-patch+json, application/merge-patch+json, \
+             application/strategic-merge-patch+json (got {ct:?})"
         ))
     })
 }
