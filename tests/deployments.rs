@@ -636,6 +636,33 @@ async fn kubectl_rollout_status_history_and_undo() {
         "{nodes}"
     );
 
+    // Drain evicts through the policy/v1 Eviction subresource; the Deployment's pods
+    // come back on the other node.
+    let kc = kubeconfig.clone();
+    let drained = tokio::task::spawn_blocking(move || {
+        kubectl(
+            &kc,
+            &["drain", "dev-2", "--ignore-daemonsets", "--timeout=60s"],
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(drained.contains("node/dev-2 drained"), "{drained}");
+    eventually("the drained node's pods back on dev-1", WAIT, || {
+        let api = api.clone();
+        async move {
+            let (all, _) = pods(&api, "web").await;
+            let live: Vec<Value> = all.into_iter().filter(live).collect();
+            (live.len() == 2 && live.iter().all(|p| p["spec"]["nodeName"] == "dev-1")).then_some(())
+        }
+    })
+    .await;
+    let kc = kubeconfig.clone();
+    tokio::task::spawn_blocking(move || kubectl(&kc, &["uncordon", "dev-2"], None))
+        .await
+        .unwrap();
+
     // Table output: the columns kubectl users know.
     let kc = kubeconfig.clone();
     let (deployments, wide) = tokio::task::spawn_blocking(move || {

@@ -20,6 +20,8 @@ pub enum Subresource {
     Binding,
     /// `pods/log`: a container's log, proxied from the node that runs it.
     Log,
+    /// `pods/eviction`: a `policy/v1` Eviction, what `kubectl drain` posts.
+    Eviction,
 }
 
 impl Subresource {
@@ -29,6 +31,7 @@ impl Subresource {
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
             Subresource::Log => "log",
+            Subresource::Eviction => "eviction",
         }
     }
 }
@@ -172,7 +175,12 @@ static RESOURCES: &[ResourceInfo] = &[
         namespaced: true,
         short_names: &["po"],
         categories: &["all"],
-        subresources: &[Subresource::Status, Subresource::Binding, Subresource::Log],
+        subresources: &[
+            Subresource::Status,
+            Subresource::Binding,
+            Subresource::Log,
+            Subresource::Eviction,
+        ],
         has_spec: true,
         status_on_create: StatusOnCreate::Phase("Pending"),
         extra_fields: &[

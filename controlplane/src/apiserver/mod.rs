@@ -264,6 +264,9 @@ async fn route(
         (&Method::PATCH, true, Some(Subresource::Scale)) => {
             subresources::patch_scale(api, &target, &headers, body).await
         }
+        (&Method::POST, true, Some(Subresource::Eviction)) => {
+            subresources::evict(api, &target, &headers, body).await
+        }
         (&Method::POST, true, Some(Subresource::Binding)) => {
             subresources::bind(api, &target, &headers, body).await
         }

@@ -263,3 +263,44 @@ pub async fn bind_pod(api: &ApiServer, namespace: &str, name: &str, node: &str) 
         "too many concurrent writers; please try again".into(),
     ))
 }
+
+/// `POST pods/NAME/eviction` with a `policy/v1` Eviction: deletes the pod with the
+/// Eviction's `deleteOptions`, as `kubectl drain` expects. (No PodDisruptionBudgets are
+/// served, so no eviction is refused for budget reasons.)
+pub(crate) async fn evict(
+    api: &ApiServer,
+    target: &Target,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    request::require_json(headers)?;
+    let body = request::read_body(headers, body, api.config.max_body_bytes).await?;
+    let eviction = request::parse_json(&body)?;
+    let name = target.name();
+    if let Some(n) = objects::meta_str(&eviction, "name")
+        && n != name
+    {
+        return Err(ApiError::BadRequest(format!(
+            "name in URL does not match name in Eviction object ({n} != {name})"
+        )));
+    }
+    let options = eviction
+        .get("deleteOptions")
+        .filter(|o| !o.is_null())
+        .map(|o| o.to_string().into_bytes())
+        .unwrap_or_default();
+    let options =
+        super::crud::DeleteOptions::from_request(&request::Query::parse(None)?, &options)?;
+    super::crud::delete_object(
+        api,
+        target.info,
+        target.namespace.as_deref(),
+        name,
+        &options,
+    )
+    .await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
+}
