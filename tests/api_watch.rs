@@ -323,11 +323,41 @@ async fn bookmarks_and_timeouts() {
         "watch honoured timeoutSeconds"
     );
 
-    // sendInitialEvents is refused, not silently ignored.
-    let (code, status) = api
-        .get(&format!(
-            "{CMS}?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
+    // WatchList: current objects, a bookmark that ends them, then changes.
+    api.post(CMS, &configmap("before-watchlist", json!({}))).await;
+    let mut w = api
+        .watch(&format!(
+            "{CMS}?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
         ))
         .await;
-    assert_eq!((code, status["reason"].as_str()), (400, Some("BadRequest")));
+    let mut initial = 0;
+    let end = loop {
+        let e = w
+            .next(WAIT)
+            .await
+            .expect("initial events, then the bookmark");
+        match e["type"].as_str() {
+            Some("ADDED") => initial += 1,
+            Some("BOOKMARK") => break e,
+            other => panic!("unexpected {other:?}: {e}"),
+        }
+    };
+    assert!(initial > 0, "the current objects came first");
+    assert_eq!(
+        end["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    api.post(CMS, &configmap("after-watchlist", json!({})))
+        .await;
+    let next = w
+        .next_change(WAIT)
+        .await
+        .expect("a change after the bookmark");
+    assert_eq!(next["type"], "ADDED");
+    assert_eq!(next["object"]["metadata"]["name"], "after-watchlist");
+    // Without its companions the request is refused, never silently ignored.
+    let (code, status) = api
+        .get(&format!("{CMS}?watch=1&sendInitialEvents=true"))
+        .await;
+    assert_eq!((code, status["reason"].as_str()), (422, Some("Invalid")));
 }

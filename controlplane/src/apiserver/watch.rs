@@ -110,13 +110,32 @@ pub(crate) async fn serve(
         },
         columns_sent: false,
     };
-    if query.get("sendInitialEvents").is_some() {
-        // Refused rather than ignored, so client-go falls back to list-then-watch instead
-        // of waiting for an initial-events bookmark that would never come.
-        return Err(ApiError::BadRequest(
-            "sendInitialEvents is not supported by this server; use list then watch".into(),
-        ));
-    }
+    // WatchList (client-go's streaming list): the current objects as ADDED, then a
+    // BOOKMARK annotated k8s.io/initial-events-end, then changes; as Kubernetes, only
+    // with resourceVersionMatch=NotOlderThan and bookmarks allowed.
+    let send_initial = match query.get("sendInitialEvents") {
+        None | Some("false") => false,
+        Some("true") => {
+            if query.get("resourceVersionMatch") != Some("NotOlderThan")
+                || !query.flag("allowWatchBookmarks")
+            {
+                return Err(ApiError::Invalid(
+                    super::error::Subject::new(info, ""),
+                    vec![skiff_api::validation::FieldError {
+                        field: "sendInitialEvents".into(),
+                        reason: skiff_api::validation::FieldErrorType::Forbidden,
+                        message: "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan and allowWatchBookmarks".into(),
+                    }],
+                ));
+            }
+            true
+        }
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid sendInitialEvents {other:?}"
+            )));
+        }
+    };
     let selectors = match &target.name {
         // The legacy single-object watch path, same as fieldSelector=metadata.name=NAME.
         Some(name) => Selectors::from_query(
@@ -126,6 +145,7 @@ pub(crate) async fn serve(
         None => Selectors::from_query(info, query)?,
     };
     let start = match query.get("resourceVersion") {
+        _ if send_initial => Start::ListThenWatch,
         None | Some("0") => Start::ListThenWatch,
         Some(rv) => Start::After(
             objects::parse_revision(rv)
@@ -144,11 +164,24 @@ pub(crate) async fn serve(
         Start::ListThenWatch => {
             let filter = |obj: &Value| selectors.matches(obj);
             let page = api.store.list(ListRequest::all(&prefix, &filter))?;
-            let initial: Vec<Bytes> = page
+            let mut initial: Vec<Bytes> = page
                 .items
                 .iter()
                 .map(|s| encoder.event("ADDED", &s.object))
                 .collect();
+            if send_initial {
+                initial.push(line(
+                    "BOOKMARK",
+                    &json!({
+                        "kind": info.kind,
+                        "apiVersion": info.api_version(),
+                        "metadata": {
+                            "resourceVersion": page.rev.to_string(),
+                            "annotations": {"k8s.io/initial-events-end": "true"},
+                        },
+                    }),
+                ));
+            }
             (initial, api.store.watch(&prefix, page.rev))
         }
         Start::After(rev) => (Vec::new(), api.store.watch(&prefix, rev)),
