@@ -324,7 +324,8 @@ async fn bookmarks_and_timeouts() {
     );
 
     // WatchList: current objects, a bookmark that ends them, then changes.
-    api.post(CMS, &configmap("before-watchlist", json!({}))).await;
+    api.post(CMS, &configmap("before-watchlist", json!({})))
+        .await;
     let mut w = api
         .watch(&format!(
             "{CMS}?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
