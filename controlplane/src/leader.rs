@@ -78,13 +78,7 @@ impl Elector {
         let now = micro_time(jiff::Timestamp::now());
         let me = self.config.identity.clone();
         let secs = self.config.lease_duration.as_secs().max(1);
-        let key = leases().key(Some(LEASE_NAMESPACE), LEASE_NAME);
-        let current = self
-            .api
-            .store
-            .get(&key)
-            .map_err(ApiError::internal)?
-            .map(|s| (*s.object).clone());
+        let current = internal::get(&self.api, leases(), Some(LEASE_NAMESPACE), LEASE_NAME)?;
         let Some(current) = current else {
             let lease = json!({
                 "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",

@@ -24,6 +24,20 @@ fn target(
     }
 }
 
+/// The stored object, if there is one.
+pub fn get(
+    api: &ApiServer,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+) -> ApiResult<Option<Value>> {
+    Ok(api
+        .store
+        .get(&info.key(namespace, name))
+        .map_err(|e| super::error::ApiError::from_store(e, info, name))?
+        .map(|stored| (*stored.object).clone()))
+}
+
 /// Creates an object (its namespace, if any, from `namespace`).
 pub async fn create(
     api: &ApiServer,

@@ -127,21 +127,23 @@ fn containers(obj: &Value, pointer: &str, field: &str) -> Value {
     or_none(list.join(","))
 }
 
-fn selector(obj: &Value) -> Value {
-    let labels = obj
-        .pointer("/spec/selector/matchLabels")
-        .or_else(|| {
-            obj.pointer("/spec/selector")
-                .filter(|s| s.get("matchLabels").is_none() && s.get("matchExpressions").is_none())
-        })
-        .and_then(Value::as_object);
-    let mut parts: Vec<String> = labels
+/// A map of labels as kubectl prints it: `k=v` pairs, sorted, comma-joined.
+fn label_list(map: Option<&Value>) -> Value {
+    let mut parts: Vec<String> = map
+        .and_then(Value::as_object)
         .into_iter()
         .flatten()
         .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
         .collect();
     parts.sort();
     or_none(parts.join(","))
+}
+
+fn selector(obj: &Value) -> Value {
+    label_list(obj.pointer("/spec/selector/matchLabels").or_else(|| {
+        obj.pointer("/spec/selector")
+            .filter(|s| s.get("matchLabels").is_none() && s.get("matchExpressions").is_none())
+    }))
 }
 
 /// Column name, type and priority (1: only with `-o wide`).
@@ -352,14 +354,6 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
             selector(obj),
         ],
         "DaemonSet" => {
-            let mut node_selector: Vec<String> = obj
-                .pointer("/spec/template/spec/nodeSelector")
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect();
-            node_selector.sort();
             vec![
                 name,
                 json!(n(obj, "/status/desiredNumberScheduled")),
@@ -367,7 +361,7 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
                 json!(n(obj, "/status/numberReady")),
                 json!(n(obj, "/status/updatedNumberScheduled")),
                 json!(n(obj, "/status/numberAvailable")),
-                or_none(node_selector.join(",")),
+                label_list(obj.pointer("/spec/template/spec/nodeSelector")),
                 age(obj),
                 containers(obj, "/spec/template/spec/containers", "name"),
                 containers(obj, "/spec/template/spec/containers", "image"),
@@ -476,14 +470,6 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
                 .flatten()
                 .map(|p| format!("{}/{}", n(p, "/port"), s(p, "/protocol")))
                 .collect();
-            let mut sel: Vec<String> = obj
-                .pointer("/spec/selector")
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect();
-            sel.sort();
             vec![
                 name,
                 json!(s(obj, "/spec/type")),
@@ -491,7 +477,7 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
                 json!("<none>"),
                 or_none(ports.join(",")),
                 age(obj),
-                or_none(sel.join(",")),
+                label_list(obj.pointer("/spec/selector")),
             ]
         }
         "Namespace" => vec![name, json!(s(obj, "/status/phase")), age(obj)],

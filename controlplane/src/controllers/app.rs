@@ -255,16 +255,7 @@ impl AppController {
                 return Ok(Action::Done);
             }
             Some(current) => {
-                let routes = current.pointer(&format!(
-                    "/metadata/annotations/{}",
-                    ROUTES_ANNOTATION.replace('/', "~1")
-                ));
-                if routes
-                    != wanted.pointer(&format!(
-                        "/metadata/annotations/{}",
-                        ROUTES_ANNOTATION.replace('/', "~1")
-                    ))
-                {
+                if routes_of(&current) != routes_of(&wanted) {
                     internal::update(&self.api, services(), Some(ns), name, |cur| {
                         let mut next = cur.clone();
                         objects::set_path(

@@ -598,14 +598,8 @@ impl DeploymentController {
             }
             Err(ApiError::AlreadyExists(subject)) => {
                 // Ours already (the cache hadn't shown it yet), or a hash collision.
-                let key = rs_info().key(ns, objects::name(&rs));
-                let current = self
-                    .api
-                    .store
-                    .get(&key)
-                    .map_err(ApiError::internal)?
-                    .map(|s| (*s.object).clone());
-                if let Some(current) = current {
+                if let Some(current) = internal::get(&self.api, rs_info(), ns, objects::name(&rs))?
+                {
                     let ours = controller_of(&current)
                         .is_some_and(|(_, _, uid)| Some(uid) == objects::meta_str(d, "uid"));
                     if ours

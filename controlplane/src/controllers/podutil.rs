@@ -1,12 +1,11 @@
 //! What the controllers ask of pods: are they still counted, ready, available.
 
-use std::collections::BTreeMap;
-
 use serde_json::Value;
 
 use skiff_api::resources::{self, ResourceInfo};
 
 use crate::apiserver::objects;
+pub use crate::apiserver::objects::labels;
 
 pub fn pods_info() -> &'static ResourceInfo {
     resources::lookup("", "v1", "pods").expect("pods are served")
@@ -55,15 +54,4 @@ pub fn availability(
     } else {
         Err(Some(min_ready_secs - ready_for))
     }
-}
-
-pub fn labels(obj: &Value) -> BTreeMap<String, String> {
-    obj.pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                .collect()
-        })
-        .unwrap_or_default()
 }

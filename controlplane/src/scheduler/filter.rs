@@ -109,17 +109,6 @@ pub fn allocatable(node: &Value) -> Resources {
     }
 }
 
-fn labels(obj: &Value) -> BTreeMap<String, String> {
-    obj.pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
     v.get(field).and_then(Value::as_str).unwrap_or_default()
 }
@@ -161,7 +150,7 @@ impl NodeInfo {
                 .to_string(),
             ready: is_ready(node),
             unschedulable: node.pointer("/spec/unschedulable") == Some(&Value::Bool(true)),
-            labels: labels(node),
+            labels: crate::apiserver::objects::labels(node),
             taints: node
                 .pointer("/spec/taints")
                 .and_then(Value::as_array)
