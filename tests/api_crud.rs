@@ -722,3 +722,146 @@ async fn secrets_fold_string_data() {
     assert!(s.get("stringData").is_none());
     assert_eq!(s["type"], "Opaque");
 }
+
+#[tokio::test]
+async fn field_validation_strict_warn_and_ignore() {
+    let (_d, _s, api) = start(&[]);
+    let cms = format!("{NS}/configmaps");
+    let with_typo = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"typo","labelz":{"a":"b"}},"data":{"k":"v"},"dat":{"x":"y"}}"#;
+    let send = |method: reqwest::Method, path: String, ct: &'static str, body: &'static str| {
+        let req = api
+            .http
+            .request(method, format!("{}{path}", api.base))
+            .header("content-type", ct)
+            .body(body);
+        async move {
+            let resp = req.send().await.unwrap();
+            let warnings: Vec<String> = resp
+                .headers()
+                .get_all("warning")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect();
+            let code = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap();
+            (code, body, warnings)
+        }
+    };
+    let post = reqwest::Method::POST;
+
+    // Strict refuses, naming every unknown field by its path, and stores nothing.
+    let (code, status, _) = send(
+        post.clone(),
+        format!("{cms}?fieldValidation=Strict"),
+        "application/json",
+        with_typo,
+    )
+    .await;
+    assert_status(&(code, status.clone()), 400, "BadRequest");
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.contains("strict decoding error")
+            && message.contains(r#"unknown field "metadata.labelz""#)
+            && message.contains(r#"unknown field "dat""#),
+        "{message}"
+    );
+    assert_eq!(api.get(&format!("{cms}/typo")).await.0, 404);
+
+    // Duplicate keys count too.
+    let (code, status, _) = send(
+        post.clone(),
+        format!("{cms}?fieldValidation=Strict"),
+        "application/json",
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"dup"},"data":{"k":"1","k":"2"}}"#,
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"duplicate field "data.k""#),
+        "{status}"
+    );
+
+    // Warn (the default) stores the object without the fields, and says so.
+    let (code, created, warnings) =
+        send(post.clone(), cms.clone(), "application/json", with_typo).await;
+    assert_eq!(code, 201, "{created}");
+    assert!(created.get("dat").is_none());
+    assert_eq!(
+        warnings,
+        [
+            r#"299 - "unknown field \"dat\"""#,
+            r#"299 - "unknown field \"metadata.labelz\"""#
+        ]
+    );
+
+    // Patches: the patched object is checked; Strict changes nothing.
+    let item = format!("{cms}/typo");
+    let (code, status, _) = send(
+        reqwest::Method::PATCH,
+        format!("{item}?fieldValidation=Strict"),
+        "application/merge-patch+json",
+        r#"{"data":{"k":"changed"},"spec":{"x":1}}"#,
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"unknown field "spec""#)
+    );
+    assert_eq!(api.get(&item).await.1["data"]["k"], "v");
+    let (code, patched, warnings) = send(
+        reqwest::Method::PATCH,
+        format!("{item}?fieldValidation=Ignore"),
+        "application/strategic-merge-patch+json",
+        r#"{"data":{"k":"changed"},"spec":{"x":1}}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{patched}");
+    assert_eq!(patched["data"]["k"], "changed");
+    assert!(warnings.is_empty() && patched.get("spec").is_none());
+    let (code, _, warnings) = send(
+        reqwest::Method::PATCH,
+        item.clone(),
+        "application/json-patch+json",
+        r#"[{"op":"add","path":"/extra","value":1}]"#,
+    )
+    .await;
+    assert_eq!((code, warnings.len()), (200, 1));
+
+    // An unknown directive value is a BadRequest.
+    let (code, status, _) = send(
+        post,
+        format!("{cms}?fieldValidation=Loose"),
+        "application/json",
+        with_typo,
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
+}
+
+#[tokio::test]
+async fn openapi_v3_serves_an_index_and_a_document_per_group_version() {
+    let (_d, _s, api) = start(&[]);
+    let (code, index) = api.get("/openapi/v3").await;
+    assert_eq!(code, 200, "{index}");
+    let url = index["paths"]["apis/apps/v1"]["serverRelativeURL"]
+        .as_str()
+        .unwrap();
+    let (code, doc) = api.get(url).await;
+    assert_eq!(code, 200);
+    let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+    assert_eq!(
+        patch["x-kubernetes-group-version-kind"]["kind"],
+        "Deployment"
+    );
+    assert!(
+        doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"]["properties"]["spec"]
+            .is_object()
+    );
+    assert_eq!(api.get("/openapi/v3/apis/nothing/v9").await.0, 404);
+}

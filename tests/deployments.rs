@@ -538,18 +538,10 @@ async fn kubectl_rollout_status_history_and_undo() {
     let kc = kubeconfig.clone();
     let out = tokio::task::spawn_blocking(move || {
         // No OpenAPI yet (issue 6), so client-side validation is off.
-        let created = kubectl(
-            &kc,
-            &["apply", "--validate=false", "-f", "-"],
-            Some(&manifest),
-        );
+        let created = kubectl(&kc, &["apply", "-f", "-"], Some(&manifest));
         assert!(created.contains("deployment.apps/web created"), "{created}");
         // Client-side apply again, unchanged: a strategic merge patch that changes nothing.
-        let again = kubectl(
-            &kc,
-            &["apply", "--validate=false", "-f", "-"],
-            Some(&manifest),
-        );
+        let again = kubectl(&kc, &["apply", "-f", "-"], Some(&manifest));
         assert!(again.contains("deployment.apps/web unchanged"), "{again}");
         kubectl(
             &kc,

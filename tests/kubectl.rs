@@ -77,7 +77,7 @@ async fn kubectl_step_by_step() {
     let manifest = manifest_file.to_str().unwrap();
 
     // apply: created, then unchanged (no OpenAPI yet, so no client-side validation).
-    let out = ok(&kc, &["apply", "--validate=false", "-f", manifest]).await;
+    let out = ok(&kc, &["apply", "-f", manifest]).await;
     for created in [
         "configmap/web-config created",
         "deployment.apps/web created",
@@ -85,7 +85,7 @@ async fn kubectl_step_by_step() {
     ] {
         assert!(out.contains(created), "{out}");
     }
-    let out = ok(&kc, &["apply", "--validate=false", "-f", manifest]).await;
+    let out = ok(&kc, &["apply", "-f", manifest]).await;
     assert!(out.contains("deployment.apps/web unchanged"), "{out}");
     ok(
         &kc,
@@ -241,8 +241,6 @@ async fn kubectl_step_by_step() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // (Imperative `kubectl create configmap` sends protobuf, which Skiff doesn't read
-    // yet: objects go in from files, as JSON.)
     let watched = dir.path().join("watched.json");
     std::fs::write(
         &watched,
@@ -257,7 +255,12 @@ async fn kubectl_step_by_step() {
     )
     .unwrap();
     let bad = bad.to_str().unwrap().to_string();
-    ok(&kc, &["create", "--validate=false", "-f", &watched]).await;
+    // Imperative create: kubectl's typed client sends protobuf.
+    ok(
+        &kc,
+        &["create", "configmap", "watched", "--from-literal=a=b"],
+    )
+    .await;
     let watcher_out = tokio::task::spawn_blocking(move || {
         use std::io::{BufRead, BufReader};
         let mut child = watcher;
@@ -287,12 +290,12 @@ async fn kubectl_step_by_step() {
         err.contains(r#"Error from server (NotFound): pods "nope" not found"#),
         "{err}"
     );
-    let err = fails(&kc, &["create", "--validate=false", "-f", &watched]).await;
+    let err = fails(&kc, &["create", "-f", &watched]).await;
     assert!(
         err.contains("(AlreadyExists)") && err.contains("already exists"),
         "{err}"
     );
-    let err = fails(&kc, &["create", "--validate=false", "-f", &bad]).await;
+    let err = fails(&kc, &["create", "-f", &bad]).await;
     assert!(
         err.contains(r#"The ConfigMap "Bad_Name" is invalid: metadata.name: Invalid value"#),
         "{err}"
@@ -304,11 +307,7 @@ async fn kubectl_step_by_step() {
     ok(&kc, &["label", "configmap", "watched", "touched=yes"]).await;
     cm["data"]["a"] = "c".into();
     std::fs::write(&stale, cm.to_string()).unwrap();
-    let err = fails(
-        &kc,
-        &["replace", "--validate=false", "-f", stale.to_str().unwrap()],
-    )
-    .await;
+    let err = fails(&kc, &["replace", "-f", stale.to_str().unwrap()]).await;
     assert!(
         err.contains("(Conflict)") && err.contains("Operation cannot be fulfilled"),
         "{err}"
@@ -320,4 +319,219 @@ async fn kubectl_step_by_step() {
         .get("/apis/apps/v1/namespaces/default/deployments")
         .await;
     assert_eq!(list["items"].as_array().unwrap().len(), 0);
+}
+
+/// Runs kubectl off the async runtime; returns (success, stdout, stderr).
+async fn attempt(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    let (kc, args): (PathBuf, Vec<String>) = (
+        kubeconfig.to_path_buf(),
+        args.iter().map(|a| a.to_string()).collect(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&kc, &refs)
+    })
+    .await
+    .unwrap()
+}
+
+/// kubectl's default (strict) validation through /openapi/v3 and the server's
+/// fieldValidation; `apply` computing its patches from the served schemas; `explain`.
+#[tokio::test]
+async fn kubectl_validates_applies_and_explains_from_openapi() {
+    let (dir, _process, api) = common::dev_cluster(1, &[]);
+    let kc = dir.path().join("kubeconfig");
+    let file = |name: &str, body: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let typo = file(
+        "typo.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: typo}\ndata: {a: b}\ndat: {c: d}\n",
+    );
+
+    // Strict, kubectl's default: refused with the field named, nothing stored.
+    let err = fails(&kc, &["apply", "-f", &typo]).await;
+    assert!(
+        err.contains("BadRequest") && err.contains(r#"strict decoding error: unknown field "dat""#),
+        "{err}"
+    );
+    assert_eq!(
+        api.get("/api/v1/namespaces/default/configmaps/typo")
+            .await
+            .0,
+        404
+    );
+    // Warn: created, with kubectl printing the server's warning.
+    let (success, out, err) = attempt(&kc, &["apply", "--validate=warn", "-f", &typo]).await;
+    assert!(success, "{out}{err}");
+    assert!(err.contains(r#"Warning: unknown field "dat""#), "{err}");
+    // Ignore: no word about it.
+    let (success, out, err) = attempt(
+        &kc,
+        &[
+            "create",
+            "--validate=false",
+            "-f",
+            &typo,
+            "--dry-run=server",
+        ],
+    )
+    .await;
+    assert!(!success || !err.contains("Warning"), "{out}{err}");
+
+    // apply computes its patch from the served schemas: removing an env var and a
+    // container port from the manifest removes them from the object.
+    let ticker = api.upload(workload("ticker.wasm")).await;
+    let deployment = |env: &str, ports: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: tidy}}\nspec:\n  replicas: 1\n  \
+             selector: {{matchLabels: {{app: tidy}}}}\n  template:\n    metadata: {{labels: {{app: tidy}}}}\n    \
+             spec:\n      containers:\n      - name: main\n        image: {ticker}\n        env: [{env}]\n        \
+             ports: [{ports}]\n"
+        )
+    };
+    let v1 = file(
+        "v1.yaml",
+        &deployment(
+            "{name: A, value: '1'}, {name: B, value: '2'}",
+            "{containerPort: 80}, {containerPort: 81}",
+        ),
+    );
+    let v2 = file(
+        "v2.yaml",
+        &deployment("{name: B, value: '3'}", "{containerPort: 81}"),
+    );
+    ok(&kc, &["apply", "-f", &v1]).await;
+    let (success, out, err) = attempt(&kc, &["apply", "-f", &v2]).await;
+    assert!(success && out.contains("configured"), "{out}{err}");
+    assert!(
+        !err.contains("warning"),
+        "apply used the served schemas: {err}"
+    );
+    let (_, got) = api
+        .get("/apis/apps/v1/namespaces/default/deployments/tidy")
+        .await;
+    let container = &got["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["env"],
+        serde_json::json!([{"name": "B", "value": "3"}])
+    );
+    assert_eq!(
+        container["ports"],
+        serde_json::json!([{"containerPort": 81, "protocol": "TCP"}])
+    );
+
+    // Imperative creates go through client-go's typed clients, as protobuf.
+    ok(&kc, &["create", "namespace", "imperative"]).await;
+    let ns = ["--namespace", "imperative"];
+    for args in [
+        &["create", "configmap", "cm", "--from-literal=k=v"][..],
+        &[
+            "create",
+            "secret",
+            "generic",
+            "creds",
+            "--from-literal=token=s3cret",
+        ],
+        &[
+            "create",
+            "deployment",
+            "dep",
+            "--image",
+            &ticker,
+            "--replicas=0",
+        ],
+        &["create", "service", "clusterip", "svc", "--tcp=80:8080"],
+        &["create", "job", "once", "--image", &ticker],
+    ] {
+        ok(&kc, &[args, &ns[..]].concat()).await;
+    }
+    let (_, cm) = api.get("/api/v1/namespaces/imperative/configmaps/cm").await;
+    assert_eq!(cm["data"], serde_json::json!({"k": "v"}));
+    let (_, secret) = api.get("/api/v1/namespaces/imperative/secrets/creds").await;
+    assert_eq!(secret["data"]["token"], "czNjcmV0");
+    let (_, svc) = api.get("/api/v1/namespaces/imperative/services/svc").await;
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    let (_, dep) = api
+        .get("/apis/apps/v1/namespaces/imperative/deployments/dep")
+        .await;
+    assert_eq!(dep["spec"]["replicas"], 0, "an explicit zero survives");
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["containers"][0]["image"],
+        ticker.as_str()
+    );
+    let (code, _) = api
+        .get("/apis/batch/v1/namespaces/imperative/jobs/once")
+        .await;
+    assert_eq!(code, 200);
+
+    // Skiff's App kind through kubectl: apply, wait, get, re-apply, describe.
+    let hello = api.upload(workload("http-hello.wasm")).await;
+    let app = |replicas: u32| {
+        format!(
+            "apiVersion: skiff.dev/v1\nkind: App\nmetadata: {{name: hello}}\nspec:\n  \
+             module: {hello}\n  replicas: {replicas}\n  env: [{{name: GREETING, value: hi}}]\n"
+        )
+    };
+    let app1 = file("app1.yaml", &app(1));
+    let app2 = file("app2.yaml", &app(2));
+    ok(&kc, &["apply", "-f", &app1]).await;
+    ok(
+        &kc,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "app/hello",
+            "--timeout=60s",
+        ],
+    )
+    .await;
+    let out = ok(&kc, &["get", "apps"]).await;
+    assert_eq!(
+        words(out.lines().next().unwrap()),
+        ["NAME", "READY", "URL", "MODULE", "AGE"]
+    );
+    assert!(
+        words(out.lines().nth(1).unwrap())[..2] == ["hello", "1/1"],
+        "{out}"
+    );
+    let (success, out, err) = attempt(&kc, &["apply", "-f", &app2]).await;
+    assert!(
+        success && out.contains("app.skiff.dev/hello configured"),
+        "{out}{err}"
+    );
+    assert!(!err.contains("warning"), "{err}");
+    ok(
+        &kc,
+        &[
+            "wait",
+            "--for=jsonpath={.status.readyReplicas}=2",
+            "app/hello",
+            "--timeout=60s",
+        ],
+    )
+    .await;
+    let out = ok(&kc, &["describe", "app", "hello"]).await;
+    for expected in [
+        "Kind:         App",
+        "Module:",
+        "URL:",
+        "Events:",
+        "Created",
+        "Scaled",
+        "Ready",
+    ] {
+        assert!(out.contains(expected), "{expected:?} in:\n{out}");
+    }
+
+    // explain renders the schemas, Skiff's own kinds included.
+    let out = ok(&kc, &["explain", "deployment.spec.replicas"]).await;
+    assert!(
+        out.contains("FIELD: replicas <integer>") && out.contains("Number of desired pods"),
+        "{out}"
+    );
+    let out = ok(&kc, &["explain", "apps.spec", "--api-version=skiff.dev/v1"]).await;
+    assert!(out.contains("module") && out.contains("replicas"), "{out}");
 }

@@ -4,8 +4,10 @@
 
 pub mod app;
 pub mod client;
+pub mod fields;
 pub mod module;
 pub mod patch;
+pub mod protobuf;
 pub mod quantity;
 pub mod resources;
 pub mod routes;

@@ -2,6 +2,7 @@
 //! `image: sha256:<hex>`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub const GROUP: &str = "skiff.dev";
@@ -12,8 +13,9 @@ pub const KIND: &str = "Module";
 pub const DIGEST_PREFIX: &str = "sha256:";
 
 /// What a Wasm binary is: a core module or a component.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[schemars(rename = "dev.skiff.v1.ModuleType")]
 pub enum ModuleType {
     #[default]
     Module,
@@ -22,8 +24,9 @@ pub enum ModuleType {
 
 /// A stored Wasm binary. Its name is its digest, so uploading the same bytes twice names
 /// the same object. The bytes themselves are served at `.../modules/{digest}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "dev.skiff.v1.Module")]
 pub struct Module {
     #[serde(default = "api_version")]
     pub api_version: String,

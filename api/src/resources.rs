@@ -2,6 +2,7 @@
 //! subresources and how an object of each kind is normalised through its
 //! `k8s-openapi` type, so stored JSON is exactly what Kubernetes would write.
 
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -68,6 +69,13 @@ pub struct ResourceInfo {
     /// Round-trips an object through its typed form: rejects wrong shapes, drops unknown
     /// fields and writes fields the way Kubernetes serialises them.
     pub normalize: fn(Value) -> Result<Value, serde_json::Error>,
+    /// Registers the kind's OpenAPI schema (and those it refers to) with a generator and
+    /// returns a reference to it, for `/openapi/v3`.
+    pub schema: fn(&mut SchemaGenerator) -> Schema,
+}
+
+fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
 }
 
 fn through<T: DeserializeOwned + Serialize>(value: Value) -> Result<Value, serde_json::Error> {
@@ -150,6 +158,7 @@ static RESOURCES: &[ResourceInfo] = &[
         status_on_create: StatusOnCreate::Phase("Active"),
         extra_fields: &["status.phase"],
         normalize: through::<core::Namespace>,
+        schema: schema_of::<core::Namespace>,
     },
     ResourceInfo {
         group: "",
@@ -165,6 +174,7 @@ static RESOURCES: &[ResourceInfo] = &[
         status_on_create: StatusOnCreate::Keep,
         extra_fields: &["spec.unschedulable"],
         normalize: through::<core::Node>,
+        schema: schema_of::<core::Node>,
     },
     ResourceInfo {
         group: "",
@@ -191,6 +201,7 @@ static RESOURCES: &[ResourceInfo] = &[
             "status.podIP",
         ],
         normalize: through::<core::Pod>,
+        schema: schema_of::<core::Pod>,
     },
     ResourceInfo {
         group: "",
@@ -206,6 +217,7 @@ static RESOURCES: &[ResourceInfo] = &[
         status_on_create: StatusOnCreate::Keep,
         extra_fields: &[],
         normalize: through::<core::ConfigMap>,
+        schema: schema_of::<core::ConfigMap>,
     },
     ResourceInfo {
         group: "",
@@ -221,6 +233,7 @@ static RESOURCES: &[ResourceInfo] = &[
         status_on_create: StatusOnCreate::Keep,
         extra_fields: &["type"],
         normalize: through::<core::Secret>,
+        schema: schema_of::<core::Secret>,
     },
     ResourceInfo {
         group: "",
@@ -236,6 +249,7 @@ static RESOURCES: &[ResourceInfo] = &[
         status_on_create: StatusOnCreate::Reset,
         extra_fields: &[],
         normalize: through::<core::Service>,
+        schema: schema_of::<core::Service>,
     },
     ResourceInfo {
         group: "",
@@ -263,6 +277,7 @@ static RESOURCES: &[ResourceInfo] = &[
             "type",
         ],
         normalize: through::<core::Event>,
+        schema: schema_of::<core::Event>,
     },
     ResourceInfo {
         group: "apps",
@@ -278,6 +293,7 @@ static RESOURCES: &[ResourceInfo] = &[
         status_on_create: StatusOnCreate::Reset,
         extra_fields: &[],
         normalize: through::<apps::Deployment>,
+        schema: schema_of::<apps::Deployment>,
     },
     ResourceInfo {
         group: "apps",
@@ -293,6 +309,7 @@ static RESOURCES: &[ResourceInfo] = &[
         status_on_create: StatusOnCreate::Reset,
         extra_fields: &["status.replicas"],
         normalize: through::<apps::ReplicaSet>,
+        schema: schema_of::<apps::ReplicaSet>,
     },
     ResourceInfo {
         group: "apps",
@@ -308,6 +325,7 @@ static RESOURCES: &[ResourceInfo] = &[
         status_on_create: StatusOnCreate::Reset,
         extra_fields: &[],
         normalize: through::<apps::DaemonSet>,
+        schema: schema_of::<apps::DaemonSet>,
     },
     ResourceInfo {
         group: "batch",
@@ -323,6 +341,7 @@ static RESOURCES: &[ResourceInfo] = &[
         status_on_create: StatusOnCreate::Reset,
         extra_fields: &["status.successful"],
         normalize: through::<batch::Job>,
+        schema: schema_of::<batch::Job>,
     },
     ResourceInfo {
         group: "coordination.k8s.io",
@@ -338,6 +357,7 @@ static RESOURCES: &[ResourceInfo] = &[
         status_on_create: StatusOnCreate::Keep,
         extra_fields: &[],
         normalize: through::<coordination::Lease>,
+        schema: schema_of::<coordination::Lease>,
     },
     ResourceInfo {
         group: "discovery.k8s.io",
@@ -353,6 +373,7 @@ static RESOURCES: &[ResourceInfo] = &[
         status_on_create: StatusOnCreate::Keep,
         extra_fields: &[],
         normalize: through::<discovery::EndpointSlice>,
+        schema: schema_of::<discovery::EndpointSlice>,
     },
     ResourceInfo {
         group: crate::module::GROUP,
@@ -368,6 +389,7 @@ static RESOURCES: &[ResourceInfo] = &[
         status_on_create: StatusOnCreate::Keep,
         extra_fields: &[],
         normalize: through::<crate::module::Module>,
+        schema: schema_of::<crate::module::Module>,
     },
     ResourceInfo {
         group: crate::module::GROUP,
@@ -383,6 +405,7 @@ static RESOURCES: &[ResourceInfo] = &[
         status_on_create: StatusOnCreate::Reset,
         extra_fields: &[],
         normalize: through::<crate::app::App>,
+        schema: schema_of::<crate::app::App>,
     },
 ];
 

@@ -52,6 +52,25 @@ fn strategy(field: &str, target: Option<&Vec<Value>>, patch: &[Value]) -> ListSt
     }
 }
 
+/// How a list field is declared in the OpenAPI documents, as the
+/// `x-kubernetes-patch-strategy` and `x-kubernetes-patch-merge-key` extensions that
+/// clients such as `kubectl apply` compute their patches from. `item_schema` names the
+/// items' schema (`io.k8s.api.core.v1.ContainerPort`), which decides what `ports` merge on.
+/// `None` for lists that are replaced whole.
+pub fn declared(field: &str, item_schema: &str) -> Option<(&'static str, Option<&'static str>)> {
+    let container_port = serde_json::json!({"containerPort": 0});
+    let items = if item_schema.ends_with(".ContainerPort") {
+        std::slice::from_ref(&container_port)
+    } else {
+        &[]
+    };
+    match strategy(field, None, items) {
+        ListStrategy::MergeKey(key) => Some(("merge", Some(key))),
+        ListStrategy::MergePrimitives => Some(("merge", None)),
+        ListStrategy::Replace => None,
+    }
+}
+
 /// Why a strategic merge patch could not apply (a 422, or 400 for a malformed body).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{0}")]

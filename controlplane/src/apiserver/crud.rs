@@ -8,6 +8,7 @@ use axum::response::Response;
 use base64::Engine;
 use serde_json::{Value, json};
 
+use skiff_api::fields::{self, FieldProblem, FieldValidation};
 use skiff_api::patch::{self, PatchError, PatchType};
 use skiff_api::resources::{ResourceInfo, StatusOnCreate, Subresource};
 use skiff_api::selector::{FieldSelector, LabelSelector};
@@ -30,11 +31,50 @@ fn namespace_info() -> &'static ResourceInfo {
     skiff_api::resources::lookup("", "v1", "namespaces").expect("namespaces are served")
 }
 
-/// Reads a JSON body as an object of the target's kind, in normalised form.
-pub(crate) fn decode(info: &'static ResourceInfo, body: &[u8]) -> ApiResult<Value> {
-    let mut value = request::parse_json(body)?;
-    check_type(info, &mut value)?;
-    normalize(info, value)
+/// Reads a JSON body as an object of the target's kind, in normalised form, applying the request's `fieldValidation` to fields the kind does not
+/// have or that the body names twice: Strict refuses them, Warn returns them as
+/// warnings, Ignore drops them silently.
+fn decode_validated(
+    info: &'static ResourceInfo,
+    body: &[u8],
+    validation: FieldValidation,
+) -> ApiResult<(Value, Vec<String>)> {
+    let mut input = request::parse_json(body)?;
+    check_type(info, &mut input)?;
+    let normalized = normalize(info, input.clone())?;
+    let problems = match validation {
+        FieldValidation::Ignore => Vec::new(),
+        _ => fields::problems(body, &input, &normalized),
+    };
+    let warnings = field_verdict(info, validation, problems)?;
+    Ok((normalized, warnings))
+}
+
+/// The request's `fieldValidation` directive.
+pub(crate) fn field_validation(query: &Query) -> ApiResult<FieldValidation> {
+    FieldValidation::parse(query.get("fieldValidation")).map_err(ApiError::BadRequest)
+}
+
+/// Strict turns field problems into a BadRequest worded as Kubernetes words it; Warn
+/// turns them into warnings.
+fn field_verdict(
+    info: &'static ResourceInfo,
+    validation: FieldValidation,
+    problems: Vec<FieldProblem>,
+) -> ApiResult<Vec<String>> {
+    if problems.is_empty() || validation == FieldValidation::Ignore {
+        return Ok(Vec::new());
+    }
+    let messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    if validation == FieldValidation::Strict {
+        return Err(ApiError::BadRequest(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+            messages.join(", "),
+            kind = info.kind,
+            version = info.version,
+        )));
+    }
+    Ok(messages)
 }
 
 /// Fills in or checks apiVersion and kind against the endpoint's kind.
@@ -136,10 +176,14 @@ pub(crate) async fn create(
         )));
     }
     request::require_json(headers)?;
+    let validation = field_validation(query)?;
     let body = request::read_body(headers, body, api.config.max_body_bytes).await?;
-    let obj = decode(target.info, &body)?;
+    let (obj, warnings) = decode_validated(target.info, &body, validation)?;
     let created = create_object(api, target, obj, query.dry_run()?).await?;
-    Ok(json_response(StatusCode::CREATED, &created))
+    Ok(request::with_warnings(
+        json_response(StatusCode::CREATED, &created),
+        &warnings,
+    ))
 }
 
 /// Creates an object that has already been decoded; shared with internal callers.
@@ -584,14 +628,18 @@ pub(crate) async fn update(
     body: Body,
 ) -> ApiResult<Response> {
     request::require_json(headers)?;
+    let validation = field_validation(query)?;
     let body = request::read_body(headers, body, api.config.max_body_bytes).await?;
-    let desired = decode(target.info, &body)?;
+    let (desired, warnings) = decode_validated(target.info, &body, validation)?;
     let precondition = precondition_of(&desired)?;
     let out = guaranteed_update(api, target, part_of(target), query.dry_run()?, |_| {
         Ok((desired.clone(), precondition))
     })
     .await?;
-    Ok(json_response(StatusCode::OK, &out))
+    Ok(request::with_warnings(
+        json_response(StatusCode::OK, &out),
+        &warnings,
+    ))
 }
 
 /// Applies a patch document of the given type to an object.
@@ -639,11 +687,34 @@ pub(crate) async fn patch(
     body: Body,
 ) -> ApiResult<Response> {
     let kind = patch_type(headers)?;
+    let validation = field_validation(query)?;
     let body = request::read_body(headers, body, api.config.max_body_bytes).await?;
     let info = target.info;
     let name = target.name().to_string();
+    // Duplicates are a property of the patch document; unknown fields show in the
+    // patched object, since the stored one has none.
+    let duplicates = match (validation, kind) {
+        (FieldValidation::Ignore, _) | (_, PatchType::Json) => Vec::new(),
+        _ => fields::duplicate_fields(&body),
+    };
+    let mut warnings = Vec::new();
     let out = guaranteed_update(api, target, part_of(target), query.dry_run()?, |current| {
-        let patched = apply_patch(info, &name, kind, &current.object, &body)?;
+        let mut patched = apply_patch(info, &name, kind, &current.object, &body)?;
+        if validation != FieldValidation::Ignore {
+            check_type(info, &mut patched)?;
+            let normalized = normalize(info, patched.clone())?;
+            let problems = duplicates
+                .iter()
+                .cloned()
+                .map(FieldProblem::Duplicate)
+                .chain(
+                    fields::unknown_fields(&patched, &normalized)
+                        .into_iter()
+                        .map(FieldProblem::Unknown),
+                )
+                .collect();
+            warnings = field_verdict(info, validation, problems)?;
+        }
         // A resourceVersion the patch itself sets is a precondition.
         let precondition = match objects::resource_version(&patched) {
             Some(rv) if Some(rv) != objects::resource_version(&current.object) => {
@@ -654,7 +725,10 @@ pub(crate) async fn patch(
         Ok((patched, precondition))
     })
     .await?;
-    Ok(json_response(StatusCode::OK, &out))
+    Ok(request::with_warnings(
+        json_response(StatusCode::OK, &out),
+        &warnings,
+    ))
 }
 
 /// The parts of `DeleteOptions` the server acts on.

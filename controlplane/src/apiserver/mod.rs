@@ -11,6 +11,7 @@ pub mod internal;
 mod logs;
 mod modules;
 pub mod objects;
+mod openapi;
 mod request;
 mod subresources;
 mod tables;
@@ -95,6 +96,8 @@ pub fn router(api: SharedApi) -> Router {
         .route("/apis/{group}/{version}", get(discovery::group_resources))
         .route("/apis/{group}/{version}/{*rest}", any(group_resource))
         .route("/version", get(discovery::version))
+        .route("/openapi/v3", get(openapi::index))
+        .route("/openapi/v3/{*path}", get(openapi::document))
         .route("/healthz", get(health))
         .route("/livez", get(health))
         .route("/readyz", get(ready))

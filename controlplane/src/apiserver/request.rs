@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use serde_json::Value;
+use skiff_api::protobuf;
 
 use super::error::{ApiError, ApiResult};
 
@@ -100,12 +101,15 @@ pub fn content_type(headers: &HeaderMap) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// Create and update take JSON; a missing content type is read as JSON too.
+/// Create and update take JSON or Kubernetes protobuf; a missing content type is read
+/// as JSON.
 pub fn require_json(headers: &HeaderMap) -> ApiResult<()> {
     match content_type(headers).as_deref() {
-        None | Some("application/json") => Ok(()),
+        None | Some("application/json") | Some(protobuf::CONTENT_TYPE) => Ok(()),
         Some(other) => Err(ApiError::UnsupportedMediaType(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json (got {other})"
+            "the body of the request was in an unknown format - accepted media types include: \
+             application/json, {} (got {other})",
+            protobuf::CONTENT_TYPE
         ))),
     }
 }
@@ -119,8 +123,12 @@ pub fn wants_json(headers: &HeaderMap) -> bool {
     accept.contains("application/json") && !accept.contains("application/wasm")
 }
 
-/// Parses a JSON object body.
+/// Parses an object body: JSON, or Kubernetes protobuf (recognised by its magic
+/// prefix, which no JSON document starts with), read as the JSON it stands for.
 pub fn parse_json(body: &[u8]) -> ApiResult<Value> {
+    if body.starts_with(protobuf::MAGIC) {
+        return protobuf::decode(body).map_err(|e| ApiError::BadRequest(e.to_string()));
+    }
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))?;
     if !value.is_object() {
@@ -138,4 +146,18 @@ pub fn json_response(code: StatusCode, value: &Value) -> Response {
         value.to_string(),
     )
         .into_response()
+}
+
+/// Adds one `Warning` header per message, in the RFC 7234 form Kubernetes uses
+/// (`299 - "text"`), which kubectl prints as `Warning: text`.
+pub fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let escaped = w.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(value) = axum::http::HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
+            response
+                .headers_mut()
+                .append(axum::http::header::WARNING, value);
+        }
+    }
+    response
 }

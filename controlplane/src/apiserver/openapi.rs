@@ -1,0 +1,747 @@
+//! `/openapi/v3`: an index of the served group-versions, and one OpenAPI 3.0 document per
+//! group-version with the paths, operations and schemas of its kinds.
+//!
+//! kubectl reads these to validate: `create`, `apply` and `replace` send
+//! `fieldValidation=Strict` once the PATCH operation of a kind lists that parameter. It
+//! also computes `apply`'s strategic merge patches from the schemas' patch extensions,
+//! and `kubectl explain` renders the schemas. The schemas come from k8s-openapi's
+//! `schemars` support (and App and Module's derived ones); the patch extensions come
+//! from the same merge keys the server merges with, so client and server agree.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use axum::extract::{Path, RawQuery};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use schemars::generate::SchemaSettings;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha512};
+
+use k8s_openapi::api::{autoscaling::v1::Scale, core::v1::Binding, policy::v1::Eviction};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ListMeta, Status};
+use skiff_api::resources::{self, ResourceInfo, Subresource};
+
+use super::error::ApiError;
+
+const SCHEMAS: &str = "#/components/schemas/";
+
+/// The documents, built once: they depend only on the binary.
+struct Documents {
+    index: Vec<u8>,
+    /// `api/v1`, `apis/apps/v1`, ... → (hash, document).
+    by_path: BTreeMap<String, (String, Vec<u8>)>,
+}
+
+fn documents() -> &'static Documents {
+    static DOCS: OnceLock<Documents> = OnceLock::new();
+    DOCS.get_or_init(|| {
+        let mut by_path = BTreeMap::new();
+        for (group, version) in resources::group_versions() {
+            let doc = serde_json::to_vec(&group_version_document(group, version))
+                .expect("a JSON value serialises");
+            let hash = hex::encode_upper(Sha512::digest(&doc));
+            by_path.insert(gv_path(group, version), (hash, doc));
+        }
+        let paths: Map<String, Value> = by_path
+            .iter()
+            .map(|(path, (hash, _))| {
+                (
+                    path.clone(),
+                    json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
+                )
+            })
+            .collect();
+        let index = serde_json::to_vec(&json!({ "paths": paths })).expect("serialises");
+        Documents { index, by_path }
+    })
+}
+
+fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// `GET /openapi/v3`.
+pub async fn index() -> Response {
+    json_bytes(documents().index.clone(), false)
+}
+
+/// `GET /openapi/v3/{api/v1 | apis/GROUP/VERSION}`.
+pub async fn document(Path(path): Path<String>, RawQuery(query): RawQuery) -> Response {
+    let Some((hash, doc)) = documents().by_path.get(path.trim_matches('/')) else {
+        return ApiError::NoRoute.into_response();
+    };
+    // A request naming the current hash may be cached for good, as Kubernetes allows.
+    let immutable = query
+        .as_deref()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("hash=")))
+        .is_some_and(|h| h == hash);
+    let mut response = json_bytes(doc.clone(), immutable);
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{hash}\"")) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+fn json_bytes(body: Vec<u8>, immutable: bool) -> Response {
+    let cache = if immutable {
+        "public, immutable"
+    } else {
+        "no-cache, private"
+    };
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, cache),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("{SCHEMAS}{name}") })
+}
+
+fn ref_name(schema: &Value) -> String {
+    schema
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix(SCHEMAS))
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn gvk(group: &str, version: &str, kind: &str) -> Value {
+    json!({"group": group, "version": version, "kind": kind})
+}
+
+/// The OpenAPI document of one group-version.
+fn group_version_document(group: &str, version: &str) -> Value {
+    let kinds: Vec<&'static ResourceInfo> = resources::all()
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
+    let mut generator = SchemaSettings::openapi3()
+        .with(|s| s.meta_schema = None)
+        .into_generator();
+    let status = ref_name(&generator.subschema_for::<Status>().to_value());
+    let delete_options = ref_name(&generator.subschema_for::<DeleteOptions>().to_value());
+    let list_meta = ref_name(&generator.subschema_for::<ListMeta>().to_value());
+    let scale = ref_name(&generator.subschema_for::<Scale>().to_value());
+    let eviction = ref_name(&generator.subschema_for::<Eviction>().to_value());
+    let binding = ref_name(&generator.subschema_for::<Binding>().to_value());
+    let kind_schemas: Vec<(&ResourceInfo, String)> = kinds
+        .iter()
+        .map(|info| (*info, ref_name(&(info.schema)(&mut generator).to_value())))
+        .collect();
+    let mut schemas = generator.take_definitions(true);
+
+    let mut tag_gvk = |name: &str, group: &str, version: &str, kind: &str| {
+        if let Some(Value::Object(s)) = schemas.get_mut(name) {
+            s.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([gvk(group, version, kind)]),
+            );
+        }
+    };
+    tag_gvk(&scale, "autoscaling", "v1", "Scale");
+    tag_gvk(&eviction, "policy", "v1", "Eviction");
+    tag_gvk(&binding, "", "v1", "Binding");
+    tag_gvk(&status, "", "v1", "Status");
+    for (info, name) in &kind_schemas {
+        tag_gvk(name, info.group, info.version, info.kind);
+    }
+    for (info, name) in &kind_schemas {
+        let list_name = format!("{}List", name);
+        schemas.insert(
+            list_name,
+            json!({
+                "description": format!("{} is a list of {}.", info.list_kind(), info.kind),
+                "type": "object",
+                "required": ["items"],
+                "properties": {
+                    "apiVersion": {"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."},
+                    "kind": {"type": "string", "description": "Kind is a string value representing the REST resource this object represents."},
+                    "metadata": {"allOf": [schema_ref(&list_meta)], "description": "Standard list metadata."},
+                    "items": {"type": "array", "items": {"allOf": [schema_ref(name)]}, "description": format!("List of {}.", info.plural)},
+                },
+                "x-kubernetes-group-version-kind": [gvk(info.group, info.version, &info.list_kind())],
+            }),
+        );
+    }
+    for schema in schemas.values_mut() {
+        declare_patch_strategies(schema);
+    }
+
+    let names = Names {
+        status,
+        delete_options,
+        scale,
+        eviction,
+        binding,
+    };
+    let mut paths = Map::new();
+    for (info, name) in &kind_schemas {
+        add_paths(&mut paths, info, name, &names);
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Skiff", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    })
+}
+
+/// Adds `x-kubernetes-patch-strategy` and `-merge-key` to the list properties that
+/// strategic merge patch merges rather than replaces.
+fn declare_patch_strategies(schema: &mut Value) {
+    let Some(Value::Object(props)) = schema.get_mut("properties") else {
+        return;
+    };
+    for (field, prop) in props.iter_mut() {
+        let Some(prop) = prop.as_object_mut() else {
+            continue;
+        };
+        if prop.get("type").and_then(Value::as_str) != Some("array") {
+            continue;
+        }
+        let items = prop.get("items").map(ref_name).unwrap_or_default();
+        if let Some((strategy, key)) = skiff_api::strategic::declared(field, &items) {
+            prop.insert("x-kubernetes-patch-strategy".into(), json!(strategy));
+            if let Some(key) = key {
+                prop.insert("x-kubernetes-patch-merge-key".into(), json!(key));
+            }
+        }
+    }
+}
+
+struct Names {
+    status: String,
+    delete_options: String,
+    scale: String,
+    eviction: String,
+    binding: String,
+}
+
+fn query_param(name: &str, description: &str, schema: Value) -> Value {
+    json!({"name": name, "in": "query", "description": description, "schema": schema, "uniqueItems": true})
+}
+
+fn path_param(name: &str, description: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string", "uniqueItems": true}})
+}
+
+fn write_params(with_force: bool) -> Vec<Value> {
+    let mut out = vec![
+        query_param(
+            "dryRun",
+            "When present, indicates that modifications should not be persisted. Valid value: All.",
+            json!({"type": "string"}),
+        ),
+        query_param(
+            "fieldManager",
+            "A name associated with the actor or entity that is making these changes.",
+            json!({"type": "string"}),
+        ),
+        query_param(
+            "fieldValidation",
+            "How the server handles fields the object's kind does not have, or names twice: \
+             Ignore drops them, Warn (the default) drops them and answers with a Warning \
+             header per field, Strict refuses the request.",
+            json!({"type": "string"}),
+        ),
+    ];
+    if with_force {
+        out.push(query_param(
+            "force",
+            "Server-side apply is not served, so this has no effect.",
+            json!({"type": "boolean"}),
+        ));
+    }
+    out
+}
+
+fn list_params() -> Vec<Value> {
+    let string = json!({"type": "string"});
+    let boolean = json!({"type": "boolean"});
+    let integer = json!({"type": "integer"});
+    vec![
+        query_param(
+            "allowWatchBookmarks",
+            "Ask for BOOKMARK events on a watch.",
+            boolean.clone(),
+        ),
+        query_param(
+            "continue",
+            "The continue token of the previous page.",
+            string.clone(),
+        ),
+        query_param(
+            "fieldSelector",
+            "Select objects by their fields.",
+            string.clone(),
+        ),
+        query_param(
+            "labelSelector",
+            "Select objects by their labels.",
+            string.clone(),
+        ),
+        query_param("limit", "The largest page to return.", integer.clone()),
+        query_param(
+            "resourceVersion",
+            "The resourceVersion to list at or watch from.",
+            string.clone(),
+        ),
+        query_param(
+            "resourceVersionMatch",
+            "How resourceVersion applies: Exact or NotOlderThan.",
+            string,
+        ),
+        query_param(
+            "sendInitialEvents",
+            "With watch: send the current objects first, then a bookmark.",
+            boolean.clone(),
+        ),
+        query_param("timeoutSeconds", "How long a watch may last.", integer),
+        query_param("watch", "Watch for changes instead of listing.", boolean),
+    ]
+}
+
+fn json_content(schema: Value) -> Value {
+    json!({
+        "application/json": {"schema": schema},
+        "application/yaml": {"schema": schema},
+    })
+}
+
+fn response(code: &str, description: &str, schema: Value) -> (String, Value) {
+    (
+        code.to_string(),
+        json!({"description": description, "content": json_content(schema)}),
+    )
+}
+
+struct Op<'a> {
+    info: &'a ResourceInfo,
+    action: &'a str,
+    verb_id: String,
+    gvk: Value,
+    params: Vec<Value>,
+    body: Option<Value>,
+    responses: Vec<(String, Value)>,
+}
+
+impl Op<'_> {
+    fn build(self) -> Value {
+        let mut op = json!({
+            "tags": [format!("{}_{}", tag_group(self.info.group), self.info.version)],
+            "operationId": self.verb_id,
+            "description": format!("{} {}", self.action, self.info.kind),
+            "parameters": self.params,
+            "responses": self.responses.into_iter().collect::<Map<_, _>>(),
+            "x-kubernetes-action": self.action,
+            "x-kubernetes-group-version-kind": self.gvk,
+        });
+        if let Some(body) = self.body {
+            op["requestBody"] = body;
+        }
+        op
+    }
+}
+
+fn tag_group(group: &str) -> String {
+    if group.is_empty() {
+        "core".into()
+    } else {
+        group.replace('.', "_")
+    }
+}
+
+fn operation_id(verb: &str, info: &ResourceInfo, scope: &str, suffix: &str) -> String {
+    let group: String = tag_group(info.group)
+        .split('_')
+        .map(capitalise)
+        .collect::<Vec<_>>()
+        .join("");
+    format!(
+        "{verb}{group}{}{scope}{}{suffix}",
+        capitalise(info.version),
+        info.kind
+    )
+}
+
+fn capitalise(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+fn body_of(schema: Value) -> Value {
+    json!({"required": true, "content": {"*/*": {"schema": schema}}})
+}
+
+fn patch_body() -> Value {
+    let any = json!({"type": "object"});
+    json!({
+        "required": true,
+        "content": {
+            "application/json-patch+json": {"schema": any},
+            "application/merge-patch+json": {"schema": any},
+            "application/strategic-merge-patch+json": {"schema": any},
+        }
+    })
+}
+
+fn add_paths(paths: &mut Map<String, Value>, info: &ResourceInfo, schema: &str, n: &Names) {
+    let prefix = format!("/{}", gv_path(info.group, info.version));
+    let scope = if info.namespaced { "Namespaced" } else { "" };
+    let collection = if info.namespaced {
+        format!("{prefix}/namespaces/{{namespace}}/{}", info.plural)
+    } else {
+        format!("{prefix}/{}", info.plural)
+    };
+    let item = format!("{collection}/{{name}}");
+    let this = gvk(info.group, info.version, info.kind);
+    let obj = schema_ref(schema);
+    let list = schema_ref(&format!("{schema}List"));
+    let status = schema_ref(&n.status);
+    let mut scope_params = vec![];
+    if info.namespaced {
+        scope_params.push(path_param("namespace", "object name and auth scope"));
+    }
+    let mut item_params = scope_params.clone();
+    item_params.insert(0, path_param("name", &format!("name of the {}", info.kind)));
+
+    let op = |action: &'static str, verb: &str, suffix: &str, sc: &str| Op {
+        info,
+        action,
+        verb_id: operation_id(verb, info, sc, suffix),
+        gvk: this.clone(),
+        params: vec![],
+        body: None,
+        responses: vec![],
+    };
+
+    let mut coll = Map::new();
+    coll.insert("parameters".into(), json!(scope_params));
+    coll.insert(
+        "get".into(),
+        Op {
+            params: list_params(),
+            responses: vec![response("200", "OK", list.clone())],
+            ..op("list", "list", "", scope)
+        }
+        .build(),
+    );
+    coll.insert(
+        "post".into(),
+        Op {
+            params: write_params(false),
+            body: Some(body_of(obj.clone())),
+            responses: vec![
+                response("200", "OK", obj.clone()),
+                response("201", "Created", obj.clone()),
+                response("202", "Accepted", obj.clone()),
+            ],
+            ..op("post", "create", "", scope)
+        }
+        .build(),
+    );
+    coll.insert(
+        "delete".into(),
+        Op {
+            params: list_params(),
+            body: Some(body_of(schema_ref(&n.delete_options))),
+            responses: vec![response("200", "OK", status.clone())],
+            ..op("deletecollection", "deleteCollection", "", scope)
+        }
+        .build(),
+    );
+    paths.insert(collection.clone(), Value::Object(coll));
+
+    if info.namespaced {
+        let all = format!("{prefix}/{}", info.plural);
+        paths.insert(
+            all,
+            json!({
+                "get": Op {
+                    params: list_params(),
+                    responses: vec![response("200", "OK", list.clone())],
+                    ..op("list", "list", "ForAllNamespaces", "")
+                }
+                .build()
+            }),
+        );
+    }
+
+    let mut one = Map::new();
+    one.insert("parameters".into(), json!(item_params));
+    one.insert(
+        "get".into(),
+        Op {
+            responses: vec![response("200", "OK", obj.clone())],
+            ..op("get", "read", "", scope)
+        }
+        .build(),
+    );
+    one.insert(
+        "put".into(),
+        Op {
+            params: write_params(false),
+            body: Some(body_of(obj.clone())),
+            responses: vec![
+                response("200", "OK", obj.clone()),
+                response("201", "Created", obj.clone()),
+            ],
+            ..op("put", "replace", "", scope)
+        }
+        .build(),
+    );
+    one.insert(
+        "patch".into(),
+        Op {
+            params: write_params(true),
+            body: Some(patch_body()),
+            responses: vec![
+                response("200", "OK", obj.clone()),
+                response("201", "Created", obj.clone()),
+            ],
+            ..op("patch", "patch", "", scope)
+        }
+        .build(),
+    );
+    one.insert(
+        "delete".into(),
+        Op {
+            params: vec![
+                query_param(
+                    "dryRun",
+                    "When present, nothing is persisted.",
+                    json!({"type": "string"}),
+                ),
+                query_param(
+                    "gracePeriodSeconds",
+                    "Seconds before the object is deleted.",
+                    json!({"type": "integer"}),
+                ),
+                query_param(
+                    "propagationPolicy",
+                    "Orphan, Background or Foreground.",
+                    json!({"type": "string"}),
+                ),
+            ],
+            body: Some(body_of(schema_ref(&n.delete_options))),
+            responses: vec![
+                response("200", "OK", status.clone()),
+                response("202", "Accepted", status.clone()),
+            ],
+            ..op("delete", "delete", "", scope)
+        }
+        .build(),
+    );
+    paths.insert(item.clone(), Value::Object(one));
+
+    for sub in info.subresources {
+        let path = format!("{item}/{}", sub.name());
+        let suffix = capitalise(sub.name());
+        let mut ops = Map::new();
+        ops.insert("parameters".into(), json!(item_params));
+        match sub {
+            Subresource::Status | Subresource::Scale => {
+                let (target, target_gvk) = if *sub == Subresource::Scale {
+                    (schema_ref(&n.scale), gvk("autoscaling", "v1", "Scale"))
+                } else {
+                    (obj.clone(), this.clone())
+                };
+                for (method, action, verb, params, body) in [
+                    ("get", "get", "read", vec![], None),
+                    (
+                        "put",
+                        "put",
+                        "replace",
+                        write_params(false),
+                        Some(body_of(target.clone())),
+                    ),
+                    (
+                        "patch",
+                        "patch",
+                        "patch",
+                        write_params(true),
+                        Some(patch_body()),
+                    ),
+                ] {
+                    ops.insert(
+                        method.into(),
+                        Op {
+                            gvk: target_gvk.clone(),
+                            params,
+                            body,
+                            responses: vec![response("200", "OK", target.clone())],
+                            ..op(action, verb, &suffix, scope)
+                        }
+                        .build(),
+                    );
+                }
+            }
+            Subresource::Eviction | Subresource::Binding => {
+                let (target, target_gvk) = if *sub == Subresource::Eviction {
+                    (schema_ref(&n.eviction), gvk("policy", "v1", "Eviction"))
+                } else {
+                    (schema_ref(&n.binding), gvk("", "v1", "Binding"))
+                };
+                ops.insert(
+                    "post".into(),
+                    Op {
+                        gvk: target_gvk,
+                        params: write_params(false),
+                        body: Some(body_of(target.clone())),
+                        responses: vec![
+                            response("200", "OK", target.clone()),
+                            response("201", "Created", target),
+                        ],
+                        ..op("post", "create", &suffix, scope)
+                    }
+                    .build(),
+                );
+            }
+            Subresource::Log => {
+                let string = json!({"type": "string"});
+                let boolean = json!({"type": "boolean"});
+                let integer = json!({"type": "integer"});
+                ops.insert(
+                    "get".into(),
+                    Op {
+                        params: vec![
+                            query_param("container", "The container to read.", string),
+                            query_param("follow", "Stream the log.", boolean.clone()),
+                            query_param("previous", "The previous instance's log.", boolean.clone()),
+                            query_param("sinceSeconds", "Only lines this recent.", integer.clone()),
+                            query_param("tailLines", "Only the last lines.", integer),
+                            query_param("timestamps", "Prefix each line with its time.", boolean),
+                        ],
+                        responses: vec![(
+                            "200".into(),
+                            json!({"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}),
+                        )],
+                        ..op("get", "read", "Log", scope)
+                    }
+                    .build(),
+                );
+            }
+        }
+        paths.insert(path, Value::Object(ops));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(path: &str) -> Value {
+        serde_json::from_slice(&documents().by_path[path].1).unwrap()
+    }
+
+    #[test]
+    fn the_index_lists_every_group_version_with_a_hash() {
+        let index: Value = serde_json::from_slice(&documents().index).unwrap();
+        let paths = index["paths"].as_object().unwrap();
+        for key in [
+            "api/v1",
+            "apis/apps/v1",
+            "apis/batch/v1",
+            "apis/skiff.dev/v1",
+        ] {
+            let url = paths[key]["serverRelativeURL"].as_str().unwrap();
+            assert!(
+                url.starts_with(&format!("/openapi/v3/{key}?hash=")),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_patch_operation_names_its_kind_and_takes_field_validation() {
+        for (path, _) in documents().by_path.iter() {
+            let doc = doc(path);
+            let mut patches = 0;
+            for (p, item) in doc["paths"].as_object().unwrap() {
+                let Some(patch) = item.get("patch") else {
+                    continue;
+                };
+                patches += 1;
+                assert!(
+                    patch["x-kubernetes-group-version-kind"]["kind"].is_string(),
+                    "{p}"
+                );
+                let params = patch["parameters"].as_array().unwrap();
+                assert!(
+                    params
+                        .iter()
+                        .any(|q| q["name"] == "fieldValidation" && q["in"] == "query"),
+                    "{p}"
+                );
+                assert!(
+                    patch["requestBody"]["content"]
+                        .get("application/strategic-merge-patch+json")
+                        .is_some()
+                );
+            }
+            assert!(patches > 0, "{path}");
+        }
+    }
+
+    #[test]
+    fn schemas_carry_kinds_refs_and_merge_keys() {
+        let doc = doc("apis/apps/v1");
+        let schemas = &doc["components"]["schemas"];
+        let deployment = &schemas["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(
+            deployment["x-kubernetes-group-version-kind"],
+            json!([{"group": "apps", "version": "v1", "kind": "Deployment"}])
+        );
+        // References resolve inside the document.
+        let spec_ref = deployment["properties"]["spec"]["allOf"][0]["$ref"]
+            .as_str()
+            .unwrap();
+        let name = spec_ref.strip_prefix(SCHEMAS).unwrap();
+        assert!(schemas.get(name).is_some(), "{name}");
+        let pod_spec = &schemas["io.k8s.api.core.v1.PodSpec"]["properties"];
+        assert_eq!(
+            pod_spec["containers"]["x-kubernetes-patch-merge-key"],
+            "name"
+        );
+        let container = &schemas["io.k8s.api.core.v1.Container"]["properties"];
+        assert_eq!(
+            container["ports"]["x-kubernetes-patch-merge-key"],
+            "containerPort"
+        );
+        assert_eq!(
+            container["volumeMounts"]["x-kubernetes-patch-merge-key"],
+            "mountPath"
+        );
+        assert!(
+            container["args"]
+                .get("x-kubernetes-patch-strategy")
+                .is_none()
+        );
+        assert_eq!(
+            schemas["io.k8s.api.apps.v1.DeploymentList"]["x-kubernetes-group-version-kind"][0]["kind"],
+            "DeploymentList"
+        );
+        let app = doc_schema("apis/skiff.dev/v1", "dev.skiff.v1.App");
+        assert_eq!(app["x-kubernetes-group-version-kind"][0]["kind"], "App");
+        assert!(app["properties"]["spec"].is_object());
+    }
+
+    fn doc_schema(path: &str, name: &str) -> Value {
+        doc(path)["components"]["schemas"][name].clone()
+    }
+}
