@@ -4,62 +4,81 @@
 
 use k8s_openapi::api::core::v1::{EnvVar, Probe, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub const KIND: &str = "App";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "dev.skiff.v1.App")]
+/// An HTTP app served from one Wasm component: replicated, load-balanced and routed on
+/// the gateway. It owns a Deployment and a Service of the same name.
 pub struct App {
+    /// `skiff.dev/v1`.
     #[serde(default = "api_version")]
     pub api_version: String,
+    /// `App`.
     #[serde(default = "kind")]
     pub kind: String,
+    /// Standard object metadata.
     #[serde(default)]
     pub metadata: ObjectMeta,
+    /// What to serve and how many replicas.
     #[serde(default)]
     pub spec: AppSpec,
+    /// The URL that serves the app, its replica counts and its Ready condition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<AppStatus>,
 }
 
 /// What the user asks for.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "dev.skiff.v1.AppSpec")]
 pub struct AppSpec {
     /// The module to serve, as an image reference (`sha256:<hex>`).
     #[serde(default)]
     pub module: String,
+    /// How many instances serve it (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
     /// Where the gateway serves it besides the default routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<AppRoute>,
+    /// Environment variables of the component.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<Vec<EnvVar>>,
+    /// CPU and memory per replica; the memory limit caps each request's instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Hosts the app may call out to (`host`, `host:port`, `*.domain`, `*`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_outbound_hosts: Option<Vec<String>>,
+    /// An httpGet probe against the handler; ready replicas get traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<Probe>,
+    /// An httpGet probe against the handler; failing replicas are restarted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub liveness_probe: Option<Probe>,
 }
 
 /// A Host and/or a path prefix.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "dev.skiff.v1.AppRoute")]
 pub struct AppRoute {
+    /// A Host header the gateway routes to the app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// A path prefix the gateway routes to the app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "dev.skiff.v1.AppStatus")]
 pub struct AppStatus {
     /// A full URL on the gateway that serves the app.
     #[serde(default, skip_serializing_if = "Option::is_none")]

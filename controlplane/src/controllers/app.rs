@@ -23,7 +23,7 @@ use super::{
     Action, Informers, Reconciler, WorkQueue, controller_of, feed, run_workers, split_key,
 };
 use crate::apiserver::error::ApiError;
-use crate::apiserver::{ApiServer, internal, objects};
+use crate::apiserver::{ApiServer, internal, objects, record_event};
 use crate::informer::Cache;
 
 /// The label that ties an App's Deployment, Service and pods to it.
@@ -171,6 +171,12 @@ fn deployment_for(app: &Value) -> Value {
     })
 }
 
+fn module_of(app: &Value) -> &str {
+    app.pointer("/spec/module")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
 fn service_for(app: &Value) -> Value {
     let name = objects::name(app);
     json!({
@@ -206,7 +212,16 @@ impl AppController {
         let deployment = match self.deployments.get(&deployments().key(Some(ns), name)) {
             None => {
                 match internal::create(&self.api, deployments(), Some(ns), wanted.clone()).await {
-                    Ok(created) => Some(Arc::new(created)),
+                    Ok(created) => {
+                        self.event(
+                            &app,
+                            "Normal",
+                            "Created",
+                            format!("Created Deployment {name} for module {}", module_of(&app)),
+                        )
+                        .await;
+                        Some(Arc::new(created))
+                    }
                     Err(ApiError::AlreadyExists(_)) => None,
                     Err(e) => return Err(e),
                 }
@@ -223,6 +238,22 @@ impl AppController {
                 let differs = current.pointer("/spec/replicas") != wanted.pointer("/spec/replicas")
                     || !same_template(&current, &wanted);
                 if differs {
+                    let (reason, message) = if same_template(&current, &wanted) {
+                        let replicas = wanted
+                            .pointer("/spec/replicas")
+                            .cloned()
+                            .unwrap_or_default();
+                        ("Scaled", format!("Scaled Deployment {name} to {replicas}"))
+                    } else {
+                        (
+                            "RollingOut",
+                            format!(
+                                "Rolling out module {} to Deployment {name}",
+                                module_of(&app)
+                            ),
+                        )
+                    };
+                    self.event(&app, "Normal", reason, message).await;
                     let updated =
                         internal::update(&self.api, deployments(), Some(ns), name, |cur| {
                             let mut next = cur.clone();
@@ -273,7 +304,19 @@ impl AppController {
         Ok(Action::Done)
     }
 
+    async fn event(&self, app: &Value, kind: &str, reason: &str, message: String) {
+        record_event(&self.api, app, kind, reason, message, "app-controller").await;
+    }
+
     async fn conflict(&self, app: &Value, message: &str) -> Result<(), ApiError> {
+        let already = app
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(|c| c["reason"] == "NameConflict"));
+        if !already {
+            self.event(app, "Warning", "NameConflict", message.to_string())
+                .await;
+        }
         let status = json!({
             "observedGeneration": app.pointer("/metadata/generation"),
             "conditions": [{"type": "Ready", "status": "False", "reason": "NameConflict", "message": message, "lastTransitionTime": objects::now_rfc3339()}],
@@ -366,6 +409,20 @@ impl AppController {
         let old = app.get("status").cloned().unwrap_or_default();
         if old == status {
             return Ok(());
+        }
+        if ready == "True" && previous.is_none_or(|c| c["status"] != "True") {
+            self.event(
+                app,
+                "Normal",
+                "Ready",
+                format!(
+                    "{message}{}",
+                    url.as_deref()
+                        .map(|u| format!(", at {u}"))
+                        .unwrap_or_default()
+                ),
+            )
+            .await;
         }
         match internal::update_status(&self.api, apps(), Some(ns), name, |cur| {
             let mut next = cur.clone();
