@@ -109,11 +109,8 @@ fn get_request(path: &str) -> http::Request<Vec<u8>> {
 
 /// Uploads the module with a progress bar; returns its digest.
 async fn upload(target: &Target, bytes: Vec<u8>) -> anyhow::Result<String> {
-    let config = skiff_api::client::config(target.kubeconfig.as_deref()).await?;
-    let url = format!(
-        "{}/apis/skiff.dev/v1/modules",
-        config.cluster_url.to_string().trim_end_matches('/')
-    );
+    let (base, http) = skiff_api::client::http_client(target.kubeconfig.as_deref()).await?;
+    let url = format!("{base}/apis/skiff.dev/v1/modules");
     let bar = ProgressBar::new(bytes.len() as u64).with_style(
         ProgressStyle::with_template("upload  [{bar:30}] {bytes}/{total_bytes} {msg}")
             .expect("a valid template")
@@ -125,7 +122,7 @@ async fn upload(target: &Target, bytes: Vec<u8>) -> anyhow::Result<String> {
         progress.inc(chunk.len() as u64);
         Ok::<_, std::io::Error>(chunk)
     });
-    let response = reqwest::Client::new()
+    let response = http
         .post(url)
         .header("content-type", "application/wasm")
         .header("content-length", bytes.len())
@@ -405,6 +402,148 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     });
     for result in futures::future::join_all(streams).await {
         result?;
+    }
+    Ok(())
+}
+
+#[derive(clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (it is shown only this once).
+    Create(TokenCreateArgs),
+    /// List tokens and node credentials (never their secrets).
+    List(TokenListArgs),
+    /// Revoke a token or a node's credential by its id; it stops working at once.
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum TokenRole {
+    /// Agents join with it (printed as K10<CA hash>::<id>.<secret>).
+    Join,
+    /// Read-only access to everything but Secrets.
+    Viewer,
+    /// Full access.
+    Admin,
+}
+
+#[derive(clap::Args)]
+pub struct TokenCreateArgs {
+    #[arg(long, value_enum, default_value = "join")]
+    role: TokenRole,
+    /// What the token is for, shown by `skiff token list`.
+    #[arg(long, default_value = "")]
+    description: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(clap::Args)]
+pub struct TokenListArgs {
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(clap::Args)]
+pub struct TokenRevokeArgs {
+    /// The token's id (the part before the dot), as `skiff token list` shows it.
+    id: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, DeleteParams, ListParams, PostParams};
+    use skiff_api::token::{self as tok, Role, Token};
+    match command {
+        TokenCommand::Create(args) => {
+            let client = connect(&args.target).await?;
+            let role = match args.role {
+                TokenRole::Join => Role::Join,
+                TokenRole::Viewer => Role::Viewer,
+                TokenRole::Admin => Role::Admin,
+            };
+            let token = Token::generate();
+            let secret: Secret =
+                serde_json::from_value(token.secret_object(role, None, &args.description))?;
+            Api::<Secret>::namespaced(client, tok::NAMESPACE)
+                .create(&PostParams::default(), &secret)
+                .await
+                .map_err(api_error)?;
+            if role == Role::Join {
+                // Pin the CA the server presents, as agents will check it.
+                let (base, http) =
+                    skiff_api::client::http_client(args.target.kubeconfig.as_deref()).await?;
+                let ca = http
+                    .get(format!("{base}/cacerts"))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .text()
+                    .await?;
+                let join = tok::JoinToken {
+                    ca_hash: tok::ca_hash(&ca),
+                    token,
+                };
+                println!("{join}");
+            } else {
+                println!("{token}");
+            }
+        }
+        TokenCommand::List(args) => {
+            let client = connect(&args.target).await?;
+            let list = Api::<Secret>::namespaced(client, tok::NAMESPACE)
+                .list(&ListParams::default().labels(tok::ROLE_LABEL))
+                .await
+                .map_err(api_error)?;
+            println!(
+                "{:<10} {:<7} {:<16} {:<8} DESCRIPTION",
+                "ID", "ROLE", "NODE", "AGE"
+            );
+            for s in list.items {
+                let labels = s.metadata.labels.clone().unwrap_or_default();
+                let id = s
+                    .metadata
+                    .name
+                    .as_deref()
+                    .unwrap_or_default()
+                    .trim_start_matches("skiff-token-")
+                    .to_string();
+                let created = s
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.to_string());
+                let age = age(created.as_deref());
+                let description = s
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(tok::DESCRIPTION_ANNOTATION).cloned())
+                    .unwrap_or_default();
+                println!(
+                    "{:<10} {:<7} {:<16} {:<8} {}",
+                    id,
+                    labels.get(tok::ROLE_LABEL).map_or("", String::as_str),
+                    labels.get(tok::NODE_LABEL).map_or("<none>", String::as_str),
+                    age,
+                    description
+                );
+            }
+        }
+        TokenCommand::Revoke(args) => {
+            let client = connect(&args.target).await?;
+            Api::<Secret>::namespaced(client, tok::NAMESPACE)
+                .delete(&tok::secret_name(&args.id), &DeleteParams::default())
+                .await
+                .map_err(|e| match e {
+                    kube::Error::Api(s) if s.code == 404 => {
+                        anyhow::anyhow!("no token with id {:?}", args.id)
+                    }
+                    other => api_error(other),
+                })?;
+            println!("token {} revoked", args.id);
+        }
     }
     Ok(())
 }

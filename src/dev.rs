@@ -47,6 +47,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // The kubeconfig sits at the top of the dev directory, where users look for it.
     let kubeconfig = args.data_dir.join("kubeconfig");
     std::fs::copy(&server.kubeconfig, &kubeconfig).context("writing the kubeconfig")?;
+    // Agents join as remote ones do: with the server's node token, over TLS.
+    let node_token = std::fs::read_to_string(args.data_dir.join("server").join("node-token"))
+        .context("reading the node token")?;
+    let node_token = node_token.trim();
     let agents = futures::future::try_join_all((1..=args.nodes).map(|i| {
         let name = format!("dev-{i}");
         let mut config = skiff_runtime::AgentConfig::new(
@@ -56,8 +60,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         );
         args.pods.apply(&mut config);
         let url = server.api_url.clone();
+        let dir = config.data_dir.clone();
         async move {
-            let client = crate::client_for(Some(&url), None).await?;
+            let client =
+                crate::agent_client(&name, &dir, Some(&url), Some(node_token), None).await?;
             skiff_runtime::Agent::start(config, client)
                 .await
                 .with_context(|| format!("starting agent {name}"))

@@ -51,6 +51,10 @@ enum Command {
     Apps(cli::AppsArgs),
     /// Print the logs of an app's pods (app/NAME) or of a pod.
     Logs(cli::LogsArgs),
+    /// Create, list and revoke tokens: join tokens, viewer and admin tokens, and the
+    /// credentials nodes were given when they joined.
+    #[command(subcommand)]
+    Token(cli::TokenCommand),
 }
 
 /// Flags that shape how an agent runs pods (shared by `skiff agent` and `skiff dev`).
@@ -96,10 +100,15 @@ impl PodFlags {
 
 #[derive(clap::Args)]
 struct AgentArgs {
-    /// The API server's URL (or use --kubeconfig).
-    #[arg(long)]
+    /// The API server's URL, to join with --token.
+    #[arg(long, env = "SKIFF_SERVER")]
     server: Option<String>,
-    /// A kubeconfig to reach the API server with.
+    /// The server's join token (`K10<CA hash>::<id>.<secret>`, in the server's
+    /// DIR/node-token). Used once: the credential it is traded for is kept in
+    /// --data-dir and used from then on.
+    #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A kubeconfig to reach the API server with, instead of joining.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// This node's name.
@@ -124,25 +133,52 @@ pub(crate) fn parse_label(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
-/// A client for an API server given by URL (no credentials yet) or by kubeconfig.
-pub async fn client_for(
+/// The credential an agent keeps in its data directory once it has joined.
+pub fn credential_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("credential.kubeconfig")
+}
+
+/// The client an agent runs with: its stored credential; else a join with the server's
+/// token, whose credential is stored for restarts; else an explicit kubeconfig.
+pub async fn agent_client(
+    name: &str,
+    data_dir: &std::path::Path,
     server: Option<&str>,
+    token: Option<&str>,
     kubeconfig: Option<&std::path::Path>,
 ) -> anyhow::Result<kube::Client> {
-    match server {
-        Some(url) => {
-            let config = kube::Config::new(
-                url.parse()
-                    .with_context(|| format!("invalid --server URL {url:?}"))?,
-            );
-            Ok(kube::Client::try_from(config)?)
-        }
-        None => Ok(skiff_api::client::connect(kubeconfig).await?),
+    if let Some(path) = kubeconfig {
+        return Ok(skiff_api::client::connect(Some(path)).await?);
     }
+    let credential = credential_path(data_dir);
+    if !credential.exists() {
+        let (Some(server), Some(token)) = (server, token) else {
+            anyhow::bail!(
+                "this agent has not joined yet: pass --server URL --token TOKEN (the server's \
+                 DIR/node-token), or --kubeconfig"
+            );
+        };
+        let kubeconfig = skiff_api::client::join(server, token, name)
+            .await
+            .with_context(|| format!("joining {server} as node {name}"))?;
+        skiff_api::client::write_private(&credential, &kubeconfig)
+            .with_context(|| format!("storing the credential in {}", credential.display()))?;
+        tracing::info!(%server, node = %name, "joined the cluster");
+    }
+    skiff_api::client::connect(Some(&credential))
+        .await
+        .with_context(|| format!("using the credential in {}", credential.display()))
 }
 
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
-    let client = client_for(args.server.as_deref(), args.kubeconfig.as_deref()).await?;
+    let client = agent_client(
+        &args.name,
+        &args.data_dir,
+        args.server.as_deref(),
+        args.token.as_deref(),
+        args.kubeconfig.as_deref(),
+    )
+    .await?;
     let mut config = skiff_runtime::AgentConfig::new(&args.name, &args.data_dir, args.listen);
     config.labels = args.labels;
     args.pods.apply(&mut config);
@@ -190,6 +226,9 @@ struct ServerArgs {
     /// Serve the HTTP gateway here (port 0 picks one); off unless given.
     #[arg(long)]
     gateway: Option<SocketAddr>,
+    /// Another DNS name or IP address the serving certificate covers (repeatable).
+    #[arg(long = "tls-san")]
+    tls_sans: Vec<String>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -227,6 +266,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     config.controllers.node_monitor_grace = args.node_monitor_grace;
     config.api.default_toleration_seconds = args.default_toleration_seconds;
     config.gateway = args.gateway;
+    config.tls_sans = args.tls_sans;
     let server = Server::start(config).await.context("starting the server")?;
     if let Some(url) = &server.gateway_url {
         println!("gateway: {url}");
@@ -234,6 +274,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     // Tests and scripts wait for this line: the API answers once it is printed.
     println!("api: {}", server.api_url);
     println!("kubeconfig: {}", server.kubeconfig.display());
+    println!("node token: {}", args.data_dir.join("node-token").display());
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;
@@ -261,6 +302,7 @@ fn main() -> anyhow::Result<()> {
             Command::Deploy(args) => cli::deploy(args).await,
             Command::Apps(args) => cli::apps(args).await,
             Command::Logs(args) => cli::logs(args).await,
+            Command::Token(command) => cli::token(command).await,
         }
     })
 }

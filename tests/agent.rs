@@ -604,12 +604,14 @@ async fn a_killed_agent_brings_its_pods_back_without_recompiling() {
     let server_dir = dir.path().join("server");
     let agent_dir = dir.path().join("agent");
     let server = common::ServerProcess::start(&server_dir, &[]);
-    let api = Api::new(&server.url);
+    let api = server.api();
     let agent_args = |d: &str| {
         vec![
             "agent".to_string(),
             "--server".into(),
             server.url.clone(),
+            "--token".into(),
+            server.node_token(),
             "--name".into(),
             "dev-1".into(),
             "--data-dir".into(),
@@ -693,13 +695,16 @@ async fn the_agent_rides_out_a_control_plane_restart() {
         .port();
     let listen = format!("127.0.0.1:{port}");
     let server = common::ServerProcess::start_on(&server_dir, &listen, &[]);
-    let api = Api::new(&server.url);
+    let api = server.api();
     let agent_dir = dir.path().join("agent");
+    let token = server.node_token();
     let (_agent, _) = Process::start(
         &[
             "agent",
             "--server",
             &server.url,
+            "--token",
+            &token,
             "--name",
             "dev-1",
             "--data-dir",
@@ -723,7 +728,7 @@ async fn the_agent_rides_out_a_control_plane_restart() {
 
     server.kill9();
     let server = common::ServerProcess::start_on(&server_dir, &listen, &[]);
-    let api = Api::new(&server.url);
+    let api = server.api();
     // The agent's watch resumes against the new process: a pod created now runs.
     wasm_pod("after", &ticker)
         .args(&["100ms"])

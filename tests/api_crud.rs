@@ -14,7 +14,7 @@ const NS: &str = "/api/v1/namespaces/default";
 fn start(extra: &[&str]) -> (tempfile::TempDir, ServerProcess, Api) {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), extra);
-    let api = Api::new(&server.url);
+    let api = server.api();
     (dir, server, api)
 }
 

@@ -16,7 +16,7 @@ const WAIT: Duration = Duration::from_secs(10);
 fn start(extra: &[&str]) -> (tempfile::TempDir, ServerProcess, Api) {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), extra);
-    let api = Api::new(&server.url);
+    let api = server.api();
     (dir, server, api)
 }
 

@@ -17,7 +17,7 @@ const APPS: &str = "/apis/skiff.dev/v1/namespaces/default/apps";
 const WAIT: Duration = Duration::from_secs(60);
 
 struct Cluster {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     _process: common::Process,
     api: Api,
     gateway: String,
@@ -29,7 +29,7 @@ fn cluster(nodes: u32, extra: &[&str]) -> Cluster {
         .printed("gateway:")
         .expect("skiff dev prints its gateway");
     Cluster {
-        _dir: dir,
+        dir,
         _process: process,
         api,
         gateway,
@@ -118,6 +118,9 @@ async fn deploy_in_one_request_scale_update_and_lose_a_pod_without_failures() {
     let module =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/bin/http-hello.wasm");
     let put = format!("{}{APPS}/web?replicas=1&wait=true", c.api.base);
+    let server = c.dir.path().join("server");
+    let ca = server.join("tls/ca.crt");
+    let token = std::fs::read_to_string(server.join("admin-token")).unwrap();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("curl")
             .args([
@@ -125,6 +128,10 @@ async fn deploy_in_one_request_scale_update_and_lose_a_pod_without_failures() {
                 "-XPUT",
                 "-H",
                 "Content-Type: application/wasm",
+                "-H",
+                &format!("Authorization: Bearer {}", token.trim()),
+                "--cacert",
+                ca.to_str().unwrap(),
                 "--data-binary",
             ])
             .arg(format!("@{}", module.display()))
@@ -502,7 +509,7 @@ async fn skiff(args: Vec<String>) -> (bool, String, String) {
 #[tokio::test]
 async fn the_deploy_apps_and_logs_verbs() {
     let c = cluster(2, &[]);
-    let kubeconfig = c._dir.path().join("kubeconfig").display().to_string();
+    let kubeconfig = c.dir.path().join("kubeconfig").display().to_string();
     let guest = |name: &str| {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("workloads/bin")

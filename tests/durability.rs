@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Api, ServerProcess, configmap};
+use common::{ServerProcess, configmap};
 use serde_json::json;
 
 const CMS: &str = "/api/v1/namespaces/default/configmaps";
@@ -17,7 +17,7 @@ const CMS: &str = "/api/v1/namespaces/default/configmaps";
 async fn acknowledged_writes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &[]);
-    let api = Api::new(&server.url);
+    let api = server.api();
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     // 64 concurrent writers, each creating objects until the server dies under them.
     let writers: Vec<_> = (0..64)
@@ -58,7 +58,7 @@ async fn acknowledged_writes_survive_sigkill() {
     let acked = acked.lock().unwrap().clone();
 
     let server = ServerProcess::start(dir.path(), &[]);
-    let api = Api::new(&server.url);
+    let api = server.api();
     let (code, list) = api.get(CMS).await;
     assert_eq!(code, 200);
     let stored: BTreeSet<String> = list["items"]
@@ -88,7 +88,7 @@ async fn acknowledged_writes_survive_sigkill() {
 async fn many_concurrent_writers_all_succeed() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &[]);
-    let api = Api::new(&server.url);
+    let api = server.api();
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let api = api.clone();
@@ -113,7 +113,7 @@ async fn many_concurrent_writers_all_succeed() {
 async fn sigterm_shuts_down_cleanly_with_a_watch_open() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &[]);
-    let api = Api::new(&server.url);
+    let api = server.api();
     let mut watch = api.watch(&format!("{CMS}?watch=1")).await;
     api.post(CMS, &configmap("before", json!({}))).await;
     assert!(watch.next(Duration::from_secs(5)).await.is_some());
@@ -123,7 +123,7 @@ async fn sigterm_shuts_down_cleanly_with_a_watch_open() {
     assert!(watch.next(Duration::from_secs(5)).await.is_none());
     // The store reopens with everything in it.
     let server = ServerProcess::start(dir.path(), &[]);
-    let (code, _) = Api::new(&server.url).get(&format!("{CMS}/before")).await;
+    let (code, _) = server.api().get(&format!("{CMS}/before")).await;
     assert_eq!(code, 200);
     assert!(dir.path().join("kubeconfig").exists());
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Api, ServerProcess};
+use common::ServerProcess;
 use reqwest::Method;
 
 const MODULES: &str = "/apis/skiff.dev/v1/modules";
@@ -36,7 +36,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 async fn upload_is_validated_content_addressed_and_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &["--max-module-bytes", "1024"]);
-    let api = Api::new(&server.url);
+    let api = server.api();
 
     let (code, module) = api
         .raw(

@@ -13,11 +13,14 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn agent(server: &ServerProcess, name: &str, dir: &std::path::Path) -> Process {
     let d = dir.join(name);
+    let token = server.node_token();
     let (p, _) = Process::start(
         &[
             "agent",
             "--server",
             &server.url,
+            "--token",
+            &token,
             "--name",
             name,
             "--data-dir",
@@ -81,7 +84,7 @@ async fn a_lost_node_is_tainted_and_its_pods_replaced_but_an_autonomous_node_kee
             "1",
         ],
     );
-    let api = Api::new(&server.url);
+    let api = server.api();
     let _healthy = agent(&server, "n1", dir.path());
     let lost = agent(&server, "n2", dir.path());
     let edge = agent(&server, "n3", dir.path());
@@ -206,7 +209,7 @@ async fn a_lost_node_is_tainted_and_its_pods_replaced_but_an_autonomous_node_kee
 async fn a_daemonset_runs_on_every_node_including_one_that_joins_later_and_rolls() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&dir.path().join("server"), &[]);
-    let api = Api::new(&server.url);
+    let api = server.api();
     let _a = agent(&server, "edge-1", dir.path());
     let _b = agent(&server, "edge-2", dir.path());
     let image = api.upload(workload("ticker.wasm")).await;

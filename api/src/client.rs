@@ -28,6 +28,10 @@ pub enum ClientError {
     RequestFailed(#[source] kube::Error),
     #[error("building request")]
     RequestInvalid(#[source] kube::core::request::Error),
+    #[error("building the HTTP client")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("the kubeconfig's token is not a valid header value")]
+    BadToken,
 }
 
 /// The kubeconfig path the client verbs use: the flag, then `$KUBECONFIG`, then
@@ -55,6 +59,45 @@ pub async fn config(kubeconfig: Option<&Path>) -> Result<kube::Config, ClientErr
 /// A client for the cluster a kubeconfig names.
 pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
     kube::Client::try_from(config(kubeconfig).await?).map_err(ClientError::ClientBuildFailed)
+}
+
+/// A plain HTTP client for the cluster a kubeconfig names, for what kube's client does
+/// not do (streamed uploads, benchmarks): it trusts the kubeconfig's CA and sends its
+/// bearer token. Returns the server's base URL with it.
+pub async fn http_client(
+    kubeconfig: Option<&Path>,
+) -> Result<(String, reqwest::Client), ClientError> {
+    let (url, builder) = http_client_builder(kubeconfig).await?;
+    Ok((url, builder.build().map_err(ClientError::HttpClient)?))
+}
+
+/// Like `http_client`, for callers that tune the client further (pool sizes).
+pub async fn http_client_builder(
+    kubeconfig: Option<&Path>,
+) -> Result<(String, reqwest::ClientBuilder), ClientError> {
+    use secrecy::ExposeSecret;
+    let config = config(kubeconfig).await?;
+    let mut builder = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .tls_built_in_root_certs(false);
+    for der in config.root_cert.iter().flatten() {
+        let cert = reqwest::Certificate::from_der(der).map_err(ClientError::HttpClient)?;
+        builder = builder.add_root_certificate(cert);
+    }
+    if let Some(token) = &config.auth_info.token {
+        let mut headers = http::HeaderMap::new();
+        let mut value = http::HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
+            .map_err(|_| ClientError::BadToken)?;
+        value.set_sensitive(true);
+        headers.insert(http::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    let url = config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_string();
+    Ok((url, builder))
 }
 
 /// Uploads a Wasm binary to the module store; returns the stored Module (its digest).
@@ -92,4 +135,116 @@ pub async fn download_module(client: &kube::Client, digest: &str) -> Result<Vec<
         return Err(ClientError::RequestFailed(kube::Error::Api(status.into())));
     }
     Ok(body.to_vec())
+}
+
+/// A kubeconfig for `url`, trusting the CA `ca_pem`, authenticating with `token`.
+pub fn kubeconfig_text(url: &str, ca_pem: &str, user: &str, token: &str) -> String {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {url}\n    \
+         certificate-authority-data: {ca}\ncontexts:\n- name: skiff\n  context:\n    cluster: skiff\n    \
+         user: {user}\n    namespace: default\ncurrent-context: skiff\nusers:\n- name: {user}\n  user:\n    \
+         token: {token}\npreferences: {{}}\n"
+    )
+}
+
+/// Writes a file only its owner can read, atomically.
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("the join token is malformed: {0}")]
+    BadToken(String),
+    #[error("reaching the server at {url}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error(
+        "refusing to join: the server's CA hashes to {got}, but the join token pins {expected} \
+         (is this the right server?)"
+    )]
+    CaMismatch { expected: String, got: String },
+    #[error("the server's CA certificate is unusable")]
+    BadCa(#[source] reqwest::Error),
+    #[error("the server refused the join: {0}")]
+    Refused(String),
+}
+
+/// Joins the cluster at `server` as node `node` with a join token: fetches the server's
+/// CA, checks it against the hash the token pins, and trades the token for a credential
+/// of this node. Returns a kubeconfig for that credential.
+pub async fn join(server: &str, join_token: &str, node: &str) -> Result<String, JoinError> {
+    let join = crate::token::JoinToken::parse(join_token).map_err(JoinError::BadToken)?;
+    let server = server.trim_end_matches('/');
+    let unreachable = |source| JoinError::Unreachable {
+        url: server.to_string(),
+        source,
+    };
+    // Nothing is trusted yet: the CA is fetched without verification and then checked
+    // against the token, as k3s agents do.
+    let insecure = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .map_err(unreachable)?;
+    let ca_pem = insecure
+        .get(format!("{server}/cacerts"))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(unreachable)?
+        .text()
+        .await
+        .map_err(unreachable)?;
+    let got = crate::token::ca_hash(&ca_pem);
+    if got != join.ca_hash {
+        return Err(JoinError::CaMismatch {
+            expected: join.ca_hash,
+            got,
+        });
+    }
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).map_err(JoinError::BadCa)?;
+    let pinned = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .build()
+        .map_err(unreachable)?;
+    let response = pinned
+        .post(format!("{server}/skiff/v1/join"))
+        .bearer_auth(join.token.to_string())
+        .json(&serde_json::json!({ "node": node }))
+        .send()
+        .await
+        .map_err(unreachable)?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        let message = body["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| status.to_string());
+        return Err(JoinError::Refused(message));
+    }
+    let token = body["token"]
+        .as_str()
+        .ok_or_else(|| JoinError::Refused("the answer carries no token".into()))?;
+    Ok(kubeconfig_text(server, &ca_pem, node, token))
 }

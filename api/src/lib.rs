@@ -13,4 +13,5 @@ pub mod resources;
 pub mod routes;
 pub mod selector;
 pub mod strategic;
+pub mod token;
 pub mod validation;

@@ -3,6 +3,7 @@
 //! and the HTTP gateway.
 
 pub mod apiserver;
+pub mod auth;
 pub mod controllers;
 pub mod gateway;
 pub mod informer;

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +34,9 @@ pub struct ServerConfig {
     pub leader: crate::leader::LeaderConfig,
     /// Where the HTTP gateway listens, if anywhere (port 0 picks one).
     pub gateway: Option<SocketAddr>,
+    /// Extra names (DNS or IP) the serving certificate covers, besides loopback, the
+    /// listen address and the host name.
+    pub tls_sans: Vec<String>,
 }
 
 impl ServerConfig {
@@ -49,6 +51,7 @@ impl ServerConfig {
             controllers: crate::controllers::ControllerConfig::default(),
             leader: crate::leader::LeaderConfig::new(""),
             gateway: None,
+            tls_sans: Vec::new(),
         }
     }
 }
@@ -77,6 +80,10 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("setting up the cluster's certificates")]
+    Pki(#[from] crate::auth::pki::PkiError),
+    #[error("setting up the server's tokens")]
+    Tokens(#[source] std::io::Error),
     #[error("writing {path}")]
     KubeconfigWriteFailed {
         path: PathBuf,
@@ -168,7 +175,11 @@ impl Server {
                 addr: config.listen,
                 source,
             })?;
-        let api_url = format!("http://{addr}");
+        let api_url = format!("https://{addr}");
+        let pki = crate::auth::pki::load_or_create(
+            &config.data_dir.join("tls"),
+            &crate::auth::pki::default_sans(addr, &config.tls_sans),
+        )?;
 
         let gateway = match config.gateway {
             Some(at) => {
@@ -226,13 +237,22 @@ impl Server {
             tracing::info!(%url, "gateway ready");
         }
 
-        let app = apiserver::router(api.clone());
+        let (admin, join) = crate::auth::ensure_tokens(&api, &config.data_dir, &pki.ca_hash())
+            .await
+            .map_err(ServerError::Tokens)?;
+        let app = apiserver::router(api.clone())
+            .merge(crate::auth::routes(api.clone(), pki.ca_pem.clone()))
+            .layer(axum::middleware::from_fn_with_state(
+                api.clone(),
+                crate::auth::layer,
+            ));
         let shutdown = api.shutdown.clone();
+        let listener = crate::auth::pki::TlsListener::new(listener, pki.server_config.clone())
+            .map_err(|source| ServerError::BindFailed {
+                addr: config.listen,
+                source,
+            })?;
         let http = tokio::spawn(async move {
-            // Without TCP_NODELAY, small responses wait out delayed ACKs (~40 ms).
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
             let serve = axum::serve(listener, app.into_make_service())
                 .with_graceful_shutdown(async move { shutdown.cancelled().await });
             if let Err(e) = serve.await {
@@ -241,7 +261,8 @@ impl Server {
         });
 
         let kubeconfig = config.data_dir.join("kubeconfig");
-        write_kubeconfig(&kubeconfig, &api_url)?;
+        write_kubeconfig(&kubeconfig, &api_url, &pki.ca_pem, &admin.to_string())?;
+        tracing::info!(path = %config.data_dir.join("node-token").display(), ca_hash = %join.ca_hash, "agents join with the node token");
         tracing::info!(url = %api_url, data_dir = %config.data_dir.display(), "API server ready");
         Ok(Server {
             api_url,
@@ -341,12 +362,8 @@ async fn compact_periodically(
 }
 
 /// Writes a kubeconfig for this server, atomically and readable by the owner only.
-fn write_kubeconfig(path: &Path, url: &str) -> Result<(), ServerError> {
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {url}\n\
-         contexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: admin\n    namespace: default\n\
-         current-context: skiff\nusers:\n- name: admin\n  user: {{}}\npreferences: {{}}\n"
-    );
+fn write_kubeconfig(path: &Path, url: &str, ca_pem: &str, token: &str) -> Result<(), ServerError> {
+    let text = skiff_api::client::kubeconfig_text(url, ca_pem, "admin", token);
     let tmp = path.with_extension("tmp");
     let fail = |source| ServerError::KubeconfigWriteFailed {
         path: path.to_path_buf(),

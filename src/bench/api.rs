@@ -49,7 +49,7 @@ enum System {
     Skiff {
         url: String,
         process: SkiffProcess,
-        _dir: tempfile::TempDir,
+        dir: tempfile::TempDir,
     },
     Etcd(Etcd),
 }
@@ -70,11 +70,7 @@ impl System {
             "api:",
         )
         .await?;
-        Ok(System::Skiff {
-            url,
-            process,
-            _dir: dir,
-        })
+        Ok(System::Skiff { url, process, dir })
     }
 
     async fn stop(self) {
@@ -316,8 +312,16 @@ async fn measure_watch(
 }
 
 async fn one_run(sys: &Arc<System>, args: &ApiBenchArgs) -> anyhow::Result<RunResult> {
-    let http = reqwest::Client::builder()
-        .tcp_nodelay(true)
+    let builder = match &**sys {
+        // Skiff is measured as its clients use it: over TLS, with a bearer token.
+        System::Skiff { dir, .. } => {
+            skiff_api::client::http_client_builder(Some(&dir.path().join("kubeconfig")))
+                .await?
+                .1
+        }
+        System::Etcd(_) => reqwest::Client::builder().tcp_nodelay(true),
+    };
+    let http = builder
         .pool_max_idle_per_host(args.clients.max(64))
         .build()?;
     let (rate, create_lat) = measure_creates(sys, args, &http).await?;

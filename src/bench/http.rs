@@ -174,13 +174,7 @@ pub async fn run(args: HttpBenchArgs) -> anyhow::Result<()> {
         "gateway:",
     )
     .await?;
-    let kubeconfig = std::fs::read_to_string(dir.path().join("kubeconfig"))?;
-    let api = kubeconfig
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server:"))
-        .map(|s| s.trim().to_string())
-        .context("no server in the kubeconfig")?;
-    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let (api, http) = skiff_api::client::http_client(Some(&dir.path().join("kubeconfig"))).await?;
     // The API may still be starting its loops: wait for the node.
     let node_url = format!("{api}/api/v1/nodes/dev-1");
     let started = Instant::now();

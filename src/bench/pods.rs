@@ -199,11 +199,14 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
         "api:",
     )
     .await?;
+    let token = std::fs::read_to_string(dir.path().join("server").join("node-token"))?;
     let (agent, _) = SkiffProcess::start(
         &[
             "agent",
             "--server",
             &url,
+            "--token",
+            token.trim(),
             "--name",
             "bench-1",
             "--data-dir",
@@ -216,7 +219,8 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
         "agent:",
     )
     .await?;
-    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let (_, http) =
+        skiff_api::client::http_client(Some(&dir.path().join("server").join("kubeconfig"))).await?;
     let module: Value = http
         .post(format!("{url}/apis/skiff.dev/v1/modules"))
         .header("content-type", "application/wasm")

@@ -92,7 +92,7 @@ pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<()> {
         "api:",
     )
     .await?;
-    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let (_, http) = skiff_api::client::http_client(Some(&dir.path().join("kubeconfig"))).await?;
     let names: Vec<String> = (0..args.nodes).map(|i| format!("hollow-{i:04}")).collect();
     post_all(
         &http,

@@ -117,8 +117,9 @@ pub fn dev_cluster(nodes: u32, extra: &[&str]) -> (tempfile::TempDir, Process, A
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
-    let (process, url) = Process::start(&args, "api:");
-    (dir, process, Api::new(&url))
+    let (process, _url) = Process::start(&args, "api:");
+    let api = Api::from_kubeconfig(&dir.path().join("kubeconfig"));
+    (dir, process, api)
 }
 
 /// A committed guest from workloads/bin.
@@ -156,6 +157,23 @@ impl ServerProcess {
 
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// An admin client, from the kubeconfig the server wrote.
+    pub fn api(&self) -> Api {
+        Api::from_kubeconfig(&self.kubeconfig())
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir.join("kubeconfig")
+    }
+
+    /// The join token agents use (`K10<CA hash>::<id>.<secret>`).
+    pub fn node_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("node-token"))
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     /// SIGKILL: no chance to flush or clean up.
@@ -196,13 +214,61 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(base: &str) -> Api {
+    /// A client with no credentials (it trusts any certificate): for what anonymous
+    /// users get.
+    pub fn anonymous(base: &str) -> Api {
         Api {
             base: base.to_string(),
             http: reqwest::Client::builder()
                 .tcp_nodelay(true)
+                .danger_accept_invalid_certs(true)
                 .build()
                 .unwrap(),
+        }
+    }
+
+    /// A client as a kubeconfig describes it: the server, its CA and the bearer token.
+    pub fn from_kubeconfig(path: &Path) -> Api {
+        let kc = kube::config::Kubeconfig::read_from(path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let cluster = kc.clusters[0].cluster.clone().expect("a cluster");
+        let token = kc.auth_infos[0]
+            .auth_info
+            .as_ref()
+            .and_then(|a| a.token.clone())
+            .expect("a token");
+        Self::with_token(
+            cluster.server.as_deref().expect("a server URL"),
+            cluster.certificate_authority_data.as_deref(),
+            secrecy::ExposeSecret::expose_secret(&token),
+        )
+    }
+
+    /// A client for `base` that trusts the CA (base64 PEM, as in a kubeconfig), or any
+    /// certificate without one, and sends `token`.
+    pub fn with_token(base: &str, ca_base64: Option<&str>, token: &str) -> Api {
+        use base64::Engine;
+        let mut builder = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .tls_built_in_root_certs(false);
+        match ca_base64 {
+            Some(ca) => {
+                let pem = base64::engine::general_purpose::STANDARD
+                    .decode(ca)
+                    .unwrap();
+                builder =
+                    builder.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+            }
+            None => builder = builder.danger_accept_invalid_certs(true),
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        Api {
+            base: base.to_string(),
+            http: builder.default_headers(headers).build().unwrap(),
         }
     }
 

@@ -58,6 +58,9 @@ pub enum ApiError {
     Expired(String),
     #[error("{0}")]
     Forbidden(String),
+    /// No credentials, or credentials that are not (or no longer) valid.
+    #[error("Unauthorized")]
+    Unauthorized,
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
@@ -96,6 +99,7 @@ impl ApiError {
             ApiError::Invalid(..) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Expired(_) => StatusCode::GONE,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -114,6 +118,7 @@ impl ApiError {
             ApiError::Invalid(..) => "Invalid",
             ApiError::Expired(_) => "Expired",
             ApiError::Forbidden(_) => "Forbidden",
+            ApiError::Unauthorized => "Unauthorized",
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
             ApiError::TooLarge(_) => "RequestEntityTooLarge",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",

@@ -34,6 +34,7 @@ use skiff_api::resources::{self, ResourceInfo, Subresource};
 pub use crud::{DeleteOptions, Deleted, delete_object};
 pub use events::record_event;
 pub use modules::ModuleBlobs;
+pub use request::{parse_json as parse_body, read_body};
 pub use subresources::bind_pod;
 
 use crate::store::Store;

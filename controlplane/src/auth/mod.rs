@@ -1,0 +1,675 @@
+//! Who may do what: bearer-token authentication, and authorization by role.
+//!
+//! - Anonymous requests get 401, except `/healthz`, `/livez`, `/readyz`, `/version`
+//!   and `/cacerts` (the CA an agent checks against its join token).
+//! - **admin** may do everything.
+//! - **viewer** may read everything except Secrets.
+//! - **node** credentials are restricted as Kubernetes' Node authorizer and
+//!   NodeRestriction admission restrict kubelets: the node's own Node and Lease; the pods
+//!   bound to it and their status; the ConfigMaps, Secrets and Modules those pods
+//!   reference; and Events.
+//! - **join** tokens may only trade themselves for a node credential (`POST /skiff/v1/join`).
+//!
+//! Tokens live in the store (see `skiff_api::token`), so revoking one is deleting its
+//! Secret and takes effect on the next request.
+
+pub mod pki;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use skiff_api::resources::{self, ResourceInfo, Subresource};
+use skiff_api::token::{self, Role, Token};
+
+use crate::apiserver::error::{ApiError, ApiResult};
+use crate::apiserver::{ApiServer, SharedApi, internal, objects};
+use crate::store::ListRequest;
+
+/// Who sent a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Anonymous,
+    Admin { id: String },
+    Viewer { id: String },
+    Node { id: String, name: String },
+    Join { id: String },
+}
+
+impl Identity {
+    /// The user name Kubernetes would show for this identity.
+    pub fn user(&self) -> String {
+        match self {
+            Identity::Anonymous => "system:anonymous".into(),
+            Identity::Admin { id } => format!("admin:{id}"),
+            Identity::Viewer { id } => format!("viewer:{id}"),
+            Identity::Node { name, .. } => format!("system:node:{name}"),
+            Identity::Join { id } => format!("system:bootstrap:{id}"),
+        }
+    }
+}
+
+fn secrets() -> &'static ResourceInfo {
+    resources::lookup("", "v1", "secrets").expect("secrets are served")
+}
+
+/// Reads the bearer token of a request, if any, and finds whose it is.
+pub fn authenticate(api: &ApiServer, headers: &HeaderMap) -> ApiResult<Identity> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(Identity::Anonymous);
+    };
+    let bearer = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    let token = Token::parse(bearer).ok_or(ApiError::Unauthorized)?;
+    let key = secrets().key(Some(token::NAMESPACE), &token.secret_name());
+    let record = api
+        .store
+        .get(&key)
+        .map_err(|e| ApiError::Internal(Box::new(e)))?
+        .ok_or(ApiError::Unauthorized)?;
+    let (role, node) = token.verify(&record.object).ok_or(ApiError::Unauthorized)?;
+    let id = token.id;
+    Ok(match role {
+        Role::Admin => Identity::Admin { id },
+        Role::Viewer => Identity::Viewer { id },
+        Role::Join => Identity::Join { id },
+        Role::Node => Identity::Node {
+            id,
+            name: node.unwrap_or_default(),
+        },
+    })
+}
+
+/// What a request path is.
+enum Kind {
+    /// Health, version and the CA: anyone.
+    Public,
+    /// Discovery and OpenAPI: any authenticated identity.
+    Discovery,
+    Join,
+    Resource(Resource),
+    Other,
+}
+
+/// A request against a served kind.
+struct Resource {
+    info: &'static ResourceInfo,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub: Option<Subresource>,
+    verb: &'static str,
+}
+
+fn classify(method: &Method, path: &str, query: &str) -> Kind {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["healthz" | "livez" | "readyz" | "version" | "cacerts"] => return Kind::Public,
+        ["skiff", "v1", "join"] => return Kind::Join,
+        ["openapi", ..] | ["api"] | ["apis"] | ["api", _] | ["apis", _] | ["apis", _, _] => {
+            return Kind::Discovery;
+        }
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return Kind::Other,
+    };
+    let lookup = |plural: &str| resources::lookup(group, version, plural);
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, plural, more @ ..] if lookup(plural).is_some_and(|i| i.namespaced) => {
+            (Some((*ns).to_string()), {
+                let mut v = vec![*plural];
+                v.extend_from_slice(more);
+                v
+            })
+        }
+        _ => (None, rest.to_vec()),
+    };
+    let (info, name, sub) = match rest.as_slice() {
+        [plural] => (lookup(plural), None, None),
+        [plural, name] => (lookup(plural), Some(*name), None),
+        [plural, name, sub] => (lookup(plural), Some(*name), Some(*sub)),
+        _ => (None, None, None),
+    };
+    let Some(info) = info else {
+        return Kind::Other;
+    };
+    let sub = sub.and_then(|s| info.subresources.iter().copied().find(|x| x.name() == s));
+    let watch = query
+        .split('&')
+        .any(|kv| kv == "watch=1" || kv == "watch=true");
+    let verb = match (method, name.is_some()) {
+        (&Method::GET, _) if watch => "watch",
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => "unknown",
+    };
+    Kind::Resource(Resource {
+        info,
+        namespace,
+        name: name.map(str::to_string),
+        sub,
+        verb,
+    })
+}
+
+fn forbidden(identity: &Identity, r: &Resource, why: &str) -> ApiError {
+    let resource = match r.sub {
+        Some(sub) => format!("{}/{}", r.info.plural, sub.name()),
+        None => r.info.plural.to_string(),
+    };
+    let scope = match &r.namespace {
+        Some(ns) => format!("in the namespace \"{ns}\""),
+        None => "at the cluster scope".into(),
+    };
+    let subject = match &r.name {
+        Some(name) => format!("{} \"{name}\"", r.info.qualified_plural()),
+        None => r.info.qualified_plural(),
+    };
+    let mut message = format!(
+        "{subject} is forbidden: User \"{}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}",
+        identity.user(),
+        r.verb,
+        r.info.group
+    );
+    if !why.is_empty() {
+        message.push_str(": ");
+        message.push_str(why);
+    }
+    ApiError::Forbidden(message)
+}
+
+/// The value a query's field selector requires for `field` with `=` or `==`.
+fn selected(query: &str, field: &str) -> Option<String> {
+    let selector = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("fieldSelector="))?;
+    let selector = percent_decode(selector);
+    selector.split(',').find_map(|term| {
+        let (k, v) = term.split_once("==").or_else(|| term.split_once('='))?;
+        (k.trim() == field && !k.ends_with('!')).then(|| v.trim().to_string())
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The pods bound to `node`.
+fn pods_on(api: &ApiServer, node: &str) -> ApiResult<Vec<Arc<Value>>> {
+    let pods = resources::lookup("", "v1", "pods").expect("pods are served");
+    let prefix = pods.prefix();
+    let filter = |p: &Value| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node);
+    let page = api
+        .store
+        .list(ListRequest::all(&prefix, &filter))
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    Ok(page.items.into_iter().map(|s| s.object).collect())
+}
+
+/// Whether a pod's spec names a ConfigMap or Secret `name` (volumes, projected volumes,
+/// env and envFrom of every container).
+fn references(pod: &Value, kind: &str, name: &str) -> bool {
+    let spec = &pod["spec"];
+    let containers = ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .filter_map(|k| spec.get(*k).and_then(Value::as_array))
+        .flatten();
+    let is = |v: &Value| v.as_str() == Some(name);
+    let (volume_key, volume_name, key_ref, from_ref) = if kind == "secrets" {
+        ("secret", "secretName", "secretKeyRef", "secretRef")
+    } else {
+        ("configMap", "name", "configMapKeyRef", "configMapRef")
+    };
+    let projected_key = if kind == "secrets" {
+        "secret"
+    } else {
+        "configMap"
+    };
+    let in_volumes = spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|v| {
+            is(&v[volume_key][volume_name])
+                || v.pointer("/projected/sources")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|s| is(&s[projected_key]["name"]))
+        });
+    in_volumes
+        || containers.into_iter().any(|c| {
+            c.get("env")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|e| is(&e["valueFrom"][key_ref]["name"]))
+                || c.get("envFrom")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|e| is(&e[from_ref]["name"]))
+        })
+}
+
+fn uses_module(pod: &Value, digest: &str) -> bool {
+    ["containers", "initContainers"]
+        .iter()
+        .filter_map(|k| pod["spec"].get(*k).and_then(Value::as_array))
+        .flatten()
+        .any(|c| c["image"].as_str() == Some(digest))
+}
+
+/// What a node credential may do (Kubernetes' Node authorizer, NodeRestriction).
+fn authorize_node(
+    api: &ApiServer,
+    identity: &Identity,
+    node: &str,
+    r: &Resource,
+    query: &str,
+    body_name: Option<&str>,
+) -> ApiResult<()> {
+    let deny = |why: &str| Err(forbidden(identity, r, why));
+    let own = |name: Option<&str>| name == Some(node);
+    let name = r.name.as_deref();
+    match (r.info.plural, r.verb) {
+        ("nodes", "get" | "update" | "patch") if own(name) => Ok(()),
+        ("nodes", "list" | "watch")
+            if selected(query, "metadata.name").as_deref() == Some(node) =>
+        {
+            Ok(())
+        }
+        ("nodes", "create") if own(body_name) => Ok(()),
+        ("nodes", _) => deny("a node may only read and write its own Node object"),
+        ("leases", verb) if r.namespace.as_deref() == Some("kube-node-lease") => match verb {
+            "get" | "update" | "patch" if own(name) => Ok(()),
+            "create" if own(body_name) => Ok(()),
+            _ => deny("a node may only read and write its own Lease"),
+        },
+        ("pods", "list" | "watch") => {
+            if selected(query, "spec.nodeName").as_deref() == Some(node) {
+                Ok(())
+            } else {
+                deny(
+                    "a node may only list and watch pods with fieldSelector spec.nodeName=<itself>",
+                )
+            }
+        }
+        ("pods", "get" | "update" | "patch" | "delete")
+            if matches!(r.sub, None | Some(Subresource::Status)) =>
+        {
+            let key = r.info.key(r.namespace.as_deref(), name.unwrap_or_default());
+            let bound = api
+                .store
+                .get(&key)
+                .map_err(|e| ApiError::Internal(Box::new(e)))?
+                .is_some_and(|p| {
+                    p.object.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
+                });
+            if bound || (r.verb == "get" && !exists(api, &key)?) {
+                // A pod that is gone reads as NotFound, as it would for the node anyway.
+                Ok(())
+            } else {
+                deny("a node may only reach pods bound to it")
+            }
+        }
+        ("configmaps" | "secrets", "get") => {
+            let (ns, name) = (r.namespace.as_deref(), name.unwrap_or_default());
+            let referenced = pods_on(api, node)?
+                .iter()
+                .any(|p| objects::namespace(p) == ns && references(p, r.info.plural, name));
+            if referenced {
+                Ok(())
+            } else {
+                deny("no pod bound to this node references it")
+            }
+        }
+        ("modules", "get") => {
+            let digest = name.unwrap_or_default();
+            if pods_on(api, node)?.iter().any(|p| uses_module(p, digest)) {
+                Ok(())
+            } else {
+                deny("no pod bound to this node runs this module")
+            }
+        }
+        ("events", "create" | "update" | "patch") => Ok(()),
+        _ => deny(""),
+    }
+}
+
+fn exists(api: &ApiServer, key: &str) -> ApiResult<bool> {
+    Ok(api
+        .store
+        .get(key)
+        .map_err(|e| ApiError::Internal(Box::new(e)))?
+        .is_some())
+}
+
+/// Decides whether `identity` may make this request. `body_name` is the
+/// `metadata.name` of a create's body, which node credentials are checked against.
+fn authorize(
+    api: &ApiServer,
+    identity: &Identity,
+    method: &Method,
+    path: &str,
+    query: &str,
+    body_name: Option<&str>,
+) -> ApiResult<()> {
+    let kind = classify(method, path, query);
+    match (identity, kind) {
+        (_, Kind::Public) => Ok(()),
+        (Identity::Anonymous, _) => Err(ApiError::Unauthorized),
+        (Identity::Admin { .. }, _) => Ok(()),
+        (Identity::Join { .. }, Kind::Join) => Ok(()),
+        (Identity::Join { .. }, _) => Err(ApiError::Forbidden(format!(
+            "User \"{}\" may only join: POST /skiff/v1/join",
+            identity.user()
+        ))),
+        (_, Kind::Join) => Err(ApiError::Forbidden(format!(
+            "User \"{}\" cannot join: joining takes a join token",
+            identity.user()
+        ))),
+        (_, Kind::Discovery) if method == Method::GET => Ok(()),
+        (Identity::Viewer { .. }, Kind::Resource(r)) => {
+            let read = matches!(r.verb, "get" | "list" | "watch");
+            if !read {
+                Err(forbidden(identity, &r, "viewers are read-only"))
+            } else if r.info.plural == "secrets" {
+                Err(forbidden(identity, &r, "viewers cannot read secrets"))
+            } else {
+                Ok(())
+            }
+        }
+        (Identity::Node { name, .. }, Kind::Resource(r)) => {
+            authorize_node(api, identity, name, &r, query, body_name)
+        }
+        (_, _) => Err(ApiError::Forbidden(format!(
+            "User \"{}\" cannot {method} path \"{path}\"",
+            identity.user()
+        ))),
+    }
+}
+
+/// The middleware that authenticates and authorizes every request before it reaches
+/// the API. A node's creates of Nodes and Leases are read first, to check the name.
+pub async fn layer(State(api): State<SharedApi>, request: Request, next: Next) -> Response {
+    match check(&api, request).await {
+        Ok(request) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn check(api: &SharedApi, request: Request) -> ApiResult<Request> {
+    let identity = authenticate(api, request.headers())?;
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or_default().to_string();
+    let needs_body = matches!(identity, Identity::Node { .. })
+        && method == Method::POST
+        && matches!(
+            classify(&method, &path, &query),
+            Kind::Resource(Resource { info, .. }) if matches!(info.plural, "nodes" | "leases")
+        );
+    let request = if needs_body {
+        let (parts, body) = request.into_parts();
+        let bytes =
+            crate::apiserver::read_body(&parts.headers, body, api.config.max_body_bytes).await?;
+        let name = crate::apiserver::parse_body(&bytes)
+            .ok()
+            .map(|obj| objects::name(&obj).to_string());
+        authorize(api, &identity, &method, &path, &query, name.as_deref())?;
+        Request::from_parts(parts, Body::from(bytes))
+    } else {
+        authorize(api, &identity, &method, &path, &query, None)?;
+        request
+    };
+    let mut request = request;
+    request.extensions_mut().insert(identity);
+    Ok(request)
+}
+
+/// `/cacerts` and `/skiff/v1/join`.
+pub fn routes(api: SharedApi, ca_pem: String) -> Router {
+    Router::new()
+        .route(
+            "/cacerts",
+            get(move || {
+                let ca = ca_pem.clone();
+                async move { ([(header::CONTENT_TYPE, "application/x-pem-file")], ca) }
+            }),
+        )
+        .route("/skiff/v1/join", post(join))
+        .with_state(api)
+}
+
+/// Trades a join token for a credential of one node: `{"node": NAME}` →
+/// `{"node": NAME, "token": "<id>.<secret>"}`. A node that already has a credential
+/// keeps it: joining again under its name is refused until that one is revoked.
+async fn join(
+    State(api): State<SharedApi>,
+    identity: Option<axum::Extension<Identity>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        let Some(axum::Extension(Identity::Join { id })) = identity else {
+            return Err(ApiError::Forbidden("joining takes a join token".into()));
+        };
+        let bytes = crate::apiserver::read_body(&headers, body, 64 * 1024).await?;
+        let request = crate::apiserver::parse_body(&bytes)?;
+        let node = request["node"].as_str().unwrap_or_default().to_string();
+        let errs = skiff_api::validation::is_dns1123_subdomain(&node);
+        if node.is_empty() || !errs.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "\"node\" must be a valid node name: {node:?}"
+            )));
+        }
+        let prefix = secrets().namespace_prefix(Some(token::NAMESPACE));
+        let filter = |s: &Value| {
+            s.pointer(&format!("/metadata/labels/{}", token::NODE_LABEL.replace('/', "~1")))
+                .and_then(Value::as_str)
+                == Some(node.as_str())
+        };
+        let existing = api
+            .store
+            .list(ListRequest::all(&prefix, &filter))
+            .map_err(|e| ApiError::Internal(Box::new(e)))?;
+        if let Some(s) = existing.items.first() {
+            let id = objects::name(&s.object).trim_start_matches("skiff-token-").to_string();
+            return Err(ApiError::Forbidden(format!(
+                "node {node:?} already has a credential ({id}); revoke it with `skiff token revoke {id}` to join again under this name"
+            )));
+        }
+        let credential = Token::generate();
+        let record = credential.secret_object(
+            Role::Node,
+            Some(&node),
+            &format!("credential of node {node}, joined with token {id}"),
+        );
+        internal::create(&api, secrets(), Some(token::NAMESPACE), record).await?;
+        tracing::info!(%node, join_token = %id, "node joined");
+        Ok(json!({
+            "apiVersion": "skiff.dev/v1",
+            "kind": "NodeCredential",
+            "node": node,
+            "token": credential.to_string(),
+        }))
+    }
+    .await;
+    match result {
+        Ok(v) => (StatusCode::CREATED, axum::Json(v)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The server's own tokens, kept in its data directory (mode 0600) as k3s keeps them:
+/// `admin-token` for the kubeconfig, and `node-token` (`K10<CA hash>::<id>.<secret>`)
+/// for agents to join with. Made on first start. The admin token's record is restored
+/// if it went missing (whoever can read the data directory is its owner anyway); a
+/// revoked join token stays revoked.
+pub async fn ensure_tokens(
+    api: &ApiServer,
+    data_dir: &std::path::Path,
+    ca_hash: &str,
+) -> Result<(Token, token::JoinToken), std::io::Error> {
+    let other = |e: ApiError| std::io::Error::other(e.to_string());
+    let admin = match read_token(&data_dir.join("admin-token"))? {
+        Some(t) => {
+            let t = Token::parse(&t).ok_or_else(|| {
+                std::io::Error::other("admin-token is not a token; delete it to make a new one")
+            })?;
+            let key = secrets().key(Some(token::NAMESPACE), &t.secret_name());
+            if !exists(api, &key).map_err(other)? {
+                record(api, &t, Role::Admin, "the server's admin token")
+                    .await
+                    .map_err(other)?;
+            }
+            t
+        }
+        None => {
+            let t = Token::generate();
+            record(api, &t, Role::Admin, "the server's admin token")
+                .await
+                .map_err(other)?;
+            write_secret_file(&data_dir.join("admin-token"), &t.to_string())?;
+            t
+        }
+    };
+    let join = match read_token(&data_dir.join("node-token"))? {
+        Some(t) => {
+            let mut j = token::JoinToken::parse(&t).map_err(std::io::Error::other)?;
+            if j.ca_hash != ca_hash {
+                // The CA was replaced: the same credential, pinned to the new CA.
+                j.ca_hash = ca_hash.to_string();
+                write_secret_file(&data_dir.join("node-token"), &j.to_string())?;
+            }
+            j
+        }
+        None => {
+            let t = Token::generate();
+            record(api, &t, Role::Join, "the server's node join token")
+                .await
+                .map_err(other)?;
+            let j = token::JoinToken {
+                ca_hash: ca_hash.to_string(),
+                token: t,
+            };
+            write_secret_file(&data_dir.join("node-token"), &j.to_string())?;
+            j
+        }
+    };
+    Ok((admin, join))
+}
+
+fn read_token(path: &std::path::Path) -> Result<Option<String>, std::io::Error> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_secret_file(path: &std::path::Path, text: &str) -> Result<(), std::io::Error> {
+    pki::write_private(path, &format!("{text}\n"), 0o600).map_err(std::io::Error::other)
+}
+
+async fn record(api: &ApiServer, t: &Token, role: Role, description: &str) -> ApiResult<()> {
+    match internal::create(
+        api,
+        secrets(),
+        Some(token::NAMESPACE),
+        t.secret_object(role, None, description),
+    )
+    .await
+    {
+        Ok(_) | Err(ApiError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn field_selectors_are_read_as_kubernetes_writes_them() {
+        assert_eq!(
+            selected(
+                "watch=1&fieldSelector=spec.nodeName%3Dedge-1",
+                "spec.nodeName"
+            )
+            .as_deref(),
+            Some("edge-1")
+        );
+        assert_eq!(
+            selected("fieldSelector=metadata.name==n1,spec.x=y", "metadata.name").as_deref(),
+            Some("n1")
+        );
+        assert_eq!(
+            selected("fieldSelector=spec.nodeName!%3Dx", "spec.nodeName"),
+            None
+        );
+        assert_eq!(selected("limit=5", "spec.nodeName"), None);
+    }
+
+    #[test]
+    fn pods_reference_configmaps_and_secrets_every_way() {
+        let pod = json!({"spec": {
+            "volumes": [
+                {"name": "a", "configMap": {"name": "cm-vol"}},
+                {"name": "b", "secret": {"secretName": "s-vol"}},
+                {"name": "c", "projected": {"sources": [{"secret": {"name": "s-proj"}}]}},
+            ],
+            "containers": [{"name": "c", "image": "sha256:abc",
+                "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s-env", "key": "k"}}}],
+                "envFrom": [{"configMapRef": {"name": "cm-from"}}]}],
+        }});
+        for (kind, name) in [
+            ("configmaps", "cm-vol"),
+            ("configmaps", "cm-from"),
+            ("secrets", "s-vol"),
+            ("secrets", "s-proj"),
+            ("secrets", "s-env"),
+        ] {
+            assert!(references(&pod, kind, name), "{kind}/{name}");
+        }
+        assert!(!references(&pod, "secrets", "cm-vol"));
+        assert!(!references(&pod, "configmaps", "other"));
+        assert!(uses_module(&pod, "sha256:abc") && !uses_module(&pod, "sha256:def"));
+    }
+}

@@ -1,0 +1,317 @@
+//! End to end against the real binary: TLS with the cluster CA, bearer tokens, the
+//! roles (admin, viewer, node, join), joining with a token that pins the CA, and
+//! revocation taking effect on the next request.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Api, Process, ServerProcess, eventually, workload};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `skiff ARGS`, to completion: (success, stdout, stderr).
+fn skiff(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running skiff");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn agent(server: &ServerProcess, name: &str, dir: &Path, token: &str) -> Process {
+    let d = dir.join(name);
+    let (p, _) = Process::start(
+        &[
+            "agent",
+            "--server",
+            &server.url,
+            "--token",
+            token,
+            "--name",
+            name,
+            "--data-dir",
+            d.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "agent:",
+    );
+    p
+}
+
+/// A client with the credential a joined agent keeps.
+fn node_api(dir: &Path, name: &str) -> Api {
+    Api::from_kubeconfig(&dir.join(name).join("credential.kubeconfig"))
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn pod_using_secret(name: &str, node: &str, image: &str, secret: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "main", "image": image, "args": ["1s"],
+                "env": [{"name": "S", "valueFrom": {"secretKeyRef": {"name": secret, "key": "k"}}}]}],
+        },
+    })
+}
+
+#[tokio::test]
+async fn tls_tokens_roles_join_and_revocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("server"), &[]);
+    let admin = server.api();
+    let kubeconfig = server.kubeconfig();
+    let kc = kubeconfig.to_str().unwrap();
+
+    // TLS with the cluster CA; the kubeconfig carries it and the admin token, 0600.
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    assert_eq!(mode(&kubeconfig), 0o600);
+    assert_eq!(mode(&server.data_dir.join("node-token")), 0o600);
+    let text = std::fs::read_to_string(&kubeconfig).unwrap();
+    assert!(text.contains("certificate-authority-data:") && text.contains("token:"));
+    let plain = server.url.replace("https://", "http://");
+    assert!(
+        reqwest::get(format!("{plain}/version")).await.is_err()
+            || reqwest::get(format!("{plain}/version"))
+                .await
+                .is_ok_and(|r| r.status() == 400),
+        "plain HTTP is not served"
+    );
+
+    // Anonymous: 401 except health, version and the CA.
+    let anonymous = Api::anonymous(&server.url);
+    for open in ["/healthz", "/livez", "/readyz", "/version", "/cacerts"] {
+        assert_eq!(anonymous.text(open).await.0, 200, "{open}");
+    }
+    let (code, status) = anonymous.get("/api/v1/namespaces/default/pods").await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (401, Some("Unauthorized"))
+    );
+    let forged = Api::with_token(
+        &server.url,
+        None,
+        "abcdefgh.0123456789abcdefghijklmnopqrstuv",
+    );
+    assert_eq!(forged.get("/api/v1/pods").await.0, 401);
+
+    // Joining: the right token works, and the credential is kept (0600) for restarts.
+    let token = server.node_token();
+    let nodes_dir = dir.path().join("nodes");
+    let edge1 = agent(&server, "edge-1", &nodes_dir, &token);
+    let _edge2 = agent(&server, "edge-2", &nodes_dir, &token);
+    let credential = nodes_dir.join("edge-1/credential.kubeconfig");
+    assert_eq!(mode(&credential), 0o600);
+    drop(edge1);
+    let (restarted, _) = Process::start(
+        &[
+            "agent",
+            "--name",
+            "edge-1",
+            "--data-dir",
+            nodes_dir.join("edge-1").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "agent:",
+    );
+    let _edge1 = restarted;
+
+    // A wrong secret, a server whose CA is not the one pinned, a name already taken.
+    let (id_secret, ca_hash) = {
+        let (pin, cred) = token.split_once("::").unwrap();
+        (cred.to_string(), pin.trim_start_matches("K10").to_string())
+    };
+    let wrong_secret = format!(
+        "K10{ca_hash}::{}.{}",
+        id_secret.split('.').next().unwrap(),
+        "x".repeat(32)
+    );
+    let other_ca = format!("K10{}::{id_secret}", "0".repeat(64));
+    let d = nodes_dir.join("intruder");
+    let d = d.to_str().unwrap();
+    let join = |t: &str, name: &str| {
+        skiff(&[
+            "agent",
+            "--server",
+            &server.url,
+            "--token",
+            t,
+            "--name",
+            name,
+            "--data-dir",
+            d,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+    };
+    let (ok, _, err) = join(&wrong_secret, "intruder");
+    assert!(!ok && err.contains("Unauthorized"), "{err}");
+    let (ok, _, err) = join(&other_ca, "intruder");
+    assert!(
+        !ok && err.contains("refusing to join") && err.contains(&ca_hash),
+        "{err}"
+    );
+    let (ok, _, err) = join(&token, "edge-2");
+    assert!(!ok && err.contains("already has a credential"), "{err}");
+    assert!(!Path::new(d).join("credential.kubeconfig").exists());
+
+    // Node restriction: a node reaches its own objects and what its pods reference.
+    let ticker = admin.upload(workload("ticker.wasm")).await;
+    for (name, node) in [("s1", "edge-1"), ("s2", "edge-2")] {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "stringData": {"k": "v"}});
+        assert_eq!(
+            admin
+                .post("/api/v1/namespaces/default/secrets", &secret)
+                .await
+                .0,
+            201
+        );
+        let pod = pod_using_secret(&format!("p-{node}"), node, &ticker, name);
+        assert_eq!(
+            admin.post("/api/v1/namespaces/default/pods", &pod).await.0,
+            201
+        );
+    }
+    eventually("edge-1 runs its pod", WAIT, || {
+        let admin = admin.clone();
+        async move {
+            let (_, p) = admin.get("/api/v1/namespaces/default/pods/p-edge-1").await;
+            (p["status"]["phase"] == "Running").then_some(())
+        }
+    })
+    .await;
+    let n1 = node_api(&nodes_dir, "edge-1");
+    let ns = "/api/v1/namespaces/default";
+    assert_eq!(n1.get(&format!("{ns}/secrets/s1")).await.0, 200);
+    let (code, status) = n1.get(&format!("{ns}/secrets/s2")).await;
+    assert_eq!((code, status["reason"].as_str()), (403, Some("Forbidden")));
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"User "system:node:edge-1" cannot get resource "secrets""#),
+        "{status}"
+    );
+    let label = r#"{"metadata":{"labels":{"touched":"yes"}}}"#;
+    let merge = "application/merge-patch+json";
+    assert_eq!(n1.patch("/api/v1/nodes/edge-1", merge, label).await.0, 200);
+    assert_eq!(n1.patch("/api/v1/nodes/edge-2", merge, label).await.0, 403);
+    assert_eq!(
+        n1.patch(&format!("{ns}/pods/p-edge-2/status"), merge, "{}")
+            .await
+            .0,
+        403
+    );
+    assert_eq!(n1.get(&format!("{ns}/pods/p-edge-1")).await.0, 200);
+    assert_eq!(n1.get("/api/v1/pods").await.0, 403, "only its own pods");
+    assert_eq!(
+        n1.get("/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        n1.post(
+            &format!("{ns}/configmaps"),
+            &common::configmap("x", json!({}))
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(n1.get("/apis/apps/v1/deployments").await.0, 403);
+
+    // A viewer reads everything but Secrets, and writes nothing.
+    let (ok, out, err) = skiff(&[
+        "token",
+        "create",
+        "--role",
+        "viewer",
+        "--description",
+        "dashboards",
+        "--kubeconfig",
+        kc,
+    ]);
+    assert!(ok, "{err}");
+    let viewer_token = out.trim().to_string();
+    let ca = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let viewer = Api::with_token(&server.url, Some(&ca), &viewer_token);
+    assert_eq!(viewer.get(&format!("{ns}/pods")).await.0, 200);
+    assert_eq!(viewer.get("/api/v1/nodes").await.0, 200);
+    assert_eq!(viewer.get(&format!("{ns}/secrets")).await.0, 403);
+    assert_eq!(viewer.get(&format!("{ns}/secrets/s1")).await.0, 403);
+    assert_eq!(
+        viewer
+            .post(
+                &format!("{ns}/configmaps"),
+                &common::configmap("v", json!({}))
+            )
+            .await
+            .0,
+        403
+    );
+
+    // `skiff token list` shows roles and nodes, never secrets.
+    let (ok, out, err) = skiff(&["token", "list", "--kubeconfig", kc]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("viewer") && out.contains("dashboards"),
+        "{out}"
+    );
+    assert!(out.contains("edge-1") && out.contains("edge-2"), "{out}");
+    assert!(!out.contains(viewer_token.split('.').nth(1).unwrap()));
+    let id_of = |needle: &str| {
+        out.lines()
+            .find(|l| l.contains(needle))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap()
+            .to_string()
+    };
+    let (viewer_id, edge1_id) = (id_of("dashboards"), id_of("edge-1"));
+
+    // Revocation works on the next request.
+    for id in [&viewer_id, &edge1_id] {
+        let (ok, _, err) = skiff(&["token", "revoke", id, "--kubeconfig", kc]);
+        assert!(ok, "{err}");
+    }
+    assert_eq!(viewer.get(&format!("{ns}/pods")).await.0, 401);
+    assert_eq!(n1.get("/api/v1/nodes/edge-1").await.0, 401);
+    let (ok, _, err) = skiff(&["token", "revoke", &viewer_id, "--kubeconfig", kc]);
+    assert!(!ok && err.contains("no token"), "{err}");
+
+    // A joined node's credential joins nothing, and kubectl prints a Forbidden cleanly.
+    let n2 = node_api(&nodes_dir, "edge-2");
+    let (code, _) = n2.post("/skiff/v1/join", &json!({"node": "edge-3"})).await;
+    assert_eq!(code, 403);
+    let out = std::process::Command::new("kubectl")
+        .args(["get", "secrets", "--kubeconfig"])
+        .arg(nodes_dir.join("edge-2/credential.kubeconfig"))
+        .output()
+        .expect("kubectl is installed by scripts/test");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Error from server (Forbidden)") && err.contains("system:node:edge-2"),
+        "{err}"
+    );
+}
