@@ -62,9 +62,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let url = server.api_url.clone();
         let dir = config.data_dir.clone();
         async move {
-            let client =
+            let connection =
                 crate::agent_client(&name, &dir, Some(&url), Some(node_token), None).await?;
-            skiff_runtime::Agent::start(config, client)
+            let mut config = config;
+            config.tunnel = connection.tunnel;
+            skiff_runtime::Agent::start(config, connection.client)
                 .await
                 .with_context(|| format!("starting agent {name}"))
         }

@@ -138,17 +138,42 @@ pub fn credential_path(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("credential.kubeconfig")
 }
 
-/// The client an agent runs with: its stored credential; else a join with the server's
-/// token, whose credential is stored for restarts; else an explicit kubeconfig.
+/// What an agent connects with: its API client, and the tunnel it keeps open.
+pub struct AgentConnection {
+    pub client: kube::Client,
+    pub tunnel: Option<skiff_runtime::TunnelTarget>,
+}
+
+impl AgentConnection {
+    fn from_config(config: kube::Config) -> anyhow::Result<AgentConnection> {
+        use secrecy::ExposeSecret;
+        let tunnel = config
+            .auth_info
+            .token
+            .as_ref()
+            .map(|token| skiff_runtime::TunnelTarget {
+                url: config.cluster_url.clone(),
+                roots: config.root_cert.clone().unwrap_or_default(),
+                token: token.expose_secret().to_string(),
+            });
+        Ok(AgentConnection {
+            client: kube::Client::try_from(config)?,
+            tunnel,
+        })
+    }
+}
+
+/// How an agent connects: its stored credential; else a join with the server's token,
+/// whose credential is stored for restarts; else an explicit kubeconfig.
 pub async fn agent_client(
     name: &str,
     data_dir: &std::path::Path,
     server: Option<&str>,
     token: Option<&str>,
     kubeconfig: Option<&std::path::Path>,
-) -> anyhow::Result<kube::Client> {
+) -> anyhow::Result<AgentConnection> {
     if let Some(path) = kubeconfig {
-        return Ok(skiff_api::client::connect(Some(path)).await?);
+        return AgentConnection::from_config(skiff_api::client::config(Some(path)).await?);
     }
     let credential = credential_path(data_dir);
     if !credential.exists() {
@@ -165,13 +190,14 @@ pub async fn agent_client(
             .with_context(|| format!("storing the credential in {}", credential.display()))?;
         tracing::info!(%server, node = %name, "joined the cluster");
     }
-    skiff_api::client::connect(Some(&credential))
+    let config = skiff_api::client::config(Some(&credential))
         .await
-        .with_context(|| format!("using the credential in {}", credential.display()))
+        .with_context(|| format!("using the credential in {}", credential.display()))?;
+    AgentConnection::from_config(config)
 }
 
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
-    let client = agent_client(
+    let connection = agent_client(
         &args.name,
         &args.data_dir,
         args.server.as_deref(),
@@ -182,7 +208,8 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let mut config = skiff_runtime::AgentConfig::new(&args.name, &args.data_dir, args.listen);
     config.labels = args.labels;
     args.pods.apply(&mut config);
-    let agent = skiff_runtime::Agent::start(config, client)
+    config.tunnel = connection.tunnel;
+    let agent = skiff_runtime::Agent::start(config, connection.client)
         .await
         .context("starting the agent")?;
     println!("agent: {} listening on {}", agent.name, agent.listen);

@@ -64,13 +64,18 @@ pub struct Gateway {
     slices: Arc<Cache>,
     nodes: Arc<Cache>,
     client: Client<HttpConnector, GatewayBody>,
+    tunnels: Arc<crate::tunnel::Tunnels>,
     table: Mutex<Arc<RouteTable>>,
     next: Mutex<HashMap<String, usize>>,
 }
 
 impl Gateway {
     /// Starts the caches the gateway routes from.
-    pub fn new(store: Arc<dyn Store>, stop: CancellationToken) -> Arc<Gateway> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        tunnels: Arc<crate::tunnel::Tunnels>,
+        stop: CancellationToken,
+    ) -> Arc<Gateway> {
         let cache = |group: &str, plural: &str| {
             let info = resources::all()
                 .iter()
@@ -92,6 +97,7 @@ impl Gateway {
             slices: cache("discovery.k8s.io", "endpointslices"),
             nodes: cache("", "nodes"),
             client: Client::builder(TokioExecutor::new()).build(connector),
+            tunnels,
             table: Mutex::default(),
             next: Mutex::default(),
         })
@@ -160,9 +166,8 @@ impl Gateway {
         None
     }
 
-    /// The ready endpoints of a Service, as (pod `ns/name`, agent address), starting
-    /// at the next one in round-robin order.
-    fn endpoints(&self, namespace: &str, service: &str) -> Vec<(String, String)> {
+    /// The ready endpoints of a Service, starting at the next one in round-robin order.
+    fn endpoints(&self, namespace: &str, service: &str) -> Vec<Endpoint> {
         let info = resources::lookup("discovery.k8s.io", "v1", "endpointslices")
             .expect("endpointslices are served");
         let Some(slice) = self
@@ -172,7 +177,7 @@ impl Gateway {
             return Vec::new();
         };
         let nodes = resources::lookup("", "v1", "nodes").expect("nodes are served");
-        let mut ready: Vec<(String, String)> = slice
+        let mut ready: Vec<Endpoint> = slice
             .get("endpoints")
             .and_then(Value::as_array)
             .into_iter()
@@ -180,10 +185,13 @@ impl Gateway {
             .filter(|e| e.pointer("/conditions/ready") == Some(&Value::Bool(true)))
             .filter_map(|e| {
                 let pod = e.pointer("/targetRef/name")?.as_str()?;
-                let node = self
-                    .nodes
-                    .get(&nodes.key(None, e.get("nodeName")?.as_str()?))?;
-                Some((format!("{namespace}/{pod}"), agent_address(&node)?))
+                let node_name = e.get("nodeName")?.as_str()?;
+                let node = self.nodes.get(&nodes.key(None, node_name))?;
+                Some(Endpoint {
+                    pod: format!("{namespace}/{pod}"),
+                    node: node_name.to_string(),
+                    address: agent_address(&node),
+                })
             })
             .collect();
         if ready.is_empty() {
@@ -199,6 +207,15 @@ impl Gateway {
         ready.rotate_left(start);
         ready
     }
+}
+
+/// A ready replica of an app.
+struct Endpoint {
+    /// `namespace/name` of its pod.
+    pod: String,
+    node: String,
+    /// The agent's listener, when the node advertises one.
+    address: Option<String>,
 }
 
 /// Where a node's agent listens: its InternalIP and kubelet endpoint port.
@@ -227,6 +244,26 @@ fn text(status: StatusCode, message: String) -> Response {
         format!("{message}\n"),
     )
         .into_response()
+}
+
+/// Why a forwarded request failed.
+#[derive(Debug, thiserror::Error)]
+enum Upstream {
+    #[error(transparent)]
+    Direct(hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Tunnel(crate::tunnel::TunnelError),
+}
+
+impl Upstream {
+    /// Whether the request never reached the agent, so another replica may take it.
+    fn is_connect(&self) -> bool {
+        match self {
+            Upstream::Direct(e) => e.is_connect(),
+            Upstream::Tunnel(crate::tunnel::TunnelError::NotConnected(_)) => true,
+            Upstream::Tunnel(crate::tunnel::TunnelError::Failed(e)) => e.is_closed(),
+        }
+    }
 }
 
 /// Headers that belong to one connection, not to the request.
@@ -287,8 +324,9 @@ async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
         headers.remove(*name);
     }
     let mut last_error = String::new();
-    for (i, (pod, agent)) in endpoints.iter().enumerate() {
+    for (i, endpoint) in endpoints.iter().enumerate() {
         let last = i + 1 == endpoints.len();
+        let pod = &endpoint.pod;
         let body: GatewayBody = match &mut payload {
             Payload::Buffered(bytes) => Full::new(bytes.clone())
                 .map_err(|never| match never {})
@@ -298,21 +336,42 @@ async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
                 None => break,
             },
         };
-        let uri = format!(
-            "http://{agent}{}",
-            parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/")
-        );
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        // Through the agent's tunnel when it has one (it then needs no inbound port),
+        // else straight to its listener.
+        let tunnel = gw.tunnels.get(&endpoint.node).is_some();
+        let agent = match (&endpoint.address, tunnel) {
+            (_, true) => format!("tunnel to {}", endpoint.node),
+            (Some(address), false) => address.clone(),
+            (None, false) => {
+                last_error = format!("{pod}: node {} is not reachable", endpoint.node);
+                continue;
+            }
+        };
+        let uri = if tunnel {
+            crate::tunnel::uri(path)
+        } else {
+            format!("http://{agent}{path}")
+        };
         let mut outgoing = http::Request::builder()
             .method(parts.method.clone())
             .uri(uri)
             .body(body)
             .expect("a valid request");
         *outgoing.headers_mut() = forwarded_headers(&headers, pod, &host);
-        match gw.client.request(outgoing).await {
+        let sent = if tunnel {
+            gw.tunnels
+                .send(&endpoint.node, outgoing)
+                .await
+                .map_err(Upstream::Tunnel)
+        } else {
+            gw.client.request(outgoing).await.map_err(Upstream::Direct)
+        };
+        match sent {
             Ok(response) => {
                 let unserved = response.headers().contains_key(UNSERVED_HEADER);
                 if unserved && !last && matches!(payload, Payload::Buffered(_)) {
@@ -359,10 +418,11 @@ fn forwarded_headers(headers: &HeaderMap, pod: &str, host: &str) -> HeaderMap {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<dyn Store>,
+    tunnels: Arc<crate::tunnel::Tunnels>,
     stop: CancellationToken,
 ) {
     use axum::serve::ListenerExt;
-    let gateway = Gateway::new(store, stop.clone());
+    let gateway = Gateway::new(store, tunnels, stop.clone());
     let app = axum::Router::new().fallback(handle).with_state(gateway);
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

@@ -283,6 +283,7 @@ mod tests {
             modules: ModuleBlobs::new(dir.path().join("blobs")),
             config: ApiConfig::default(),
             shutdown: CancellationToken::new(),
+            tunnels: Default::default(),
         })
     }
 

@@ -12,3 +12,4 @@ pub mod lifecycle;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod tunnel;

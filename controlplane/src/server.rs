@@ -203,6 +203,7 @@ impl Server {
             modules: ModuleBlobs::new(apiserver_blob_dir(&config.data_dir)),
             config: api_config,
             shutdown: CancellationToken::new(),
+            tunnels: Default::default(),
         });
 
         let stop_loops = CancellationToken::new();
@@ -232,6 +233,7 @@ impl Server {
             loops.spawn(crate::gateway::serve(
                 listener,
                 api.store.clone(),
+                api.tunnels.clone(),
                 api.shutdown.clone(),
             ));
             tracing::info!(%url, "gateway ready");
@@ -242,6 +244,7 @@ impl Server {
             .map_err(ServerError::Tokens)?;
         let app = apiserver::router(api.clone())
             .merge(crate::auth::routes(api.clone(), pki.ca_pem.clone()))
+            .merge(crate::tunnel::routes(api.clone()))
             .layer(axum::middleware::from_fn_with_state(
                 api.clone(),
                 crate::auth::layer,

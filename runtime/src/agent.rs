@@ -88,6 +88,9 @@ impl Agent {
             stop.clone(),
         ));
         tasks.spawn(sync::run(rt.clone(), stop.clone()));
+        if let Some(target) = config.tunnel.clone() {
+            tasks.spawn(crate::tunnel::run(target, rt.clone(), stop.clone()));
+        }
         tracing::info!(node = %config.name, %listen, "agent ready");
         Ok(Agent {
             listen,

@@ -35,6 +35,9 @@ pub struct AgentConfig {
     pub request_timeout: Duration,
     /// Largest HTTP request body an app accepts (413 beyond).
     pub max_request_body: u64,
+    /// The API server to keep a reverse tunnel open to, so it reaches this agent (for
+    /// logs and app traffic) without an inbound connection.
+    pub tunnel: Option<crate::tunnel::TunnelTarget>,
 }
 
 impl AgentConfig {
@@ -56,6 +59,7 @@ impl AgentConfig {
             labels: Vec::new(),
             request_timeout: crate::wasm::DEFAULT_REQUEST_TIMEOUT,
             max_request_body: crate::wasm::DEFAULT_MAX_REQUEST_BODY,
+            tunnel: None,
         }
     }
 }

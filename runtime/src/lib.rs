@@ -12,10 +12,12 @@ pub mod node;
 pub mod pod;
 pub mod server;
 pub mod sync;
+pub mod tunnel;
 pub mod wasm;
 
 pub use agent::{Agent, AgentError};
 pub use config::AgentConfig;
+pub use tunnel::TunnelTarget;
 
 /// Now, as Kubernetes writes timestamps.
 pub(crate) fn now_rfc3339() -> String {

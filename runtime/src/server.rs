@@ -288,6 +288,36 @@ where
     response.map(Body::new)
 }
 
+/// What one connection serves, on the listener or over the tunnel: app traffic goes
+/// straight to the pods, the agent's own endpoints through the router.
+pub(crate) fn connection_service(
+    router: Router,
+    rt: Arc<Runtime>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    use tower::ServiceExt;
+    hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        let (router, rt) = (router.clone(), rt.clone());
+        async move {
+            let response = if is_agent_path(request.uri().path()) {
+                match router.oneshot(request.map(Body::new)).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            } else {
+                serve_app_request(rt, request).await
+            };
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    })
+}
+
 /// Serves the agent's listener until `stop`: HTTP/1.1 with keep-alive, TCP_NODELAY on
 /// every connection; app traffic goes straight to the pods, the agent's own endpoints
 /// through the router. On stop, connections finish their current request (5 s at most).
@@ -296,7 +326,6 @@ pub async fn serve(
     rt: Arc<Runtime>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    use tower::ServiceExt;
     let router = router(rt.clone());
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -312,23 +341,8 @@ pub async fn serve(
         };
         // Without TCP_NODELAY, small responses wait out delayed ACKs (~40 ms).
         let _ = tcp.set_nodelay(true);
-        let (router, rt, stop) = (router.clone(), rt.clone(), stop.clone());
+        let (service, stop) = (connection_service(router.clone(), rt.clone()), stop.clone());
         connections.spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let (router, rt) = (router.clone(), rt.clone());
-                    async move {
-                        let response = if is_agent_path(request.uri().path()) {
-                            match router.oneshot(request.map(Body::new)).await {
-                                Ok(response) => response,
-                                Err(never) => match never {},
-                            }
-                        } else {
-                            serve_app_request(rt, request).await
-                        };
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                });
             let connection = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
                 .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);

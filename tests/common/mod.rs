@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod netns;
+
 /// A `skiff dev` cluster or `skiff agent` process, read until a marker line.
 pub struct Process {
     pub child: Child,
@@ -21,8 +23,21 @@ impl Process {
     /// Spawns `skiff ARGS` and waits for a stdout line starting with `marker`; returns
     /// the rest of that line.
     pub fn start(args: &[&str], marker: &str) -> (Process, String) {
+        Self::start_in(None, args, marker)
+    }
+
+    /// Like `start`, inside network namespace `ns` (`ip netns exec NS skiff ARGS`).
+    pub fn start_in(ns: Option<&str>, args: &[&str], marker: &str) -> (Process, String) {
         use std::io::{BufRead, BufReader};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        let mut command = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_skiff")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_skiff")),
+        };
+        let mut child = command
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

@@ -85,6 +85,41 @@ pub(crate) async fn proxy(api: &ApiServer, target: &Target, query: &Query) -> Ap
             "pod {name} does not have a host assigned"
         )));
     };
+    let namespace = target.namespace.as_deref().unwrap_or_default();
+    let mut path = reqwest::Url::parse(&format!(
+        "http://node/containerLogs/{namespace}/{name}/{container}"
+    ))
+    .map_err(ApiError::internal)?;
+    for p in LOG_PARAMS {
+        if let Some(v) = query.get(p) {
+            path.query_pairs_mut().append_pair(p, v);
+        }
+    }
+    let path_and_query = match path.query() {
+        Some(q) => format!("{}?{q}", path.path()),
+        None => path.path().to_string(),
+    };
+    // The agent's tunnel first: it needs no inbound port on the node.
+    if api.tunnels.get(node_name).is_some() {
+        let request = http::Request::get(crate::tunnel::uri(&path_and_query))
+            .body(crate::tunnel::TunnelBody::default())
+            .map_err(ApiError::internal)?;
+        let upstream =
+            api.tunnels.send(node_name, request).await.map_err(|e| {
+                ApiError::Upstream(format!("reading logs from node {node_name}: {e}"))
+            })?;
+        let (parts, body) = upstream.into_parts();
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .cloned()
+            .unwrap_or(http::HeaderValue::from_static("text/plain"));
+        return Response::builder()
+            .status(parts.status)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::new(body))
+            .map_err(ApiError::internal);
+    }
     let nodes = resources::lookup("", "v1", "nodes").expect("nodes are served");
     let node = get_stored(api, nodes, &nodes.key(None, node_name), node_name)?;
     let endpoint = node_endpoint(&node.object).ok_or_else(|| {
@@ -92,16 +127,8 @@ pub(crate) async fn proxy(api: &ApiServer, target: &Target, query: &Query) -> Ap
             "node {node_name} has no reachable address for logs"
         ))
     })?;
-    let namespace = target.namespace.as_deref().unwrap_or_default();
-    let mut url = reqwest::Url::parse(&format!(
-        "http://{endpoint}/containerLogs/{namespace}/{name}/{container}"
-    ))
-    .map_err(ApiError::internal)?;
-    for p in LOG_PARAMS {
-        if let Some(v) = query.get(p) {
-            url.query_pairs_mut().append_pair(p, v);
-        }
-    }
+    let url = reqwest::Url::parse(&format!("http://{endpoint}{path_and_query}"))
+        .map_err(ApiError::internal)?;
     let upstream = reqwest::Client::new()
         .get(url)
         .send()

@@ -82,6 +82,8 @@ pub struct ApiServer {
     /// Cancelled when the server starts shutting down, so long-lived watches end and
     /// graceful shutdown can finish.
     pub shutdown: CancellationToken,
+    /// The reverse tunnels agents keep open, by node.
+    pub tunnels: Arc<crate::tunnel::Tunnels>,
 }
 
 pub type SharedApi = Arc<ApiServer>;

@@ -97,6 +97,8 @@ enum Kind {
     /// Discovery and OpenAPI: any authenticated identity.
     Discovery,
     Join,
+    /// An agent's reverse tunnel: its own node credential only.
+    Tunnel,
     Resource(Resource),
     Other,
 }
@@ -115,6 +117,7 @@ fn classify(method: &Method, path: &str, query: &str) -> Kind {
     let (group, version, rest) = match segs.as_slice() {
         ["healthz" | "livez" | "readyz" | "version" | "cacerts"] => return Kind::Public,
         ["skiff", "v1", "join"] => return Kind::Join,
+        ["skiff", "v1", "tunnel"] => return Kind::Tunnel,
         ["openapi", ..] | ["api"] | ["apis"] | ["api", _] | ["apis", _] | ["apis", _, _] => {
             return Kind::Discovery;
         }
@@ -403,6 +406,11 @@ fn authorize(
             identity.user()
         ))),
         (_, Kind::Discovery) if method == Method::GET => Ok(()),
+        (Identity::Node { .. }, Kind::Tunnel) => Ok(()),
+        (_, Kind::Tunnel) => Err(ApiError::Forbidden(format!(
+            "User \"{}\" cannot open a tunnel: that takes a node's credential",
+            identity.user()
+        ))),
         (Identity::Viewer { .. }, Kind::Resource(r)) => {
             let read = matches!(r.verb, "get" | "list" | "watch");
             if !read {

@@ -1,0 +1,159 @@
+//! The agent's end of the reverse tunnel: it dials the API server, authenticates with
+//! its node credential, upgrades the connection (`Upgrade: skiff-tunnel`) and then
+//! serves HTTP/2 over it, the same endpoints and app traffic its listener serves. So
+//! the control plane reaches it (logs, the gateway) with no inbound connection: a node
+//! behind NAT works. A broken tunnel is dialled again with bounded exponential backoff
+//! and jitter.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rand::Rng;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio_util::sync::CancellationToken;
+
+use crate::pod::Runtime;
+
+/// Where to open the tunnel, and how to authenticate.
+#[derive(Clone)]
+pub struct TunnelTarget {
+    /// The API server's URL (`https://HOST:PORT`).
+    pub url: http::Uri,
+    /// DER certificates to trust: the cluster CA.
+    pub roots: Vec<Vec<u8>>,
+    /// The node's bearer token.
+    pub token: String,
+}
+
+impl std::fmt::Debug for TunnelTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelTarget")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+const PATH: &str = "/skiff/v1/tunnel";
+const PROTOCOL: &str = "skiff-tunnel";
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A tunnel that stayed up this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("the server URL {0} has no host")]
+    NoHost(String),
+    #[error("connecting")]
+    Io(#[from] std::io::Error),
+    #[error("TLS")]
+    Tls(#[from] rustls::Error),
+    #[error("the server name {0:?} is not valid for TLS")]
+    Name(String),
+    #[error("HTTP")]
+    Http(#[from] hyper::Error),
+    #[error("the server answered {0} instead of switching protocols")]
+    Refused(http::StatusCode),
+}
+
+/// Keeps the tunnel open until `stop`.
+pub async fn run(target: TunnelTarget, rt: Arc<Runtime>, stop: CancellationToken) {
+    let service = crate::server::connection_service(crate::server::router(rt.clone()), rt);
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let opened = Instant::now();
+        let result = tokio::select! {
+            r = session(&target, service.clone()) => r,
+            _ = stop.cancelled() => return,
+        };
+        match result {
+            Ok(()) => tracing::info!(server = %target.url, "tunnel closed; reopening"),
+            Err(e) => {
+                tracing::warn!(server = %target.url, error = %e, error.source = ?std::error::Error::source(&e), "tunnel failed; retrying")
+            }
+        }
+        if opened.elapsed() >= STABLE {
+            backoff = BACKOFF_MIN;
+        }
+        // Full jitter in [backoff/2, backoff]: agents cut off together don't return together.
+        let wait = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One tunnel, from dialling to its end.
+async fn session<S>(target: &TunnelTarget, service: S) -> Result<(), TunnelError>
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let host = target
+        .url
+        .host()
+        .ok_or_else(|| TunnelError::NoHost(target.url.to_string()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = target.url.port_u16().unwrap_or(443);
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+    tcp.set_nodelay(true)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in &target.roots {
+        roots.add(CertificateDer::from(der.clone()))?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from(host.clone()).map_err(|_| TunnelError::Name(host.clone()))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(async move {
+        let _ = connection.with_upgrades().await;
+    });
+    let authority = target
+        .url
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or_else(|| host.clone());
+    let request = http::Request::get(PATH)
+        .header(header::HOST, authority)
+        .header(header::AUTHORIZATION, format!("Bearer {}", target.token))
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, PROTOCOL)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("a valid request");
+    let response = sender.send_request(request).await?;
+    if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(TunnelError::Refused(response.status()));
+    }
+    let upgraded = hyper::upgrade::on(response).await?;
+    tracing::info!(server = %target.url, "tunnel open");
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .max_concurrent_streams(1000)
+        .serve_connection(upgraded, service)
+        .await?;
+    Ok(())
+}
