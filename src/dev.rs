@@ -66,7 +66,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 crate::agent_client(&name, &dir, Some(&url), Some(node_token), None).await?;
             let mut config = config;
             config.tunnel = connection.tunnel;
-            skiff_runtime::Agent::start(config, connection.client)
+            skiff_runtime::Agent::start(config, connection.config)
                 .await
                 .with_context(|| format!("starting agent {name}"))
         }

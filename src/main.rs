@@ -138,9 +138,9 @@ pub fn credential_path(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("credential.kubeconfig")
 }
 
-/// What an agent connects with: its API client, and the tunnel it keeps open.
+/// What an agent connects with: its API configuration, and the tunnel it keeps open.
 pub struct AgentConnection {
-    pub client: kube::Client,
+    pub config: kube::Config,
     pub tunnel: Option<skiff_runtime::TunnelTarget>,
 }
 
@@ -156,10 +156,7 @@ impl AgentConnection {
                 roots: config.root_cert.clone().unwrap_or_default(),
                 token: token.expose_secret().to_string(),
             });
-        Ok(AgentConnection {
-            client: kube::Client::try_from(config)?,
-            tunnel,
-        })
+        Ok(AgentConnection { config, tunnel })
     }
 }
 
@@ -209,7 +206,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     config.labels = args.labels;
     args.pods.apply(&mut config);
     config.tunnel = connection.tunnel;
-    let agent = skiff_runtime::Agent::start(config, connection.client)
+    let agent = skiff_runtime::Agent::start(config, connection.config)
         .await
         .context("starting the agent")?;
     println!("agent: {} listening on {}", agent.name, agent.listen);

@@ -17,13 +17,14 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(60);
 const NS: &str = "/api/v1/namespaces/default";
 
+/// Fields drop in order: the processes go before their namespaces and files.
 struct Cluster {
-    topology: Topology,
-    _dir: tempfile::TempDir,
-    _server: Process,
     agents: Vec<(Process, u16)>,
+    _server: Process,
     api: Api,
     gateway: String,
+    topology: Topology,
+    dir: tempfile::TempDir,
 }
 
 fn cluster() -> Cluster {
@@ -62,45 +63,52 @@ fn cluster() -> Cluster {
         admin.trim(),
     );
     let token = std::fs::read_to_string(server_dir.join("node-token")).unwrap();
-    let agents = topology
-        .agents
-        .iter()
-        .enumerate()
-        .map(|(i, (ns, link))| {
-            let data = dir.path().join(format!("edge-{i}"));
-            let (p, rest) = Process::start_in(
-                Some(ns),
-                &[
-                    "agent",
-                    "--server",
-                    &format!("https://{}:6443", link.server_ip),
-                    "--token",
-                    token.trim(),
-                    "--name",
-                    &format!("edge-{i}"),
-                    "--data-dir",
-                    data.to_str().unwrap(),
-                    // Its own loopback: no other host can connect to it.
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--lease-interval",
-                    "500ms",
-                ],
-                "agent:",
-            );
-            let port = rest.rsplit(':').next().unwrap().parse().unwrap();
-            (p, port)
-        })
+    let agents = (0..topology.agents.len())
+        .map(|i| start_agent(&topology, dir.path(), i, Some(token.trim())))
         .collect();
     let gateway = format!("http://{}:8080", topology.test_link.server_ip);
     Cluster {
         topology,
-        _dir: dir,
+        dir,
         _server: server,
         agents,
         api,
         gateway,
     }
+}
+
+/// Starts agent `edge-I` in its namespace (joining with `token` the first time);
+/// returns it with its listener's port.
+fn start_agent(
+    topology: &Topology,
+    dir: &std::path::Path,
+    i: usize,
+    token: Option<&str>,
+) -> (Process, u16) {
+    let (ns, link) = &topology.agents[i];
+    let data = dir.join(format!("edge-{i}"));
+    let server = format!("https://{}:6443", link.server_ip);
+    let name = format!("edge-{i}");
+    let mut args = vec![
+        "agent",
+        "--server",
+        &server,
+        "--name",
+        &name,
+        "--data-dir",
+        data.to_str().unwrap(),
+        // Its own loopback: no other host can connect to it.
+        "--listen",
+        "127.0.0.1:0",
+        "--lease-interval",
+        "500ms",
+    ];
+    if let Some(token) = token {
+        args.extend(["--token", token]);
+    }
+    let (p, rest) = Process::start_in(Some(ns), &args, "agent:");
+    let port = rest.rsplit(':').next().unwrap().parse().unwrap();
+    (p, port)
 }
 
 /// `curl` run inside network namespace `ns`: (HTTP code, body).
@@ -140,8 +148,8 @@ fn running_on(pod: &Value) -> Option<&str> {
 
 #[tokio::test]
 async fn outbound_only_agents_serve_through_tunnels_and_ride_out_a_partition() {
-    let c = cluster();
-    let api = &c.api;
+    let mut c = cluster();
+    let api = &c.api.clone();
     eventually("both nodes Ready", WAIT, || async move {
         let (_, nodes) = api.get("/api/v1/nodes").await;
         let ready = nodes["items"]
@@ -265,6 +273,22 @@ async fn outbound_only_agents_serve_through_tunnels_and_ride_out_a_partition() {
     let (code, _) = curl_in(edge0_ns, &["-H", &pod_header, &local]);
     assert_eq!(code, 200);
 
+    // The agent dies and comes back while still cut off: its pods come back from its
+    // local cache (specs, modules, compiled code), with no control plane to ask.
+    let (old, _) = c.agents.remove(0);
+    old.kill9();
+    let (agent, port) = start_agent(&c.topology, c.dir.path(), 0, None);
+    c.agents.insert(0, (agent, port));
+    let local = format!("http://127.0.0.1:{port}/");
+    eventually("the cached pods serve again on edge-0", WAIT, || {
+        let (ns, local, header) = (edge0_ns.clone(), local.clone(), pod_header.clone());
+        async move {
+            let (code, body) = curl_in(&ns, &["-H", &header, &local]);
+            (code == 200 && body.contains("node=edge-0")).then_some(())
+        }
+    })
+    .await;
+
     // The link comes back: the agent stops what was deleted, keeps what was not.
     c.topology.set_agent_link(0, true);
     eventually("edge-0 Ready again", WAIT, || async move {
@@ -290,17 +314,36 @@ async fn outbound_only_agents_serve_through_tunnels_and_ride_out_a_partition() {
         },
     )
     .await;
-    let (_, s) = api.get(&format!("{NS}/pods/steady")).await;
-    let status = &s["status"]["containerStatuses"][0];
-    assert_eq!(status["restartCount"], 0, "{s}");
-    assert_eq!(
-        status["state"]["running"]["startedAt"], started,
-        "the unchanged pod was not restarted"
-    );
+    // The status the restarted agent queued while cut off reaches the API: the steady
+    // pod runs since the offline restart.
+    let restarted = eventually("the queued status of steady arrives", WAIT, || {
+        let started = started.clone();
+        async move {
+            let (_, s) = api.get(&format!("{NS}/pods/steady")).await;
+            let at = s["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].clone();
+            (at.is_string() && at != started).then_some(at)
+        }
+    })
+    .await;
+    // Reconnecting restarted nothing that did not change: one run since then, and the
+    // start time the API has is the offline one.
     let (_, log) = api.text(&format!("{NS}/pods/steady/log")).await;
     assert_eq!(
         log.lines().filter(|l| *l == "tick 1").count(),
         1,
-        "one run of the guest, no restart"
+        "one run of the guest since the agent restarted: {log}"
+    );
+    let (_, s) = api.get(&format!("{NS}/pods/steady")).await;
+    let status = &s["status"]["containerStatuses"][0];
+    // One restart: the instance died with the agent. None for the reconnection.
+    assert_eq!(status["restartCount"], 1, "{s}");
+    assert_eq!(status["state"]["running"]["startedAt"], restarted);
+    let ticks: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+        .collect();
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "the guest ran on without a break: {ticks:?}"
     );
 }

@@ -33,6 +33,10 @@ pub enum AgentError {
     EngineFailed(#[source] crate::wasm::EngineError),
     #[error(transparent)]
     RegisterFailed(#[from] node::NodeError),
+    #[error("opening the agent's local state")]
+    LocalState(#[from] crate::local::LocalError),
+    #[error("building the API client")]
+    Client(#[source] kube::Error),
 }
 
 /// A running agent.
@@ -46,13 +50,15 @@ pub struct Agent {
 impl Agent {
     /// Binds the listener, registers the Node and starts running pods. Returns once the
     /// Node is registered.
-    pub async fn start(config: AgentConfig, client: kube::Client) -> Result<Agent, AgentError> {
+    pub async fn start(config: AgentConfig, api: kube::Config) -> Result<Agent, AgentError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| {
             AgentError::DataDirUnusable {
                 path: config.data_dir.clone(),
                 source,
             }
         })?;
+        let local = crate::local::LocalState::open(&config.data_dir)?;
+        let client = crate::local::client(api, local.clone()).map_err(AgentError::Client)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| AgentError::BindFailed {
@@ -74,9 +80,29 @@ impl Agent {
             logs: LogRegistry::default(),
             metrics: Metrics::new(),
             apps: Default::default(),
+            local: local.clone(),
             config: config.clone(),
         });
-        node::register(&client, &config, listen).await?;
+        // Offline (an edge node cut off from its control plane), the agent starts anyway
+        // and runs its pods from the local cache; the Lease loop registers the Node once
+        // the API answers. A refusal from the API is still fatal.
+        match node::register(&client, &config, listen).await {
+            Ok(()) => {}
+            Err(node::NodeError::RegisterFailed {
+                source: kube::Error::Api(status),
+                name,
+            }) => {
+                return Err(AgentError::RegisterFailed(
+                    node::NodeError::RegisterFailed {
+                        name,
+                        source: kube::Error::Api(status),
+                    },
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, error.source = ?std::error::Error::source(&e), "the API is unreachable; starting from the local cache")
+            }
+        }
 
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -88,6 +114,11 @@ impl Agent {
             stop.clone(),
         ));
         tasks.spawn(sync::run(rt.clone(), stop.clone()));
+        tasks.spawn(crate::local::deliver_statuses(
+            local.clone(),
+            client.clone(),
+            stop.clone(),
+        ));
         if let Some(target) = config.tunnel.clone() {
             tasks.spawn(crate::tunnel::run(target, rt.clone(), stop.clone()));
         }

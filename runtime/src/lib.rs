@@ -6,6 +6,7 @@ pub mod apps;
 pub mod config;
 pub mod events;
 pub mod images;
+pub mod local;
 pub mod logs;
 pub mod metrics;
 pub mod node;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Preconditions};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -80,32 +80,121 @@ impl Queue {
     }
 }
 
+/// A change to the local copy of this node's pods.
+enum Persist {
+    Put(String, Vec<u8>),
+    Delete(String),
+    /// After a full list: exactly these.
+    Replace(Vec<(String, Vec<u8>)>),
+}
+
+fn cache_key(key: &Key) -> String {
+    format!("{}/{}", key.0, key.1)
+}
+
+/// Writes the pod changes the watch reports to the local cache, a batch per
+/// transaction, so a restart without the control plane finds them.
+async fn persist_pods(
+    local: Arc<crate::local::LocalState>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Persist>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let local = local.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut changes: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+            for item in batch {
+                match item {
+                    Persist::Put(k, v) => changes.push((k, Some(v))),
+                    Persist::Delete(k) => changes.push((k, None)),
+                    Persist::Replace(all) => {
+                        let all: Vec<(String, Option<Vec<u8>>)> =
+                            all.into_iter().map(|(k, v)| (k, Some(v))).collect();
+                        local.save_pods(&all, true);
+                        changes.clear();
+                    }
+                }
+            }
+            if !changes.is_empty() {
+                local.save_pods(&changes, false);
+            }
+        })
+        .await;
+    }
+}
+
 /// Watches this node's pods and keeps a worker per live pod until `stop`.
+///
+/// Until the first list from the API arrives, the pods last seen (kept in the local
+/// cache) are the desired state: an edge agent restarted without its control plane
+/// brings its pods back. Once the API answers, its list is the truth: pods deleted
+/// meanwhile stop, new ones start, and unchanged ones keep running.
 pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
     let api: Api<Pod> = Api::all(rt.client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", rt.config.name));
     let (store, writer) = reflector::store();
     let queue = Arc::new(Queue::default());
     let watch_queue = queue.clone();
+    let (persist, persisted) = tokio::sync::mpsc::unbounded_channel();
+    let persist_task = tokio::spawn(persist_pods(rt.local.clone(), persisted));
+    let listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (watch_listed, watch_store) = (listed.clone(), store.clone());
     // The reflector keeps the cache; it re-lists on 410 and resumes otherwise.
     let watch_task = tokio::spawn(async move {
         let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
         futures::pin_mut!(stream);
+        let encode = |p: &Pod| serde_json::to_vec(p).unwrap_or_default();
         while let Some(event) = stream.next().await {
             match event {
-                Ok(
-                    watcher::Event::Apply(p)
-                    | watcher::Event::Delete(p)
-                    | watcher::Event::InitApply(p),
-                ) => watch_queue.mark(key_of(&p)),
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                    let _ = persist.send(Persist::Put(cache_key(&key_of(&p)), encode(&p)));
+                    watch_queue.mark(key_of(&p));
+                }
+                Ok(watcher::Event::Delete(p)) => {
+                    let _ = persist.send(Persist::Delete(cache_key(&key_of(&p))));
+                    watch_queue.mark(key_of(&p));
+                }
                 // A (re-)list: pods may have gone while we weren't watching.
-                Ok(watcher::Event::InitDone | watcher::Event::Init) => watch_queue.mark_all(),
+                Ok(watcher::Event::InitDone) => {
+                    let all = watch_store
+                        .state()
+                        .iter()
+                        .map(|p| (cache_key(&key_of(p)), encode(p)))
+                        .collect();
+                    let _ = persist.send(Persist::Replace(all));
+                    watch_listed.store(true, std::sync::atomic::Ordering::Release);
+                    watch_queue.mark_all();
+                }
+                Ok(watcher::Event::Init) => watch_queue.mark_all(),
                 Err(e) => tracing::warn!(error = %e, "pod watch interrupted; retrying"),
             }
         }
     });
     let mut workers: HashMap<Key, Worker> = HashMap::new();
-    let _ = tokio::time::timeout(Duration::from_secs(30), store.wait_until_ready()).await;
+    let cached: HashMap<Key, Arc<Pod>> = {
+        let local = rt.local.clone();
+        tokio::task::spawn_blocking(move || local.pods())
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| (key_of(&p), Arc::new(p)))
+            .collect()
+    };
+    // With pods cached, wait for the API only briefly: they run either way.
+    let patience = if cached.is_empty() { 30 } else { 2 };
+    let _ = tokio::time::timeout(Duration::from_secs(patience), store.wait_until_ready()).await;
+    let mut cached = Some(cached);
+    if listed.load(std::sync::atomic::Ordering::Acquire) {
+        cached = None;
+    } else if let Some(c) = &cached {
+        tracing::warn!(
+            pods = c.len(),
+            "the API is unreachable; running the pods last seen from the local cache"
+        );
+    }
     queue.mark_all();
     let mut resync = tokio::time::interval(RESYNC);
     loop {
@@ -114,23 +203,38 @@ pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
             _ = queue.wake.notified() => {}
             _ = resync.tick() => queue.mark_all(),
         }
+        if cached.is_some() && listed.load(std::sync::atomic::Ordering::Acquire) {
+            tracing::info!("the API answered; reconciling the cached pods with it");
+            cached = None;
+            queue.mark_all();
+        }
         let keys: Vec<Key> = match queue.take() {
             Some(keys) => keys.into_iter().collect(),
-            None => store
-                .state()
-                .iter()
-                .map(|p| key_of(p))
-                .chain(workers.keys().cloned())
-                .collect::<HashSet<_>>()
-                .into_iter()
-                .collect(),
+            None => {
+                let desired: Vec<Key> = match &cached {
+                    Some(c) => c.keys().cloned().collect(),
+                    None => store.state().iter().map(|p| key_of(p)).collect(),
+                };
+                desired
+                    .into_iter()
+                    .chain(workers.keys().cloned())
+                    .collect::<HashSet<_>>()
+                    .into_iter()
+                    .collect()
+            }
         };
         for key in keys {
-            reconcile(&rt, &store, &mut workers, &queue, key).await;
+            let desired = match &cached {
+                Some(c) => c.get(&key).cloned(),
+                None => store.get(&ObjectRef::new(&key.1).within(&key.0)),
+            };
+            reconcile(&rt, desired, &mut workers, &queue, key).await;
         }
         rt.metrics.set_pods(workers.len());
     }
     watch_task.abort();
+    // Whatever the watch reported is written before the agent stops.
+    let _ = persist_task.await;
     // Shutdown: stop every instance; the pods stay bound and come back on restart.
     for w in workers.values() {
         w.stop.cancel();
@@ -143,12 +247,11 @@ pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
 /// Brings one pod's running state in line with its desired state.
 async fn reconcile(
     rt: &Arc<Runtime>,
-    store: &Store<Pod>,
+    desired: Option<Arc<Pod>>,
     workers: &mut HashMap<Key, Worker>,
     queue: &Arc<Queue>,
     key: Key,
 ) {
-    let desired = store.get(&ObjectRef::new(&key.1).within(&key.0));
     // A worker for another pod of the same name (deleted and recreated) goes first.
     let stale = workers.get(&key).is_some_and(|w| {
         desired

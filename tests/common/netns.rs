@@ -61,7 +61,7 @@ impl Topology {
         };
         // Each topology in this process gets its own 10.(200+n).x.0/24 block; link k
         // is 10.(200+n).k.0/30.
-        let block = 200 + (n % 50);
+        let block = 200 + (std::process::id() + n) % 50;
         topology.test_link = topology.link(None, block, 0);
         for i in 0..agents {
             let ns = format!("{tag}a{i}");
@@ -147,6 +147,11 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        // This namespace's end of the test link goes explicitly: a namespace lingers
+        // while anything still runs in it.
+        let _ = Command::new("ip")
+            .args(["link", "del", &format!("{}h0", self.tag)])
+            .output();
         // Deleting a namespace deletes its veth ends, and so their peers.
         for (ns, _) in &self.agents {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();

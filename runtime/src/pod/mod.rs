@@ -39,6 +39,8 @@ pub struct Runtime {
     pub metrics: Metrics,
     /// The HTTP apps of the pods running here, for the listener to route to.
     pub apps: crate::apps::AppRegistry,
+    /// What the agent keeps to work without the control plane.
+    pub local: Arc<crate::local::LocalState>,
 }
 
 /// The live state of a pod, from which its status is derived.
@@ -295,17 +297,38 @@ async fn report_status(
         let status = pod_status(&rt.host_ip, &uid, &start_time, &state, ready, &transition);
         if last_written.as_ref() != Some(&status) {
             let patch = json!({"metadata": {"uid": uid}, "status": status});
-            match api
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => last_written = Some(status),
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return,
-                Err(e) => {
-                    tracing::warn!(pod = %name, error = %e, "writing pod status failed; will retry");
-                    tokio::select! {
-                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
-                        _ = stop.cancelled() => return,
+            let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+            // Statuses the API could not take wait in the local outbox; later ones queue
+            // behind them, so they arrive in order, at least once.
+            let queue = |rt: &Arc<Runtime>| {
+                let (local, uid, name, patch) =
+                    (rt.local.clone(), uid.clone(), name.clone(), patch.clone());
+                let namespace = namespace.clone();
+                tokio::task::spawn_blocking(move || {
+                    local.push_status(&uid, &namespace, &name, &patch)
+                })
+            };
+            if rt.local.has_queued(&uid) {
+                let _ = queue(&rt).await;
+                last_written = Some(status);
+            } else {
+                match api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => last_written = Some(status),
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return,
+                    Err(e @ kube::Error::Api(_)) => {
+                        tracing::warn!(pod = %name, error = %e, "the API refused the pod status; will retry");
+                        tokio::select! {
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                            _ = stop.cancelled() => return,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(pod = %name, error = %e, "the API is unreachable; queueing the pod status");
+                        let _ = queue(&rt).await;
+                        last_written = Some(status);
                     }
                 }
             }
