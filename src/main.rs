@@ -1,8 +1,10 @@
 //! The `skiff` binary: command-line wiring for the server, the benchmarks and (later)
 //! the agent, `skiff dev` and the client verbs.
 
+#[cfg(feature = "server")]
 mod bench;
 mod cli;
+#[cfg(feature = "server")]
 mod dev;
 
 use std::net::SocketAddr;
@@ -12,7 +14,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+#[cfg(feature = "server")]
 use skiff_controlplane::server::{Server, ServerConfig};
+#[cfg(feature = "server")]
 use skiff_controlplane::store::Retention;
 
 #[derive(Parser)]
@@ -38,12 +42,15 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane: API server and store.
+    #[cfg(feature = "server")]
     Server(ServerArgs),
     /// Run a node agent: join a control plane and run the pods bound to this node.
     Agent(AgentArgs),
     /// Run a whole local cluster (a server and N agents) in one process.
+    #[cfg(feature = "server")]
     Dev(dev::DevArgs),
     /// Run a benchmark and print its results.
+    #[cfg(feature = "server")]
     Bench(bench::BenchArgs),
     /// Deploy a wasi:http component as an app and print its URL.
     Deploy(cli::DeployArgs),
@@ -215,6 +222,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "server")]
 #[derive(clap::Args)]
 struct ServerArgs {
     /// Where the store, modules and kubeconfig live.
@@ -277,6 +285,7 @@ pub async fn shutdown_signal() {
     }
 }
 
+#[cfg(feature = "server")]
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(&args.data_dir, args.listen);
     config.api.max_body_bytes = args.max_body_bytes;
@@ -319,9 +328,12 @@ fn main() -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async {
         match cli.command {
+            #[cfg(feature = "server")]
             Command::Server(args) => run_server(args).await,
             Command::Agent(args) => run_agent(args).await,
+            #[cfg(feature = "server")]
             Command::Dev(args) => dev::run(args).await,
+            #[cfg(feature = "server")]
             Command::Bench(args) => bench::run(args).await,
             Command::Deploy(args) => cli::deploy(args).await,
             Command::Apps(args) => cli::apps(args).await,

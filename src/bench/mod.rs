@@ -3,6 +3,7 @@
 
 mod api;
 mod etcd;
+mod footprint;
 mod http;
 mod pods;
 mod scheduler;
@@ -34,6 +35,8 @@ enum Which {
     /// HTTP requests/s and p99 of a wasi:http component on the agent and through the
     /// gateway, against `wasmtime serve` on the same component; and deploy to first 200.
     Http(http::HttpBenchArgs),
+    /// Idle RSS of a server and of an agent (joined, no pods), and the binary's size.
+    Footprint(footprint::FootprintBenchArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -42,6 +45,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Which::Pods(a) => pods::run(a).await,
         Which::Scheduler(a) => scheduler::run(a).await,
         Which::Http(a) => http::run(a).await,
+        Which::Footprint(a) => footprint::run(a).await,
     }
 }
 
