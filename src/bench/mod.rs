@@ -61,7 +61,16 @@ impl SkiffProcess {
         args: &[&str],
         marker: &str,
     ) -> anyhow::Result<(SkiffProcess, String)> {
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        Self::start_binary(&std::env::current_exe()?, args, marker).await
+    }
+
+    /// Like `start`, with another `skiff` binary (an agent-only build, say).
+    pub(crate) async fn start_binary(
+        exe: &std::path::Path,
+        args: &[&str],
+        marker: &str,
+    ) -> anyhow::Result<(SkiffProcess, String)> {
+        let mut child = tokio::process::Command::new(exe)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -85,12 +94,22 @@ impl SkiffProcess {
 
     /// Resident memory, from /proc.
     pub(crate) fn rss_mib(&self) -> f64 {
+        self.status_mib("VmRSS:")
+    }
+
+    /// The private (anonymous) part of the RSS; the rest is the shared, reclaimable
+    /// mapping of the binary and libraries.
+    pub(crate) fn rss_anon_mib(&self) -> f64 {
+        self.status_mib("RssAnon:")
+    }
+
+    fn status_mib(&self, field: &str) -> f64 {
         let pid = self.child.id().unwrap_or(0);
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
             .and_then(|s| {
                 s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
+                    .find(|l| l.starts_with(field))
                     .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
             })
             .map(|kib| kib / 1024.0)
