@@ -146,10 +146,53 @@ fn running_on(pod: &Value) -> Option<&str> {
         .flatten()
 }
 
+/// `skiff agent` run to completion inside `ns`: (success, stderr).
+fn join_in(ns: &str, server: &str, token: &str, dir: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_skiff")])
+        .args([
+            "agent", "--server", server, "--token", token, "--name", "intruder",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[tokio::test]
 async fn outbound_only_agents_serve_through_tunnels_and_ride_out_a_partition() {
     let mut c = cluster();
     let api = &c.api.clone();
+
+    // Joining across hosts: a wrong secret is refused, and so is a server whose CA is
+    // not the one the token pins (the agents of `cluster()` joined with the right one).
+    let token = std::fs::read_to_string(c.dir.path().join("server/node-token")).unwrap();
+    let (pin, credential) = token.trim().split_once("::").unwrap();
+    let (ns1, link1) = &c.topology.agents[1];
+    let server1 = format!("https://{}:6443", link1.server_ip);
+    let id = credential.split('.').next().unwrap();
+    let intruder = c.dir.path().join("intruder");
+    let (ok, err) = join_in(
+        ns1,
+        &server1,
+        &format!("{pin}::{id}.{}", "x".repeat(32)),
+        &intruder,
+    );
+    assert!(!ok && err.contains("Unauthorized"), "{err}");
+    let (ok, err) = join_in(
+        ns1,
+        &server1,
+        &format!("K10{}::{credential}", "f".repeat(64)),
+        &intruder,
+    );
+    assert!(!ok && err.contains("refusing to join"), "{err}");
+    assert!(!intruder.join("credential.kubeconfig").exists());
     eventually("both nodes Ready", WAIT, || async move {
         let (_, nodes) = api.get("/api/v1/nodes").await;
         let ready = nodes["items"]
@@ -289,7 +332,15 @@ async fn outbound_only_agents_serve_through_tunnels_and_ride_out_a_partition() {
     })
     .await;
 
-    // The link comes back: the agent stops what was deleted, keeps what was not.
+    // A pod bound to edge-0 while it is cut off waits for the link.
+    let late = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "late"},
+        "spec": {"nodeName": "edge-0",
+            "tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}],
+            "containers": [{"name": "main", "image": ticker, "args": ["100ms"]}]}});
+    assert_eq!(api.post(&format!("{NS}/pods"), &late).await.0, 201);
+
+    // The link comes back: the agent stops what was deleted, starts what is new, and
+    // keeps what did not change.
     c.topology.set_agent_link(0, true);
     eventually("edge-0 Ready again", WAIT, || async move {
         let (_, n) = api.get("/api/v1/nodes/edge-0").await;
@@ -313,6 +364,11 @@ async fn outbound_only_agents_serve_through_tunnels_and_ride_out_a_partition() {
             }
         },
     )
+    .await;
+    eventually("the pod bound while cut off runs", WAIT, || async move {
+        let (_, p) = api.get(&format!("{NS}/pods/late")).await;
+        (p["status"]["phase"] == "Running").then_some(())
+    })
     .await;
     // The status the restarted agent queued while cut off reaches the API: the steady
     // pod runs since the offline restart.
