@@ -272,6 +272,31 @@ async fn tls_tokens_roles_join_and_revocation() {
         403
     );
 
+    // Metrics: the server's for admin and viewer; an agent's through the node proxy
+    // path (its tunnel), with no inbound port; none for nodes or anonymous users.
+    let (code, text) = admin.text("/metrics").await;
+    assert_eq!(code, 200);
+    assert!(
+        text.contains(r#"apiserver_request_total{verb="POST",resource="pods",code="201"}"#)
+            && text.contains("apiserver_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"apiserver_request_total{verb="LIST",resource="pods",code="403"}"#),
+        "refused requests are counted: {text}"
+    );
+    assert_eq!(viewer.text("/metrics").await.0, 200);
+    assert_eq!(n1.text("/metrics").await.0, 403);
+    assert_eq!(anonymous.text("/metrics").await.0, 401);
+    let (code, text) = admin.text("/api/v1/nodes/edge-2/proxy/metrics").await;
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("skiff_agent_running_instances"), "{text}");
+    assert_eq!(
+        viewer.text("/api/v1/nodes/edge-2/proxy/metrics").await.0,
+        200
+    );
+    assert_eq!(n1.text("/api/v1/nodes/edge-2/proxy/metrics").await.0, 403);
+
     // `skiff token list` shows roles and nodes, never secrets.
     let (ok, out, err) = skiff(&["token", "list", "--kubeconfig", kc]);
     assert!(ok, "{err}");

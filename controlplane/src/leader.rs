@@ -284,6 +284,7 @@ mod tests {
             config: ApiConfig::default(),
             shutdown: CancellationToken::new(),
             tunnels: Default::default(),
+            metrics: Default::default(),
         })
     }
 

@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod informer;
 pub mod leader;
 pub mod lifecycle;
+pub mod metrics;
 pub mod scheduler;
 pub mod server;
 pub mod store;

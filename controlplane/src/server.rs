@@ -204,6 +204,7 @@ impl Server {
             config: api_config,
             shutdown: CancellationToken::new(),
             tunnels: Default::default(),
+            metrics: Default::default(),
         });
 
         let stop_loops = CancellationToken::new();
@@ -248,6 +249,11 @@ impl Server {
             .layer(axum::middleware::from_fn_with_state(
                 api.clone(),
                 crate::auth::layer,
+            ))
+            // Outermost, so refused requests are counted too.
+            .layer(axum::middleware::from_fn_with_state(
+                api.clone(),
+                crate::metrics::layer,
             ));
         let shutdown = api.shutdown.clone();
         let listener = crate::auth::pki::TlsListener::new(listener, pki.server_config.clone())

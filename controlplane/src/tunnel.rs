@@ -97,9 +97,36 @@ pub fn uri(path_and_query: &str) -> String {
     format!("http://tunnel{path_and_query}")
 }
 
-/// The route agents open their tunnel on.
+/// The route agents open their tunnel on; `/metrics`; and `nodes/NAME/proxy/PATH`,
+/// which reaches the agent's own endpoints (`/metrics`, `/healthz`) through it.
 pub fn routes(api: SharedApi) -> Router {
-    Router::new().route(PATH, get(open)).with_state(api)
+    Router::new()
+        .route(PATH, get(open))
+        .route("/metrics", get(crate::metrics::serve))
+        .route("/api/v1/nodes/{name}/proxy/{*path}", get(proxy))
+        .with_state(api)
+}
+
+async fn proxy(
+    State(api): State<SharedApi>,
+    axum::extract::Path((node, path)): axum::extract::Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let mut target = format!("/{}", path.trim_start_matches('/'));
+    if let Some(q) = query {
+        target = format!("{target}?{q}");
+    }
+    let request = match http::Request::get(uri(&target)).body(TunnelBody::default()) {
+        Ok(r) => r,
+        Err(e) => return ApiError::BadRequest(e.to_string()).into_response(),
+    };
+    match api.tunnels.send(&node, request).await {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            Response::from_parts(parts, Body::new(body))
+        }
+        Err(e) => ApiError::Upstream(format!("proxying to node {node}: {e}")).into_response(),
+    }
 }
 
 async fn open(State(api): State<SharedApi>, mut request: Request) -> Response {

@@ -84,6 +84,8 @@ pub struct ApiServer {
     pub shutdown: CancellationToken,
     /// The reverse tunnels agents keep open, by node.
     pub tunnels: Arc<crate::tunnel::Tunnels>,
+    /// What `/metrics` reports.
+    pub metrics: Arc<crate::metrics::ApiMetrics>,
 }
 
 pub type SharedApi = Arc<ApiServer>;

@@ -99,6 +99,10 @@ enum Kind {
     Join,
     /// An agent's reverse tunnel: its own node credential only.
     Tunnel,
+    /// The server's own metrics: admin and viewer.
+    Metrics,
+    /// `nodes/NAME/proxy/...`, to the agent through its tunnel: admin, and viewer reads.
+    NodeProxy,
     Resource(Resource),
     Other,
 }
@@ -118,6 +122,8 @@ fn classify(method: &Method, path: &str, query: &str) -> Kind {
         ["healthz" | "livez" | "readyz" | "version" | "cacerts"] => return Kind::Public,
         ["skiff", "v1", "join"] => return Kind::Join,
         ["skiff", "v1", "tunnel"] => return Kind::Tunnel,
+        ["metrics"] => return Kind::Metrics,
+        ["api", "v1", "nodes", _, "proxy", ..] => return Kind::NodeProxy,
         ["openapi", ..] | ["api"] | ["apis"] | ["api", _] | ["apis", _] | ["apis", _, _] => {
             return Kind::Discovery;
         }
@@ -407,6 +413,8 @@ fn authorize(
         ))),
         (_, Kind::Discovery) if method == Method::GET => Ok(()),
         (Identity::Node { .. }, Kind::Tunnel) => Ok(()),
+        (Identity::Viewer { .. }, Kind::Metrics) => Ok(()),
+        (Identity::Viewer { .. }, Kind::NodeProxy) if method == Method::GET => Ok(()),
         (_, Kind::Tunnel) => Err(ApiError::Forbidden(format!(
             "User \"{}\" cannot open a tunnel: that takes a node's credential",
             identity.user()
@@ -428,6 +436,42 @@ fn authorize(
             "User \"{}\" cannot {method} path \"{path}\"",
             identity.user()
         ))),
+    }
+}
+
+/// A request's verb and resource as kube-apiserver labels its metrics: `LIST`,
+/// `WATCH`, `GET`, `POST`, ... and the resource's plural (with its subresource);
+/// non-resource requests have the HTTP method and an empty resource.
+pub fn verb_and_resource(method: &Method, path: &str, query: &str) -> (&'static str, String) {
+    let http = || match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "OTHER",
+    };
+    match classify(method, path, query) {
+        Kind::Resource(r) => {
+            let verb = match r.verb {
+                "get" => "GET",
+                "list" => "LIST",
+                "watch" => "WATCH",
+                "create" => "POST",
+                "update" => "PUT",
+                "patch" => "PATCH",
+                "delete" => "DELETE",
+                "deletecollection" => "DELETECOLLECTION",
+                _ => http(),
+            };
+            let resource = match r.sub {
+                Some(sub) => format!("{}/{}", r.info.plural, sub.name()),
+                None => r.info.plural.to_string(),
+            };
+            (verb, resource)
+        }
+        Kind::NodeProxy => (http(), "nodes/proxy".into()),
+        _ => (http(), String::new()),
     }
 }
 
