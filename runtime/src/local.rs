@@ -65,6 +65,12 @@ impl LocalState {
             path: path.clone(),
             source,
         })?;
+        // It holds the Secrets the node's pods read: the owner's alone.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(failed)?;
+        }
         let txn = db.begin_write().map_err(failed)?;
         for table in [PODS, OBJECTS] {
             txn.open_table(table).map_err(failed)?;
@@ -466,4 +472,70 @@ pub fn client(config: kube::Config, local: Arc<LocalState>) -> Result<kube::Clie
     Ok(kube::client::ClientBuilder::try_from(config)?
         .with_layer(&OfflineReads::new(local))
         .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_outbox_keeps_order_per_pod_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let local = LocalState::open(dir.path()).unwrap();
+            for (uid, n) in [("a", 1), ("b", 1), ("a", 2), ("a", 3)] {
+                local.push_status(uid, "ns", uid, &json!({"n": n}));
+            }
+            assert!(local.has_queued("a") && local.has_queued("b"));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("state.redb"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let local = LocalState::open(dir.path()).unwrap();
+        assert_eq!(local.queued_statuses(), 4);
+        assert!(local.has_queued("a"), "the pending set is rebuilt on open");
+        let mut delivered = Vec::new();
+        while local.queued_statuses() > 0 {
+            for ((uid, seq), entry) in local.heads() {
+                delivered.push((uid.clone(), entry["patch"]["n"].as_i64().unwrap()));
+                local.remove_status(&uid, Some(seq));
+            }
+        }
+        let a: Vec<i64> = delivered
+            .iter()
+            .filter(|(u, _)| u == "a")
+            .map(|(_, n)| *n)
+            .collect();
+        assert_eq!(a, [1, 2, 3], "in order per pod");
+        assert!(!local.has_queued("a") && !local.has_queued("b"));
+    }
+
+    #[test]
+    fn cached_pods_are_replaced_by_a_full_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = LocalState::open(dir.path()).unwrap();
+        let pod = |name: &str| {
+            serde_json::to_vec(&json!({"metadata": {"name": name, "namespace": "d"}})).unwrap()
+        };
+        local.save_pods(
+            &[
+                ("d/x".into(), Some(pod("x"))),
+                ("d/y".into(), Some(pod("y"))),
+            ],
+            false,
+        );
+        local.save_pods(&[("d/y".into(), None)], false);
+        assert_eq!(local.pods().len(), 1);
+        local.save_pods(&[("d/z".into(), Some(pod("z")))], true);
+        let names: Vec<String> = local
+            .pods()
+            .into_iter()
+            .map(|p| p.metadata.name.unwrap())
+            .collect();
+        assert_eq!(names, ["z"]);
+    }
 }
