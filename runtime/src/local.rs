@@ -159,6 +159,8 @@ impl LocalState {
 
     /// Queues a status patch for a pod, durably, after those already queued for it.
     pub fn push_status(&self, uid: &str, namespace: &str, name: &str, patch: &Value) {
+        // Held across the write, so `pending` and the table never disagree.
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let write = || -> Result<(), LocalError> {
             let txn = self.db.begin_write().map_err(failed)?;
             {
@@ -180,10 +182,7 @@ impl LocalState {
         };
         match write() {
             Ok(()) => {
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(uid.to_string());
+                pending.insert(uid.to_string());
                 self.outbox_wake.notify_one();
             }
             Err(e) => tracing::warn!(error = %e, "queueing a pod status failed"),
@@ -219,47 +218,39 @@ impl LocalState {
     }
 
     fn remove_status(&self, uid: &str, seq: Option<u64>) {
-        let write = || -> Result<(), LocalError> {
+        // Held across the write, so `pending` and the table never disagree.
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let write = || -> Result<bool, LocalError> {
             let txn = self.db.begin_write().map_err(failed)?;
-            {
-                let mut table = txn.open_table(OUTBOX).map_err(failed)?;
-                match seq {
-                    Some(seq) => {
-                        table.remove((uid, seq)).map_err(failed)?;
-                    }
-                    None => {
-                        let keys: Vec<u64> = table
-                            .range((uid, 0)..=(uid, u64::MAX))
-                            .map_err(failed)?
-                            .filter_map(Result::ok)
-                            .map(|(k, _)| k.value().1)
-                            .collect();
-                        for k in keys {
-                            table.remove((uid, k)).map_err(failed)?;
-                        }
-                    }
-                }
-            }
-            txn.commit().map_err(failed)?;
             let left = {
-                let txn = self.db.begin_read().map_err(failed)?;
-                let table = txn.open_table(OUTBOX).map_err(failed)?;
+                let mut table = txn.open_table(OUTBOX).map_err(failed)?;
+                let keys: Vec<u64> = match seq {
+                    Some(seq) => vec![seq],
+                    None => table
+                        .range((uid, 0)..=(uid, u64::MAX))
+                        .map_err(failed)?
+                        .filter_map(Result::ok)
+                        .map(|(k, _)| k.value().1)
+                        .collect(),
+                };
+                for k in keys {
+                    table.remove((uid, k)).map_err(failed)?;
+                }
                 table
                     .range((uid, 0)..=(uid, u64::MAX))
                     .map_err(failed)?
                     .next()
                     .is_some()
             };
-            if !left {
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(uid);
-            }
-            Ok(())
+            txn.commit().map_err(failed)?;
+            Ok(left)
         };
-        if let Err(e) = write() {
-            tracing::warn!(error = %e, "dequeueing a pod status failed");
+        match write() {
+            Ok(false) => {
+                pending.remove(uid);
+            }
+            Ok(true) => {}
+            Err(e) => tracing::warn!(error = %e, "dequeueing a pod status failed"),
         }
     }
 
