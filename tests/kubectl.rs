@@ -28,31 +28,27 @@ fn run(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
 
 /// Runs kubectl off the async runtime; panics with its output if it fails.
 async fn ok(kubeconfig: &Path, args: &[&str]) -> String {
-    let (kc, args): (PathBuf, Vec<String>) = (
-        kubeconfig.to_path_buf(),
-        args.iter().map(|a| a.to_string()).collect(),
-    );
-    tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (success, out, err) = run(&kc, &refs);
-        assert!(success, "kubectl {refs:?} failed:\n{out}{err}");
-        out
-    })
-    .await
-    .unwrap()
+    let (success, out, err) = attempt(kubeconfig, args).await;
+    assert!(success, "kubectl {args:?} failed:\n{out}{err}");
+    out
 }
 
 /// Runs kubectl expecting it to fail; returns what it printed on stderr.
 async fn fails(kubeconfig: &Path, args: &[&str]) -> String {
+    let (success, out, err) = attempt(kubeconfig, args).await;
+    assert!(!success, "kubectl {args:?} should fail:\n{out}{err}");
+    err
+}
+
+/// Runs kubectl off the async runtime; returns (success, stdout, stderr).
+async fn attempt(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
     let (kc, args): (PathBuf, Vec<String>) = (
         kubeconfig.to_path_buf(),
         args.iter().map(|a| a.to_string()).collect(),
     );
     tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (success, out, err) = run(&kc, &refs);
-        assert!(!success, "kubectl {refs:?} should fail:\n{out}{err}");
-        err
+        run(&kc, &refs)
     })
     .await
     .unwrap()
@@ -319,20 +315,6 @@ async fn kubectl_step_by_step() {
         .get("/apis/apps/v1/namespaces/default/deployments")
         .await;
     assert_eq!(list["items"].as_array().unwrap().len(), 0);
-}
-
-/// Runs kubectl off the async runtime; returns (success, stdout, stderr).
-async fn attempt(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
-    let (kc, args): (PathBuf, Vec<String>) = (
-        kubeconfig.to_path_buf(),
-        args.iter().map(|a| a.to_string()).collect(),
-    );
-    tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        run(&kc, &refs)
-    })
-    .await
-    .unwrap()
 }
 
 /// kubectl's default (strict) validation through /openapi/v3 and the server's

@@ -151,8 +151,14 @@ pub fn kubeconfig_text(url: &str, ca_pem: &str, user: &str, token: &str) -> Stri
 
 /// Writes a file only its owner can read, atomically.
 pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    write_file(path, text, 0o600)
+}
+
+/// Writes a file atomically (a temporary file, fsynced, then renamed over it) with
+/// permissions `mode`, making its directory if needed.
+pub fn write_file(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -161,8 +167,10 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         .create(true)
         .truncate(true)
         .write(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)?;
+    // A leftover temporary file keeps its old mode through `open`: set it.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)

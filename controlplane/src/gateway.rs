@@ -190,7 +190,7 @@ impl Gateway {
                 Some(Endpoint {
                     pod: format!("{namespace}/{pod}"),
                     node: node_name.to_string(),
-                    address: agent_address(&node),
+                    address: objects::agent_address(&node),
                 })
             })
             .collect();
@@ -218,25 +218,6 @@ struct Endpoint {
     address: Option<String>,
 }
 
-/// Where a node's agent listens: its InternalIP and kubelet endpoint port.
-fn agent_address(node: &Value) -> Option<String> {
-    let ip = node
-        .pointer("/status/addresses")?
-        .as_array()?
-        .iter()
-        .find(|a| a["type"] == "InternalIP")?
-        .get("address")?
-        .as_str()?;
-    let port = node
-        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")?
-        .as_u64()?;
-    Some(if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    })
-}
-
 fn text(status: StatusCode, message: String) -> Response {
     (
         status,
@@ -244,6 +225,12 @@ fn text(status: StatusCode, message: String) -> Response {
         format!("{message}\n"),
     )
         .into_response()
+}
+
+/// How a request reaches an agent.
+enum Via {
+    Tunnel(hyper::client::conn::http2::SendRequest<crate::tunnel::TunnelBody>),
+    Listener(String),
 }
 
 /// Why a forwarded request failed.
@@ -327,6 +314,17 @@ async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
     for (i, endpoint) in endpoints.iter().enumerate() {
         let last = i + 1 == endpoints.len();
         let pod = &endpoint.pod;
+        // Through the agent's tunnel when it has one (it then needs no inbound port),
+        // else straight to its listener. Decided before the body is taken, so a
+        // streamed body is not lost to an endpoint that cannot be reached at all.
+        let via = match (gw.tunnels.get(&endpoint.node), &endpoint.address) {
+            (Some(sender), _) => Via::Tunnel(sender),
+            (None, Some(address)) => Via::Listener(address.clone()),
+            (None, None) => {
+                last_error = format!("{pod}: node {} is not reachable", endpoint.node);
+                continue;
+            }
+        };
         let body: GatewayBody = match &mut payload {
             Payload::Buffered(bytes) => Full::new(bytes.clone())
                 .map_err(|never| match never {})
@@ -341,21 +339,12 @@ async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        // Through the agent's tunnel when it has one (it then needs no inbound port),
-        // else straight to its listener.
-        let tunnel = gw.tunnels.get(&endpoint.node).is_some();
-        let agent = match (&endpoint.address, tunnel) {
-            (_, true) => format!("tunnel to {}", endpoint.node),
-            (Some(address), false) => address.clone(),
-            (None, false) => {
-                last_error = format!("{pod}: node {} is not reachable", endpoint.node);
-                continue;
-            }
-        };
-        let uri = if tunnel {
-            crate::tunnel::uri(path)
-        } else {
-            format!("http://{agent}{path}")
+        let (agent, uri) = match &via {
+            Via::Tunnel(_) => (
+                format!("tunnel to {}", endpoint.node),
+                crate::tunnel::uri(path),
+            ),
+            Via::Listener(address) => (address.clone(), format!("http://{address}{path}")),
         };
         let mut outgoing = http::Request::builder()
             .method(parts.method.clone())
@@ -363,13 +352,11 @@ async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
             .body(body)
             .expect("a valid request");
         *outgoing.headers_mut() = forwarded_headers(&headers, pod, &host);
-        let sent = if tunnel {
-            gw.tunnels
-                .send(&endpoint.node, outgoing)
+        let sent = match via {
+            Via::Tunnel(sender) => crate::tunnel::send(sender, outgoing)
                 .await
-                .map_err(Upstream::Tunnel)
-        } else {
-            gw.client.request(outgoing).await.map_err(Upstream::Direct)
+                .map_err(Upstream::Tunnel),
+            Via::Listener(_) => gw.client.request(outgoing).await.map_err(Upstream::Direct),
         };
         match sent {
             Ok(response) => {

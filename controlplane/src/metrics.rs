@@ -6,9 +6,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -112,58 +111,65 @@ impl Drop for OpenWatch {
     }
 }
 
-/// The middleware that counts every request (refused ones too) and times it.
-pub async fn layer(State(api): State<SharedApi>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let (verb, resource) = crate::auth::verb_and_resource(
-        request.method(),
-        request.uri().path(),
-        request.uri().query().unwrap_or_default(),
-    );
-    let response = next.run(request).await;
-    let metrics = api.metrics.clone();
-    metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            verb: verb.to_string(),
-            resource: resource.clone(),
-            code: response.status().as_u16().to_string(),
-        })
-        .inc();
-    if verb == "WATCH" {
-        if response.status() != StatusCode::OK {
-            return response;
-        }
-        metrics
-            .watchers
-            .get_or_create(&WatchLabels {
+impl ApiMetrics {
+    /// Counts a request, and times it (a watch is counted as open until its stream
+    /// ends instead). `verb` and `resource` are kube-apiserver's labels.
+    pub fn observe(
+        self: &Arc<Self>,
+        verb: &'static str,
+        resource: String,
+        started: Instant,
+        response: Response,
+    ) -> Response {
+        self.requests
+            .get_or_create(&RequestLabels {
+                verb: verb.to_string(),
                 resource: resource.clone(),
+                code: response.status().as_u16().to_string(),
             })
             .inc();
-        let open = OpenWatch { metrics, resource };
-        let (parts, body) = response.into_parts();
-        // The guard lives as long as the body streams.
-        let body = axum::body::Body::from_stream(futures::StreamExt::map(
-            body.into_data_stream(),
-            move |chunk| {
-                let _ = &open;
-                chunk
-            },
-        ));
-        return Response::from_parts(parts, body);
+        if verb == "WATCH" {
+            if response.status() != StatusCode::OK {
+                return response;
+            }
+            self.watchers
+                .get_or_create(&WatchLabels {
+                    resource: resource.clone(),
+                })
+                .inc();
+            let open = OpenWatch {
+                metrics: self.clone(),
+                resource,
+            };
+            let (parts, body) = response.into_parts();
+            // The guard lives as long as the body streams.
+            let body = axum::body::Body::from_stream(futures::StreamExt::map(
+                body.into_data_stream(),
+                move |chunk| {
+                    let _ = &open;
+                    chunk
+                },
+            ));
+            return Response::from_parts(parts, body);
+        }
+        self.latency
+            .get_or_create(&LatencyLabels {
+                verb: verb.to_string(),
+                resource,
+            })
+            .observe(started.elapsed().as_secs_f64());
+        response
     }
-    metrics
-        .latency
-        .get_or_create(&LatencyLabels {
-            verb: verb.to_string(),
-            resource,
-        })
-        .observe(started.elapsed().as_secs_f64());
-    response
 }
 
 /// `GET /metrics`.
-pub async fn serve(State(api): State<SharedApi>) -> Response {
+pub fn routes(api: SharedApi) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(serve))
+        .with_state(api)
+}
+
+async fn serve(State(api): State<SharedApi>) -> Response {
     (
         [(
             header::CONTENT_TYPE,

@@ -246,14 +246,10 @@ impl Server {
         let app = apiserver::router(api.clone())
             .merge(crate::auth::routes(api.clone(), pki.ca_pem.clone()))
             .merge(crate::tunnel::routes(api.clone()))
+            .merge(crate::metrics::routes(api.clone()))
             .layer(axum::middleware::from_fn_with_state(
                 api.clone(),
                 crate::auth::layer,
-            ))
-            // Outermost, so refused requests are counted too.
-            .layer(axum::middleware::from_fn_with_state(
-                api.clone(),
-                crate::metrics::layer,
             ));
         let shutdown = api.shutdown.clone();
         let listener = crate::auth::pki::TlsListener::new(listener, pki.server_config.clone())
@@ -373,22 +369,10 @@ async fn compact_periodically(
 /// Writes a kubeconfig for this server, atomically and readable by the owner only.
 fn write_kubeconfig(path: &Path, url: &str, ca_pem: &str, token: &str) -> Result<(), ServerError> {
     let text = skiff_api::client::kubeconfig_text(url, ca_pem, "admin", token);
-    let tmp = path.with_extension("tmp");
-    let fail = |source| ServerError::KubeconfigWriteFailed {
-        path: path.to_path_buf(),
-        source,
-    };
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(fail)?;
-        f.write_all(text.as_bytes()).map_err(fail)?;
-    }
-    std::fs::rename(&tmp, path).map_err(fail)
+    skiff_api::client::write_private(path, &text).map_err(|source| {
+        ServerError::KubeconfigWriteFailed {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }

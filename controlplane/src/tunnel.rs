@@ -72,15 +72,23 @@ impl Tunnels {
         node: &str,
         request: http::Request<TunnelBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, TunnelError> {
-        let mut sender = self
+        let sender = self
             .get(node)
             .ok_or_else(|| TunnelError::NotConnected(node.to_string()))?;
-        sender.ready().await.map_err(TunnelError::Failed)?;
-        sender
-            .send_request(request)
-            .await
-            .map_err(TunnelError::Failed)
+        send(sender, request).await
     }
+}
+
+/// Sends `request` on a tunnel handle from `Tunnels::get`.
+pub async fn send(
+    mut sender: SendRequest<TunnelBody>,
+    request: http::Request<TunnelBody>,
+) -> Result<http::Response<hyper::body::Incoming>, TunnelError> {
+    sender.ready().await.map_err(TunnelError::Failed)?;
+    sender
+        .send_request(request)
+        .await
+        .map_err(TunnelError::Failed)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,12 +105,11 @@ pub fn uri(path_and_query: &str) -> String {
     format!("http://tunnel{path_and_query}")
 }
 
-/// The route agents open their tunnel on; `/metrics`; and `nodes/NAME/proxy/PATH`,
-/// which reaches the agent's own endpoints (`/metrics`, `/healthz`) through it.
+/// The route agents open their tunnel on, and `nodes/NAME/proxy/PATH`, which reaches
+/// the agent's own endpoints (`/metrics`, `/healthz`) through it.
 pub fn routes(api: SharedApi) -> Router {
     Router::new()
         .route(PATH, get(open))
-        .route("/metrics", get(crate::metrics::serve))
         .route("/api/v1/nodes/{name}/proxy/{*path}", get(proxy))
         .with_state(api)
 }

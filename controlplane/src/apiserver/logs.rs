@@ -12,7 +12,7 @@ use skiff_api::resources;
 use super::crud::get_stored;
 use super::error::{ApiError, ApiResult};
 use super::request::Query;
-use super::{ApiServer, Target};
+use super::{ApiServer, Target, objects};
 
 /// The query parameters passed through to the agent.
 const LOG_PARAMS: &[&str] = &[
@@ -52,25 +52,6 @@ fn choose_container(pod: &Value, name: &str, query: &Query) -> ApiResult<String>
     }
 }
 
-/// The agent's address, from the Node's InternalIP and kubelet endpoint port.
-fn node_endpoint(node: &Value) -> Option<String> {
-    let ip = node
-        .pointer("/status/addresses")
-        .and_then(Value::as_array)?
-        .iter()
-        .find(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))?
-        .get("address")?
-        .as_str()?;
-    let port = node
-        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
-        .and_then(Value::as_u64)?;
-    Some(if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    })
-}
-
 pub(crate) async fn proxy(api: &ApiServer, target: &Target, query: &Query) -> ApiResult<Response> {
     let name = target.name();
     let pod = get_stored(api, target.info, &target.key(), name)?;
@@ -100,14 +81,13 @@ pub(crate) async fn proxy(api: &ApiServer, target: &Target, query: &Query) -> Ap
         None => path.path().to_string(),
     };
     // The agent's tunnel first: it needs no inbound port on the node.
-    if api.tunnels.get(node_name).is_some() {
+    if let Some(tunnel) = api.tunnels.get(node_name) {
         let request = http::Request::get(crate::tunnel::uri(&path_and_query))
             .body(crate::tunnel::TunnelBody::default())
             .map_err(ApiError::internal)?;
-        let upstream =
-            api.tunnels.send(node_name, request).await.map_err(|e| {
-                ApiError::Upstream(format!("reading logs from node {node_name}: {e}"))
-            })?;
+        let upstream = crate::tunnel::send(tunnel, request)
+            .await
+            .map_err(|e| ApiError::Upstream(format!("reading logs from node {node_name}: {e}")))?;
         let (parts, body) = upstream.into_parts();
         let content_type = parts
             .headers
@@ -122,7 +102,7 @@ pub(crate) async fn proxy(api: &ApiServer, target: &Target, query: &Query) -> Ap
     }
     let nodes = resources::lookup("", "v1", "nodes").expect("nodes are served");
     let node = get_stored(api, nodes, &nodes.key(None, node_name), node_name)?;
-    let endpoint = node_endpoint(&node.object).ok_or_else(|| {
+    let endpoint = objects::agent_address(&node.object).ok_or_else(|| {
         ApiError::BadRequest(format!(
             "node {node_name} has no reachable address for logs"
         ))

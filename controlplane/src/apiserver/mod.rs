@@ -39,7 +39,7 @@ pub use subresources::bind_pod;
 
 use crate::store::Store;
 use error::{ApiError, ApiResult};
-use request::Query;
+pub(crate) use request::Query;
 
 /// Largest request body accepted by default (Kubernetes' own limit is 3 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -140,7 +140,7 @@ impl Target {
     }
 }
 
-fn parse_target(group: &str, version: &str, rest: &str) -> ApiResult<Target> {
+pub(crate) fn parse_target(group: &str, version: &str, rest: &str) -> ApiResult<Target> {
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let lookup = |plural: &str| resources::lookup(group, version, plural);
     let (namespace, segs) = match segs.as_slice() {

@@ -124,6 +124,26 @@ pub fn random_suffix() -> String {
         .collect()
 }
 
+/// Where a node's agent listens: its InternalIP and kubelet endpoint port (the
+/// pods/log proxy and the gateway dial it when the node has no tunnel).
+pub fn agent_address(node: &Value) -> Option<String> {
+    let ip = node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))?
+        .get("address")?
+        .as_str()?;
+    let port = node
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_u64)?;
+    Some(if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,10 +27,11 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use skiff_api::resources::{self, ResourceInfo, Subresource};
+use skiff_api::selector::{FieldOp, FieldSelector};
 use skiff_api::token::{self, Role, Token};
 
 use crate::apiserver::error::{ApiError, ApiResult};
-use crate::apiserver::{ApiServer, SharedApi, internal, objects};
+use crate::apiserver::{ApiServer, Query, SharedApi, Target, internal, objects, parse_target};
 use crate::store::ListRequest;
 
 /// Who sent a request.
@@ -107,16 +108,13 @@ enum Kind {
     Other,
 }
 
-/// A request against a served kind.
+/// A request against a served kind, with its verb as RBAC names it.
 struct Resource {
-    info: &'static ResourceInfo,
-    namespace: Option<String>,
-    name: Option<String>,
-    sub: Option<Subresource>,
+    target: Target,
     verb: &'static str,
 }
 
-fn classify(method: &Method, path: &str, query: &str) -> Kind {
+fn classify(method: &Method, path: &str, query: &Query) -> Kind {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let (group, version, rest) = match segs.as_slice() {
         ["healthz" | "livez" | "readyz" | "version" | "cacerts"] => return Kind::Public,
@@ -131,32 +129,12 @@ fn classify(method: &Method, path: &str, query: &str) -> Kind {
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return Kind::Other,
     };
-    let lookup = |plural: &str| resources::lookup(group, version, plural);
-    let (namespace, rest) = match rest {
-        ["namespaces", ns, plural, more @ ..] if lookup(plural).is_some_and(|i| i.namespaced) => {
-            (Some((*ns).to_string()), {
-                let mut v = vec![*plural];
-                v.extend_from_slice(more);
-                v
-            })
-        }
-        _ => (None, rest.to_vec()),
-    };
-    let (info, name, sub) = match rest.as_slice() {
-        [plural] => (lookup(plural), None, None),
-        [plural, name] => (lookup(plural), Some(*name), None),
-        [plural, name, sub] => (lookup(plural), Some(*name), Some(*sub)),
-        _ => (None, None, None),
-    };
-    let Some(info) = info else {
+    // The API's own reading of the path, so both agree on what a request touches.
+    let Ok(target) = parse_target(group, version, &rest.join("/")) else {
         return Kind::Other;
     };
-    let sub = sub.and_then(|s| info.subresources.iter().copied().find(|x| x.name() == s));
-    let watch = query
-        .split('&')
-        .any(|kv| kv == "watch=1" || kv == "watch=true");
-    let verb = match (method, name.is_some()) {
-        (&Method::GET, _) if watch => "watch",
+    let verb = match (method, target.name.is_some()) {
+        (&Method::GET, _) if query.flag("watch") => "watch",
         (&Method::GET, true) => "get",
         (&Method::GET, false) => "list",
         (&Method::POST, _) => "create",
@@ -166,33 +144,33 @@ fn classify(method: &Method, path: &str, query: &str) -> Kind {
         (&Method::DELETE, false) => "deletecollection",
         _ => "unknown",
     };
-    Kind::Resource(Resource {
-        info,
-        namespace,
-        name: name.map(str::to_string),
-        sub,
-        verb,
-    })
+    Kind::Resource(Resource { target, verb })
+}
+
+/// `pods` or `pods/status`.
+fn resource_name(t: &Target) -> String {
+    match t.sub {
+        Some(sub) => format!("{}/{}", t.info.plural, sub.name()),
+        None => t.info.plural.to_string(),
+    }
 }
 
 fn forbidden(identity: &Identity, r: &Resource, why: &str) -> ApiError {
-    let resource = match r.sub {
-        Some(sub) => format!("{}/{}", r.info.plural, sub.name()),
-        None => r.info.plural.to_string(),
-    };
-    let scope = match &r.namespace {
+    let t = &r.target;
+    let scope = match &t.namespace {
         Some(ns) => format!("in the namespace \"{ns}\""),
         None => "at the cluster scope".into(),
     };
-    let subject = match &r.name {
-        Some(name) => format!("{} \"{name}\"", r.info.qualified_plural()),
-        None => r.info.qualified_plural(),
+    let subject = match &t.name {
+        Some(name) => format!("{} \"{name}\"", t.info.qualified_plural()),
+        None => t.info.qualified_plural(),
     };
     let mut message = format!(
-        "{subject} is forbidden: User \"{}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}",
+        "{subject} is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\" {scope}",
         identity.user(),
         r.verb,
-        r.info.group
+        resource_name(t),
+        t.info.group
     );
     if !why.is_empty() {
         message.push_str(": ");
@@ -201,38 +179,13 @@ fn forbidden(identity: &Identity, r: &Resource, why: &str) -> ApiError {
     ApiError::Forbidden(message)
 }
 
-/// The value a query's field selector requires for `field` with `=` or `==`.
-fn selected(query: &str, field: &str) -> Option<String> {
-    let selector = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("fieldSelector="))?;
-    let selector = percent_decode(selector);
-    selector.split(',').find_map(|term| {
-        let (k, v) = term.split_once("==").or_else(|| term.split_once('='))?;
-        (k.trim() == field && !k.ends_with('!')).then(|| v.trim().to_string())
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(b) => {
-                    out.push(b);
-                    i += 3;
-                    continue;
-                }
-                Err(_) => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The value a request's field selector requires `field` to equal, if any.
+fn selected(query: &Query, field: &str) -> Option<String> {
+    let selector = FieldSelector::parse(query.get("fieldSelector")?).ok()?;
+    selector
+        .requirements()
+        .find(|(f, op, _)| *f == field && *op == FieldOp::Equals)
+        .map(|(_, _, value)| value.to_string())
 }
 
 /// The pods bound to `node`.
@@ -308,13 +261,14 @@ fn authorize_node(
     identity: &Identity,
     node: &str,
     r: &Resource,
-    query: &str,
+    query: &Query,
     body_name: Option<&str>,
 ) -> ApiResult<()> {
     let deny = |why: &str| Err(forbidden(identity, r, why));
     let own = |name: Option<&str>| name == Some(node);
-    let name = r.name.as_deref();
-    match (r.info.plural, r.verb) {
+    let t = &r.target;
+    let name = t.name.as_deref();
+    match (t.info.plural, r.verb) {
         ("nodes", "get" | "update" | "patch") if own(name) => Ok(()),
         ("nodes", "list" | "watch")
             if selected(query, "metadata.name").as_deref() == Some(node) =>
@@ -323,7 +277,7 @@ fn authorize_node(
         }
         ("nodes", "create") if own(body_name) => Ok(()),
         ("nodes", _) => deny("a node may only read and write its own Node object"),
-        ("leases", verb) if r.namespace.as_deref() == Some("kube-node-lease") => match verb {
+        ("leases", verb) if t.namespace.as_deref() == Some("kube-node-lease") => match verb {
             "get" | "update" | "patch" if own(name) => Ok(()),
             "create" if own(body_name) => Ok(()),
             _ => deny("a node may only read and write its own Lease"),
@@ -338,9 +292,9 @@ fn authorize_node(
             }
         }
         ("pods", "get" | "update" | "patch" | "delete")
-            if matches!(r.sub, None | Some(Subresource::Status)) =>
+            if matches!(t.sub, None | Some(Subresource::Status)) =>
         {
-            let key = r.info.key(r.namespace.as_deref(), name.unwrap_or_default());
+            let key = t.info.key(t.namespace.as_deref(), name.unwrap_or_default());
             let bound = api
                 .store
                 .get(&key)
@@ -356,10 +310,10 @@ fn authorize_node(
             }
         }
         ("configmaps" | "secrets", "get") => {
-            let (ns, name) = (r.namespace.as_deref(), name.unwrap_or_default());
+            let (ns, name) = (t.namespace.as_deref(), name.unwrap_or_default());
             let referenced = pods_on(api, node)?
                 .iter()
-                .any(|p| objects::namespace(p) == ns && references(p, r.info.plural, name));
+                .any(|p| objects::namespace(p) == ns && references(p, t.info.plural, name));
             if referenced {
                 Ok(())
             } else {
@@ -392,12 +346,12 @@ fn exists(api: &ApiServer, key: &str) -> ApiResult<bool> {
 fn authorize(
     api: &ApiServer,
     identity: &Identity,
-    method: &Method,
-    path: &str,
-    query: &str,
+    request: &Request,
+    kind: &Kind,
+    query: &Query,
     body_name: Option<&str>,
 ) -> ApiResult<()> {
-    let kind = classify(method, path, query);
+    let (method, path) = (request.method(), request.uri().path());
     match (identity, kind) {
         (_, Kind::Public) => Ok(()),
         (Identity::Anonymous, _) => Err(ApiError::Unauthorized),
@@ -422,15 +376,15 @@ fn authorize(
         (Identity::Viewer { .. }, Kind::Resource(r)) => {
             let read = matches!(r.verb, "get" | "list" | "watch");
             if !read {
-                Err(forbidden(identity, &r, "viewers are read-only"))
-            } else if r.info.plural == "secrets" {
-                Err(forbidden(identity, &r, "viewers cannot read secrets"))
+                Err(forbidden(identity, r, "viewers are read-only"))
+            } else if r.target.info.plural == "secrets" {
+                Err(forbidden(identity, r, "viewers cannot read secrets"))
             } else {
                 Ok(())
             }
         }
         (Identity::Node { name, .. }, Kind::Resource(r)) => {
-            authorize_node(api, identity, name, &r, query, body_name)
+            authorize_node(api, identity, name, r, query, body_name)
         }
         (_, _) => Err(ApiError::Forbidden(format!(
             "User \"{}\" cannot {method} path \"{path}\"",
@@ -442,8 +396,8 @@ fn authorize(
 /// A request's verb and resource as kube-apiserver labels its metrics: `LIST`,
 /// `WATCH`, `GET`, `POST`, ... and the resource's plural (with its subresource);
 /// non-resource requests have the HTTP method and an empty resource.
-pub fn verb_and_resource(method: &Method, path: &str, query: &str) -> (&'static str, String) {
-    let http = || match *method {
+fn metric_labels(method: &Method, kind: &Kind) -> (&'static str, String) {
+    let http = match *method {
         Method::GET => "GET",
         Method::POST => "POST",
         Method::PUT => "PUT",
@@ -451,7 +405,7 @@ pub fn verb_and_resource(method: &Method, path: &str, query: &str) -> (&'static 
         Method::DELETE => "DELETE",
         _ => "OTHER",
     };
-    match classify(method, path, query) {
+    match kind {
         Kind::Resource(r) => {
             let verb = match r.verb {
                 "get" => "GET",
@@ -462,53 +416,55 @@ pub fn verb_and_resource(method: &Method, path: &str, query: &str) -> (&'static 
                 "patch" => "PATCH",
                 "delete" => "DELETE",
                 "deletecollection" => "DELETECOLLECTION",
-                _ => http(),
+                _ => http,
             };
-            let resource = match r.sub {
-                Some(sub) => format!("{}/{}", r.info.plural, sub.name()),
-                None => r.info.plural.to_string(),
-            };
-            (verb, resource)
+            (verb, resource_name(&r.target))
         }
-        Kind::NodeProxy => (http(), "nodes/proxy".into()),
-        _ => (http(), String::new()),
+        Kind::NodeProxy => (http, "nodes/proxy".into()),
+        _ => (http, String::new()),
     }
 }
 
-/// The middleware that authenticates and authorizes every request before it reaches
-/// the API. A node's creates of Nodes and Leases are read first, to check the name.
+/// The middleware in front of the whole API: it reads the request's path once, then
+/// authenticates and authorizes it (a node's creates of Nodes and Leases are read
+/// first, to check the name), and counts it in the metrics, refused or not.
 pub async fn layer(State(api): State<SharedApi>, request: Request, next: Next) -> Response {
-    match check(&api, request).await {
+    let started = std::time::Instant::now();
+    // A malformed query is the handler's to refuse; here it reads as empty.
+    let query = Query::parse(request.uri().query()).unwrap_or_default();
+    let kind = classify(request.method(), request.uri().path(), &query);
+    let (verb, resource) = metric_labels(request.method(), &kind);
+    let response = match check(&api, request, &kind, &query).await {
         Ok(request) => next.run(request).await,
         Err(e) => e.into_response(),
-    }
+    };
+    api.metrics.observe(verb, resource, started, response)
 }
 
-async fn check(api: &SharedApi, request: Request) -> ApiResult<Request> {
+async fn check(
+    api: &SharedApi,
+    request: Request,
+    kind: &Kind,
+    query: &Query,
+) -> ApiResult<Request> {
     let identity = authenticate(api, request.headers())?;
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let query = request.uri().query().unwrap_or_default().to_string();
     let needs_body = matches!(identity, Identity::Node { .. })
-        && method == Method::POST
-        && matches!(
-            classify(&method, &path, &query),
-            Kind::Resource(Resource { info, .. }) if matches!(info.plural, "nodes" | "leases")
-        );
-    let request = if needs_body {
+        && request.method() == Method::POST
+        && matches!(kind, Kind::Resource(r) if matches!(r.target.info.plural, "nodes" | "leases"));
+    let mut request = if needs_body {
         let (parts, body) = request.into_parts();
         let bytes =
             crate::apiserver::read_body(&parts.headers, body, api.config.max_body_bytes).await?;
         let name = crate::apiserver::parse_body(&bytes)
             .ok()
             .map(|obj| objects::name(&obj).to_string());
-        authorize(api, &identity, &method, &path, &query, name.as_deref())?;
-        Request::from_parts(parts, Body::from(bytes))
+        let request = Request::from_parts(parts, Body::from(bytes));
+        authorize(api, &identity, &request, kind, query, name.as_deref())?;
+        request
     } else {
-        authorize(api, &identity, &method, &path, &query, None)?;
+        authorize(api, &identity, &request, kind, query, None)?;
         request
     };
-    let mut request = request;
     request.extensions_mut().insert(identity);
     Ok(request)
 }
@@ -656,7 +612,7 @@ fn read_token(path: &std::path::Path) -> Result<Option<String>, std::io::Error> 
 }
 
 fn write_secret_file(path: &std::path::Path, text: &str) -> Result<(), std::io::Error> {
-    pki::write_private(path, &format!("{text}\n"), 0o600).map_err(std::io::Error::other)
+    skiff_api::client::write_private(path, &format!("{text}\n"))
 }
 
 async fn record(api: &ApiServer, t: &Token, role: Role, description: &str) -> ApiResult<()> {
@@ -680,6 +636,8 @@ mod tests {
 
     #[test]
     fn field_selectors_are_read_as_kubernetes_writes_them() {
+        let selected =
+            |query: &str, field: &str| selected(&Query::parse(Some(query)).unwrap(), field);
         assert_eq!(
             selected(
                 "watch=1&fieldSelector=spec.nodeName%3Dedge-1",

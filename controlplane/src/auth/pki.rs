@@ -73,24 +73,11 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
 }
 
 /// Writes a file atomically with the given mode.
-pub(crate) fn write_private(path: &Path, text: &str, mode: u32) -> Result<(), PkiError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let fail = |source| PkiError::Io {
+fn write_private(path: &Path, text: &str, mode: u32) -> Result<(), PkiError> {
+    skiff_api::client::write_file(path, text, mode).map_err(|source| PkiError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(fail)?;
-    f.write_all(text.as_bytes()).map_err(fail)?;
-    f.sync_all().map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)
+    })
 }
 
 /// Loads the CA and serving certificate from `dir`, making what is missing. `sans` are
