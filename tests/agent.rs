@@ -662,11 +662,19 @@ async fn a_killed_agent_brings_its_pods_back_without_recompiling() {
         .unwrap();
     let compiles = metrics
         .lines()
-        .find(|l| l.starts_with("skiff_agent_module_compiles_total"))
+        .find(|l| l.starts_with("skiff_agent_module_cache_misses_total"))
         .unwrap_or_default();
     assert!(
         compiles.ends_with(" 0"),
         "the restarted agent compiled again: {compiles:?}\n{metrics}"
+    );
+    let from_disk = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"skiff_agent_module_cache_hits_total{tier="disk"}"#))
+        .unwrap_or_default();
+    assert!(
+        from_disk.ends_with(" 1"),
+        "the restarted agent did not load the compiled artifact once: {from_disk:?}\n{metrics}"
     );
     let (_, logs) = api.text(&format!("{PODS}/t1/log")).await;
     assert!(logs.contains("tick"), "{logs}");

@@ -12,6 +12,27 @@ pub const POD_HEADER: &str = "x-skiff-pod";
 /// The header an agent marks its answers with when no app saw the request, so the
 /// gateway may try another replica.
 pub const UNSERVED_HEADER: &str = "x-skiff-unserved";
+/// The header a request's id travels in, from the gateway to the agent and into the
+/// spans of both (the name ingress-nginx and Envoy use).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The request's id: the one its client or the gateway gave it, else a new random one,
+/// which is then set on the request so whoever it is forwarded to sees the same id.
+pub fn ensure_request_id(headers: &mut http::HeaderMap) -> String {
+    if let Some(id) = headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+    {
+        return id.to_string();
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    headers.insert(
+        REQUEST_ID_HEADER,
+        http::HeaderValue::from_str(&id).expect("hex is a valid header value"),
+    );
+    id
+}
 
 /// A host and/or path prefix an app answers on.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,6 +29,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use skiff_api::resources;
 
@@ -67,6 +68,7 @@ pub struct Gateway {
     tunnels: Arc<crate::tunnel::Tunnels>,
     table: Mutex<Arc<RouteTable>>,
     next: Mutex<HashMap<String, usize>>,
+    metrics: crate::metrics::GatewayMetrics,
 }
 
 impl Gateway {
@@ -74,6 +76,7 @@ impl Gateway {
     pub fn new(
         store: Arc<dyn Store>,
         tunnels: Arc<crate::tunnel::Tunnels>,
+        metrics: crate::metrics::GatewayMetrics,
         stop: CancellationToken,
     ) -> Arc<Gateway> {
         let cache = |group: &str, plural: &str| {
@@ -100,6 +103,7 @@ impl Gateway {
             tunnels,
             table: Mutex::default(),
             next: Mutex::default(),
+            metrics,
         })
     }
 
@@ -270,7 +274,8 @@ enum Payload {
     Streaming(Option<Body>),
 }
 
-async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
+async fn handle(State(gw): State<Arc<Gateway>>, mut request: Request) -> Response {
+    let id = skiff_api::routes::ensure_request_id(request.headers_mut());
     let host = skiff_api::routes::host_of(&request);
     let path = request.uri().path().to_string();
     let Some((namespace, service)) = gw.route(&host, &path) else {
@@ -279,7 +284,31 @@ async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
             format!("no app is routed at {host}{path}"),
         );
     };
-    let endpoints = gw.endpoints(&namespace, &service);
+    let span =
+        tracing::info_span!("gateway", request_id = %id, namespace = %namespace, app = %service);
+    let started = std::time::Instant::now();
+    let response = forward(&gw, request, &host, &namespace, &service)
+        .instrument(span)
+        .await;
+    gw.metrics.request(
+        &namespace,
+        &service,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// Sends a routed request to a ready replica, trying the next when one cannot be
+/// reached before it took the request.
+async fn forward(
+    gw: &Gateway,
+    request: Request,
+    host: &str,
+    namespace: &str,
+    service: &str,
+) -> Response {
+    let endpoints = gw.endpoints(namespace, service);
     if endpoints.is_empty() {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -351,7 +380,7 @@ async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
             .uri(uri)
             .body(body)
             .expect("a valid request");
-        *outgoing.headers_mut() = forwarded_headers(&headers, pod, &host);
+        *outgoing.headers_mut() = forwarded_headers(&headers, pod, host);
         let sent = match via {
             Via::Tunnel(sender) => crate::tunnel::send(sender, outgoing)
                 .await
@@ -406,10 +435,11 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<dyn Store>,
     tunnels: Arc<crate::tunnel::Tunnels>,
+    metrics: crate::metrics::GatewayMetrics,
     stop: CancellationToken,
 ) {
     use axum::serve::ListenerExt;
-    let gateway = Gateway::new(store, tunnels, stop.clone());
+    let gateway = Gateway::new(store, tunnels, metrics, stop.clone());
     let app = axum::Router::new().fallback(handle).with_state(gateway);
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

@@ -1,10 +1,17 @@
 //! The server's Prometheus metrics at `/metrics` (prometheus-client, the Prometheus
-//! project's own Rust client), named and labelled as kube-apiserver names its own so
-//! existing dashboards apply: requests by verb, resource and code, their latency, and
-//! the watches open.
+//! project's own Rust client). Where Kubernetes has a metric for the same thing, it has
+//! the same name and labels, so existing dashboards apply:
+//! - kube-apiserver: `apiserver_request_total`, `apiserver_request_duration_seconds`,
+//!   `apiserver_registered_watchers`;
+//! - kube-scheduler: `scheduler_schedule_attempts_total`,
+//!   `scheduler_scheduling_attempt_duration_seconds`, `scheduler_pending_pods`;
+//! - client-go work queues: `workqueue_depth`, `workqueue_adds_total`,
+//!   `workqueue_retries_total`, `workqueue_work_duration_seconds`.
+//!
+//! The store (etcd's place) and the gateway (an ingress's) have `skiff_` names.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -14,10 +21,11 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::apiserver::SharedApi;
+use crate::store::StoreMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -37,6 +45,37 @@ struct WatchLabels {
     resource: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    result: &'static str,
+    profile: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PendingLabels {
+    queue: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    name: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppLabels {
+    namespace: String,
+    app: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppCodeLabels {
+    namespace: String,
+    app: String,
+    code: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
 fn latency_histogram() -> Histogram {
     // kube-apiserver's buckets, in seconds.
     Histogram::new([
@@ -45,15 +84,111 @@ fn latency_histogram() -> Histogram {
     ])
 }
 
-pub struct ApiMetrics {
-    registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
-    watchers: Family<WatchLabels, Gauge>,
+/// kube-scheduler's buckets: 1 ms doubling to 16 s.
+fn attempt_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
-impl Default for ApiMetrics {
+/// client-go's work-queue buckets: 1 µs to 10 s by powers of ten.
+fn work_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1e-6, 10.0, 8))
+}
+
+/// App request latency: 1 ms doubling to 32 s, fine enough for millisecond apps.
+fn app_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// The scheduler's metrics; clones share the series.
+#[derive(Clone)]
+pub struct SchedulerMetrics {
+    attempts: Family<AttemptLabels, Counter>,
+    attempt_duration: Histograms<AttemptLabels>,
+    pending: Family<PendingLabels, Gauge>,
+}
+
+impl SchedulerMetrics {
+    /// One scheduling attempt of one pod ended: `scheduled` (bound), `unschedulable`
+    /// (no node fits) or `error` (the binding failed).
+    pub fn attempt(&self, result: &'static str, took: Duration) {
+        let labels = AttemptLabels {
+            result,
+            profile: "default-scheduler",
+        };
+        self.attempts.get_or_create(&labels).inc();
+        self.attempt_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// Pods waiting: `active` will be tried at the next pass, `backoff` wait out a delay.
+    pub fn pending(&self, active: usize, backoff: usize) {
+        for (queue, n) in [("active", active), ("backoff", backoff)] {
+            self.pending
+                .get_or_create(&PendingLabels { queue })
+                .set(n as i64);
+        }
+    }
+}
+
+/// One controller's work-queue metrics, as client-go names them.
+#[derive(Clone, Default)]
+pub struct QueueMetrics {
+    pub depth: Gauge,
+    pub adds: Counter,
+    pub retries: Counter,
+    pub work_duration: Option<Histogram>,
+}
+
+/// The gateway's per-app request metrics.
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    requests: Family<AppCodeLabels, Counter>,
+    duration: Histograms<AppLabels>,
+}
+
+impl GatewayMetrics {
+    /// A request to an app answered `code` after `took` (to the response head).
+    pub fn request(&self, namespace: &str, app: &str, code: u16, took: Duration) {
+        self.requests
+            .get_or_create(&AppCodeLabels {
+                namespace: namespace.to_string(),
+                app: app.to_string(),
+                code: code.to_string(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&AppLabels {
+                namespace: namespace.to_string(),
+                app: app.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Histograms<LatencyLabels>,
+    watchers: Family<WatchLabels, Gauge>,
+    pub scheduler: SchedulerMetrics,
+    pub gateway: GatewayMetrics,
+    queue_depth: Family<QueueLabels, Gauge>,
+    queue_adds: Family<QueueLabels, Counter>,
+    queue_retries: Family<QueueLabels, Counter>,
+    queue_work: Histograms<QueueLabels>,
+}
+
+impl Default for Metrics {
+    /// Metrics with a store of their own (not the server's), for tests.
     fn default() -> Self {
+        Metrics::new(&StoreMetrics::default())
+    }
+}
+
+impl Metrics {
+    /// Every metric of the server; the store's series are the store's own handles.
+    pub fn new(store: &StoreMetrics) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -61,9 +196,7 @@ impl Default for ApiMetrics {
             "Requests, by verb, resource and HTTP code",
             requests.clone(),
         );
-        let latency = Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-            latency_histogram,
-        );
+        let latency = Histograms::<LatencyLabels>::new_with_constructor(latency_histogram);
         registry.register(
             "apiserver_request_duration_seconds",
             "Time to the response headers, by verb and resource (watches excluded)",
@@ -75,16 +208,102 @@ impl Default for ApiMetrics {
             "Watches open now, by resource",
             watchers.clone(),
         );
-        ApiMetrics {
+        registry.register(
+            "skiff_store_commit_duration_seconds",
+            "Time of one durable group commit of the store (etcd's backend commit)",
+            store.commit_duration.clone(),
+        );
+        registry.register(
+            "skiff_store_commit_batch_size",
+            "Writes made durable by one group commit",
+            store.batch_size.clone(),
+        );
+
+        let scheduler = SchedulerMetrics {
+            attempts: Family::default(),
+            attempt_duration: Histograms::new_with_constructor(attempt_histogram),
+            pending: Family::default(),
+        };
+        registry.register(
+            "scheduler_schedule_attempts",
+            "Attempts to schedule a pod, by result",
+            scheduler.attempts.clone(),
+        );
+        registry.register(
+            "scheduler_scheduling_attempt_duration_seconds",
+            "Time from the start of an attempt to its binding or its refusal",
+            scheduler.attempt_duration.clone(),
+        );
+        registry.register(
+            "scheduler_pending_pods",
+            "Pods waiting to be scheduled, by queue (active or backoff)",
+            scheduler.pending.clone(),
+        );
+
+        let queue_depth = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "workqueue_depth",
+            "Keys waiting in a controller's work queue",
+            queue_depth.clone(),
+        );
+        let queue_adds = Family::<QueueLabels, Counter>::default();
+        registry.register(
+            "workqueue_adds",
+            "Keys added to a controller's work queue",
+            queue_adds.clone(),
+        );
+        let queue_retries = Family::<QueueLabels, Counter>::default();
+        registry.register(
+            "workqueue_retries",
+            "Keys requeued with back-off after a failed reconcile",
+            queue_retries.clone(),
+        );
+        let queue_work = Histograms::<QueueLabels>::new_with_constructor(work_histogram);
+        registry.register(
+            "workqueue_work_duration_seconds",
+            "Time one reconcile of a key takes",
+            queue_work.clone(),
+        );
+
+        let gateway = GatewayMetrics {
+            requests: Family::default(),
+            duration: Histograms::new_with_constructor(app_histogram),
+        };
+        registry.register(
+            "skiff_gateway_requests",
+            "Requests the gateway forwarded to an app, by namespace, app and HTTP code",
+            gateway.requests.clone(),
+        );
+        registry.register(
+            "skiff_gateway_request_duration_seconds",
+            "Time from a request's arrival to its response head, by app",
+            gateway.duration.clone(),
+        );
+        Metrics {
             registry,
             requests,
             latency,
             watchers,
+            scheduler,
+            gateway,
+            queue_depth,
+            queue_adds,
+            queue_retries,
+            queue_work,
         }
     }
-}
 
-impl ApiMetrics {
+    /// The metrics of one controller's work queue.
+    pub fn queue(&self, name: &'static str) -> QueueMetrics {
+        let labels = QueueLabels { name };
+        QueueMetrics {
+            depth: self.queue_depth.get_or_create(&labels).clone(),
+            adds: self.queue_adds.get_or_create(&labels).clone(),
+            retries: self.queue_retries.get_or_create(&labels).clone(),
+            work_duration: Some(self.queue_work.get_or_create(&labels).clone()),
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
@@ -96,7 +315,7 @@ impl ApiMetrics {
 
 /// A watch open now; dropping it (the stream ending) counts it out.
 struct OpenWatch {
-    metrics: Arc<ApiMetrics>,
+    metrics: Arc<Metrics>,
     resource: String,
 }
 
@@ -111,7 +330,7 @@ impl Drop for OpenWatch {
     }
 }
 
-impl ApiMetrics {
+impl Metrics {
     /// Counts a request, and times it (a watch is counted as open until its stream
     /// ends instead). `verb` and `resource` are kube-apiserver's labels.
     pub fn observe(

@@ -204,7 +204,7 @@ impl Server {
             config: api_config,
             shutdown: CancellationToken::new(),
             tunnels: Default::default(),
-            metrics: Default::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new(&store.metrics())),
         });
 
         let stop_loops = CancellationToken::new();
@@ -235,6 +235,7 @@ impl Server {
                 listener,
                 api.store.clone(),
                 api.tunnels.clone(),
+                api.metrics.gateway.clone(),
                 api.shutdown.clone(),
             ));
             tracing::info!(%url, "gateway ready");

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -106,21 +107,21 @@ impl Agent {
 
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        tasks.spawn(server::serve(listener, rt.clone(), stop.clone()));
-        tasks.spawn(node::keep_alive(
-            client.clone(),
-            config.clone(),
-            listen,
-            stop.clone(),
-        ));
-        tasks.spawn(sync::run(rt.clone(), stop.clone()));
-        tasks.spawn(crate::local::deliver_statuses(
-            local.clone(),
-            client.clone(),
-            stop.clone(),
-        ));
+        // What the agent's own loops log names the node (`skiff dev` runs several in
+        // one process); pods and requests carry it in their own spans.
+        let span = tracing::info_span!("agent", node = %config.name);
+        tasks.spawn(server::serve(listener, rt.clone(), stop.clone()).instrument(span.clone()));
+        tasks.spawn(
+            node::keep_alive(client.clone(), config.clone(), listen, stop.clone())
+                .instrument(span.clone()),
+        );
+        tasks.spawn(sync::run(rt.clone(), stop.clone()).instrument(span.clone()));
+        tasks.spawn(
+            crate::local::deliver_statuses(local.clone(), client.clone(), stop.clone())
+                .instrument(span.clone()),
+        );
         if let Some(target) = config.tunnel.clone() {
-            tasks.spawn(crate::tunnel::run(target, rt.clone(), stop.clone()));
+            tasks.spawn(crate::tunnel::run(target, rt.clone(), stop.clone()).instrument(span));
         }
         tracing::info!(node = %config.name, %listen, "agent ready");
         Ok(Agent {

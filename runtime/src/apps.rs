@@ -35,6 +35,8 @@ pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ServedPod {
     pub namespace: String,
     pub name: String,
+    /// The app it serves, as metrics label it (see [`app_of`]).
+    pub app: String,
     pub program: Arc<Program>,
     pub spec: HttpSpec,
     pub routes: Vec<Route>,
@@ -43,6 +45,18 @@ pub struct ServedPod {
     /// Readiness (its probe, if any, passes); traffic by route goes to ready pods only.
     pub ready: AtomicBool,
     pub slots: Arc<Semaphore>,
+}
+
+/// The app a pod belongs to, for metrics: its App's name, else the conventional
+/// `app.kubernetes.io/name` or `app` label, else the pod's own name.
+pub fn app_of(pod: &k8s_openapi::api::core::v1::Pod) -> String {
+    let labels = pod.metadata.labels.as_ref();
+    ["app.skiff.dev/name", "app.kubernetes.io/name", "app"]
+        .iter()
+        .find_map(|k| labels?.get(*k))
+        .or(pod.metadata.name.as_ref())
+        .cloned()
+        .unwrap_or_default()
 }
 
 impl ServedPod {

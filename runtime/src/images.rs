@@ -15,10 +15,14 @@ use crate::wasm::{LoadError, LoadSource, Program, WasmEngine};
 /// Where a pulled program came from, for the Pulled event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PullSource {
-    /// Compiled earlier (in memory or on disk): nothing fetched or compiled.
-    Present,
-    /// Fetched and/or compiled now.
-    Pulled { took: Duration, compiled: bool },
+    /// Compiled earlier: nothing fetched or compiled. `tier` says where it was found:
+    /// `memory` (loaded for another pod) or `disk` (the compiled-artifact cache).
+    Present { tier: &'static str },
+    /// Fetched and/or compiled now; `compiled` is how long Cranelift took, if it ran.
+    Pulled {
+        took: Duration,
+        compiled: Option<Duration>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +125,7 @@ impl ImageStore {
             .ok_or_else(|| PullError::BadReference(image.to_string()))?
             .to_string();
         if let Some(program) = self.engine.loaded(&hex) {
-            return Ok((program, PullSource::Present));
+            return Ok((program, PullSource::Present { tier: "memory" }));
         }
         let gate = self
             .inflight
@@ -131,6 +135,10 @@ impl ImageStore {
             .or_default()
             .clone();
         let _one_at_a_time = gate.lock().await;
+        // Whoever held the gate before may have loaded it meanwhile.
+        if let Some(program) = self.engine.loaded(&hex) {
+            return Ok((program, PullSource::Present { tier: "memory" }));
+        }
 
         let engine = self.engine.clone();
         let compiled_dir = self.compiled_dir.clone();
@@ -139,7 +147,7 @@ impl ImageStore {
             .await
             .map_err(|e| PullError::Cache(e.to_string()))??;
         if let Some(program) = cached {
-            return Ok((program, PullSource::Present));
+            return Ok((program, PullSource::Present { tier: "disk" }));
         }
 
         let started = Instant::now();
@@ -151,7 +159,10 @@ impl ImageStore {
             tokio::task::spawn_blocking(move || engine.load(&h, &bytes, &compiled_dir))
                 .await
                 .map_err(|e| PullError::Cache(e.to_string()))??;
-        let compiled = matches!(source, LoadSource::Compiled(_));
+        let compiled = match source {
+            LoadSource::Compiled(took) => Some(took),
+            LoadSource::Cached => None,
+        };
         Ok((
             program,
             PullSource::Pulled {

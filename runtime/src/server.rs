@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -226,12 +227,14 @@ async fn serve_app(State(rt): State<Arc<Runtime>>, request: axum::extract::Reque
 }
 
 /// Routes a request (any body) to the HTTP app of a pod on this node and serves it.
-pub async fn serve_app_request<B>(rt: Arc<Runtime>, request: http::Request<B>) -> Response
+pub async fn serve_app_request<B>(rt: Arc<Runtime>, mut request: http::Request<B>) -> Response
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     use crate::apps::{POD_HEADER, QUEUE_TIMEOUT, Routed};
+    let started = std::time::Instant::now();
+    let id = skiff_api::routes::ensure_request_id(request.headers_mut());
     let named = request
         .headers()
         .get(POD_HEADER)
@@ -270,22 +273,40 @@ where
             );
         }
     };
-    let Ok(Ok(_slot)) =
-        tokio::time::timeout(QUEUE_TIMEOUT, pod.slots.clone().acquire_owned()).await
-    else {
-        return unserved(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "{}/{} has too many requests in flight",
-                pod.namespace, pod.name
-            ),
-        );
-    };
-    let response = pod
-        .program
-        .serve(&pod.spec, request, pod.stop.clone())
-        .await;
-    response.map(Body::new)
+    let span = tracing::info_span!(
+        "http",
+        request_id = %id,
+        pod = %format_args!("{}/{}", pod.namespace, pod.name),
+        app = %pod.app,
+        node = %rt.config.name,
+    );
+    let response = async {
+        let Ok(Ok(_slot)) =
+            tokio::time::timeout(QUEUE_TIMEOUT, pod.slots.clone().acquire_owned()).await
+        else {
+            return unserved(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{}/{} has too many requests in flight",
+                    pod.namespace, pod.name
+                ),
+            );
+        };
+        let response = pod
+            .program
+            .serve(&pod.spec, request, pod.stop.clone())
+            .await;
+        response.map(Body::new)
+    }
+    .instrument(span)
+    .await;
+    rt.metrics.http_request(
+        &pod.namespace,
+        &pod.app,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// What one connection serves, on the listener or over the tunnel: app traffic goes

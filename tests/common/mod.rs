@@ -28,7 +28,6 @@ impl Process {
 
     /// Like `start`, inside network namespace `ns` (`ip netns exec NS skiff ARGS`).
     pub fn start_in(ns: Option<&str>, args: &[&str], marker: &str) -> (Process, String) {
-        use std::io::{BufRead, BufReader};
         let mut command = match ns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -37,11 +36,33 @@ impl Process {
             }
             None => Command::new(env!("CARGO_BIN_EXE_skiff")),
         };
-        let mut child = command
+        command
             .args(args)
             .env("RUST_LOG", "warn")
+            .stderr(Stdio::inherit());
+        Self::spawn(command, marker)
+    }
+
+    /// Like `start`, with the logs (stderr) going to `log` at the level `rust_log`.
+    pub fn start_logged(
+        args: &[&str],
+        marker: &str,
+        rust_log: &str,
+        log: &Path,
+    ) -> (Process, String) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_skiff"));
+        command
+            .args(args)
+            .env("RUST_LOG", rust_log)
+            .stderr(std::fs::File::create(log).expect("creating the log file"));
+        Self::spawn(command, marker)
+    }
+
+    fn spawn(mut command: Command, marker: &str) -> (Process, String) {
+        use std::io::{BufRead, BufReader};
+        let args: Vec<_> = command.get_args().map(|a| a.to_owned()).collect();
+        let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("spawning skiff");
         let stdout = child.stdout.take().expect("piped stdout");

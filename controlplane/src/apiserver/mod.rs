@@ -85,7 +85,7 @@ pub struct ApiServer {
     /// The reverse tunnels agents keep open, by node.
     pub tunnels: Arc<crate::tunnel::Tunnels>,
     /// What `/metrics` reports.
-    pub metrics: Arc<crate::metrics::ApiMetrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub type SharedApi = Arc<ApiServer>;

@@ -16,6 +16,7 @@
 pub mod pki;
 
 use std::sync::Arc;
+use tracing::Instrument;
 
 use axum::Router;
 use axum::body::Body;
@@ -434,10 +435,27 @@ pub async fn layer(State(api): State<SharedApi>, request: Request, next: Next) -
     let query = Query::parse(request.uri().query()).unwrap_or_default();
     let kind = classify(request.method(), request.uri().path(), &query);
     let (verb, resource) = metric_labels(request.method(), &kind);
-    let response = match check(&api, request, &kind, &query).await {
-        Ok(request) => next.run(request).await,
-        Err(e) => e.into_response(),
-    };
+    // Every request gets an id, answered in `Audit-Id` as kube-apiserver does, and a
+    // span that carries it into whatever the handler logs.
+    let id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        verb,
+        resource = %resource,
+        user = tracing::field::Empty,
+    );
+    let mut response = async {
+        match check(&api, request, &kind, &query).await {
+            Ok(request) => next.run(request).await,
+            Err(e) => e.into_response(),
+        }
+    }
+    .instrument(span)
+    .await;
+    if let Ok(value) = http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("audit-id", value);
+    }
     api.metrics.observe(verb, resource, started, response)
 }
 
@@ -448,6 +466,7 @@ async fn check(
     query: &Query,
 ) -> ApiResult<Request> {
     let identity = authenticate(api, request.headers())?;
+    tracing::Span::current().record("user", identity.user());
     let needs_body = matches!(identity, Identity::Node { .. })
         && request.method() == Method::POST
         && matches!(kind, Kind::Resource(r) if matches!(r.target.info.plural, "nodes" | "leases"));

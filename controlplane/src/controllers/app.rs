@@ -19,9 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use skiff_api::resources::{self, ResourceInfo};
 
-use super::{
-    Action, Informers, Reconciler, WorkQueue, controller_of, feed, run_workers, split_key,
-};
+use super::{Action, Informers, Reconciler, controller_of, feed, run_workers, split_key};
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, internal, objects, record_event};
 use crate::informer::Cache;
@@ -78,7 +76,7 @@ pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
     if !informers.synced(&[&apps, &deployments, &services]).await {
         return;
     }
-    let queue = Arc::new(WorkQueue::default());
+    let queue = informers.queue("app");
     let ctrl = Arc::new(AppController {
         api: informers.api().clone(),
         apps: apps.clone(),

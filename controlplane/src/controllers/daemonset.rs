@@ -17,9 +17,7 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources::{self, ResourceInfo};
 
 use super::podutil::{is_active, is_ready, pods_info};
-use super::{
-    Action, Informers, Reconciler, WorkQueue, controller_of, feed, run_workers, split_key,
-};
+use super::{Action, Informers, Reconciler, controller_of, feed, run_workers, split_key};
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, DeleteOptions, internal, objects};
 use crate::informer::Cache;
@@ -72,7 +70,7 @@ pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
     if !informers.synced(&[&daemonsets, &nodes, &pods]).await {
         return;
     }
-    let queue = Arc::new(WorkQueue::default());
+    let queue = informers.queue("daemonset");
     let all = super::all_keys(daemonsets.clone());
     tokio::spawn(super::feed_own(
         queue.clone(),

@@ -33,8 +33,8 @@ use skiff_api::resources::{self, ResourceInfo};
 
 use super::podutil::{availability, is_active, labels};
 use super::{
-    Action, Informers, Reconciler, WorkQueue, adopt, controller_of, feed, key_of, release,
-    run_workers, selector_of, split_key,
+    Action, Informers, Reconciler, adopt, controller_of, feed, key_of, release, run_workers,
+    selector_of, split_key,
 };
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, DeleteOptions, internal, objects, record_event};
@@ -79,7 +79,7 @@ pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
     if !informers.synced(&[&deployments, &replicasets, &pods]).await {
         return;
     }
-    let queue = Arc::new(WorkQueue::default());
+    let queue = informers.queue("deployment");
     let ctrl = Arc::new(DeploymentController {
         api: informers.api().clone(),
         deployments: deployments.clone(),

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources::{self, ResourceInfo};
 
 use super::podutil::{is_ready, labels};
-use super::{Action, Informers, Reconciler, WorkQueue, feed, run_workers, split_key};
+use super::{Action, Informers, Reconciler, feed, run_workers, split_key};
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, internal, objects};
 use crate::informer::{Cache, CacheEvent};
@@ -55,7 +55,7 @@ pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
     if !informers.synced(&[&services, &pods, &slices]).await {
         return;
     }
-    let queue = Arc::new(WorkQueue::default());
+    let queue = informers.queue("endpointslice");
     let ctrl = Arc::new(EndpointSliceController {
         api: informers.api().clone(),
         services: services.clone(),

@@ -15,9 +15,7 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources::{self, ResourceInfo};
 
 use super::podutil::pods_info;
-use super::{
-    Action, Informers, Reconciler, WorkQueue, controller_of, feed, run_workers, split_key,
-};
+use super::{Action, Informers, Reconciler, controller_of, feed, run_workers, split_key};
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, DeleteOptions, internal, objects, record_event};
 use crate::informer::{Cache, CacheEvent};
@@ -44,7 +42,7 @@ pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
     if !informers.synced(&[&jobs, &pods]).await {
         return;
     }
-    let queue = Arc::new(WorkQueue::default());
+    let queue = informers.queue("job");
     let ctrl = Arc::new(JobController {
         api: informers.api().clone(),
         jobs: jobs.clone(),

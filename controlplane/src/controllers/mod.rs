@@ -26,6 +26,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use skiff_api::resources::{self, ResourceInfo};
 use skiff_api::selector::LabelSelector;
@@ -72,6 +73,11 @@ impl Informers {
 
     pub fn api(&self) -> &Arc<ApiServer> {
         &self.api
+    }
+
+    /// A work queue for the controller `name`, counted in `/metrics`.
+    pub fn queue(&self, name: &'static str) -> Arc<WorkQueue> {
+        Arc::new(WorkQueue::with_metrics(self.api.metrics.queue(name)))
     }
 
     /// The cache of a resource (group "" is core), started if new.
@@ -314,11 +320,17 @@ pub async fn run_workers<R: Reconciler>(
         let (r, q) = (reconciler.clone(), queue.clone());
         set.spawn(async move {
             while let Some(key) = q.get().await {
+                let started = std::time::Instant::now();
                 // A bug that panics on one object must not stop the controller for
                 // all of them: the key is retried with back-off like any failure.
-                let outcome = std::panic::AssertUnwindSafe(r.clone().reconcile(key.clone()))
+                let span = tracing::debug_span!("reconcile", controller = r.name(), key = %key);
+                let reconcile = r.clone().reconcile(key.clone()).instrument(span);
+                let outcome = std::panic::AssertUnwindSafe(reconcile)
                     .catch_unwind()
                     .await;
+                if let Some(work) = &q.metrics().work_duration {
+                    work.observe(started.elapsed().as_secs_f64());
+                }
                 match outcome {
                     Ok(Ok(Action::Done)) => q.forget(&key),
                     Ok(Ok(Action::RequeueAfter(d))) => {

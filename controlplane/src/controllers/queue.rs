@@ -10,6 +10,8 @@ use tokio::time::Instant;
 
 use tokio::sync::Notify;
 
+use crate::metrics::QueueMetrics;
+
 /// First and last delay of the failure back-off.
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -31,20 +33,40 @@ struct State {
 pub struct WorkQueue {
     state: Mutex<State>,
     wake: Notify,
+    metrics: QueueMetrics,
 }
 
 impl WorkQueue {
+    /// A queue whose depth, adds and retries show in `/metrics`.
+    pub fn with_metrics(metrics: QueueMetrics) -> WorkQueue {
+        WorkQueue {
+            metrics,
+            ..WorkQueue::default()
+        }
+    }
+
+    pub fn metrics(&self) -> &QueueMetrics {
+        &self.metrics
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Publishes the depth: keys ready to be handed out, as client-go counts it.
+    fn publish(&self, s: &State) {
+        self.metrics.depth.set(s.ready.len() as i64);
+    }
+
     pub fn add(&self, key: impl Into<String>) {
         let key = key.into();
+        self.metrics.adds.inc();
         let mut s = self.lock();
         if s.processing.contains(&key) {
             s.again.insert(key);
         } else if s.queued.insert(key.clone()) {
             s.ready.push_back(key);
+            self.publish(&s);
             drop(s);
             self.wake.notify_one();
         }
@@ -61,6 +83,7 @@ impl WorkQueue {
 
     /// Requeues after a failure, waiting longer each consecutive time.
     pub fn retry(&self, key: &str) {
+        self.metrics.retries.inc();
         let n = {
             let mut s = self.lock();
             let n = s.failures.entry(key.to_string()).or_default();
@@ -103,7 +126,9 @@ impl WorkQueue {
                         s.ready.push_back(key);
                     }
                 }
-                if let Some(key) = s.ready.pop_front() {
+                let next = s.ready.pop_front();
+                self.publish(&s);
+                if let Some(key) = next {
                     s.queued.remove(&key);
                     s.processing.insert(key.clone());
                     return Some(key);
@@ -128,6 +153,7 @@ impl WorkQueue {
         s.processing.remove(key);
         if s.again.remove(key) && s.queued.insert(key.to_string()) {
             s.ready.push_back(key.to_string());
+            self.publish(&s);
             drop(s);
             self.wake.notify_one();
         }

@@ -19,8 +19,8 @@ use skiff_api::resources::{self, ResourceInfo};
 
 use super::podutil::{availability, is_active, is_ready, labels, pods_info};
 use super::{
-    Action, Informers, Reconciler, WorkQueue, adopt, controller_of, feed, key_of, release,
-    run_workers, selector_of, split_key,
+    Action, Informers, Reconciler, adopt, controller_of, feed, key_of, release, run_workers,
+    selector_of, split_key,
 };
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, DeleteOptions, internal, objects, record_event};
@@ -57,7 +57,7 @@ pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
     if !informers.synced(&[&replicasets, &pods]).await {
         return;
     }
-    let queue = Arc::new(WorkQueue::default());
+    let queue = informers.queue("replicaset");
     let ctrl = Arc::new(ReplicaSetController {
         api: informers.api().clone(),
         replicasets: replicasets.clone(),

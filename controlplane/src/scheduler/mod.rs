@@ -307,6 +307,15 @@ const BIND_CONCURRENCY: usize = 64;
 /// The outcome of one binding: pod key, node, success.
 type BindResult = (String, String, bool);
 
+/// Publishes how many pods wait, and where.
+fn publish_pending(api: &ApiServer, pending: usize, backoff: &HashMap<String, Backoff>) {
+    let now = Instant::now();
+    let waiting = backoff.values().filter(|b| b.not_before > now).count();
+    api.metrics
+        .scheduler
+        .pending(pending.saturating_sub(waiting), waiting);
+}
+
 /// What the scheduler carries from pass to pass.
 struct State {
     /// Pods that fit nowhere, and when to try them again.
@@ -370,6 +379,7 @@ async fn schedule_pass(api: &Arc<ApiServer>, nodes: &Cache, pods: &Cache, state:
     }
     let keys: std::collections::HashSet<String> = pending.iter().map(|p| pod_key(p)).collect();
     backoff.retain(|k, _| keys.contains(k));
+    publish_pending(api, pending.len(), backoff);
     if pending.is_empty() {
         return;
     }
@@ -383,6 +393,7 @@ async fn schedule_pass(api: &Arc<ApiServer>, nodes: &Cache, pods: &Cache, state:
         if backoff.get(&key).is_some_and(|b| b.not_before > now) {
             continue;
         }
+        let attempt = Instant::now();
         let info = PodInfo::from_pod(pod);
         let owner = view.owner_id(costs.of(pod).owner.as_ref());
         let mut reasons: BTreeMap<Cow<'static, str>, u32> = BTreeMap::new();
@@ -422,6 +433,8 @@ async fn schedule_pass(api: &Arc<ApiServer>, nodes: &Cache, pods: &Cache, state:
                 tokio::spawn(async move {
                     let ok = bind(&api, &pod, &node).await;
                     drop(permit);
+                    let result = if ok { "scheduled" } else { "error" };
+                    api.metrics.scheduler.attempt(result, attempt.elapsed());
                     let _ = results.send((key, node, ok));
                 });
             }
@@ -437,6 +450,9 @@ async fn schedule_pass(api: &Arc<ApiServer>, nodes: &Cache, pods: &Cache, state:
                         counted.join(", ")
                     )
                 };
+                api.metrics
+                    .scheduler
+                    .attempt("unschedulable", attempt.elapsed());
                 mark_unschedulable(api, pod, &message).await;
                 delay(backoff, key);
             }

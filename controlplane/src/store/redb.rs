@@ -107,6 +107,7 @@ struct Shared {
     hub: WatchHub,
     commits: AtomicU64,
     writes: AtomicU64,
+    metrics: super::StoreMetrics,
 }
 
 impl RedbStore {
@@ -151,6 +152,7 @@ impl RedbStore {
             hub: WatchHub::new(options.watch_buffer, current),
             commits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            metrics: Default::default(),
         });
         let (sender, receiver) = mpsc::channel();
         let writer = writer::spawn(shared.clone(), receiver, last_timestamp_ms)
@@ -213,6 +215,10 @@ impl Drop for RedbStore {
 }
 
 impl Store for RedbStore {
+    fn metrics(&self) -> super::StoreMetrics {
+        self.shared.metrics.clone()
+    }
+
     fn current_revision(&self) -> Revision {
         self.shared.current.load(Ordering::Acquire)
     }

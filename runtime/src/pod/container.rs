@@ -106,14 +106,20 @@ impl ContainerLoop {
                     Ok((program, source)) => {
                         pull_failures = 0;
                         match source {
-                            PullSource::Present => self.event(
-                                Normal,
-                                "Pulled",
-                                format!("Container image \"{image}\" already present on machine"),
-                            ),
+                            PullSource::Present { tier } => {
+                                self.rt.metrics.module_cache_hit(tier);
+                                self.event(
+                                    Normal,
+                                    "Pulled",
+                                    format!(
+                                        "Container image \"{image}\" already present on machine"
+                                    ),
+                                )
+                            }
                             PullSource::Pulled { took, compiled } => {
-                                if compiled {
-                                    self.rt.metrics.module_compiled();
+                                match compiled {
+                                    Some(took) => self.rt.metrics.module_compiled(took),
+                                    None => self.rt.metrics.module_cache_hit("disk"),
                                 }
                                 self.event(
                                     Normal,
@@ -121,7 +127,11 @@ impl ContainerLoop {
                                     format!(
                                         "Successfully pulled image \"{image}\" in {}ms{}",
                                         took.as_millis(),
-                                        if compiled { " (compiled)" } else { "" }
+                                        if compiled.is_some() {
+                                            " (compiled)"
+                                        } else {
+                                            ""
+                                        }
                                     ),
                                 )
                             }
@@ -226,6 +236,13 @@ impl ContainerLoop {
                     if self.stop.is_cancelled() {
                         return;
                     }
+                    tracing::info!(
+                        container = %self.name(),
+                        reason = terminated.reason,
+                        exit_code = terminated.exit_code,
+                        detail = terminated.message.as_deref().unwrap_or_default(),
+                        "container exited"
+                    );
                     match terminated.reason {
                         "Trap" => self.event(
                             Warning,
@@ -273,6 +290,9 @@ impl ContainerLoop {
                     let pod_name = self.pod.metadata.name.clone().unwrap_or_default();
                     let ns = self.pod.metadata.namespace.clone().unwrap_or_default();
                     let uid = self.pod.metadata.uid.clone().unwrap_or_default();
+                    self.rt
+                        .metrics
+                        .container_restarted(&ns, &pod_name, self.name());
                     self.status.send_modify(|s| {
                         let c = &mut s.containers[self.index];
                         c.restart_count += 1;
@@ -345,15 +365,23 @@ impl ContainerLoop {
             .split(',')
             .filter_map(crate::apps::Route::parse)
             .collect();
+        let namespace = self.pod.metadata.namespace.clone().unwrap_or_default();
+        let app = crate::apps::app_of(&self.pod);
+        let faults = {
+            let (rt, namespace, app) = (self.rt.clone(), namespace.clone(), app.clone());
+            crate::wasm::FaultHook::new(move |kind| rt.metrics.http_fault(&namespace, &app, kind))
+        };
         let served = Arc::new(crate::apps::ServedPod {
-            namespace: self.pod.metadata.namespace.clone().unwrap_or_default(),
+            namespace,
             name: self.pod.metadata.name.clone().unwrap_or_default(),
+            app,
             program,
             spec: HttpSpec {
                 run: spec,
                 timeout,
                 outbound,
                 max_body_bytes: self.rt.config.max_request_body,
+                faults,
             },
             routes,
             stop: self.stop.child_token(),

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::AgentConfig;
 use crate::events::EventRecorder;
@@ -147,12 +148,51 @@ fn initial_state(pod: &Pod) -> PodState {
     }
 }
 
-/// Runs a pod until `stop`: its containers, and a reporter that writes its status.
+/// Runs a pod until `stop`: its containers, and a reporter that writes its status. All
+/// it logs carries the pod's span: namespace/name, uid and node.
 pub async fn run_pod(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken) {
+    let span = tracing::info_span!(
+        "pod",
+        pod = %format_args!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+            pod.metadata.name.as_deref().unwrap_or_default()
+        ),
+        uid = pod.metadata.uid.as_deref().unwrap_or_default(),
+        node = %rt.config.name,
+    );
+    run_pod_inner(rt, pod, stop).instrument(span).await
+}
+
+async fn run_pod_inner(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken) {
+    let seen = std::time::Instant::now();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let (status_tx, status_rx) = tokio::sync::watch::channel(initial_state(&pod));
+    // Pod start latency, as the kubelet measures it: from first seeing the pod to all
+    // its containers running.
+    let mut started = status_tx.subscribe();
+    let mut timing = {
+        let (rt, stop) = (rt.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let running = started
+                    .borrow_and_update()
+                    .containers
+                    .iter()
+                    .all(|c| matches!(c.state, State::Running { .. }));
+                if running {
+                    rt.metrics.pod_started(seen.elapsed());
+                    return;
+                }
+                tokio::select! {
+                    changed = started.changed() => if changed.is_err() { return },
+                    _ = stop.cancelled() => return,
+                }
+            }
+        })
+    };
     let start_time = pod
         .status
         .as_ref()
@@ -160,13 +200,16 @@ pub async fn run_pod(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken) {
         .map(|t| crate::format_time(t.0))
         .unwrap_or_else(crate::now_rfc3339);
     let reporter_stop = CancellationToken::new();
-    let reporter = tokio::spawn(report_status(
-        rt.clone(),
-        pod.clone(),
-        start_time,
-        status_rx,
-        reporter_stop.clone(),
-    ));
+    let reporter = tokio::spawn(
+        report_status(
+            rt.clone(),
+            pod.clone(),
+            start_time,
+            status_rx,
+            reporter_stop.clone(),
+        )
+        .in_current_span(),
+    );
 
     let volumes = loop {
         match Volumes::prepare(
@@ -239,7 +282,8 @@ pub async fn run_pod(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken) {
                     status: status_tx.clone(),
                     stop: stop.clone(),
                 }
-                .run(),
+                .run()
+                .in_current_span(),
             );
         }
     }
@@ -247,6 +291,14 @@ pub async fn run_pod(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken) {
     stop.cancelled().await;
     reporter_stop.cancel();
     let _ = reporter.await;
+    timing.abort();
+    let _ = (&mut timing).await;
+    let containers: Vec<String> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter().map(|c| c.name.clone()))
+        .collect();
+    rt.metrics.forget_pod(&namespace, &name, &containers);
 }
 
 /// Writes the pod's status whenever its state changes, coalescing bursts.

@@ -16,6 +16,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -169,6 +170,42 @@ pub struct HttpSpec {
     pub timeout: Duration,
     pub outbound: OutboundHosts,
     pub max_body_bytes: u64,
+    /// Told of each request whose instance failed.
+    pub faults: FaultHook,
+}
+
+/// Who is told when a request's instance fails, with the kind of failure: `trap`,
+/// `memory` (its limit refused a growth and it trapped) or `timeout` (its CPU time ran
+/// out). A pod stopping under a request is not a fault of the app.
+#[derive(Clone, Default)]
+pub struct FaultHook(Option<Arc<dyn Fn(&'static str) + Send + Sync>>);
+
+impl FaultHook {
+    pub fn new(f: impl Fn(&'static str) + Send + Sync + 'static) -> FaultHook {
+        FaultHook(Some(Arc::new(f)))
+    }
+
+    fn report(&self, fault: &Fault) {
+        let kind = match fault {
+            Fault::TimedOut => "timeout",
+            Fault::Memory(_) => "memory",
+            Fault::Trapped(_) => "trap",
+            Fault::Stopped => return,
+        };
+        if let Some(f) = &self.0 {
+            f(kind);
+        }
+    }
+}
+
+impl std::fmt::Debug for FaultHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "FaultHook(set)"
+        } else {
+            "FaultHook(none)"
+        })
+    }
 }
 
 /// A response from the host itself (an error, or a limit), not from the guest.
@@ -295,6 +332,7 @@ where
     let output = spec.run.output.clone();
     let timeout = spec.timeout;
     let late_path = path.clone();
+    let faults = spec.faults.clone();
     let task = tokio::spawn(Metered::new(
         async move {
             let _ticking = ticking;
@@ -319,6 +357,10 @@ where
                     Fault::Trapped(super::program::describe_failure(&e))
                 }
             });
+            if let Some(f) = &fault {
+                faults.report(f);
+                tracing::debug!(path = %late_path, fault = %f.describe(timeout), "request failed");
+            }
             let mut late = late_in_task.lock().unwrap_or_else(|p| p.into_inner());
             late.done = true;
             if late.head_sent {
@@ -329,7 +371,8 @@ where
                 late.fault = fault.clone();
             }
             fault
-        },
+        }
+        .in_current_span(),
         meter,
     ));
     let log = |line: String| {

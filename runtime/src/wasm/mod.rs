@@ -29,7 +29,8 @@ use std::time::Duration;
 
 pub use self::engine::{EngineConfig, EngineError, WasmEngine};
 pub use self::http::{
-    DEFAULT_MAX_REQUEST_BODY, DEFAULT_REQUEST_TIMEOUT, HttpSpec, OutboundHosts, host_response,
+    DEFAULT_MAX_REQUEST_BODY, DEFAULT_REQUEST_TIMEOUT, FaultHook, HttpSpec, OutboundHosts,
+    host_response,
 };
 pub use self::limits::{
     DEFAULT_MEMORY_LIMIT, MAX_HOST_RESOURCES, MAX_INSTANCES_PER_STORE, MAX_MEMORIES_PER_STORE,

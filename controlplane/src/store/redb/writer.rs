@@ -230,7 +230,13 @@ impl Writer {
                 .map_err(failed("aborting an empty transaction"))?;
             return Ok(outcomes);
         }
+        let committing = std::time::Instant::now();
         txn.commit().map_err(failed("committing"))?;
+        let metrics = &self.shared.metrics;
+        metrics
+            .commit_duration
+            .observe(committing.elapsed().as_secs_f64());
+        metrics.batch_size.observe((rev - base) as f64);
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
         Ok(outcomes)
     }

@@ -26,6 +26,7 @@ fn http_spec(output: Arc<Capture>) -> HttpSpec {
         timeout: Duration::from_millis(300),
         outbound: OutboundHosts::default(),
         max_body_bytes: 1024,
+        faults: Default::default(),
     }
 }
 
@@ -60,6 +61,9 @@ async fn an_http_component_answers_traps_times_out_and_serves_on() {
     let output = Capture::new();
     let mut spec = http_spec(output.clone());
     spec.run.env = vec![("VERSION".to_owned(), "7".to_owned())];
+    let faults = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = faults.clone();
+    spec.faults = crate::wasm::FaultHook::new(move |kind| seen.lock().unwrap().push(kind));
     assert_eq!(
         call(&program, &spec, "GET", "/default/web/", "").await,
         (200, "hello from skiff version=7\n".to_owned())
@@ -76,6 +80,7 @@ async fn an_http_component_answers_traps_times_out_and_serves_on() {
     );
     // Each request is a fresh instance: the faults left nothing behind.
     assert_eq!(call(&program, &spec, "GET", "/", "").await.0, 200);
+    assert_eq!(*faults.lock().unwrap(), ["trap", "timeout"]);
     let log = output.stderr();
     assert!(log.contains("the app trapped"), "{log}");
     assert!(
