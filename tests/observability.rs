@@ -128,7 +128,10 @@ async fn metrics_and_spans_follow_what_the_cluster_does() {
         ),
         (r#"workqueue_adds_total{name="app"}"#, 1.0),
         (r#"workqueue_adds_total{name="deployment"}"#, 1.0),
-        (r#"workqueue_work_duration_seconds_count{name="replicaset"}"#, 1.0),
+        (
+            r#"workqueue_work_duration_seconds_count{name="replicaset"}"#,
+            1.0,
+        ),
         (r#"workqueue_depth{name="endpointslice"}"#, 0.0),
         (
             r#"skiff_gateway_requests_total{namespace="default",app="web",code="200"}"#,
@@ -151,7 +154,10 @@ async fn metrics_and_spans_follow_what_the_cluster_does() {
             1.0,
         ),
     ] {
-        assert!(at_least(&server, series, min), "{series} < {min}:\n{server}");
+        assert!(
+            at_least(&server, series, min),
+            "{series} < {min}:\n{server}"
+        );
     }
 
     // The agent's, through the node proxy.
@@ -199,7 +205,9 @@ async fn metrics_and_spans_follow_what_the_cluster_does() {
     assert!(
         spans.iter().any(|s| s["node"] == "dev-1"
             && s["app"] == "web"
-            && s["pod"].as_str().is_some_and(|p| p.starts_with("default/web-"))),
+            && s["pod"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("default/web-"))),
         "{trap}"
     );
     let crash = logged_in_span(&log, "pod", "default/crasher")
@@ -209,5 +217,8 @@ async fn metrics_and_spans_follow_what_the_cluster_does() {
     assert_eq!(crash["fields"]["exit_code"], 3, "{crash}");
     let span = &crash["span"];
     assert_eq!(span["node"], "dev-1", "{crash}");
-    assert!(span["uid"].as_str().is_some_and(|u| !u.is_empty()), "{crash}");
+    assert!(
+        span["uid"].as_str().is_some_and(|u| !u.is_empty()),
+        "{crash}"
+    );
 }

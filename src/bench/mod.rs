@@ -2,12 +2,16 @@
 //! where one exists, printed as a table and optionally written as JSON.
 
 mod api;
+mod dev;
 mod etcd;
 mod footprint;
 mod http;
+mod plot;
 mod pods;
+mod rolling;
 mod scheduler;
 mod stats;
+mod suite;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -24,6 +28,9 @@ pub struct BenchArgs {
 
 #[derive(clap::Subcommand)]
 enum Which {
+    /// Every benchmark below in turn: one summary table (each figure beside its goal
+    /// and a peer's), one JSON file and the PNG plots, in --out.
+    All(suite::SuiteArgs),
     /// Durable creates/s with concurrent clients, and watch delivery latency with many
     /// watchers; against etcd (the store Kubernetes uses) when `etcd` is installed.
     Api(api::ApiBenchArgs),
@@ -35,16 +42,28 @@ enum Which {
     /// HTTP requests/s and p99 of a wasi:http component on the agent and through the
     /// gateway, against `wasmtime serve` on the same component; and deploy to first 200.
     Http(http::HttpBenchArgs),
+    /// Request throughput over time through the gateway while an App rolls to a new
+    /// module and back; failed requests counted, and plotted.
+    Rolling(rolling::RollingBenchArgs),
+    /// Time from `skiff dev` to the API answering and to all its nodes Ready.
+    Dev(dev::DevBenchArgs),
     /// Idle RSS of a server and of an agent (joined, no pods), and the binary's size.
     Footprint(footprint::FootprintBenchArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    match args.which {
+    dispatch(args.which).await
+}
+
+async fn dispatch(which: Which) -> anyhow::Result<()> {
+    match which {
+        Which::All(a) => suite::run(a).await,
         Which::Api(a) => api::run(a).await,
         Which::Pods(a) => pods::run(a).await,
         Which::Scheduler(a) => scheduler::run(a).await,
         Which::Http(a) => http::run(a).await,
+        Which::Rolling(a) => rolling::run(a).await,
+        Which::Dev(a) => dev::run(a).await,
         Which::Footprint(a) => footprint::run(a).await,
     }
 }

@@ -39,6 +39,9 @@ pub struct PodBenchArgs {
     /// Runs of the latency measurement; medians are reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Writes the start-latency distribution of all runs here (PNG).
+    #[arg(long)]
+    png: Option<PathBuf>,
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -247,6 +250,7 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
     let mut p50s = Vec::new();
     let mut p99s = Vec::new();
     let mut rates = Vec::new();
+    let mut all = Latencies::new();
     for run in 0..args.runs {
         let names: Vec<String> = (0..args.pods).map(|i| format!("start-{run}-{i}")).collect();
         let (lat, took) = start_latencies(
@@ -272,6 +276,7 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
         }
         p50s.push(lat.ms(0.5));
         p99s.push(lat.ms(0.99));
+        all.merge(&lat);
         rates.push(args.pods as f64 / took.as_secs_f64());
         delete_all(&http, &url).await?;
     }
@@ -323,6 +328,22 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
     let server_rss = server.rss_mib();
     agent.stop().await;
     server.stop().await;
+    if let Some(png) = &args.png {
+        super::plot::latency_cdf(
+            png,
+            "Pod start latency: create to Running, module cached, one node",
+            &[super::plot::Distribution {
+                label: format!(
+                    "{} pods in {} runs, created at {}/s",
+                    all.len(),
+                    args.runs,
+                    args.rate
+                ),
+                points: all.cdf(),
+            }],
+        )?;
+        println!("plot written to {}", png.display());
+    }
 
     println!(
         "\nskiff bench pods: {} pods per run on one node, created at {}/s by {} clients, median of {} runs\n",
@@ -385,6 +406,7 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
             "start_p99_ms": p99,
             "per_run_p50_ms": p50s,
             "per_run_p99_ms": p99s,
+            "start_cdf_ms": all.cdf(),
             "pods_per_sec": rate,
             "agent_idle_rss_mib": idle_rss,
             "density": density,

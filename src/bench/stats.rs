@@ -32,6 +32,14 @@ impl Latencies {
     pub fn ms(&self, q: f64) -> f64 {
         self.0.value_at_quantile(q) as f64 / 1000.0
     }
+
+    /// The distribution as (quantile, milliseconds) points, finer in the tail, for
+    /// plots and JSON.
+    pub fn cdf(&self) -> Vec<(f64, f64)> {
+        let mut qs: Vec<f64> = (0..=95).map(|i| i as f64 / 100.0).collect();
+        qs.extend([0.96, 0.97, 0.98, 0.99, 0.995, 0.999, 1.0]);
+        qs.into_iter().map(|q| (q, self.ms(q))).collect()
+    }
 }
 
 /// The median of some figures (NaN for none).

@@ -1,0 +1,101 @@
+//! The benchmark suite runs end to end on the real binary: `skiff bench all` prints one
+//! table and writes its JSON and PNG plots, and what it measures holds (no request
+//! fails through two rolling updates; every node of `skiff dev` gets Ready). The
+//! figures themselves belong to docs/benchmarks.md, measured on a release build.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn skiff(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running skiff");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{path:?}: {e}")))
+        .unwrap()
+}
+
+fn assert_png(path: &Path) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    assert!(
+        bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000,
+        "{path:?} is not a drawn PNG ({} bytes)",
+        bytes.len()
+    );
+}
+
+#[test]
+fn the_suite_prints_one_table_and_writes_json_and_plots() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let (ok, text) = skiff(&[
+        "bench",
+        "all",
+        "--quick",
+        "--skip",
+        "api,pods,scheduler,http,footprint",
+        "--out",
+        dir,
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("skiff bench all --quick"), "{text}");
+    let results = json(&out.path().join("results.json"));
+    let row = |metric: &str| -> Value {
+        results["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["metric"].as_str().unwrap().contains(metric))
+            .cloned()
+            .unwrap_or_else(|| panic!("no row {metric}: {results}"))
+    };
+    let failed = row("requests failed during two rollouts");
+    assert_eq!(failed["skiff"], 0.0, "{failed}");
+    assert_eq!(failed["goal_met"], true, "{failed}");
+    let ready = row("to all nodes Ready");
+    assert!(ready["skiff"].as_f64().unwrap() > 0.0, "{ready}");
+    assert!(ready["published_peer"].as_str().unwrap().contains("kind"));
+    // Benchmarks left out show as having no figure, not as zero.
+    assert!(row("durable creates/s")["skiff"].is_null());
+    let rolling = &results["results"]["rolling"];
+    assert!(rolling["ok"].as_u64().unwrap() > 0, "{rolling}");
+    assert_eq!(rolling["updates"].as_array().unwrap().len(), 2);
+    assert_png(&out.path().join("rolling-update.png"));
+
+    // The pod start latency plot comes from the pods benchmark.
+    let png = out.path().join("start.png");
+    let pods_json = out.path().join("pods.json");
+    let (ok, text) = skiff(&[
+        "bench",
+        "pods",
+        "--pods",
+        "40",
+        "--runs",
+        "1",
+        "--density",
+        "0",
+        "--png",
+        png.to_str().unwrap(),
+        "--json",
+        pods_json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let pods = json(&pods_json);
+    let cdf = pods["start_cdf_ms"].as_array().unwrap();
+    assert!(cdf.len() > 50, "{pods}");
+    assert!(cdf.last().unwrap()[1].as_f64().unwrap() > 0.0, "{pods}");
+    assert_png(&png);
+}
