@@ -5,6 +5,7 @@
 pub mod app;
 pub mod client;
 pub mod fields;
+pub mod metrics;
 pub mod module;
 pub mod patch;
 pub mod protobuf;

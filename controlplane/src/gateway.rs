@@ -68,7 +68,7 @@ pub struct Gateway {
     tunnels: Arc<crate::tunnel::Tunnels>,
     table: Mutex<Arc<RouteTable>>,
     next: Mutex<HashMap<String, usize>>,
-    metrics: crate::metrics::GatewayMetrics,
+    metrics: skiff_api::metrics::AppRequests,
 }
 
 impl Gateway {
@@ -76,7 +76,7 @@ impl Gateway {
     pub fn new(
         store: Arc<dyn Store>,
         tunnels: Arc<crate::tunnel::Tunnels>,
-        metrics: crate::metrics::GatewayMetrics,
+        metrics: skiff_api::metrics::AppRequests,
         stop: CancellationToken,
     ) -> Arc<Gateway> {
         let cache = |group: &str, plural: &str| {
@@ -290,7 +290,7 @@ async fn handle(State(gw): State<Arc<Gateway>>, mut request: Request) -> Respons
     let response = forward(&gw, request, &host, &namespace, &service)
         .instrument(span)
         .await;
-    gw.metrics.request(
+    gw.metrics.observe(
         &namespace,
         &service,
         response.status().as_u16(),
@@ -435,7 +435,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<dyn Store>,
     tunnels: Arc<crate::tunnel::Tunnels>,
-    metrics: crate::metrics::GatewayMetrics,
+    metrics: skiff_api::metrics::AppRequests,
     stop: CancellationToken,
 ) {
     use axum::serve::ListenerExt;

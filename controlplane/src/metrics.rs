@@ -24,6 +24,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use skiff_api::metrics::AppRequests;
+
 use crate::apiserver::SharedApi;
 use crate::store::StoreMetrics;
 
@@ -61,19 +63,6 @@ struct QueueLabels {
     name: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AppLabels {
-    namespace: String,
-    app: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AppCodeLabels {
-    namespace: String,
-    app: String,
-    code: String,
-}
-
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -92,11 +81,6 @@ fn attempt_histogram() -> Histogram {
 /// client-go's work-queue buckets: 1 µs to 10 s by powers of ten.
 fn work_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1e-6, 10.0, 8))
-}
-
-/// App request latency: 1 ms doubling to 32 s, fine enough for millisecond apps.
-fn app_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
 /// The scheduler's metrics; clones share the series.
@@ -140,39 +124,14 @@ pub struct QueueMetrics {
     pub work_duration: Option<Histogram>,
 }
 
-/// The gateway's per-app request metrics.
-#[derive(Clone)]
-pub struct GatewayMetrics {
-    requests: Family<AppCodeLabels, Counter>,
-    duration: Histograms<AppLabels>,
-}
-
-impl GatewayMetrics {
-    /// A request to an app answered `code` after `took` (to the response head).
-    pub fn request(&self, namespace: &str, app: &str, code: u16, took: Duration) {
-        self.requests
-            .get_or_create(&AppCodeLabels {
-                namespace: namespace.to_string(),
-                app: app.to_string(),
-                code: code.to_string(),
-            })
-            .inc();
-        self.duration
-            .get_or_create(&AppLabels {
-                namespace: namespace.to_string(),
-                app: app.to_string(),
-            })
-            .observe(took.as_secs_f64());
-    }
-}
-
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Histograms<LatencyLabels>,
     watchers: Family<WatchLabels, Gauge>,
     pub scheduler: SchedulerMetrics,
-    pub gateway: GatewayMetrics,
+    /// The gateway's requests, per app.
+    pub gateway: AppRequests,
     queue_depth: Family<QueueLabels, Gauge>,
     queue_adds: Family<QueueLabels, Counter>,
     queue_retries: Family<QueueLabels, Counter>,
@@ -265,20 +224,8 @@ impl Metrics {
             queue_work.clone(),
         );
 
-        let gateway = GatewayMetrics {
-            requests: Family::default(),
-            duration: Histograms::new_with_constructor(app_histogram),
-        };
-        registry.register(
-            "skiff_gateway_requests",
-            "Requests the gateway forwarded to an app, by namespace, app and HTTP code",
-            gateway.requests.clone(),
-        );
-        registry.register(
-            "skiff_gateway_request_duration_seconds",
-            "Time from a request's arrival to its response head, by app",
-            gateway.duration.clone(),
-        );
+        let gateway =
+            AppRequests::register(&mut registry, "skiff_gateway", "the gateway forwarded");
         Metrics {
             registry,
             requests,

@@ -13,6 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use skiff_api::metrics::{AppRequests, millisecond_histogram};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TierLabels {
@@ -27,30 +28,10 @@ struct ContainerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AppLabels {
-    namespace: String,
-    app: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AppCodeLabels {
-    namespace: String,
-    app: String,
-    code: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FaultLabels {
     namespace: String,
     app: String,
     reason: &'static str,
-}
-
-type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
-
-/// 1 ms doubling to 32 s: pod starts and app requests on this agent take milliseconds.
-fn fast_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
 pub struct Metrics {
@@ -63,8 +44,7 @@ pub struct Metrics {
     cache_misses: Counter,
     compile: Histogram,
     restarts: Family<ContainerLabels, Counter>,
-    http_requests: Family<AppCodeLabels, Counter>,
-    http_duration: Histograms<AppLabels>,
+    http: AppRequests,
     http_faults: Family<FaultLabels, Counter>,
 }
 
@@ -89,7 +69,7 @@ impl Metrics {
             "Pods this agent is running",
             pods.clone(),
         );
-        let pod_start = fast_histogram();
+        let pod_start = millisecond_histogram();
         registry.register(
             "kubelet_pod_start_duration_seconds",
             "Time from the agent first seeing a pod to all its containers running",
@@ -120,17 +100,10 @@ impl Metrics {
             "Restarts of a container of a pod running here",
             restarts.clone(),
         );
-        let http_requests = Family::<AppCodeLabels, Counter>::default();
-        registry.register(
-            "skiff_agent_http_requests",
-            "Requests served by the apps on this agent, by namespace, app and HTTP code",
-            http_requests.clone(),
-        );
-        let http_duration = Histograms::<AppLabels>::new_with_constructor(fast_histogram);
-        registry.register(
-            "skiff_agent_http_request_duration_seconds",
-            "Time from a request's arrival to its response head, by app",
-            http_duration.clone(),
+        let http = AppRequests::register(
+            &mut registry,
+            "skiff_agent_http",
+            "the apps on this agent answered",
         );
         let http_faults = Family::<FaultLabels, Counter>::default();
         registry.register(
@@ -148,8 +121,7 @@ impl Metrics {
             cache_misses,
             compile,
             restarts,
-            http_requests,
-            http_duration,
+            http,
             http_faults,
         }
     }
@@ -205,19 +177,7 @@ impl Metrics {
 
     /// An app answered a request `code` after `took` (to the response head).
     pub fn http_request(&self, namespace: &str, app: &str, code: u16, took: Duration) {
-        self.http_requests
-            .get_or_create(&AppCodeLabels {
-                namespace: namespace.to_string(),
-                app: app.to_string(),
-                code: code.to_string(),
-            })
-            .inc();
-        self.http_duration
-            .get_or_create(&AppLabels {
-                namespace: namespace.to_string(),
-                app: app.to_string(),
-            })
-            .observe(took.as_secs_f64());
+        self.http.observe(namespace, app, code, took);
     }
 
     /// A request's instance failed: `trap`, `memory` or `timeout`.
