@@ -56,20 +56,62 @@ impl AppRequests {
         metrics
     }
 
-    /// A request to an app answered `code` after `took`.
-    pub fn observe(&self, namespace: &str, app: &str, code: u16, took: Duration) {
-        self.requests
-            .get_or_create(&AppCodeLabels {
-                namespace: namespace.to_string(),
-                app: app.to_string(),
-                code: code.to_string(),
-            })
-            .inc();
-        self.duration
-            .get_or_create(&AppLabels {
-                namespace: namespace.to_string(),
-                app: app.to_string(),
-            })
-            .observe(took.as_secs_f64());
+    /// The series of one app, resolved once: what a server of many requests to one
+    /// app keeps, so a request costs no label allocation or map lookup.
+    pub fn app(&self, namespace: &str, app: &str) -> AppSeries {
+        AppSeries {
+            family: self.clone(),
+            namespace: namespace.to_string(),
+            app: app.to_string(),
+            duration: self
+                .duration
+                .get_or_create(&AppLabels {
+                    namespace: namespace.to_string(),
+                    app: app.to_string(),
+                })
+                .clone(),
+            codes: Default::default(),
+        }
+    }
+}
+
+/// One app's series (see [`AppRequests::app`]); its per-code counters are resolved on
+/// first use.
+pub struct AppSeries {
+    family: AppRequests,
+    namespace: String,
+    app: String,
+    duration: Histogram,
+    codes: std::sync::RwLock<Vec<(u16, Counter)>>,
+}
+
+impl AppSeries {
+    /// A request answered `code` after `took`.
+    pub fn observe(&self, code: u16, took: Duration) {
+        self.duration.observe(took.as_secs_f64());
+        let known = self
+            .codes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, counter)| counter.clone());
+        let counter = known.unwrap_or_else(|| {
+            let counter = self
+                .family
+                .requests
+                .get_or_create(&AppCodeLabels {
+                    namespace: self.namespace.clone(),
+                    app: self.app.clone(),
+                    code: code.to_string(),
+                })
+                .clone();
+            self.codes
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((code, counter.clone()));
+            counter
+        });
+        counter.inc();
     }
 }

@@ -69,6 +69,8 @@ pub struct Gateway {
     table: Mutex<Arc<RouteTable>>,
     next: Mutex<HashMap<String, usize>>,
     metrics: skiff_api::metrics::AppRequests,
+    /// Each app's series, resolved on its first request.
+    series: std::sync::RwLock<HashMap<(String, String), Arc<skiff_api::metrics::AppSeries>>>,
 }
 
 impl Gateway {
@@ -104,6 +106,7 @@ impl Gateway {
             table: Mutex::default(),
             next: Mutex::default(),
             metrics,
+            series: Default::default(),
         })
     }
 
@@ -284,19 +287,38 @@ async fn handle(State(gw): State<Arc<Gateway>>, mut request: Request) -> Respons
             format!("no app is routed at {host}{path}"),
         );
     };
+    // At debug level, as the agent's request span (see there).
     let span =
-        tracing::info_span!("gateway", request_id = %id, namespace = %namespace, app = %service);
+        tracing::debug_span!("gateway", request_id = %id, namespace = %namespace, app = %service);
     let started = std::time::Instant::now();
     let response = forward(&gw, request, &host, &namespace, &service)
         .instrument(span)
         .await;
-    gw.metrics.observe(
-        &namespace,
-        &service,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
+    gw.series(namespace, service)
+        .observe(response.status().as_u16(), started.elapsed());
     response
+}
+
+impl Gateway {
+    /// An app's request series.
+    fn series(&self, namespace: String, service: String) -> Arc<skiff_api::metrics::AppSeries> {
+        let key = (namespace, service);
+        if let Some(s) = self
+            .series
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return s.clone();
+        }
+        let series = Arc::new(self.metrics.app(&key.0, &key.1));
+        self.series
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_insert(series)
+            .clone()
+    }
 }
 
 /// Sends a routed request to a ready replica, trying the next when one cannot be

@@ -37,6 +37,8 @@ pub struct ServedPod {
     pub name: String,
     /// The app it serves, as metrics label it (see [`app_of`]).
     pub app: String,
+    /// Its app's request series in the agent's metrics.
+    pub requests: skiff_api::metrics::AppSeries,
     pub program: Arc<Program>,
     pub spec: HttpSpec,
     pub routes: Vec<Route>,

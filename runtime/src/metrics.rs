@@ -176,8 +176,9 @@ impl Metrics {
     }
 
     /// An app answered a request `code` after `took` (to the response head).
-    pub fn http_request(&self, namespace: &str, app: &str, code: u16, took: Duration) {
-        self.http.observe(namespace, app, code, took);
+    /// The request series of one app, for its pods to count into.
+    pub fn app_requests(&self, namespace: &str, app: &str) -> skiff_api::metrics::AppSeries {
+        self.http.app(namespace, app)
     }
 
     /// A request's instance failed: `trap`, `memory` or `timeout`.

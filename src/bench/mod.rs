@@ -89,9 +89,12 @@ impl SkiffProcess {
         args: &[&str],
         marker: &str,
     ) -> anyhow::Result<(SkiffProcess, String)> {
+        // Skiff's default log level, as users run it (spans included), unless the
+        // benchmark's caller sets another.
+        let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
         let mut child = tokio::process::Command::new(exe)
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

@@ -372,6 +372,7 @@ impl ContainerLoop {
             crate::wasm::FaultHook::new(move |kind| rt.metrics.http_fault(&namespace, &app, kind))
         };
         let served = Arc::new(crate::apps::ServedPod {
+            requests: self.rt.metrics.app_requests(&namespace, &app),
             namespace,
             name: self.pod.metadata.name.clone().unwrap_or_default(),
             app,
