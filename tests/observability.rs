@@ -159,6 +159,12 @@ async fn metrics_and_spans_follow_what_the_cluster_does() {
             "{series} < {min}:\n{server}"
         );
     }
+    // Every pod is bound: none waits to be tried.
+    assert_eq!(
+        sample(&server, r#"scheduler_pending_pods{queue="active"}"#),
+        Some(0.0),
+        "{server}"
+    );
 
     // The agent's, through the node proxy.
     let (code, agent) = api.text("/api/v1/nodes/dev-1/proxy/metrics").await;

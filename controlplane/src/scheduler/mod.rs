@@ -307,13 +307,10 @@ const BIND_CONCURRENCY: usize = 64;
 /// The outcome of one binding: pod key, node, success.
 type BindResult = (String, String, bool);
 
-/// Publishes how many pods wait, and where.
-fn publish_pending(api: &ApiServer, pending: usize, backoff: &HashMap<String, Backoff>) {
+/// Pods waiting in back-off now.
+fn backing_off(backoff: &HashMap<String, Backoff>) -> usize {
     let now = Instant::now();
-    let waiting = backoff.values().filter(|b| b.not_before > now).count();
-    api.metrics
-        .scheduler
-        .pending(pending.saturating_sub(waiting), waiting);
+    backoff.values().filter(|b| b.not_before > now).count()
 }
 
 /// What the scheduler carries from pass to pass.
@@ -379,7 +376,10 @@ async fn schedule_pass(api: &Arc<ApiServer>, nodes: &Cache, pods: &Cache, state:
     }
     let keys: std::collections::HashSet<String> = pending.iter().map(|p| pod_key(p)).collect();
     backoff.retain(|k, _| keys.contains(k));
-    publish_pending(api, pending.len(), backoff);
+    // Pods this pass will try (the "active" queue) count down as it tries them.
+    let waiting = backing_off(backoff);
+    let mut active = pending.len().saturating_sub(waiting);
+    api.metrics.scheduler.pending(active, waiting);
     if pending.is_empty() {
         return;
     }
@@ -394,6 +394,8 @@ async fn schedule_pass(api: &Arc<ApiServer>, nodes: &Cache, pods: &Cache, state:
             continue;
         }
         let attempt = Instant::now();
+        active = active.saturating_sub(1);
+        api.metrics.scheduler.pending(active, waiting);
         let info = PodInfo::from_pod(pod);
         let owner = view.owner_id(costs.of(pod).owner.as_ref());
         let mut reasons: BTreeMap<Cow<'static, str>, u32> = BTreeMap::new();
@@ -458,6 +460,7 @@ async fn schedule_pass(api: &Arc<ApiServer>, nodes: &Cache, pods: &Cache, state:
             }
         }
     }
+    api.metrics.scheduler.pending(0, backing_off(backoff));
 }
 
 /// Writes a binding and records Scheduled; false if it lost a race or failed.
