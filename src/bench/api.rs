@@ -263,20 +263,12 @@ async fn measure_watch(
         tasks.spawn(async move {
             let mut lat = Latencies::new();
             let mut seen = 0usize;
-            let mut buf: Vec<u8> = Vec::new();
-            let mut body = resp.bytes_stream();
-            let deadline = tokio::time::sleep(Duration::from_secs(120));
-            tokio::pin!(deadline);
+            let mut lines = super::WatchLines::new(resp);
             while seen < expected {
-                let chunk = tokio::select! {
-                    c = body.next() => c,
-                    _ = &mut deadline => None,
+                let Some((now, batch)) = lines.next(Duration::from_secs(120)).await else {
+                    break;
                 };
-                let Some(Ok(chunk)) = chunk else { break };
-                let now = Instant::now();
-                buf.extend_from_slice(&chunk);
-                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                for line in batch {
                     for name in sys_ref.names_in(&line) {
                         if let Some(i) = name
                             .strip_prefix("w-")

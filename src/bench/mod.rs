@@ -157,3 +157,38 @@ fn write_json(path: Option<&PathBuf>, value: &serde_json::Value) -> anyhow::Resu
     }
     Ok(())
 }
+
+/// A watch response read as it arrives: each chunk's complete lines (one event each),
+/// stamped with when the chunk arrived.
+pub(crate) struct WatchLines {
+    response: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl WatchLines {
+    pub(crate) fn new(response: reqwest::Response) -> WatchLines {
+        WatchLines {
+            response,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The lines completed by the next chunk, and when it arrived; `None` once the
+    /// stream ends, fails, or is silent for `idle`.
+    pub(crate) async fn next(
+        &mut self,
+        idle: Duration,
+    ) -> Option<(std::time::Instant, Vec<Vec<u8>>)> {
+        let chunk = tokio::time::timeout(idle, self.response.chunk())
+            .await
+            .ok()?
+            .ok()??;
+        let now = std::time::Instant::now();
+        self.buf.extend_from_slice(&chunk);
+        let mut lines = Vec::new();
+        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+            lines.push(self.buf.drain(..=pos).collect());
+        }
+        Some((now, lines))
+    }
+}

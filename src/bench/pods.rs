@@ -87,18 +87,12 @@ async fn start_latencies(
     let watcher = tokio::spawn(async move {
         let mut lat = Latencies::new();
         let mut done = std::collections::HashSet::new();
-        let mut body = watch.bytes_stream();
-        let mut buf = Vec::new();
+        let mut lines = super::WatchLines::new(watch);
         while done.len() < total {
-            let Ok(Some(Ok(chunk))) =
-                tokio::time::timeout(Duration::from_secs(120), body.next()).await
-            else {
+            let Some((now, batch)) = lines.next(Duration::from_secs(120)).await else {
                 break;
             };
-            let now = Instant::now();
-            buf.extend_from_slice(&chunk);
-            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
+            for line in batch {
                 let Ok(e) = serde_json::from_slice::<Value>(&line) else {
                     continue;
                 };
