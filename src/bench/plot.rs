@@ -47,6 +47,31 @@ fn font() -> anyhow::Result<()> {
 type Chart<'a, 'b> =
     ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
+/// A titled chart on `root` with its axes and grid drawn: each axis is its range and
+/// its description.
+fn axes<'a, 'b: 'a>(
+    root: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+    x: (std::ops::Range<f64>, &str),
+    y: (std::ops::Range<f64>, &str),
+) -> anyhow::Result<Chart<'a, 'b>> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, (FONT, 24))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(72)
+        .build_cartesian_2d(x.0, y.0)?;
+    chart
+        .configure_mesh()
+        .x_desc(x.1)
+        .y_desc(y.1)
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .label_style((FONT, 16))
+        .axis_desc_style((FONT, 18))
+        .draw()?;
+    Ok(chart)
+}
+
 /// Draws the legend and writes the file.
 fn finish<'a, 'b: 'a>(
     chart: &mut Chart<'a, 'b>,
@@ -92,20 +117,15 @@ pub fn latency_cdf(path: &Path, title: &str, series: &[Distribution]) -> anyhow:
     }
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, (FONT, 24))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.0..max_ms * 1.05, 0.0..100.0)?;
-    chart
-        .configure_mesh()
-        .x_desc("create to Running, seen through a watch (ms)")
-        .y_desc("pods started (%)")
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .label_style((FONT, 16))
-        .axis_desc_style((FONT, 18))
-        .draw()?;
+    let mut chart = axes(
+        &root,
+        title,
+        (
+            0.0..max_ms * 1.05,
+            "create to Running, seen through a watch (ms)",
+        ),
+        (0.0..100.0, "pods started (%)"),
+    )?;
     for (i, s) in series.iter().enumerate() {
         let c = colour(i);
         chart
@@ -145,20 +165,12 @@ pub fn throughput(
         * 1.15;
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, (FONT, 24))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(72)
-        .build_cartesian_2d(0.0..end, 0.0..top)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .y_desc("requests/s")
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .label_style((FONT, 16))
-        .axis_desc_style((FONT, 18))
-        .draw()?;
+    let mut chart = axes(
+        &root,
+        title,
+        (0.0..end, "seconds"),
+        (0.0..top, "requests/s"),
+    )?;
     for (from, to, label) in updates {
         chart.draw_series(std::iter::once(Rectangle::new(
             [(*from, 0.0), (to.max(from + end / 500.0), top)],
