@@ -261,6 +261,82 @@ struct ServerArgs {
     /// Another DNS name or IP address the serving certificate covers (repeatable).
     #[arg(long = "tls-san")]
     tls_sans: Vec<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The first server's URL, when this one joins a cluster on etcd: it must present
+    /// the CA that --token pins.
+    #[arg(long, requires = "token")]
+    join: Option<String>,
+    /// The first server's DIR/server-token (`K10<CA hash>::server:<secret>`), to join
+    /// its cluster on etcd: it opens the cluster's shared secrets there.
+    #[arg(long, env = "SKIFF_SERVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The address agents, clients and the other servers reach this server at
+    /// (default: the listen address, or this host's outbound address for 0.0.0.0).
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
+    /// How long a leader's Lease lasts without renewal before another server takes
+    /// over (whole seconds; default 15s on redb, 1s on etcd, where servers fail over).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    leader_elect_lease_duration: Option<Duration>,
+    /// A leader that cannot renew for this long stops leading; shorter than the lease
+    /// (default 10s on redb, 700ms on etcd).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    leader_elect_renew_deadline: Option<Duration>,
+    /// How often the leader renews and candidates try (default 2s on redb, 200ms on etcd).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    leader_elect_retry_period: Option<Duration>,
+}
+
+/// Where a server keeps the cluster: redb in its data directory, or etcd.
+#[cfg(feature = "server")]
+#[derive(clap::Args, Clone)]
+pub struct StoreArgs {
+    /// The store: `redb` (one file in --data-dir; one server) or `etcd` (shared by
+    /// several servers).
+    #[arg(long, value_enum, default_value_t = StoreKind::Redb)]
+    store: StoreKind,
+    /// etcd client URLs, comma-separated (http:// or https://).
+    #[arg(long, value_delimiter = ',', required_if_eq("store", "etcd"))]
+    etcd_endpoints: Vec<String>,
+    /// The CA that signed etcd's certificates.
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// A client certificate for etcd (with --etcd-keyfile).
+    #[arg(long, requires = "etcd_keyfile")]
+    etcd_certfile: Option<PathBuf>,
+    #[arg(long, requires = "etcd_certfile")]
+    etcd_keyfile: Option<PathBuf>,
+    /// The key prefix this cluster lives under in etcd.
+    #[arg(long, default_value = "/skiff")]
+    etcd_prefix: String,
+}
+
+#[cfg(feature = "server")]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    Redb,
+    Etcd,
+}
+
+#[cfg(feature = "server")]
+impl StoreArgs {
+    pub fn config(&self) -> skiff_controlplane::server::StoreConfig {
+        use skiff_controlplane::server::StoreConfig;
+        use skiff_controlplane::store::etcd::{EtcdConfig, EtcdOptions};
+        match self.store {
+            StoreKind::Redb => StoreConfig::Redb,
+            StoreKind::Etcd => StoreConfig::Etcd(EtcdOptions {
+                config: EtcdConfig {
+                    endpoints: self.etcd_endpoints.clone(),
+                    ca_file: self.etcd_cafile.clone(),
+                    cert_file: self.etcd_certfile.clone(),
+                    key_file: self.etcd_keyfile.clone(),
+                },
+                prefix: self.etcd_prefix.clone(),
+            }),
+        }
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -300,6 +376,26 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     config.api.default_toleration_seconds = args.default_toleration_seconds;
     config.gateway = args.gateway;
     config.tls_sans = args.tls_sans;
+    config.store = args.store.config();
+    config.join_token = args.token;
+    config.join_url = args.join;
+    config.advertise_address = args.advertise_address;
+    if args.store.store == StoreKind::Etcd {
+        config.leader = skiff_controlplane::leader::LeaderConfig::for_failover("");
+    }
+    if let Some(d) = args.leader_elect_lease_duration {
+        config.leader.lease_duration = d;
+    }
+    if let Some(d) = args.leader_elect_renew_deadline {
+        config.leader.renew_deadline = d;
+    }
+    if let Some(d) = args.leader_elect_retry_period {
+        config.leader.retry_period = d;
+    }
+    anyhow::ensure!(
+        config.leader.renew_deadline < config.leader.lease_duration,
+        "--leader-elect-renew-deadline must be shorter than --leader-elect-lease-duration"
+    );
     let server = Server::start(config).await.context("starting the server")?;
     if let Some(url) = &server.gateway_url {
         println!("gateway: {url}");
@@ -308,6 +404,10 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     println!("api: {}", server.api_url);
     println!("kubeconfig: {}", server.kubeconfig.display());
     println!("node token: {}", args.data_dir.join("node-token").display());
+    let server_token = args.data_dir.join("server-token");
+    if server_token.exists() {
+        println!("server token: {}", server_token.display());
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;

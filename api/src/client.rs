@@ -197,18 +197,36 @@ pub enum JoinError {
     Refused(String),
 }
 
-/// Joins the cluster at `server` as node `node` with a join token: fetches the server's
-/// CA, checks it against the hash the token pins, and trades the token for a credential
-/// of this node. Returns a kubeconfig for that credential.
-pub async fn join(server: &str, join_token: &str, node: &str) -> Result<String, JoinError> {
-    let join = crate::token::JoinToken::parse(join_token).map_err(JoinError::BadToken)?;
+/// The API server URLs a `kubernetes` Endpoints object lists (`https://IP:PORT`), the
+/// way every server publishes the live ones in `default/kubernetes`.
+pub fn endpoints_urls(endpoints: &serde_json::Value) -> Vec<String> {
+    let mut urls = Vec::new();
+    for subset in endpoints["subsets"].as_array().into_iter().flatten() {
+        for address in subset["addresses"].as_array().into_iter().flatten() {
+            for port in subset["ports"].as_array().into_iter().flatten() {
+                if let (Some(ip), Some(port)) = (address["ip"].as_str(), port["port"].as_u64()) {
+                    let host = if ip.contains(':') {
+                        format!("[{ip}]")
+                    } else {
+                        ip.to_string()
+                    };
+                    urls.push(format!("https://{host}:{port}"));
+                }
+            }
+        }
+    }
+    urls
+}
+
+/// The CA certificate a server presents at `/cacerts`, fetched without verification and
+/// then checked against `ca_hash` (what a `K10…` token pins), as k3s agents do.
+pub async fn fetch_pinned_ca(server: &str, ca_hash: &str) -> Result<String, JoinError> {
     let server = server.trim_end_matches('/');
     let unreachable = |source| JoinError::Unreachable {
         url: server.to_string(),
         source,
     };
-    // Nothing is trusted yet: the CA is fetched without verification and then checked
-    // against the token, as k3s agents do.
+    // Nothing is trusted yet: the CA is checked against the token below.
     let insecure = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
         .build()
@@ -223,12 +241,26 @@ pub async fn join(server: &str, join_token: &str, node: &str) -> Result<String, 
         .await
         .map_err(unreachable)?;
     let got = crate::token::ca_hash(&ca_pem);
-    if got != join.ca_hash {
+    if got != ca_hash {
         return Err(JoinError::CaMismatch {
-            expected: join.ca_hash,
+            expected: ca_hash.to_string(),
             got,
         });
     }
+    Ok(ca_pem)
+}
+
+/// Joins the cluster at `server` as node `node` with a join token: fetches the server's
+/// CA, checks it against the hash the token pins, and trades the token for a credential
+/// of this node. Returns a kubeconfig for that credential.
+pub async fn join(server: &str, join_token: &str, node: &str) -> Result<String, JoinError> {
+    let join = crate::token::JoinToken::parse(join_token).map_err(JoinError::BadToken)?;
+    let server = server.trim_end_matches('/');
+    let unreachable = |source| JoinError::Unreachable {
+        url: server.to_string(),
+        source,
+    };
+    let ca_pem = fetch_pinned_ca(server, &join.ca_hash).await?;
     let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).map_err(JoinError::BadCa)?;
     let pinned = reqwest::Client::builder()
         .tls_built_in_root_certs(false)

@@ -208,6 +208,58 @@ impl JoinToken {
     }
 }
 
+/// A server token, `K10<CA hash>::server:<secret>` (k3s's form): what a further server
+/// joins a cluster with. It pins the CA as a join token does, and its secret is the key
+/// the cluster's bootstrap data (CA and tokens) is encrypted with in the shared store.
+/// It is not a bearer token: the API does not accept it, and an agent's join token does
+/// not open the bootstrap data.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerToken {
+    pub ca_hash: String,
+    pub secret: String,
+}
+
+impl fmt::Debug for ServerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServerToken(K10{}::server:…)", self.ca_hash)
+    }
+}
+
+impl fmt::Display for ServerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "K10{}::server:{}", self.ca_hash, self.secret)
+    }
+}
+
+impl ServerToken {
+    pub fn generate(ca_hash: &str) -> ServerToken {
+        ServerToken {
+            ca_hash: ca_hash.to_string(),
+            secret: random(SECRET_LEN),
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<ServerToken, String> {
+        let rest = s
+            .trim()
+            .strip_prefix("K10")
+            .ok_or("a server token starts with K10")?;
+        let (ca_hash, secret) = rest.split_once("::server:").ok_or(
+            "a server token is K10<CA hash>::server:<secret> (the first server's DIR/server-token)",
+        )?;
+        if ca_hash.len() != 64 || !ca_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("the CA hash of a server token is 64 hex digits".into());
+        }
+        if !valid_part(secret, SECRET_LEN) {
+            return Err("the secret of a server token is 32 letters and digits".into());
+        }
+        Ok(ServerToken {
+            ca_hash: ca_hash.to_ascii_lowercase(),
+            secret: secret.to_string(),
+        })
+    }
+}
+
 /// The hash a join token carries for a CA certificate in PEM form.
 pub fn ca_hash(ca_pem: &str) -> String {
     hex::encode(Sha256::digest(ca_pem.as_bytes()))
@@ -247,6 +299,23 @@ mod tests {
             !format!("{t:?}").contains(&t.secret),
             "Debug hides the secret"
         );
+    }
+
+    #[test]
+    fn server_tokens_are_not_join_tokens() {
+        let s = ServerToken::generate(&ca_hash("ca"));
+        let text = s.to_string();
+        assert_eq!(ServerToken::parse(&text), Ok(s.clone()));
+        assert!(
+            JoinToken::parse(&text).is_err(),
+            "a server token is not a join token"
+        );
+        let join = JoinToken {
+            ca_hash: ca_hash("ca"),
+            token: Token::generate(),
+        };
+        assert!(ServerToken::parse(&join.to_string()).is_err());
+        assert!(!format!("{s:?}").contains(&s.secret));
     }
 
     #[test]

@@ -110,8 +110,8 @@ impl Cache {
         stop: &CancellationToken,
     ) -> Result<(), StoreError> {
         let everything = |_: &Value| true;
-        let page = store.list(ListRequest::all(prefix, &everything))?;
-        let mut watch = store.watch(prefix, page.rev)?;
+        let page = store.list(ListRequest::all(prefix, &everything)).await?;
+        let mut watch = store.watch(prefix, page.rev).await?;
         {
             let mut objects = self.objects.write().unwrap_or_else(|p| p.into_inner());
             *objects = page.items.into_iter().map(|s| (s.key, s.object)).collect();

@@ -11,7 +11,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::apiserver::{self, ApiConfig, ApiServer, ModuleBlobs};
+use crate::cluster::bootstrap::{self, Joined};
 use crate::lifecycle;
+use crate::store::etcd::{EtcdOptions, EtcdStore, blobs::EtcdBlobs};
 use crate::store::redb::RedbStore;
 use crate::store::{Retention, Store, StoreError, WriteOp};
 
@@ -19,9 +21,27 @@ use crate::store::{Retention, Store, StoreError, WriteOp};
 pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
 
+/// Which store holds the cluster.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// One redb file in the data directory (the default; one server).
+    Redb,
+    /// An etcd cluster, which several servers share.
+    Etcd(EtcdOptions),
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
+    pub store: StoreConfig,
+    /// A further server of an etcd cluster: the first server's `DIR/server-token`.
+    pub join_token: Option<String>,
+    /// A further server's `--join URL`: checked to present the CA the token pins.
+    pub join_url: Option<String>,
+    /// The address other servers, agents and clients reach this one at (published in
+    /// the `kubernetes` Endpoints); default: the listen address, or this host's
+    /// outbound address when listening on a wildcard.
+    pub advertise_address: Option<std::net::IpAddr>,
     pub listen: SocketAddr,
     pub api: ApiConfig,
     pub retention: Retention,
@@ -43,6 +63,10 @@ impl ServerConfig {
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> ServerConfig {
         ServerConfig {
             data_dir: data_dir.into(),
+            store: StoreConfig::Redb,
+            join_token: None,
+            join_url: None,
+            advertise_address: None,
             listen,
             api: ApiConfig::default(),
             retention: Retention::default(),
@@ -84,6 +108,8 @@ pub enum ServerError {
     Pki(#[from] crate::auth::pki::PkiError),
     #[error("setting up the server's tokens")]
     Tokens(#[source] std::io::Error),
+    #[error("sharing the cluster's secrets through etcd")]
+    Bootstrap(#[from] bootstrap::BootstrapError),
     #[error("writing {path}")]
     KubeconfigWriteFailed {
         path: PathBuf,
@@ -92,14 +118,21 @@ pub enum ServerError {
     },
 }
 
-/// The loops a leader runs: scheduler, controllers, pod reaper and namespace cleaner,
-/// until `term` ends.
+/// The loops a leader runs: scheduler, controllers, pod reaper, namespace cleaner and
+/// compaction, until `term` ends.
 async fn run_leader_loops(
     api: Arc<ApiServer>,
     controllers: crate::controllers::ControllerConfig,
+    compaction: (Retention, Duration),
     term: CancellationToken,
 ) {
     let mut set = JoinSet::new();
+    set.spawn(compact_periodically(
+        api.store.clone(),
+        compaction.0,
+        compaction.1,
+        term.clone(),
+    ));
     set.spawn(lifecycle::run_pod_reaper(api.store.clone(), term.clone()));
     set.spawn(lifecycle::run_namespace_cleaner(api.clone(), term.clone()));
     set.spawn(crate::scheduler::run_scheduler(api.clone(), term.clone()));
@@ -140,7 +173,7 @@ pub struct Server {
     pub gateway_url: Option<String>,
     pub kubeconfig: PathBuf,
     api: Arc<ApiServer>,
-    store: Arc<RedbStore>,
+    store: Arc<dyn Store>,
     stop_loops: CancellationToken,
     loops: JoinSet<()>,
     http: tokio::task::JoinHandle<()>,
@@ -157,9 +190,28 @@ impl Server {
                 source,
             }
         })?;
-        let store = RedbStore::open(&config.data_dir.join("store.redb"))
-            .map_err(ServerError::StoreOpenFailed)?;
-        bootstrap(&*store)
+        let (store, etcd, joined) = match &config.store {
+            StoreConfig::Redb => {
+                let store = RedbStore::open(&config.data_dir.join("store.redb"))
+                    .map_err(ServerError::StoreOpenFailed)?;
+                (store as Arc<dyn Store>, None, Joined::First)
+            }
+            StoreConfig::Etcd(options) => {
+                let etcd = EtcdStore::open(options)
+                    .await
+                    .map_err(ServerError::StoreOpenFailed)?;
+                let joined = bootstrap::prepare(
+                    &etcd,
+                    &config.data_dir,
+                    config.join_token.as_deref(),
+                    config.join_url.as_deref(),
+                )
+                .await?;
+                (etcd.clone() as Arc<dyn Store>, Some(etcd), joined)
+            }
+        };
+        write_store_config(&config.data_dir, &config.store)?;
+        bootstrap_namespaces(&*store)
             .await
             .map_err(ServerError::BootstrapFailed)?;
 
@@ -176,9 +228,17 @@ impl Server {
                 source,
             })?;
         let api_url = format!("https://{addr}");
+        let advertise = SocketAddr::new(
+            config
+                .advertise_address
+                .unwrap_or_else(|| advertise_ip(addr.ip())),
+            addr.port(),
+        );
+        let mut sans = config.tls_sans.clone();
+        sans.push(advertise.ip().to_string());
         let pki = crate::auth::pki::load_or_create(
             &config.data_dir.join("tls"),
-            &crate::auth::pki::default_sans(addr, &config.tls_sans),
+            &crate::auth::pki::default_sans(addr, &sans),
         )?;
 
         let gateway = match config.gateway {
@@ -199,8 +259,14 @@ impl Server {
         api_config.advertise_address = addr.to_string();
         api_config.gateway_url = gateway_url.clone();
         let api = Arc::new(ApiServer {
-            store: store.clone() as Arc<dyn Store>,
-            modules: ModuleBlobs::new(apiserver_blob_dir(&config.data_dir)),
+            store: store.clone(),
+            modules: match &etcd {
+                Some(etcd) => ModuleBlobs::shared(
+                    apiserver_blob_dir(&config.data_dir),
+                    EtcdBlobs::new(etcd.client().clone(), etcd.layout().clone()),
+                ),
+                None => ModuleBlobs::new(apiserver_blob_dir(&config.data_dir)),
+            },
             config: api_config,
             shutdown: CancellationToken::new(),
             tunnels: Default::default(),
@@ -217,17 +283,15 @@ impl Server {
         }
         let controllers = config.controllers.clone();
         let leading_api = api.clone();
+        let compaction = (config.retention, config.compact_interval);
+        let identity = leader.identity.clone();
         loops.spawn(crate::leader::run(
             api.clone(),
             leader,
             stop_loops.clone(),
-            move |term| run_leader_loops(leading_api.clone(), controllers.clone(), term),
-        ));
-        loops.spawn(compact_periodically(
-            api.store.clone(),
-            config.retention,
-            config.compact_interval,
-            stop_loops.clone(),
+            move |term| {
+                run_leader_loops(leading_api.clone(), controllers.clone(), compaction, term)
+            },
         ));
 
         if let Some((listener, url)) = gateway {
@@ -244,6 +308,16 @@ impl Server {
         let (admin, join) = crate::auth::ensure_tokens(&api, &config.data_dir, &pki.ca_hash())
             .await
             .map_err(ServerError::Tokens)?;
+        if let (Some(etcd), Joined::First) = (&etcd, &joined) {
+            bootstrap::publish(etcd, &config.data_dir).await?;
+            tracing::info!(path = %config.data_dir.join("server-token").display(), "further servers join with the server token");
+        }
+        loops.spawn(crate::cluster::endpoints::run(
+            api.clone(),
+            identity,
+            advertise,
+            stop_loops.clone(),
+        ));
         let app = apiserver::router(api.clone())
             .merge(crate::auth::routes(api.clone(), pki.ca_pem.clone()))
             .merge(crate::tunnel::routes(api.clone()))
@@ -299,8 +373,7 @@ impl Server {
         }
         self.stop_loops.cancel();
         while self.loops.join_next().await.is_some() {}
-        let store = self.store.clone();
-        let _ = tokio::task::spawn_blocking(move || store.shutdown()).await;
+        self.store.close().await;
         tracing::info!("server stopped");
     }
 
@@ -313,12 +386,47 @@ fn apiserver_blob_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("modules")
 }
 
+/// The address to publish for a server listening on `listen`: the listen address, or
+/// for a wildcard the address this host would send from (found by connecting a UDP
+/// socket, which sends nothing), or loopback if there is none.
+fn advertise_ip(listen: std::net::IpAddr) -> std::net::IpAddr {
+    if !listen.is_unspecified() {
+        return listen;
+    }
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("192.0.2.1:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+}
+
+/// `DIR/store.json`: which store this server uses, so `skiff backup --data-dir DIR`
+/// and `skiff restore` reach the same one.
+fn write_store_config(data_dir: &Path, store: &StoreConfig) -> Result<(), ServerError> {
+    let value = match store {
+        StoreConfig::Redb => json!({"store": "redb"}),
+        StoreConfig::Etcd(o) => json!({
+            "store": "etcd",
+            "endpoints": o.config.endpoints,
+            "prefix": o.prefix,
+            "caFile": o.config.ca_file,
+            "certFile": o.config.cert_file,
+            "keyFile": o.config.key_file,
+        }),
+    };
+    let path = data_dir.join("store.json");
+    skiff_api::client::write_file(&path, &format!("{value:#}\n"), 0o644)
+        .map_err(|source| ServerError::IdentityUnusable { path, source })
+}
+
 /// Creates the system namespaces if they are missing.
-pub(crate) async fn bootstrap(store: &dyn Store) -> Result<(), StoreError> {
+pub(crate) async fn bootstrap_namespaces(store: &dyn Store) -> Result<(), StoreError> {
     let info = skiff_api::resources::lookup("", "v1", "namespaces").expect("namespaces are served");
     for name in SYSTEM_NAMESPACES {
         let key = info.key(None, name);
-        if store.get(&key)?.is_some() {
+        if store.get(&key).await?.is_some() {
             continue;
         }
         let object = json!({

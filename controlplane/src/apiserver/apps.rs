@@ -61,7 +61,7 @@ pub(crate) async fn deploy(
     let info = target.info;
     let ns = target.namespace.as_deref();
     let name = target.name();
-    let existing = internal::get(api, info, ns, name)?;
+    let existing = internal::get(api, info, ns, name).await?;
     let (code, app) = match existing {
         None => {
             let mut spec = json!({"module": digest, "replicas": replicas.unwrap_or(1)});
@@ -126,8 +126,9 @@ async fn wait_until_serving(
     let name = target.name();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let app =
-            internal::get(api, info, ns, name)?.ok_or_else(|| ApiError::not_found(info, name))?;
+        let app = internal::get(api, info, ns, name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(info, name))?;
         if is_serving(&app, digest) {
             return Ok(app);
         }

@@ -152,7 +152,7 @@ async fn check_namespace_active(api: &ApiServer, target: &Target, name: &str) ->
         return Ok(());
     };
     let key = namespace_info().key(None, ns);
-    match api.store.get(&key)? {
+    match api.store.get(&key).await? {
         Some(stored) if objects::is_deleting(&stored.object) => Err(ApiError::Forbidden(format!(
             "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
             target.info.qualified_plural()
@@ -275,18 +275,19 @@ pub(crate) async fn get(
     query: &Query,
     headers: &HeaderMap,
 ) -> ApiResult<Response> {
-    let stored = get_stored(api, target.info, &target.key(), target.name())?;
+    let stored = get_stored(api, target.info, &target.key(), target.name()).await?;
     super::tables::respond(target.info, headers, query, &stored.object, false)
 }
 
-pub(crate) fn get_stored(
+pub(crate) async fn get_stored(
     api: &ApiServer,
     info: &'static ResourceInfo,
     key: &str,
     name: &str,
 ) -> ApiResult<Stored> {
     api.store
-        .get(key)?
+        .get(key)
+        .await?
         .ok_or_else(|| ApiError::not_found(info, name))
 }
 
@@ -395,6 +396,7 @@ pub(crate) async fn list(
             limit,
             filter: &filter,
         })
+        .await
         .map_err(|e| match e {
             StoreError::Compacted { .. } if query.get("continue").is_some() => ApiError::Expired(
                 "The provided continue parameter is too old to display a consistent list result. \
@@ -550,7 +552,7 @@ where
     let key = target.key();
     let name = target.name();
     for _ in 0..MAX_UPDATE_RETRIES {
-        let current = get_stored(api, info, &key, name)?;
+        let current = get_stored(api, info, &key, name).await?;
         let (desired, precondition) = mutate(&current)?;
         // A uid in the object is a precondition too: it must still be the same object.
         let (want_uid, have_uid) = (
@@ -817,7 +819,7 @@ pub async fn delete_object(
     }
     let key = info.key(namespace, name);
     for _ in 0..MAX_UPDATE_RETRIES {
-        let current = get_stored(api, info, &key, name)?;
+        let current = get_stored(api, info, &key, name).await?;
         let obj = &*current.object;
         if let Some(uid) = &opts.precondition_uid {
             let actual = objects::meta_str(obj, "uid").unwrap_or_default();
@@ -1007,7 +1009,7 @@ pub(crate) async fn delete_collection(
     let selectors = Selectors::from_query(info, query)?;
     let prefix = info.namespace_prefix(target.namespace.as_deref());
     let filter = |obj: &Value| selectors.matches(obj);
-    let page = api.store.list(ListRequest::all(&prefix, &filter))?;
+    let page = api.store.list(ListRequest::all(&prefix, &filter)).await?;
     let mut items = Vec::new();
     for item in page.items {
         let name = objects::name(&item.object).to_string();

@@ -25,7 +25,7 @@ fn target(
 }
 
 /// The stored object, if there is one.
-pub fn get(
+pub async fn get(
     api: &ApiServer,
     info: &'static ResourceInfo,
     namespace: Option<&str>,
@@ -34,6 +34,7 @@ pub fn get(
     Ok(api
         .store
         .get(&info.key(namespace, name))
+        .await
         .map_err(|e| super::error::ApiError::from_store(e, info, name))?
         .map(|stored| (*stored.object).clone()))
 }

@@ -54,7 +54,7 @@ fn choose_container(pod: &Value, name: &str, query: &Query) -> ApiResult<String>
 
 pub(crate) async fn proxy(api: &ApiServer, target: &Target, query: &Query) -> ApiResult<Response> {
     let name = target.name();
-    let pod = get_stored(api, target.info, &target.key(), name)?;
+    let pod = get_stored(api, target.info, &target.key(), name).await?;
     let container = choose_container(&pod.object, name, query)?;
     let node_name = pod
         .object
@@ -101,7 +101,7 @@ pub(crate) async fn proxy(api: &ApiServer, target: &Target, query: &Query) -> Ap
             .map_err(ApiError::internal);
     }
     let nodes = resources::lookup("", "v1", "nodes").expect("nodes are served");
-    let node = get_stored(api, nodes, &nodes.key(None, node_name), node_name)?;
+    let node = get_stored(api, nodes, &nodes.key(None, node_name), node_name).await?;
     let endpoint = objects::agent_address(&node.object).ok_or_else(|| {
         ApiError::BadRequest(format!(
             "node {node_name} has no reachable address for logs"

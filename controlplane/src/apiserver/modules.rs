@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -13,6 +14,8 @@ use skiff_api::module::{self, Module, ModuleType};
 use skiff_api::resources::{self, ResourceInfo};
 use skiff_api::validation::{FieldError, FieldErrorType};
 
+use crate::store::etcd::blobs::EtcdBlobs;
+
 use super::error::{ApiError, ApiResult, Subject};
 use super::request::{self, json_response};
 use super::{ApiServer, Target};
@@ -21,10 +24,13 @@ fn modules_info() -> &'static ResourceInfo {
     resources::lookup(module::GROUP, module::VERSION, "modules").expect("modules are served")
 }
 
-/// Content-addressed blob files: `DIR/sha256/<hex>`.
-#[derive(Debug, Clone)]
+/// Where module bytes live: content-addressed files, `DIR/sha256/<hex>`, and, when the
+/// cluster's store is etcd, chunks in etcd that every server shares (the files are then
+/// this server's copy of them).
+#[derive(Clone)]
 pub struct ModuleBlobs {
     dir: PathBuf,
+    shared: Option<EtcdBlobs>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,20 +41,56 @@ pub enum BlobError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reading module blob {path}")]
+    ReadFailed {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Shared(#[from] crate::store::etcd::blobs::BlobError),
 }
 
 impl ModuleBlobs {
+    /// Blobs in files under `dir` only (the redb store).
     pub fn new(dir: impl Into<PathBuf>) -> ModuleBlobs {
-        ModuleBlobs { dir: dir.into() }
+        ModuleBlobs {
+            dir: dir.into(),
+            shared: None,
+        }
+    }
+
+    /// Blobs in etcd, with this server's copies under `dir`.
+    pub fn shared(dir: impl Into<PathBuf>, etcd: EtcdBlobs) -> ModuleBlobs {
+        ModuleBlobs {
+            dir: dir.into(),
+            shared: Some(etcd),
+        }
     }
 
     fn path(&self, hex: &str) -> PathBuf {
         self.dir.join("sha256").join(hex)
     }
 
-    /// Writes a blob durably: to a temporary file, fsynced, renamed into place, and the
-    /// directory fsynced, so an acknowledged upload survives a crash whole or not at all.
-    pub fn put(&self, hex: &str, bytes: &[u8]) -> Result<(), BlobError> {
+    /// Stores a blob durably: in etcd first when shared, then as this server's file.
+    pub async fn put(&self, hex: &str, bytes: Arc<Vec<u8>>) -> Result<(), BlobError> {
+        if let Some(shared) = &self.shared {
+            shared.put(hex, &bytes).await?;
+        }
+        let files = self.clone();
+        let hex = hex.to_string();
+        tokio::task::spawn_blocking(move || files.write_file(&hex, &bytes))
+            .await
+            .map_err(|e| BlobError::WriteFailed {
+                path: self.dir.clone(),
+                source: std::io::Error::other(e),
+            })?
+    }
+
+    /// Writes a blob file durably: to a temporary file, fsynced, renamed into place, and
+    /// the directory fsynced, so an acknowledged upload survives a crash whole or not at
+    /// all.
+    fn write_file(&self, hex: &str, bytes: &[u8]) -> Result<(), BlobError> {
         let path = self.path(hex);
         if path.exists() {
             return Ok(());
@@ -73,13 +115,50 @@ impl ModuleBlobs {
         result.map_err(fail)
     }
 
-    pub fn file(&self, hex: &str) -> Option<PathBuf> {
-        let p = self.path(hex);
-        p.exists().then_some(p)
+    /// The blob's bytes: this server's file, or, when shared, etcd's copy (which then
+    /// becomes this server's file).
+    pub async fn read(&self, hex: &str) -> Result<Option<Vec<u8>>, BlobError> {
+        let path = self.path(hex);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => return Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(BlobError::ReadFailed { path, source }),
+        }
+        let Some(shared) = &self.shared else {
+            return Ok(None);
+        };
+        let Some(bytes) = shared.get(hex).await? else {
+            return Ok(None);
+        };
+        let bytes = Arc::new(bytes);
+        let files = self.clone();
+        let (hex, copy) = (hex.to_string(), bytes.clone());
+        // A failed local copy only costs a later read from etcd again.
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || files.write_file(&hex, &copy)).await
+        {
+            tracing::warn!(error = %e, "could not keep a local copy of a module");
+        }
+        Ok(Some(Arc::unwrap_or_clone(bytes)))
     }
 
-    pub fn remove(&self, hex: &str) {
-        let _ = std::fs::remove_file(self.path(hex));
+    /// Every blob file this server holds (for backups of a redb cluster).
+    pub fn local_digests(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.join("sha256"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()))
+            .collect()
+    }
+
+    pub async fn remove(&self, hex: &str) {
+        let _ = tokio::fs::remove_file(self.path(hex)).await;
+        if let Some(shared) = &self.shared
+            && let Err(e) = shared.remove(hex).await
+        {
+            tracing::warn!(error = %e, "module bytes left in etcd");
+        }
     }
 }
 
@@ -150,11 +229,9 @@ pub(crate) async fn store(
     .map_err(ApiError::internal)?
     .map_err(invalid_module)?;
     let digest = format!("{}{hex}", module::DIGEST_PREFIX);
-    let blobs = api.modules.clone();
-    let hex_for_write = hex.clone();
-    tokio::task::spawn_blocking(move || blobs.put(&hex_for_write, &bytes))
+    api.modules
+        .put(&hex, Arc::new(bytes.to_vec()))
         .await
-        .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     let info = modules_info();
     let mut object = serde_json::to_value(Module {
@@ -175,7 +252,8 @@ pub(crate) async fn store(
         Ok(created) => Ok((created, true)),
         // The same bytes again: the upload is idempotent.
         Err(ApiError::AlreadyExists(_)) => {
-            let existing = super::crud::get_stored(api, info, &info.key(None, &digest), &digest)?;
+            let existing =
+                super::crud::get_stored(api, info, &info.key(None, &digest), &digest).await?;
             Ok(((*existing.object).clone(), false))
         }
         Err(e) => Err(e),
@@ -187,12 +265,13 @@ pub(crate) async fn download(api: &ApiServer, name: &str) -> ApiResult<Response>
     let info = modules_info();
     let hex = module::parse_digest(name).ok_or_else(|| ApiError::not_found(info, name))?;
     // The object is the source of truth: a blob without one is garbage from a delete.
-    super::crud::get_stored(api, info, &info.key(None, name), name)?;
-    let path = api
+    super::crud::get_stored(api, info, &info.key(None, name), name).await?;
+    let bytes = api
         .modules
-        .file(hex)
+        .read(hex)
+        .await
+        .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(info, name))?;
-    let bytes = tokio::fs::read(&path).await.map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
 }
 
@@ -201,9 +280,9 @@ pub(crate) async fn forget_if_deleted(api: &ApiServer, name: &str) {
     let info = modules_info();
     if let (Some(hex), Ok(None)) = (
         module::parse_digest(name),
-        api.store.get(&info.key(None, name)),
+        api.store.get(&info.key(None, name)).await,
     ) {
-        api.modules.remove(hex);
+        api.modules.remove(hex).await;
     }
 }
 
@@ -223,14 +302,16 @@ mod tests {
         assert!(inspect(&broken).is_err());
     }
 
-    #[test]
-    fn blobs_are_written_once_and_found() {
+    #[tokio::test]
+    async fn blobs_are_written_once_and_found() {
         let dir = tempfile::tempdir().unwrap();
         let blobs = ModuleBlobs::new(dir.path());
-        blobs.put("ab", b"xyz").unwrap();
-        blobs.put("ab", b"xyz").unwrap();
-        assert_eq!(std::fs::read(blobs.file("ab").unwrap()).unwrap(), b"xyz");
-        blobs.remove("ab");
-        assert!(blobs.file("ab").is_none());
+        let hex = "ab".repeat(32);
+        blobs.put(&hex, Arc::new(b"xyz".to_vec())).await.unwrap();
+        blobs.put(&hex, Arc::new(b"xyz".to_vec())).await.unwrap();
+        assert_eq!(blobs.read(&hex).await.unwrap().unwrap(), b"xyz");
+        assert_eq!(blobs.local_digests(), std::slice::from_ref(&hex));
+        blobs.remove(&hex).await;
+        assert!(blobs.read(&hex).await.unwrap().is_none());
     }
 }

@@ -46,7 +46,7 @@ fn scale_of(obj: &Value) -> Value {
 }
 
 pub(crate) async fn get_scale(api: &ApiServer, target: &Target) -> ApiResult<Response> {
-    let stored = get_stored(api, target.info, &target.key(), target.name())?;
+    let stored = get_stored(api, target.info, &target.key(), target.name()).await?;
     Ok(json_response(StatusCode::OK, &scale_of(&stored.object)))
 }
 
@@ -59,7 +59,7 @@ where
     let name = target.name();
     let key = target.key();
     for _ in 0..MAX_RETRIES {
-        let current = get_stored(api, info, &key, name)?;
+        let current = get_stored(api, info, &key, name).await?;
         let scale = desired(&scale_of(&current.object))?;
         let precondition = precondition_of(&scale)?;
         if precondition.is_some_and(|rv| rv != current.rev) {
@@ -216,7 +216,7 @@ pub async fn bind_pod(api: &ApiServer, namespace: &str, name: &str, node: &str) 
     let info = skiff_api::resources::lookup("", "v1", "pods").expect("pods are served");
     let key = info.key(Some(namespace), name);
     for _ in 0..MAX_RETRIES {
-        let current = get_stored(api, info, &key, name)?;
+        let current = get_stored(api, info, &key, name).await?;
         let obj = &*current.object;
         if let Some(existing) = obj
             .pointer("/spec/nodeName")

@@ -240,6 +240,7 @@ fn columns(kind: &str) -> Vec<Column> {
         "Lease" => vec![NAME, ("Holder", "string", 0), AGE],
         "ConfigMap" => vec![NAME, ("Data", "integer", 0), AGE],
         "Secret" => vec![NAME, ("Type", "string", 0), ("Data", "integer", 0), AGE],
+        "Endpoints" => vec![NAME, ("Endpoints", "string", 0), AGE],
         "EndpointSlice" => vec![
             NAME,
             ("AddressType", "string", 0),
@@ -523,6 +524,37 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
                 .map(|m| m.len())
                 .sum::<usize>();
             vec![name, json!(s(obj, "/type")), json!(count), age(obj)]
+        }
+        "Endpoints" => {
+            // ADDRESS:PORT pairs, as kubectl prints them.
+            let pairs: Vec<String> = obj
+                .get("subsets")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|subset| {
+                    let ports: Vec<i64> = subset
+                        .get("ports")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| p["port"].as_i64())
+                        .collect();
+                    let ips: Vec<String> = subset
+                        .get("addresses")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|a| a["ip"].as_str().map(str::to_string))
+                        .collect();
+                    ips.into_iter()
+                        .flat_map(move |ip| {
+                            ports.clone().into_iter().map(move |p| format!("{ip}:{p}"))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            vec![name, or_none(pairs.join(",")), age(obj)]
         }
         "EndpointSlice" => {
             let ports: Vec<String> = obj

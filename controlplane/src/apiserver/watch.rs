@@ -163,7 +163,7 @@ pub(crate) async fn serve(
     let (initial, stream) = match start {
         Start::ListThenWatch => {
             let filter = |obj: &Value| selectors.matches(obj);
-            let page = api.store.list(ListRequest::all(&prefix, &filter))?;
+            let page = api.store.list(ListRequest::all(&prefix, &filter)).await?;
             let mut initial: Vec<Bytes> = page
                 .items
                 .iter()
@@ -182,9 +182,9 @@ pub(crate) async fn serve(
                     }),
                 ));
             }
-            (initial, api.store.watch(&prefix, page.rev))
+            (initial, api.store.watch(&prefix, page.rev).await)
         }
-        Start::After(rev) => (Vec::new(), api.store.watch(&prefix, rev)),
+        Start::After(rev) => (Vec::new(), api.store.watch(&prefix, rev).await),
     };
     let api = api.clone();
     tokio::spawn(async move {

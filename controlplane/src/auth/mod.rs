@@ -63,7 +63,7 @@ fn secrets() -> &'static ResourceInfo {
 }
 
 /// Reads the bearer token of a request, if any, and finds whose it is.
-pub fn authenticate(api: &ApiServer, headers: &HeaderMap) -> ApiResult<Identity> {
+pub async fn authenticate(api: &ApiServer, headers: &HeaderMap) -> ApiResult<Identity> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(Identity::Anonymous);
     };
@@ -77,6 +77,7 @@ pub fn authenticate(api: &ApiServer, headers: &HeaderMap) -> ApiResult<Identity>
     let record = api
         .store
         .get(&key)
+        .await
         .map_err(|e| ApiError::Internal(Box::new(e)))?
         .ok_or(ApiError::Unauthorized)?;
     let (role, node) = token.verify(&record.object).ok_or(ApiError::Unauthorized)?;
@@ -190,13 +191,14 @@ fn selected(query: &Query, field: &str) -> Option<String> {
 }
 
 /// The pods bound to `node`.
-fn pods_on(api: &ApiServer, node: &str) -> ApiResult<Vec<Arc<Value>>> {
+async fn pods_on(api: &ApiServer, node: &str) -> ApiResult<Vec<Arc<Value>>> {
     let pods = resources::lookup("", "v1", "pods").expect("pods are served");
     let prefix = pods.prefix();
     let filter = |p: &Value| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node);
     let page = api
         .store
         .list(ListRequest::all(&prefix, &filter))
+        .await
         .map_err(|e| ApiError::Internal(Box::new(e)))?;
     Ok(page.items.into_iter().map(|s| s.object).collect())
 }
@@ -257,7 +259,7 @@ fn uses_module(pod: &Value, digest: &str) -> bool {
 }
 
 /// What a node credential may do (Kubernetes' Node authorizer, NodeRestriction).
-fn authorize_node(
+async fn authorize_node(
     api: &ApiServer,
     identity: &Identity,
     node: &str,
@@ -299,11 +301,12 @@ fn authorize_node(
             let bound = api
                 .store
                 .get(&key)
+                .await
                 .map_err(|e| ApiError::Internal(Box::new(e)))?
                 .is_some_and(|p| {
                     p.object.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
                 });
-            if bound || (r.verb == "get" && !exists(api, &key)?) {
+            if bound || (r.verb == "get" && !exists(api, &key).await?) {
                 // A pod that is gone reads as NotFound, as it would for the node anyway.
                 Ok(())
             } else {
@@ -312,7 +315,8 @@ fn authorize_node(
         }
         ("configmaps" | "secrets", "get") => {
             let (ns, name) = (t.namespace.as_deref(), name.unwrap_or_default());
-            let referenced = pods_on(api, node)?
+            let referenced = pods_on(api, node)
+                .await?
                 .iter()
                 .any(|p| objects::namespace(p) == ns && references(p, t.info.plural, name));
             if referenced {
@@ -323,7 +327,11 @@ fn authorize_node(
         }
         ("modules", "get") => {
             let digest = name.unwrap_or_default();
-            if pods_on(api, node)?.iter().any(|p| uses_module(p, digest)) {
+            if pods_on(api, node)
+                .await?
+                .iter()
+                .any(|p| uses_module(p, digest))
+            {
                 Ok(())
             } else {
                 deny("no pod bound to this node runs this module")
@@ -334,25 +342,25 @@ fn authorize_node(
     }
 }
 
-fn exists(api: &ApiServer, key: &str) -> ApiResult<bool> {
+async fn exists(api: &ApiServer, key: &str) -> ApiResult<bool> {
     Ok(api
         .store
         .get(key)
+        .await
         .map_err(|e| ApiError::Internal(Box::new(e)))?
         .is_some())
 }
 
 /// Decides whether `identity` may make this request. `body_name` is the
 /// `metadata.name` of a create's body, which node credentials are checked against.
-fn authorize(
+async fn authorize(
     api: &ApiServer,
     identity: &Identity,
-    request: &Request,
+    (method, path): (&Method, &str),
     kind: &Kind,
     query: &Query,
     body_name: Option<&str>,
 ) -> ApiResult<()> {
-    let (method, path) = (request.method(), request.uri().path());
     match (identity, kind) {
         (_, Kind::Public) => Ok(()),
         (Identity::Anonymous, _) => Err(ApiError::Unauthorized),
@@ -385,7 +393,7 @@ fn authorize(
             }
         }
         (Identity::Node { name, .. }, Kind::Resource(r)) => {
-            authorize_node(api, identity, name, r, query, body_name)
+            authorize_node(api, identity, name, r, query, body_name).await
         }
         (_, _) => Err(ApiError::Forbidden(format!(
             "User \"{}\" cannot {method} path \"{path}\"",
@@ -465,7 +473,7 @@ async fn check(
     kind: &Kind,
     query: &Query,
 ) -> ApiResult<Request> {
-    let identity = authenticate(api, request.headers())?;
+    let identity = authenticate(api, request.headers()).await?;
     tracing::Span::current().record("user", identity.user());
     let needs_body = matches!(identity, Identity::Node { .. })
         && request.method() == Method::POST
@@ -478,10 +486,20 @@ async fn check(
             .ok()
             .map(|obj| objects::name(&obj).to_string());
         let request = Request::from_parts(parts, Body::from(bytes));
-        authorize(api, &identity, &request, kind, query, name.as_deref())?;
+        let line = (request.method().clone(), request.uri().path().to_string());
+        authorize(
+            api,
+            &identity,
+            (&line.0, &line.1),
+            kind,
+            query,
+            name.as_deref(),
+        )
+        .await?;
         request
     } else {
-        authorize(api, &identity, &request, kind, query, None)?;
+        let line = (request.method().clone(), request.uri().path().to_string());
+        authorize(api, &identity, (&line.0, &line.1), kind, query, None).await?;
         request
     };
     request.extensions_mut().insert(identity);
@@ -533,6 +551,7 @@ async fn join(
         let existing = api
             .store
             .list(ListRequest::all(&prefix, &filter))
+            .await
             .map_err(|e| ApiError::Internal(Box::new(e)))?;
         if let Some(s) = existing.items.first() {
             let id = objects::name(&s.object).trim_start_matches("skiff-token-").to_string();
@@ -579,7 +598,7 @@ pub async fn ensure_tokens(
                 std::io::Error::other("admin-token is not a token; delete it to make a new one")
             })?;
             let key = secrets().key(Some(token::NAMESPACE), &t.secret_name());
-            if !exists(api, &key).map_err(other)? {
+            if !exists(api, &key).await.map_err(other)? {
                 record(api, &t, Role::Admin, "the server's admin token")
                     .await
                     .map_err(other)?;

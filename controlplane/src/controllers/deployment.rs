@@ -598,7 +598,8 @@ impl DeploymentController {
             }
             Err(ApiError::AlreadyExists(subject)) => {
                 // Ours already (the cache hadn't shown it yet), or a hash collision.
-                if let Some(current) = internal::get(&self.api, rs_info(), ns, objects::name(&rs))?
+                if let Some(current) =
+                    internal::get(&self.api, rs_info(), ns, objects::name(&rs)).await?
                 {
                     let ours = controller_of(&current)
                         .is_some_and(|(_, _, uid)| Some(uid) == objects::meta_str(d, "uid"));

@@ -114,7 +114,7 @@ fn matters(object: &Value, prev: Option<&Value>) -> bool {
 }
 
 /// Whether the owner a reference names is gone (absent, or replaced by another uid).
-fn owner_gone(api: &ApiServer, dependent: &Value, owner: &Value) -> bool {
+async fn owner_gone(api: &ApiServer, dependent: &Value, owner: &Value) -> bool {
     let Some(info) = info_of(
         owner["kind"].as_str().unwrap_or_default(),
         owner["apiVersion"].as_str().unwrap_or_default(),
@@ -126,7 +126,7 @@ fn owner_gone(api: &ApiServer, dependent: &Value, owner: &Value) -> bool {
         objects::namespace(dependent),
         owner["name"].as_str().unwrap_or_default(),
     );
-    match api.store.get(&key) {
+    match api.store.get(&key).await {
         Ok(Some(stored)) => objects::meta_str(&stored.object, "uid") != owner["uid"].as_str(),
         Ok(None) => true,
         Err(_) => false,
@@ -176,10 +176,18 @@ async fn pass(api: &ApiServer, caches: &[Arc<Cache>]) -> Result<(), ApiError> {
         let refs = owner_refs(obj);
         // The cache answers "present" cheaply; only an owner missing from it is checked
         // against the store, since the cache may not have seen a brand-new owner yet.
-        let gone = |r: &Value| {
-            !r["uid"].as_str().is_some_and(|u| present.contains(u)) && owner_gone(api, obj, r)
-        };
-        if !refs.is_empty() && !objects::is_deleting(obj) && refs.iter().all(gone) {
+        if refs.is_empty() || objects::is_deleting(obj) {
+            continue;
+        }
+        let mut all_gone = true;
+        for r in &refs {
+            let cached = r["uid"].as_str().is_some_and(|u| present.contains(u));
+            if cached || !owner_gone(api, obj, r).await {
+                all_gone = false;
+                break;
+            }
+        }
+        if all_gone {
             delete(api, obj, None).await?;
         }
     }

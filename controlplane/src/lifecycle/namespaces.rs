@@ -23,7 +23,7 @@ pub async fn run_namespace_cleaner(api: Arc<ApiServer>, stop: CancellationToken)
     let namespaces = resources::lookup("", "v1", "namespaces").expect("namespaces are served");
     let prefix = namespaces.prefix();
     'outer: while !stop.is_cancelled() {
-        let mut watch = match api.store.watch(&prefix, api.store.current_revision()) {
+        let mut watch = match api.store.watch(&prefix, api.store.current_revision()).await {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(error = %e, "namespace cleaner cannot watch");
@@ -58,7 +58,8 @@ async fn reconcile_all(api: &ApiServer) -> Result<bool, StoreError> {
     let deleting = |o: &Value| objects::is_deleting(o);
     let page = api
         .store
-        .list(ListRequest::all(&namespaces.prefix(), &deleting))?;
+        .list(ListRequest::all(&namespaces.prefix(), &deleting))
+        .await?;
     let mut pending = false;
     for ns in page.items {
         let name = objects::name(&ns.object).to_string();
@@ -91,7 +92,10 @@ async fn drain(api: &ApiServer, namespace: &str) -> Result<bool, StoreError> {
     let everything = |_: &Value| true;
     for info in resources::all().iter().filter(|r| r.namespaced) {
         let prefix = info.namespace_prefix(Some(namespace));
-        let page = api.store.list(ListRequest::all(&prefix, &everything))?;
+        let page = api
+            .store
+            .list(ListRequest::all(&prefix, &everything))
+            .await?;
         for item in page.items {
             remaining = true;
             if objects::is_deleting(&item.object) {

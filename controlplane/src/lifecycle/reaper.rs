@@ -71,12 +71,12 @@ async fn reap(
     let pods = resources::lookup("", "v1", "pods").expect("pods are served");
     let prefix = pods.prefix();
     let terminating = |o: &Value| objects::is_deleting(o);
-    let page = store.list(ListRequest::all(&prefix, &terminating))?;
+    let page = store.list(ListRequest::all(&prefix, &terminating)).await?;
     let mut deadlines = Deadlines::default();
     for item in &page.items {
         deadlines.track(&item.key, Some(&item.object));
     }
-    let mut watch = store.watch(&prefix, page.rev)?;
+    let mut watch = store.watch(&prefix, page.rev).await?;
     loop {
         let next_deadline = deadlines.next();
         let sleep = match next_deadline {
@@ -107,7 +107,7 @@ async fn reap(
 }
 
 async fn delete_if_due(store: &Arc<dyn Store>, key: &str, now: jiff::Timestamp) {
-    let Ok(Some(current)) = store.get(key) else {
+    let Ok(Some(current)) = store.get(key).await else {
         return;
     };
     let obj = &*current.object;

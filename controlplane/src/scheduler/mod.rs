@@ -522,7 +522,7 @@ async fn mark_unschedulable(api: &ApiServer, pod: &Value, message: &str) {
     }
     let info = resources::lookup("", "v1", "pods").expect("pods are served");
     let key = info.key(objects::namespace(pod), objects::name(pod));
-    let Ok(Some(stored)) = api.store.get(&key) else {
+    let Ok(Some(stored)) = api.store.get(&key).await else {
         return;
     };
     let mut updated = (*stored.object).clone();

@@ -1,9 +1,11 @@
 //! The versioned object store: every write is a new cluster-wide revision, kept in a
 //! change log that watches resume from (the etcd / kine model).
 //!
-//! The API server only ever talks to [`Store`], so an etcd backend can slot in later
-//! beside [`redb::RedbStore`] without touching it.
+//! The API server only ever talks to [`Store`]; two backends implement it:
+//! [`redb::RedbStore`], one embedded file (the default, for one server), and
+//! [`etcd::EtcdStore`], an etcd cluster that several servers share.
 
+pub mod etcd;
 pub mod redb;
 mod watch;
 
@@ -13,7 +15,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-pub use watch::WatchStream;
+pub use watch::{EventSource, WatchStream};
 
 /// A cluster-wide revision. It only ever grows, and becomes `metadata.resourceVersion`.
 pub type Revision = u64;
@@ -160,31 +162,84 @@ pub enum StoreError {
     Closed,
     #[error("storage backend failed: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The backend could not be reached in time; the operation may be retried. For a
+    /// write, whether it was applied is unknown.
+    #[error("storage backend unavailable: {0}")]
+    Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }
 
+/// Why an object could not take a resourceVersion.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ObjectShapeError {
+    #[error("the object is not a JSON object")]
+    NotAnObject,
+    #[error("the object's metadata is not a JSON object")]
+    MetadataNotAnObject,
+}
+
+/// Sets `metadata.resourceVersion` to `rev` as a decimal string, creating `metadata` if absent.
+pub(crate) fn set_resource_version(
+    object: &mut Value,
+    rev: Revision,
+) -> Result<(), ObjectShapeError> {
+    let map = object
+        .as_object_mut()
+        .ok_or(ObjectShapeError::NotAnObject)?;
+    let metadata = map
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Default::default()));
+    let metadata = metadata
+        .as_object_mut()
+        .ok_or(ObjectShapeError::MetadataNotAnObject)?;
+    metadata.insert("resourceVersion".into(), Value::String(rev.to_string()));
+    Ok(())
+}
+
 /// The object store. Implementations batch concurrent writes into one durable commit.
+///
+/// Reads are asynchronous because a backend may be remote (etcd); the embedded one
+/// answers at once.
 pub trait Store: Send + Sync + 'static {
-    /// The newest committed revision.
+    /// The newest revision this server knows to be committed. On redb that is the
+    /// store's own; on etcd, the newest any response or watch event has shown this
+    /// server (see [`Store::latest_revision`] for one that asks).
     fn current_revision(&self) -> Revision;
-    /// The newest revision that compaction has removed from the log (0 if none).
+    /// The newest revision that compaction has removed from the log (0 if none), as far
+    /// as this server knows.
     fn compacted_revision(&self) -> Revision;
-    fn get(&self, key: &str) -> Result<Option<Stored>, StoreError>;
-    fn list(&self, req: ListRequest<'_>) -> Result<ListPage, StoreError>;
+    /// The newest committed revision, asked of the backend itself (a round trip on etcd).
+    fn latest_revision(&self) -> BoxFuture<'_, Result<Revision, StoreError>>;
+    /// The object under `key` as of the newest revision (a linearizable read).
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Stored>, StoreError>>;
+    /// One consistent page: without `at_rev`, it reflects every write acknowledged
+    /// before the call, whichever server made it.
+    fn list<'a>(&'a self, req: ListRequest<'a>) -> BoxFuture<'a, Result<ListPage, StoreError>>;
     /// Applies one write durably. The future resolves once the write is on disk, with the
     /// stored object (for `Delete`, the deleted object as its event carries it).
     fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<Stored, StoreError>>;
     /// Streams every event with a revision greater than `after` whose key starts with
     /// `prefix`, in revision order, with no gaps. Fails with `Compacted` if `after` is
     /// older than the retained log.
-    fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError>;
+    fn watch<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Revision,
+    ) -> BoxFuture<'a, Result<WatchStream, StoreError>>;
     /// Removes log entries outside the retention window; returns the new compacted revision.
     fn compact(&self, retention: Retention) -> BoxFuture<'static, Result<Revision, StoreError>>;
+    /// Makes the store's revision at least `floor` (a restore does this first, so that
+    /// resourceVersions only grow across a backup and restore). Only for a store no
+    /// server is using yet.
+    fn raise_revision(&self, floor: Revision) -> BoxFuture<'_, Result<Revision, StoreError>>;
     /// The store's commit metrics, which the server's `/metrics` serves.
     fn metrics(&self) -> StoreMetrics {
         StoreMetrics::default()
     }
+    /// Stops taking writes and releases what the store holds (the file, connections).
+    /// Idempotent.
+    fn close(&self) -> BoxFuture<'_, ()>;
 }
 
 /// How the store's group commits go; clones share the series.

@@ -22,7 +22,7 @@ use ::redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDe
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
-use super::watch::{DEFAULT_WATCH_BUFFER, LogChunk, LogSource, WatchHub};
+use super::watch::{DEFAULT_WATCH_BUFFER, LogChunk, LogSource, LogWatch, WatchHub};
 use super::{
     ListPage, ListRequest, Retention, Revision, Store, StoreError, Stored, WatchStream, WriteOp,
 };
@@ -201,33 +201,8 @@ impl RedbStore {
         );
     }
 
-    fn send(&self, request: Request) -> Result<(), StoreError> {
-        let requests = self.requests.read().unwrap_or_else(PoisonError::into_inner);
-        let sender = requests.as_ref().ok_or(StoreError::Closed)?;
-        sender.send(request).map_err(|_| StoreError::Closed)
-    }
-}
-
-impl Drop for RedbStore {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-impl Store for RedbStore {
-    fn metrics(&self) -> super::StoreMetrics {
-        self.shared.metrics.clone()
-    }
-
-    fn current_revision(&self) -> Revision {
-        self.shared.current.load(Ordering::Acquire)
-    }
-
-    fn compacted_revision(&self) -> Revision {
-        self.shared.compacted.load(Ordering::Acquire)
-    }
-
-    fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
+    /// [`Store::get`], answered on the calling thread.
+    pub fn get_now(&self, key: &str) -> Result<Option<Stored>, StoreError> {
         let txn = self.shared.read_txn()?;
         let objects = txn.open_table(OBJECTS).map_err(failed("opening objects"))?;
         let Some(value) = objects.get(key).map_err(failed("reading an object"))? else {
@@ -237,7 +212,8 @@ impl Store for RedbStore {
         codec::parse_stored(key, rev, json).map(Some)
     }
 
-    fn list(&self, req: ListRequest<'_>) -> Result<ListPage, StoreError> {
+    /// [`Store::list`], answered on the calling thread.
+    pub fn list_now(&self, req: ListRequest<'_>) -> Result<ListPage, StoreError> {
         let txn = self.shared.read_txn()?;
         let (current, compacted) = read_meta(&txn)?;
         let at = match req.at_rev {
@@ -310,6 +286,44 @@ impl Store for RedbStore {
         Ok(page.finish(at))
     }
 
+    /// A watch as the log and hub give it (the trait's watch wraps this).
+    pub(crate) fn log_watch(&self, prefix: &str, after: Revision) -> Result<LogWatch, StoreError> {
+        let compacted = self.compacted_revision();
+        if after < compacted {
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted,
+            });
+        }
+        LogWatch::start(self.shared.clone(), prefix, after)
+    }
+
+    fn send(&self, request: Request) -> Result<(), StoreError> {
+        let requests = self.requests.read().unwrap_or_else(PoisonError::into_inner);
+        let sender = requests.as_ref().ok_or(StoreError::Closed)?;
+        sender.send(request).map_err(|_| StoreError::Closed)
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Store for RedbStore {
+    fn metrics(&self) -> super::StoreMetrics {
+        self.shared.metrics.clone()
+    }
+
+    fn current_revision(&self) -> Revision {
+        self.shared.current.load(Ordering::Acquire)
+    }
+
+    fn compacted_revision(&self) -> Revision {
+        self.shared.compacted.load(Ordering::Acquire)
+    }
+
     fn write(&self, op: WriteOp) -> BoxFuture<'static, Result<Stored, StoreError>> {
         let (reply, answer) = oneshot::channel();
         let sent = self.send(Request::Write { op, reply });
@@ -320,15 +334,42 @@ impl Store for RedbStore {
         })
     }
 
-    fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-        let compacted = self.compacted_revision();
-        if after < compacted {
-            return Err(StoreError::Compacted {
-                requested: after,
-                compacted,
-            });
-        }
-        WatchStream::start(self.shared.clone(), prefix, after)
+    fn latest_revision(&self) -> BoxFuture<'_, Result<Revision, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.current_revision())))
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
+        Box::pin(std::future::ready(self.get_now(key)))
+    }
+
+    fn list<'a>(&'a self, req: ListRequest<'a>) -> BoxFuture<'a, Result<ListPage, StoreError>> {
+        Box::pin(std::future::ready(self.list_now(req)))
+    }
+
+    fn watch<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Revision,
+    ) -> BoxFuture<'a, Result<WatchStream, StoreError>> {
+        Box::pin(std::future::ready(
+            self.log_watch(prefix, after).map(WatchStream::new),
+        ))
+    }
+
+    fn raise_revision(&self, floor: Revision) -> BoxFuture<'_, Result<Revision, StoreError>> {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.send(Request::RaiseRevision { floor, reply });
+        Box::pin(async move {
+            sent?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // The writer's last commit blocks; keep it off the async threads.
+            tokio::task::block_in_place(|| self.shutdown());
+        })
     }
 
     fn compact(&self, retention: Retention) -> BoxFuture<'static, Result<Revision, StoreError>> {

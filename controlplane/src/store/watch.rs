@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use futures::future::BoxFuture;
 use tokio::sync::broadcast;
 
 use super::{Event, Revision, StoreError};
@@ -97,8 +98,42 @@ impl WatchHub {
     }
 }
 
-/// The events after a revision whose key starts with a prefix, in order, without gaps.
+/// The events after a revision whose key starts with a prefix, in order, without gaps:
+/// what every backend's watch hands out.
 pub struct WatchStream {
+    inner: Box<dyn EventSource>,
+}
+
+/// A backend's watch: the events in order, and how far they are known to be complete.
+pub trait EventSource: Send + 'static {
+    /// The next event; `None` once the store shuts down or after an error was yielded.
+    /// Cancel-safe: dropping the future loses nothing.
+    fn next(&mut self) -> BoxFuture<'_, Option<Result<Arc<Event>, StoreError>>>;
+    /// A revision R such that every matching event up to R has already been yielded.
+    fn progress(&self) -> Revision;
+}
+
+impl WatchStream {
+    pub fn new(source: impl EventSource) -> WatchStream {
+        WatchStream {
+            inner: Box::new(source),
+        }
+    }
+
+    /// The next event; `None` once the store shuts down or after an error was yielded.
+    pub async fn next(&mut self) -> Option<Result<Arc<Event>, StoreError>> {
+        self.inner.next().await
+    }
+
+    /// A revision R such that every matching event up to R has already been yielded.
+    pub fn progress(&self) -> Revision {
+        self.inner.progress()
+    }
+}
+
+/// A watch over a [`LogSource`]: replays the log from a revision, then follows the
+/// hub's live events.
+pub(crate) struct LogWatch {
     source: Arc<dyn LogSource>,
     rx: broadcast::Receiver<Arc<Event>>,
     prefix: String,
@@ -117,7 +152,17 @@ pub struct WatchStream {
     pub(crate) log_reads: u64,
 }
 
-impl WatchStream {
+impl EventSource for LogWatch {
+    fn next(&mut self) -> BoxFuture<'_, Option<Result<Arc<Event>, StoreError>>> {
+        Box::pin(LogWatch::next(self))
+    }
+
+    fn progress(&self) -> Revision {
+        LogWatch::progress(self)
+    }
+}
+
+impl LogWatch {
     /// Subscribes first, so that nothing committed after the backlog's snapshot is missed.
     pub(crate) fn start(
         source: Arc<dyn LogSource>,
@@ -125,7 +170,7 @@ impl WatchStream {
         after: Revision,
     ) -> Result<Self, StoreError> {
         let rx = source.hub().subscribe().ok_or(StoreError::Closed)?;
-        Ok(WatchStream {
+        Ok(LogWatch {
             source,
             rx,
             prefix: prefix.to_owned(),
@@ -237,7 +282,7 @@ mod tests {
 
     async fn put(store: &RedbStore, key: &str, n: u64) -> Revision {
         let object = json!({"metadata": {"name": key}, "n": n});
-        match store.get(key).unwrap() {
+        match store.get_now(key).unwrap() {
             None => {
                 store
                     .write(WriteOp::Create {
@@ -263,7 +308,7 @@ mod tests {
         }
     }
 
-    async fn next_event(stream: &mut WatchStream) -> Arc<Event> {
+    async fn next_event(stream: &mut LogWatch) -> Arc<Event> {
         tokio::time::timeout(DEADLINE, stream.next())
             .await
             .expect("event in time")
@@ -285,7 +330,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let mut stream = store.watch("/a/", 0).unwrap();
+        let mut stream = store.log_watch("/a/", 0).unwrap();
         for rev in 1..=11 {
             let event = next_event(&mut stream).await;
             assert_eq!(event.rev, rev);
@@ -303,7 +348,7 @@ mod tests {
         for i in 0..6 {
             put(&store, if i % 2 == 0 { "/a/x" } else { "/b/x" }, i).await;
         }
-        let mut stream = store.watch("/a/", 3).unwrap();
+        let mut stream = store.log_watch("/a/", 3).unwrap();
         assert_eq!(next_event(&mut stream).await.rev, 5);
         // Revision 6 is outside the prefix, yet the stream has accounted for it.
         assert_eq!(stream.progress(), 6);
@@ -357,7 +402,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let page = store
-            .list(ListRequest {
+            .list_now(ListRequest {
                 prefix: "/k/",
                 start_after: None,
                 at_rev: None,
@@ -367,7 +412,7 @@ mod tests {
             .unwrap();
         let mut state: BTreeMap<String, Revision> =
             page.items.iter().map(|s| (s.key.clone(), s.rev)).collect();
-        let mut stream = store.watch("/k/", page.rev).unwrap();
+        let mut stream = store.log_watch("/k/", page.rev).unwrap();
         for writer in writers {
             writer.await.unwrap();
         }
@@ -383,7 +428,7 @@ mod tests {
             };
         }
         let fresh = store
-            .list(ListRequest {
+            .list_now(ListRequest {
                 prefix: "/k/",
                 start_after: None,
                 at_rev: None,
@@ -403,7 +448,7 @@ mod tests {
         for i in 0..10 {
             put(&store, "/a", i).await;
         }
-        let mut stale = store.watch("", 2).unwrap();
+        let mut stale = store.log_watch("", 2).unwrap();
         let compacted = store
             .compact(Retention {
                 revisions: 3,
@@ -413,13 +458,13 @@ mod tests {
             .unwrap();
         assert_eq!(compacted, 7);
         assert!(matches!(
-            store.watch("", 6),
+            store.log_watch("", 6),
             Err(StoreError::Compacted {
                 requested: 6,
                 compacted: 7
             })
         ));
-        assert!(store.watch("", 7).is_ok());
+        assert!(store.log_watch("", 7).is_ok());
         // A stream opened before the compaction but not yet replayed learns it on first read.
         let result = tokio::time::timeout(DEADLINE, stale.next()).await.unwrap();
         assert!(matches!(result, Some(Err(StoreError::Compacted { .. }))));
@@ -432,7 +477,7 @@ mod tests {
         let options = RedbOptions { watch_buffer: 4 };
         let store = RedbStore::open_with(&dir.path().join("store.redb"), options).unwrap();
         put(&store, "/a", 0).await;
-        let mut stream = store.watch("", 0).unwrap();
+        let mut stream = store.log_watch("", 0).unwrap();
         assert_eq!(next_event(&mut stream).await.rev, 1);
         let reads_when_live = stream.log_reads;
         // 100 commits while the watcher is not polling: far more than its buffer of 4.
@@ -454,7 +499,7 @@ mod tests {
     async fn next_is_cancel_safe_under_select() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let mut stream = store.watch("", 0).unwrap();
+        let mut stream = store.log_watch("", 0).unwrap();
         let writer = {
             let store = store.clone();
             tokio::spawn(async move {
@@ -484,7 +529,9 @@ mod tests {
     async fn many_watchers_all_see_every_event_and_end_on_shutdown() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let mut streams: Vec<_> = (0..1000).map(|_| store.watch("/a", 0).unwrap()).collect();
+        let mut streams: Vec<_> = (0..1000)
+            .map(|_| store.log_watch("/a", 0).unwrap())
+            .collect();
         for i in 0..20 {
             put(&store, "/a", i).await;
         }

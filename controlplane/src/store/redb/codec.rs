@@ -188,32 +188,7 @@ impl<'a> LogRecord<'a> {
     }
 }
 
-/// Why an object could not take a resourceVersion.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum ObjectShapeError {
-    #[error("the object is not a JSON object")]
-    NotAnObject,
-    #[error("the object's metadata is not a JSON object")]
-    MetadataNotAnObject,
-}
-
-/// Sets `metadata.resourceVersion` to `rev` as a decimal string, creating `metadata` if absent.
-pub(super) fn set_resource_version(
-    object: &mut Value,
-    rev: Revision,
-) -> Result<(), ObjectShapeError> {
-    let map = object
-        .as_object_mut()
-        .ok_or(ObjectShapeError::NotAnObject)?;
-    let metadata = map
-        .entry("metadata")
-        .or_insert_with(|| Value::Object(Default::default()));
-    let metadata = metadata
-        .as_object_mut()
-        .ok_or(ObjectShapeError::MetadataNotAnObject)?;
-    metadata.insert("resourceVersion".into(), Value::String(rev.to_string()));
-    Ok(())
-}
+pub(super) use crate::store::set_resource_version;
 
 fn put_len(out: &mut Vec<u8>, len: usize) {
     // Keys and objects are bounded far below 4 GiB by redb itself (3 GiB values), so a u32

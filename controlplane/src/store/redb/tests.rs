@@ -69,7 +69,7 @@ async fn create_get_update_delete() {
     assert_eq!(store.current_revision(), 0);
     let created = store.write(create("/pods/a")).await.unwrap();
     assert_eq!((created.rev, resource_version(&created.object)), (1, "1"));
-    let got = store.get("/pods/a").unwrap().unwrap();
+    let got = store.get_now("/pods/a").unwrap().unwrap();
     assert_eq!((got.rev, resource_version(&got.object)), (1, "1"));
 
     let mut changed = pod("/pods/a");
@@ -80,7 +80,7 @@ async fn create_get_update_delete() {
         .unwrap();
     assert_eq!(updated.rev, 2);
     assert_eq!(
-        store.get("/pods/a").unwrap().unwrap().object["spec"]["x"],
+        store.get_now("/pods/a").unwrap().unwrap().object["spec"]["x"],
         json!(1)
     );
 
@@ -89,7 +89,7 @@ async fn create_get_update_delete() {
     // The deleted object is the last state, stamped with the delete's revision.
     assert_eq!(resource_version(&deleted.object), "3");
     assert_eq!(deleted.object["spec"]["x"], json!(1));
-    assert!(store.get("/pods/a").unwrap().is_none());
+    assert!(store.get_now("/pods/a").unwrap().is_none());
     assert_eq!(store.current_revision(), 3);
 }
 
@@ -181,7 +181,7 @@ async fn revisions_continue_across_reopen() {
     let store = open(&dir);
     assert_eq!(store.current_revision(), 5);
     assert_eq!(store.write(create("/k/5")).await.unwrap().rev, 6);
-    assert_eq!(store.list(everything("/k/")).unwrap().items.len(), 6);
+    assert_eq!(store.list_now(everything("/k/")).unwrap().items.len(), 6);
 }
 
 #[tokio::test]
@@ -190,7 +190,7 @@ async fn delete_event_carries_the_delete_revision() {
     let store = open(&dir);
     store.write(create("/a")).await.unwrap();
     store.write(delete("/a")).await.unwrap();
-    let mut stream = store.watch("/a", 1).unwrap();
+    let mut stream = store.log_watch("/a", 1).unwrap();
     let event = stream.next().await.unwrap().unwrap();
     assert_eq!((event.rev, event.kind), (2, EventType::Deleted));
     assert_eq!(resource_version(&event.object), "2");
@@ -205,7 +205,7 @@ async fn list_pages_with_start_after_limit_and_filter() {
         store.write(create(key)).await.unwrap();
     }
     let first = store
-        .list(ListRequest {
+        .list_now(ListRequest {
             limit: 2,
             ..everything("/a/")
         })
@@ -215,7 +215,7 @@ async fn list_pages_with_start_after_limit_and_filter() {
         (vec!["/a/1", "/a/2"], true, 7)
     );
     let second = store
-        .list(ListRequest {
+        .list_now(ListRequest {
             start_after: Some("/a/2"),
             limit: 2,
             ..everything("/a/")
@@ -223,7 +223,7 @@ async fn list_pages_with_start_after_limit_and_filter() {
         .unwrap();
     assert_eq!((keys(&second), second.more), (vec!["/a/3", "/a/4"], true));
     let last = store
-        .list(ListRequest {
+        .list_now(ListRequest {
             start_after: Some("/a/4"),
             limit: 2,
             ..everything("/a/")
@@ -231,7 +231,7 @@ async fn list_pages_with_start_after_limit_and_filter() {
         .unwrap();
     assert_eq!((keys(&last), last.more), (vec!["/a/5"], false));
     let exact = store
-        .list(ListRequest {
+        .list_now(ListRequest {
             limit: 5,
             ..everything("/a/")
         })
@@ -244,7 +244,7 @@ async fn list_pages_with_start_after_limit_and_filter() {
             .is_some_and(|n| n.ends_with(['1', '3', '5']))
     };
     let filtered = store
-        .list(ListRequest {
+        .list_now(ListRequest {
             limit: 2,
             filter: &odd,
             ..everything("/a/")
@@ -256,7 +256,7 @@ async fn list_pages_with_start_after_limit_and_filter() {
     );
     // A start_after before the prefix starts at the prefix.
     let early = store
-        .list(ListRequest {
+        .list_now(ListRequest {
             start_after: Some("/"),
             ..everything("/b/")
         })
@@ -282,7 +282,7 @@ async fn list_at_a_revision_shows_the_past() {
     store.write(create("/k/c")).await.unwrap(); // 8: deleted, then recreated
 
     let past = store
-        .list(ListRequest {
+        .list_now(ListRequest {
             at_rev: Some(at),
             ..everything("/k/")
         })
@@ -299,7 +299,7 @@ async fn list_at_a_revision_shows_the_past() {
     );
 
     let paged = store
-        .list(ListRequest {
+        .list_now(ListRequest {
             at_rev: Some(at),
             start_after: Some("/k/a"),
             limit: 1,
@@ -308,7 +308,7 @@ async fn list_at_a_revision_shows_the_past() {
         .unwrap();
     assert_eq!((keys(&paged), paged.more), (vec!["/k/b"], true));
     let rest = store
-        .list(ListRequest {
+        .list_now(ListRequest {
             at_rev: Some(at),
             start_after: Some("/k/b"),
             limit: 1,
@@ -318,14 +318,14 @@ async fn list_at_a_revision_shows_the_past() {
     assert_eq!((keys(&rest), rest.more), (vec!["/k/c"], false));
 
     let now = store
-        .list(ListRequest {
+        .list_now(ListRequest {
             at_rev: Some(8),
             ..everything("/k/")
         })
         .unwrap();
     assert_eq!(keys(&now), vec!["/k/a", "/k/c", "/k/d"]);
     let middle = store
-        .list(ListRequest {
+        .list_now(ListRequest {
             at_rev: Some(6),
             ..everything("/k/")
         })
@@ -375,10 +375,10 @@ async fn compaction_keeps_whichever_bound_keeps_more() {
             .unwrap(),
         6
     );
-    assert_eq!(store.list(everything("/k/")).unwrap().items.len(), 10);
-    assert!(store.get("/k/0").unwrap().is_some());
+    assert_eq!(store.list_now(everything("/k/")).unwrap().items.len(), 10);
+    assert!(store.get_now("/k/0").unwrap().is_some());
 
-    let too_old = store.list(ListRequest {
+    let too_old = store.list_now(ListRequest {
         at_rev: Some(5),
         ..everything("/k/")
     });
@@ -392,7 +392,7 @@ async fn compaction_keeps_whichever_bound_keeps_more() {
     assert_eq!(
         keys(
             &store
-                .list(ListRequest {
+                .list_now(ListRequest {
                     at_rev: Some(6),
                     ..everything("/k/")
                 })
@@ -407,7 +407,7 @@ async fn compaction_keeps_whichever_bound_keeps_more() {
     let store = open(&dir);
     assert_eq!(store.compacted_revision(), 6);
     assert!(matches!(
-        store.watch("", 5),
+        store.log_watch("", 5),
         Err(StoreError::Compacted { .. })
     ));
 }
@@ -446,7 +446,7 @@ async fn shutdown_releases_the_file_and_ends_watches() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     store.write(create("/a")).await.unwrap();
-    let mut stream = store.watch("", 1).unwrap();
+    let mut stream = store.log_watch("", 1).unwrap();
     let pending = store.write(create("/b"));
     store.shutdown();
     // A write accepted before shutdown still commits.
@@ -455,13 +455,13 @@ async fn shutdown_releases_the_file_and_ends_watches() {
         store.write(create("/c")).await,
         Err(StoreError::Closed)
     ));
-    assert!(matches!(store.get("/a"), Err(StoreError::Closed)));
+    assert!(matches!(store.get_now("/a"), Err(StoreError::Closed)));
     assert!(stream.next().await.is_none());
 
     // The old handle is still alive, yet the file reopens.
     let reopened = open(&dir);
     assert_eq!(reopened.current_revision(), 2);
-    assert!(reopened.get("/b").unwrap().is_some());
+    assert!(reopened.get_now("/b").unwrap().is_some());
 }
 
 /// A backend whose fsync can be made to fail, to exercise a failed group commit.
@@ -500,7 +500,7 @@ async fn a_failed_commit_fails_the_whole_batch_and_consumes_no_revision() {
     let db = Builder::new().create_with_backend(backend).unwrap();
     let store = RedbStore::start(db, RedbOptions::default()).unwrap();
     store.write(create("/a")).await.unwrap();
-    let mut stream = store.watch("", 1).unwrap();
+    let mut stream = store.log_watch("", 1).unwrap();
 
     fail_sync.store(true, Ordering::SeqCst);
     let first = store.write(create("/b"));
@@ -511,7 +511,7 @@ async fn a_failed_commit_fails_the_whole_batch_and_consumes_no_revision() {
     assert!(matches!(second.await, Err(StoreError::Backend(_))));
     assert_eq!(store.current_revision(), 1);
     assert_eq!(store.stats().writes, 1);
-    assert!(store.get("/b").unwrap().is_none());
+    assert!(store.get_now("/b").unwrap().is_none());
     assert_eq!(stream.progress(), 1);
     // Events are published before callers are answered, so one would already be here.
     let nothing = stream.next().now_or_never();

@@ -37,6 +37,10 @@ pub(super) enum Request {
         retention: Retention,
         reply: oneshot::Sender<Result<Revision, StoreError>>,
     },
+    RaiseRevision {
+        floor: Revision,
+        reply: oneshot::Sender<Result<Revision, StoreError>>,
+    },
 }
 
 struct PendingWrite {
@@ -111,6 +115,10 @@ impl Writer {
                         self.commit_writes(mem::take(&mut writes));
                         let _ =
                             reply.send(self.with_db(|db, writer| writer.compact(db, retention)));
+                    }
+                    Request::RaiseRevision { floor, reply } => {
+                        self.commit_writes(mem::take(&mut writes));
+                        let _ = reply.send(self.with_db(|db, writer| writer.raise(db, floor)));
                     }
                 }
                 if taken < MAX_BATCH {
@@ -263,6 +271,32 @@ impl Writer {
     }
 
     /// Removes log entries outside the retention window; see [`Retention`].
+    /// Moves the revision counter up to `floor` and marks everything up to it compacted,
+    /// so a watch or list from an older revision (of the cluster a backup came from)
+    /// gets 410 and re-lists instead of missing what changed.
+    fn raise(&mut self, db: &Database, floor: Revision) -> Result<Revision, StoreError> {
+        let current = self.shared.current.load(Ordering::Acquire);
+        if floor <= current {
+            return Ok(current);
+        }
+        let txn = db.begin_write().map_err(failed("raising the revision"))?;
+        {
+            let mut log = txn.open_table(LOG).map_err(failed("opening the log"))?;
+            log.retain_in(..=floor, |_, _| false)
+                .map_err(failed("deleting log entries"))?;
+            let mut meta = txn.open_table(META).map_err(failed("opening meta"))?;
+            meta.insert(META_CURRENT, floor)
+                .map_err(failed("raising the revision"))?;
+            meta.insert(META_COMPACTED, floor)
+                .map_err(failed("raising the revision"))?;
+        }
+        txn.commit().map_err(failed("raising the revision"))?;
+        self.shared.compacted.store(floor, Ordering::Release);
+        self.shared.current.store(floor, Ordering::Release);
+        self.shared.hub.publish(std::iter::empty(), floor);
+        Ok(floor)
+    }
+
     fn compact(&mut self, db: &Database, retention: Retention) -> Result<Revision, StoreError> {
         let current = self.shared.current.load(Ordering::Acquire);
         let compacted = self.shared.compacted.load(Ordering::Acquire);
