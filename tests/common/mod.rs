@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod etcd;
 pub mod netns;
 
 /// A `skiff dev` cluster or `skiff agent` process, read until a marker line.
