@@ -2,6 +2,8 @@
 //! the agent, `skiff dev` and the client verbs.
 
 #[cfg(feature = "server")]
+mod backup;
+#[cfg(feature = "server")]
 mod bench;
 mod cli;
 #[cfg(feature = "server")]
@@ -49,6 +51,12 @@ enum Command {
     /// Run a whole local cluster (a server and N agents) in one process.
     #[cfg(feature = "server")]
     Dev(dev::DevArgs),
+    /// Write a consistent backup of a cluster (objects, modules, secrets) to one file.
+    #[cfg(feature = "server")]
+    Backup(backup::BackupArgs),
+    /// Restore a backup into a new data directory or etcd prefix.
+    #[cfg(feature = "server")]
+    Restore(backup::RestoreArgs),
     /// Run a benchmark and print its results.
     #[cfg(feature = "server")]
     Bench(bench::BenchArgs),
@@ -435,6 +443,10 @@ fn main() -> anyhow::Result<()> {
             Command::Dev(args) => dev::run(args).await,
             #[cfg(feature = "server")]
             Command::Bench(args) => bench::run(args).await,
+            #[cfg(feature = "server")]
+            Command::Backup(args) => backup::backup(args).await,
+            #[cfg(feature = "server")]
+            Command::Restore(args) => backup::restore(args).await,
             Command::Deploy(args) => cli::deploy(args).await,
             Command::Apps(args) => cli::apps(args).await,
             Command::Logs(args) => cli::logs(args).await,

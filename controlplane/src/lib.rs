@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod auth;
+pub mod backup;
 pub mod cluster;
 pub mod controllers;
 pub mod gateway;

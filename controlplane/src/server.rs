@@ -258,6 +258,11 @@ impl Server {
         let mut api_config = config.api.clone();
         api_config.advertise_address = addr.to_string();
         api_config.gateway_url = gateway_url.clone();
+        api_config.data_dir = config.data_dir.clone();
+        api_config.store_kind = match config.store {
+            StoreConfig::Redb => "redb",
+            StoreConfig::Etcd(_) => "etcd",
+        };
         let api = Arc::new(ApiServer {
             store: store.clone(),
             modules: match &etcd {

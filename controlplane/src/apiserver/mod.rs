@@ -33,7 +33,7 @@ use skiff_api::resources::{self, ResourceInfo, Subresource};
 
 pub use crud::{DeleteOptions, Deleted, delete_object};
 pub use events::record_event;
-pub use modules::ModuleBlobs;
+pub use modules::{BlobError, ModuleBlobs};
 pub use request::{parse_json as parse_body, read_body};
 pub use subresources::bind_pod;
 
@@ -59,6 +59,10 @@ pub struct ApiConfig {
     pub default_toleration_seconds: i64,
     /// The gateway's URL, when one runs: Apps' `status.url` is on it.
     pub gateway_url: Option<String>,
+    /// The server's data directory (its secrets go into backups).
+    pub data_dir: std::path::PathBuf,
+    /// `redb` or `etcd`, recorded in backups.
+    pub store_kind: &'static str,
 }
 
 impl Default for ApiConfig {
@@ -70,6 +74,8 @@ impl Default for ApiConfig {
             advertise_address: String::new(),
             default_toleration_seconds: 300,
             gateway_url: None,
+            data_dir: std::path::PathBuf::new(),
+            store_kind: "redb",
         }
     }
 }
@@ -106,8 +112,54 @@ pub fn router(api: SharedApi) -> Router {
         .route("/healthz", get(health))
         .route("/livez", get(health))
         .route("/readyz", get(ready))
+        .route("/skiff/v1/backup", get(backup))
         .fallback(|| async { ApiError::NoRoute })
         .with_state(api)
+}
+
+/// `GET /skiff/v1/backup` (admin only, as every path outside the resource API is): a
+/// consistent backup of the running cluster, as `skiff backup` writes it.
+async fn backup(State(api): State<SharedApi>) -> Response {
+    let result = async {
+        // Written whole before the first byte is sent, so a failure is a clean error
+        // rather than a truncated download.
+        let file = tempfile::tempfile_in(&api.config.data_dir).map_err(ApiError::internal)?;
+        let writer = file.try_clone().map_err(ApiError::internal)?;
+        let summary = crate::backup::write(
+            &*api.store,
+            &api.modules,
+            &api.config.data_dir,
+            api.config.store_kind,
+            writer,
+        )
+        .await
+        .map_err(ApiError::internal)?;
+        let mut file = tokio::fs::File::from_std(file);
+        use tokio::io::AsyncSeekExt;
+        file.rewind().await.map_err(ApiError::internal)?;
+        tracing::info!(
+            revision = summary.revision,
+            objects = summary.objects,
+            modules = summary.modules,
+            "backup taken"
+        );
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(axum::http::header::CONTENT_TYPE, "application/gzip")
+            .header(
+                axum::http::header::CONTENT_DISPOSITION,
+                format!(
+                    "attachment; filename=\"skiff-backup-{}.tar.gz\"",
+                    summary.revision
+                ),
+            )
+            .body(axum::body::Body::from_stream(
+                tokio_util::io::ReaderStream::new(file),
+            ))
+            .map_err(ApiError::internal)
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn health() -> &'static str {

@@ -229,9 +229,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<WatchStream, StoreError>>;
     /// Removes log entries outside the retention window; returns the new compacted revision.
     fn compact(&self, retention: Retention) -> BoxFuture<'static, Result<Revision, StoreError>>;
-    /// Makes the store's revision at least `floor` (a restore does this first, so that
-    /// resourceVersions only grow across a backup and restore). Only for a store no
-    /// server is using yet.
+    /// Makes the store's revision at least `floor` and marks every revision up to the
+    /// result compacted (a restore does this first, so that resourceVersions only grow
+    /// across a backup and restore, and a watch from an old one gets 410 and re-lists).
+    /// Returns the new revision. Only for a store no server is using yet.
     fn raise_revision(&self, floor: Revision) -> BoxFuture<'_, Result<Revision, StoreError>>;
     /// The store's commit metrics, which the server's `/metrics` serves.
     fn metrics(&self) -> StoreMetrics {

@@ -770,7 +770,7 @@ impl Store for EtcdStore {
         Box::pin(async move {
             // etcd's revision only moves by writes: make enough of them, many at a time.
             let counter = format!("{}/restore-counter", self.layout.root()).into_bytes();
-            loop {
+            let reached = loop {
                 let current = rev_of(
                     self.client
                         .status()
@@ -781,7 +781,7 @@ impl Store for EtcdStore {
                         .unwrap_or(0),
                 );
                 if current >= floor {
-                    break;
+                    break current;
                 }
                 let missing = floor - current;
                 let batch = missing.min(256);
@@ -794,9 +794,11 @@ impl Store for EtcdStore {
                 for r in futures::future::join_all(puts).await {
                     r.map_err(unavailable)?;
                 }
-            }
-            self.set_floor(floor).await?;
-            Ok(floor)
+            };
+            // Everything before the restore's first write counts as compacted in this
+            // prefix, even revisions etcd already had for other prefixes.
+            self.set_floor(reached).await?;
+            Ok(reached)
         })
     }
 

@@ -275,10 +275,9 @@ impl Writer {
     /// so a watch or list from an older revision (of the cluster a backup came from)
     /// gets 410 and re-lists instead of missing what changed.
     fn raise(&mut self, db: &Database, floor: Revision) -> Result<Revision, StoreError> {
-        let current = self.shared.current.load(Ordering::Acquire);
-        if floor <= current {
-            return Ok(current);
-        }
+        // Everything before the restore's first write counts as compacted, even if the
+        // store was already past `floor`.
+        let floor = floor.max(self.shared.current.load(Ordering::Acquire));
         let txn = db.begin_write().map_err(failed("raising the revision"))?;
         {
             let mut log = txn.open_table(LOG).map_err(failed("opening the log"))?;
