@@ -118,6 +118,9 @@ impl Cache {
         }
         self.synced
             .store(true, std::sync::atomic::Ordering::Release);
+        // A re-list may have skipped any number of changes: subscribers that map
+        // changes to work must look at everything again.
+        let _ = self.events.send(CacheEvent::Resynced);
         self.changed.send_modify(|n| *n += 1);
         loop {
             tokio::select! {

@@ -5,6 +5,7 @@ mod api;
 mod dev;
 mod etcd;
 mod footprint;
+mod ha;
 mod http;
 mod plot;
 mod pods;
@@ -49,6 +50,9 @@ enum Which {
     Dev(dev::DevBenchArgs),
     /// Idle RSS of a server and of an agent (joined, no pods), and the binary's size.
     Footprint(footprint::FootprintBenchArgs),
+    /// Skiff on a three-member etcd: creates/s against etcd's own puts, watch delivery
+    /// with 1,000 watchers, and leader failover to the first pod bound.
+    Ha(ha::HaBenchArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -65,6 +69,7 @@ async fn dispatch(which: Which) -> anyhow::Result<()> {
         Which::Rolling(a) => rolling::run(a).await,
         Which::Dev(a) => dev::run(a).await,
         Which::Footprint(a) => footprint::run(a).await,
+        Which::Ha(a) => ha::run(a).await,
     }
 }
 
@@ -136,6 +141,11 @@ impl SkiffProcess {
             })
             .map(|kib| kib / 1024.0)
             .unwrap_or(f64::NAN)
+    }
+
+    /// SIGKILL: no chance to clean up (a crashed machine).
+    pub(crate) async fn kill9(mut self) {
+        let _ = self.child.kill().await;
     }
 
     /// SIGTERM, as in production, then wait for the exit.

@@ -152,7 +152,9 @@ async fn check_namespace_active(api: &ApiServer, target: &Target, name: &str) ->
         return Ok(());
     };
     let key = namespace_info().key(None, ns);
-    match api.store.get(&key).await? {
+    // As Kubernetes' NamespaceLifecycle admission reads its informer: the store's
+    // guard still refuses a create into a namespace that is gone.
+    match api.store.get_cached(&key).await? {
         Some(stored) if objects::is_deleting(&stored.object) => Err(ApiError::Forbidden(format!(
             "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
             target.info.qualified_plural()

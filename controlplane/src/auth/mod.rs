@@ -74,9 +74,12 @@ pub async fn authenticate(api: &ApiServer, headers: &HeaderMap) -> ApiResult<Ide
         .ok_or(ApiError::Unauthorized)?;
     let token = Token::parse(bearer).ok_or(ApiError::Unauthorized)?;
     let key = secrets().key(Some(token::NAMESPACE), &token.secret_name());
+    // From the cache, as Kubernetes reads bootstrap tokens from an informer: a token
+    // revoked through this server is refused at once, through another server within the
+    // cache's watch latency.
     let record = api
         .store
-        .get(&key)
+        .get_cached(&key)
         .await
         .map_err(|e| ApiError::Internal(Box::new(e)))?
         .ok_or(ApiError::Unauthorized)?;

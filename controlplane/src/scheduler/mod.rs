@@ -65,6 +65,17 @@ pub async fn run_scheduler(api: Arc<ApiServer>, stop: CancellationToken) {
         binds: Arc::new(Semaphore::new(BIND_CONCURRENCY)),
         results: results_tx,
     };
+    // Both caches must have listed before the first pass; a store that lists over the
+    // network (etcd) syncs them at different moments.
+    let mut pod_changes = pods.subscribe();
+    while !(nodes.is_synced() && pods.is_synced()) {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = node_changes.changed() => {}
+            _ = pod_changes.changed() => {}
+        }
+    }
+    drop(pod_changes);
     let mut pass_needed = true;
     loop {
         if pass_needed && nodes.is_synced() && pods.is_synced() {

@@ -213,6 +213,13 @@ pub trait Store: Send + Sync + 'static {
     fn latest_revision(&self) -> BoxFuture<'_, Result<Revision, StoreError>>;
     /// The object under `key` as of the newest revision (a linearizable read).
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Stored>, StoreError>>;
+    /// The object under `key` from this server's cache where it keeps one: it reflects
+    /// every write this server has acknowledged to that kind, and other servers' within
+    /// the cache's watch latency (milliseconds). For reads that may be that stale, as
+    /// kube-apiserver's admission and token checks read informers: tokens, namespaces.
+    fn get_cached<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
+        self.get(key)
+    }
     /// One consistent page: without `at_rev`, it reflects every write acknowledged
     /// before the call, whichever server made it.
     fn list<'a>(&'a self, req: ListRequest<'a>) -> BoxFuture<'a, Result<ListPage, StoreError>>;

@@ -43,7 +43,7 @@ const EVENTS_PER_KIND: usize = 4096;
 
 /// The resource prefix (`/group/plural/`) a store key or key prefix belongs to, if it
 /// names one kind.
-fn kind_of(prefix: &str) -> Option<&str> {
+pub(super) fn kind_of(prefix: &str) -> Option<&str> {
     let rest = prefix.strip_prefix('/')?;
     let first = rest.find('/')?;
     let second = rest[first + 1..].find('/')?;
@@ -212,6 +212,22 @@ impl WatchCache {
                 .or_insert_with(|| Arc::new(Shard::new(from)))
                 .clone(),
         )
+    }
+
+    /// One object from memory once the cache has applied `newest`; `None` if it cannot
+    /// answer (not synced, or not caught up in time).
+    pub async fn get(&self, key: &str, newest: Revision) -> Option<Option<Stored>> {
+        let kind = kind_of(key)?;
+        if *self.rev.borrow() < newest {
+            let mut rev = self.rev.subscribe();
+            let caught_up = tokio::time::timeout(CACHE_WAIT, rev.wait_for(|r| *r >= newest)).await;
+            if !matches!(caught_up, Ok(Ok(_))) {
+                return None;
+            }
+        }
+        let shard = self.shard(kind)?;
+        let state = shard.state.read().unwrap_or_else(PoisonError::into_inner);
+        Some(state.objects.get(key).cloned())
     }
 
     /// A page from memory once the cache has applied `newest`; `None` if it cannot

@@ -214,7 +214,7 @@ impl EtcdClient {
             .is_ok()
             && self.members.len() > 1
         {
-            tracing::info!(from = %self.members[from].url, to = %self.members[next].url, "etcd: switching member");
+            tracing::debug!(from = %self.members[from].url, to = %self.members[next].url, "etcd: switching member");
         }
     }
 

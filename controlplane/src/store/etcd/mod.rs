@@ -127,6 +127,9 @@ pub struct EtcdStore {
     compacted: AtomicU64,
     floor: AtomicU64,
     cache: Arc<cache::WatchCache>,
+    /// The newest write this server acknowledged, per kind: a cached read of a kind
+    /// waits for the cache to reach it (read-your-writes through this server).
+    written: Mutex<std::collections::HashMap<String, Revision>>,
     /// `(when, revision)` pairs the compactor saw, for the time half of the retention.
     samples: Mutex<VecDeque<(Instant, Revision)>>,
     stop: CancellationToken,
@@ -296,6 +299,7 @@ impl EtcdStore {
             compacted: AtomicU64::new(floor),
             floor: AtomicU64::new(floor),
             cache,
+            written: Mutex::new(std::collections::HashMap::new()),
             samples: Mutex::new(VecDeque::new()),
             stop,
             metrics: StoreMetrics::default(),
@@ -446,6 +450,11 @@ impl EtcdStore {
                 other => break other,
             }
         };
+        if let (Ok(stored), Some(kind)) = (&result, cache::kind_of(op.key())) {
+            let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+            let rev = written.entry(kind.to_string()).or_default();
+            *rev = (*rev).max(stored.rev);
+        }
         self.metrics
             .commit_duration
             .observe(started.elapsed().as_secs_f64());
@@ -703,6 +712,23 @@ impl Store for EtcdStore {
                 Some(kv) => stored(&self.layout, kv),
                 None => Ok(None),
             }
+        })
+    }
+
+    fn get_cached<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
+        Box::pin(async move {
+            let mine = cache::kind_of(key).and_then(|kind| {
+                let written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+                Some(written.get(kind).copied().unwrap_or(0))
+            });
+            // Something the cache lacks may be brand new through another server: only a
+            // hit is answered from memory.
+            if let Some(mine) = mine
+                && let Some(Some(found)) = self.cache.get(key, mine).await
+            {
+                return Ok(Some(found));
+            }
+            self.get(key).await
         })
     }
 
