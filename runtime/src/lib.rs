@@ -18,7 +18,7 @@ pub mod wasm;
 
 pub use agent::{Agent, AgentError};
 pub use config::AgentConfig;
-pub use tunnel::TunnelTarget;
+pub use tunnel::TunnelAuth;
 
 /// Now, as Kubernetes writes timestamps.
 pub(crate) fn now_rfc3339() -> String {

@@ -1,10 +1,15 @@
-//! The agent's end of the reverse tunnel: it dials the API server, authenticates with
+//! The agent's end of the reverse tunnels: it dials an API server, authenticates with
 //! its node credential, upgrades the connection (`Upgrade: skiff-tunnel`) and then
 //! serves HTTP/2 over it, the same endpoints and app traffic its listener serves. So
 //! the control plane reaches it (logs, the gateway) with no inbound connection: a node
 //! behind NAT works. A broken tunnel is dialled again with bounded exponential backoff
 //! and jitter.
+//!
+//! A server reaches only the agents that have a tunnel open to it, so, as k3s agents
+//! do, the agent keeps one to every server it knows of ([`run_all`]), opening and
+//! closing them as the set of servers changes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,27 +17,34 @@ use http::header;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rand::Rng;
 use rustls_pki_types::{CertificateDer, ServerName};
+use skiff_api::client::Servers;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::pod::Runtime;
 
-/// Where to open the tunnel, and how to authenticate.
+/// How the agent authenticates its tunnels. Every server of a cluster presents a
+/// certificate of the same CA and accepts the same node credential.
 #[derive(Clone)]
-pub struct TunnelTarget {
-    /// The API server's URL (`https://HOST:PORT`).
-    pub url: http::Uri,
+pub struct TunnelAuth {
     /// DER certificates to trust: the cluster CA.
     pub roots: Vec<Vec<u8>>,
     /// The node's bearer token.
     pub token: String,
 }
 
-impl std::fmt::Debug for TunnelTarget {
+impl std::fmt::Debug for TunnelAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TunnelTarget")
-            .field("url", &self.url)
-            .finish_non_exhaustive()
+        f.debug_struct("TunnelAuth").finish_non_exhaustive()
     }
+}
+
+/// Where to open one tunnel, and how to authenticate.
+#[derive(Clone, Debug)]
+pub struct TunnelTarget {
+    /// The API server's URL (`https://HOST:PORT`).
+    pub url: http::Uri,
+    pub auth: TunnelAuth,
 }
 
 const PATH: &str = "/skiff/v1/tunnel";
@@ -58,9 +70,65 @@ pub enum TunnelError {
     Refused(http::StatusCode),
 }
 
-/// Keeps the tunnel open until `stop`.
-pub async fn run(target: TunnelTarget, rt: Arc<Runtime>, stop: CancellationToken) {
+/// Keeps a tunnel open to every server in `servers` until `stop`: one is opened for
+/// each server that joins the set and closed for each that leaves it.
+pub async fn run_all(
+    servers: Servers,
+    auth: TunnelAuth,
+    rt: Arc<Runtime>,
+    stop: CancellationToken,
+) {
     let service = crate::server::connection_service(crate::server::router(rt.clone()), rt);
+    let mut changes = servers.subscribe();
+    let mut open: HashMap<http::Uri, CancellationToken> = HashMap::new();
+    let mut tunnels = JoinSet::new();
+    loop {
+        let wanted = changes.borrow_and_update().urls.clone();
+        open.retain(|url, tunnel| {
+            let keep = wanted.contains(url);
+            if !keep {
+                tracing::info!(server = %url, "closing the tunnel to a server no longer listed");
+                tunnel.cancel();
+            }
+            keep
+        });
+        for url in wanted {
+            if open.contains_key(&url) {
+                continue;
+            }
+            let tunnel = stop.child_token();
+            let target = TunnelTarget {
+                url: url.clone(),
+                auth: auth.clone(),
+            };
+            tunnels.spawn(run(target, service.clone(), tunnel.clone()));
+            open.insert(url, tunnel);
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { break },
+            _ = stop.cancelled() => break,
+            // Reaps the tunnels that were closed.
+            Some(_) = tunnels.join_next(), if !tunnels.is_empty() => {}
+        }
+    }
+    for tunnel in open.values() {
+        tunnel.cancel();
+    }
+    while tunnels.join_next().await.is_some() {}
+}
+
+/// Keeps one tunnel open until `stop`.
+async fn run<S>(target: TunnelTarget, service: S, stop: CancellationToken)
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let mut backoff = BACKOFF_MIN;
     loop {
         let opened = Instant::now();
@@ -110,7 +178,7 @@ where
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
     tcp.set_nodelay(true)?;
     let mut roots = rustls::RootCertStore::empty();
-    for der in &target.roots {
+    for der in &target.auth.roots {
         roots.add(CertificateDer::from(der.clone()))?;
     }
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -135,7 +203,10 @@ where
         .unwrap_or_else(|| host.clone());
     let request = http::Request::get(PATH)
         .header(header::HOST, authority)
-        .header(header::AUTHORIZATION, format!("Bearer {}", target.token))
+        .header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", target.auth.token),
+        )
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, PROTOCOL)
         .body(http_body_util::Empty::<bytes::Bytes>::new())
