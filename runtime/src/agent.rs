@@ -53,7 +53,8 @@ pub struct Agent {
 
 impl Agent {
     /// Binds the listener, registers the Node and starts running pods. Returns once the
-    /// Node is registered. `api` lists the servers it fails over between.
+    /// Node is registered. `api` lists the servers to start from; more are learned from
+    /// the cluster.
     pub async fn start(config: AgentConfig, api: ClientConfig) -> Result<Agent, AgentError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| {
             AgentError::DataDirUnusable {
@@ -123,6 +124,10 @@ impl Agent {
         tasks.spawn(sync::run(rt.clone(), stop.clone()).instrument(span.clone()));
         tasks.spawn(
             crate::local::deliver_statuses(local.clone(), client.clone(), stop.clone())
+                .instrument(span.clone()),
+        );
+        tasks.spawn(
+            crate::apiservers::discover(client.clone(), servers.clone(), api.servers, stop.clone())
                 .instrument(span.clone()),
         );
         if let Some(auth) = config.tunnel.clone() {

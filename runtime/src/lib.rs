@@ -2,6 +2,7 @@
 //! WebAssembly instances in wasmtime, with no containers and no shim per pod.
 
 pub mod agent;
+pub mod apiservers;
 pub mod apps;
 pub mod config;
 pub mod events;
