@@ -5,6 +5,8 @@
 //! A server the cluster stops listing is dropped, except a server the agent was given
 //! (`--server`, its credential) that still answers: that may be a load balancer or a
 //! name the Endpoints, which list addresses, never show. The set never becomes empty.
+//! A loopback address in the Endpoints (a server listening on 127.0.0.1) is used only
+//! by an agent that was itself given one: from any other host it is the wrong machine.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -47,6 +49,24 @@ async fn listed(client: &kube::Client) -> Result<Vec<Uri>, DiscoveryError> {
         .collect())
 }
 
+fn is_loopback(url: &Uri) -> bool {
+    let host = url.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The listed servers this agent could reach: loopback ones only if it was given one.
+fn usable(given: &[Uri], cluster: Vec<Uri>) -> Vec<Uri> {
+    let local = given.iter().any(is_loopback);
+    cluster
+        .into_iter()
+        .filter(|u| local || !is_loopback(u))
+        .collect()
+}
+
 /// Whether `url`'s host accepts a TCP connection.
 async fn answers(url: &Uri) -> bool {
     let Some(host) = url.host() else {
@@ -78,7 +98,7 @@ fn merge(given: &[Uri], cluster: &[Uri], answering: &HashSet<Uri>) -> Vec<Uri> {
 
 /// Reads the cluster's servers once and updates `servers`.
 async fn refresh(client: &kube::Client, servers: &Servers, given: &[Uri]) {
-    let cluster = match listed(client).await {
+    let cluster = match listed(client).await.map(|c| usable(given, c)) {
         Ok(cluster) if !cluster.is_empty() => cluster,
         Ok(_) => {
             tracing::debug!("the cluster lists no API servers; keeping the ones known");
@@ -169,6 +189,20 @@ mod tests {
             ]),
             "one that answers stays, first"
         );
+    }
+
+    #[test]
+    fn loopback_servers_are_for_agents_on_the_same_host() {
+        let cluster = uris(&["https://127.0.0.1:6443", "https://10.0.0.2:6443"]);
+        assert_eq!(
+            usable(&uris(&["https://10.0.0.1:6443"]), cluster.clone()),
+            uris(&["https://10.0.0.2:6443"])
+        );
+        assert_eq!(
+            usable(&uris(&["https://localhost:6443"]), cluster.clone()),
+            cluster
+        );
+        assert!(is_loopback(&parse_server("https://[::1]:6443").unwrap()));
     }
 
     #[tokio::test]
