@@ -24,6 +24,9 @@ pub const SERVERS_EXTENSION: &str = "skiff.dev/servers";
 
 /// How long the plain HTTP client waits for one server to answer before trying the next.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one join request may take: a server that accepts connections but never
+/// answers must not hold the agent's start for ever.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -374,6 +377,7 @@ pub async fn fetch_pinned_ca(server: &str, ca_hash: &str) -> Result<String, Join
     let insecure = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
         .connect_timeout(failover::CONNECT_TIMEOUT)
+        .timeout(JOIN_TIMEOUT)
         .build()
         .map_err(unreachable)?;
     let ca_pem = insecure
@@ -452,6 +456,7 @@ async fn join_through(
         .tls_built_in_root_certs(false)
         .add_root_certificate(ca)
         .connect_timeout(failover::CONNECT_TIMEOUT)
+        .timeout(JOIN_TIMEOUT)
         .build()
         .map_err(unreachable)?;
     let response = pinned

@@ -51,6 +51,9 @@ const PATH: &str = "/skiff/v1/tunnel";
 const PROTOCOL: &str = "skiff-tunnel";
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long connecting, the TLS handshake and the upgrade may take: a server that
+/// accepts connections but is hung must not hold a tunnel attempt for ever.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// A tunnel that stayed up this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(30);
 
@@ -68,6 +71,8 @@ pub enum TunnelError {
     Http(#[from] hyper::Error),
     #[error("the server answered {0} instead of switching protocols")]
     Refused(http::StatusCode),
+    #[error("no tunnel within {0:?}")]
+    DialTimedOut(Duration),
 }
 
 /// Keeps a tunnel open to every server in `servers` until `stop`: one is opened for
@@ -167,6 +172,24 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    let upgraded = tokio::time::timeout(DIAL_TIMEOUT, dial(target))
+        .await
+        .map_err(|_| TunnelError::DialTimedOut(DIAL_TIMEOUT))??;
+    tracing::info!(server = %target.url, "tunnel open");
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .max_concurrent_streams(1000)
+        .serve_connection(upgraded, service)
+        .await?;
+    Ok(())
+}
+
+/// Connects, shakes hands and upgrades: the stream the agent then serves on.
+async fn dial(target: &TunnelTarget) -> Result<hyper::upgrade::Upgraded, TunnelError> {
     let host = target
         .url
         .host()
@@ -215,16 +238,5 @@ where
     if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         return Err(TunnelError::Refused(response.status()));
     }
-    let upgraded = hyper::upgrade::on(response).await?;
-    tracing::info!(server = %target.url, "tunnel open");
-    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(4 << 20)
-        .max_concurrent_streams(1000)
-        .serve_connection(upgraded, service)
-        .await?;
-    Ok(())
+    Ok(hyper::upgrade::on(response).await?)
 }

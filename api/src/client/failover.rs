@@ -27,8 +27,10 @@ use kube::client::{Body, ClientBuilder, ConfigExt, DynBody};
 use tokio::sync::watch;
 use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 
-/// How long connecting to one server may take before the next is tried. kube's own
-/// default (30 s) would stall every request that long on a server that vanished.
+/// How long connecting to one server (TCP and the TLS handshake) may take before the
+/// next is tried. kube's own default (30 s) would stall every request that long on a
+/// server that vanished, and a server that accepts connections but is hung would stall
+/// a handshake for ever.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// TCP keepalive on API connections, so a watch held open on a server that vanished
 /// without closing it (power cut, partition) fails in about 30 s and moves on, instead
@@ -343,18 +345,27 @@ pub fn client_builder(
     config: &kube::Config,
     servers: Servers,
 ) -> Result<ClientBuilder<ClientService>, kube::Error> {
+    let connect_timeout = config
+        .connect_timeout
+        .map_or(CONNECT_TIMEOUT, |t| t.min(CONNECT_TIMEOUT));
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(
-        config
-            .connect_timeout
-            .map_or(CONNECT_TIMEOUT, |t| t.min(CONNECT_TIMEOUT)),
-    ));
     http.set_keepalive(Some(KEEPALIVE_IDLE));
     http.set_keepalive_interval(Some(KEEPALIVE_INTERVAL));
     http.set_keepalive_retries(Some(KEEPALIVE_PROBES));
-    let https = config.rustls_https_connector_with_connector(http)?;
+    // The whole connect, handshake included, is bounded: its timeout is a connect
+    // error, which fails over like a refused connection.
+    let https = config
+        .rustls_https_connector_with_connector(http)?
+        .map_future(move |connecting| {
+            Box::pin(async move {
+                match tokio::time::timeout(connect_timeout, connecting).await {
+                    Ok(connected) => connected,
+                    Err(elapsed) => Err(BoxError::from(elapsed)),
+                }
+            })
+        });
     let pool = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build::<_, Body>(https);
     // The same layers, in the same order, as kube's default stack, with the failover in

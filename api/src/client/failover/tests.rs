@@ -98,6 +98,27 @@ async fn hanging_up() -> Listener {
     }
 }
 
+/// A server that accepts connections and never says anything, like a hung process:
+/// an `https://` URL for it waits on the TLS handshake.
+async fn silent() -> Listener {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(tcp);
+        }
+    });
+    Listener {
+        url: url.parse().unwrap(),
+        seen,
+        task,
+    }
+}
+
 /// A loopback URL nothing listens on: connections to it are refused.
 fn refusing() -> Uri {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -176,6 +197,22 @@ async fn a_get_is_sent_again_when_the_connection_breaks_before_an_answer() {
     assert_eq!(answer["server"], "b");
     assert_eq!((breaking.seen(), live.seen()), (1, 1));
     assert_eq!(servers.current(), live.url);
+}
+
+#[tokio::test]
+async fn a_server_that_never_finishes_the_handshake_is_skipped_like_a_refusal() {
+    let hung = silent().await;
+    let live = answering("b").await;
+    let servers = Servers::new([hung.url.clone(), live.url.clone()]).unwrap();
+    let mut config = kube::Config::new(hung.url.clone());
+    config.connect_timeout = Some(std::time::Duration::from_millis(300));
+    let client = client(&config, servers.clone()).unwrap();
+    let answer = send(&client, "POST").await.unwrap();
+    assert_eq!(
+        answer["server"], "b",
+        "nothing was sent before the handshake timed out"
+    );
+    assert_eq!((hung.seen(), servers.current()), (1, live.url.clone()));
 }
 
 #[tokio::test]
