@@ -338,9 +338,12 @@ where
 /// so layers written for that (the agent's offline reads) stack on it as well.
 pub type ClientService = tower::util::BoxService<Request<Body>, Response<Box<DynBody>>, BoxError>;
 
-/// A client builder for the cluster `config` describes (its CA, credential, timeouts
-/// and namespace) whose requests go to `servers` with failover; its `cluster_url` is
-/// not used. Add layers with `with_layer`, then `build()`.
+/// A client builder for the cluster `config` describes (its CA, credential, TLS server
+/// name, connect timeout, retries and namespace) whose requests go to `servers` with
+/// failover; its `cluster_url` is not used. Add layers with `with_layer`, then
+/// `build()`. Unlike kube's default stack it does not go through `proxy_url` and has
+/// no read or write timeout (kube's defaults set none for reads either): Skiff's
+/// kubeconfigs name no proxy, and TCP keepalive ends connections to vanished servers.
 pub fn client_builder(
     config: &kube::Config,
     servers: Servers,
