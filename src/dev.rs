@@ -63,10 +63,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let dir = config.data_dir.clone();
         async move {
             let connection =
-                crate::agent_client(&name, &dir, Some(&url), Some(node_token), None).await?;
+                crate::agent_client(&name, &dir, &[url], Some(node_token), None).await?;
             let mut config = config;
             config.tunnel = connection.tunnel;
-            skiff_runtime::Agent::start(config, connection.config)
+            skiff_runtime::Agent::start(config, connection.api)
                 .await
                 .with_context(|| format!("starting agent {name}"))
         }

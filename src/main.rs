@@ -115,9 +115,11 @@ impl PodFlags {
 
 #[derive(clap::Args)]
 struct AgentArgs {
-    /// The API server's URL, to join with --token.
-    #[arg(long, env = "SKIFF_SERVER")]
-    server: Option<String>,
+    /// The API servers' URLs, comma-separated: joining with --token goes through the
+    /// first that answers, and the agent fails over between them (and the others it
+    /// learns from the cluster).
+    #[arg(long, env = "SKIFF_SERVER", value_delimiter = ',')]
+    server: Vec<String>,
     /// The server's join token (`K10<CA hash>::<id>.<secret>`, in the server's
     /// DIR/node-token). Used once: the credential it is traded for is kept in
     /// --data-dir and used from then on.
@@ -153,66 +155,79 @@ pub fn credential_path(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("credential.kubeconfig")
 }
 
-/// What an agent connects with: its API configuration, and the tunnel it keeps open.
+/// What an agent connects with: its API configuration (with every server it knows),
+/// and the credential its tunnels use.
 pub struct AgentConnection {
-    pub config: kube::Config,
-    pub tunnel: Option<skiff_runtime::TunnelTarget>,
+    pub api: skiff_api::client::ClientConfig,
+    pub tunnel: Option<skiff_runtime::TunnelAuth>,
 }
 
 impl AgentConnection {
-    fn from_config(config: kube::Config) -> anyhow::Result<AgentConnection> {
+    /// `given` are server URLs from the command line: tried after the ones `api` lists.
+    fn new(
+        mut api: skiff_api::client::ClientConfig,
+        given: &[String],
+    ) -> anyhow::Result<AgentConnection> {
         use secrecy::ExposeSecret;
-        let tunnel = config
+        for url in given {
+            let url = skiff_api::client::failover::parse_server(url)?;
+            if !api.servers.contains(&url) {
+                api.servers.push(url);
+            }
+        }
+        let tunnel = api
+            .kube
             .auth_info
             .token
             .as_ref()
-            .map(|token| skiff_runtime::TunnelTarget {
-                url: config.cluster_url.clone(),
-                roots: config.root_cert.clone().unwrap_or_default(),
+            .map(|token| skiff_runtime::TunnelAuth {
+                roots: api.kube.root_cert.clone().unwrap_or_default(),
                 token: token.expose_secret().to_string(),
             });
-        Ok(AgentConnection { config, tunnel })
+        Ok(AgentConnection { api, tunnel })
     }
 }
 
-/// How an agent connects: its stored credential; else a join with the server's token,
-/// whose credential is stored for restarts; else an explicit kubeconfig.
+/// How an agent connects: its stored credential; else a join with the server's token
+/// through the first of `servers` that answers, whose credential is stored for
+/// restarts; else an explicit kubeconfig.
 pub async fn agent_client(
     name: &str,
     data_dir: &std::path::Path,
-    server: Option<&str>,
+    servers: &[String],
     token: Option<&str>,
     kubeconfig: Option<&std::path::Path>,
 ) -> anyhow::Result<AgentConnection> {
     if let Some(path) = kubeconfig {
-        return AgentConnection::from_config(skiff_api::client::config(Some(path)).await?);
+        return AgentConnection::new(skiff_api::client::config(Some(path)).await?, servers);
     }
     let credential = credential_path(data_dir);
     if !credential.exists() {
-        let (Some(server), Some(token)) = (server, token) else {
+        let (false, Some(token)) = (servers.is_empty(), token) else {
             anyhow::bail!(
-                "this agent has not joined yet: pass --server URL --token TOKEN (the server's \
-                 DIR/node-token), or --kubeconfig"
+                "this agent has not joined yet: pass --server URL[,URL...] --token TOKEN (the \
+                 server's DIR/node-token), or --kubeconfig"
             );
         };
-        let kubeconfig = skiff_api::client::join(server, token, name)
+        let list = servers.join(",");
+        let kubeconfig = skiff_api::client::join(servers, token, name)
             .await
-            .with_context(|| format!("joining {server} as node {name}"))?;
+            .with_context(|| format!("joining {list} as node {name}"))?;
         skiff_api::client::write_private(&credential, &kubeconfig)
             .with_context(|| format!("storing the credential in {}", credential.display()))?;
-        tracing::info!(%server, node = %name, "joined the cluster");
+        tracing::info!(servers = %list, node = %name, "joined the cluster");
     }
     let config = skiff_api::client::config(Some(&credential))
         .await
         .with_context(|| format!("using the credential in {}", credential.display()))?;
-    AgentConnection::from_config(config)
+    AgentConnection::new(config, servers)
 }
 
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let connection = agent_client(
         &args.name,
         &args.data_dir,
-        args.server.as_deref(),
+        &args.server,
         args.token.as_deref(),
         args.kubeconfig.as_deref(),
     )
@@ -221,7 +236,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     config.labels = args.labels;
     args.pods.apply(&mut config);
     config.tunnel = connection.tunnel;
-    let agent = skiff_runtime::Agent::start(config, connection.config)
+    let agent = skiff_runtime::Agent::start(config, connection.api)
         .await
         .context("starting the agent")?;
     println!("agent: {} listening on {}", agent.name, agent.listen);

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tracing::Instrument;
 
+use skiff_api::client::{ClientConfig, Servers};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +39,8 @@ pub enum AgentError {
     LocalState(#[from] crate::local::LocalError),
     #[error("building the API client")]
     Client(#[source] kube::Error),
+    #[error("no API server to talk to")]
+    NoServers(#[source] skiff_api::client::failover::FailoverError),
 }
 
 /// A running agent.
@@ -50,8 +53,9 @@ pub struct Agent {
 
 impl Agent {
     /// Binds the listener, registers the Node and starts running pods. Returns once the
-    /// Node is registered.
-    pub async fn start(config: AgentConfig, api: kube::Config) -> Result<Agent, AgentError> {
+    /// Node is registered. `api` lists the servers to start from; more are learned from
+    /// the cluster.
+    pub async fn start(config: AgentConfig, api: ClientConfig) -> Result<Agent, AgentError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| {
             AgentError::DataDirUnusable {
                 path: config.data_dir.clone(),
@@ -59,7 +63,9 @@ impl Agent {
             }
         })?;
         let local = crate::local::LocalState::open(&config.data_dir)?;
-        let client = crate::local::client(api, local.clone()).map_err(AgentError::Client)?;
+        let servers = Servers::new(api.servers.clone()).map_err(AgentError::NoServers)?;
+        let client = crate::local::client(&api.kube, servers.clone(), local.clone())
+            .map_err(AgentError::Client)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| AgentError::BindFailed {
@@ -120,8 +126,14 @@ impl Agent {
             crate::local::deliver_statuses(local.clone(), client.clone(), stop.clone())
                 .instrument(span.clone()),
         );
-        if let Some(target) = config.tunnel.clone() {
-            tasks.spawn(crate::tunnel::run(target, rt.clone(), stop.clone()).instrument(span));
+        tasks.spawn(
+            crate::apiservers::discover(client.clone(), servers.clone(), api.servers, stop.clone())
+                .instrument(span.clone()),
+        );
+        if let Some(auth) = config.tunnel.clone() {
+            tasks.spawn(
+                crate::tunnel::run_all(servers, auth, rt.clone(), stop.clone()).instrument(span),
+            );
         }
         tracing::info!(node = %config.name, %listen, "agent ready");
         Ok(Agent {

@@ -35,9 +35,9 @@ pub struct AgentConfig {
     pub request_timeout: Duration,
     /// Largest HTTP request body an app accepts (413 beyond).
     pub max_request_body: u64,
-    /// The API server to keep a reverse tunnel open to, so it reaches this agent (for
-    /// logs and app traffic) without an inbound connection.
-    pub tunnel: Option<crate::tunnel::TunnelTarget>,
+    /// The credential to keep a reverse tunnel open with to every API server, so each
+    /// reaches this agent (for logs and app traffic) without an inbound connection.
+    pub tunnel: Option<crate::tunnel::TunnelAuth>,
 }
 
 impl AgentConfig {

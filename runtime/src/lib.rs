@@ -2,6 +2,7 @@
 //! WebAssembly instances in wasmtime, with no containers and no shim per pod.
 
 pub mod agent;
+pub mod apiservers;
 pub mod apps;
 pub mod config;
 pub mod events;
@@ -18,7 +19,7 @@ pub mod wasm;
 
 pub use agent::{Agent, AgentError};
 pub use config::AgentConfig;
-pub use tunnel::TunnelTarget;
+pub use tunnel::TunnelAuth;
 
 /// Now, as Kubernetes writes timestamps.
 pub(crate) fn now_rfc3339() -> String {

@@ -458,11 +458,18 @@ where
     }
 }
 
-/// The agent's API client: kube's default stack with the offline layer.
-pub fn client(config: kube::Config, local: Arc<LocalState>) -> Result<kube::Client, kube::Error> {
-    Ok(kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&OfflineReads::new(local))
-        .build())
+/// The agent's API client: the failover client over `servers`, with the offline layer
+/// on top (it answers only once every server has failed the request).
+pub fn client(
+    config: &kube::Config,
+    servers: skiff_api::client::Servers,
+    local: Arc<LocalState>,
+) -> Result<kube::Client, kube::Error> {
+    Ok(
+        skiff_api::client::failover::client_builder(config, servers)?
+            .with_layer(&OfflineReads::new(local))
+            .build(),
+    )
 }
 
 #[cfg(test)]

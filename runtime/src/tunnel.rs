@@ -1,10 +1,15 @@
-//! The agent's end of the reverse tunnel: it dials the API server, authenticates with
+//! The agent's end of the reverse tunnels: it dials an API server, authenticates with
 //! its node credential, upgrades the connection (`Upgrade: skiff-tunnel`) and then
 //! serves HTTP/2 over it, the same endpoints and app traffic its listener serves. So
 //! the control plane reaches it (logs, the gateway) with no inbound connection: a node
 //! behind NAT works. A broken tunnel is dialled again with bounded exponential backoff
 //! and jitter.
+//!
+//! A server reaches only the agents that have a tunnel open to it, so, as k3s agents
+//! do, the agent keeps one to every server it knows of ([`run_all`]), opening and
+//! closing them as the set of servers changes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,33 +17,43 @@ use http::header;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rand::Rng;
 use rustls_pki_types::{CertificateDer, ServerName};
+use skiff_api::client::Servers;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::pod::Runtime;
 
-/// Where to open the tunnel, and how to authenticate.
+/// How the agent authenticates its tunnels. Every server of a cluster presents a
+/// certificate of the same CA and accepts the same node credential.
 #[derive(Clone)]
-pub struct TunnelTarget {
-    /// The API server's URL (`https://HOST:PORT`).
-    pub url: http::Uri,
+pub struct TunnelAuth {
     /// DER certificates to trust: the cluster CA.
     pub roots: Vec<Vec<u8>>,
     /// The node's bearer token.
     pub token: String,
 }
 
-impl std::fmt::Debug for TunnelTarget {
+impl std::fmt::Debug for TunnelAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TunnelTarget")
-            .field("url", &self.url)
-            .finish_non_exhaustive()
+        f.debug_struct("TunnelAuth").finish_non_exhaustive()
     }
+}
+
+/// Where to open one tunnel, and how to authenticate.
+#[derive(Clone, Debug)]
+pub struct TunnelTarget {
+    /// The API server's URL (`https://HOST:PORT`).
+    pub url: http::Uri,
+    pub auth: TunnelAuth,
 }
 
 const PATH: &str = "/skiff/v1/tunnel";
 const PROTOCOL: &str = "skiff-tunnel";
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long connecting, the TLS handshake and the upgrade may take: a server that
+/// accepts connections but is hung must not hold a tunnel attempt for ever.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// A tunnel that stayed up this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(30);
 
@@ -56,11 +71,69 @@ pub enum TunnelError {
     Http(#[from] hyper::Error),
     #[error("the server answered {0} instead of switching protocols")]
     Refused(http::StatusCode),
+    #[error("no tunnel within {0:?}")]
+    DialTimedOut(Duration),
 }
 
-/// Keeps the tunnel open until `stop`.
-pub async fn run(target: TunnelTarget, rt: Arc<Runtime>, stop: CancellationToken) {
+/// Keeps a tunnel open to every server in `servers` until `stop`: one is opened for
+/// each server that joins the set and closed for each that leaves it.
+pub async fn run_all(
+    servers: Servers,
+    auth: TunnelAuth,
+    rt: Arc<Runtime>,
+    stop: CancellationToken,
+) {
     let service = crate::server::connection_service(crate::server::router(rt.clone()), rt);
+    let mut changes = servers.subscribe();
+    let mut open: HashMap<http::Uri, CancellationToken> = HashMap::new();
+    let mut tunnels = JoinSet::new();
+    loop {
+        let wanted = changes.borrow_and_update().urls.clone();
+        open.retain(|url, tunnel| {
+            let keep = wanted.contains(url);
+            if !keep {
+                tracing::info!(server = %url, "closing the tunnel to a server no longer listed");
+                tunnel.cancel();
+            }
+            keep
+        });
+        for url in wanted {
+            if open.contains_key(&url) {
+                continue;
+            }
+            let tunnel = stop.child_token();
+            let target = TunnelTarget {
+                url: url.clone(),
+                auth: auth.clone(),
+            };
+            tunnels.spawn(run(target, service.clone(), tunnel.clone()));
+            open.insert(url, tunnel);
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { break },
+            _ = stop.cancelled() => break,
+            // Reaps the tunnels that were closed.
+            Some(_) = tunnels.join_next(), if !tunnels.is_empty() => {}
+        }
+    }
+    for tunnel in open.values() {
+        tunnel.cancel();
+    }
+    while tunnels.join_next().await.is_some() {}
+}
+
+/// Keeps one tunnel open until `stop`.
+async fn run<S>(target: TunnelTarget, service: S, stop: CancellationToken)
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let mut backoff = BACKOFF_MIN;
     loop {
         let opened = Instant::now();
@@ -99,6 +172,24 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    let upgraded = tokio::time::timeout(DIAL_TIMEOUT, dial(target))
+        .await
+        .map_err(|_| TunnelError::DialTimedOut(DIAL_TIMEOUT))??;
+    tracing::info!(server = %target.url, "tunnel open");
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .max_concurrent_streams(1000)
+        .serve_connection(upgraded, service)
+        .await?;
+    Ok(())
+}
+
+/// Connects, shakes hands and upgrades: the stream the agent then serves on.
+async fn dial(target: &TunnelTarget) -> Result<hyper::upgrade::Upgraded, TunnelError> {
     let host = target
         .url
         .host()
@@ -110,7 +201,7 @@ where
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
     tcp.set_nodelay(true)?;
     let mut roots = rustls::RootCertStore::empty();
-    for der in &target.roots {
+    for der in &target.auth.roots {
         roots.add(CertificateDer::from(der.clone()))?;
     }
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -135,7 +226,10 @@ where
         .unwrap_or_else(|| host.clone());
     let request = http::Request::get(PATH)
         .header(header::HOST, authority)
-        .header(header::AUTHORIZATION, format!("Bearer {}", target.token))
+        .header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", target.auth.token),
+        )
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, PROTOCOL)
         .body(http_body_util::Empty::<bytes::Bytes>::new())
@@ -144,16 +238,5 @@ where
     if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         return Err(TunnelError::Refused(response.status()));
     }
-    let upgraded = hyper::upgrade::on(response).await?;
-    tracing::info!(server = %target.url, "tunnel open");
-    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(4 << 20)
-        .max_concurrent_streams(1000)
-        .serve_connection(upgraded, service)
-        .await?;
-    Ok(())
+    Ok(hyper::upgrade::on(response).await?)
 }

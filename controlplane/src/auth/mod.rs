@@ -7,7 +7,8 @@
 //! - **node** credentials are restricted as Kubernetes' Node authorizer and
 //!   NodeRestriction admission restrict kubelets: the node's own Node and Lease; the pods
 //!   bound to it and their status; the ConfigMaps, Secrets and Modules those pods
-//!   reference; and Events.
+//!   reference; Events; and reading Endpoints (agents learn the API servers from
+//!   `default/kubernetes`, as kubelets may read endpoints).
 //! - **join** tokens may only trade themselves for a node credential (`POST /skiff/v1/join`).
 //!
 //! Tokens live in the store (see `skiff_api::token`), so revoking one is deleting its
@@ -341,6 +342,7 @@ async fn authorize_node(
             }
         }
         ("events", "create" | "update" | "patch") => Ok(()),
+        ("endpoints", "get" | "list" | "watch") => Ok(()),
         _ => deny(""),
     }
 }
@@ -674,6 +676,50 @@ async fn record(api: &ApiServer, t: &Token, role: Role, description: &str) -> Ap
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn api(dir: &tempfile::TempDir) -> ApiServer {
+        let store = crate::store::redb::RedbStore::open(&dir.path().join("store.redb")).unwrap();
+        ApiServer {
+            store,
+            modules: crate::apiserver::ModuleBlobs::new(dir.path().join("blobs")),
+            config: Default::default(),
+            shutdown: Default::default(),
+            tunnels: Default::default(),
+            metrics: Default::default(),
+        }
+    }
+
+    /// What a node's credential may do with `method path?query`.
+    async fn node_may(api: &ApiServer, method: Method, path_and_query: &str) -> bool {
+        let (path, query) = path_and_query
+            .split_once('?')
+            .map_or((path_and_query, None), |(p, q)| (p, Some(q)));
+        let query = Query::parse(query).unwrap();
+        let kind = classify(&method, path, &query);
+        let node = Identity::Node {
+            id: "n1id".into(),
+            name: "edge-1".into(),
+        };
+        authorize(api, &node, (&method, path), &kind, &query, None)
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn nodes_read_endpoints_to_learn_the_api_servers_but_never_write_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = api(&dir);
+        let kubernetes = "/api/v1/namespaces/default/endpoints/kubernetes";
+        assert!(node_may(&api, Method::GET, kubernetes).await);
+        assert!(node_may(&api, Method::GET, "/api/v1/namespaces/default/endpoints").await);
+        assert!(node_may(&api, Method::GET, "/api/v1/endpoints?watch=true").await);
+        assert!(!node_may(&api, Method::PUT, kubernetes).await);
+        assert!(!node_may(&api, Method::DELETE, kubernetes).await);
+        assert!(
+            !node_may(&api, Method::GET, "/api/v1/namespaces/default/services").await,
+            "endpoints only"
+        );
+    }
 
     #[test]
     fn field_selectors_are_read_as_kubernetes_writes_them() {

@@ -235,8 +235,15 @@ impl WatchCache {
     pub async fn list(&self, req: &ListRequest<'_>, newest: Revision) -> Option<ListPage> {
         let kind = kind_of(req.prefix)?;
         let mut rev = self.rev.subscribe();
-        let caught_up = tokio::time::timeout(CACHE_WAIT, rev.wait_for(|r| *r >= newest)).await;
-        if !matches!(caught_up, Ok(Ok(_))) {
+        // `wait_for` answers with a read guard on the revision: it must go before the
+        // revision is read again below. Held, a writer queued in between (the cache's
+        // own loop) blocks that second read, and the loop waits for this guard: both
+        // stall for good.
+        let caught_up = matches!(
+            tokio::time::timeout(CACHE_WAIT, rev.wait_for(|r| *r >= newest)).await,
+            Ok(Ok(_))
+        );
+        if !caught_up {
             tracing::debug!(
                 newest,
                 cache = *self.rev.borrow(),
