@@ -208,12 +208,21 @@ pub async fn prepare(
         .transpose()
         .map_err(BootstrapError::BadToken)?;
     if let (Some(url), Some(token)) = (join_url, &given) {
-        skiff_api::client::fetch_pinned_ca(url, &token.ca_hash)
-            .await
-            .map_err(|source| BootstrapError::JoinCheck {
-                url: url.to_string(),
-                source,
-            })?;
+        match skiff_api::client::fetch_pinned_ca(url, &token.ca_hash).await {
+            Ok(_) => {}
+            // The bundle in etcd is what proves the cluster (it only opens with the
+            // token, and carries the CA the token pins); the URL is a check for a
+            // typo, and a server restarting while that one is down must still start.
+            Err(skiff_api::client::JoinError::Unreachable { url, source }) => {
+                tracing::warn!(%url, error = %source, "--join server unreachable; trusting the bootstrap data in etcd")
+            }
+            Err(source) => {
+                return Err(BootstrapError::JoinCheck {
+                    url: url.to_string(),
+                    source,
+                });
+            }
+        }
     }
     let Some(stored) = read_bundle(store).await? else {
         if given.is_some() {

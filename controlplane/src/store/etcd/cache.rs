@@ -220,8 +220,12 @@ impl WatchCache {
         let kind = kind_of(key)?;
         if *self.rev.borrow() < newest {
             let mut rev = self.rev.subscribe();
-            let caught_up = tokio::time::timeout(CACHE_WAIT, rev.wait_for(|r| *r >= newest)).await;
-            if !matches!(caught_up, Ok(Ok(_))) {
+            // The guard `wait_for` answers with is dropped at once (see `list`).
+            let caught_up = matches!(
+                tokio::time::timeout(CACHE_WAIT, rev.wait_for(|r| *r >= newest)).await,
+                Ok(Ok(_))
+            );
+            if !caught_up {
                 return None;
             }
         }
