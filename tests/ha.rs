@@ -27,8 +27,12 @@ struct Servers {
 
 impl Servers {
     fn start(n: usize, endpoints: &str, prefix: &str) -> Servers {
+        Self::start_with(n, endpoints, prefix, &[])
+    }
+
+    fn start_with(n: usize, endpoints: &str, prefix: &str, extra: &[&str]) -> Servers {
         let dir = tempfile::tempdir().unwrap();
-        let store = [
+        let mut store = vec![
             "--store",
             "etcd",
             "--etcd-endpoints",
@@ -36,6 +40,7 @@ impl Servers {
             "--etcd-prefix",
             prefix,
         ];
+        store.extend_from_slice(extra);
         let mut dirs = Vec::new();
         let mut servers: Vec<Option<ServerProcess>> = Vec::new();
         for i in 0..n {
@@ -580,4 +585,223 @@ impl Servers {
             servers: vec![Some(first), Some(second)],
         }
     }
+}
+
+/// `skiff agent` named `name` joining through `servers` (comma-separated).
+fn agent(servers: &str, token: &str, name: &str, dir: &Path) -> common::Process {
+    let data = dir.join(name);
+    common::Process::start(
+        &[
+            "agent",
+            "--server",
+            servers,
+            "--token",
+            token,
+            "--name",
+            name,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--lease-interval",
+            "500ms",
+        ],
+        "agent:",
+    )
+    .0
+}
+
+/// GETs `url` back to back until stopped; counts answers and failures.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Traffic {
+    fn start(url: String) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let (s, o, f) = (stop.clone(), ok.clone(), failures.clone());
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
+            while !s.load(Ordering::Relaxed) {
+                match http.get(&url).timeout(Duration::from_secs(10)).send().await {
+                    Ok(r) if r.status().as_u16() == 200 => {
+                        o.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => {
+                        let code = r.status();
+                        let body = r.text().await.unwrap_or_default();
+                        f.lock().unwrap().push(format!("{code}: {body}"));
+                    }
+                    Err(e) => f.lock().unwrap().push(e.to_string()),
+                }
+            }
+        });
+        Traffic {
+            stop,
+            ok,
+            failures,
+            task,
+        }
+    }
+
+    async fn more(&self, n: usize) {
+        let target = self.ok.load(Ordering::Relaxed) + n;
+        eventually("requests to go on through the gateway", Duration::from_secs(30), || {
+            let ok = self.ok.clone();
+            async move { (ok.load(Ordering::Relaxed) >= target).then_some(()) }
+        })
+        .await;
+    }
+
+    async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        let failures = self.failures.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+async fn node_renewed(api: &Api, node: &str) -> Option<String> {
+    let (code, lease) = api
+        .get(&format!(
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}"
+        ))
+        .await;
+    (code == 200).then(|| lease["spec"]["renewTime"].as_str().map(str::to_string))?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_app_rolls_out_with_no_failed_request_while_the_leader_and_the_agents_first_server_die()
+{
+    let mut servers = Servers::start_with(
+        3,
+        &etcd::shared(),
+        &etcd::prefix("app-under-kills"),
+        &["--gateway", "127.0.0.1:0"],
+    );
+    let apis: Vec<Api> = (0..3).map(|i| servers.api(i)).collect();
+    // The first server leads, and is the first URL the agents know.
+    let leader = eventually("a leader", Duration::from_secs(20), || servers.leader(&apis[1])).await;
+    let urls: Vec<String> = std::iter::once(leader)
+        .chain((0..3).filter(|&i| i != leader))
+        .map(|i| servers.servers[i].as_ref().unwrap().url.clone())
+        .collect();
+    let (first, rollout_via, gateway_of) = (leader, (leader + 1) % 3, (leader + 2) % 3);
+    let token = servers.servers[0].as_ref().unwrap().node_token();
+    let dir = tempfile::tempdir().unwrap();
+    let _agents = [
+        agent(&urls.join(","), &token, "ha-1", dir.path()),
+        agent(&urls.join(","), &token, "ha-2", dir.path()),
+    ];
+    for node in ["ha-1", "ha-2"] {
+        eventually(&format!("{node} Ready"), Duration::from_secs(30), || {
+            let api = apis[gateway_of].clone();
+            async move {
+                let (_, n) = api.get(&format!("/api/v1/nodes/{node}")).await;
+                n["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+    let (code, app) = apis[rollout_via]
+        .raw(
+            reqwest::Method::PUT,
+            "/apis/skiff.dev/v1/namespaces/default/apps/web?replicas=2&wait=true",
+            "application/wasm",
+            common::workload("http-hello.wasm"),
+        )
+        .await;
+    assert_eq!(code, 201, "{app}");
+    let gateway = servers.servers[gateway_of]
+        .as_ref()
+        .unwrap()
+        .printed("gateway:")
+        .expect("the server prints its gateway");
+    let traffic = Traffic::start(format!("{gateway}/default/web/"));
+    traffic.more(50).await;
+
+    // A new module rolls out, and the leader (the agents' first server) dies under it.
+    let (code, started) = apis[rollout_via]
+        .raw(
+            reqwest::Method::PUT,
+            "/apis/skiff.dev/v1/namespaces/default/apps/web",
+            "application/wasm",
+            common::workload("http-echo.wasm"),
+        )
+        .await;
+    assert_eq!(code, 200, "{started}");
+    let new_module = started["spec"]["module"].as_str().unwrap().to_string();
+    assert_ne!(started["spec"]["module"], app["spec"]["module"]);
+    servers.kill(first);
+    let killed = Instant::now();
+    traffic.more(50).await;
+    eventually("the rollout to finish under the new leader", Duration::from_secs(60), || {
+        let api = apis[gateway_of].clone();
+        let new_module = new_module.clone();
+        async move {
+            let (_, app) = api.get("/apis/skiff.dev/v1/namespaces/default/apps/web").await;
+            let (_, pods) = api
+                .get("/api/v1/namespaces/default/pods?labelSelector=app.skiff.dev%2Fname%3Dweb")
+                .await;
+            let running_new = pods["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .all(|p| p["spec"]["containers"][0]["image"] == new_module.as_str());
+            (app["status"]["readyReplicas"] == 2 && app["status"]["updatedReplicas"] == 2 && running_new)
+                .then_some(())
+        }
+    })
+    .await;
+    traffic.more(50).await;
+    let (code, body) = {
+        let http = reqwest::Client::new();
+        let r = http.get(format!("{gateway}/default/web/")).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(code, 200);
+    assert!(body.starts_with('{'), "the new module answers: {body}");
+
+    // The agents stay Ready: their Leases keep renewing through the other servers.
+    for node in ["ha-1", "ha-2"] {
+        let before = node_renewed(&apis[gateway_of], node).await;
+        eventually(&format!("{node}'s Lease renewed after the kill"), Duration::from_secs(20), || {
+            let api = apis[gateway_of].clone();
+            let before = before.clone();
+            async move {
+                let now = node_renewed(&api, node).await;
+                (now.is_some() && now != before).then_some(())
+            }
+        })
+        .await;
+    }
+    // A pod's logs still come through a surviving server (its tunnel to that server).
+    let (_, pods) = apis[rollout_via]
+        .get("/api/v1/namespaces/default/pods?labelSelector=app.skiff.dev%2Fname%3Dweb")
+        .await;
+    let pod = pods["items"][0]["metadata"]["name"].as_str().unwrap().to_string();
+    let (code, _) = apis[rollout_via]
+        .text(&format!("/api/v1/namespaces/default/pods/{pod}/log"))
+        .await;
+    assert_eq!(code, 200);
+
+    let (ok, failures) = traffic.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed through the surviving gateway: {failures:?}",
+        failures.len(),
+        ok + failures.len()
+    );
+    eprintln!("{ok} requests, none failed; rollout finished {:?} after the kill", killed.elapsed());
 }

@@ -345,8 +345,28 @@ impl Server {
             }
         });
 
+        // This server first (kubectl reads only that one), then the other live servers
+        // the cluster lists, for Skiff's clients to fail over to.
+        let mut servers = vec![api_url.clone()];
+        let endpoints = skiff_api::resources::lookup("", "v1", "endpoints").expect("served");
+        if etcd.is_some()
+            && let Ok(Some(listed)) = apiserver::internal::get(
+                &api,
+                endpoints,
+                Some("default"),
+                crate::cluster::endpoints::ENDPOINTS_NAME,
+            )
+            .await
+        {
+            let me = format!("https://{advertise}");
+            for url in skiff_api::client::endpoints_urls(&listed) {
+                if url != me && !servers.contains(&url) {
+                    servers.push(url);
+                }
+            }
+        }
         let kubeconfig = config.data_dir.join("kubeconfig");
-        write_kubeconfig(&kubeconfig, &api_url, &pki.ca_pem, &admin.to_string())?;
+        write_kubeconfig(&kubeconfig, &servers, &pki.ca_pem, &admin.to_string())?;
         tracing::info!(path = %config.data_dir.join("node-token").display(), ca_hash = %join.ca_hash, "agents join with the node token");
         tracing::info!(url = %api_url, data_dir = %config.data_dir.display(), "API server ready");
         Ok(Server {
@@ -481,8 +501,13 @@ async fn compact_periodically(
 }
 
 /// Writes a kubeconfig for this server, atomically and readable by the owner only.
-fn write_kubeconfig(path: &Path, url: &str, ca_pem: &str, token: &str) -> Result<(), ServerError> {
-    let text = skiff_api::client::kubeconfig_text(url, ca_pem, "admin", token);
+fn write_kubeconfig(
+    path: &Path,
+    servers: &[String],
+    ca_pem: &str,
+    token: &str,
+) -> Result<(), ServerError> {
+    let text = skiff_api::client::kubeconfig_for_servers(servers, ca_pem, "admin", token);
     skiff_api::client::write_private(path, &text).map_err(|source| {
         ServerError::KubeconfigWriteFailed {
             path: path.to_path_buf(),

@@ -196,6 +196,11 @@ impl ServerProcess {
         self.process.pid()
     }
 
+    /// The rest of a line the server printed before `api:`, such as `gateway:`.
+    pub fn printed(&self, prefix: &str) -> Option<String> {
+        self.process.printed(prefix)
+    }
+
     /// An admin client, from the kubeconfig the server wrote.
     pub fn api(&self) -> Api {
         Api::from_kubeconfig(&self.kubeconfig())
