@@ -32,7 +32,11 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .to_string()
 }
 
-#[tokio::test]
+// Each test below runs once per store, as redb::NAME and etcd::NAME.
+common::store::store_tests!(#[tokio::test] async fn
+    upload_is_validated_content_addressed_and_idempotent,
+);
+
 async fn upload_is_validated_content_addressed_and_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &["--max-module-bytes", "1024"]);
