@@ -240,3 +240,33 @@ pub fn server_flags(test: &str) -> Vec<String> {
         prefix(test),
     ]
 }
+
+/// How many keys start with `prefix`, asked of the cluster at `endpoints` through etcd's
+/// JSON gateway (a linearizable read).
+pub async fn count_keys(endpoints: &str, prefix: &str) -> u64 {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut end = prefix.as_bytes().to_vec();
+    // The range end of a prefix: its last byte plus one (prefixes here are ASCII).
+    *end.last_mut().expect("a non-empty prefix") += 1;
+    let endpoint = endpoints.split(',').next().expect("an endpoint");
+    let response: serde_json::Value = reqwest::Client::new()
+        .post(format!("{endpoint}/v3/kv/range"))
+        .json(&serde_json::json!({
+            "key": b64(prefix.as_bytes()),
+            "range_end": b64(&end),
+            "count_only": true,
+        }))
+        .send()
+        .await
+        .expect("etcd's JSON gateway answers")
+        .json()
+        .await
+        .expect("a JSON range response");
+    // proto3 JSON leaves a zero count out, and writes int64 as a string.
+    match &response["count"] {
+        serde_json::Value::Null => 0,
+        serde_json::Value::String(n) => n.parse().expect("a numeric count"),
+        other => panic!("unexpected count {other} in {response}"),
+    }
+}
