@@ -134,13 +134,18 @@ async fn list_then_watch_misses_nothing_under_concurrent_writers() {
     for h in writers {
         h.await.unwrap();
     }
+    // One more write after all the others: the watch must deliver every event up to
+    // it. (Not up to the final list's resourceVersion: that is the cluster's revision,
+    // which other kinds' writes, such as the server's Lease renewals, can carry past
+    // the last ConfigMap event.)
+    let (code, last_write) = api.post(CMS, &configmap("last", json!({}))).await;
+    assert_eq!(code, 201, "{last_write}");
     let (_, fin) = api.get(CMS).await;
-    let final_rv = rv(&fin);
-    while last < final_rv {
+    while last < rv(&last_write) {
         let e = w
             .next(WAIT)
             .await
-            .expect("an event for every revision up to the final list");
+            .expect("an event for every write up to the last one");
         let obj = &e["object"];
         let r = rv(obj);
         assert!(
