@@ -1,20 +1,21 @@
-//! End to end on a 3-node `skiff dev`: the ReplicaSet controller keeps its count through
-//! scaling and pod loss, adopts matching orphans, releases pods it stops matching, and
-//! reports status; its pods are scheduled and run as Wasm.
+//! End to end on a 3-node cluster on each store (`skiff dev` on redb; see
+//! `common::cluster`): the ReplicaSet controller keeps its count through scaling and pod
+//! loss, adopts matching orphans, releases pods it stops matching, and reports status;
+//! its pods are scheduled and run as Wasm.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Api, Process, eventually, workload};
+use common::{Api, eventually, workload};
 use serde_json::{Value, json};
 
 const RS: &str = "/apis/apps/v1/namespaces/default/replicasets";
 const PODS: &str = "/api/v1/namespaces/default/pods";
 const WAIT: Duration = Duration::from_secs(60);
 
-fn cluster() -> (tempfile::TempDir, Process, Api) {
-    common::dev_cluster(3, &[])
+fn cluster() -> (tempfile::TempDir, common::Cluster, Api) {
+    common::cluster(3)
 }
 
 fn replicaset(name: &str, image: &str, replicas: i64) -> Value {
@@ -55,7 +56,14 @@ async fn wait_for_count(api: &Api, app: &str, n: usize) -> Vec<Value> {
     .await
 }
 
-#[tokio::test]
+// Each test below runs once per store, as redb::NAME and etcd::NAME.
+common::store::store_tests!(#[tokio::test] async fn
+    a_replicaset_keeps_its_count_and_reports_status,
+    orphans_are_adopted_and_unmatched_pods_released,
+    cascading_delete_in_all_three_propagation_modes,
+    jobs_complete_fail_on_backoff_and_deadline_and_expire,
+);
+
 async fn a_replicaset_keeps_its_count_and_reports_status() {
     let (_d, _p, api) = cluster();
     let image = api.upload(workload("ticker.wasm")).await;
@@ -116,7 +124,6 @@ async fn a_replicaset_keeps_its_count_and_reports_status() {
     );
 }
 
-#[tokio::test]
 async fn orphans_are_adopted_and_unmatched_pods_released() {
     let (_d, _p, api) = cluster();
     let image = api.upload(workload("ticker.wasm")).await;
@@ -154,7 +161,6 @@ async fn orphans_are_adopted_and_unmatched_pods_released() {
     assert_eq!(released["metadata"]["labels"]["app"], "other");
 }
 
-#[tokio::test]
 async fn cascading_delete_in_all_three_propagation_modes() {
     let (_d, _p, api) = cluster();
     let image = api.upload(workload("ticker.wasm")).await;
@@ -248,7 +254,6 @@ async fn job_condition(api: &Api, name: &str) -> Value {
     .await
 }
 
-#[tokio::test]
 async fn jobs_complete_fail_on_backoff_and_deadline_and_expire() {
     let (_d, _p, api) = cluster();
     let hello = api.upload(workload("hello.wasm")).await;

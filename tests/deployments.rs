@@ -1,4 +1,5 @@
-//! End to end on a 3-node `skiff dev`: Deployments roll out through ReplicaSets.
+//! End to end on a 3-node cluster on each store (`skiff dev` on redb; see
+//! `common::cluster`): Deployments roll out through ReplicaSets.
 //! Availability during a rolling update is checked on every pod event of a watch, not
 //! by sampling; rollback reuses the old ReplicaSet under a new revision; Recreate never
 //! overlaps old and new pods; paused Deployments scale but don't roll; history is
@@ -165,9 +166,15 @@ async fn follow_rollout(
     }
 }
 
-#[tokio::test]
+// Each test below runs once per store, as redb::NAME and etcd::NAME.
+common::store::store_tests!(#[tokio::test] async fn
+    a_rolling_update_keeps_availability_and_rolls_back,
+    recreate_pause_history_min_ready_and_deadline,
+    kubectl_rollout_status_history_and_undo,
+);
+
 async fn a_rolling_update_keeps_availability_and_rolls_back() {
-    let (_d, _p, api) = common::dev_cluster(3, &[]);
+    let (_d, _p, api) = common::cluster(3);
     // The loops below run because this server holds the leadership Lease.
     let (code, lease) = api
         .get("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/skiff-controlplane")
@@ -318,9 +325,8 @@ async fn a_rolling_update_keeps_availability_and_rolls_back() {
     .await;
 }
 
-#[tokio::test]
 async fn recreate_pause_history_min_ready_and_deadline() {
-    let (_d, _p, api) = common::dev_cluster(3, &[]);
+    let (_d, _p, api) = common::cluster(3);
     let image = api.upload(workload("ticker.wasm")).await;
     let mut d = deployment("batch", &image, 2, json!({"type": "Recreate"}));
     // No annotations at all, as most Deployments come.
@@ -525,9 +531,8 @@ fn history(kubeconfig: &std::path::Path, name: &str) -> Vec<String> {
     .collect()
 }
 
-#[tokio::test]
 async fn kubectl_rollout_status_history_and_undo() {
-    let (dir, _p, api) = common::dev_cluster(2, &[]);
+    let (dir, _p, api) = common::cluster(2);
     let kubeconfig = dir.path().join("kubeconfig");
     let image = api.upload(workload("ticker.wasm")).await;
     let mut manifest = deployment("web", &image, 2, json!({"type": "RollingUpdate"}));

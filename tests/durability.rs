@@ -1,6 +1,8 @@
-//! Durability and shutdown with the real binary: every create acknowledged before a
-//! SIGKILL is there after a restart; many concurrent writers all succeed (group commit);
-//! SIGTERM stops the server cleanly even with a watch open.
+//! Durability and shutdown with the real binary, on each store: every create
+//! acknowledged before a SIGKILL is there after a restart (on redb, in the server's
+//! file; on etcd, in the cluster, which the restarted server reads under the same
+//! prefix); many concurrent writers all succeed, each with its own revision; SIGTERM
+//! stops the server cleanly even with a watch open.
 
 mod common;
 
@@ -13,7 +15,13 @@ use serde_json::json;
 
 const CMS: &str = "/api/v1/namespaces/default/configmaps";
 
-#[tokio::test]
+// Each test below runs once per store, as redb::NAME and etcd::NAME.
+common::store::store_tests!(#[tokio::test] async fn
+    acknowledged_writes_survive_sigkill,
+    many_concurrent_writers_all_succeed,
+    sigterm_shuts_down_cleanly_with_a_watch_open,
+);
+
 async fn acknowledged_writes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &[]);
@@ -84,7 +92,6 @@ async fn acknowledged_writes_survive_sigkill() {
     assert!(common::rv(&created) > max_before);
 }
 
-#[tokio::test]
 async fn many_concurrent_writers_all_succeed() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &[]);
@@ -109,7 +116,6 @@ async fn many_concurrent_writers_all_succeed() {
     assert_eq!(revisions.len(), 200, "every write got its own revision");
 }
 
-#[tokio::test]
 async fn sigterm_shuts_down_cleanly_with_a_watch_open() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &[]);

@@ -19,7 +19,12 @@ async fn client(server: &ServerProcess) -> kube::Client {
         .expect("client from the server's kubeconfig")
 }
 
-#[tokio::test]
+// Each test below runs once per store, as redb::NAME and etcd::NAME.
+common::store::store_tests!(#[tokio::test] async fn
+    kube_api_create_list_patch_delete,
+    kube_runtime_watcher_sees_every_change,
+);
+
 async fn kube_api_create_list_patch_delete() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &[]);
@@ -81,7 +86,6 @@ async fn kube_api_create_list_patch_delete() {
     assert!(cms.get_opt("via-kube").await.unwrap().is_none());
 }
 
-#[tokio::test]
 async fn kube_runtime_watcher_sees_every_change() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &["--bookmark-interval", "200ms"]);

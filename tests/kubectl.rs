@@ -1,6 +1,7 @@
 //! kubectl, unchanged (the pinned 1.37.1 that scripts/test installs), step by step
-//! against `skiff dev` with the manifest set in tests/manifests: apply, get in its
-//! output formats, describe, scale, rollout, logs, watch, delete --wait and errors.
+//! against a cluster on each store (see `common::cluster`) with the manifest set in
+//! tests/manifests: apply, get in its output formats, describe, scale, rollout, logs,
+//! watch, delete --wait and errors.
 
 mod common;
 
@@ -58,9 +59,14 @@ fn words(line: &str) -> Vec<&str> {
     line.split_whitespace().collect()
 }
 
-#[tokio::test]
+// Each test below runs once per store, as redb::NAME and etcd::NAME.
+common::store::store_tests!(#[tokio::test] async fn
+    kubectl_step_by_step,
+    kubectl_validates_applies_and_explains_from_openapi,
+);
+
 async fn kubectl_step_by_step() {
-    let (dir, _process, api) = common::dev_cluster(2, &[]);
+    let (dir, _process, api) = common::cluster(2);
     let kc = dir.path().join("kubeconfig");
     let ticker = api.upload(workload("ticker.wasm")).await;
     let manifests = std::fs::read_to_string(
@@ -319,9 +325,8 @@ async fn kubectl_step_by_step() {
 
 /// kubectl's default (strict) validation through /openapi/v3 and the server's
 /// fieldValidation; `apply` computing its patches from the served schemas; `explain`.
-#[tokio::test]
 async fn kubectl_validates_applies_and_explains_from_openapi() {
-    let (dir, _process, api) = common::dev_cluster(1, &[]);
+    let (dir, _process, api) = common::cluster(1);
     let kc = dir.path().join("kubeconfig");
     let file = |name: &str, body: &str| {
         let path = dir.path().join(name);

@@ -32,7 +32,11 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .to_string()
 }
 
-#[tokio::test]
+// Each test below runs once per store, as redb::NAME and etcd::NAME.
+common::store::store_tests!(#[tokio::test] async fn
+    upload_is_validated_content_addressed_and_idempotent,
+);
+
 async fn upload_is_validated_content_addressed_and_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), &["--max-module-bytes", "1024"]);
@@ -152,19 +156,31 @@ async fn upload_is_validated_content_addressed_and_idempotent() {
         "rejected uploads store nothing"
     );
 
-    // Unknown digests are 404; deleting removes object and bytes.
+    // Unknown digests are 404; deleting removes object and bytes: the server's file,
+    // and on etcd the chunks every server reads.
     let (code, _) = api
         .get(&format!("{MODULES}/sha256:{}", "0".repeat(64)))
         .await;
     assert_eq!(code, 404);
+    let file = dir
+        .path()
+        .join("modules/sha256")
+        .join(sha256_hex(EMPTY_MODULE));
+    assert!(file.exists());
+    let chunks = match server.etcd_location() {
+        Some((endpoints, prefix)) => {
+            let chunks = format!("{prefix}/blobs/sha256/{}/", sha256_hex(EMPTY_MODULE));
+            assert_eq!(common::etcd::count_keys(&endpoints, &chunks).await, 1);
+            Some((endpoints, chunks))
+        }
+        None => None,
+    };
     let (code, _) = api.delete(&format!("{MODULES}/{digest}"), None).await;
     assert_eq!(code, 200);
     let (code, _) = api.get(&format!("{MODULES}/{digest}")).await;
     assert_eq!(code, 404);
-    assert!(
-        !dir.path()
-            .join("modules/sha256")
-            .join(sha256_hex(EMPTY_MODULE))
-            .exists()
-    );
+    assert!(!file.exists());
+    if let Some((endpoints, chunks)) = chunks {
+        assert_eq!(common::etcd::count_keys(&endpoints, &chunks).await, 0);
+    }
 }

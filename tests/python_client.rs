@@ -1,13 +1,18 @@
 //! The official Kubernetes Python client (PyPI `kubernetes`, installed by scripts/test)
-//! lists, creates, patches and watches against `skiff dev`: tests/python/client.py.
+//! lists, creates, patches and watches against a cluster on each store (see
+//! `common::cluster`): tests/python/client.py.
 
 mod common;
 
 use common::workload;
 
-#[tokio::test]
+// Each test below runs once per store, as redb::NAME and etcd::NAME.
+common::store::store_tests!(#[tokio::test] async fn
+    the_python_client_lists_creates_patches_and_watches,
+);
+
 async fn the_python_client_lists_creates_patches_and_watches() {
-    let (dir, _process, api) = common::dev_cluster(2, &[]);
+    let (dir, _process, api) = common::cluster(2);
     let image = api.upload(workload("ticker.wasm")).await;
     let kubeconfig = dir.path().join("kubeconfig");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client.py");

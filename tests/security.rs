@@ -69,7 +69,11 @@ fn pod_using_secret(name: &str, node: &str, image: &str, secret: &str) -> Value 
     })
 }
 
-#[tokio::test]
+// Each test below runs once per store, as redb::NAME and etcd::NAME.
+common::store::store_tests!(#[tokio::test] async fn
+    tls_tokens_roles_join_and_revocation,
+);
+
 async fn tls_tokens_roles_join_and_revocation() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&dir.path().join("server"), &[]);

@@ -202,7 +202,17 @@ pub fn shared() -> String {
                     std::env::temp_dir().join(format!("skiff-test-etcd-{}", std::process::id()));
                 let _ = std::fs::remove_dir_all(&dir);
                 std::fs::create_dir_all(&dir).expect("a directory for the shared etcd");
-                let cluster = EtcdCluster::start_in(dir, 3);
+                let cluster = EtcdCluster::start_in(dir.clone(), 3);
+                let pids = cluster
+                    .members
+                    .iter()
+                    .filter_map(|m| m.child.as_ref())
+                    .filter_map(|c| libc::pid_t::try_from(c.id()).ok())
+                    .collect();
+                if SHARED_TO_REMOVE.set((pids, dir)).is_ok() {
+                    // SAFETY: registers a plain function with no arguments.
+                    unsafe { libc::atexit(remove_shared) };
+                }
                 tx.send(cluster.endpoints()).expect("the test waits");
                 // Kept running for the rest of the process.
                 let _cluster = cluster;
@@ -213,6 +223,25 @@ pub fn shared() -> String {
             rx.recv().expect("the shared etcd cluster started")
         })
         .clone()
+}
+
+/// The members and directory of the cluster [`shared`] started, for [`remove_shared`].
+static SHARED_TO_REMOVE: OnceLock<(Vec<libc::pid_t>, PathBuf)> = OnceLock::new();
+
+/// At exit, stops the shared cluster and removes its data (three 64 MiB write-ahead
+/// logs and more), which would otherwise stay behind after every test binary run
+/// without scripts/test.
+extern "C" fn remove_shared() {
+    if let Some((pids, dir)) = SHARED_TO_REMOVE.get() {
+        for &pid in pids {
+            // SAFETY: signals and reaps this process's own children; no memory is shared.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// A fresh key prefix, so tests on one etcd never see each other's objects.
@@ -239,4 +268,34 @@ pub fn server_flags(test: &str) -> Vec<String> {
         "--etcd-prefix".into(),
         prefix(test),
     ]
+}
+
+/// How many keys start with `prefix`, asked of the cluster at `endpoints` through etcd's
+/// JSON gateway (a linearizable read).
+pub async fn count_keys(endpoints: &str, prefix: &str) -> u64 {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut end = prefix.as_bytes().to_vec();
+    // The range end of a prefix: its last byte plus one (prefixes here are ASCII).
+    *end.last_mut().expect("a non-empty prefix") += 1;
+    let endpoint = endpoints.split(',').next().expect("an endpoint");
+    let response: serde_json::Value = reqwest::Client::new()
+        .post(format!("{endpoint}/v3/kv/range"))
+        .json(&serde_json::json!({
+            "key": b64(prefix.as_bytes()),
+            "range_end": b64(&end),
+            "count_only": true,
+        }))
+        .send()
+        .await
+        .expect("etcd's JSON gateway answers")
+        .json()
+        .await
+        .expect("a JSON range response");
+    // proto3 JSON leaves a zero count out, and writes int64 as a string.
+    match &response["count"] {
+        serde_json::Value::Null => 0,
+        serde_json::Value::String(n) => n.parse().expect("a numeric count"),
+        other => panic!("unexpected count {other} in {response}"),
+    }
 }

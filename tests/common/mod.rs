@@ -1,5 +1,6 @@
 //! Shared fixtures for the end-to-end tests: the real `skiff` binary on a loopback port
-//! with a real redb file in a temporary directory, and a small JSON client.
+//! with its store (a real redb file in a temporary directory, or a real etcd cluster;
+//! see [`store`]), and a small JSON client.
 
 #![allow(dead_code)] // reason: each test binary uses a different subset of these helpers
 
@@ -11,6 +12,10 @@ use serde_json::Value;
 
 pub mod etcd;
 pub mod netns;
+pub mod store;
+
+#[allow(unused_imports)] // reason: only the binaries that start clusters use these
+pub use store::{Cluster, cluster};
 
 /// A `skiff dev` cluster or `skiff agent` process, read until a marker line.
 pub struct Process {
@@ -171,25 +176,37 @@ pub fn workload(name: &str) -> Vec<u8> {
 pub struct ServerProcess {
     pub url: String,
     pub data_dir: PathBuf,
+    /// The store it keeps the cluster in: the running test's (see [`store`]).
+    pub store: store::Backend,
     process: Process,
 }
 
 impl ServerProcess {
-    /// Starts the binary and waits for its `api:` line.
+    /// Starts the binary on the running test's store and waits for its `api:` line.
+    /// Started again on the same `data_dir`, it finds the same store.
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
         Self::start_on(data_dir, "127.0.0.1:0", extra)
     }
 
     pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> ServerProcess {
         let dir = data_dir.to_str().expect("a UTF-8 temp path");
+        let backend = store::current();
+        let store_flags = store::server_flags(data_dir);
         let mut args = vec!["server", "--listen", listen, "--data-dir", dir];
+        args.extend(store_flags.iter().map(String::as_str));
         args.extend_from_slice(extra);
         let (process, url) = Process::start(&args, "api:");
         ServerProcess {
             url,
             data_dir: data_dir.to_path_buf(),
+            store: backend,
             process,
         }
+    }
+
+    /// The etcd endpoints and key prefix this server keeps its cluster under, on etcd.
+    pub fn etcd_location(&self) -> Option<(String, String)> {
+        (self.store == store::Backend::Etcd).then(|| store::etcd_location(&self.data_dir))
     }
 
     pub fn pid(&self) -> u32 {
