@@ -626,7 +626,10 @@ impl Traffic {
         let failures = Arc::new(Mutex::new(Vec::new()));
         let (s, o, f) = (stop.clone(), ok.clone(), failures.clone());
         let task = tokio::spawn(async move {
-            let http = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
+            let http = reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .build()
+                .unwrap();
             while !s.load(Ordering::Relaxed) {
                 match http.get(&url).timeout(Duration::from_secs(10)).send().await {
                     Ok(r) if r.status().as_u16() == 200 => {
@@ -651,10 +654,14 @@ impl Traffic {
 
     async fn more(&self, n: usize) {
         let target = self.ok.load(Ordering::Relaxed) + n;
-        eventually("requests to go on through the gateway", Duration::from_secs(30), || {
-            let ok = self.ok.clone();
-            async move { (ok.load(Ordering::Relaxed) >= target).then_some(()) }
-        })
+        eventually(
+            "requests to go on through the gateway",
+            Duration::from_secs(30),
+            || {
+                let ok = self.ok.clone();
+                async move { (ok.load(Ordering::Relaxed) >= target).then_some(()) }
+            },
+        )
         .await;
     }
 
@@ -686,7 +693,10 @@ async fn an_app_rolls_out_with_no_failed_request_while_the_leader_and_the_agents
     );
     let apis: Vec<Api> = (0..3).map(|i| servers.api(i)).collect();
     // The first server leads, and is the first URL the agents know.
-    let leader = eventually("a leader", Duration::from_secs(20), || servers.leader(&apis[1])).await;
+    let leader = eventually("a leader", Duration::from_secs(20), || {
+        servers.leader(&apis[1])
+    })
+    .await;
     let urls: Vec<String> = std::iter::once(leader)
         .chain((0..3).filter(|&i| i != leader))
         .map(|i| servers.servers[i].as_ref().unwrap().url.clone())
@@ -745,29 +755,41 @@ async fn an_app_rolls_out_with_no_failed_request_while_the_leader_and_the_agents
     servers.kill(first);
     let killed = Instant::now();
     traffic.more(50).await;
-    eventually("the rollout to finish under the new leader", Duration::from_secs(60), || {
-        let api = apis[gateway_of].clone();
-        let new_module = new_module.clone();
-        async move {
-            let (_, app) = api.get("/apis/skiff.dev/v1/namespaces/default/apps/web").await;
-            let (_, pods) = api
-                .get("/api/v1/namespaces/default/pods?labelSelector=app.skiff.dev%2Fname%3Dweb")
-                .await;
-            let running_new = pods["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-                .all(|p| p["spec"]["containers"][0]["image"] == new_module.as_str());
-            (app["status"]["readyReplicas"] == 2 && app["status"]["updatedReplicas"] == 2 && running_new)
-                .then_some(())
-        }
-    })
+    eventually(
+        "the rollout to finish under the new leader",
+        Duration::from_secs(60),
+        || {
+            let api = apis[gateway_of].clone();
+            let new_module = new_module.clone();
+            async move {
+                let (_, app) = api
+                    .get("/apis/skiff.dev/v1/namespaces/default/apps/web")
+                    .await;
+                let (_, pods) = api
+                    .get("/api/v1/namespaces/default/pods?labelSelector=app.skiff.dev%2Fname%3Dweb")
+                    .await;
+                let running_new = pods["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                    .all(|p| p["spec"]["containers"][0]["image"] == new_module.as_str());
+                let done = app["status"]["readyReplicas"] == 2
+                    && app["status"]["updatedReplicas"] == 2
+                    && running_new;
+                done.then_some(())
+            }
+        },
+    )
     .await;
     traffic.more(50).await;
     let (code, body) = {
         let http = reqwest::Client::new();
-        let r = http.get(format!("{gateway}/default/web/")).send().await.unwrap();
+        let r = http
+            .get(format!("{gateway}/default/web/"))
+            .send()
+            .await
+            .unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     };
     assert_eq!(code, 200);
@@ -776,21 +798,28 @@ async fn an_app_rolls_out_with_no_failed_request_while_the_leader_and_the_agents
     // The agents stay Ready: their Leases keep renewing through the other servers.
     for node in ["ha-1", "ha-2"] {
         let before = node_renewed(&apis[gateway_of], node).await;
-        eventually(&format!("{node}'s Lease renewed after the kill"), Duration::from_secs(20), || {
-            let api = apis[gateway_of].clone();
-            let before = before.clone();
-            async move {
-                let now = node_renewed(&api, node).await;
-                (now.is_some() && now != before).then_some(())
-            }
-        })
+        eventually(
+            &format!("{node}'s Lease renewed after the kill"),
+            Duration::from_secs(20),
+            || {
+                let api = apis[gateway_of].clone();
+                let before = before.clone();
+                async move {
+                    let now = node_renewed(&api, node).await;
+                    (now.is_some() && now != before).then_some(())
+                }
+            },
+        )
         .await;
     }
     // A pod's logs still come through a surviving server (its tunnel to that server).
     let (_, pods) = apis[rollout_via]
         .get("/api/v1/namespaces/default/pods?labelSelector=app.skiff.dev%2Fname%3Dweb")
         .await;
-    let pod = pods["items"][0]["metadata"]["name"].as_str().unwrap().to_string();
+    let pod = pods["items"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (code, _) = apis[rollout_via]
         .text(&format!("/api/v1/namespaces/default/pods/{pod}/log"))
         .await;
@@ -803,5 +832,8 @@ async fn an_app_rolls_out_with_no_failed_request_while_the_leader_and_the_agents
         failures.len(),
         ok + failures.len()
     );
-    eprintln!("{ok} requests, none failed; rollout finished {:?} after the kill", killed.elapsed());
+    eprintln!(
+        "{ok} requests, none failed; rollout finished {:?} after the kill",
+        killed.elapsed()
+    );
 }

@@ -161,6 +161,18 @@ fn open(stored: &[u8], token: &ServerToken, aad: &[u8]) -> Result<Bundle, Bootst
     serde_json::from_slice(plain).map_err(|e| BootstrapError::Damaged(e.to_string()))
 }
 
+/// `open` off the async threads: key derivation takes a while on purpose.
+async fn open_blocking(
+    stored: Vec<u8>,
+    token: ServerToken,
+    root: &str,
+) -> Result<Bundle, BootstrapError> {
+    let root = root.to_string();
+    tokio::task::spawn_blocking(move || open(&stored, &token, root.as_bytes()))
+        .await
+        .map_err(|e| BootstrapError::Damaged(e.to_string()))?
+}
+
 fn read_file(path: &Path) -> Result<Option<String>, BootstrapError> {
     match std::fs::read_to_string(path) {
         Ok(s) if !s.trim().is_empty() => Ok(Some(s)),
@@ -237,7 +249,7 @@ pub async fn prepare(
             None => return Err(BootstrapError::TokenNeeded),
         },
     };
-    let bundle = open(&stored, &token, store.layout().root().as_bytes())?;
+    let bundle = open_blocking(stored, token.clone(), store.layout().root()).await?;
     if skiff_api::token::ca_hash(&bundle.ca_cert) != token.ca_hash {
         return Err(BootstrapError::WrongToken);
     }
@@ -289,7 +301,12 @@ pub async fn publish(store: &EtcdStore, data_dir: &Path) -> Result<ServerToken, 
         server_token: format!("{token}\n"),
     };
     let key = store.layout().bootstrap();
-    let sealed = seal(&bundle, &token, store.layout().root().as_bytes());
+    let sealed = {
+        let (token, root) = (token.clone(), store.layout().root().to_string());
+        tokio::task::spawn_blocking(move || seal(&bundle, &token, root.as_bytes()))
+            .await
+            .map_err(|e| BootstrapError::Damaged(e.to_string()))?
+    };
     let response = store
         .client()
         .txn(pb::TxnRequest {
@@ -314,7 +331,10 @@ pub async fn publish(store: &EtcdStore, data_dir: &Path) -> Result<ServerToken, 
     if !response.succeeded {
         // Someone else's bundle is there: only fine if it is ours (a restart).
         let stored = read_bundle(store).await?.unwrap_or_default();
-        if open(&stored, &token, store.layout().root().as_bytes()).is_err() {
+        if open_blocking(stored, token.clone(), store.layout().root())
+            .await
+            .is_err()
+        {
             return Err(BootstrapError::Raced);
         }
     }

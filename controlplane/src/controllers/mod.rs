@@ -246,6 +246,10 @@ where
 {
     let mut events = cache.events();
     async move {
+        // Subscribed first, then everything the cache already holds: a controller that
+        // starts (a new leader, say) reconciles every object once, as an informer's
+        // initial ADDED events make client-go's controllers do.
+        all().into_iter().for_each(|k| queue.add(k));
         loop {
             let event = tokio::select! {
                 _ = stop.cancelled() => return,

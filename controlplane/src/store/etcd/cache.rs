@@ -158,6 +158,8 @@ pub(super) struct WatchCache {
     rev: tokio::sync::watch::Sender<Revision>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     stop: CancellationToken,
+    /// The store's compaction record, kept current from the watch.
+    compacted: Arc<AtomicU64>,
 }
 
 impl WatchCache {
@@ -165,6 +167,7 @@ impl WatchCache {
         client: Arc<EtcdClient>,
         layout: Layout,
         known: Arc<AtomicU64>,
+        compacted: Arc<AtomicU64>,
         stop: CancellationToken,
     ) -> Arc<WatchCache> {
         let cache = Arc::new(WatchCache {
@@ -177,6 +180,7 @@ impl WatchCache {
             rev: tokio::sync::watch::channel(0).0,
             task: Mutex::new(None),
             stop: stop.clone(),
+            compacted,
         });
         let task = tokio::spawn(cache.clone().run(client, known, stop));
         *cache.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
@@ -395,11 +399,21 @@ impl WatchCache {
         self.rev.send_replace(listed);
         tracing::debug!(revision = listed, "etcd watch cache listed");
 
+        let record = self.layout.compaction_record();
         loop {
             let batch = watch.next().await?;
             known.fetch_max(batch.header_rev, Ordering::AcqRel);
             let mut newest = None;
             for e in &batch.events {
+                if let Some(kv) = &e.kv
+                    && kv.key == record
+                {
+                    newest = Some(rev_of(kv.mod_revision));
+                    if let Some(rev) = super::compaction_record_value(&kv.value) {
+                        self.compacted.fetch_max(rev, Ordering::AcqRel);
+                    }
+                    continue;
+                }
                 let Some(event) = event_of(&self.layout, e)? else {
                     continue;
                 };

@@ -15,8 +15,11 @@
 //!   etcd watch per server (see [`cache`]); `get`, lists at an old revision and watches
 //!   older than the cache go to etcd itself.
 //! - **Compaction** is etcd's own, at the same retention as redb, called by the leader
-//!   only. `PREFIX/floor` records a revision below which this prefix counts as compacted
-//!   whatever etcd keeps (a restore sets it, so old watchers re-list).
+//!   only. The compaction record (`PREFIX/registry/~compacted`) says up to which
+//!   revision this prefix counts as compacted: the leader writes it after compacting,
+//!   and a restore writes it so old watchers re-list. It lies in the range every
+//!   server's cache watches, so every server refuses (410) the same old revisions,
+//!   watches served from memory included.
 
 pub mod blobs;
 mod cache;
@@ -46,6 +49,10 @@ use super::{
 use pb::compare::{CompareResult, CompareTarget, TargetUnion};
 use pb::request_op::Request as Op;
 use pb::response_op::Response as OpResponse;
+
+/// Store keys under the registry that start with this are the store's own bookkeeping,
+/// never objects (no resource's key starts with `/~`).
+const BOOKKEEPING: &str = "/~";
 
 /// How many keys one range request reads while paging through a list.
 const RANGE_PAGE: i64 = 1000;
@@ -81,20 +88,22 @@ impl Layout {
         format!("{}/registry{key}", self.root).into_bytes()
     }
 
-    /// The store key of an etcd key under the registry.
+    /// The store key of an etcd key under the registry (not the bookkeeping keys).
     fn store_key<'k>(&self, etcd_key: &'k [u8]) -> Option<&'k str> {
         let key = std::str::from_utf8(etcd_key).ok()?;
         key.strip_prefix(self.root.as_str())?
             .strip_prefix("/registry")
+            .filter(|k| !k.starts_with(BOOKKEEPING))
+    }
+
+    /// The compaction record: the revision up to which this prefix counts as compacted.
+    pub(super) fn compaction_record(&self) -> Vec<u8> {
+        format!("{}/registry{BOOKKEEPING}compacted", self.root).into_bytes()
     }
 
     /// Touched by every object write: its mod_revision is the newest object write's.
     fn marker(&self) -> Vec<u8> {
         format!("{}/rev", self.root).into_bytes()
-    }
-
-    fn floor(&self) -> Vec<u8> {
-        format!("{}/floor", self.root).into_bytes()
     }
 
     /// The prefix of one module's chunks.
@@ -123,9 +132,9 @@ pub struct EtcdStore {
     layout: Layout,
     /// The newest revision any response or event has shown.
     known: Arc<AtomicU64>,
-    /// The newest revision known to be compacted here (etcd's, or the floor).
-    compacted: AtomicU64,
-    floor: AtomicU64,
+    /// Up to which revision this prefix counts as compacted (the compaction record, as
+    /// this server last saw it; the cache keeps it current).
+    compacted: Arc<AtomicU64>,
     cache: Arc<cache::WatchCache>,
     /// The newest write this server acknowledged, per kind: a cached read of a kind
     /// waits for the cache to reach it (read-your-writes through this server).
@@ -155,6 +164,11 @@ fn rev_of(r: i64) -> Revision {
 
 fn etcd_rev(r: Revision) -> i64 {
     i64::try_from(r).unwrap_or(i64::MAX)
+}
+
+/// The revision a compaction record holds.
+fn compaction_record_value(value: &[u8]) -> Option<Revision> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 /// An object as read from etcd, stamped with the revision given.
@@ -287,17 +301,23 @@ impl EtcdStore {
         let known = Arc::new(AtomicU64::new(rev_of(
             status.header.map(|h| h.revision).unwrap_or(0),
         )));
-        let floor = Self::read_floor(&client, &layout).await?;
+        let compacted = Arc::new(AtomicU64::new(
+            Self::read_compaction_record(&client, &layout).await?,
+        ));
         let stop = CancellationToken::new();
-        let cache =
-            cache::WatchCache::start(client.clone(), layout.clone(), known.clone(), stop.clone());
+        let cache = cache::WatchCache::start(
+            client.clone(),
+            layout.clone(),
+            known.clone(),
+            compacted.clone(),
+            stop.clone(),
+        );
         Ok(Arc::new_cyclic(|me| EtcdStore {
             me: me.clone(),
             client,
             layout,
             known,
-            compacted: AtomicU64::new(floor),
-            floor: AtomicU64::new(floor),
+            compacted,
             cache,
             written: Mutex::new(std::collections::HashMap::new()),
             samples: Mutex::new(VecDeque::new()),
@@ -315,17 +335,20 @@ impl EtcdStore {
         &self.layout
     }
 
-    async fn read_floor(client: &EtcdClient, layout: &Layout) -> Result<Revision, StoreError> {
+    async fn read_compaction_record(
+        client: &EtcdClient,
+        layout: &Layout,
+    ) -> Result<Revision, StoreError> {
         let r = client
             .range(pb::RangeRequest {
-                key: layout.floor(),
+                key: layout.compaction_record(),
                 ..Default::default()
             })
             .await
             .map_err(unavailable)?;
         Ok(r.kvs
             .first()
-            .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok())
+            .and_then(|kv| compaction_record_value(&kv.value))
             .unwrap_or(0))
     }
 
@@ -363,8 +386,7 @@ impl EtcdStore {
         req: &ListRequest<'_>,
         at: Revision,
     ) -> Result<ListPage, StoreError> {
-        let floor = self.floor.load(Ordering::Acquire);
-        if at != 0 && at < floor {
+        if at != 0 && at < self.compacted_revision() {
             return Err(self.compacted_error(at));
         }
         let prefix = self.layout.object(req.prefix);
@@ -654,18 +676,18 @@ impl EtcdStore {
         })
     }
 
-    /// Writes the floor: every revision up to it counts as compacted in this prefix.
-    async fn set_floor(&self, floor: Revision) -> Result<(), StoreError> {
+    /// Writes the compaction record: every revision up to `rev` counts as compacted
+    /// in this prefix, on every server.
+    async fn record_compaction(&self, rev: Revision) -> Result<(), StoreError> {
         self.client
             .put(pb::PutRequest {
-                key: self.layout.floor(),
-                value: floor.to_string().into_bytes(),
+                key: self.layout.compaction_record(),
+                value: rev.to_string().into_bytes(),
                 ..Default::default()
             })
             .await
             .map_err(unavailable)?;
-        self.floor.fetch_max(floor, Ordering::AcqRel);
-        self.compacted.fetch_max(floor, Ordering::AcqRel);
+        self.compacted.fetch_max(rev, Ordering::AcqRel);
         Ok(())
     }
 }
@@ -762,8 +784,7 @@ impl Store for EtcdStore {
             if self.stop.is_cancelled() {
                 return Err(StoreError::Closed);
             }
-            let floor = self.floor.load(Ordering::Acquire);
-            if after < floor {
+            if after < self.compacted_revision() {
                 return Err(self.compacted_error(after));
             }
             let mut watch = TieredWatch {
@@ -823,7 +844,7 @@ impl Store for EtcdStore {
             };
             // Everything before the restore's first write counts as compacted in this
             // prefix, even revisions etcd already had for other prefixes.
-            self.set_floor(reached).await?;
+            self.record_compaction(reached).await?;
             Ok(reached)
         })
     }
@@ -873,7 +894,7 @@ impl EtcdStore {
             Ok(()) | Err(EtcdError::Compacted { .. }) => {}
             Err(e) => return Err(unavailable(e)),
         }
-        self.compacted.fetch_max(target, Ordering::AcqRel);
+        self.record_compaction(target).await?;
         Ok(self.compacted_revision())
     }
 }
