@@ -739,9 +739,9 @@ impl Store for EtcdStore {
 
     fn get_cached<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
         Box::pin(async move {
-            let mine = cache::kind_of(key).and_then(|kind| {
+            let mine = cache::kind_of(key).map(|kind| {
                 let written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
-                Some(written.get(kind).copied().unwrap_or(0))
+                written.get(kind).copied().unwrap_or(0)
             });
             // Something the cache lacks may be brand new through another server: only a
             // hit is answered from memory.
