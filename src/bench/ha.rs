@@ -443,7 +443,7 @@ async fn one_run(args: &HaBenchArgs, run: usize) -> anyhow::Result<Run> {
     etcd_puts(&cluster, &warm).await?;
     skiff_creates(&url, &http, &warm, "warm").await?;
     etcd_writes(&cluster, &warm, RawWrite::CreateTxn, "warm").await?;
-    let (etcd, txns, skiff) = if run % 2 == 0 {
+    let (etcd, txns, skiff) = if run.is_multiple_of(2) {
         let e = etcd_puts(&cluster, args).await?;
         let t = etcd_writes(&cluster, args, RawWrite::CreateTxn, "txn").await?;
         (e, t, skiff_creates(&url, &http, args, "cm").await?)
