@@ -46,7 +46,7 @@ fn the_suite_prints_one_table_and_writes_json_and_plots() {
         "all",
         "--quick",
         "--skip",
-        "api,pods,scheduler,http,footprint",
+        "api,pods,scheduler,http,footprint,ha",
         "--out",
         dir,
     ]);

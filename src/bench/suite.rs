@@ -23,7 +23,7 @@ pub struct SuiteArgs {
     /// whose idle RSS the footprint benchmark also measures.
     #[arg(long)]
     agent_binary: Option<PathBuf>,
-    /// Benchmarks to leave out (api, pods, scheduler, http, rolling, dev, footprint).
+    /// Benchmarks to leave out (api, pods, scheduler, http, rolling, dev, footprint, ha).
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
 }
@@ -106,6 +106,20 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
             full: footprint,
             quick: footprint_quick,
         },
+        Step {
+            name: "ha",
+            full: vec![],
+            quick: args(&[
+                "--creates",
+                "2000",
+                "--watchers",
+                "200",
+                "--runs",
+                "1",
+                "--kills",
+                "3",
+            ]),
+        },
     ];
     let mut failures = Vec::new();
     for step in &steps {
@@ -166,6 +180,7 @@ impl Results {
             "rolling",
             "dev",
             "footprint",
+            "ha",
         ] {
             if let Some(v) = std::fs::read(dir.join(format!("{name}.json")))
                 .ok()
@@ -300,6 +315,32 @@ impl Results {
             Row::new("footprint", "binary, stripped (MiB)")
                 .skiff(self.num("footprint", "/binary_stripped_mib"), 1)
                 .published("k3s: a binary under 100 MB"),
+            Row::new(
+                "HA",
+                &format!(
+                    "creates/s on a 3-member etcd, {} clients",
+                    self.int("ha", "/clients")
+                ),
+            )
+            .skiff(self.num("ha", "/skiff_creates_per_sec"), 0)
+            .peer("etcd put", self.num("ha", "/etcd_puts_per_sec"), 0)
+            .goal("ratio >= 0.7", |_| true)
+            .ratio_goal(0.7),
+            Row::new(
+                "HA",
+                &format!(
+                    "watch delivery p99 on etcd, {} watchers (ms)",
+                    self.int("ha", "/watchers")
+                ),
+            )
+            .skiff(self.num("ha", "/watch_p99_ms"), 1)
+            .goal("<= 50", |v| v <= 50.0),
+            Row::new("HA", "leader killed to first pod bound, p50 (ms)")
+                .skiff(self.num("ha", "/failover_p50_ms"), 0),
+            Row::new("HA", "leader killed to first pod bound, p99 (ms)")
+                .skiff(self.num("ha", "/failover_p99_ms"), 0)
+                .goal("<= 2,000", |v| v <= 2000.0)
+                .published("Kubernetes' default leader election: up to 15 s"),
         ]
     }
 }
