@@ -158,8 +158,8 @@ fn configmap(name: &str) -> Value {
 enum RawWrite {
     /// A bare put.
     Put,
-    /// What Skiff's store sends for a create: a transaction that puts the object only
-    /// if its key does not exist, and touches the store's marker key.
+    /// What Skiff's store (and kube-apiserver) sends for a create: a transaction that
+    /// puts the object only if its key does not exist.
     CreateTxn,
 }
 
@@ -218,10 +218,7 @@ async fn etcd_writes(
                                     target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
                                     range_end: Vec::new(),
                                 }],
-                                success: vec![
-                                    op(put(key, value.clone())),
-                                    op(put(b"/bench-raw/rev".to_vec(), Vec::new())),
-                                ],
+                                success: vec![op(put(key, value.clone()))],
                                 failure: Vec::new(),
                             })
                             .await?;
@@ -421,10 +418,65 @@ async fn watch_delivery(
     Ok((all, delivered))
 }
 
+/// CPU time a process has used (user and system), from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The fields after the command name, which may contain spaces: utime and stime are
+    // the 14th and 15th fields, in clock ticks (100 a second on Linux).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds so far of etcd's members, the Skiff server and this benchmark client.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    etcd: f64,
+    server: f64,
+    client: f64,
+}
+
+impl Cpu {
+    fn now(cluster: &EtcdCluster, server: &SkiffProcess) -> Cpu {
+        Cpu {
+            etcd: cluster
+                .members
+                .iter()
+                .filter_map(|m| m.id())
+                .map(cpu_seconds)
+                .sum(),
+            server: server.pid().map(cpu_seconds).unwrap_or(0.0),
+            client: cpu_seconds(std::process::id()),
+        }
+    }
+
+    /// CPU milliseconds per write since `before`.
+    fn per_write(self, before: Cpu, writes: usize) -> Cpu {
+        let per = |a: f64, b: f64| (a - b) * 1000.0 / writes.max(1) as f64;
+        Cpu {
+            etcd: per(self.etcd, before.etcd),
+            server: per(self.server, before.server),
+            client: per(self.client, before.client),
+        }
+    }
+}
+
 struct Run {
     etcd_puts: f64,
     etcd_txns: f64,
     skiff_creates: f64,
+    /// CPU milliseconds per write: bare puts, create transactions, Skiff creates.
+    put_cpu: Cpu,
+    txn_cpu: Cpu,
+    skiff_cpu: Cpu,
     watch_p50: f64,
     watch_p99: f64,
     delivered: u64,
@@ -443,15 +495,29 @@ async fn one_run(args: &HaBenchArgs, run: usize) -> anyhow::Result<Run> {
     etcd_puts(&cluster, &warm).await?;
     skiff_creates(&url, &http, &warm, "warm").await?;
     etcd_writes(&cluster, &warm, RawWrite::CreateTxn, "warm").await?;
-    let (etcd, txns, skiff) = if run.is_multiple_of(2) {
-        let e = etcd_puts(&cluster, args).await?;
-        let t = etcd_writes(&cluster, args, RawWrite::CreateTxn, "txn").await?;
-        (e, t, skiff_creates(&url, &http, args, "cm").await?)
-    } else {
-        let s = skiff_creates(&url, &http, args, "cm").await?;
-        let t = etcd_writes(&cluster, args, RawWrite::CreateTxn, "txn").await?;
-        (etcd_puts(&cluster, args).await?, t, s)
-    };
+    // The three phases, in an order that alternates run by run; each also accounts
+    // for the CPU every process used during it.
+    let mut phases = [0usize, 1, 2];
+    if !run.is_multiple_of(2) {
+        phases.reverse();
+    }
+    let (mut etcd, mut txns, mut skiff) = (0.0, 0.0, 0.0);
+    let (mut put_cpu, mut txn_cpu, mut skiff_cpu) =
+        (Cpu::default(), Cpu::default(), Cpu::default());
+    for phase in phases {
+        let before = Cpu::now(&cluster, &server);
+        match phase {
+            0 => etcd = etcd_puts(&cluster, args).await?,
+            1 => txns = etcd_writes(&cluster, args, RawWrite::CreateTxn, "txn").await?,
+            _ => skiff = skiff_creates(&url, &http, args, "cm").await?,
+        }
+        let used = Cpu::now(&cluster, &server).per_write(before, args.creates);
+        match phase {
+            0 => put_cpu = used,
+            1 => txn_cpu = used,
+            _ => skiff_cpu = used,
+        }
+    }
     let (watch, delivered) = watch_delivery(&url, &http, args).await?;
     server.stop().await;
     cluster.stop().await;
@@ -459,6 +525,9 @@ async fn one_run(args: &HaBenchArgs, run: usize) -> anyhow::Result<Run> {
         etcd_puts: etcd,
         etcd_txns: txns,
         skiff_creates: skiff,
+        put_cpu,
+        txn_cpu,
+        skiff_cpu,
         watch_p50: watch.ms(0.5),
         watch_p99: watch.ms(0.99),
         delivered,
@@ -645,6 +714,16 @@ pub async fn run(args: HaBenchArgs) -> anyhow::Result<()> {
             r.watch_p99,
             r.delivered
         );
+        eprintln!(
+            "  CPU ms per write: put etcd {:.3} client {:.3}; create txn etcd {:.3} client {:.3}; skiff create etcd {:.3} server {:.3} client {:.3}",
+            r.put_cpu.etcd,
+            r.put_cpu.client,
+            r.txn_cpu.etcd,
+            r.txn_cpu.client,
+            r.skiff_cpu.etcd,
+            r.skiff_cpu.server,
+            r.skiff_cpu.client
+        );
         runs.push(r);
     }
     let kills = failover(&args).await?;
@@ -663,6 +742,22 @@ pub async fn run(args: HaBenchArgs) -> anyhow::Result<()> {
         pick(|r| r.etcd_txns)
     );
     println!("{:<44} {:>12.0}", "skiff durable creates/s on etcd", skiff);
+    println!(
+        "{:<44} {:>11.2}x",
+        "skiff / etcd create txns",
+        median(runs.iter().map(|r| r.skiff_creates / r.etcd_txns).collect())
+    );
+    println!(
+        "{:<44} {:>12.3}",
+        "skiff server CPU ms per create",
+        pick(|r| r.skiff_cpu.server)
+    );
+    println!(
+        "{:<44} {:>12.3} {:>12.3}",
+        "etcd CPU ms per write: create txn / skiff",
+        pick(|r| r.txn_cpu.etcd),
+        pick(|r| r.skiff_cpu.etcd)
+    );
     println!("{:<44} {:>11.2}x {:>12}", "skiff / etcd", ratio, ">= 0.70x");
     println!(
         "{:<44} {:>12.1} {:>12}",
@@ -699,6 +794,11 @@ pub async fn run(args: HaBenchArgs) -> anyhow::Result<()> {
             "runs": runs.iter().map(|r| json!({
                 "etcd_puts_per_sec": r.etcd_puts,
                 "etcd_create_txns_per_sec": r.etcd_txns,
+                "cpu_ms_per_write": {
+                    "etcd_put": {"etcd": r.put_cpu.etcd, "client": r.put_cpu.client},
+                    "etcd_create_txn": {"etcd": r.txn_cpu.etcd, "client": r.txn_cpu.client},
+                    "skiff_create": {"etcd": r.skiff_cpu.etcd, "server": r.skiff_cpu.server, "client": r.skiff_cpu.client},
+                },
                 "skiff_creates_per_sec": r.skiff_creates,
                 "ratio": r.skiff_creates / r.etcd_puts,
                 "watch_p50_ms": r.watch_p50,

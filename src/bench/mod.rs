@@ -119,6 +119,11 @@ impl SkiffProcess {
         Ok((SkiffProcess { child }, rest))
     }
 
+    /// The child's process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Resident memory, from /proc.
     pub(crate) fn rss_mib(&self) -> f64 {
         self.status_mib("VmRSS:")

@@ -6,12 +6,14 @@
 //!   receivers of one channel and never see other kinds' traffic, and etcd serves one
 //!   watch per server whatever the number of clients.
 //! - **Consistent lists.** The cache's revision is that of the last event it applied.
-//!   Every object write also touches a marker key, so the marker's mod_revision is the
-//!   newest object write; a list first reads it (one round trip, through any member)
-//!   and waits until the cache has applied that revision, so a list through any server
-//!   sees every write acknowledged before it. This is kube-apiserver's "consistent
-//!   reads from cache", with the marker in place of etcd's progress notifications
-//!   (which etcd 3.4 sends too early; etcd issue 15220).
+//!   A list first writes the sync key, which lies in the watched range, and waits until
+//!   the cache has applied that write, so a list through any server sees every write
+//!   acknowledged before it began. This is kube-apiserver's "consistent reads from
+//!   cache", with a write of our own in place of etcd's progress notifications (which
+//!   etcd 3.4, Debian's, can send ahead of earlier events: etcd issue 15220); lists
+//!   that overlap share one write, and writes of objects pay nothing for it.
+//! - **No `prev_kv`.** The cache's own watch asks etcd for no previous values: the
+//!   cache holds them, so etcd reads nothing extra per event.
 //! - **Watches** replay the kind's recent events from memory and then follow its hub.
 //!   A watch from before the oldest event kept (or one that fell that far behind) is
 //!   served by etcd itself (see `direct`).
@@ -30,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{EtcdClient, prefix_end};
 use super::direct::ResumingWatch;
-use super::{CACHE_WAIT, Layout, event_of, pb, rev_of, stored};
+use super::{CACHE_WAIT, Layout, pb, rev_of, stored};
 use crate::store::watch::{DEFAULT_WATCH_BUFFER, LogChunk, LogSource, LogWatch, WatchHub};
 use crate::store::{
     Event, EventSource, EventType, ListPage, ListRequest, Revision, StoreError, Stored,
@@ -76,6 +78,48 @@ impl Shard {
             }),
             hub: WatchHub::new(DEFAULT_WATCH_BUFFER, from),
         }
+    }
+
+    /// An etcd event as the store's event, its previous state taken from this shard
+    /// (the cache's watch carries no `prev_kv`).
+    fn event(&self, e: &pb::Event, key: &str) -> Result<Option<Event>, StoreError> {
+        let Some(kv) = &e.kv else { return Ok(None) };
+        let rev = rev_of(kv.mod_revision);
+        let prev = self
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .objects
+            .get(key)
+            .map(|s| s.object.clone());
+        if e.r#type == pb::event::EventType::Delete as i32 {
+            let Some(last) = prev else {
+                // Nothing cached to delete (created and deleted before the list).
+                return Ok(None);
+            };
+            // Kubernetes sends the last state, stamped with the delete's revision.
+            let mut object = (*last).clone();
+            crate::store::set_resource_version(&mut object, rev)
+                .map_err(|e| StoreError::Corrupt(format!("object {key}: {e}")))?;
+            return Ok(Some(Event {
+                rev,
+                kind: EventType::Deleted,
+                key: key.to_string(),
+                object: Arc::new(object),
+                prev: Some(last),
+            }));
+        }
+        Ok(Some(Event {
+            rev,
+            kind: if kv.create_revision == kv.mod_revision {
+                EventType::Added
+            } else {
+                EventType::Modified
+            },
+            key: key.to_string(),
+            object: super::decode(key, &kv.value, rev)?,
+            prev,
+        }))
     }
 
     fn apply(&self, event: Arc<Event>) {
@@ -374,7 +418,7 @@ impl WatchCache {
         let listed = rev_of(rev);
         known.fetch_max(listed, Ordering::AcqRel);
         let mut watch =
-            ResumingWatch::start(client.clone(), registry, listed, stop.clone()).await?;
+            ResumingWatch::start(client.clone(), registry, listed, false, stop.clone()).await?;
         {
             let mut shards = self.shards.lock().unwrap_or_else(PoisonError::into_inner);
             for old in shards.by_kind.values() {
@@ -405,23 +449,22 @@ impl WatchCache {
             known.fetch_max(batch.header_rev, Ordering::AcqRel);
             let mut newest = None;
             for e in &batch.events {
-                if let Some(kv) = &e.kv
-                    && kv.key == record
-                {
-                    newest = Some(rev_of(kv.mod_revision));
+                let Some(kv) = &e.kv else { continue };
+                // Every event moves the cache's revision, bookkeeping (sync writes) too.
+                newest = Some(rev_of(kv.mod_revision));
+                if kv.key == record {
                     if let Some(rev) = super::compaction_record_value(&kv.value) {
                         self.compacted.fetch_max(rev, Ordering::AcqRel);
                     }
                     continue;
                 }
-                let Some(event) = event_of(&self.layout, e)? else {
+                let Some(key) = self.layout.store_key(&kv.key) else {
                     continue;
                 };
-                newest = Some(event.rev);
-                let Some(kind) = kind_of(&event.key) else {
+                let Some(shard) = kind_of(key).and_then(|kind| self.shard(kind)) else {
                     continue;
                 };
-                if let Some(shard) = self.shard(kind) {
+                if let Some(event) = shard.event(e, key)? {
                     shard.apply(Arc::new(event));
                 }
             }

@@ -41,6 +41,8 @@ pub(super) struct ResumingWatch {
     range_end: Vec<u8>,
     /// The next revision to ask for when (re)connecting.
     next_rev: i64,
+    /// Whether events carry the previous value.
+    prev_kv: bool,
     open: Option<Open>,
     stop: CancellationToken,
 }
@@ -51,6 +53,7 @@ impl ResumingWatch {
         client: Arc<EtcdClient>,
         key: Vec<u8>,
         after: Revision,
+        prev_kv: bool,
         stop: CancellationToken,
     ) -> Result<ResumingWatch, StoreError> {
         let range_end = prefix_end(&key);
@@ -59,6 +62,7 @@ impl ResumingWatch {
             key,
             range_end,
             next_rev: i64::try_from(after).unwrap_or(i64::MAX - 1) + 1,
+            prev_kv,
             open: None,
             stop,
         };
@@ -107,7 +111,7 @@ impl ResumingWatch {
                     key: self.key.clone(),
                     range_end: self.range_end.clone(),
                     start_revision: self.next_rev,
-                    prev_kv: true,
+                    prev_kv: self.prev_kv,
                     ..Default::default()
                 },
             )),
@@ -215,7 +219,7 @@ impl DirectWatch {
         known: Arc<AtomicU64>,
         stop: CancellationToken,
     ) -> Result<DirectWatch, StoreError> {
-        let watch = ResumingWatch::start(client, layout.object(prefix), after, stop).await?;
+        let watch = ResumingWatch::start(client, layout.object(prefix), after, true, stop).await?;
         Ok(DirectWatch {
             watch,
             layout,

@@ -8,9 +8,11 @@
 //!   not stored in the value but stamped on as the object is read.
 //! - **Writes are transactions** comparing `create_revision` (create, and the namespace
 //!   guard) or `mod_revision` (update, delete), so a stale write fails exactly as on redb.
-//!   Each also touches `PREFIX/rev`, whose `mod_revision` is therefore the revision of
-//!   the newest object write: a consistent read waits for this server's cache to reach
-//!   it (see [`cache`]).
+//! - **Consistent lists from memory.** A list first writes the sync key
+//!   (`PREFIX/registry/~sync`, inside the range the cache watches; concurrent lists
+//!   share one write) and waits until this server's cache has applied that write: its
+//!   revision is above every write acknowledged before the list began, through any
+//!   server (see [`cache`]). Lists pay for their consistency; writes pay nothing.
 //! - **Watches and lists** are served by a watch-fed cache of every object, kept by one
 //!   etcd watch per server (see [`cache`]); `get`, lists at an old revision and watches
 //!   older than the cache go to etcd itself.
@@ -101,9 +103,10 @@ impl Layout {
         format!("{}/registry{BOOKKEEPING}compacted", self.root).into_bytes()
     }
 
-    /// Touched by every object write: its mod_revision is the newest object write's.
-    fn marker(&self) -> Vec<u8> {
-        format!("{}/rev", self.root).into_bytes()
+    /// Written by a consistent list, in the watched range: once the cache has seen the
+    /// write, it has seen everything before it.
+    fn sync_key(&self) -> Vec<u8> {
+        format!("{}/registry{BOOKKEEPING}sync", self.root).into_bytes()
     }
 
     /// The prefix of one module's chunks.
@@ -139,6 +142,8 @@ pub struct EtcdStore {
     /// The newest write this server acknowledged, per kind: a cached read of a kind
     /// waits for the cache to reach it (read-your-writes through this server).
     written: Mutex<std::collections::HashMap<String, Revision>>,
+    /// Coalesces the sync writes of consistent lists.
+    sync: SyncState,
     /// `(when, revision)` pairs the compactor saw, for the time half of the retention.
     samples: Mutex<VecDeque<(Instant, Revision)>>,
     stop: CancellationToken,
@@ -320,6 +325,7 @@ impl EtcdStore {
             compacted,
             cache,
             written: Mutex::new(std::collections::HashMap::new()),
+            sync: SyncState::default(),
             samples: Mutex::new(VecDeque::new()),
             stop,
             metrics: StoreMetrics::default(),
@@ -365,19 +371,31 @@ impl EtcdStore {
         }
     }
 
-    /// The revision of the newest object write (the marker's mod_revision).
-    async fn newest_write(&self) -> Result<Revision, StoreError> {
+    /// A revision at least that of every write acknowledged (by any server) before this
+    /// call, which the cache's watch will deliver: the revision of a write of the sync
+    /// key. Calls that overlap share one write: a write sent after a call began covers
+    /// it.
+    async fn sync_revision(&self) -> Result<Revision, StoreError> {
+        let ticket = self.sync.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let _one_at_a_time = self.sync.lock.lock().await;
+        if self.sync.covered.load(Ordering::Acquire) >= ticket {
+            return Ok(self.sync.revision.load(Ordering::Acquire));
+        }
+        // Every call counted so far began before this write is sent.
+        let covers = self.sync.requested.load(Ordering::Acquire);
         let r = self
             .client
-            .range(pb::RangeRequest {
-                key: self.layout.marker(),
-                keys_only: true,
+            .put(pb::PutRequest {
+                key: self.layout.sync_key(),
                 ..Default::default()
             })
             .await
             .map_err(unavailable)?;
         self.saw(r.header.as_ref());
-        Ok(r.kvs.first().map(|kv| rev_of(kv.mod_revision)).unwrap_or(0))
+        let rev = rev_of(r.header.map(|h| h.revision).unwrap_or(0));
+        self.sync.revision.store(rev, Ordering::Release);
+        self.sync.covered.store(covers, Ordering::Release);
+        Ok(rev)
     }
 
     /// A page read from etcd itself at `at` (0 = now), filtered, paged by key.
@@ -487,7 +505,6 @@ impl EtcdStore {
     async fn try_write(&self, op: &WriteOp) -> Result<Stored, StoreError> {
         let key = op.key().to_string();
         let ekey = self.layout.object(&key);
-        let marker = put_op(self.layout.marker(), Vec::new());
         let (compares, success, failure) = match op {
             WriteOp::Create { object, guard, .. } => {
                 let mut compares = vec![compare(
@@ -507,7 +524,7 @@ impl EtcdStore {
                     ));
                     failure.push(get_op(g));
                 }
-                let success = vec![put_op(ekey.clone(), encode(&key, object)?), marker];
+                let success = vec![put_op(ekey.clone(), encode(&key, object)?)];
                 (compares, success, failure)
             }
             WriteOp::Update {
@@ -529,7 +546,7 @@ impl EtcdStore {
                         0,
                     ),
                 };
-                let success = vec![put_op(ekey.clone(), encode(&key, object)?), marker];
+                let success = vec![put_op(ekey.clone(), encode(&key, object)?)];
                 (vec![condition], success, vec![get_op(ekey.clone())])
             }
             WriteOp::Delete { expected_rev, .. } => {
@@ -554,11 +571,7 @@ impl EtcdStore {
                         ..Default::default()
                     })),
                 };
-                (
-                    vec![condition],
-                    vec![delete, marker],
-                    vec![get_op(ekey.clone())],
-                )
+                (vec![condition], vec![delete], vec![get_op(ekey.clone())])
             }
         };
         let response = self
@@ -692,6 +705,16 @@ impl EtcdStore {
     }
 }
 
+/// The sync writes of consistent lists: how many were asked for, how many the last
+/// write covers, and its revision.
+#[derive(Default)]
+struct SyncState {
+    lock: tokio::sync::Mutex<()>,
+    requested: AtomicU64,
+    covered: AtomicU64,
+    revision: AtomicU64,
+}
+
 enum Settled {
     Applied(Stored),
     NotApplied,
@@ -759,8 +782,8 @@ impl Store for EtcdStore {
             if let Some(at) = req.at_rev {
                 return self.list_from_etcd(&req, at).await;
             }
-            // Consistent from the cache: it must have seen the newest object write.
-            let newest = self.newest_write().await?;
+            // Consistent from the cache: it must have seen every write before this call.
+            let newest = self.sync_revision().await?;
             match self.cache.list(&req, newest).await {
                 Some(page) => Ok(page),
                 None => self.list_from_etcd(&req, 0).await,
