@@ -12,14 +12,14 @@ pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod pod;
+pub mod runtime;
 pub mod server;
 pub mod sync;
 pub mod tunnel;
 pub mod wasm;
 
 pub use agent::{Agent, AgentError};
-pub use config::AgentConfig;
-pub use tunnel::TunnelAuth;
+pub use config::{AgentConfig, TunnelAuth};
 
 /// Now, as Kubernetes writes timestamps.
 pub(crate) fn now_rfc3339() -> String {

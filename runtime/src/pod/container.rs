@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use tokio_util::sync::CancellationToken;
 
-use super::state::{State, Terminated, restarts};
-use super::{PodState, Runtime};
+use super::state::{PodState, State, Terminated, restarts};
 use crate::config::backoff;
 use crate::events::EventType::{Normal, Warning};
 use crate::images::PullSource;
@@ -17,6 +16,7 @@ use crate::logs::ContainerLog;
 use crate::pod::env::{PodFields, resolve};
 use crate::pod::probe::{HttpProbe, ProbeState};
 use crate::pod::volumes::Volumes;
+use crate::runtime::Runtime;
 use crate::wasm::{HttpSpec, OutboundHosts, Program, ProgramKind, RunSpec};
 
 /// A container that has run this long without failing starts its back-off afresh, as
