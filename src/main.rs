@@ -1,5 +1,8 @@
-//! The `skiff` binary: command-line wiring for the server, the benchmarks and (later)
-//! the agent, `skiff dev` and the client verbs.
+//! The `skiff` binary: command-line wiring for the server (`skiff server`), the node
+//! agent (`skiff agent`), a whole local cluster in one process (`skiff dev`), backup and
+//! restore, the benchmarks (`skiff bench`) and the client verbs (`deploy`, `apps`,
+//! `logs`, `token`). Built without the `server` feature, it is the agent and the client
+//! verbs only.
 
 #[cfg(feature = "server")]
 mod backup;

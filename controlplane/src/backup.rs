@@ -195,7 +195,7 @@ async fn write_entries(
             "version": FORMAT_VERSION,
             "store": store_kind,
             "revision": revision,
-            "createdAt": crate::apiserver::objects::now_rfc3339(),
+            "createdAt": crate::objects::now_rfc3339(),
         })),
     )
     .await?;
@@ -220,7 +220,7 @@ async fn write_entries(
         let mut lines = Vec::new();
         for item in &page.items {
             if item.key.starts_with("/skiff.dev/modules/") {
-                digests.push(crate::apiserver::objects::name(&item.object).to_string());
+                digests.push(crate::objects::name(&item.object).to_string());
             }
             serde_json::to_writer(
                 &mut lines,

@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources::{self, ResourceInfo};
 
 use crate::apiserver::error::{ApiError, Subject};
-use crate::apiserver::{ApiServer, internal, objects};
+use crate::apiserver::{ApiServer, internal};
+use crate::objects;
 
 /// The Lease that holds the scheduler's and controllers' leadership.
 pub const LEASE_NAMESPACE: &str = "kube-system";

@@ -12,6 +12,7 @@ pub mod informer;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
+pub mod objects;
 pub mod scheduler;
 pub mod server;
 pub mod store;

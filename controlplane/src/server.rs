@@ -460,7 +460,7 @@ pub(crate) async fn bootstrap_namespaces(store: &dyn Store) -> Result<(), StoreE
             "metadata": {
                 "name": name,
                 "uid": uuid::Uuid::new_v4().to_string(),
-                "creationTimestamp": apiserver::objects::now_rfc3339(),
+                "creationTimestamp": crate::objects::now_rfc3339(),
                 "labels": {"kubernetes.io/metadata.name": name},
             },
             "spec": {"finalizers": ["kubernetes"]},

@@ -20,12 +20,3 @@ pub mod wasm;
 
 pub use agent::{Agent, AgentError};
 pub use config::{AgentConfig, TunnelAuth};
-
-/// Now, as Kubernetes writes timestamps.
-pub(crate) fn now_rfc3339() -> String {
-    format_time(jiff::Timestamp::now())
-}
-
-pub(crate) fn format_time(t: jiff::Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}

@@ -12,7 +12,8 @@ use skiff_api::resources;
 use super::crud::get_stored;
 use super::error::{ApiError, ApiResult};
 use super::request::Query;
-use super::{ApiServer, Target, objects};
+use super::{ApiServer, Target};
+use crate::objects;
 
 /// The query parameters passed through to the agent.
 const LOG_PARAMS: &[&str] = &[

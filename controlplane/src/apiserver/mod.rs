@@ -10,7 +10,6 @@ mod events;
 pub mod internal;
 mod logs;
 mod modules;
-pub mod objects;
 mod openapi;
 mod request;
 mod subresources;

@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 
 use super::crud::Selectors;
 use super::error::{ApiError, ApiResult};
-use super::objects;
 use super::request::Query;
 use super::{ApiServer, SharedApi, Target};
+use crate::objects;
 use crate::store::{Event, EventType, ListRequest, StoreError, WatchStream};
 
 /// Events buffered per watch between the store and the socket; a slower client makes

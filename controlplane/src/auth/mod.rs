@@ -33,7 +33,8 @@ use skiff_api::selector::{FieldOp, FieldSelector};
 use skiff_api::token::{self, Role, Token};
 
 use crate::apiserver::error::{ApiError, ApiResult};
-use crate::apiserver::{ApiServer, Query, SharedApi, Target, internal, objects, parse_target};
+use crate::apiserver::{ApiServer, Query, SharedApi, Target, internal, parse_target};
+use crate::objects;
 use crate::store::ListRequest;
 
 /// Who sent a request.

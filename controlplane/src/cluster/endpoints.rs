@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources::{self, ResourceInfo};
 
 use crate::apiserver::error::ApiError;
-use crate::apiserver::{ApiServer, internal, objects};
+use crate::apiserver::{ApiServer, internal};
+use crate::objects;
 use crate::store::ListRequest;
 
 /// Labels the identity leases of API servers.

@@ -21,8 +21,9 @@ use skiff_api::resources::{self, ResourceInfo};
 
 use super::Informers;
 use crate::apiserver::error::ApiError;
-use crate::apiserver::{ApiServer, DeleteOptions, internal, objects};
+use crate::apiserver::{ApiServer, DeleteOptions, internal};
 use crate::informer::{Cache, CacheEvent};
+use crate::objects;
 
 /// The kinds the collector follows (those that own or are owned here).
 const KINDS: &[(&str, &str)] = &[

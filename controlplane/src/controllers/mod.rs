@@ -34,8 +34,8 @@ use skiff_api::selector::LabelSelector;
 use crate::apiserver::ApiServer;
 use crate::apiserver::error::{ApiError, Subject};
 use crate::apiserver::internal;
-use crate::apiserver::objects;
 use crate::informer::{Cache, CacheEvent};
+use crate::objects;
 pub use queue::WorkQueue;
 
 /// What a reconcile decided about its key.

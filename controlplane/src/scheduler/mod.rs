@@ -20,8 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 use skiff_api::resources;
 
-use crate::apiserver::{ApiServer, bind_pod, objects, record_event};
+use crate::apiserver::{ApiServer, bind_pod, record_event};
+
 use crate::informer::{Cache, CacheEvent};
+use crate::objects;
 use crate::store::WriteOp;
 use filter::{NodeInfo, PodInfo, Resources, nonzero_requests, pod_requests};
 

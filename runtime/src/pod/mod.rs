@@ -132,8 +132,8 @@ async fn run_pod_inner(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken)
         .status
         .as_ref()
         .and_then(|s| s.start_time.clone())
-        .map(|t| crate::format_time(t.0))
-        .unwrap_or_else(crate::now_rfc3339);
+        .map(|t| skiff_api::time::format_time(t.0))
+        .unwrap_or_else(skiff_api::time::now_rfc3339);
     let reporter_stop = CancellationToken::new();
     let reporter = tokio::spawn(
         report_status(
@@ -276,7 +276,7 @@ async fn report_status(
         let transition = match &ready_since {
             Some((r, t)) if *r == ready => t.clone(),
             _ => {
-                let now = crate::now_rfc3339();
+                let now = skiff_api::time::now_rfc3339();
                 ready_since = Some((ready, now.clone()));
                 now
             }

@@ -49,7 +49,7 @@ impl Terminated {
             reason,
             message,
             started_at,
-            finished_at: crate::now_rfc3339(),
+            finished_at: skiff_api::time::now_rfc3339(),
         }
     }
 
