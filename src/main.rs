@@ -258,10 +258,10 @@ struct ServerArgs {
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
     /// Largest request body accepted, in bytes.
-    #[arg(long, default_value_t = skiff_controlplane::apiserver::DEFAULT_MAX_BODY_BYTES)]
+    #[arg(long, default_value_t = skiff_controlplane::state::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
     /// Largest module upload accepted, in bytes.
-    #[arg(long, default_value_t = skiff_controlplane::apiserver::DEFAULT_MAX_MODULE_BYTES)]
+    #[arg(long, default_value_t = skiff_controlplane::state::DEFAULT_MAX_MODULE_BYTES)]
     max_module_bytes: usize,
     /// Keep at least this many revisions of the change log for watches to resume from.
     #[arg(long, default_value_t = 10_000)]

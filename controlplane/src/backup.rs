@@ -26,7 +26,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::apiserver::ModuleBlobs;
+use crate::blobs::ModuleBlobs;
 use crate::store::{ListRequest, Revision, Store, StoreError, WriteOp};
 
 const FORMAT_VERSION: u64 = 1;
@@ -51,7 +51,7 @@ pub enum BackupError {
     Module {
         digest: String,
         #[source]
-        source: crate::apiserver::BlobError,
+        source: crate::blobs::BlobError,
     },
     #[error("module {digest} is named by a Module object but its bytes are missing")]
     ModuleMissing { digest: String },

@@ -10,7 +10,12 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::apiserver::{self, ApiConfig, ApiServer, ModuleBlobs};
+use crate::apiserver;
+
+use crate::blobs::ModuleBlobs;
+
+use crate::state::{ApiConfig, ApiServer};
+
 use crate::cluster::bootstrap::{self, Joined};
 use crate::lifecycle;
 use crate::store::etcd::{EtcdOptions, EtcdStore, blobs::EtcdBlobs};
@@ -325,8 +330,6 @@ impl Server {
         ));
         let app = apiserver::router(api.clone())
             .merge(crate::auth::routes(api.clone(), pki.ca_pem.clone()))
-            .merge(crate::tunnel::routes(api.clone()))
-            .merge(crate::metrics::routes(api.clone()))
             .layer(axum::middleware::from_fn_with_state(
                 api.clone(),
                 crate::auth::layer,

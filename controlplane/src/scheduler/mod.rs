@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use skiff_api::resources;
 
-use crate::apiserver::{ApiServer, bind_pod, record_event};
+use crate::apiserver::{bind_pod, record_event};
+
+use crate::state::ApiServer;
 
 use crate::informer::{Cache, CacheEvent};
 use crate::objects;
