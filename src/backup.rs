@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use skiff_controlplane::apiserver::ModuleBlobs;
 use skiff_controlplane::backup::{self, Summary};
+use skiff_controlplane::blobs::ModuleBlobs;
 use skiff_controlplane::server::StoreConfig;
 use skiff_controlplane::store::Store;
 use skiff_controlplane::store::etcd::{EtcdConfig, EtcdOptions, EtcdStore, blobs::EtcdBlobs};

@@ -1,5 +1,8 @@
-//! The `skiff` binary: command-line wiring for the server, the benchmarks and (later)
-//! the agent, `skiff dev` and the client verbs.
+//! The `skiff` binary: command-line wiring for the server (`skiff server`), the node
+//! agent (`skiff agent`), a whole local cluster in one process (`skiff dev`), backup and
+//! restore, the benchmarks (`skiff bench`) and the client verbs (`deploy`, `apps`,
+//! `logs`, `token`). Built without the `server` feature, it is the agent and the client
+//! verbs only.
 
 #[cfg(feature = "server")]
 mod backup;
@@ -255,10 +258,10 @@ struct ServerArgs {
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
     /// Largest request body accepted, in bytes.
-    #[arg(long, default_value_t = skiff_controlplane::apiserver::DEFAULT_MAX_BODY_BYTES)]
+    #[arg(long, default_value_t = skiff_controlplane::state::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
     /// Largest module upload accepted, in bytes.
-    #[arg(long, default_value_t = skiff_controlplane::apiserver::DEFAULT_MAX_MODULE_BYTES)]
+    #[arg(long, default_value_t = skiff_controlplane::state::DEFAULT_MAX_MODULE_BYTES)]
     max_module_bytes: usize,
     /// Keep at least this many revisions of the change log for watches to resume from.
     #[arg(long, default_value_t = 10_000)]

@@ -14,5 +14,6 @@ pub mod resources;
 pub mod routes;
 pub mod selector;
 pub mod strategic;
+pub mod time;
 pub mod token;
 pub mod validation;

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::apiserver::ModuleBlobs;
+use crate::blobs::ModuleBlobs;
 use crate::store::{ListRequest, Revision, Store, StoreError, WriteOp};
 
 const FORMAT_VERSION: u64 = 1;
@@ -51,7 +51,7 @@ pub enum BackupError {
     Module {
         digest: String,
         #[source]
-        source: crate::apiserver::BlobError,
+        source: crate::blobs::BlobError,
     },
     #[error("module {digest} is named by a Module object but its bytes are missing")]
     ModuleMissing { digest: String },
@@ -195,7 +195,7 @@ async fn write_entries(
             "version": FORMAT_VERSION,
             "store": store_kind,
             "revision": revision,
-            "createdAt": crate::apiserver::objects::now_rfc3339(),
+            "createdAt": crate::objects::now_rfc3339(),
         })),
     )
     .await?;
@@ -220,7 +220,7 @@ async fn write_entries(
         let mut lines = Vec::new();
         for item in &page.items {
             if item.key.starts_with("/skiff.dev/modules/") {
-                digests.push(crate::apiserver::objects::name(&item.object).to_string());
+                digests.push(crate::objects::name(&item.object).to_string());
             }
             serde_json::to_writer(
                 &mut lines,

@@ -33,9 +33,9 @@ use tracing::Instrument;
 
 use skiff_api::resources;
 
-use crate::apiserver::objects;
 use crate::controllers::endpointslice::slice_name;
 use crate::informer::Cache;
+use crate::objects;
 use crate::store::Store;
 
 use skiff_api::routes::{POD_HEADER, ROUTES_ANNOTATION, Route, UNSERVED_HEADER};

@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources::{self, ResourceInfo};
 
 use crate::apiserver::error::{ApiError, Subject};
-use crate::apiserver::{ApiServer, internal, objects};
+use crate::apiserver::internal;
+use crate::objects;
+use crate::state::ApiServer;
 
 /// The Lease that holds the scheduler's and controllers' leadership.
 pub const LEASE_NAMESPACE: &str = "kube-system";
@@ -286,7 +288,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::apiserver::{ApiConfig, ModuleBlobs};
+    use crate::blobs::ModuleBlobs;
+    use crate::state::ApiConfig;
     use crate::store::redb::RedbStore;
 
     fn api(dir: &tempfile::TempDir) -> Arc<ApiServer> {

@@ -5,6 +5,7 @@
 pub mod apiserver;
 pub mod auth;
 pub mod backup;
+pub mod blobs;
 pub mod cluster;
 pub mod controllers;
 pub mod gateway;
@@ -12,7 +13,9 @@ pub mod informer;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
+pub mod objects;
 pub mod scheduler;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod tunnel;

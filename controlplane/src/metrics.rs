@@ -13,9 +13,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -26,7 +25,6 @@ use prometheus_client::registry::Registry;
 
 use skiff_api::metrics::AppRequests;
 
-use crate::apiserver::SharedApi;
 use crate::store::StoreMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -326,22 +324,4 @@ impl Metrics {
             .observe(started.elapsed().as_secs_f64());
         response
     }
-}
-
-/// `GET /metrics`.
-pub fn routes(api: SharedApi) -> axum::Router {
-    axum::Router::new()
-        .route("/metrics", axum::routing::get(serve))
-        .with_state(api)
-}
-
-async fn serve(State(api): State<SharedApi>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        api.metrics.render(),
-    )
-        .into_response()
 }

@@ -10,7 +10,12 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::apiserver::{self, ApiConfig, ApiServer, ModuleBlobs};
+use crate::apiserver;
+
+use crate::blobs::ModuleBlobs;
+
+use crate::state::{ApiConfig, ApiServer};
+
 use crate::cluster::bootstrap::{self, Joined};
 use crate::lifecycle;
 use crate::store::etcd::{EtcdOptions, EtcdStore, blobs::EtcdBlobs};
@@ -325,8 +330,6 @@ impl Server {
         ));
         let app = apiserver::router(api.clone())
             .merge(crate::auth::routes(api.clone(), pki.ca_pem.clone()))
-            .merge(crate::tunnel::routes(api.clone()))
-            .merge(crate::metrics::routes(api.clone()))
             .layer(axum::middleware::from_fn_with_state(
                 api.clone(),
                 crate::auth::layer,
@@ -460,7 +463,7 @@ pub(crate) async fn bootstrap_namespaces(store: &dyn Store) -> Result<(), StoreE
             "metadata": {
                 "name": name,
                 "uid": uuid::Uuid::new_v4().to_string(),
-                "creationTimestamp": apiserver::objects::now_rfc3339(),
+                "creationTimestamp": crate::objects::now_rfc3339(),
                 "labels": {"kubernetes.io/metadata.name": name},
             },
             "spec": {"finalizers": ["kubernetes"]},

@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::AgentConfig;
 use crate::events::EventRecorder;
 use crate::images::ImageStore;
+use crate::logs::LogRegistry;
 use crate::metrics::Metrics;
-use crate::pod::{LogRegistry, Runtime};
+use crate::runtime::Runtime;
 use crate::wasm::{EngineConfig, WasmEngine};
 use crate::{node, server, sync};
 

@@ -37,7 +37,7 @@ pub struct AgentConfig {
     pub max_request_body: u64,
     /// The credential to keep a reverse tunnel open with to every API server, so each
     /// reaches this agent (for logs and app traffic) without an inbound connection.
-    pub tunnel: Option<crate::tunnel::TunnelAuth>,
+    pub tunnel: Option<TunnelAuth>,
 }
 
 impl AgentConfig {
@@ -61,6 +61,22 @@ impl AgentConfig {
             max_request_body: crate::wasm::DEFAULT_MAX_REQUEST_BODY,
             tunnel: None,
         }
+    }
+}
+
+/// How the agent authenticates its tunnels. Every server of a cluster presents a
+/// certificate of the same CA and accepts the same node credential.
+#[derive(Clone)]
+pub struct TunnelAuth {
+    /// DER certificates to trust: the cluster CA.
+    pub roots: Vec<Vec<u8>>,
+    /// The node's bearer token.
+    pub token: String,
+}
+
+impl std::fmt::Debug for TunnelAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelAuth").finish_non_exhaustive()
     }
 }
 

@@ -50,7 +50,7 @@ impl EventRecorder {
             .clone()
             .unwrap_or_else(|| "default".into());
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let now = crate::now_rfc3339();
+        let now = skiff_api::time::now_rfc3339();
         let event = json!({
             "metadata": {"generateName": format!("{name}."), "namespace": namespace},
             "involvedObject": {

@@ -12,20 +12,11 @@ pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod pod;
+pub mod runtime;
 pub mod server;
 pub mod sync;
 pub mod tunnel;
 pub mod wasm;
 
 pub use agent::{Agent, AgentError};
-pub use config::AgentConfig;
-pub use tunnel::TunnelAuth;
-
-/// Now, as Kubernetes writes timestamps.
-pub(crate) fn now_rfc3339() -> String {
-    format_time(jiff::Timestamp::now())
-}
-
-pub(crate) fn format_time(t: jiff::Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
+pub use config::{AgentConfig, TunnelAuth};

@@ -5,15 +5,61 @@
 //! Per container: `current.log` (+ `current.log.1` once rotated) for the running
 //! instance, and `previous.log` (+ `.1`) for the one before the last restart.
 
+use std::collections::HashMap;
 use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::wasm::{OutputSink, Stream};
 
 /// A guest line longer than this is written in parts (`P` lines), so one newline-free
 /// guest cannot grow the agent's memory.
 const MAX_PARTIAL_LINE: usize = 16 * 1024;
+
+/// A pod's container logs, by container name.
+type PodLogs = HashMap<String, Arc<ContainerLog>>;
+
+/// The container logs of the pods on this agent, by namespace and pod name.
+#[derive(Default)]
+pub struct LogRegistry {
+    pods: Mutex<HashMap<(String, String), PodLogs>>,
+}
+
+impl LogRegistry {
+    pub fn get(&self, namespace: &str, pod: &str, container: &str) -> Option<Arc<ContainerLog>> {
+        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        pods.get(&(namespace.to_string(), pod.to_string()))?
+            .get(container)
+            .cloned()
+    }
+
+    pub fn containers(&self, namespace: &str, pod: &str) -> Vec<String> {
+        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        pods.get(&(namespace.to_string(), pod.to_string()))
+            .map(|c| c.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn insert(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        log: Arc<ContainerLog>,
+    ) {
+        let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        pods.entry((namespace.to_string(), pod.to_string()))
+            .or_default()
+            .insert(container.to_string(), log);
+    }
+
+    pub fn remove(&self, namespace: &str, pod: &str) {
+        self.pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(namespace.to_string(), pod.to_string()));
+    }
+}
 
 struct Writer {
     file: Option<std::fs::File>,

@@ -68,7 +68,7 @@ pub fn node_object(config: &AgentConfig, listen: SocketAddr) -> serde_json::Valu
         "memory": format!("{}Ki", total_memory_kib()),
         "pods": config.pod_capacity.to_string(),
     });
-    let now = crate::now_rfc3339();
+    let now = skiff_api::time::now_rfc3339();
     json!({
         "apiVersion": "v1",
         "kind": "Node",

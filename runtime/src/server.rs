@@ -15,7 +15,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::logs::{self, ContainerLog, LogQuery};
-use crate::pod::Runtime;
+use crate::runtime::Runtime;
 
 pub fn router(rt: Arc<Runtime>) -> Router {
     Router::new()

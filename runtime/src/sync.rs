@@ -20,7 +20,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventType;
-use crate::pod::{Runtime, log_dir, pod_dir, run_pod};
+use crate::pod::{log_dir, pod_dir, run_pod};
+use crate::runtime::Runtime;
 
 /// A full pass runs at least this often even when nothing is heard from the watch.
 const RESYNC: Duration = Duration::from_secs(10);

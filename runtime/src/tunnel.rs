@@ -21,23 +21,8 @@ use skiff_api::client::Servers;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::pod::Runtime;
-
-/// How the agent authenticates its tunnels. Every server of a cluster presents a
-/// certificate of the same CA and accepts the same node credential.
-#[derive(Clone)]
-pub struct TunnelAuth {
-    /// DER certificates to trust: the cluster CA.
-    pub roots: Vec<Vec<u8>>,
-    /// The node's bearer token.
-    pub token: String,
-}
-
-impl std::fmt::Debug for TunnelAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TunnelAuth").finish_non_exhaustive()
-    }
-}
+use crate::config::TunnelAuth;
+use crate::runtime::Runtime;
 
 /// Where to open one tunnel, and how to authenticate.
 #[derive(Clone, Debug)]

@@ -9,16 +9,12 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use serde_json::{Value, json};
 
+use super::free_port;
+
 pub struct Etcd {
     child: tokio::process::Child,
     pub url: String,
     _dir: tempfile::TempDir,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 impl Etcd {

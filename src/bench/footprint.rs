@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::SkiffProcess;
+use super::stats::median;
 
 #[derive(clap::Args)]
 pub struct FootprintBenchArgs {
@@ -26,11 +27,6 @@ pub struct FootprintBenchArgs {
     agent_binary: Option<PathBuf>,
     #[arg(long)]
     json: Option<PathBuf>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// RSS and its private part, sampled over one second after the process settled;

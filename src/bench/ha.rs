@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 
 use skiff_controlplane::store::etcd::{EtcdClient, EtcdConfig, pb};
 
-use super::SkiffProcess;
 use super::stats::{Latencies, median};
+use super::{SkiffProcess, free_port};
 
 #[derive(clap::Args)]
 pub struct HaBenchArgs {
@@ -61,12 +61,6 @@ struct EtcdCluster {
     members: Vec<tokio::process::Child>,
     endpoints: Vec<String>,
     _dir: tempfile::TempDir,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 impl EtcdCluster {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use super::SkiffProcess;
 use super::stats::median;
+use super::{SkiffProcess, free_port};
 
 #[derive(clap::Args)]
 pub struct HttpBenchArgs {
@@ -102,13 +102,6 @@ async fn wrk(url: &str, duration: Duration, connections: u32) -> anyhow::Result<
         p99_ms,
         errors,
     })
-}
-
-/// A free loopback port for the peer.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 async fn wait_for_200(

@@ -73,6 +73,13 @@ async fn dispatch(which: Which) -> anyhow::Result<()> {
     }
 }
 
+/// A free loopback port, for a peer or an etcd member to listen on.
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// A `skiff` child process of a benchmark; killed if dropped.
 pub(crate) struct SkiffProcess {
     child: tokio::process::Child,

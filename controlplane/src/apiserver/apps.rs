@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
 use super::request::{Query, json_response};
-use super::{ApiServer, Target, internal, modules};
+use super::{Target, internal, modules};
+use crate::state::ApiServer;
 
 /// Longest `wait` unless `timeoutSeconds` says otherwise.
 const DEFAULT_WAIT: Duration = Duration::from_secs(120);

@@ -14,9 +14,10 @@ use skiff_api::resources::{ResourceInfo, StatusOnCreate, Subresource};
 use skiff_api::selector::{FieldSelector, LabelSelector};
 
 use super::error::{ApiError, ApiResult, Subject};
-use super::objects::{self, meta_mut, remove_path, set_path};
 use super::request::{self, Query, json_response};
-use super::{ApiServer, Target, defaults, validate};
+use super::{Target, defaults, validate};
+use crate::objects::{self, meta_mut, remove_path, set_path};
+use crate::state::ApiServer;
 use crate::store::{ListRequest, StoreError, Stored, WriteOp};
 
 /// How often an update without a resourceVersion precondition retries a lost

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::objects::set_path;
+use crate::objects::set_path;
 
 /// Sets `path` to `value` if it is absent or null.
 fn default_at(obj: &mut Value, path: &[&str], value: Value) {

@@ -12,9 +12,9 @@ use serde_json::json;
 
 use skiff_api::resources::{self, Subresource};
 
-use super::SharedApi;
 use super::error::{ApiError, ApiResult};
 use super::request::json_response;
+use crate::state::SharedApi;
 
 const MAIN_VERBS: &[&str] = &[
     "create",

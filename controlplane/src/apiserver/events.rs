@@ -3,9 +3,10 @@
 
 use serde_json::{Value, json};
 
+use super::Target;
 use super::crud::create_object;
-use super::objects;
-use super::{ApiServer, Target};
+use crate::objects;
+use crate::state::ApiServer;
 
 /// Records an Event about an object; failures are logged, never returned, since an event
 /// is a report and not part of the work it reports on.

@@ -6,9 +6,10 @@ use serde_json::Value;
 
 use skiff_api::resources::{ResourceInfo, Subresource};
 
+use super::Target;
 use super::crud::{self, DeleteOptions, Deleted, Part};
 use super::error::ApiResult;
-use super::{ApiServer, Target};
+use crate::state::ApiServer;
 
 fn target(
     info: &'static ResourceInfo,

@@ -9,10 +9,12 @@ use serde_json::Value;
 
 use skiff_api::resources;
 
+use super::Target;
 use super::crud::get_stored;
 use super::error::{ApiError, ApiResult};
 use super::request::Query;
-use super::{ApiServer, Target, objects};
+use crate::objects;
+use crate::state::ApiServer;
 
 /// The query parameters passed through to the agent.
 const LOG_PARAMS: &[&str] = &[

@@ -1,5 +1,7 @@
 //! The Kubernetes-compatible API server: `router(state)` builds the axum Router that
-//! serves discovery, CRUD, watch, subresources and the module store.
+//! serves discovery, CRUD, watch, subresources and the module store, and the server's
+//! own routes: health, backups, metrics, and the agents' reverse tunnels. The state it
+//! serves from is `crate::state`.
 
 mod apps;
 mod crud;
@@ -10,16 +12,13 @@ mod events;
 pub mod internal;
 mod logs;
 mod modules;
-pub mod objects;
 mod openapi;
 mod request;
 mod subresources;
 mod tables;
+mod tunnel;
 mod validate;
 mod watch;
-
-use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -27,74 +26,17 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use tokio_util::sync::CancellationToken;
 
-use skiff_api::resources::{self, ResourceInfo, Subresource};
+use skiff_api::resources::Subresource;
 
 pub use crud::{DeleteOptions, Deleted, delete_object};
 pub use events::record_event;
-pub use modules::{BlobError, ModuleBlobs};
 pub use request::{parse_json as parse_body, read_body};
 pub use subresources::bind_pod;
 
-use crate::store::Store;
+use crate::state::SharedApi;
 use error::{ApiError, ApiResult};
-pub(crate) use request::Query;
-
-/// Largest request body accepted by default (Kubernetes' own limit is 3 MiB).
-pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
-/// Largest module upload accepted by default.
-pub const DEFAULT_MAX_MODULE_BYTES: usize = 100 * 1024 * 1024;
-
-#[derive(Debug, Clone)]
-pub struct ApiConfig {
-    pub max_body_bytes: usize,
-    pub max_module_bytes: usize,
-    /// How often a watch with `allowWatchBookmarks` gets a BOOKMARK.
-    pub bookmark_interval: Duration,
-    /// The address clients reach the API at, for discovery's serverAddressByClientCIDRs.
-    pub advertise_address: String,
-    /// How long a new pod tolerates its node being not-ready or unreachable before it is
-    /// evicted (Kubernetes' DefaultTolerationSeconds admission adds these tolerations).
-    pub default_toleration_seconds: i64,
-    /// The gateway's URL, when one runs: Apps' `status.url` is on it.
-    pub gateway_url: Option<String>,
-    /// The server's data directory (its secrets go into backups).
-    pub data_dir: std::path::PathBuf,
-    /// `redb` or `etcd`, recorded in backups.
-    pub store_kind: &'static str,
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        ApiConfig {
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
-            bookmark_interval: Duration::from_secs(10),
-            advertise_address: String::new(),
-            default_toleration_seconds: 300,
-            gateway_url: None,
-            data_dir: std::path::PathBuf::new(),
-            store_kind: "redb",
-        }
-    }
-}
-
-/// Everything a request handler needs.
-pub struct ApiServer {
-    pub store: Arc<dyn Store>,
-    pub modules: ModuleBlobs,
-    pub config: ApiConfig,
-    /// Cancelled when the server starts shutting down, so long-lived watches end and
-    /// graceful shutdown can finish.
-    pub shutdown: CancellationToken,
-    /// The reverse tunnels agents keep open, by node.
-    pub tunnels: Arc<crate::tunnel::Tunnels>,
-    /// What `/metrics` reports.
-    pub metrics: Arc<crate::metrics::Metrics>,
-}
-
-pub type SharedApi = Arc<ApiServer>;
+pub(crate) use request::{Query, Target, parse_target};
 
 /// Builds the API router. Tests call it with `oneshot`, the server serves it on a socket.
 pub fn router(api: SharedApi) -> Router {
@@ -113,6 +55,9 @@ pub fn router(api: SharedApi) -> Router {
         .route("/livez", get(health))
         .route("/readyz", get(ready))
         .route("/skiff/v1/backup", get(backup))
+        .route("/metrics", get(metrics))
+        .route(crate::tunnel::PATH, get(tunnel::open))
+        .route("/api/v1/nodes/{name}/proxy/{*path}", get(tunnel::proxy))
         .fallback(|| async { ApiError::NoRoute })
         .with_state(api)
 }
@@ -162,6 +107,18 @@ async fn backup(State(api): State<SharedApi>) -> Response {
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// `GET /metrics`: the server's own metrics (see `crate::metrics`).
+async fn metrics(State(api): State<SharedApi>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        api.metrics.render(),
+    )
+        .into_response()
+}
+
 async fn health() -> &'static str {
     "ok"
 }
@@ -172,63 +129,6 @@ async fn ready(State(api): State<SharedApi>) -> Response {
     } else {
         "ok".into_response()
     }
-}
-
-/// What a request path names.
-#[derive(Debug)]
-pub(crate) struct Target {
-    pub info: &'static ResourceInfo,
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-    pub sub: Option<Subresource>,
-}
-
-impl Target {
-    pub fn name(&self) -> &str {
-        self.name.as_deref().unwrap_or_default()
-    }
-    pub fn key(&self) -> String {
-        self.info.key(self.namespace.as_deref(), self.name())
-    }
-}
-
-pub(crate) fn parse_target(group: &str, version: &str, rest: &str) -> ApiResult<Target> {
-    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let lookup = |plural: &str| resources::lookup(group, version, plural);
-    let (namespace, segs) = match segs.as_slice() {
-        ["namespaces", ns, plural, ..] if lookup(plural).is_some_and(|i| i.namespaced) => {
-            (Some((*ns).to_string()), &segs[2..])
-        }
-        _ => (None, &segs[..]),
-    };
-    let (plural, name, sub) = match segs {
-        [plural] => (*plural, None, None),
-        [plural, name] => (*plural, Some(*name), None),
-        [plural, name, sub] => (*plural, Some(*name), Some(*sub)),
-        _ => return Err(ApiError::NoRoute),
-    };
-    let info = lookup(plural).ok_or(ApiError::NoRoute)?;
-    // A namespaced object is only reachable through its namespace; the bare collection
-    // path lists across all namespaces.
-    if info.namespaced && namespace.is_none() && name.is_some() {
-        return Err(ApiError::NoRoute);
-    }
-    let sub = match sub {
-        None => None,
-        Some(s) => Some(
-            info.subresources
-                .iter()
-                .copied()
-                .find(|x| x.name() == s)
-                .ok_or(ApiError::NoRoute)?,
-        ),
-    };
-    Ok(Target {
-        info,
-        namespace,
-        name: name.map(str::to_string),
-        sub,
-    })
 }
 
 async fn core_resource(
@@ -335,34 +235,5 @@ async fn route(
             "the server does not allow this method on the requested resource: {method} {}",
             target.info.qualified_plural()
         ))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_resolve_to_targets() {
-        let t = parse_target("", "v1", "namespaces/default/pods/web/status").unwrap();
-        assert_eq!(
-            (t.info.plural, t.namespace.as_deref(), t.name(), t.sub),
-            ("pods", Some("default"), "web", Some(Subresource::Status))
-        );
-        let t = parse_target("", "v1", "namespaces/default").unwrap();
-        assert_eq!((t.info.plural, t.name()), ("namespaces", "default"));
-        let t = parse_target("", "v1", "namespaces/kube-system/status").unwrap();
-        assert_eq!(
-            (t.info.plural, t.name(), t.sub),
-            ("namespaces", "kube-system", Some(Subresource::Status))
-        );
-        let t = parse_target("", "v1", "pods").unwrap();
-        assert!(t.namespace.is_none() && t.name.is_none());
-        let t = parse_target("apps", "v1", "namespaces/x/deployments/d/scale").unwrap();
-        assert_eq!(t.sub, Some(Subresource::Scale));
-        assert!(parse_target("", "v1", "pods/web").is_err());
-        assert!(parse_target("", "v1", "namespaces/x/pods/web/scale").is_err());
-        assert!(parse_target("", "v1", "widgets").is_err());
-        assert!(parse_target("apps", "v1", "namespaces/x/deployments/d/scale/extra").is_err());
     }
 }

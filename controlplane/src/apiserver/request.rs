@@ -1,5 +1,5 @@
-//! Request plumbing shared by the handlers: query parameters, bounded body reads,
-//! content negotiation, and JSON responses.
+//! Request plumbing shared by the handlers: what a path names, query parameters,
+//! bounded body reads, content negotiation, and JSON responses.
 
 use std::collections::HashMap;
 
@@ -10,7 +10,66 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use skiff_api::protobuf;
 
+use skiff_api::resources::{self, ResourceInfo, Subresource};
+
 use super::error::{ApiError, ApiResult};
+
+/// What a request path names.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub info: &'static ResourceInfo,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub sub: Option<Subresource>,
+}
+
+impl Target {
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or_default()
+    }
+    pub fn key(&self) -> String {
+        self.info.key(self.namespace.as_deref(), self.name())
+    }
+}
+
+pub(crate) fn parse_target(group: &str, version: &str, rest: &str) -> ApiResult<Target> {
+    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let lookup = |plural: &str| resources::lookup(group, version, plural);
+    let (namespace, segs) = match segs.as_slice() {
+        ["namespaces", ns, plural, ..] if lookup(plural).is_some_and(|i| i.namespaced) => {
+            (Some((*ns).to_string()), &segs[2..])
+        }
+        _ => (None, &segs[..]),
+    };
+    let (plural, name, sub) = match segs {
+        [plural] => (*plural, None, None),
+        [plural, name] => (*plural, Some(*name), None),
+        [plural, name, sub] => (*plural, Some(*name), Some(*sub)),
+        _ => return Err(ApiError::NoRoute),
+    };
+    let info = lookup(plural).ok_or(ApiError::NoRoute)?;
+    // A namespaced object is only reachable through its namespace; the bare collection
+    // path lists across all namespaces.
+    if info.namespaced && namespace.is_none() && name.is_some() {
+        return Err(ApiError::NoRoute);
+    }
+    let sub = match sub {
+        None => None,
+        Some(s) => Some(
+            info.subresources
+                .iter()
+                .copied()
+                .find(|x| x.name() == s)
+                .ok_or(ApiError::NoRoute)?,
+        ),
+    };
+    Ok(Target {
+        info,
+        namespace,
+        name: name.map(str::to_string),
+        sub,
+    })
+}
 
 /// A request's query parameters (the last value wins, as in Kubernetes).
 #[derive(Debug, Default, Clone)]
@@ -160,4 +219,33 @@ pub fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
         }
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_to_targets() {
+        let t = parse_target("", "v1", "namespaces/default/pods/web/status").unwrap();
+        assert_eq!(
+            (t.info.plural, t.namespace.as_deref(), t.name(), t.sub),
+            ("pods", Some("default"), "web", Some(Subresource::Status))
+        );
+        let t = parse_target("", "v1", "namespaces/default").unwrap();
+        assert_eq!((t.info.plural, t.name()), ("namespaces", "default"));
+        let t = parse_target("", "v1", "namespaces/kube-system/status").unwrap();
+        assert_eq!(
+            (t.info.plural, t.name(), t.sub),
+            ("namespaces", "kube-system", Some(Subresource::Status))
+        );
+        let t = parse_target("", "v1", "pods").unwrap();
+        assert!(t.namespace.is_none() && t.name.is_none());
+        let t = parse_target("apps", "v1", "namespaces/x/deployments/d/scale").unwrap();
+        assert_eq!(t.sub, Some(Subresource::Scale));
+        assert!(parse_target("", "v1", "pods/web").is_err());
+        assert!(parse_target("", "v1", "namespaces/x/pods/web/scale").is_err());
+        assert!(parse_target("", "v1", "widgets").is_err());
+        assert!(parse_target("apps", "v1", "namespaces/x/deployments/d/scale/extra").is_err());
+    }
 }

@@ -8,11 +8,12 @@ use serde_json::{Value, json};
 
 use skiff_api::selector::LabelSelector;
 
+use super::Target;
 use super::crud::{apply_patch, get_stored, patch_type, precondition_of};
 use super::error::{ApiError, ApiResult, Subject};
-use super::objects::{self, meta_mut, set_path};
 use super::request::{self, json_response};
-use super::{ApiServer, Target};
+use crate::objects::{self, meta_mut, set_path};
+use crate::state::ApiServer;
 use crate::store::{StoreError, WriteOp};
 
 const MAX_RETRIES: usize = 32;

@@ -86,7 +86,7 @@ fn since(obj: &Value, pointer: &str) -> String {
     match obj
         .pointer(pointer)
         .and_then(Value::as_str)
-        .and_then(super::objects::parse_time)
+        .and_then(crate::objects::parse_time)
     {
         Some(t) => human_duration(jiff::Timestamp::now().duration_since(t).as_secs()),
         None => "<unknown>".into(),
@@ -389,11 +389,11 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
             let start = obj
                 .pointer("/status/startTime")
                 .and_then(Value::as_str)
-                .and_then(super::objects::parse_time);
+                .and_then(crate::objects::parse_time);
             let end = obj
                 .pointer("/status/completionTime")
                 .and_then(Value::as_str)
-                .and_then(super::objects::parse_time)
+                .and_then(crate::objects::parse_time)
                 .unwrap_or_else(jiff::Timestamp::now);
             let duration = start
                 .map(|s| human_duration(end.duration_since(s).as_secs()))

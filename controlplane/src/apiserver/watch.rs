@@ -10,11 +10,12 @@ use axum::response::Response;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use super::Target;
 use super::crud::Selectors;
 use super::error::{ApiError, ApiResult};
-use super::objects;
 use super::request::Query;
-use super::{ApiServer, SharedApi, Target};
+use crate::objects;
+use crate::state::{ApiServer, SharedApi};
 use crate::store::{Event, EventType, ListRequest, StoreError, WatchStream};
 
 /// Events buffered per watch between the store and the socket; a slower client makes

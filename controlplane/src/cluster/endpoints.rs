@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources::{self, ResourceInfo};
 
 use crate::apiserver::error::ApiError;
-use crate::apiserver::{ApiServer, internal, objects};
+use crate::apiserver::internal;
+use crate::objects;
+use crate::state::ApiServer;
 use crate::store::ListRequest;
 
 /// Labels the identity leases of API servers.

@@ -21,8 +21,10 @@ use skiff_api::resources::{self, ResourceInfo};
 
 use super::{Action, Informers, Reconciler, controller_of, feed, run_workers, split_key};
 use crate::apiserver::error::ApiError;
-use crate::apiserver::{ApiServer, internal, objects, record_event};
+use crate::apiserver::{internal, record_event};
 use crate::informer::Cache;
+use crate::objects;
+use crate::state::ApiServer;
 
 /// The label that ties an App's Deployment, Service and pods to it.
 pub const APP_LABEL: &str = "app.skiff.dev/name";

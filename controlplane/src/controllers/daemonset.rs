@@ -19,9 +19,11 @@ use skiff_api::resources::{self, ResourceInfo};
 use super::podutil::{is_active, is_ready, pods_info};
 use super::{Action, Informers, Reconciler, controller_of, feed, run_workers, split_key};
 use crate::apiserver::error::ApiError;
-use crate::apiserver::{ApiServer, DeleteOptions, internal, objects};
+use crate::apiserver::{DeleteOptions, internal};
 use crate::informer::Cache;
+use crate::objects;
 use crate::scheduler::filter::{selector_matches, untolerated_taint};
+use crate::state::ApiServer;
 
 /// The label that tells which template revision made a daemon pod.
 pub const REVISION_LABEL: &str = "controller-revision-hash";

@@ -19,8 +19,10 @@ use skiff_api::resources::{self, ResourceInfo};
 use super::podutil::{is_ready, labels};
 use super::{Action, Informers, Reconciler, feed, run_workers, split_key};
 use crate::apiserver::error::ApiError;
-use crate::apiserver::{ApiServer, internal, objects};
+use crate::apiserver::internal;
 use crate::informer::{Cache, CacheEvent};
+use crate::objects;
+use crate::state::ApiServer;
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";

@@ -21,8 +21,10 @@ use skiff_api::resources::{self, ResourceInfo};
 
 use super::Informers;
 use crate::apiserver::error::ApiError;
-use crate::apiserver::{ApiServer, DeleteOptions, internal, objects};
+use crate::apiserver::{DeleteOptions, internal};
 use crate::informer::{Cache, CacheEvent};
+use crate::objects;
+use crate::state::ApiServer;
 
 /// The kinds the collector follows (those that own or are owned here).
 const KINDS: &[(&str, &str)] = &[

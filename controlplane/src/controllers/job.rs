@@ -17,8 +17,10 @@ use skiff_api::resources::{self, ResourceInfo};
 use super::podutil::pods_info;
 use super::{Action, Informers, Reconciler, controller_of, feed, run_workers, split_key};
 use crate::apiserver::error::ApiError;
-use crate::apiserver::{ApiServer, DeleteOptions, internal, objects, record_event};
+use crate::apiserver::{DeleteOptions, internal, record_event};
 use crate::informer::{Cache, CacheEvent};
+use crate::objects;
+use crate::state::ApiServer;
 
 const WORKERS: usize = 2;
 /// How long pods asked for but not yet seen hold back more creations.

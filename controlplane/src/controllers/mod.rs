@@ -31,11 +31,11 @@ use tracing::Instrument;
 use skiff_api::resources::{self, ResourceInfo};
 use skiff_api::selector::LabelSelector;
 
-use crate::apiserver::ApiServer;
 use crate::apiserver::error::{ApiError, Subject};
 use crate::apiserver::internal;
-use crate::apiserver::objects;
 use crate::informer::{Cache, CacheEvent};
+use crate::objects;
+use crate::state::ApiServer;
 pub use queue::WorkQueue;
 
 /// What a reconcile decided about its key.

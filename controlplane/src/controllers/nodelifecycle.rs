@@ -20,7 +20,9 @@ use super::Informers;
 use super::podutil::pods_info;
 use crate::apiserver::defaults::TAINT_UNREACHABLE;
 use crate::apiserver::error::ApiError;
-use crate::apiserver::{ApiServer, DeleteOptions, internal, objects, record_event};
+use crate::apiserver::{DeleteOptions, internal, record_event};
+use crate::objects;
+use crate::state::ApiServer;
 
 pub const AUTONOMOUS_LABEL: &str = "skiff.dev/autonomous";
 /// How often nodes are checked.

@@ -4,8 +4,8 @@ use serde_json::Value;
 
 use skiff_api::resources::{self, ResourceInfo};
 
-use crate::apiserver::objects;
-pub use crate::apiserver::objects::labels;
+use crate::objects;
+pub use crate::objects::labels;
 
 pub fn pods_info() -> &'static ResourceInfo {
     resources::lookup("", "v1", "pods").expect("pods are served")

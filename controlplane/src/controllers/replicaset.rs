@@ -23,8 +23,10 @@ use super::{
     selector_of, split_key,
 };
 use crate::apiserver::error::ApiError;
-use crate::apiserver::{ApiServer, DeleteOptions, internal, objects, record_event};
+use crate::apiserver::{DeleteOptions, internal, record_event};
 use crate::informer::{Cache, CacheEvent};
+use crate::objects;
+use crate::state::ApiServer;
 
 /// Pods created or deleted in one pass at most, so one huge scale-up doesn't monopolise
 /// the API (the rest follow on the next pass).

@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources;
 
 use super::RETRY_DELAY;
-use crate::apiserver::{ApiServer, DeleteOptions, delete_object, objects};
+use crate::apiserver::{DeleteOptions, delete_object};
+use crate::objects;
+use crate::state::ApiServer;
 use crate::store::{ListRequest, StoreError, WriteOp};
 
 /// How soon a namespace that still has content is looked at again.

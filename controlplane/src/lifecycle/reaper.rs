@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources;
 
 use super::RETRY_DELAY;
-use crate::apiserver::objects;
+use crate::objects;
 use crate::store::{EventType, ListRequest, Store, WriteOp};
 
 fn deadline_of(obj: &Value) -> Option<jiff::Timestamp> {

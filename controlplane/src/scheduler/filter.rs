@@ -150,7 +150,7 @@ impl NodeInfo {
                 .to_string(),
             ready: is_ready(node),
             unschedulable: node.pointer("/spec/unschedulable") == Some(&Value::Bool(true)),
-            labels: crate::apiserver::objects::labels(node),
+            labels: crate::objects::labels(node),
             taints: node
                 .pointer("/spec/taints")
                 .and_then(Value::as_array)

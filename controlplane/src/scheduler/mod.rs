@@ -20,8 +20,12 @@ use tokio_util::sync::CancellationToken;
 
 use skiff_api::resources;
 
-use crate::apiserver::{ApiServer, bind_pod, objects, record_event};
+use crate::apiserver::{bind_pod, record_event};
+
+use crate::state::ApiServer;
+
 use crate::informer::{Cache, CacheEvent};
+use crate::objects;
 use crate::store::WriteOp;
 use filter::{NodeInfo, PodInfo, Resources, nonzero_requests, pod_requests};
 

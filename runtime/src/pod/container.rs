@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use tokio_util::sync::CancellationToken;
 
-use super::state::{State, Terminated, restarts};
-use super::{PodState, Runtime};
+use super::state::{PodState, State, Terminated, restarts};
 use crate::config::backoff;
 use crate::events::EventType::{Normal, Warning};
 use crate::images::PullSource;
@@ -17,6 +16,7 @@ use crate::logs::ContainerLog;
 use crate::pod::env::{PodFields, resolve};
 use crate::pod::probe::{HttpProbe, ProbeState};
 use crate::pod::volumes::Volumes;
+use crate::runtime::Runtime;
 use crate::wasm::{HttpSpec, OutboundHosts, Program, ProgramKind, RunSpec};
 
 /// A container that has run this long without failing starts its back-off afresh, as
@@ -200,7 +200,7 @@ impl ContainerLoop {
                     if let Err(e) = self.log.start_instance(after_restart) {
                         tracing::warn!(error = %e, "opening the container log failed");
                     }
-                    let started_at = crate::now_rfc3339();
+                    let started_at = skiff_api::time::now_rfc3339();
                     let began = Instant::now();
                     self.event(
                         Normal,
@@ -389,7 +389,7 @@ impl ContainerLoop {
             ready: std::sync::atomic::AtomicBool::new(readiness.is_none()),
             slots: Arc::new(tokio::sync::Semaphore::new(concurrency)),
         });
-        let started_at = crate::now_rfc3339();
+        let started_at = skiff_api::time::now_rfc3339();
         self.event(
             Normal,
             "Created",
@@ -434,7 +434,7 @@ impl ContainerLoop {
                 reason: "Error",
                 message: Some(format!("liveness probe failed: {message}")),
                 started_at,
-                finished_at: crate::now_rfc3339(),
+                finished_at: skiff_api::time::now_rfc3339(),
             });
         }
         // Drain: take no new requests (the gateway tries another replica), let those in

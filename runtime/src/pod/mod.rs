@@ -7,9 +7,8 @@ mod probe;
 pub mod state;
 pub mod volumes;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
@@ -18,78 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::AgentConfig;
-use crate::events::EventRecorder;
-use crate::images::ImageStore;
 use crate::logs::ContainerLog;
-use crate::metrics::Metrics;
-use state::{ContainerStatus, State, phase};
+use crate::runtime::Runtime;
+use state::{ContainerStatus, PodState, State, phase};
 use volumes::Volumes;
 
 /// How long a pod's first status write waits for its containers to leave the initial
 /// "ContainerCreating" state.
 const TRANSIENT_STATE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// What every pod on this agent shares.
-pub struct Runtime {
-    pub client: kube::Client,
-    pub images: ImageStore,
-    pub events: EventRecorder,
-    pub config: AgentConfig,
-    pub host_ip: String,
-    pub logs: LogRegistry,
-    pub metrics: Metrics,
-    /// The HTTP apps of the pods running here, for the listener to route to.
-    pub apps: crate::apps::AppRegistry,
-    /// What the agent keeps to work without the control plane.
-    pub local: Arc<crate::local::LocalState>,
-}
-
-/// The live state of a pod, from which its status is derived.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PodState {
-    pub containers: Vec<ContainerStatus>,
-    /// A pod-level failure (a refused volume), with its reason and message.
-    pub failure: Option<(&'static str, String)>,
-}
-
-/// A pod's container logs, by container name.
-type PodLogs = HashMap<String, Arc<ContainerLog>>;
-
-/// The container logs of the pods on this agent, by namespace and pod name.
-#[derive(Default)]
-pub struct LogRegistry {
-    pods: Mutex<HashMap<(String, String), PodLogs>>,
-}
-
-impl LogRegistry {
-    pub fn get(&self, namespace: &str, pod: &str, container: &str) -> Option<Arc<ContainerLog>> {
-        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
-        pods.get(&(namespace.to_string(), pod.to_string()))?
-            .get(container)
-            .cloned()
-    }
-
-    pub fn containers(&self, namespace: &str, pod: &str) -> Vec<String> {
-        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
-        pods.get(&(namespace.to_string(), pod.to_string()))
-            .map(|c| c.keys().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    fn insert(&self, namespace: &str, pod: &str, container: &str, log: Arc<ContainerLog>) {
-        let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
-        pods.entry((namespace.to_string(), pod.to_string()))
-            .or_default()
-            .insert(container.to_string(), log);
-    }
-
-    pub fn remove(&self, namespace: &str, pod: &str) {
-        self.pods
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(namespace.to_string(), pod.to_string()));
-    }
-}
 
 pub fn pod_dir(config: &AgentConfig, uid: &str) -> PathBuf {
     config.data_dir.join("pods").join(uid)
@@ -197,8 +132,8 @@ async fn run_pod_inner(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken)
         .status
         .as_ref()
         .and_then(|s| s.start_time.clone())
-        .map(|t| crate::format_time(t.0))
-        .unwrap_or_else(crate::now_rfc3339);
+        .map(|t| skiff_api::time::format_time(t.0))
+        .unwrap_or_else(skiff_api::time::now_rfc3339);
     let reporter_stop = CancellationToken::new();
     let reporter = tokio::spawn(
         report_status(
@@ -341,7 +276,7 @@ async fn report_status(
         let transition = match &ready_since {
             Some((r, t)) if *r == ready => t.clone(),
             _ => {
-                let now = crate::now_rfc3339();
+                let now = skiff_api::time::now_rfc3339();
                 ready_since = Some((ready, now.clone()));
                 now
             }

@@ -1,5 +1,6 @@
 //! A container's lifecycle as data: its state (waiting, running, terminated), what it
-//! was before the last restart, and the transitions the container loop may take.
+//! was before the last restart, and the transitions the container loop may take; and
+//! a pod's live state, made of its containers'.
 
 use serde_json::{Value, json};
 
@@ -9,6 +10,14 @@ use crate::wasm::Outcome;
 /// runtime reports a process killed by a signal (128 + signal).
 pub const EXIT_TRAP: i32 = 134;
 pub const EXIT_KILLED: i32 = 137;
+
+/// The live state of a pod, from which its status is derived.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodState {
+    pub containers: Vec<ContainerStatus>,
+    /// A pod-level failure (a refused volume), with its reason and message.
+    pub failure: Option<(&'static str, String)>,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Terminated {
@@ -40,7 +49,7 @@ impl Terminated {
             reason,
             message,
             started_at,
-            finished_at: crate::now_rfc3339(),
+            finished_at: skiff_api::time::now_rfc3339(),
         }
     }
 

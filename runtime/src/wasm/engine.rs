@@ -1,25 +1,17 @@
-//! The node's wasmtime engine: configuration, the epoch ticker thread, WASI linkers, and
-//! loading programs (compile once, then the on-disk cache, then the in-memory map).
+//! The node's wasmtime engines and what they are configured with: code generation,
+//! the pooling allocator, and the epoch ticker thread that drives time slices. The
+//! engine for HTTP components is made on first use. Knows nothing of programs: the
+//! loader ([`WasmEngine`](super::WasmEngine)) and the programs it makes hold an
+//! [`Engine`], not the other way round.
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use wasmtime::component::Component;
-use wasmtime::{Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig};
-use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::cache::{self, Artifact};
-use super::detect::{self, Format};
-use super::http::HttpState;
 use super::limits::{MAX_MEMORIES_PER_STORE, MAX_TABLE_ELEMENTS, MAX_TABLES_PER_STORE};
-use super::program::{self, ComponentState, ModuleState, Prepared, Program};
-use super::{LoadError, LoadSource, ProgramKind};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// Pods the pooling allocator has slots for. Command pods hold their slots for their whole
 /// life, so this is the node's pod capacity when pooling is on.
@@ -41,7 +33,7 @@ const POOL_TABLE_ELEMENTS: usize = 64 * 1024;
 /// precision it buys (and 0 would make it spin).
 const MIN_EPOCH_TICK: Duration = Duration::from_micros(100);
 
-/// Settings of a [`WasmEngine`]. Everything here changes either the compiled code or how
+/// Settings of a [`WasmEngine`](super::WasmEngine). Everything here changes either the compiled code or how
 /// guests are scheduled; compiled artifacts are cached per resulting configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -73,7 +65,7 @@ impl Default for EngineConfig {
     }
 }
 
-/// Why a [`WasmEngine`] could not be created.
+/// Why a [`WasmEngine`](super::WasmEngine) could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("wasmtime rejected the engine configuration: {0}")]
@@ -84,42 +76,24 @@ pub enum EngineError {
     TickerSpawnFailed(#[source] std::io::Error),
 }
 
-/// The node's engine. Cheap to clone; the ticker thread stops when the last clone and the
-/// last [`Program`] loaded through it are gone.
+/// The wasmtime engines of a node. Cheap to clone; the ticker thread stops when the last
+/// clone is gone (the [`WasmEngine`](super::WasmEngine) and every program hold one).
 #[derive(Clone)]
-pub struct WasmEngine {
+pub(crate) struct Engine {
     inner: Arc<EngineInner>,
 }
 
 struct EngineInner {
-    engine: Engine,
+    engine: wasmtime::Engine,
     config: EngineConfig,
-    /// Cache subdirectory for this engine's artifacts (see `cache::engine_dir_name`).
-    engine_dir: String,
-    module_linker: wasmtime::Linker<ModuleState>,
-    component_linker: wasmtime::component::Linker<ComponentState>,
     /// The engine HTTP components run on, created with the first one: the same code
     /// generation, with the pooling allocator, since every request instantiates.
-    http: std::sync::OnceLock<Result<HttpEngine, String>>,
-    /// Loaded programs by digest. Weak: a program lives while some pod holds it, and the
-    /// per-digest mutex makes concurrent loads of one digest compile it once.
-    programs: Mutex<HashMap<String, Arc<Mutex<Weak<Program>>>>>,
-    compiles: AtomicU64,
+    http: OnceLock<Result<wasmtime::Engine, String>>,
     ticker: Ticker,
 }
 
-impl std::fmt::Debug for WasmEngine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WasmEngine")
-            .field("config", &self.inner.config)
-            .field("engine_dir", &self.inner.engine_dir)
-            .field("compiles", &self.compiles())
-            .finish_non_exhaustive()
-    }
-}
-
-impl WasmEngine {
-    pub fn new(config: EngineConfig) -> Result<WasmEngine, EngineError> {
+impl Engine {
+    pub(crate) fn new(config: EngineConfig) -> Result<Engine, EngineError> {
         if config.epoch_tick < MIN_EPOCH_TICK || config.slice_ticks == 0 {
             return Err(EngineError::ConfigRejected(format!(
                 "epoch_tick must be at least {MIN_EPOCH_TICK:?} and slice_ticks at least 1 \
@@ -127,168 +101,32 @@ impl WasmEngine {
                 config.epoch_tick, config.slice_ticks
             )));
         }
-        let engine = Engine::new(&wasmtime_config(&config))
+        let engine = wasmtime::Engine::new(&wasmtime_config(&config))
             .map_err(|e| EngineError::ConfigRejected(format!("{e:#}")))?;
-        let module_linker = program::module_linker(&engine)
-            .map_err(|e| EngineError::LinkerFailed(format!("{e:#}")))?;
-        let component_linker = program::component_linker(&engine)
-            .map_err(|e| EngineError::LinkerFailed(format!("{e:#}")))?;
         let ticker = Ticker::start(engine.clone(), config.epoch_tick)
             .map_err(EngineError::TickerSpawnFailed)?;
-        Ok(WasmEngine {
+        Ok(Engine {
             inner: Arc::new(EngineInner {
-                engine_dir: cache::engine_dir_name(&engine),
                 engine,
                 config,
-                module_linker,
-                component_linker,
-                http: std::sync::OnceLock::new(),
-                programs: Mutex::new(HashMap::new()),
-                compiles: AtomicU64::new(0),
+                http: OnceLock::new(),
                 ticker,
             }),
         })
     }
 
-    pub fn config(&self) -> &EngineConfig {
+    pub(crate) fn config(&self) -> &EngineConfig {
         &self.inner.config
     }
 
-    /// How many Cranelift compiles this engine did.
-    pub fn compiles(&self) -> u64 {
-        self.inner.compiles.load(Ordering::Relaxed)
-    }
-
-    /// Returns the program for `digest_hex`: already loaded, or from the on-disk cache
-    /// `cache_dir/<engine compatibility hash>/<digest_hex>.cwasm`, or compiled now (and then
-    /// cached). Blocks for as long as a compile takes (seconds for big components): call
-    /// it from `spawn_blocking`.
-    pub fn load(
-        &self,
-        digest_hex: &str,
-        bytes: &[u8],
-        cache_dir: &Path,
-    ) -> Result<(Arc<Program>, LoadSource), LoadError> {
-        cache::validate_digest(digest_hex)?;
-        let actual = hex::encode(Sha256::digest(bytes));
-        if actual != digest_hex {
-            return Err(LoadError::DigestMismatch {
-                expected: digest_hex.to_owned(),
-                actual,
-            });
-        }
-        let format = detect::sniff(bytes)?;
-        let slot = self.slot(digest_hex);
-        let mut loaded = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(program) = loaded.upgrade() {
-            return Ok((program, LoadSource::Cached));
-        }
-        let path = cache::artifact_path(cache_dir, &self.inner.engine_dir, digest_hex);
-        if let Some(artifact) = cache::read_artifact(&self.inner.engine, &path)? {
-            let program = self.prepare(digest_hex, artifact)?;
-            *loaded = Arc::downgrade(&program);
-            return Ok((program, LoadSource::Cached));
-        }
-
-        let started = Instant::now();
-        let compiled = match format {
-            Format::CoreModule => {
-                Module::from_binary(&self.inner.engine, bytes).map(Artifact::Module)
-            }
-            Format::Component => {
-                Component::from_binary(&self.inner.engine, bytes).map(Artifact::Component)
-            }
-        };
-        self.inner.compiles.fetch_add(1, Ordering::Relaxed);
-        let artifact = compiled.map_err(|e| LoadError::CompileFailed(format!("{e:#}")))?;
-        let took = started.elapsed();
-        let serialized = match &artifact {
-            Artifact::Module(module) => module.serialize(),
-            Artifact::Component(component) => component.serialize(),
-        }
-        .map_err(|e| LoadError::SerializeFailed(format!("{e:#}")));
-        // Classify and link before caching: only runnable programs are written to disk.
-        let program = self.prepare(digest_hex, artifact)?;
-        // A failed cache write costs a recompile after a restart, not this pod: warn only.
-        if let Err(error) = serialized.and_then(|bytes| cache::write_atomically(&path, &bytes)) {
-            tracing::warn!(digest = digest_hex, %error, "could not cache the compiled program");
-        }
-        *loaded = Arc::downgrade(&program);
-        tracing::info!(digest = digest_hex, ?took, kind = ?program.kind(), "compiled program");
-        Ok((program, LoadSource::Compiled(took)))
-    }
-
-    /// Returns the program for `digest_hex` if it is loaded or in the on-disk cache, without
-    /// the module bytes: what an agent uses after a restart.
-    pub fn load_cached(
-        &self,
-        digest_hex: &str,
-        cache_dir: &Path,
-    ) -> Result<Option<Arc<Program>>, LoadError> {
-        cache::validate_digest(digest_hex)?;
-        let slot = self.slot(digest_hex);
-        let mut loaded = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(program) = loaded.upgrade() {
-            return Ok(Some(program));
-        }
-        let path = cache::artifact_path(cache_dir, &self.inner.engine_dir, digest_hex);
-        let Some(artifact) = cache::read_artifact(&self.inner.engine, &path)? else {
-            return Ok(None);
-        };
-        let program = self.prepare(digest_hex, artifact)?;
-        *loaded = Arc::downgrade(&program);
-        Ok(Some(program))
-    }
-
-    /// The program for a digest if it is loaded in memory now: no I/O, so callers can try
-    /// it on the async thread before paying for a blocking load.
-    pub fn loaded(&self, digest_hex: &str) -> Option<Arc<Program>> {
-        let slot = self
-            .inner
-            .programs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(digest_hex)
-            .cloned()?;
-        slot.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .upgrade()
-    }
-
-    pub(crate) fn wasmtime(&self) -> &Engine {
+    /// The engine command programs are compiled for and run on.
+    pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {
         &self.inner.engine
     }
 
-    /// Keeps the epoch ticking while the returned guard lives (one per running guest).
-    pub(crate) fn enter_run(&self) -> ActiveRun {
-        self.inner.ticker.enter()
-    }
-
-    /// The per-digest load lock, created on first use. Drops entries of programs nobody
-    /// holds any more, so the map is bounded by the live programs.
-    fn slot(&self, digest_hex: &str) -> Arc<Mutex<Weak<Program>>> {
-        let mut programs = self
-            .inner
-            .programs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(slot) = programs.get(digest_hex) {
-            return Arc::clone(slot);
-        }
-        programs.retain(|_, slot| {
-            // A locked slot is being loaded right now: keep it.
-            Arc::strong_count(slot) > 1
-                || slot
-                    .try_lock()
-                    .map_or(true, |program| program.strong_count() > 0)
-        });
-        let slot = Arc::new(Mutex::new(Weak::new()));
-        programs.insert(digest_hex.to_owned(), Arc::clone(&slot));
-        slot
-    }
-
-    /// The HTTP engine, created on first use (and its epoch then ticks too).
-    fn http_engine(&self) -> Result<&HttpEngine, LoadError> {
+    /// The engine of HTTP components, created on first use (and its epoch then ticks
+    /// too). The error says why it could not be made.
+    pub(crate) fn http(&self) -> Result<&wasmtime::Engine, &str> {
         self.inner
             .http
             .get_or_init(|| {
@@ -296,72 +134,17 @@ impl WasmEngine {
                 config.allocation_strategy(InstanceAllocationStrategy::Pooling(
                     http_pooling_config(),
                 ));
-                let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
-                let linker = super::http::http_linker(&engine).map_err(|e| format!("{e:#}"))?;
+                let engine = wasmtime::Engine::new(&config).map_err(|e| format!("{e:#}"))?;
                 let _ = self.inner.ticker.shared.http.set(engine.clone());
-                Ok(HttpEngine { engine, linker })
+                Ok(engine)
             })
             .as_ref()
-            .map_err(|e| LoadError::InvalidModule(format!("the HTTP engine is unavailable: {e}")))
+            .map_err(String::as_str)
     }
 
-    /// Classifies an artifact and pre-links it against WASI, so each run only instantiates.
-    fn prepare(&self, digest_hex: &str, artifact: Artifact) -> Result<Arc<Program>, LoadError> {
-        let unlinkable = |e: wasmtime::Error| {
-            LoadError::InvalidModule(format!(
-                "it needs imports this agent doesn't provide: {e:#}"
-            ))
-        };
-        let prepared = match artifact {
-            Artifact::Module(module) => {
-                detect::classify_module(&module)?;
-                Prepared::Module(
-                    self.inner
-                        .module_linker
-                        .instantiate_pre(&module)
-                        .map_err(unlinkable)?,
-                )
-            }
-            Artifact::Component(component)
-                if detect::classify_component(&self.inner.engine, &component)?
-                    == ProgramKind::HttpComponent =>
-            {
-                let http = self.http_engine()?;
-                // Move the compiled code to the HTTP engine: same configuration but
-                // the allocator, so the artifact is compatible.
-                let serialized = component
-                    .serialize()
-                    .map_err(|e| LoadError::SerializeFailed(format!("{e:#}")))?;
-                // SAFETY: the bytes were serialized just now by a compatible engine of
-                // this process.
-                let component = unsafe { Component::deserialize(&http.engine, &serialized) }
-                    .map_err(|e| LoadError::CompileFailed(format!("{e:#}")))?;
-                let pre = http
-                    .linker
-                    .instantiate_pre(&component)
-                    .map_err(unlinkable)?;
-                Prepared::Http(ProxyPre::new(pre).map_err(|e| {
-                    LoadError::InvalidModule(format!(
-                        "its wasi:http/incoming-handler export is unusable: {e:#}"
-                    ))
-                })?)
-            }
-            Artifact::Component(component) => {
-                let pre = self
-                    .inner
-                    .component_linker
-                    .instantiate_pre(&component)
-                    .map_err(unlinkable)?;
-                Prepared::Component(CommandPre::new(pre).map_err(|e| {
-                    LoadError::InvalidModule(format!("its wasi:cli/run export is unusable: {e:#}"))
-                })?)
-            }
-        };
-        Ok(Arc::new(Program::new(
-            self.clone(),
-            digest_hex.to_owned(),
-            prepared,
-        )))
+    /// Keeps the epoch ticking while the returned guard lives (one per running guest).
+    pub(crate) fn enter_run(&self) -> ActiveRun {
+        self.inner.ticker.enter()
     }
 }
 
@@ -403,12 +186,6 @@ fn pooling_config() -> PoolingAllocationConfig {
     pool
 }
 
-/// The engine and linker of HTTP components.
-struct HttpEngine {
-    engine: Engine,
-    linker: wasmtime::component::Linker<HttpState>,
-}
-
 /// Concurrent HTTP requests (instances) the pool holds across all apps of the node;
 /// beyond it, instantiation fails and the request gets 503.
 const HTTP_POOL_INSTANCES: u32 = 1000;
@@ -436,7 +213,7 @@ struct Ticker {
 
 struct TickerShared {
     /// The HTTP engine, once one exists: its epoch advances with the main one.
-    http: std::sync::OnceLock<Engine>,
+    http: OnceLock<wasmtime::Engine>,
     stop: AtomicBool,
     /// Guests running now; with none, the thread parks instead of waking every tick.
     active: AtomicUsize,
@@ -454,9 +231,9 @@ impl Drop for ActiveRun {
 }
 
 impl Ticker {
-    fn start(engine: Engine, tick: Duration) -> std::io::Result<Ticker> {
+    fn start(engine: wasmtime::Engine, tick: Duration) -> std::io::Result<Ticker> {
         let shared = Arc::new(TickerShared {
-            http: std::sync::OnceLock::new(),
+            http: OnceLock::new(),
             stop: AtomicBool::new(false),
             active: AtomicUsize::new(0),
         });

@@ -32,6 +32,8 @@ use wasmtime_wasi_http::{
     WasiHttpView,
 };
 
+use super::engine::Engine;
+use super::guest::{describe_failure, wasi_builder};
 use super::limits::{MAX_HOST_RESOURCES, StoreBudget};
 use super::slicing::{Metered, RunMeter, Slicer};
 use super::{RunSpec, Stream};
@@ -228,7 +230,7 @@ pub fn host_response(status: u16, text: impl Into<String>) -> hyper::Response<Hy
 /// Serves one request with a fresh instance. Never fails: whatever the guest does ends
 /// as a response (5xx for faults), and the pod's log says what happened.
 pub(crate) async fn handle<B>(
-    engine: &super::WasmEngine,
+    engine: &Engine,
     pre: &ProxyPre<HttpState>,
     spec: &HttpSpec,
     request: hyper::Request<B>,
@@ -281,7 +283,7 @@ where
             format!("request body larger than the limit of {limit} bytes"),
         )
     };
-    let mut builder = match super::program::wasi_builder(&spec.run) {
+    let mut builder = match wasi_builder(&spec.run) {
         Ok(b) => b,
         Err(reason) => return host_response(500, format!("the app cannot start: {reason}")),
     };
@@ -354,7 +356,7 @@ where
                 } else if let Some(refusal) = state.budget.refusal() {
                     Fault::Memory(refusal.message())
                 } else {
-                    Fault::Trapped(super::program::describe_failure(&e))
+                    Fault::Trapped(describe_failure(&e))
                 }
             });
             if let Some(f) = &fault {

@@ -3,19 +3,28 @@
 //! and serves wasi:http components one instance per request (`http.rs`).
 //!
 //! The pieces, in the order a pod meets them:
-//! - [`WasmEngine`] (`engine.rs`) owns the wasmtime engine, its epoch ticker thread, the
-//!   linkers and the in-memory map of loaded programs.
+//! - [`WasmEngine`] (`loader.rs`) loads programs: it holds the linkers and the in-memory
+//!   map of loaded programs, and makes each [`Program`].
+//! - `engine.rs` owns the wasmtime engines, their configuration and the epoch ticker
+//!   thread; it knows nothing of programs.
 //! - `cache.rs` stores compiled artifacts on disk, keyed by engine configuration and digest.
 //! - `detect.rs` decides what kind of program a binary is, or why it can't run here.
-//! - [`Program`] (`program.rs`) instantiates and runs one replica to an [`Outcome`].
-//! - `limits.rs` (memory and table bounds), `slicing.rs` (time slices, CPU limit, stop) and
-//!   `stdio.rs` (guest stdout/stderr into an [`OutputSink`]) are per-run store state.
+//! - [`Program`] (`program.rs`) instantiates and runs one replica to an [`Outcome`]; an
+//!   HTTP component's requests are served by `http.rs`.
+//! - `guest.rs` (the WASI context a run is granted, failure texts), `limits.rs` (memory
+//!   and table bounds), `slicing.rs` (time slices, CPU limit, stop) and `stdio.rs` (guest
+//!   stdout/stderr into an [`OutputSink`]) are per-run store state.
+//!
+//! Imports go one way: `loader` → `program` → `http` → `engine`, and all of them onto
+//! the store-state modules below.
 
 mod cache;
 mod detect;
 mod engine;
+mod guest;
 mod http;
 mod limits;
+mod loader;
 mod program;
 mod slicing;
 mod stdio;
@@ -27,7 +36,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use self::engine::{EngineConfig, EngineError, WasmEngine};
+pub use self::engine::{EngineConfig, EngineError};
 pub use self::http::{
     DEFAULT_MAX_REQUEST_BODY, DEFAULT_REQUEST_TIMEOUT, FaultHook, HttpSpec, OutboundHosts,
     host_response,
@@ -36,6 +45,7 @@ pub use self::limits::{
     DEFAULT_MEMORY_LIMIT, MAX_HOST_RESOURCES, MAX_INSTANCES_PER_STORE, MAX_MEMORIES_PER_STORE,
     MAX_TABLE_ELEMENTS, MAX_TABLES_PER_STORE,
 };
+pub use self::loader::WasmEngine;
 pub use self::program::Program;
 pub use tokio_util::sync::CancellationToken;
 

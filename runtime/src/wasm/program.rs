@@ -1,27 +1,21 @@
 //! A loaded program and its runs: builds each replica's WASI context and store, runs the
 //! command to completion or stop, and turns whatever happened into an [`Outcome`].
 
-use std::fmt::Write as _;
-
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::ResourceTable;
-use wasmtime::{InstancePre, Linker, Store, Trap, WasmBacktrace};
+use wasmtime::{InstancePre, Linker, Store, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
 
-use super::engine::WasmEngine;
+use super::engine::Engine;
+use super::guest::{bounded, describe_failure, wasi_builder};
 use super::http::{HttpSpec, HttpState};
 use super::limits::{MAX_HOST_RESOURCES, StoreBudget};
 use super::slicing::{Metered, RunMeter, Slicer};
-use super::stdio::SinkStream;
-use super::{Outcome, ProgramKind, RunSpec, Stream};
+use super::{Outcome, ProgramKind, RunSpec};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-
-/// Longest trap or failure text kept in an [`Outcome`]: enough for the trap and a few dozen
-/// frames of backtrace, small enough to go into pod status and events.
-const MAX_OUTCOME_TEXT: usize = 4096;
 
 /// Store data of a preview1 command.
 pub(crate) struct ModuleState {
@@ -73,7 +67,7 @@ pub(crate) enum Prepared {
 /// A compiled, classified and pre-linked guest program. Replicas of a pod share one
 /// `Arc<Program>`; each [`Program::run`] gets its own store, memory and WASI context.
 pub struct Program {
-    engine: WasmEngine,
+    engine: Engine,
     digest_hex: String,
     prepared: Prepared,
 }
@@ -96,7 +90,7 @@ enum RunError {
 }
 
 impl Program {
-    pub(crate) fn new(engine: WasmEngine, digest_hex: String, prepared: Prepared) -> Program {
+    pub(crate) fn new(engine: Engine, digest_hex: String, prepared: Prepared) -> Program {
         Program {
             engine,
             digest_hex,
@@ -246,37 +240,6 @@ async fn run_component(
     }
 }
 
-/// The guest's whole world: args, env, preopens, stdout/stderr into the sink, an empty
-/// stdin, clocks and randomness, and no network at all.
-pub(crate) fn wasi_builder(spec: &RunSpec) -> Result<WasiCtxBuilder, String> {
-    let mut builder = WasiCtxBuilder::new();
-    builder
-        .args(&spec.args)
-        .envs(&spec.env)
-        .stdout(SinkStream::new(spec.output.clone(), Stream::Stdout))
-        .stderr(SinkStream::new(spec.output.clone(), Stream::Stderr))
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false);
-    for preopen in &spec.preopens {
-        let perms = if preopen.read_only {
-            FsPerms::ReadOnly
-        } else {
-            FsPerms::ReadWrite
-        };
-        builder
-            .preopened_dir(&preopen.host, &preopen.guest, perms)
-            .map_err(|error| {
-                format!(
-                    "cannot open {} for the guest at {}: {error:#}",
-                    preopen.host.display(),
-                    preopen.guest
-                )
-            })?;
-    }
-    Ok(builder)
-}
-
 /// Decides how the run ended. `None` means the stop token won the race.
 fn outcome(ended: Option<Result<i32, RunError>>, budget: &StoreBudget, slicer: &Slicer) -> Outcome {
     let out_of_memory = || budget.refusal().map(|r| Outcome::OutOfMemory(r.message()));
@@ -307,50 +270,4 @@ fn outcome(ended: Option<Result<i32, RunError>>, budget: &StoreBudget, slicer: &
         )));
     }
     Outcome::Trapped(describe_failure(&error))
-}
-
-/// The trap (or fatal host error) first, then the wasm backtrace, bounded in length.
-pub(crate) fn describe_failure(error: &wasmtime::Error) -> String {
-    let backtrace = error
-        .downcast_ref::<WasmBacktrace>()
-        .map(|bt| bt.to_string());
-    let mut text = match error.downcast_ref::<Trap>() {
-        Some(trap) => trap.to_string(),
-        None => error
-            .chain()
-            .map(|cause| cause.to_string())
-            .filter(|cause| Some(cause) != backtrace.as_ref())
-            .collect::<Vec<_>>()
-            .join(": "),
-    };
-    if let Some(backtrace) = backtrace {
-        let _ = write!(text, "\n{backtrace}");
-    }
-    bounded(text)
-}
-
-/// Cuts `text` to [`MAX_OUTCOME_TEXT`] bytes on a character boundary.
-fn bounded(mut text: String) -> String {
-    if text.len() > MAX_OUTCOME_TEXT {
-        let mut end = MAX_OUTCOME_TEXT - "…".len();
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_texts_are_cut_on_a_char_boundary() {
-        let text = bounded("é".repeat(5000));
-        assert!(text.len() <= MAX_OUTCOME_TEXT);
-        assert!(text.ends_with('…'));
-        assert_eq!(bounded("short".to_owned()), "short");
-    }
 }

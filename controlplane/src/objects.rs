@@ -1,7 +1,10 @@
-//! Small helpers for reading and writing object metadata in JSON form, and the time and
-//! name formats Kubernetes uses.
+//! Small helpers for reading and writing object metadata in JSON form, and the name
+//! formats Kubernetes uses. The API server, the controllers, the scheduler and the
+//! gateway all read objects with them, so they sit below all of those, on the store.
 
 use serde_json::{Map, Value};
+
+pub use skiff_api::time::{format_time, now_rfc3339, parse_time};
 
 use crate::store::Revision;
 
@@ -100,19 +103,6 @@ pub fn remove_path(obj: &mut Value, path: &[&str]) {
     }
 }
 
-/// Now, as Kubernetes writes timestamps (RFC 3339, seconds, UTC).
-pub fn now_rfc3339() -> String {
-    format_time(jiff::Timestamp::now())
-}
-
-pub fn format_time(t: jiff::Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
-pub fn parse_time(s: &str) -> Option<jiff::Timestamp> {
-    s.parse().ok()
-}
-
 /// Five characters from the alphabet Kubernetes uses for generateName suffixes (no
 /// vowels or look-alikes, so generated names never spell words).
 pub fn random_suffix() -> String {
@@ -157,13 +147,6 @@ mod tests {
         remove_path(&mut v, &["status", "phase"]);
         remove_path(&mut v, &["spec", "missing"]);
         assert_eq!(v, json!({"status": {}}));
-    }
-
-    #[test]
-    fn time_round_trips_in_kubernetes_format() {
-        let s = now_rfc3339();
-        assert!(s.ends_with('Z') && s.len() == 20, "{s}");
-        assert_eq!(format_time(parse_time(&s).unwrap()), s);
     }
 
     #[test]

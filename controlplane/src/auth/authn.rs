@@ -1,0 +1,81 @@
+//! Authentication: who a request's bearer token belongs to. Tokens live in the store
+//! as Secrets (see `skiff_api::token`), read through the store's cache.
+
+use axum::http::{HeaderMap, header};
+
+use skiff_api::resources::{self, ResourceInfo};
+use skiff_api::token::{self, Role, Token};
+
+use crate::apiserver::error::{ApiError, ApiResult};
+use crate::state::ApiServer;
+
+/// Who sent a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Anonymous,
+    Admin { id: String },
+    Viewer { id: String },
+    Node { id: String, name: String },
+    Join { id: String },
+}
+
+impl Identity {
+    /// The user name Kubernetes would show for this identity.
+    pub fn user(&self) -> String {
+        match self {
+            Identity::Anonymous => "system:anonymous".into(),
+            Identity::Admin { id } => format!("admin:{id}"),
+            Identity::Viewer { id } => format!("viewer:{id}"),
+            Identity::Node { name, .. } => format!("system:node:{name}"),
+            Identity::Join { id } => format!("system:bootstrap:{id}"),
+        }
+    }
+}
+
+pub(super) fn secrets() -> &'static ResourceInfo {
+    resources::lookup("", "v1", "secrets").expect("secrets are served")
+}
+
+/// Reads the bearer token of a request, if any, and finds whose it is.
+pub async fn authenticate(api: &ApiServer, headers: &HeaderMap) -> ApiResult<Identity> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(Identity::Anonymous);
+    };
+    let bearer = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    let token = Token::parse(bearer).ok_or(ApiError::Unauthorized)?;
+    let key = secrets().key(Some(token::NAMESPACE), &token.secret_name());
+    // From the cache, as Kubernetes reads bootstrap tokens from an informer: a token
+    // revoked through this server is refused at once, through another server within the
+    // cache's watch latency.
+    let record = api
+        .store
+        .get_cached(&key)
+        .await
+        .map_err(|e| ApiError::Internal(Box::new(e)))?
+        .ok_or(ApiError::Unauthorized)?;
+    let (role, node) = token.verify(&record.object).ok_or(ApiError::Unauthorized)?;
+    let id = token.id;
+    Ok(match role {
+        Role::Admin => Identity::Admin { id },
+        Role::Viewer => Identity::Viewer { id },
+        Role::Join => Identity::Join { id },
+        Role::Node => Identity::Node {
+            id,
+            name: node.unwrap_or_default(),
+        },
+    })
+}
+
+/// Whether an object exists at `key` (read from the store, not its cache).
+pub(super) async fn exists(api: &ApiServer, key: &str) -> ApiResult<bool> {
+    Ok(api
+        .store
+        .get(key)
+        .await
+        .map_err(|e| ApiError::Internal(Box::new(e)))?
+        .is_some())
+}

@@ -1,0 +1,527 @@
+//! Authorization: what each identity may do with a request (see the rules in
+//! `auth/mod.rs`), and the middleware in front of the whole API that authenticates,
+//! authorizes and counts every request.
+
+use std::sync::Arc;
+use tracing::Instrument;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use skiff_api::resources::{self, Subresource};
+use skiff_api::selector::{FieldOp, FieldSelector};
+
+use super::authn::{Identity, authenticate, exists};
+use crate::apiserver::error::{ApiError, ApiResult};
+use crate::apiserver::{Query, Target, parse_target};
+use crate::objects;
+use crate::state::{ApiServer, SharedApi};
+use crate::store::ListRequest;
+
+/// What a request path is.
+enum Kind {
+    /// Health, version and the CA: anyone.
+    Public,
+    /// Discovery and OpenAPI: any authenticated identity.
+    Discovery,
+    Join,
+    /// An agent's reverse tunnel: its own node credential only.
+    Tunnel,
+    /// The server's own metrics: admin and viewer.
+    Metrics,
+    /// `nodes/NAME/proxy/...`, to the agent through its tunnel: admin, and viewer reads.
+    NodeProxy,
+    Resource(Resource),
+    Other,
+}
+
+/// A request against a served kind, with its verb as RBAC names it.
+struct Resource {
+    target: Target,
+    verb: &'static str,
+}
+
+fn classify(method: &Method, path: &str, query: &Query) -> Kind {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["healthz" | "livez" | "readyz" | "version" | "cacerts"] => return Kind::Public,
+        ["skiff", "v1", "join"] => return Kind::Join,
+        ["skiff", "v1", "tunnel"] => return Kind::Tunnel,
+        ["metrics"] => return Kind::Metrics,
+        ["api", "v1", "nodes", _, "proxy", ..] => return Kind::NodeProxy,
+        ["openapi", ..] | ["api"] | ["apis"] | ["api", _] | ["apis", _] | ["apis", _, _] => {
+            return Kind::Discovery;
+        }
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return Kind::Other,
+    };
+    // The API's own reading of the path, so both agree on what a request touches.
+    let Ok(target) = parse_target(group, version, &rest.join("/")) else {
+        return Kind::Other;
+    };
+    let verb = match (method, target.name.is_some()) {
+        (&Method::GET, _) if query.flag("watch") => "watch",
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => "unknown",
+    };
+    Kind::Resource(Resource { target, verb })
+}
+
+/// `pods` or `pods/status`.
+fn resource_name(t: &Target) -> String {
+    match t.sub {
+        Some(sub) => format!("{}/{}", t.info.plural, sub.name()),
+        None => t.info.plural.to_string(),
+    }
+}
+
+fn forbidden(identity: &Identity, r: &Resource, why: &str) -> ApiError {
+    let t = &r.target;
+    let scope = match &t.namespace {
+        Some(ns) => format!("in the namespace \"{ns}\""),
+        None => "at the cluster scope".into(),
+    };
+    let subject = match &t.name {
+        Some(name) => format!("{} \"{name}\"", t.info.qualified_plural()),
+        None => t.info.qualified_plural(),
+    };
+    let mut message = format!(
+        "{subject} is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\" {scope}",
+        identity.user(),
+        r.verb,
+        resource_name(t),
+        t.info.group
+    );
+    if !why.is_empty() {
+        message.push_str(": ");
+        message.push_str(why);
+    }
+    ApiError::Forbidden(message)
+}
+
+/// The value a request's field selector requires `field` to equal, if any.
+fn selected(query: &Query, field: &str) -> Option<String> {
+    let selector = FieldSelector::parse(query.get("fieldSelector")?).ok()?;
+    selector
+        .requirements()
+        .find(|(f, op, _)| *f == field && *op == FieldOp::Equals)
+        .map(|(_, _, value)| value.to_string())
+}
+
+/// The pods bound to `node`.
+async fn pods_on(api: &ApiServer, node: &str) -> ApiResult<Vec<Arc<Value>>> {
+    let pods = resources::lookup("", "v1", "pods").expect("pods are served");
+    let prefix = pods.prefix();
+    let filter = |p: &Value| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node);
+    let page = api
+        .store
+        .list(ListRequest::all(&prefix, &filter))
+        .await
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    Ok(page.items.into_iter().map(|s| s.object).collect())
+}
+
+/// Whether a pod's spec names a ConfigMap or Secret `name` (volumes, projected volumes,
+/// env and envFrom of every container).
+fn references(pod: &Value, kind: &str, name: &str) -> bool {
+    let spec = &pod["spec"];
+    let containers = ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .filter_map(|k| spec.get(*k).and_then(Value::as_array))
+        .flatten();
+    let is = |v: &Value| v.as_str() == Some(name);
+    let (volume_key, volume_name, key_ref, from_ref) = if kind == "secrets" {
+        ("secret", "secretName", "secretKeyRef", "secretRef")
+    } else {
+        ("configMap", "name", "configMapKeyRef", "configMapRef")
+    };
+    let projected_key = if kind == "secrets" {
+        "secret"
+    } else {
+        "configMap"
+    };
+    let in_volumes = spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|v| {
+            is(&v[volume_key][volume_name])
+                || v.pointer("/projected/sources")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|s| is(&s[projected_key]["name"]))
+        });
+    in_volumes
+        || containers.into_iter().any(|c| {
+            c.get("env")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|e| is(&e["valueFrom"][key_ref]["name"]))
+                || c.get("envFrom")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|e| is(&e[from_ref]["name"]))
+        })
+}
+
+fn uses_module(pod: &Value, digest: &str) -> bool {
+    ["containers", "initContainers"]
+        .iter()
+        .filter_map(|k| pod["spec"].get(*k).and_then(Value::as_array))
+        .flatten()
+        .any(|c| c["image"].as_str() == Some(digest))
+}
+
+/// What a node credential may do (Kubernetes' Node authorizer, NodeRestriction).
+async fn authorize_node(
+    api: &ApiServer,
+    identity: &Identity,
+    node: &str,
+    r: &Resource,
+    query: &Query,
+    body_name: Option<&str>,
+) -> ApiResult<()> {
+    let deny = |why: &str| Err(forbidden(identity, r, why));
+    let own = |name: Option<&str>| name == Some(node);
+    let t = &r.target;
+    let name = t.name.as_deref();
+    match (t.info.plural, r.verb) {
+        ("nodes", "get" | "update" | "patch") if own(name) => Ok(()),
+        ("nodes", "list" | "watch")
+            if selected(query, "metadata.name").as_deref() == Some(node) =>
+        {
+            Ok(())
+        }
+        ("nodes", "create") if own(body_name) => Ok(()),
+        ("nodes", _) => deny("a node may only read and write its own Node object"),
+        ("leases", verb) if t.namespace.as_deref() == Some("kube-node-lease") => match verb {
+            "get" | "update" | "patch" if own(name) => Ok(()),
+            "create" if own(body_name) => Ok(()),
+            _ => deny("a node may only read and write its own Lease"),
+        },
+        ("pods", "list" | "watch") => {
+            if selected(query, "spec.nodeName").as_deref() == Some(node) {
+                Ok(())
+            } else {
+                deny(
+                    "a node may only list and watch pods with fieldSelector spec.nodeName=<itself>",
+                )
+            }
+        }
+        ("pods", "get" | "update" | "patch" | "delete")
+            if matches!(t.sub, None | Some(Subresource::Status)) =>
+        {
+            let key = t.info.key(t.namespace.as_deref(), name.unwrap_or_default());
+            let bound = api
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| ApiError::Internal(Box::new(e)))?
+                .is_some_and(|p| {
+                    p.object.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
+                });
+            if bound || (r.verb == "get" && !exists(api, &key).await?) {
+                // A pod that is gone reads as NotFound, as it would for the node anyway.
+                Ok(())
+            } else {
+                deny("a node may only reach pods bound to it")
+            }
+        }
+        ("configmaps" | "secrets", "get") => {
+            let (ns, name) = (t.namespace.as_deref(), name.unwrap_or_default());
+            let referenced = pods_on(api, node)
+                .await?
+                .iter()
+                .any(|p| objects::namespace(p) == ns && references(p, t.info.plural, name));
+            if referenced {
+                Ok(())
+            } else {
+                deny("no pod bound to this node references it")
+            }
+        }
+        ("modules", "get") => {
+            let digest = name.unwrap_or_default();
+            if pods_on(api, node)
+                .await?
+                .iter()
+                .any(|p| uses_module(p, digest))
+            {
+                Ok(())
+            } else {
+                deny("no pod bound to this node runs this module")
+            }
+        }
+        ("events", "create" | "update" | "patch") => Ok(()),
+        ("endpoints", "get" | "list" | "watch") => Ok(()),
+        _ => deny(""),
+    }
+}
+
+/// Decides whether `identity` may make this request. `body_name` is the
+/// `metadata.name` of a create's body, which node credentials are checked against.
+async fn authorize(
+    api: &ApiServer,
+    identity: &Identity,
+    (method, path): (&Method, &str),
+    kind: &Kind,
+    query: &Query,
+    body_name: Option<&str>,
+) -> ApiResult<()> {
+    match (identity, kind) {
+        (_, Kind::Public) => Ok(()),
+        (Identity::Anonymous, _) => Err(ApiError::Unauthorized),
+        (Identity::Admin { .. }, _) => Ok(()),
+        (Identity::Join { .. }, Kind::Join) => Ok(()),
+        (Identity::Join { .. }, _) => Err(ApiError::Forbidden(format!(
+            "User \"{}\" may only join: POST /skiff/v1/join",
+            identity.user()
+        ))),
+        (_, Kind::Join) => Err(ApiError::Forbidden(format!(
+            "User \"{}\" cannot join: joining takes a join token",
+            identity.user()
+        ))),
+        (_, Kind::Discovery) if method == Method::GET => Ok(()),
+        (Identity::Node { .. }, Kind::Tunnel) => Ok(()),
+        (Identity::Viewer { .. }, Kind::Metrics) => Ok(()),
+        (Identity::Viewer { .. }, Kind::NodeProxy) if method == Method::GET => Ok(()),
+        (_, Kind::Tunnel) => Err(ApiError::Forbidden(format!(
+            "User \"{}\" cannot open a tunnel: that takes a node's credential",
+            identity.user()
+        ))),
+        (Identity::Viewer { .. }, Kind::Resource(r)) => {
+            let read = matches!(r.verb, "get" | "list" | "watch");
+            if !read {
+                Err(forbidden(identity, r, "viewers are read-only"))
+            } else if r.target.info.plural == "secrets" {
+                Err(forbidden(identity, r, "viewers cannot read secrets"))
+            } else {
+                Ok(())
+            }
+        }
+        (Identity::Node { name, .. }, Kind::Resource(r)) => {
+            authorize_node(api, identity, name, r, query, body_name).await
+        }
+        (_, _) => Err(ApiError::Forbidden(format!(
+            "User \"{}\" cannot {method} path \"{path}\"",
+            identity.user()
+        ))),
+    }
+}
+
+/// A request's verb and resource as kube-apiserver labels its metrics: `LIST`,
+/// `WATCH`, `GET`, `POST`, ... and the resource's plural (with its subresource);
+/// non-resource requests have the HTTP method and an empty resource.
+fn metric_labels(method: &Method, kind: &Kind) -> (&'static str, String) {
+    let http = match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "OTHER",
+    };
+    match kind {
+        Kind::Resource(r) => {
+            let verb = match r.verb {
+                "get" => "GET",
+                "list" => "LIST",
+                "watch" => "WATCH",
+                "create" => "POST",
+                "update" => "PUT",
+                "patch" => "PATCH",
+                "delete" => "DELETE",
+                "deletecollection" => "DELETECOLLECTION",
+                _ => http,
+            };
+            (verb, resource_name(&r.target))
+        }
+        Kind::NodeProxy => (http, "nodes/proxy".into()),
+        _ => (http, String::new()),
+    }
+}
+
+/// The middleware in front of the whole API: it reads the request's path once, then
+/// authenticates and authorizes it (a node's creates of Nodes and Leases are read
+/// first, to check the name), and counts it in the metrics, refused or not.
+pub async fn layer(State(api): State<SharedApi>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    // A malformed query is the handler's to refuse; here it reads as empty.
+    let query = Query::parse(request.uri().query()).unwrap_or_default();
+    let kind = classify(request.method(), request.uri().path(), &query);
+    let (verb, resource) = metric_labels(request.method(), &kind);
+    // Every request gets an id, answered in `Audit-Id` as kube-apiserver does, and a
+    // span that carries it into whatever the handler logs.
+    let id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        verb,
+        resource = %resource,
+        user = tracing::field::Empty,
+    );
+    let mut response = async {
+        match check(&api, request, &kind, &query).await {
+            Ok(request) => next.run(request).await,
+            Err(e) => e.into_response(),
+        }
+    }
+    .instrument(span)
+    .await;
+    if let Ok(value) = http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("audit-id", value);
+    }
+    api.metrics.observe(verb, resource, started, response)
+}
+
+async fn check(
+    api: &SharedApi,
+    request: Request,
+    kind: &Kind,
+    query: &Query,
+) -> ApiResult<Request> {
+    let identity = authenticate(api, request.headers()).await?;
+    tracing::Span::current().record("user", identity.user());
+    let needs_body = matches!(identity, Identity::Node { .. })
+        && request.method() == Method::POST
+        && matches!(kind, Kind::Resource(r) if matches!(r.target.info.plural, "nodes" | "leases"));
+    let mut request = if needs_body {
+        let (parts, body) = request.into_parts();
+        let bytes =
+            crate::apiserver::read_body(&parts.headers, body, api.config.max_body_bytes).await?;
+        let name = crate::apiserver::parse_body(&bytes)
+            .ok()
+            .map(|obj| objects::name(&obj).to_string());
+        let request = Request::from_parts(parts, Body::from(bytes));
+        let line = (request.method().clone(), request.uri().path().to_string());
+        authorize(
+            api,
+            &identity,
+            (&line.0, &line.1),
+            kind,
+            query,
+            name.as_deref(),
+        )
+        .await?;
+        request
+    } else {
+        let line = (request.method().clone(), request.uri().path().to_string());
+        authorize(api, &identity, (&line.0, &line.1), kind, query, None).await?;
+        request
+    };
+    request.extensions_mut().insert(identity);
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn api(dir: &tempfile::TempDir) -> ApiServer {
+        let store = crate::store::redb::RedbStore::open(&dir.path().join("store.redb")).unwrap();
+        ApiServer {
+            store,
+            modules: crate::blobs::ModuleBlobs::new(dir.path().join("blobs")),
+            config: Default::default(),
+            shutdown: Default::default(),
+            tunnels: Default::default(),
+            metrics: Default::default(),
+        }
+    }
+
+    /// What a node's credential may do with `method path?query`.
+    async fn node_may(api: &ApiServer, method: Method, path_and_query: &str) -> bool {
+        let (path, query) = path_and_query
+            .split_once('?')
+            .map_or((path_and_query, None), |(p, q)| (p, Some(q)));
+        let query = Query::parse(query).unwrap();
+        let kind = classify(&method, path, &query);
+        let node = Identity::Node {
+            id: "n1id".into(),
+            name: "edge-1".into(),
+        };
+        authorize(api, &node, (&method, path), &kind, &query, None)
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn nodes_read_endpoints_to_learn_the_api_servers_but_never_write_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = api(&dir);
+        let kubernetes = "/api/v1/namespaces/default/endpoints/kubernetes";
+        assert!(node_may(&api, Method::GET, kubernetes).await);
+        assert!(node_may(&api, Method::GET, "/api/v1/namespaces/default/endpoints").await);
+        assert!(node_may(&api, Method::GET, "/api/v1/endpoints?watch=true").await);
+        assert!(!node_may(&api, Method::PUT, kubernetes).await);
+        assert!(!node_may(&api, Method::DELETE, kubernetes).await);
+        assert!(
+            !node_may(&api, Method::GET, "/api/v1/namespaces/default/services").await,
+            "endpoints only"
+        );
+    }
+
+    #[test]
+    fn field_selectors_are_read_as_kubernetes_writes_them() {
+        let selected =
+            |query: &str, field: &str| selected(&Query::parse(Some(query)).unwrap(), field);
+        assert_eq!(
+            selected(
+                "watch=1&fieldSelector=spec.nodeName%3Dedge-1",
+                "spec.nodeName"
+            )
+            .as_deref(),
+            Some("edge-1")
+        );
+        assert_eq!(
+            selected("fieldSelector=metadata.name==n1,spec.x=y", "metadata.name").as_deref(),
+            Some("n1")
+        );
+        assert_eq!(
+            selected("fieldSelector=spec.nodeName!%3Dx", "spec.nodeName"),
+            None
+        );
+        assert_eq!(selected("limit=5", "spec.nodeName"), None);
+    }
+
+    #[test]
+    fn pods_reference_configmaps_and_secrets_every_way() {
+        let pod = json!({"spec": {
+            "volumes": [
+                {"name": "a", "configMap": {"name": "cm-vol"}},
+                {"name": "b", "secret": {"secretName": "s-vol"}},
+                {"name": "c", "projected": {"sources": [{"secret": {"name": "s-proj"}}]}},
+            ],
+            "containers": [{"name": "c", "image": "sha256:abc",
+                "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s-env", "key": "k"}}}],
+                "envFrom": [{"configMapRef": {"name": "cm-from"}}]}],
+        }});
+        for (kind, name) in [
+            ("configmaps", "cm-vol"),
+            ("configmaps", "cm-from"),
+            ("secrets", "s-vol"),
+            ("secrets", "s-proj"),
+            ("secrets", "s-env"),
+        ] {
+            assert!(references(&pod, kind, name), "{kind}/{name}");
+        }
+        assert!(!references(&pod, "secrets", "cm-vol"));
+        assert!(!references(&pod, "configmaps", "other"));
+        assert!(uses_module(&pod, "sha256:abc") && !uses_module(&pod, "sha256:def"));
+    }
+}

@@ -1,0 +1,69 @@
+//! The API server's shared state: the store, the module blobs, the configuration, the
+//! shutdown signal, the agents' tunnels and the metrics. Every handler, the auth layer,
+//! the controllers, the scheduler and the server's other loops hold it, so it sits
+//! below all of them and knows none of them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::blobs::ModuleBlobs;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::tunnel::Tunnels;
+
+/// Largest request body accepted by default (Kubernetes' own limit is 3 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+/// Largest module upload accepted by default.
+pub const DEFAULT_MAX_MODULE_BYTES: usize = 100 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub max_body_bytes: usize,
+    pub max_module_bytes: usize,
+    /// How often a watch with `allowWatchBookmarks` gets a BOOKMARK.
+    pub bookmark_interval: Duration,
+    /// The address clients reach the API at, for discovery's serverAddressByClientCIDRs.
+    pub advertise_address: String,
+    /// How long a new pod tolerates its node being not-ready or unreachable before it is
+    /// evicted (Kubernetes' DefaultTolerationSeconds admission adds these tolerations).
+    pub default_toleration_seconds: i64,
+    /// The gateway's URL, when one runs: Apps' `status.url` is on it.
+    pub gateway_url: Option<String>,
+    /// The server's data directory (its secrets go into backups).
+    pub data_dir: std::path::PathBuf,
+    /// `redb` or `etcd`, recorded in backups.
+    pub store_kind: &'static str,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
+            bookmark_interval: Duration::from_secs(10),
+            advertise_address: String::new(),
+            default_toleration_seconds: 300,
+            gateway_url: None,
+            data_dir: std::path::PathBuf::new(),
+            store_kind: "redb",
+        }
+    }
+}
+
+/// Everything a request handler needs.
+pub struct ApiServer {
+    pub store: Arc<dyn Store>,
+    pub modules: ModuleBlobs,
+    pub config: ApiConfig,
+    /// Cancelled when the server starts shutting down, so long-lived watches end and
+    /// graceful shutdown can finish.
+    pub shutdown: CancellationToken,
+    /// The reverse tunnels agents keep open, by node.
+    pub tunnels: Arc<Tunnels>,
+    /// What `/metrics` reports.
+    pub metrics: Arc<Metrics>,
+}
+
+pub type SharedApi = Arc<ApiServer>;

@@ -1,0 +1,27 @@
+//! The state every part of the agent shares: the API client, the image store, the
+//! event recorder, the configuration, the container logs, the metrics, the HTTP apps and
+//! the local state. The pod loops, the listener and the tunnels all hold it, so it sits
+//! below all of them.
+
+use std::sync::Arc;
+
+use crate::config::AgentConfig;
+use crate::events::EventRecorder;
+use crate::images::ImageStore;
+use crate::logs::LogRegistry;
+use crate::metrics::Metrics;
+
+/// What every pod on this agent shares.
+pub struct Runtime {
+    pub client: kube::Client,
+    pub images: ImageStore,
+    pub events: EventRecorder,
+    pub config: AgentConfig,
+    pub host_ip: String,
+    pub logs: LogRegistry,
+    pub metrics: Metrics,
+    /// The HTTP apps of the pods running here, for the listener to route to.
+    pub apps: crate::apps::AppRegistry,
+    /// What the agent keeps to work without the control plane.
+    pub local: Arc<crate::local::LocalState>,
+}
