@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use skiff_api::resources::{self, ResourceInfo};
 
-use super::{Action, Informers, Reconciler, controller_of, feed, run_workers, split_key};
+use super::{Action, Context, Reconciler, controller_of, feed, run_workers, split_key};
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, internal, objects, record_event};
 use crate::informer::Cache;
@@ -69,7 +69,7 @@ pub struct AppController {
     services: Arc<Cache>,
 }
 
-pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
+pub async fn run(informers: Arc<Context>, stop: CancellationToken) {
     let apps = informers.cache("skiff.dev", "apps");
     let deployments = informers.cache("apps", "deployments");
     let services = informers.cache("", "services");

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources::{self, ResourceInfo};
 
 use super::podutil::{is_active, is_ready, pods_info};
-use super::{Action, Informers, Reconciler, controller_of, feed, run_workers, split_key};
+use super::{Action, Context, Reconciler, controller_of, feed, run_workers, split_key};
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, DeleteOptions, internal, objects};
 use crate::informer::Cache;
@@ -63,7 +63,7 @@ pub struct DaemonSetController {
     pods: Arc<Cache>,
 }
 
-pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
+pub async fn run(informers: Arc<Context>, stop: CancellationToken) {
     let daemonsets = informers.cache("apps", "daemonsets");
     let nodes = informers.cache("", "nodes");
     let pods = informers.cache("", "pods");

@@ -33,7 +33,7 @@ use skiff_api::resources::{self, ResourceInfo};
 
 use super::podutil::{availability, is_active, labels};
 use super::{
-    Action, Informers, Reconciler, adopt, controller_of, feed, key_of, release, run_workers,
+    Action, Context, Reconciler, adopt, controller_of, feed, key_of, release, run_workers,
     selector_of, split_key,
 };
 use crate::apiserver::error::ApiError;
@@ -72,7 +72,7 @@ pub struct DeploymentController {
     pods: Arc<Cache>,
 }
 
-pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
+pub async fn run(informers: Arc<Context>, stop: CancellationToken) {
     let deployments = informers.cache("apps", "deployments");
     let replicasets = informers.cache("apps", "replicasets");
     let pods = informers.cache("", "pods");

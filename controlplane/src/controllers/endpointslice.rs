@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources::{self, ResourceInfo};
 
 use super::podutil::{is_ready, labels};
-use super::{Action, Informers, Reconciler, feed, run_workers, split_key};
+use super::{Action, Context, Reconciler, feed, run_workers, split_key};
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, internal, objects};
 use crate::informer::{Cache, CacheEvent};
@@ -48,7 +48,7 @@ pub struct EndpointSliceController {
     slices: Arc<Cache>,
 }
 
-pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
+pub async fn run(informers: Arc<Context>, stop: CancellationToken) {
     let services = informers.cache("", "services");
     let pods = informers.cache("", "pods");
     let slices = informers.cache("discovery.k8s.io", "endpointslices");

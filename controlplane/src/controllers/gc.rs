@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use skiff_api::resources::{self, ResourceInfo};
 
-use super::Informers;
+use super::Context;
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, DeleteOptions, internal, objects};
 use crate::informer::{Cache, CacheEvent};
@@ -56,7 +56,7 @@ fn owner_refs(obj: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
+pub async fn run(informers: Arc<Context>, stop: CancellationToken) {
     let caches: Vec<Arc<Cache>> = KINDS.iter().map(|(g, p)| informers.cache(g, p)).collect();
     if !informers.synced(&caches.iter().collect::<Vec<_>>()).await {
         return;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources::{self, ResourceInfo};
 
 use super::podutil::pods_info;
-use super::{Action, Informers, Reconciler, controller_of, feed, run_workers, split_key};
+use super::{Action, Context, Reconciler, controller_of, feed, run_workers, split_key};
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, DeleteOptions, internal, objects, record_event};
 use crate::informer::{Cache, CacheEvent};
@@ -36,7 +36,7 @@ pub struct JobController {
     expected: Mutex<HashMap<String, (i64, Instant)>>,
 }
 
-pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
+pub async fn run(informers: Arc<Context>, stop: CancellationToken) {
     let jobs = informers.cache("batch", "jobs");
     let pods = informers.cache("", "pods");
     if !informers.synced(&[&jobs, &pods]).await {

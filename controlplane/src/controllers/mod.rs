@@ -1,6 +1,7 @@
-//! The controllers that run inside `skiff server`, and what they share: watch-backed
-//! caches (one per kind, started on first use), a work queue per controller, and the
-//! worker loop that reconciles keys and requeues failures with back-off.
+//! The controllers that run inside `skiff server`, and what they share: the leader
+//! term's watch-backed caches (one per kind, shared with the scheduler), a work queue
+//! per controller, and the worker loop that reconciles keys and requeues failures with
+//! back-off.
 //!
 //! Every controller is level-based: `reconcile(key)` reads the current state of that
 //! object and what it owns, decides, acts, and returns whether to look again later. It
@@ -17,8 +18,7 @@ pub mod podutil;
 pub mod queue;
 pub mod replicaset;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -28,14 +28,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use skiff_api::resources::{self, ResourceInfo};
+use skiff_api::resources::ResourceInfo;
 use skiff_api::selector::LabelSelector;
 
 use crate::apiserver::ApiServer;
 use crate::apiserver::error::{ApiError, Subject};
 use crate::apiserver::internal;
 use crate::apiserver::objects;
-use crate::informer::{Cache, CacheEvent};
+use crate::informer::{Cache, CacheEvent, Informers};
 pub use queue::WorkQueue;
 
 /// What a reconcile decided about its key.
@@ -53,22 +53,18 @@ pub trait Reconciler: Send + Sync + 'static {
     fn reconcile(self: Arc<Self>, key: String) -> BoxFuture<'static, Result<Action, ApiError>>;
 }
 
-/// The caches the controllers share, by resource, started on first use.
-pub struct Informers {
+/// What every controller starts from: the API, and the caches of the leader's term
+/// (shared with the scheduler through the server's [`SharedInformers`]).
+///
+/// [`SharedInformers`]: crate::informer::SharedInformers
+pub struct Context {
     api: Arc<ApiServer>,
-    caches: Mutex<HashMap<(&'static str, &'static str), Arc<Cache>>>,
-    tasks: Mutex<JoinSet<()>>,
-    stop: CancellationToken,
+    informers: Arc<Informers>,
 }
 
-impl Informers {
-    pub fn new(api: Arc<ApiServer>, stop: CancellationToken) -> Arc<Informers> {
-        Arc::new(Informers {
-            api,
-            caches: Mutex::default(),
-            tasks: Mutex::default(),
-            stop,
-        })
+impl Context {
+    pub fn new(api: Arc<ApiServer>, informers: Arc<Informers>) -> Arc<Context> {
+        Arc::new(Context { api, informers })
     }
 
     pub fn api(&self) -> &Arc<ApiServer> {
@@ -82,47 +78,12 @@ impl Informers {
 
     /// The cache of a resource (group "" is core), started if new.
     pub fn cache(&self, group: &'static str, plural: &'static str) -> Arc<Cache> {
-        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        caches
-            .entry((group, plural))
-            .or_insert_with(|| {
-                let info = resources::all()
-                    .iter()
-                    .find(|r| r.group == group && r.plural == plural)
-                    .expect("a served resource");
-                let cache = Arc::new(Cache::default());
-                let run =
-                    cache
-                        .clone()
-                        .run(self.api.store.clone(), info.prefix(), self.stop.clone());
-                self.tasks
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .spawn(run);
-                cache
-            })
-            .clone()
+        self.informers.cache(group, plural)
     }
 
     /// Waits for the caches to finish their first list; false if stopped first.
     pub async fn synced(&self, caches: &[&Arc<Cache>]) -> bool {
-        for cache in caches {
-            let mut changes = cache.subscribe();
-            while !cache.is_synced() {
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { return false },
-                    _ = self.stop.cancelled() => return false,
-                }
-            }
-        }
-        true
-    }
-
-    /// Stops the caches and waits for them.
-    pub async fn shutdown(&self) {
-        self.stop.cancel();
-        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        while tasks.join_next().await.is_some() {}
+        self.informers.synced(caches).await
     }
 }
 
@@ -374,13 +335,14 @@ impl Default for ControllerConfig {
     }
 }
 
-/// Starts every controller; they stop with `stop`.
+/// Starts every controller, reading the caches of `informers`; they stop with `stop`.
 pub fn start(
     api: Arc<ApiServer>,
+    informers: Arc<Informers>,
     config: ControllerConfig,
     stop: CancellationToken,
 ) -> JoinSet<()> {
-    let informers = Informers::new(api, stop.child_token());
+    let informers = Context::new(api, informers);
     let mut set = JoinSet::new();
     set.spawn(replicaset::run(informers.clone(), stop.clone()));
     set.spawn(deployment::run(informers.clone(), stop.clone()));
@@ -392,11 +354,7 @@ pub fn start(
     set.spawn(nodelifecycle::run(
         informers.clone(),
         config.node_monitor_grace,
-        stop.clone(),
+        stop,
     ));
-    set.spawn(async move {
-        stop.cancelled().await;
-        informers.shutdown().await;
-    });
     set
 }

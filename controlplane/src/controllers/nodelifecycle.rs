@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use skiff_api::resources::{self, ResourceInfo};
 
-use super::Informers;
+use super::Context;
 use super::podutil::pods_info;
 use crate::apiserver::defaults::TAINT_UNREACHABLE;
 use crate::apiserver::error::ApiError;
@@ -30,7 +30,7 @@ fn nodes_info() -> &'static ResourceInfo {
     resources::lookup("", "v1", "nodes").expect("nodes are served")
 }
 
-pub async fn run(informers: Arc<Informers>, grace: Duration, stop: CancellationToken) {
+pub async fn run(informers: Arc<Context>, grace: Duration, stop: CancellationToken) {
     let nodes = informers.cache("", "nodes");
     let leases = informers.cache("coordination.k8s.io", "leases");
     let pods = informers.cache("", "pods");

@@ -19,7 +19,7 @@ use skiff_api::resources::{self, ResourceInfo};
 
 use super::podutil::{availability, is_active, is_ready, labels, pods_info};
 use super::{
-    Action, Informers, Reconciler, adopt, controller_of, feed, key_of, release, run_workers,
+    Action, Context, Reconciler, adopt, controller_of, feed, key_of, release, run_workers,
     selector_of, split_key,
 };
 use crate::apiserver::error::ApiError;
@@ -51,7 +51,7 @@ pub struct ReplicaSetController {
     expectations: Mutex<HashMap<String, Expectation>>,
 }
 
-pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
+pub async fn run(informers: Arc<Context>, stop: CancellationToken) {
     let replicasets = informers.cache("apps", "replicasets");
     let pods = informers.cache("", "pods");
     if !informers.synced(&[&replicasets, &pods]).await {
