@@ -24,7 +24,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -33,8 +32,7 @@ use skiff_api::resources::{self, ResourceInfo};
 
 use super::podutil::{availability, is_active, labels};
 use super::{
-    Action, Context, Reconciler, adopt, controller_of, feed, key_of, release, run_workers,
-    selector_of, split_key,
+    Action, Context, Controller, adopt, controller_of, key_of, release, selector_of, split_key,
 };
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, DeleteOptions, internal, objects, record_event};
@@ -72,53 +70,25 @@ pub struct DeploymentController {
     pods: Arc<Cache>,
 }
 
-pub async fn run(informers: Arc<Context>, stop: CancellationToken) {
-    let deployments = informers.cache("apps", "deployments");
-    let replicasets = informers.cache("apps", "replicasets");
-    let pods = informers.cache("", "pods");
-    if !informers.synced(&[&deployments, &replicasets, &pods]).await {
-        return;
-    }
-    let queue = informers.queue("deployment");
+pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let deployments = ctx.cache("apps", "deployments");
+    let replicasets = ctx.cache("apps", "replicasets");
+    let pods = ctx.cache("", "pods");
     let ctrl = Arc::new(DeploymentController {
-        api: informers.api().clone(),
+        api: ctx.api().clone(),
         deployments: deployments.clone(),
         replicasets: replicasets.clone(),
         pods: pods.clone(),
     });
-    let all = super::all_keys(deployments.clone());
-    tokio::spawn(super::feed_own(
-        queue.clone(),
-        deployments.clone(),
-        stop.clone(),
-    ));
-    let observer = ctrl.clone();
-    tokio::spawn(feed(
-        queue.clone(),
-        replicasets,
-        move |e| observer.keys_for_replicaset_event(e),
-        all.clone(),
-        stop.clone(),
-    ));
-    let observer = ctrl.clone();
-    tokio::spawn(feed(
-        queue.clone(),
-        pods,
-        move |e| observer.keys_for_pod_event(e),
-        all,
-        stop.clone(),
-    ));
-    run_workers(ctrl, queue, WORKERS, stop).await;
-}
-
-impl Reconciler for DeploymentController {
-    fn name(&self) -> &'static str {
-        "deployment"
-    }
-
-    fn reconcile(self: Arc<Self>, key: String) -> BoxFuture<'static, Result<Action, ApiError>> {
-        Box::pin(async move { self.sync(&key).await })
-    }
+    let (by_replicaset, by_pod) = (ctrl.clone(), ctrl.clone());
+    Controller::new(&ctx, "deployment", &deployments)
+        .watches(&replicasets, move |e| {
+            by_replicaset.keys_for_replicaset_event(e)
+        })
+        .watches(&pods, move |e| by_pod.keys_for_pod_event(e))
+        .workers(WORKERS)
+        .run(ctrl, |c, key| async move { c.sync(&key).await }, stop)
+        .await;
 }
 
 fn int_field(obj: &Value, pointer: &str) -> Option<i64> {
