@@ -34,9 +34,8 @@ use tracing::Instrument;
 use skiff_api::resources;
 
 use crate::controllers::endpointslice::slice_name;
-use crate::informer::Cache;
+use crate::informer::{Cache, Informers, SharedInformers};
 use crate::objects;
-use crate::store::Store;
 
 use skiff_api::routes::{POD_HEADER, ROUTES_ANNOTATION, Route, UNSERVED_HEADER};
 /// Bodies up to this size are buffered so the request can be retried on another
@@ -74,33 +73,19 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts the caches the gateway routes from.
+    /// Reads the caches the gateway routes from out of `informers`.
     pub fn new(
-        store: Arc<dyn Store>,
+        informers: &Informers,
         tunnels: Arc<crate::tunnel::Tunnels>,
         metrics: skiff_api::metrics::AppRequests,
-        stop: CancellationToken,
     ) -> Arc<Gateway> {
-        let cache = |group: &str, plural: &str| {
-            let info = resources::all()
-                .iter()
-                .find(|r| r.group == group && r.plural == plural)
-                .expect("a served resource");
-            let cache = Arc::new(Cache::default());
-            tokio::spawn(
-                cache
-                    .clone()
-                    .run(store.clone(), info.prefix(), stop.clone()),
-            );
-            cache
-        };
         let mut connector = HttpConnector::new();
         // Without TCP_NODELAY, small responses wait out delayed ACKs (~40 ms).
         connector.set_nodelay(true);
         Arc::new(Gateway {
-            services: cache("", "services"),
-            slices: cache("discovery.k8s.io", "endpointslices"),
-            nodes: cache("", "nodes"),
+            services: informers.cache("", "services"),
+            slices: informers.cache("discovery.k8s.io", "endpointslices"),
+            nodes: informers.cache("", "nodes"),
             client: Client::builder(TokioExecutor::new()).build(connector),
             tunnels,
             table: Mutex::default(),
@@ -452,23 +437,32 @@ fn forwarded_headers(headers: &HeaderMap, pod: &str, host: &str) -> HeaderMap {
     out
 }
 
-/// Serves the gateway on `listener` until `stop`.
+/// Serves the gateway on `listener` until `stop`, routing from caches it holds in
+/// `informers` until then.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    store: Arc<dyn Store>,
+    informers: Arc<SharedInformers>,
     tunnels: Arc<crate::tunnel::Tunnels>,
     metrics: skiff_api::metrics::AppRequests,
     stop: CancellationToken,
 ) {
     use axum::serve::ListenerExt;
-    let gateway = Gateway::new(store, tunnels, metrics, stop.clone());
+    let scope = informers.scope(stop.clone());
+    let gateway = Gateway::new(&scope, tunnels, metrics);
+    // The caches are let go at `stop`, as requests in flight drain.
+    let release = async {
+        stop.cancelled().await;
+        scope.shutdown().await;
+    };
     let app = axum::Router::new().fallback(handle).with_state(gateway);
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    let graceful = stop.clone();
     let served = axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(async move { stop.cancelled().await });
-    if let Err(e) = served.await {
+        .with_graceful_shutdown(async move { graceful.cancelled().await });
+    let (served, ()) = tokio::join!(async { served.await }, release);
+    if let Err(e) = served {
         tracing::error!(error = %e, "the gateway stopped with an error");
     }
 }

@@ -1,13 +1,27 @@
-//! A watch-backed cache of one kind of object, for the loops inside the server: it lists
-//! a key prefix, then follows the store's watch from the list's revision, and re-lists
-//! whenever the watch falls off the retained log. One writer, many cheap readers.
+//! Watch-backed caches of objects for the loops inside the server, and the registry
+//! that shares them.
+//!
+//! A [`Cache`] lists a key prefix, then follows the store's watch from the list's
+//! revision, and re-lists whenever the watch falls off the retained log. One writer,
+//! many cheap readers.
+//!
+//! [`SharedInformers`] holds one cache per kind for the whole server, as client-go's
+//! SharedInformerFactory does: the scheduler, the controllers and the gateway ask it
+//! for the kinds they read and get the same cache. They ask through an [`Informers`]
+//! scope, which holds its kinds until it is shut down; a cache runs from its first
+//! request while any scope holds it. So the gateway's caches live as long as the
+//! server, the leader's as long as its term, and a kind both need is listed and
+//! watched once; a server that loses the lead stops watching what only the leader
+//! read, and a new term starts those caches afresh.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+
+use skiff_api::resources;
 
 use crate::store::{EventType, ListRequest, Store, StoreError};
 
@@ -144,5 +158,190 @@ impl Cache {
                 },
             }
         }
+    }
+}
+
+/// A kind of object, by API group ("" is core) and plural.
+pub type Kind = (&'static str, &'static str);
+
+/// One running cache and how many scopes hold it.
+struct Shared {
+    cache: Arc<Cache>,
+    holders: usize,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The server's caches, one per kind, each running while some [`Informers`] scope
+/// holds it.
+pub struct SharedInformers {
+    store: Arc<dyn Store>,
+    running: Mutex<HashMap<Kind, Shared>>,
+    /// Stops every cache, whoever holds it (the server's end).
+    stop: CancellationToken,
+}
+
+impl SharedInformers {
+    pub fn new(store: Arc<dyn Store>, stop: CancellationToken) -> Arc<SharedInformers> {
+        Arc::new(SharedInformers {
+            store,
+            running: Mutex::default(),
+            stop,
+        })
+    }
+
+    /// A scope for one set of loops; waits for syncing end at `stop`.
+    pub fn scope(self: &Arc<Self>, stop: CancellationToken) -> Arc<Informers> {
+        Arc::new(Informers {
+            shared: self.clone(),
+            held: Mutex::default(),
+            stop,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Kind, Shared>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cache of a kind, started if none runs; the caller holds it once more.
+    fn acquire(&self, kind: Kind) -> Arc<Cache> {
+        let mut running = self.lock();
+        let shared = running.entry(kind).or_insert_with(|| {
+            let (group, plural) = kind;
+            let info = resources::all()
+                .iter()
+                .find(|r| r.group == group && r.plural == plural)
+                .expect("a served resource");
+            let cache = Arc::new(Cache::default());
+            let stop = self.stop.child_token();
+            let task = tokio::spawn(cache.clone().run(
+                self.store.clone(),
+                info.prefix(),
+                stop.clone(),
+            ));
+            Shared {
+                cache,
+                holders: 0,
+                stop,
+                task,
+            }
+        });
+        shared.holders += 1;
+        shared.cache.clone()
+    }
+
+    /// Lets go of kinds; those no one holds any more are stopped, and their tasks
+    /// returned to wait for. A later request starts a fresh cache.
+    fn release(&self, kinds: impl IntoIterator<Item = Kind>) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut running = self.lock();
+        let mut stopped = Vec::new();
+        for kind in kinds {
+            let Some(shared) = running.get_mut(&kind) else {
+                continue;
+            };
+            shared.holders -= 1;
+            if shared.holders == 0 {
+                let shared = running.remove(&kind).expect("just seen");
+                shared.stop.cancel();
+                stopped.push(shared.task);
+            }
+        }
+        stopped
+    }
+}
+
+/// The caches one set of loops reads (a leader term's scheduler and controllers, the
+/// gateway), taken from the [`SharedInformers`] on first use and let go together.
+pub struct Informers {
+    shared: Arc<SharedInformers>,
+    held: Mutex<HashMap<Kind, Arc<Cache>>>,
+    stop: CancellationToken,
+}
+
+impl Informers {
+    /// The cache of a resource (group "" is core), started if new.
+    pub fn cache(&self, group: &'static str, plural: &'static str) -> Arc<Cache> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.entry((group, plural))
+            .or_insert_with(|| self.shared.acquire((group, plural)))
+            .clone()
+    }
+
+    /// Waits for the caches to finish their first list; false if stopped first.
+    pub async fn synced(&self, caches: &[&Arc<Cache>]) -> bool {
+        for cache in caches {
+            let mut changes = cache.subscribe();
+            while !cache.is_synced() {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return false },
+                    _ = self.stop.cancelled() => return false,
+                }
+            }
+        }
+        true
+    }
+
+    /// Lets go of this scope's caches and waits for those that stopped.
+    pub async fn shutdown(&self) {
+        for task in self.release() {
+            let _ = task.await;
+        }
+    }
+
+    fn release(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
+        self.shared.release(held.into_keys())
+    }
+}
+
+impl Drop for Informers {
+    /// A scope dropped without a shutdown still lets go (without waiting).
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::redb::RedbStore;
+
+    fn running(shared: &SharedInformers, kind: Kind) -> Option<(usize, bool)> {
+        shared
+            .lock()
+            .get(&kind)
+            .map(|s| (s.holders, s.stop.is_cancelled()))
+    }
+
+    #[tokio::test]
+    async fn scopes_share_one_cache_per_kind_until_the_last_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("store.redb")).unwrap();
+        let shared = SharedInformers::new(store, CancellationToken::new());
+        let server = shared.scope(CancellationToken::new());
+        let term = shared.scope(CancellationToken::new());
+        let nodes = server.cache("", "nodes");
+        assert!(Arc::ptr_eq(&nodes, &term.cache("", "nodes")));
+        assert!(
+            Arc::ptr_eq(&nodes, &term.cache("", "nodes")),
+            "held once per scope"
+        );
+        let pods = term.cache("", "pods");
+        assert!(term.synced(&[&nodes, &pods]).await);
+        assert_eq!(running(&shared, ("", "nodes")), Some((2, false)));
+
+        // The term ends: what only it read stops, what the server still reads runs on.
+        term.shutdown().await;
+        assert_eq!(running(&shared, ("", "pods")), None);
+        assert_eq!(running(&shared, ("", "nodes")), Some((1, false)));
+
+        // A new term gets the running nodes cache and a fresh pods cache.
+        let next = shared.scope(CancellationToken::new());
+        assert!(Arc::ptr_eq(&nodes, &next.cache("", "nodes")));
+        assert!(!Arc::ptr_eq(&pods, &next.cache("", "pods")));
+        drop(next);
+        assert_eq!(running(&shared, ("", "pods")), None);
+        server.shutdown().await;
+        assert!(shared.lock().is_empty());
     }
 }

@@ -17,6 +17,7 @@ use crate::blobs::ModuleBlobs;
 use crate::state::{ApiConfig, ApiServer};
 
 use crate::cluster::bootstrap::{self, Joined};
+use crate::informer::SharedInformers;
 use crate::lifecycle;
 use crate::store::etcd::{EtcdOptions, EtcdStore, blobs::EtcdBlobs};
 use crate::store::redb::RedbStore;
@@ -127,10 +128,14 @@ pub enum ServerError {
 /// compaction, until `term` ends.
 async fn run_leader_loops(
     api: Arc<ApiServer>,
+    informers: Arc<SharedInformers>,
     controllers: crate::controllers::ControllerConfig,
     compaction: (Retention, Duration),
     term: CancellationToken,
 ) {
+    // The scheduler and the controllers share the term's caches; those the gateway
+    // does not also hold stop with the term.
+    let informers = informers.scope(term.clone());
     let mut set = JoinSet::new();
     set.spawn(compact_periodically(
         api.store.clone(),
@@ -140,10 +145,15 @@ async fn run_leader_loops(
     ));
     set.spawn(lifecycle::run_pod_reaper(api.store.clone(), term.clone()));
     set.spawn(lifecycle::run_namespace_cleaner(api.clone(), term.clone()));
-    set.spawn(crate::scheduler::run_scheduler(api.clone(), term.clone()));
-    let mut controllers = crate::controllers::start(api, controllers, term);
+    set.spawn(crate::scheduler::run_scheduler(
+        api.clone(),
+        informers.clone(),
+        term.clone(),
+    ));
+    let mut controllers = crate::controllers::start(api, informers.clone(), controllers, term);
     set.spawn(async move { while controllers.join_next().await.is_some() {} });
     while set.join_next().await.is_some() {}
+    informers.shutdown().await;
 }
 
 /// This server's leader-election identity: `HOSTNAME_RANDOM`, kept in the data
@@ -285,6 +295,9 @@ impl Server {
 
         let stop_loops = CancellationToken::new();
         let mut loops = JoinSet::new();
+        // One cache per kind for the whole server: the gateway's for as long as the
+        // server runs, the leader's for as long as its term.
+        let informers = SharedInformers::new(api.store.clone(), stop_loops.clone());
         // The scheduler and controllers run only while this server holds the
         // leadership Lease, so two servers never run two of each.
         let mut leader = config.leader.clone();
@@ -295,19 +308,26 @@ impl Server {
         let leading_api = api.clone();
         let compaction = (config.retention, config.compact_interval);
         let identity = leader.identity.clone();
+        let leading_informers = informers.clone();
         loops.spawn(crate::leader::run(
             api.clone(),
             leader,
             stop_loops.clone(),
             move |term| {
-                run_leader_loops(leading_api.clone(), controllers.clone(), compaction, term)
+                run_leader_loops(
+                    leading_api.clone(),
+                    leading_informers.clone(),
+                    controllers.clone(),
+                    compaction,
+                    term,
+                )
             },
         ));
 
         if let Some((listener, url)) = gateway {
             loops.spawn(crate::gateway::serve(
                 listener,
-                api.store.clone(),
+                informers.clone(),
                 api.tunnels.clone(),
                 api.metrics.gateway.clone(),
                 api.shutdown.clone(),

@@ -13,13 +13,12 @@
 
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use skiff_api::resources::{self, ResourceInfo};
 
-use super::{Action, Informers, Reconciler, controller_of, feed, run_workers, split_key};
+use super::{Action, Context, Controller, controller_of, split_key};
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{internal, record_event};
 use crate::informer::Cache;
@@ -71,42 +70,22 @@ pub struct AppController {
     services: Arc<Cache>,
 }
 
-pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
-    let apps = informers.cache("skiff.dev", "apps");
-    let deployments = informers.cache("apps", "deployments");
-    let services = informers.cache("", "services");
-    if !informers.synced(&[&apps, &deployments, &services]).await {
-        return;
-    }
-    let queue = informers.queue("app");
+pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let apps = ctx.cache("skiff.dev", "apps");
+    let deployments = ctx.cache("apps", "deployments");
+    let services = ctx.cache("", "services");
     let ctrl = Arc::new(AppController {
-        api: informers.api().clone(),
+        api: ctx.api().clone(),
         apps: apps.clone(),
         deployments: deployments.clone(),
         services: services.clone(),
     });
-    let all = super::all_keys(apps.clone());
-    tokio::spawn(super::feed_own(queue.clone(), apps, stop.clone()));
-    let owned = super::controller_keys("App");
-    tokio::spawn(feed(
-        queue.clone(),
-        deployments,
-        owned.clone(),
-        all.clone(),
-        stop.clone(),
-    ));
-    tokio::spawn(feed(queue.clone(), services, owned, all, stop.clone()));
-    run_workers(ctrl, queue, WORKERS, stop).await;
-}
-
-impl Reconciler for AppController {
-    fn name(&self) -> &'static str {
-        "app"
-    }
-
-    fn reconcile(self: Arc<Self>, key: String) -> BoxFuture<'static, Result<Action, ApiError>> {
-        Box::pin(async move { self.sync(&key).await })
-    }
+    Controller::new(&ctx, "app", &apps)
+        .owns(&deployments, "App")
+        .owns(&services, "App")
+        .workers(WORKERS)
+        .run(ctrl, |c, key| async move { c.sync(&key).await }, stop)
+        .await;
 }
 
 fn owner_ref(app: &Value) -> Value {

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -17,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources::{self, ResourceInfo};
 
 use super::podutil::{is_active, is_ready, pods_info};
-use super::{Action, Informers, Reconciler, controller_of, feed, run_workers, split_key};
+use super::{Action, Context, Controller, controller_of, split_key};
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{DeleteOptions, internal};
 use crate::informer::Cache;
@@ -65,53 +64,23 @@ pub struct DaemonSetController {
     pods: Arc<Cache>,
 }
 
-pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
-    let daemonsets = informers.cache("apps", "daemonsets");
-    let nodes = informers.cache("", "nodes");
-    let pods = informers.cache("", "pods");
-    if !informers.synced(&[&daemonsets, &nodes, &pods]).await {
-        return;
-    }
-    let queue = informers.queue("daemonset");
-    let all = super::all_keys(daemonsets.clone());
-    tokio::spawn(super::feed_own(
-        queue.clone(),
-        daemonsets.clone(),
-        stop.clone(),
-    ));
-    // Any node change may add or remove a daemon's place.
-    let every = all.clone();
-    tokio::spawn(feed(
-        queue.clone(),
-        nodes.clone(),
-        move |_| every(),
-        all.clone(),
-        stop.clone(),
-    ));
-    tokio::spawn(feed(
-        queue.clone(),
-        pods.clone(),
-        super::controller_keys("DaemonSet"),
-        all,
-        stop.clone(),
-    ));
+pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let daemonsets = ctx.cache("apps", "daemonsets");
+    let nodes = ctx.cache("", "nodes");
+    let pods = ctx.cache("", "pods");
     let ctrl = Arc::new(DaemonSetController {
-        api: informers.api().clone(),
-        daemonsets,
-        nodes,
-        pods,
+        api: ctx.api().clone(),
+        daemonsets: daemonsets.clone(),
+        nodes: nodes.clone(),
+        pods: pods.clone(),
     });
-    run_workers(ctrl, queue, WORKERS, stop).await;
-}
-
-impl Reconciler for DaemonSetController {
-    fn name(&self) -> &'static str {
-        "daemonset"
-    }
-
-    fn reconcile(self: Arc<Self>, key: String) -> BoxFuture<'static, Result<Action, ApiError>> {
-        Box::pin(async move { self.sync(&key).await })
-    }
+    Controller::new(&ctx, "daemonset", &daemonsets)
+        // Any node change may add or remove a daemon's place.
+        .watches_all(&nodes)
+        .owns(&pods, "DaemonSet")
+        .workers(WORKERS)
+        .run(ctrl, |c, key| async move { c.sync(&key).await }, stop)
+        .await;
 }
 
 impl DaemonSetController {

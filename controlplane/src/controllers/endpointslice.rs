@@ -10,14 +10,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use skiff_api::resources::{self, ResourceInfo};
 
 use super::podutil::{is_ready, labels};
-use super::{Action, Informers, Reconciler, feed, run_workers, split_key};
+use super::{Action, Context, Controller, split_key};
 use crate::apiserver::error::ApiError;
 use crate::apiserver::internal;
 use crate::informer::{Cache, CacheEvent};
@@ -50,48 +49,23 @@ pub struct EndpointSliceController {
     slices: Arc<Cache>,
 }
 
-pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
-    let services = informers.cache("", "services");
-    let pods = informers.cache("", "pods");
-    let slices = informers.cache("discovery.k8s.io", "endpointslices");
-    if !informers.synced(&[&services, &pods, &slices]).await {
-        return;
-    }
-    let queue = informers.queue("endpointslice");
+pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let services = ctx.cache("", "services");
+    let pods = ctx.cache("", "pods");
+    let slices = ctx.cache("discovery.k8s.io", "endpointslices");
     let ctrl = Arc::new(EndpointSliceController {
-        api: informers.api().clone(),
+        api: ctx.api().clone(),
         services: services.clone(),
         pods: pods.clone(),
         slices: slices.clone(),
     });
-    let all = super::all_keys(services.clone());
-    tokio::spawn(super::feed_own(queue.clone(), services, stop.clone()));
     let observer = ctrl.clone();
-    tokio::spawn(feed(
-        queue.clone(),
-        pods,
-        move |e| observer.keys_for_pod_event(e),
-        all.clone(),
-        stop.clone(),
-    ));
-    tokio::spawn(feed(
-        queue.clone(),
-        slices,
-        super::controller_keys("Service"),
-        all,
-        stop.clone(),
-    ));
-    run_workers(ctrl, queue, WORKERS, stop).await;
-}
-
-impl Reconciler for EndpointSliceController {
-    fn name(&self) -> &'static str {
-        "endpointslice"
-    }
-
-    fn reconcile(self: Arc<Self>, key: String) -> BoxFuture<'static, Result<Action, ApiError>> {
-        Box::pin(async move { self.sync(&key).await })
-    }
+    Controller::new(&ctx, "endpointslice", &services)
+        .watches(&pods, move |e| observer.keys_for_pod_event(e))
+        .owns(&slices, "Service")
+        .workers(WORKERS)
+        .run(ctrl, |c, key| async move { c.sync(&key).await }, stop)
+        .await;
 }
 
 /// A Service's selector as a label map; None for a Service without one (its endpoints

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use skiff_api::resources::{self, ResourceInfo};
 
-use super::Informers;
+use super::Context;
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{DeleteOptions, internal};
 use crate::informer::{Cache, CacheEvent};
@@ -58,12 +58,12 @@ fn owner_refs(obj: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
-    let caches: Vec<Arc<Cache>> = KINDS.iter().map(|(g, p)| informers.cache(g, p)).collect();
-    if !informers.synced(&caches.iter().collect::<Vec<_>>()).await {
+pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let caches: Vec<Arc<Cache>> = KINDS.iter().map(|(g, p)| ctx.cache(g, p)).collect();
+    if !ctx.synced(&caches.iter().collect::<Vec<_>>()).await {
         return;
     }
-    let api = informers.api().clone();
+    let api = ctx.api().clone();
     // Each cache forwards only the changes that can matter to the collector; a channel
     // of one coalesces a burst into one pass.
     let (wake, mut woken) = tokio::sync::mpsc::channel::<()>(1);

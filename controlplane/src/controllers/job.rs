@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources::{self, ResourceInfo};
 
 use super::podutil::pods_info;
-use super::{Action, Informers, Reconciler, controller_of, feed, run_workers, split_key};
+use super::{Action, Context, Controller, controller_of, split_key};
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{DeleteOptions, internal, record_event};
 use crate::informer::{Cache, CacheEvent};
@@ -38,40 +37,21 @@ pub struct JobController {
     expected: Mutex<HashMap<String, (i64, Instant)>>,
 }
 
-pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
-    let jobs = informers.cache("batch", "jobs");
-    let pods = informers.cache("", "pods");
-    if !informers.synced(&[&jobs, &pods]).await {
-        return;
-    }
-    let queue = informers.queue("job");
+pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let jobs = ctx.cache("batch", "jobs");
+    let pods = ctx.cache("", "pods");
     let ctrl = Arc::new(JobController {
-        api: informers.api().clone(),
+        api: ctx.api().clone(),
         jobs: jobs.clone(),
         pods: pods.clone(),
         expected: Mutex::default(),
     });
-    let all = super::all_keys(jobs.clone());
-    tokio::spawn(super::feed_own(queue.clone(), jobs.clone(), stop.clone()));
     let observer = ctrl.clone();
-    tokio::spawn(feed(
-        queue.clone(),
-        pods.clone(),
-        move |e| observer.keys_for_pod_event(e),
-        all,
-        stop.clone(),
-    ));
-    run_workers(ctrl, queue, WORKERS, stop).await;
-}
-
-impl Reconciler for JobController {
-    fn name(&self) -> &'static str {
-        "job"
-    }
-
-    fn reconcile(self: Arc<Self>, key: String) -> BoxFuture<'static, Result<Action, ApiError>> {
-        Box::pin(async move { self.sync(&key).await })
-    }
+    Controller::new(&ctx, "job", &jobs)
+        .watches(&pods, move |e| observer.keys_for_pod_event(e))
+        .workers(WORKERS)
+        .run(ctrl, |c, key| async move { c.sync(&key).await }, stop)
+        .await;
 }
 
 fn phase(pod: &Value) -> &str {

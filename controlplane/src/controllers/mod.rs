@@ -1,6 +1,7 @@
-//! The controllers that run inside `skiff server`, and what they share: watch-backed
-//! caches (one per kind, started on first use), a work queue per controller, and the
-//! worker loop that reconciles keys and requeues failures with back-off.
+//! The controllers that run inside `skiff server`, and what they share: the leader
+//! term's watch-backed caches (one per kind, shared with the scheduler), the helpers
+//! that claim and release owned objects, and the [`harness`] that wires a controller's
+//! caches to its work queue and workers.
 //!
 //! Every controller is level-based: `reconcile(key)` reads the current state of that
 //! object and what it owns, decides, acts, and returns whether to look again later. It
@@ -11,31 +12,29 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
+pub mod harness;
 pub mod job;
 pub mod nodelifecycle;
 pub mod podutil;
 pub mod queue;
 pub mod replicaset;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
-use skiff_api::resources::{self, ResourceInfo};
+use skiff_api::resources::ResourceInfo;
 use skiff_api::selector::LabelSelector;
 
 use crate::apiserver::error::{ApiError, Subject};
 use crate::apiserver::internal;
-use crate::informer::{Cache, CacheEvent};
+use crate::informer::{Cache, Informers};
 use crate::objects;
 use crate::state::ApiServer;
+pub use harness::Controller;
 pub use queue::WorkQueue;
 
 /// What a reconcile decided about its key.
@@ -47,28 +46,18 @@ pub enum Action {
     RequeueAfter(Duration),
 }
 
-/// One controller's reconcile function over `namespace/name` keys.
-pub trait Reconciler: Send + Sync + 'static {
-    fn name(&self) -> &'static str;
-    fn reconcile(self: Arc<Self>, key: String) -> BoxFuture<'static, Result<Action, ApiError>>;
-}
-
-/// The caches the controllers share, by resource, started on first use.
-pub struct Informers {
+/// What every controller starts from: the API, and the caches of the leader's term
+/// (shared with the scheduler through the server's [`SharedInformers`]).
+///
+/// [`SharedInformers`]: crate::informer::SharedInformers
+pub struct Context {
     api: Arc<ApiServer>,
-    caches: Mutex<HashMap<(&'static str, &'static str), Arc<Cache>>>,
-    tasks: Mutex<JoinSet<()>>,
-    stop: CancellationToken,
+    informers: Arc<Informers>,
 }
 
-impl Informers {
-    pub fn new(api: Arc<ApiServer>, stop: CancellationToken) -> Arc<Informers> {
-        Arc::new(Informers {
-            api,
-            caches: Mutex::default(),
-            tasks: Mutex::default(),
-            stop,
-        })
+impl Context {
+    pub fn new(api: Arc<ApiServer>, informers: Arc<Informers>) -> Arc<Context> {
+        Arc::new(Context { api, informers })
     }
 
     pub fn api(&self) -> &Arc<ApiServer> {
@@ -82,47 +71,12 @@ impl Informers {
 
     /// The cache of a resource (group "" is core), started if new.
     pub fn cache(&self, group: &'static str, plural: &'static str) -> Arc<Cache> {
-        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        caches
-            .entry((group, plural))
-            .or_insert_with(|| {
-                let info = resources::all()
-                    .iter()
-                    .find(|r| r.group == group && r.plural == plural)
-                    .expect("a served resource");
-                let cache = Arc::new(Cache::default());
-                let run =
-                    cache
-                        .clone()
-                        .run(self.api.store.clone(), info.prefix(), self.stop.clone());
-                self.tasks
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .spawn(run);
-                cache
-            })
-            .clone()
+        self.informers.cache(group, plural)
     }
 
     /// Waits for the caches to finish their first list; false if stopped first.
     pub async fn synced(&self, caches: &[&Arc<Cache>]) -> bool {
-        for cache in caches {
-            let mut changes = cache.subscribe();
-            while !cache.is_synced() {
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { return false },
-                    _ = self.stop.cancelled() => return false,
-                }
-            }
-        }
-        true
-    }
-
-    /// Stops the caches and waits for them.
-    pub async fn shutdown(&self) {
-        self.stop.cancel();
-        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        while tasks.join_next().await.is_some() {}
+        self.informers.synced(caches).await
     }
 }
 
@@ -231,134 +185,6 @@ pub async fn release(
     }
 }
 
-/// Feeds a queue from a cache: each change maps to keys; a re-list (or falling behind)
-/// enqueues what `all` returns.
-pub fn feed<M, A>(
-    queue: Arc<WorkQueue>,
-    cache: Arc<Cache>,
-    map: M,
-    all: A,
-    stop: CancellationToken,
-) -> impl std::future::Future<Output = ()> + Send + 'static
-where
-    M: Fn(&CacheEvent) -> Vec<String> + Send + 'static,
-    A: Fn() -> Vec<String> + Send + 'static,
-{
-    let mut events = cache.events();
-    async move {
-        // Subscribed first, then everything the cache already holds: a controller that
-        // starts (a new leader, say) reconciles every object once, as an informer's
-        // initial ADDED events make client-go's controllers do.
-        all().into_iter().for_each(|k| queue.add(k));
-        loop {
-            let event = tokio::select! {
-                _ = stop.cancelled() => return,
-                e = events.recv() => e,
-            };
-            match event {
-                Ok(CacheEvent::Resynced)
-                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    all().into_iter().for_each(|k| queue.add(k));
-                }
-                Ok(e) => map(&e).into_iter().for_each(|k| queue.add(k)),
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    }
-}
-
-/// Maps a change of an owned object to the key of its controller, when that is a
-/// `kind` (a pod to its DaemonSet, a slice to its Service, ...).
-pub fn controller_keys(
-    kind: &'static str,
-) -> impl Fn(&CacheEvent) -> Vec<String> + Clone + Send + 'static {
-    move |e| match e {
-        CacheEvent::Changed { object, .. } | CacheEvent::Deleted(object) => {
-            match controller_of(object) {
-                Some((k, name, _)) if k == kind => vec![format!(
-                    "{}/{name}",
-                    objects::namespace(object).unwrap_or_default()
-                )],
-                _ => vec![],
-            }
-        }
-        CacheEvent::Resynced => vec![],
-    }
-}
-
-/// The keys of every object in a cache, for feeds to enqueue on a re-list.
-pub fn all_keys(cache: Arc<Cache>) -> impl Fn() -> Vec<String> + Clone + Send + 'static {
-    move || cache.snapshot().iter().map(|o| key_of(o)).collect()
-}
-
-/// Feeds a controller's queue with the keys of its own kind's objects as they change.
-pub fn feed_own(
-    queue: Arc<WorkQueue>,
-    cache: Arc<Cache>,
-    stop: CancellationToken,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let all = all_keys(cache.clone());
-    feed(
-        queue,
-        cache,
-        |e| match e {
-            CacheEvent::Changed { object, .. } | CacheEvent::Deleted(object) => {
-                vec![key_of(object)]
-            }
-            CacheEvent::Resynced => vec![],
-        },
-        all,
-        stop,
-    )
-}
-
-/// Runs `workers` loops that take keys from the queue and reconcile them, until `stop`.
-pub async fn run_workers<R: Reconciler>(
-    reconciler: Arc<R>,
-    queue: Arc<WorkQueue>,
-    workers: usize,
-    stop: CancellationToken,
-) {
-    let mut set = JoinSet::new();
-    for _ in 0..workers {
-        let (r, q) = (reconciler.clone(), queue.clone());
-        set.spawn(async move {
-            while let Some(key) = q.get().await {
-                let started = std::time::Instant::now();
-                // A bug that panics on one object must not stop the controller for
-                // all of them: the key is retried with back-off like any failure.
-                let span = tracing::debug_span!("reconcile", controller = r.name(), key = %key);
-                let reconcile = r.clone().reconcile(key.clone()).instrument(span);
-                let outcome = std::panic::AssertUnwindSafe(reconcile)
-                    .catch_unwind()
-                    .await;
-                if let Some(work) = &q.metrics().work_duration {
-                    work.observe(started.elapsed().as_secs_f64());
-                }
-                match outcome {
-                    Ok(Ok(Action::Done)) => q.forget(&key),
-                    Ok(Ok(Action::RequeueAfter(d))) => {
-                        q.forget(&key);
-                        q.add_after(key.clone(), d);
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(controller = r.name(), key, error = %e, "reconcile failed; retrying with back-off");
-                        q.retry(&key);
-                    }
-                    Err(_) => {
-                        tracing::error!(controller = r.name(), key, "reconcile panicked; retrying with back-off");
-                        q.retry(&key);
-                    }
-                }
-                q.done(&key);
-            }
-        });
-    }
-    stop.cancelled().await;
-    queue.shutdown();
-    while set.join_next().await.is_some() {}
-}
-
 /// Settings of the controllers.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -374,29 +200,26 @@ impl Default for ControllerConfig {
     }
 }
 
-/// Starts every controller; they stop with `stop`.
+/// Starts every controller, reading the caches of `informers`; they stop with `stop`.
 pub fn start(
     api: Arc<ApiServer>,
+    informers: Arc<Informers>,
     config: ControllerConfig,
     stop: CancellationToken,
 ) -> JoinSet<()> {
-    let informers = Informers::new(api, stop.child_token());
+    let ctx = Context::new(api, informers);
     let mut set = JoinSet::new();
-    set.spawn(replicaset::run(informers.clone(), stop.clone()));
-    set.spawn(deployment::run(informers.clone(), stop.clone()));
-    set.spawn(endpointslice::run(informers.clone(), stop.clone()));
-    set.spawn(app::run(informers.clone(), stop.clone()));
-    set.spawn(gc::run(informers.clone(), stop.clone()));
-    set.spawn(daemonset::run(informers.clone(), stop.clone()));
-    set.spawn(job::run(informers.clone(), stop.clone()));
+    set.spawn(replicaset::run(ctx.clone(), stop.clone()));
+    set.spawn(deployment::run(ctx.clone(), stop.clone()));
+    set.spawn(endpointslice::run(ctx.clone(), stop.clone()));
+    set.spawn(app::run(ctx.clone(), stop.clone()));
+    set.spawn(gc::run(ctx.clone(), stop.clone()));
+    set.spawn(daemonset::run(ctx.clone(), stop.clone()));
+    set.spawn(job::run(ctx.clone(), stop.clone()));
     set.spawn(nodelifecycle::run(
-        informers.clone(),
+        ctx.clone(),
         config.node_monitor_grace,
-        stop.clone(),
+        stop,
     ));
-    set.spawn(async move {
-        stop.cancelled().await;
-        informers.shutdown().await;
-    });
     set
 }

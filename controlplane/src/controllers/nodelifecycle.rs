@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use skiff_api::resources::{self, ResourceInfo};
 
-use super::Informers;
+use super::Context;
 use super::podutil::pods_info;
 use crate::apiserver::defaults::TAINT_UNREACHABLE;
 use crate::apiserver::error::ApiError;
@@ -32,14 +32,14 @@ fn nodes_info() -> &'static ResourceInfo {
     resources::lookup("", "v1", "nodes").expect("nodes are served")
 }
 
-pub async fn run(informers: Arc<Informers>, grace: Duration, stop: CancellationToken) {
-    let nodes = informers.cache("", "nodes");
-    let leases = informers.cache("coordination.k8s.io", "leases");
-    let pods = informers.cache("", "pods");
-    if !informers.synced(&[&nodes, &leases, &pods]).await {
+pub async fn run(ctx: Arc<Context>, grace: Duration, stop: CancellationToken) {
+    let nodes = ctx.cache("", "nodes");
+    let leases = ctx.cache("coordination.k8s.io", "leases");
+    let pods = ctx.cache("", "pods");
+    if !ctx.synced(&[&nodes, &leases, &pods]).await {
         return;
     }
-    let api = informers.api().clone();
+    let api = ctx.api().clone();
     let leases_info =
         resources::lookup("coordination.k8s.io", "v1", "leases").expect("leases are served");
     loop {

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -19,8 +18,7 @@ use skiff_api::resources::{self, ResourceInfo};
 
 use super::podutil::{availability, is_active, is_ready, labels, pods_info};
 use super::{
-    Action, Informers, Reconciler, adopt, controller_of, feed, key_of, release, run_workers,
-    selector_of, split_key,
+    Action, Context, Controller, adopt, controller_of, key_of, release, selector_of, split_key,
 };
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{DeleteOptions, internal, record_event};
@@ -53,35 +51,21 @@ pub struct ReplicaSetController {
     expectations: Mutex<HashMap<String, Expectation>>,
 }
 
-pub async fn run(informers: Arc<Informers>, stop: CancellationToken) {
-    let replicasets = informers.cache("apps", "replicasets");
-    let pods = informers.cache("", "pods");
-    if !informers.synced(&[&replicasets, &pods]).await {
-        return;
-    }
-    let queue = informers.queue("replicaset");
+pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let replicasets = ctx.cache("apps", "replicasets");
+    let pods = ctx.cache("", "pods");
     let ctrl = Arc::new(ReplicaSetController {
-        api: informers.api().clone(),
+        api: ctx.api().clone(),
         replicasets: replicasets.clone(),
         pods: pods.clone(),
         expectations: Mutex::default(),
     });
-
-    let all = super::all_keys(replicasets.clone());
-    tokio::spawn(super::feed_own(
-        queue.clone(),
-        replicasets.clone(),
-        stop.clone(),
-    ));
     let observer = ctrl.clone();
-    tokio::spawn(feed(
-        queue.clone(),
-        pods.clone(),
-        move |e| observer.keys_for_pod_event(e),
-        all,
-        stop.clone(),
-    ));
-    run_workers(ctrl, queue, WORKERS, stop).await;
+    Controller::new(&ctx, "replicaset", &replicasets)
+        .watches(&pods, move |e| observer.keys_for_pod_event(e))
+        .workers(WORKERS)
+        .run(ctrl, |c, key| async move { c.sync(&key).await }, stop)
+        .await;
 }
 
 impl ReplicaSetController {
@@ -197,16 +181,6 @@ fn deletion_rank(pod: &Value) -> (u8, u8, u8, std::cmp::Reverse<String>) {
                 .to_string(),
         ),
     )
-}
-
-impl Reconciler for ReplicaSetController {
-    fn name(&self) -> &'static str {
-        "replicaset"
-    }
-
-    fn reconcile(self: Arc<Self>, key: String) -> BoxFuture<'static, Result<Action, ApiError>> {
-        Box::pin(async move { self.sync(&key).await })
-    }
 }
 
 impl ReplicaSetController {

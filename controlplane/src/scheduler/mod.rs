@@ -15,17 +15,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use skiff_api::resources;
 
 use crate::apiserver::{bind_pod, record_event};
-
-use crate::state::ApiServer;
-
-use crate::informer::{Cache, CacheEvent};
+use crate::informer::{Cache, CacheEvent, Informers};
 use crate::objects;
+use crate::state::ApiServer;
 use crate::store::WriteOp;
 use filter::{NodeInfo, PodInfo, Resources, nonzero_requests, pod_requests};
 
@@ -41,24 +38,14 @@ struct Backoff {
     not_before: Instant,
 }
 
-pub async fn run_scheduler(api: Arc<ApiServer>, stop: CancellationToken) {
-    let nodes = Arc::new(Cache::default());
-    let pods = Arc::new(Cache::default());
-    let mut caches = JoinSet::new();
-    let info = |plural| {
-        resources::lookup("", "v1", plural)
-            .expect("core kinds are served")
-            .prefix()
-    };
-    caches.spawn(
-        nodes
-            .clone()
-            .run(api.store.clone(), info("nodes"), stop.clone()),
-    );
-    caches.spawn(
-        pods.clone()
-            .run(api.store.clone(), info("pods"), stop.clone()),
-    );
+/// Schedules until `stop`, reading the nodes and pods caches of `informers`.
+pub async fn run_scheduler(
+    api: Arc<ApiServer>,
+    informers: Arc<Informers>,
+    stop: CancellationToken,
+) {
+    let nodes = informers.cache("", "nodes");
+    let pods = informers.cache("", "pods");
     let mut node_changes = nodes.subscribe();
     let mut pod_events = pods.events();
     let (results_tx, mut results) = mpsc::unbounded_channel::<BindResult>();
@@ -121,7 +108,6 @@ pub async fn run_scheduler(api: Arc<ApiServer>, stop: CancellationToken) {
             }
         }
     }
-    while caches.join_next().await.is_some() {}
 }
 
 fn is_terminal(pod: &Value) -> bool {
