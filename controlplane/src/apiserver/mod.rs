@@ -3,7 +3,8 @@
 
 mod apps;
 mod crud;
-pub mod defaults;
+pub(crate) mod defaults;
+mod delete;
 mod discovery;
 pub mod error;
 mod events;
@@ -14,8 +15,8 @@ pub mod objects;
 mod openapi;
 mod request;
 mod subresources;
-mod tables;
-mod validate;
+pub(crate) mod tables;
+pub(crate) mod validate;
 mod watch;
 
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use skiff_api::resources::{self, ResourceInfo, Subresource};
 
-pub use crud::{DeleteOptions, Deleted, delete_object};
+pub use delete::{DeleteOptions, Deleted, delete_object};
 pub use events::record_event;
 pub use modules::{BlobError, ModuleBlobs};
 pub use request::{parse_json as parse_body, read_body};
@@ -289,7 +290,9 @@ async fn route(
         (&Method::GET, false, None) => crud::list(api, &target, &query, &headers).await,
         (&Method::POST, false, None) if is_module => modules::upload(api, &headers, body).await,
         (&Method::POST, false, None) => crud::create(api, &target, &query, &headers, body).await,
-        (&Method::DELETE, false, None) => crud::delete_collection(api, &target, &query, body).await,
+        (&Method::DELETE, false, None) => {
+            delete::delete_collection(api, &target, &query, body).await
+        }
         (&Method::GET, true, None) if query.flag("watch") => {
             watch::serve(api, &target, &query, &headers).await
         }
@@ -309,7 +312,7 @@ async fn route(
             crud::patch(api, &target, &query, &headers, body).await
         }
         (&Method::DELETE, true, None) => {
-            let out = crud::delete(api, &target, &query, body).await?;
+            let out = delete::delete(api, &target, &query, body).await?;
             if is_module {
                 modules::forget_if_deleted(api, target.name()).await;
             }

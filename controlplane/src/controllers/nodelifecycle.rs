@@ -18,9 +18,9 @@ use skiff_api::resources::{self, ResourceInfo};
 
 use super::Informers;
 use super::podutil::pods_info;
-use crate::apiserver::defaults::TAINT_UNREACHABLE;
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{ApiServer, DeleteOptions, internal, objects, record_event};
+use crate::kinds::pod::TAINT_UNREACHABLE;
 
 pub const AUTONOMOUS_LABEL: &str = "skiff.dev/autonomous";
 /// How often nodes are checked.
