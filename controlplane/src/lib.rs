@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod controllers;
 pub mod gateway;
 pub mod informer;
+pub mod kinds;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;

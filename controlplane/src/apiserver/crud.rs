@@ -1,6 +1,7 @@
-//! Create, get, list, update, patch and delete, with Kubernetes semantics: system
-//! fields, defaulting, validation, compare-and-swap on resourceVersion, graceful
-//! deletion and finalizers.
+//! Create, get, list, update and patch, with Kubernetes semantics: system fields,
+//! defaulting, validation and compare-and-swap on resourceVersion, the one loop every
+//! read-modify-write goes through ([`guaranteed_update`]). Deletion is in `delete.rs`;
+//! what differs between kinds is each kind's hooks (`crate::kinds`).
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
@@ -13,9 +14,11 @@ use skiff_api::patch::{self, PatchError, PatchType};
 use skiff_api::resources::{ResourceInfo, StatusOnCreate, Subresource};
 use skiff_api::selector::{FieldSelector, LabelSelector};
 
+use super::delete::deletion_due;
 use super::error::{ApiError, ApiResult, Subject};
 use super::request::{self, Query, json_response};
-use super::{Target, defaults, validate};
+use super::{Target, validate};
+use crate::kinds::{self, CreateContext};
 use crate::objects::{self, meta_mut, remove_path, set_path};
 use crate::state::ApiServer;
 use crate::store::{ListRequest, StoreError, Stored, WriteOp};
@@ -25,8 +28,6 @@ use crate::store::{ListRequest, StoreError, Stored, WriteOp};
 const MAX_UPDATE_RETRIES: usize = 32;
 /// How many times a generated name is re-drawn when it collides.
 const MAX_GENERATE_NAME_ATTEMPTS: usize = 8;
-/// The grace a pod gets when neither the request nor the pod names one (Kubernetes' default).
-const DEFAULT_POD_GRACE_SECONDS: i64 = 30;
 
 fn namespace_info() -> &'static ResourceInfo {
     skiff_api::resources::lookup("", "v1", "namespaces").expect("namespaces are served")
@@ -105,7 +106,7 @@ fn check_type(info: &'static ResourceInfo, value: &mut Value) -> ApiResult<()> {
 }
 
 fn normalize(info: &'static ResourceInfo, value: Value) -> ApiResult<Value> {
-    (info.normalize)(value).map_err(|e| {
+    kinds::of(info).normalize(value).map_err(|e| {
         ApiError::BadRequest(format!(
             "{} in version \"{}\" cannot be decoded: {e}",
             info.kind, info.version
@@ -220,16 +221,15 @@ pub(crate) async fn create_object(
         }
     }
     reset_status(info, &mut obj);
-    if info.kind == "Secret" {
-        defaults::fold_string_data(&mut obj);
-    }
-    if info.kind == "Job" {
-        defaults::job_selector(&mut obj, &uid);
-    }
-    defaults::apply(info.kind, &mut obj);
-    if info.kind == "Pod" {
-        defaults::node_problem_tolerations(&mut obj, api.config.default_toleration_seconds);
-    }
+    let kind = kinds::of(info);
+    kind.prepare_create(
+        &mut obj,
+        &CreateContext {
+            uid: &uid,
+            config: &api.config,
+        },
+    );
+    kind.default(&mut obj);
 
     for attempt in 0.. {
         if generate && let Some(prefix) = &prefix {
@@ -484,7 +484,7 @@ fn prepare_update(
                     None => remove_path(&mut desired, &["status"]),
                 }
             }
-            defaults::apply(info.kind, &mut desired);
+            kinds::of(info).default(&mut desired);
             desired
         }
     };
@@ -520,28 +520,87 @@ fn prepare_update(
     Ok(new)
 }
 
-/// Whether an object that is being deleted may now go away: no finalizers hold it and
-/// its grace period is over.
-pub(crate) fn deletion_due(obj: &Value, now: jiff::Timestamp) -> bool {
-    if !objects::is_deleting(obj) || !objects::finalizers(obj).is_empty() {
-        return false;
-    }
-    if obj.get("kind").and_then(Value::as_str) == Some("Namespace") {
-        // Namespaces go once the namespace cleaner has drained them.
-        return false;
-    }
-    let grace = obj
-        .pointer("/metadata/deletionGracePeriodSeconds")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
-    let deadline = objects::meta_str(obj, "deletionTimestamp").and_then(objects::parse_time);
-    grace == 0 || deadline.is_none_or(|d| d <= now)
+/// What one round of a [`guaranteed_update`] does with the object it read.
+pub(crate) enum Change<T> {
+    /// Write nothing: the update answers with this.
+    None(T),
+    /// Replace the object with this one.
+    Update(Value),
+    /// Remove the object.
+    Delete,
 }
 
-/// Read-modify-write with compare-and-swap, retried on lost races unless the client gave
-/// a resourceVersion precondition. `mutate` gets the stored object and returns the
-/// object the client wants.
-pub(crate) async fn guaranteed_update<F>(
+/// One round's decision, and whether a write that loses the race to another writer may
+/// read again and retry (not when the client named the resourceVersion it expects).
+pub(crate) struct Round<T> {
+    pub change: Change<T>,
+    pub retry: bool,
+}
+
+/// How a [`guaranteed_update`] ended.
+pub(crate) enum Outcome<T> {
+    /// Nothing was written.
+    Unchanged(T),
+    /// The object as written.
+    Updated(Stored),
+    /// The object was removed; its last state.
+    Deleted(Stored),
+}
+
+/// The one compare-and-swap loop every read-modify-write goes through, as
+/// kube-apiserver's `GuaranteedUpdate`: reads the object, lets `round` decide what to do
+/// with it (or fail), and writes that on the condition that the object is still the one
+/// read. A lost race is retried with a fresh read while the round allows it, up to
+/// [`MAX_UPDATE_RETRIES`] times; then, or when it may not retry, it is a Conflict.
+pub(crate) async fn guaranteed_update<T, F>(
+    api: &ApiServer,
+    info: &'static ResourceInfo,
+    key: &str,
+    name: &str,
+    mut round: F,
+) -> ApiResult<Outcome<T>>
+where
+    F: FnMut(&Stored) -> ApiResult<Round<T>>,
+{
+    for _ in 0..MAX_UPDATE_RETRIES {
+        let current = get_stored(api, info, key, name).await?;
+        let Round { change, retry } = round(&current)?;
+        let (op, deleting) = match change {
+            Change::None(answer) => return Ok(Outcome::Unchanged(answer)),
+            Change::Update(object) => (
+                WriteOp::Update {
+                    key: key.to_string(),
+                    object,
+                    expected_rev: Some(current.rev),
+                },
+                false,
+            ),
+            Change::Delete => (
+                WriteOp::Delete {
+                    key: key.to_string(),
+                    expected_rev: Some(current.rev),
+                },
+                true,
+            ),
+        };
+        match api.store.write(op).await {
+            Ok(stored) if deleting => return Ok(Outcome::Deleted(stored)),
+            Ok(stored) => return Ok(Outcome::Updated(stored)),
+            Err(StoreError::Conflict { .. }) if retry => continue,
+            Err(e) => return Err(ApiError::from_store(e, info, name)),
+        }
+    }
+    Err(ApiError::Conflict(
+        Subject::new(info, name),
+        "too many concurrent writers; please try again".into(),
+    ))
+}
+
+/// Updates an object through [`guaranteed_update`], retried on lost races unless the
+/// client gave a resourceVersion precondition. `mutate` gets the stored object and returns
+/// the object the client wants and that precondition; the result is prepared (system
+/// fields, defaults, generation) and validated as `part` of the object.
+pub(crate) async fn update_object<F>(
     api: &ApiServer,
     target: &Target,
     part: Part,
@@ -554,9 +613,8 @@ where
     let info = target.info;
     let key = target.key();
     let name = target.name();
-    for _ in 0..MAX_UPDATE_RETRIES {
-        let current = get_stored(api, info, &key, name).await?;
-        let (desired, precondition) = mutate(&current)?;
+    let outcome = guaranteed_update(api, info, &key, name, |current| {
+        let (desired, precondition) = mutate(current)?;
         // A uid in the object is a precondition too: it must still be the same object.
         let (want_uid, have_uid) = (
             objects::meta_str(&desired, "uid"),
@@ -586,35 +644,25 @@ where
         let new = prepare_update(info, target, &current.object, desired, part)?;
         let mut unchanged = (*current.object).clone();
         meta_mut(&mut unchanged).remove("resourceVersion");
-        if new == unchanged || dry_run {
-            return Ok(if dry_run {
-                new
-            } else {
-                (*current.object).clone()
-            });
-        }
-        let op = if deletion_due(&new, jiff::Timestamp::now()) {
-            WriteOp::Delete {
-                key: key.clone(),
-                expected_rev: Some(current.rev),
-            }
+        let change = if dry_run {
+            Change::None(new)
+        } else if new == unchanged {
+            Change::None((*current.object).clone())
+        } else if deletion_due(info, &new, jiff::Timestamp::now()) {
+            Change::Delete
         } else {
-            WriteOp::Update {
-                key: key.clone(),
-                object: new,
-                expected_rev: Some(current.rev),
-            }
+            Change::Update(new)
         };
-        match api.store.write(op).await {
-            Ok(stored) => return Ok((*stored.object).clone()),
-            Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
-            Err(e) => return Err(ApiError::from_store(e, info, name)),
-        }
-    }
-    Err(ApiError::Conflict(
-        Subject::new(info, name),
-        "too many concurrent writers; please try again".into(),
-    ))
+        Ok(Round {
+            change,
+            retry: precondition.is_none(),
+        })
+    })
+    .await?;
+    Ok(match outcome {
+        Outcome::Unchanged(obj) => obj,
+        Outcome::Updated(stored) | Outcome::Deleted(stored) => (*stored.object).clone(),
+    })
 }
 
 pub(crate) fn precondition_of(obj: &Value) -> ApiResult<Option<u64>> {
@@ -637,7 +685,7 @@ pub(crate) async fn update(
     let body = request::read_body(headers, body, api.config.max_body_bytes).await?;
     let (desired, warnings) = decode_validated(target.info, &body, validation)?;
     let precondition = precondition_of(&desired)?;
-    let out = guaranteed_update(api, target, part_of(target), query.dry_run()?, |_| {
+    let out = update_object(api, target, part_of(target), query.dry_run()?, |_| {
         Ok((desired.clone(), precondition))
     })
     .await?;
@@ -703,7 +751,7 @@ pub(crate) async fn patch(
         _ => fields::duplicate_fields(&body),
     };
     let mut warnings = Vec::new();
-    let out = guaranteed_update(api, target, part_of(target), query.dry_run()?, |current| {
+    let out = update_object(api, target, part_of(target), query.dry_run()?, |current| {
         let mut patched = apply_patch(info, &name, kind, &current.object, &body)?;
         if validation != FieldValidation::Ignore {
             check_type(info, &mut patched)?;
@@ -734,300 +782,4 @@ pub(crate) async fn patch(
         json_response(StatusCode::OK, &out),
         &warnings,
     ))
-}
-
-/// The parts of `DeleteOptions` the server acts on.
-#[derive(Debug, Default, Clone)]
-pub struct DeleteOptions {
-    pub grace_period_seconds: Option<i64>,
-    pub precondition_uid: Option<String>,
-    pub precondition_rv: Option<String>,
-    pub propagation_policy: Option<String>,
-    pub dry_run: bool,
-}
-
-impl DeleteOptions {
-    /// Reads options from the body (a DeleteOptions object) and the query, the query winning.
-    pub(crate) fn from_request(query: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
-        let mut opts = DeleteOptions::default();
-        if !body.iter().all(u8::is_ascii_whitespace) {
-            let v = request::parse_json(body)?;
-            opts.grace_period_seconds = v.get("gracePeriodSeconds").and_then(Value::as_i64);
-            opts.precondition_uid = v
-                .pointer("/preconditions/uid")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            opts.precondition_rv = v
-                .pointer("/preconditions/resourceVersion")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            opts.propagation_policy = v
-                .get("propagationPolicy")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            if v.get("orphanDependents") == Some(&json!(true)) && opts.propagation_policy.is_none()
-            {
-                opts.propagation_policy = Some("Orphan".into());
-            }
-            opts.dry_run = v
-                .get("dryRun")
-                .and_then(Value::as_array)
-                .is_some_and(|a| a.iter().any(|x| x == "All"));
-        }
-        if let Some(g) = query.number("gracePeriodSeconds")? {
-            opts.grace_period_seconds = Some(g);
-        }
-        if let Some(p) = query.get("propagationPolicy") {
-            opts.propagation_policy = Some(p.to_string());
-        }
-        opts.dry_run |= query.dry_run()?;
-        match opts.propagation_policy.as_deref() {
-            None | Some("Background" | "Foreground" | "Orphan") => {}
-            Some(other) => {
-                return Err(ApiError::BadRequest(format!(
-                    "propagationPolicy {other:?} is not supported: use Background, Foreground or Orphan"
-                )));
-            }
-        }
-        if opts.grace_period_seconds.is_some_and(|g| g < 0) {
-            opts.grace_period_seconds = Some(0);
-        }
-        Ok(opts)
-    }
-}
-
-/// What a delete did.
-pub enum Deleted {
-    /// The object is gone; this was its last state.
-    Gone(Value),
-    /// The object stays until its grace period ends or finalizers are removed.
-    Pending(Value),
-}
-
-const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
-
-/// Deletes one object: at once, or by marking it for graceful deletion, honouring
-/// preconditions, finalizers and the propagation policy.
-pub async fn delete_object(
-    api: &ApiServer,
-    info: &'static ResourceInfo,
-    namespace: Option<&str>,
-    name: &str,
-    opts: &DeleteOptions,
-) -> ApiResult<Deleted> {
-    if info.kind == "Namespace" && PROTECTED_NAMESPACES.contains(&name) {
-        return Err(ApiError::Forbidden(format!(
-            "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
-        )));
-    }
-    let key = info.key(namespace, name);
-    for _ in 0..MAX_UPDATE_RETRIES {
-        let current = get_stored(api, info, &key, name).await?;
-        let obj = &*current.object;
-        if let Some(uid) = &opts.precondition_uid {
-            let actual = objects::meta_str(obj, "uid").unwrap_or_default();
-            if uid != actual {
-                return Err(ApiError::Conflict(
-                    Subject::new(info, name),
-                    format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
-                    ),
-                ));
-            }
-        }
-        if let Some(rv) = &opts.precondition_rv {
-            let actual = objects::resource_version(obj).unwrap_or_default();
-            if rv != actual {
-                return Err(ApiError::Conflict(
-                    Subject::new(info, name),
-                    format!(
-                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {actual}"
-                    ),
-                ));
-            }
-        }
-        let marked = mark_for_deletion(info, obj, opts);
-        let now = jiff::Timestamp::now();
-        let (op, gone) = match &marked {
-            Some(m) if *m == *obj && !deletion_due(m, now) => {
-                return Ok(Deleted::Pending(obj.clone()));
-            }
-            Some(m) if !deletion_due(m, now) => (
-                WriteOp::Update {
-                    key: key.clone(),
-                    object: m.clone(),
-                    expected_rev: Some(current.rev),
-                },
-                false,
-            ),
-            _ => (
-                WriteOp::Delete {
-                    key: key.clone(),
-                    expected_rev: Some(current.rev),
-                },
-                true,
-            ),
-        };
-        if opts.dry_run {
-            return Ok(if gone {
-                Deleted::Gone(obj.clone())
-            } else {
-                Deleted::Pending(marked.unwrap_or_default())
-            });
-        }
-        match api.store.write(op).await {
-            Ok(stored) if gone => return Ok(Deleted::Gone((*stored.object).clone())),
-            Ok(stored) => return Ok(Deleted::Pending((*stored.object).clone())),
-            Err(StoreError::Conflict { .. }) if opts.precondition_rv.is_none() => continue,
-            Err(e) => return Err(ApiError::from_store(e, info, name)),
-        }
-    }
-    Err(ApiError::Conflict(
-        Subject::new(info, name),
-        "too many concurrent writers; please try again".into(),
-    ))
-}
-
-/// The object as it should look while its deletion is pending, or `None` to delete it at
-/// once.
-fn mark_for_deletion(
-    info: &'static ResourceInfo,
-    obj: &Value,
-    opts: &DeleteOptions,
-) -> Option<Value> {
-    let mut marked = obj.clone();
-    let already = objects::is_deleting(obj);
-    let mut finalizers = objects::finalizers(obj);
-    if !already {
-        let extra = match opts.propagation_policy.as_deref() {
-            Some("Foreground") => Some("foregroundDeletion"),
-            Some("Orphan") => Some("orphan"),
-            _ => None,
-        };
-        if let Some(f) = extra.filter(|f| !finalizers.iter().any(|x| x == f)) {
-            finalizers.push(f.to_string());
-        }
-    }
-    let grace = match info.kind {
-        "Pod" => {
-            let bound = obj
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .is_some_and(|n| !n.is_empty());
-            let finished = matches!(
-                obj.pointer("/status/phase").and_then(Value::as_str),
-                Some("Succeeded" | "Failed")
-            );
-            let requested = opts.grace_period_seconds.unwrap_or_else(|| {
-                obj.pointer("/spec/terminationGracePeriodSeconds")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(DEFAULT_POD_GRACE_SECONDS)
-            });
-            if bound && !finished {
-                requested.max(0)
-            } else {
-                0
-            }
-        }
-        _ => 0,
-    };
-    let is_namespace = info.kind == "Namespace";
-    if grace == 0 && finalizers.is_empty() && !is_namespace {
-        return None;
-    }
-    let now = jiff::Timestamp::now();
-    let deadline = now + jiff::SignedDuration::from_secs(grace);
-    let meta = meta_mut(&mut marked);
-    // A second delete may shorten the grace period, never lengthen it.
-    let old_grace = meta
-        .get("deletionGracePeriodSeconds")
-        .and_then(Value::as_i64);
-    if !already || old_grace.is_some_and(|g| grace < g) {
-        meta.insert(
-            "deletionTimestamp".into(),
-            json!(objects::format_time(deadline)),
-        );
-        meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
-    }
-    if !finalizers.is_empty() {
-        meta.insert("finalizers".into(), json!(finalizers));
-    }
-    if is_namespace {
-        set_path(&mut marked, &["status", "phase"], json!("Terminating"));
-    }
-    Some(marked)
-}
-
-/// The body a delete answers with: the object for pods and pending deletions (as
-/// Kubernetes does), otherwise a success Status naming the object.
-fn deleted_response(info: &'static ResourceInfo, deleted: Deleted) -> Value {
-    match deleted {
-        Deleted::Pending(obj) => obj,
-        Deleted::Gone(obj) if info.kind == "Pod" => obj,
-        Deleted::Gone(obj) => {
-            let mut details = json!({
-                "name": objects::name(&obj),
-                "kind": info.plural,
-                "uid": objects::meta_str(&obj, "uid").unwrap_or_default(),
-            });
-            if !info.group.is_empty() {
-                details["group"] = json!(info.group);
-            }
-            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
-        }
-    }
-}
-
-pub(crate) async fn delete(
-    api: &ApiServer,
-    target: &Target,
-    query: &Query,
-    body: Body,
-) -> ApiResult<Response> {
-    let body = request::read_body(&HeaderMap::new(), body, api.config.max_body_bytes).await?;
-    let opts = DeleteOptions::from_request(query, &body)?;
-    let deleted = delete_object(
-        api,
-        target.info,
-        target.namespace.as_deref(),
-        target.name(),
-        &opts,
-    )
-    .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &deleted_response(target.info, deleted),
-    ))
-}
-
-pub(crate) async fn delete_collection(
-    api: &ApiServer,
-    target: &Target,
-    query: &Query,
-    body: Body,
-) -> ApiResult<Response> {
-    let info = target.info;
-    let body = request::read_body(&HeaderMap::new(), body, api.config.max_body_bytes).await?;
-    let opts = DeleteOptions::from_request(query, &body)?;
-    let selectors = Selectors::from_query(info, query)?;
-    let prefix = info.namespace_prefix(target.namespace.as_deref());
-    let filter = |obj: &Value| selectors.matches(obj);
-    let page = api.store.list(ListRequest::all(&prefix, &filter)).await?;
-    let mut items = Vec::new();
-    for item in page.items {
-        let name = objects::name(&item.object).to_string();
-        match delete_object(api, info, objects::namespace(&item.object), &name, &opts).await {
-            Ok(Deleted::Gone(obj) | Deleted::Pending(obj)) => items.push(obj),
-            // Deleted by someone else meanwhile: that is what the client asked for.
-            Err(ApiError::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let list = json!({
-        "kind": info.list_kind(),
-        "apiVersion": info.api_version(),
-        "metadata": {"resourceVersion": api.store.current_revision().to_string()},
-        "items": items,
-    });
-    Ok(json_response(StatusCode::OK, &list))
 }

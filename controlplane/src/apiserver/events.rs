@@ -44,7 +44,7 @@ pub async fn record_event(
         "count": 1,
     });
     let info = skiff_api::resources::lookup("", "v1", "events").expect("events are served");
-    let Ok(event) = (info.normalize)(event) else {
+    let Ok(event) = crate::kinds::of(info).normalize(event) else {
         return;
     };
     let target = Target {

@@ -7,7 +7,8 @@ use serde_json::Value;
 use skiff_api::resources::{ResourceInfo, Subresource};
 
 use super::Target;
-use super::crud::{self, DeleteOptions, Deleted, Part};
+use super::crud::{self, Part};
+use super::delete::{self, DeleteOptions, Deleted};
 use super::error::ApiResult;
 use crate::state::ApiServer;
 
@@ -47,8 +48,9 @@ pub async fn create(
     namespace: Option<&str>,
     object: Value,
 ) -> ApiResult<Value> {
-    let object =
-        (info.normalize)(object).map_err(|e| super::error::ApiError::BadRequest(e.to_string()))?;
+    let object = crate::kinds::of(info)
+        .normalize(object)
+        .map_err(|e| super::error::ApiError::BadRequest(e.to_string()))?;
     crud::create_object(api, &target(info, namespace, None, None), object, false).await
 }
 
@@ -65,7 +67,7 @@ where
     F: FnMut(&Value) -> ApiResult<Value>,
 {
     let t = target(info, namespace, Some(name), None);
-    crud::guaranteed_update(api, &t, Part::Main, false, |current| {
+    crud::update_object(api, &t, Part::Main, false, |current| {
         Ok((mutate(&current.object)?, None))
     })
     .await
@@ -83,7 +85,7 @@ where
     F: FnMut(&Value) -> ApiResult<Value>,
 {
     let t = target(info, namespace, Some(name), Some(Subresource::Status));
-    crud::guaranteed_update(api, &t, Part::Status, false, |current| {
+    crud::update_object(api, &t, Part::Status, false, |current| {
         Ok((mutate(&current.object)?, None))
     })
     .await
@@ -120,5 +122,5 @@ pub async fn delete(
     name: &str,
     options: &DeleteOptions,
 ) -> ApiResult<Deleted> {
-    crud::delete_object(api, info, namespace, name, options).await
+    delete::delete_object(api, info, namespace, name, options).await
 }

@@ -5,7 +5,8 @@
 
 mod apps;
 mod crud;
-pub mod defaults;
+pub(crate) mod defaults;
+mod delete;
 mod discovery;
 pub mod error;
 mod events;
@@ -15,9 +16,9 @@ mod modules;
 mod openapi;
 mod request;
 mod subresources;
-mod tables;
+pub(crate) mod tables;
 mod tunnel;
-mod validate;
+pub(crate) mod validate;
 mod watch;
 
 use axum::Router;
@@ -29,7 +30,7 @@ use axum::routing::{any, get};
 
 use skiff_api::resources::Subresource;
 
-pub use crud::{DeleteOptions, Deleted, delete_object};
+pub use delete::{DeleteOptions, Deleted, delete_object};
 pub use events::record_event;
 pub use request::{parse_json as parse_body, read_body};
 pub use subresources::bind_pod;
@@ -189,7 +190,9 @@ async fn route(
         (&Method::GET, false, None) => crud::list(api, &target, &query, &headers).await,
         (&Method::POST, false, None) if is_module => modules::upload(api, &headers, body).await,
         (&Method::POST, false, None) => crud::create(api, &target, &query, &headers, body).await,
-        (&Method::DELETE, false, None) => crud::delete_collection(api, &target, &query, body).await,
+        (&Method::DELETE, false, None) => {
+            delete::delete_collection(api, &target, &query, body).await
+        }
         (&Method::GET, true, None) if query.flag("watch") => {
             watch::serve(api, &target, &query, &headers).await
         }
@@ -209,7 +212,7 @@ async fn route(
             crud::patch(api, &target, &query, &headers, body).await
         }
         (&Method::DELETE, true, None) => {
-            let out = crud::delete(api, &target, &query, body).await?;
+            let out = delete::delete(api, &target, &query, body).await?;
             if is_module {
                 modules::forget_if_deleted(api, target.name()).await;
             }

@@ -5,7 +5,8 @@
 //! `fieldValidation=Strict` once the PATCH operation of a kind lists that parameter. It
 //! also computes `apply`'s strategic merge patches from the schemas' patch extensions,
 //! and `kubectl explain` renders the schemas. The schemas come from k8s-openapi's
-//! `schemars` support (and App and Module's derived ones); the patch extensions come
+//! `schemars` support (and App and Module's derived ones), through each kind's `schema`
+//! hook (`crate::kinds`); the patch extensions come
 //! from the same merge keys the server merges with, so client and server agree.
 
 use std::collections::BTreeMap;
@@ -138,7 +139,10 @@ fn group_version_document(group: &str, version: &str) -> Value {
     let binding = ref_name(&generator.subschema_for::<Binding>().to_value());
     let kind_schemas: Vec<(&ResourceInfo, String)> = kinds
         .iter()
-        .map(|info| (*info, ref_name(&(info.schema)(&mut generator).to_value())))
+        .map(|info| {
+            let schema = crate::kinds::of(info).schema(&mut generator);
+            (*info, ref_name(&schema.to_value()))
+        })
         .collect();
     let mut schemas = generator.take_definitions(true);
 

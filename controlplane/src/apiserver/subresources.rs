@@ -1,5 +1,6 @@
-//! The `scale` subresource (an `autoscaling/v1` Scale view of `spec.replicas`) and
-//! `pods/binding`, which assigns a pod to a node exactly once.
+//! The `scale` subresource (an `autoscaling/v1` Scale view of `spec.replicas`),
+//! `pods/binding`, which assigns a pod to a node exactly once, and `pods/eviction`. Their
+//! writes are rounds of `crud::guaranteed_update`.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
@@ -9,14 +10,13 @@ use serde_json::{Value, json};
 use skiff_api::selector::LabelSelector;
 
 use super::Target;
-use super::crud::{apply_patch, get_stored, patch_type, precondition_of};
+use super::crud::{
+    Change, Outcome, Round, apply_patch, get_stored, guaranteed_update, patch_type, precondition_of,
+};
 use super::error::{ApiError, ApiResult, Subject};
 use super::request::{self, json_response};
 use crate::objects::{self, meta_mut, set_path};
 use crate::state::ApiServer;
-use crate::store::{StoreError, WriteOp};
-
-const MAX_RETRIES: usize = 32;
 
 /// The Scale view of a workload.
 fn scale_of(obj: &Value) -> Value {
@@ -58,9 +58,7 @@ where
 {
     let info = target.info;
     let name = target.name();
-    let key = target.key();
-    for _ in 0..MAX_RETRIES {
-        let current = get_stored(api, info, &key, name).await?;
+    let outcome = guaranteed_update(api, info, &target.key(), name, |current| {
         let scale = desired(&scale_of(&current.object))?;
         let precondition = precondition_of(&scale)?;
         if precondition.is_some_and(|rv| rv != current.rev) {
@@ -91,34 +89,28 @@ where
             }
         };
         let mut obj = (*current.object).clone();
-        if obj.pointer("/spec/replicas") != Some(&Value::Number(replicas.clone())) {
+        let change = if obj.pointer("/spec/replicas") != Some(&Value::Number(replicas.clone())) {
             set_path(&mut obj, &["spec", "replicas"], Value::Number(replicas));
             let generation = obj
                 .pointer("/metadata/generation")
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
             meta_mut(&mut obj).insert("generation".into(), json!(generation + 1));
+            Change::Update(obj)
         } else {
-            return Ok(json_response(StatusCode::OK, &scale_of(&current.object)));
-        }
-        match api
-            .store
-            .write(WriteOp::Update {
-                key: key.clone(),
-                object: obj,
-                expected_rev: Some(current.rev),
-            })
-            .await
-        {
-            Ok(stored) => return Ok(json_response(StatusCode::OK, &scale_of(&stored.object))),
-            Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
-            Err(e) => return Err(ApiError::from_store(e, info, name)),
-        }
-    }
-    Err(ApiError::Conflict(
-        Subject::new(info, name),
-        "too many concurrent writers; please try again".into(),
-    ))
+            Change::None(scale_of(&current.object))
+        };
+        Ok(Round {
+            change,
+            retry: precondition.is_none(),
+        })
+    })
+    .await?;
+    let scale = match outcome {
+        Outcome::Unchanged(scale) => scale,
+        Outcome::Updated(stored) | Outcome::Deleted(stored) => scale_of(&stored.object),
+    };
+    Ok(json_response(StatusCode::OK, &scale))
 }
 
 pub(crate) async fn put_scale(
@@ -216,8 +208,7 @@ pub(crate) async fn bind(
 pub async fn bind_pod(api: &ApiServer, namespace: &str, name: &str, node: &str) -> ApiResult<()> {
     let info = skiff_api::resources::lookup("", "v1", "pods").expect("pods are served");
     let key = info.key(Some(namespace), name);
-    for _ in 0..MAX_RETRIES {
-        let current = get_stored(api, info, &key, name).await?;
+    guaranteed_update(api, info, &key, name, |current| {
         let obj = &*current.object;
         if let Some(existing) = obj
             .pointer("/spec/nodeName")
@@ -245,24 +236,14 @@ pub async fn bind_pod(api: &ApiServer, namespace: &str, name: &str, node: &str) 
         conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
         conditions.push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": objects::now_rfc3339()}));
         set_path(&mut new, &["status", "conditions"], json!(conditions));
-        match api
-            .store
-            .write(WriteOp::Update {
-                key: key.clone(),
-                object: new,
-                expected_rev: Some(current.rev),
-            })
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(ApiError::from_store(e, info, name)),
-        }
-    }
-    Err(ApiError::Conflict(
-        Subject::new(info, name),
-        "too many concurrent writers; please try again".into(),
-    ))
+        // A lost race is retried: the next round sees whether someone else bound it.
+        Ok(Round::<()> {
+            change: Change::Update(new),
+            retry: true,
+        })
+    })
+    .await?;
+    Ok(())
 }
 
 /// `POST pods/NAME/eviction` with a `policy/v1` Eviction: deletes the pod with the
@@ -291,8 +272,8 @@ pub(crate) async fn evict(
         .map(|o| o.to_string().into_bytes())
         .unwrap_or_default();
     let options =
-        super::crud::DeleteOptions::from_request(&request::Query::parse(None)?, &options)?;
-    super::crud::delete_object(
+        super::delete::DeleteOptions::from_request(&request::Query::parse(None)?, &options)?;
+    super::delete::delete_object(
         api,
         target.info,
         target.namespace.as_deref(),

@@ -1,6 +1,8 @@
 //! Server-side printing: a `meta.k8s.io/v1` Table when the client asks for one (kubectl
 //! does, with `Accept: application/json;as=Table;v=v1;g=meta.k8s.io`), with the columns
-//! kubectl users know for each kind. Columns of priority 1 are the ones `-o wide` adds.
+//! kubectl users know for each kind (each kind's `columns` and `cells`, in `crate::kinds`;
+//! the helpers here print values as kubectl does). Columns of priority 1 are the ones
+//! `-o wide` adds.
 //! `includeObject` (None, Metadata, the default, or Object) says what each row carries.
 
 use axum::http::{HeaderMap, StatusCode, header};
@@ -82,7 +84,8 @@ pub fn human_duration(secs: i64) -> String {
     }
 }
 
-fn since(obj: &Value, pointer: &str) -> String {
+/// How long ago the time at `pointer` was, as kubectl prints it.
+pub(crate) fn since(obj: &Value, pointer: &str) -> String {
     match obj
         .pointer(pointer)
         .and_then(Value::as_str)
@@ -93,21 +96,25 @@ fn since(obj: &Value, pointer: &str) -> String {
     }
 }
 
-fn age(obj: &Value) -> Value {
+/// The Age cell.
+pub(crate) fn age(obj: &Value) -> Value {
     json!(since(obj, "/metadata/creationTimestamp"))
 }
 
-fn s<'a>(obj: &'a Value, pointer: &str) -> &'a str {
+/// The string at `pointer`, or empty.
+pub(crate) fn s<'a>(obj: &'a Value, pointer: &str) -> &'a str {
     obj.pointer(pointer)
         .and_then(Value::as_str)
         .unwrap_or_default()
 }
 
-fn n(obj: &Value, pointer: &str) -> i64 {
+/// The integer at `pointer`, or 0.
+pub(crate) fn n(obj: &Value, pointer: &str) -> i64 {
     obj.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
 }
 
-fn or_none(text: String) -> Value {
+/// The text, or `<none>` if empty.
+pub(crate) fn or_none(text: String) -> Value {
     if text.is_empty() {
         json!("<none>")
     } else {
@@ -116,7 +123,7 @@ fn or_none(text: String) -> Value {
 }
 
 /// Comma-joined `name` fields of `/spec/template/spec/containers` (and their images).
-fn containers(obj: &Value, pointer: &str, field: &str) -> Value {
+pub(crate) fn containers(obj: &Value, pointer: &str, field: &str) -> Value {
     let list: Vec<&str> = obj
         .pointer(pointer)
         .and_then(Value::as_array)
@@ -128,7 +135,7 @@ fn containers(obj: &Value, pointer: &str, field: &str) -> Value {
 }
 
 /// A map of labels as kubectl prints it: `k=v` pairs, sorted, comma-joined.
-fn label_list(map: Option<&Value>) -> Value {
+pub(crate) fn label_list(map: Option<&Value>) -> Value {
     let mut parts: Vec<String> = map
         .and_then(Value::as_object)
         .into_iter()
@@ -139,7 +146,8 @@ fn label_list(map: Option<&Value>) -> Value {
     or_none(parts.join(","))
 }
 
-fn selector(obj: &Value) -> Value {
+/// A workload's `spec.selector`, as kubectl prints it.
+pub(crate) fn selector(obj: &Value) -> Value {
     label_list(obj.pointer("/spec/selector/matchLabels").or_else(|| {
         obj.pointer("/spec/selector")
             .filter(|s| s.get("matchLabels").is_none() && s.get("matchExpressions").is_none())
@@ -147,468 +155,14 @@ fn selector(obj: &Value) -> Value {
 }
 
 /// Column name, type and priority (1: only with `-o wide`).
-type Column = (&'static str, &'static str, u8);
+pub type Column = (&'static str, &'static str, u8);
 
-const NAME: Column = ("Name", "string", 0);
-const AGE: Column = ("Age", "string", 0);
+pub(crate) const NAME: Column = ("Name", "string", 0);
+pub(crate) const AGE: Column = ("Age", "string", 0);
 
-fn columns(kind: &str) -> Vec<Column> {
-    match kind {
-        "Pod" => vec![
-            NAME,
-            ("Ready", "string", 0),
-            ("Status", "string", 0),
-            ("Restarts", "string", 0),
-            AGE,
-            ("IP", "string", 1),
-            ("Node", "string", 1),
-            ("Nominated Node", "string", 1),
-            ("Readiness Gates", "string", 1),
-        ],
-        "Deployment" => vec![
-            NAME,
-            ("Ready", "string", 0),
-            ("Up-to-date", "integer", 0),
-            ("Available", "integer", 0),
-            AGE,
-            ("Containers", "string", 1),
-            ("Images", "string", 1),
-            ("Selector", "string", 1),
-        ],
-        "ReplicaSet" => vec![
-            NAME,
-            ("Desired", "integer", 0),
-            ("Current", "integer", 0),
-            ("Ready", "integer", 0),
-            AGE,
-            ("Containers", "string", 1),
-            ("Images", "string", 1),
-            ("Selector", "string", 1),
-        ],
-        "DaemonSet" => vec![
-            NAME,
-            ("Desired", "integer", 0),
-            ("Current", "integer", 0),
-            ("Ready", "integer", 0),
-            ("Up-to-date", "integer", 0),
-            ("Available", "integer", 0),
-            ("Node Selector", "string", 0),
-            AGE,
-            ("Containers", "string", 1),
-            ("Images", "string", 1),
-            ("Selector", "string", 1),
-        ],
-        "Job" => vec![
-            NAME,
-            ("Status", "string", 0),
-            ("Completions", "string", 0),
-            ("Duration", "string", 0),
-            AGE,
-            ("Containers", "string", 1),
-            ("Images", "string", 1),
-            ("Selector", "string", 1),
-        ],
-        "Node" => vec![
-            NAME,
-            ("Status", "string", 0),
-            ("Roles", "string", 0),
-            AGE,
-            ("Version", "string", 0),
-            ("Internal-IP", "string", 1),
-            ("External-IP", "string", 1),
-            ("OS-Image", "string", 1),
-            ("Kernel-Version", "string", 1),
-            ("Container-Runtime", "string", 1),
-        ],
-        "Service" => vec![
-            NAME,
-            ("Type", "string", 0),
-            ("Cluster-IP", "string", 0),
-            ("External-IP", "string", 0),
-            ("Port(s)", "string", 0),
-            AGE,
-            ("Selector", "string", 1),
-        ],
-        "Namespace" => vec![NAME, ("Status", "string", 0), AGE],
-        "Event" => vec![
-            ("Last Seen", "string", 0),
-            ("Type", "string", 0),
-            ("Reason", "string", 0),
-            ("Object", "string", 0),
-            ("Message", "string", 0),
-        ],
-        "Lease" => vec![NAME, ("Holder", "string", 0), AGE],
-        "ConfigMap" => vec![NAME, ("Data", "integer", 0), AGE],
-        "Secret" => vec![NAME, ("Type", "string", 0), ("Data", "integer", 0), AGE],
-        "Endpoints" => vec![NAME, ("Endpoints", "string", 0), AGE],
-        "EndpointSlice" => vec![
-            NAME,
-            ("AddressType", "string", 0),
-            ("Ports", "string", 0),
-            ("Endpoints", "string", 0),
-            AGE,
-        ],
-        "App" => vec![
-            NAME,
-            ("Ready", "string", 0),
-            ("URL", "string", 0),
-            ("Module", "string", 0),
-            AGE,
-            ("Replicas", "integer", 1),
-        ],
-        "Module" => vec![NAME, ("Type", "string", 0), ("Size", "integer", 0), AGE],
-        _ => vec![NAME, AGE],
-    }
-}
-
-/// What kubectl shows as a pod's STATUS.
-fn pod_status(pod: &Value) -> String {
-    if pod.pointer("/metadata/deletionTimestamp").is_some() {
-        return "Terminating".into();
-    }
-    let mut reason = s(pod, "/status/phase").to_string();
-    if let Some(r) = pod.pointer("/status/reason").and_then(Value::as_str) {
-        reason = r.to_string();
-    }
-    for c in pod
-        .pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        if let Some(w) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
-            reason = w.to_string();
-        } else if let Some(t) = c.pointer("/state/terminated") {
-            reason = match t.get("reason").and_then(Value::as_str) {
-                Some(r) => r.to_string(),
-                None => format!("ExitCode:{}", n(t, "/exitCode")),
-            };
-        }
-    }
-    if reason.is_empty() {
-        "Pending".into()
-    } else {
-        reason
-    }
-}
-
-fn cells(kind: &str, obj: &Value) -> Vec<Value> {
-    let name = json!(s(obj, "/metadata/name"));
-    match kind {
-        "Pod" => {
-            let statuses: Vec<&Value> = obj
-                .pointer("/status/containerStatuses")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .collect();
-            let total = obj
-                .pointer("/spec/containers")
-                .and_then(Value::as_array)
-                .map_or(0, Vec::len);
-            let ready = statuses.iter().filter(|c| c["ready"] == true).count();
-            let restarts: i64 = statuses.iter().map(|c| n(c, "/restartCount")).sum();
-            let last = statuses
-                .iter()
-                .filter_map(|c| c.pointer("/lastState/terminated/finishedAt"))
-                .filter_map(Value::as_str)
-                .max()
-                .map(|t| since(&json!({"t": t}), "/t"));
-            let restarts = match (restarts, last) {
-                (r, Some(ago)) if r > 0 => format!("{r} ({ago} ago)"),
-                (r, _) => r.to_string(),
-            };
-            vec![
-                name,
-                json!(format!("{ready}/{total}")),
-                json!(pod_status(obj)),
-                json!(restarts),
-                age(obj),
-                or_none(s(obj, "/status/podIP").to_string()),
-                or_none(s(obj, "/spec/nodeName").to_string()),
-                json!("<none>"),
-                json!("<none>"),
-            ]
-        }
-        "Deployment" => vec![
-            name,
-            json!(format!(
-                "{}/{}",
-                n(obj, "/status/readyReplicas"),
-                n(obj, "/spec/replicas")
-            )),
-            json!(n(obj, "/status/updatedReplicas")),
-            json!(n(obj, "/status/availableReplicas")),
-            age(obj),
-            containers(obj, "/spec/template/spec/containers", "name"),
-            containers(obj, "/spec/template/spec/containers", "image"),
-            selector(obj),
-        ],
-        "ReplicaSet" => vec![
-            name,
-            json!(n(obj, "/spec/replicas")),
-            json!(n(obj, "/status/replicas")),
-            json!(n(obj, "/status/readyReplicas")),
-            age(obj),
-            containers(obj, "/spec/template/spec/containers", "name"),
-            containers(obj, "/spec/template/spec/containers", "image"),
-            selector(obj),
-        ],
-        "DaemonSet" => {
-            vec![
-                name,
-                json!(n(obj, "/status/desiredNumberScheduled")),
-                json!(n(obj, "/status/currentNumberScheduled")),
-                json!(n(obj, "/status/numberReady")),
-                json!(n(obj, "/status/updatedNumberScheduled")),
-                json!(n(obj, "/status/numberAvailable")),
-                label_list(obj.pointer("/spec/template/spec/nodeSelector")),
-                age(obj),
-                containers(obj, "/spec/template/spec/containers", "name"),
-                containers(obj, "/spec/template/spec/containers", "image"),
-                selector(obj),
-            ]
-        }
-        "Job" => {
-            let conditions = obj.pointer("/status/conditions").and_then(Value::as_array);
-            let has = |t: &str| {
-                conditions
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == t && c["status"] == "True")
-            };
-            let status = if has("Complete") {
-                "Complete"
-            } else if has("Failed") {
-                "Failed"
-            } else if obj.pointer("/metadata/deletionTimestamp").is_some() {
-                "Terminating"
-            } else {
-                "Running"
-            };
-            let start = obj
-                .pointer("/status/startTime")
-                .and_then(Value::as_str)
-                .and_then(crate::objects::parse_time);
-            let end = obj
-                .pointer("/status/completionTime")
-                .and_then(Value::as_str)
-                .and_then(crate::objects::parse_time)
-                .unwrap_or_else(jiff::Timestamp::now);
-            let duration = start
-                .map(|s| human_duration(end.duration_since(s).as_secs()))
-                .unwrap_or_default();
-            vec![
-                name,
-                json!(status),
-                json!(format!(
-                    "{}/{}",
-                    n(obj, "/status/succeeded"),
-                    obj.pointer("/spec/completions")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(1)
-                )),
-                json!(duration),
-                age(obj),
-                containers(obj, "/spec/template/spec/containers", "name"),
-                containers(obj, "/spec/template/spec/containers", "image"),
-                selector(obj),
-            ]
-        }
-        "Node" => {
-            let ready = obj
-                .pointer("/status/conditions")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .find(|c| c["type"] == "Ready")
-                .map(|c| match c["status"].as_str() {
-                    Some("True") => "Ready",
-                    Some("False") => "NotReady",
-                    _ => "Unknown",
-                })
-                .unwrap_or("Unknown");
-            let mut status = ready.to_string();
-            if obj.pointer("/spec/unschedulable") == Some(&Value::Bool(true)) {
-                status.push_str(",SchedulingDisabled");
-            }
-            let mut roles: Vec<&str> = obj
-                .pointer("/metadata/labels")
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-                .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/"))
-                .collect();
-            roles.sort();
-            let address = |t: &str| {
-                obj.pointer("/status/addresses")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .find(|a| a["type"] == t)
-                    .and_then(|a| a["address"].as_str())
-                    .unwrap_or("<none>")
-                    .to_string()
-            };
-            vec![
-                name,
-                json!(status),
-                or_none(roles.join(",")),
-                age(obj),
-                json!(s(obj, "/status/nodeInfo/kubeletVersion")),
-                json!(address("InternalIP")),
-                json!(address("ExternalIP")),
-                or_none(s(obj, "/status/nodeInfo/osImage").to_string()),
-                or_none(s(obj, "/status/nodeInfo/kernelVersion").to_string()),
-                or_none(s(obj, "/status/nodeInfo/containerRuntimeVersion").to_string()),
-            ]
-        }
-        "Service" => {
-            let ports: Vec<String> = obj
-                .pointer("/spec/ports")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .map(|p| format!("{}/{}", n(p, "/port"), s(p, "/protocol")))
-                .collect();
-            vec![
-                name,
-                json!(s(obj, "/spec/type")),
-                or_none(s(obj, "/spec/clusterIP").to_string()),
-                json!("<none>"),
-                or_none(ports.join(",")),
-                age(obj),
-                label_list(obj.pointer("/spec/selector")),
-            ]
-        }
-        "Namespace" => vec![name, json!(s(obj, "/status/phase")), age(obj)],
-        "Event" => {
-            let last = [
-                "/lastTimestamp",
-                "/eventTime",
-                "/metadata/creationTimestamp",
-            ]
-            .iter()
-            .find(|p| obj.pointer(p).and_then(Value::as_str).is_some())
-            .map(|p| since(obj, p))
-            .unwrap_or_else(|| "<unknown>".into());
-            vec![
-                json!(last),
-                json!(s(obj, "/type")),
-                json!(s(obj, "/reason")),
-                json!(format!(
-                    "{}/{}",
-                    s(obj, "/involvedObject/kind").to_ascii_lowercase(),
-                    s(obj, "/involvedObject/name")
-                )),
-                json!(s(obj, "/message")),
-            ]
-        }
-        "Lease" => vec![
-            name,
-            or_none(s(obj, "/spec/holderIdentity").to_string()),
-            age(obj),
-        ],
-        "ConfigMap" => {
-            let count = ["data", "binaryData"]
-                .iter()
-                .filter_map(|f| obj.get(*f).and_then(Value::as_object))
-                .map(|m| m.len())
-                .sum::<usize>();
-            vec![name, json!(count), age(obj)]
-        }
-        "Secret" => {
-            let count = ["data", "stringData"]
-                .iter()
-                .filter_map(|f| obj.get(*f).and_then(Value::as_object))
-                .map(|m| m.len())
-                .sum::<usize>();
-            vec![name, json!(s(obj, "/type")), json!(count), age(obj)]
-        }
-        "Endpoints" => {
-            // ADDRESS:PORT pairs, as kubectl prints them.
-            let pairs: Vec<String> = obj
-                .get("subsets")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .flat_map(|subset| {
-                    let ports: Vec<i64> = subset
-                        .get("ports")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|p| p["port"].as_i64())
-                        .collect();
-                    let ips: Vec<String> = subset
-                        .get("addresses")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|a| a["ip"].as_str().map(str::to_string))
-                        .collect();
-                    ips.into_iter()
-                        .flat_map(move |ip| {
-                            ports.clone().into_iter().map(move |p| format!("{ip}:{p}"))
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            vec![name, or_none(pairs.join(",")), age(obj)]
-        }
-        "EndpointSlice" => {
-            let ports: Vec<String> = obj
-                .get("ports")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .map(|p| n(p, "/port").to_string())
-                .collect();
-            let endpoints: Vec<String> = obj
-                .get("endpoints")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.pointer("/addresses/0").and_then(Value::as_str))
-                .map(str::to_string)
-                .collect();
-            vec![
-                name,
-                json!(s(obj, "/addressType")),
-                or_none(ports.join(",")),
-                or_none(endpoints.join(",")),
-                age(obj),
-            ]
-        }
-        "App" => {
-            let module = s(obj, "/spec/module");
-            vec![
-                name,
-                json!(format!(
-                    "{}/{}",
-                    n(obj, "/status/readyReplicas"),
-                    obj.pointer("/spec/replicas")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(1)
-                )),
-                or_none(s(obj, "/status/url").to_string()),
-                json!(module.get(..19).unwrap_or(module)),
-                age(obj),
-                json!(
-                    obj.pointer("/spec/replicas")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(1)
-                ),
-            ]
-        }
-        "Module" => vec![
-            name,
-            json!(s(obj, "/type")),
-            json!(n(obj, "/size")),
-            age(obj),
-        ],
-        _ => vec![name, age(obj)],
-    }
+/// The Name cell.
+pub(crate) fn name(obj: &Value) -> Value {
+    json!(s(obj, "/metadata/name"))
 }
 
 /// The object a row carries, as `includeObject` asks.
@@ -633,7 +187,9 @@ pub(crate) fn table(
     table_version: &'static str,
     with_columns: bool,
 ) -> Value {
-    let columns: Vec<Value> = columns(info.kind)
+    let kind = crate::kinds::of(info);
+    let columns: Vec<Value> = kind
+        .columns()
         .into_iter()
         .map(|(name, kind, priority)| {
             json!({
@@ -652,7 +208,7 @@ pub(crate) fn table(
     let rows: Vec<Value> = objects
         .iter()
         .map(|obj| {
-            let mut row = json!({"cells": cells(info.kind, obj)});
+            let mut row = json!({"cells": kind.cells(obj)});
             if let Some(o) = row_object(obj, include, table_version) {
                 row["object"] = o;
             }
@@ -754,24 +310,5 @@ mod tests {
         assert_eq!(wants_table(&h), Some("meta.k8s.io/v1"));
         h.insert(header::ACCEPT, "application/json".parse().unwrap());
         assert_eq!(wants_table(&h), None);
-    }
-
-    #[test]
-    fn pods_show_ready_status_and_restarts() {
-        let pod = json!({
-            "metadata": {"name": "web-1", "creationTimestamp": "2020-01-01T00:00:00Z"},
-            "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "dev-1"},
-            "status": {"phase": "Running", "podIP": "127.0.0.1", "containerStatuses": [
-                {"ready": true, "restartCount": 0, "state": {"running": {}}},
-                {"ready": false, "restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}}},
-            ]},
-        });
-        let c = cells("Pod", &pod);
-        assert_eq!(c[0], "web-1");
-        assert_eq!(c[1], "1/2");
-        assert_eq!(c[2], "CrashLoopBackOff");
-        assert_eq!(c[3], "2");
-        assert_eq!(c[6], "dev-1");
-        assert_eq!(c.len(), columns("Pod").len());
     }
 }

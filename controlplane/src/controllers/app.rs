@@ -428,10 +428,11 @@ fn routes_of(service: &Value) -> String {
 /// Whether the Deployment's template already is the wanted one, compared as stored:
 /// the wanted one goes through the same normalization and defaulting first.
 fn same_template(current: &Value, wanted: &Value) -> bool {
-    let Ok(mut wanted) = (deployments().normalize)(wanted.clone()) else {
+    let kind = crate::kinds::of(deployments());
+    let Ok(mut wanted) = kind.normalize(wanted.clone()) else {
         return false;
     };
-    crate::apiserver::defaults::apply("Deployment", &mut wanted);
+    kind.default(&mut wanted);
     super::deployment::without_hash(current.pointer("/spec/template"))
         == super::deployment::without_hash(wanted.pointer("/spec/template"))
 }

@@ -23,8 +23,8 @@ use tracing::Instrument;
 
 use super::{Action, Context, WorkQueue, controller_of, key_of};
 use crate::apiserver::error::ApiError;
-use crate::objects;
 use crate::informer::{Cache, CacheEvent};
+use crate::objects;
 
 /// One controller's reconcile function over `namespace/name` keys.
 pub trait Reconciler: Send + Sync + 'static {

@@ -18,9 +18,9 @@ use skiff_api::resources::{self, ResourceInfo};
 
 use super::Context;
 use super::podutil::pods_info;
-use crate::apiserver::defaults::TAINT_UNREACHABLE;
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{DeleteOptions, internal, record_event};
+use crate::kinds::pod::TAINT_UNREACHABLE;
 use crate::objects;
 use crate::state::ApiServer;
 

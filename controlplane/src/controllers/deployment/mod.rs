@@ -39,9 +39,9 @@ use skiff_api::resources::{self, ResourceInfo};
 use super::podutil::labels;
 use super::{Action, Context, Controller, controller_of, key_of, selector_of, split_key};
 use crate::apiserver::error::ApiError;
+use crate::informer::{Cache, CacheEvent};
 use crate::objects;
 use crate::state::ApiServer;
-use crate::informer::{Cache, CacheEvent};
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const REVISION_HISTORY: &str = "deployment.kubernetes.io/revision-history";

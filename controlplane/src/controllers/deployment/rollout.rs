@@ -14,9 +14,9 @@ use super::{
 };
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{DeleteOptions, internal, record_event};
-use crate::objects;
 use crate::controllers::podutil::{availability, is_active, labels};
 use crate::controllers::{Action, adopt, controller_of, release, selector_of};
+use crate::objects;
 
 impl DeploymentController {
     /// Claims the Deployment's ReplicaSets (adopting orphans its selector matches,

@@ -11,8 +11,8 @@ use super::{
 };
 use crate::apiserver::error::ApiError;
 use crate::apiserver::{internal, record_event};
-use crate::objects;
 use crate::controllers::Action;
+use crate::objects;
 
 fn condition<'a>(status: &'a Value, kind: &str) -> Option<&'a Value> {
     status

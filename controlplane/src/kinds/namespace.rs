@@ -1,0 +1,58 @@
+//! Namespaces: names are DNS labels; the `kubernetes` finalizer by default; the built-in
+//! namespaces can't be deleted; a deleted namespace turns Terminating and stays until the
+//! namespace cleaner has drained it.
+
+use serde_json::{Value, json};
+
+use skiff_api::resources::ResourceInfo;
+use skiff_api::validation as v;
+
+use super::{Kind, NameRules};
+use crate::apiserver::defaults::default_at;
+use crate::apiserver::error::{ApiError, ApiResult};
+use crate::apiserver::tables::{self, AGE, Column, NAME, age, s};
+use crate::objects::set_path;
+
+/// The namespaces the server itself needs.
+const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+pub(super) struct Namespace;
+
+impl Kind for Namespace {
+    fn info(&self) -> &'static ResourceInfo {
+        served!("", "namespaces")
+    }
+
+    fn name_rules(&self) -> Option<NameRules> {
+        Some(v::is_dns1123_label)
+    }
+
+    fn default(&self, obj: &mut Value) {
+        default_at(obj, &["spec", "finalizers"], json!(["kubernetes"]));
+    }
+
+    fn check_delete(&self, name: &str) -> ApiResult<()> {
+        if PROTECTED_NAMESPACES.contains(&name) {
+            return Err(ApiError::Forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
+        }
+        Ok(())
+    }
+
+    fn removed_by_server(&self) -> bool {
+        true
+    }
+
+    fn mark_deleting(&self, obj: &mut Value) {
+        set_path(obj, &["status", "phase"], json!("Terminating"));
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![NAME, ("Status", "string", 0), AGE]
+    }
+
+    fn cells(&self, obj: &Value) -> Vec<Value> {
+        vec![tables::name(obj), json!(s(obj, "/status/phase")), age(obj)]
+    }
+}

@@ -1,0 +1,58 @@
+//! ReplicaSets: one replica by default, checked as every replicated workload, an
+//! immutable selector, kubectl's DESIRED, CURRENT and READY columns.
+
+use serde_json::{Value, json};
+
+use skiff_api::resources::ResourceInfo;
+use skiff_api::validation::FieldError;
+
+use super::Kind;
+use super::workload::{TEMPLATE_COLUMNS, default_template, template_cells, validate_replicated};
+use crate::apiserver::defaults::default_at;
+use crate::apiserver::tables::{self, AGE, Column, NAME, age, n};
+use crate::apiserver::validate::immutable;
+
+pub(super) struct ReplicaSet;
+
+impl Kind for ReplicaSet {
+    fn info(&self) -> &'static ResourceInfo {
+        served!("apps", "replicasets")
+    }
+
+    fn default(&self, obj: &mut Value) {
+        default_at(obj, &["spec", "replicas"], json!(1));
+        default_template(obj);
+    }
+
+    fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
+        validate_replicated(obj, errs);
+    }
+
+    fn validate_update(&self, old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
+        immutable(old, new, "/spec/selector", "spec.selector", errs);
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        let mut columns = vec![
+            NAME,
+            ("Desired", "integer", 0),
+            ("Current", "integer", 0),
+            ("Ready", "integer", 0),
+            AGE,
+        ];
+        columns.extend(TEMPLATE_COLUMNS);
+        columns
+    }
+
+    fn cells(&self, obj: &Value) -> Vec<Value> {
+        let mut cells = vec![
+            tables::name(obj),
+            json!(n(obj, "/spec/replicas")),
+            json!(n(obj, "/status/replicas")),
+            json!(n(obj, "/status/readyReplicas")),
+            age(obj),
+        ];
+        cells.extend(template_cells(obj));
+        cells
+    }
+}
