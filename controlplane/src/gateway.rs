@@ -31,8 +31,6 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use skiff_api::resources;
-
 use crate::controllers::endpointslice::slice_name;
 use crate::informer::{Cache, Informers, SharedInformers};
 use crate::objects;
@@ -125,7 +123,7 @@ impl Gateway {
     }
 
     fn service_exists(&self, namespace: &str, name: &str) -> bool {
-        let info = resources::lookup("", "v1", "services").expect("services are served");
+        let info = crate::kinds::lookup("", "v1", "services").expect("services are served");
         self.services
             .get(&info.key(Some(namespace), name))
             .is_some()
@@ -160,7 +158,7 @@ impl Gateway {
 
     /// The ready endpoints of a Service, starting at the next one in round-robin order.
     fn endpoints(&self, namespace: &str, service: &str) -> Vec<Endpoint> {
-        let info = resources::lookup("discovery.k8s.io", "v1", "endpointslices")
+        let info = crate::kinds::lookup("discovery.k8s.io", "v1", "endpointslices")
             .expect("endpointslices are served");
         let Some(slice) = self
             .slices
@@ -168,7 +166,7 @@ impl Gateway {
         else {
             return Vec::new();
         };
-        let nodes = resources::lookup("", "v1", "nodes").expect("nodes are served");
+        let nodes = crate::kinds::lookup("", "v1", "nodes").expect("nodes are served");
         let mut ready: Vec<Endpoint> = slice
             .get("endpoints")
             .and_then(Value::as_array)

@@ -21,8 +21,6 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use skiff_api::resources;
-
 use crate::store::{EventType, ListRequest, Store, StoreError};
 
 /// The cached objects by store key; readers get `Arc`s and never mutate them.
@@ -208,8 +206,8 @@ impl SharedInformers {
         let mut running = self.lock();
         let shared = running.entry(kind).or_insert_with(|| {
             let (group, plural) = kind;
-            let info = resources::all()
-                .iter()
+            let info = crate::kinds::all()
+                .into_iter()
                 .find(|r| r.group == group && r.plural == plural)
                 .expect("a served resource");
             let cache = Arc::new(Cache::default());

@@ -20,10 +20,10 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use skiff_api::resources::{self, ResourceInfo};
+use skiff_api::resources::ResourceInfo;
 
-use crate::apiserver::error::{ApiError, Subject};
 use crate::apiserver::internal;
+use crate::error::{ApiError, Subject};
 use crate::objects;
 use crate::state::ApiServer;
 
@@ -67,7 +67,7 @@ impl LeaderConfig {
 }
 
 fn leases() -> &'static ResourceInfo {
-    resources::lookup("coordination.k8s.io", "v1", "leases").expect("leases are served")
+    crate::kinds::lookup("coordination.k8s.io", "v1", "leases").expect("leases are served")
 }
 
 fn micro_time(t: jiff::Timestamp) -> String {

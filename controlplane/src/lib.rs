@@ -8,6 +8,7 @@ pub mod backup;
 pub mod blobs;
 pub mod cluster;
 pub mod controllers;
+pub mod error;
 pub mod gateway;
 pub mod informer;
 pub mod kinds;

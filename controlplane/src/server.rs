@@ -371,7 +371,7 @@ impl Server {
         // This server first (kubectl reads only that one), then the other live servers
         // the cluster lists, for Skiff's clients to fail over to.
         let mut servers = vec![api_url.clone()];
-        let endpoints = skiff_api::resources::lookup("", "v1", "endpoints").expect("served");
+        let endpoints = crate::kinds::lookup("", "v1", "endpoints").expect("served");
         if etcd.is_some()
             && let Ok(Some(listed)) = apiserver::internal::get(
                 &api,
@@ -471,7 +471,7 @@ fn write_store_config(data_dir: &Path, store: &StoreConfig) -> Result<(), Server
 
 /// Creates the system namespaces if they are missing.
 pub(crate) async fn bootstrap_namespaces(store: &dyn Store) -> Result<(), StoreError> {
-    let info = skiff_api::resources::lookup("", "v1", "namespaces").expect("namespaces are served");
+    let info = crate::kinds::lookup("", "v1", "namespaces").expect("namespaces are served");
     for name in SYSTEM_NAMESPACES {
         let key = info.key(None, name);
         if store.get(&key).await?.is_some() {

@@ -19,6 +19,8 @@ use base64::Engine;
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
+use crate::resources::ResourceInfo;
+
 /// Every Kubernetes protobuf body starts with these four bytes.
 pub const MAGIC: &[u8] = b"k8s\0";
 pub const CONTENT_TYPE: &str = "application/vnd.kubernetes.protobuf";
@@ -72,14 +74,14 @@ struct Schemas {
     roots: HashMap<(String, String), String>,
 }
 
-fn schemas() -> &'static Schemas {
+fn schemas(served: &[&'static ResourceInfo]) -> &'static Schemas {
     static SCHEMAS: OnceLock<Schemas> = OnceLock::new();
     SCHEMAS.get_or_init(|| {
         use k8s_openapi::api::{autoscaling, core, policy};
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions;
         let mut generator = SchemaSettings::openapi3().into_generator();
         let mut roots = HashMap::new();
-        for info in crate::resources::all() {
+        for info in served {
             let name = ref_name(&(info.schema)(&mut generator).to_value());
             roots.insert((info.api_version(), info.kind.to_string()), name);
         }
@@ -106,7 +108,13 @@ fn schemas() -> &'static Schemas {
         );
         let delete = generator.subschema_for::<DeleteOptions>();
         // Clients encode DeleteOptions under the group-version they talk to.
-        for (group, version) in crate::resources::group_versions() {
+        let mut group_versions: Vec<(&str, &str)> = Vec::new();
+        for info in served {
+            if !group_versions.contains(&(info.group, info.version)) {
+                group_versions.push((info.group, info.version));
+            }
+        }
+        for (group, version) in group_versions {
             let av = if group.is_empty() {
                 version.to_string()
             } else {
@@ -153,8 +161,11 @@ fn squash(name: &str) -> String {
         .collect()
 }
 
-/// Decodes a protobuf body into the JSON object a client would have sent.
-pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
+/// Decodes a protobuf body into the JSON object a client would have sent, for the
+/// `served` kinds. The decoder learns their schemas on its first call: the built-in kinds
+/// never change while a server runs, and kinds served from data (CRDs) are JSON-only, as
+/// in Kubernetes.
+pub fn decode(body: &[u8], served: &[&'static ResourceInfo]) -> Result<Value, ProtobufError> {
     let Some(envelope) = body.strip_prefix(MAGIC) else {
         return err("it does not start with the k8s protobuf magic");
     };
@@ -182,7 +193,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
     if !encoding.is_empty() {
         return err(format!("content encoding {encoding:?} is not supported"));
     }
-    let schemas = schemas();
+    let schemas = schemas(served);
     let Some(root) = schemas.roots.get(&(api_version.clone(), kind.clone())) else {
         return err(format!(
             "{kind} in {api_version} is not a kind this server reads as protobuf"

@@ -11,6 +11,50 @@ use prost::Message;
 use serde_json::json;
 
 use super::*;
+use crate::resources::{StatusOnCreate, schema_of, through};
+
+/// The kinds these tests decode, described as a server serves them.
+fn served() -> &'static [&'static ResourceInfo] {
+    fn info<T>(
+        group: &'static str,
+        kind: &'static str,
+        plural: &'static str,
+    ) -> &'static ResourceInfo
+    where
+        T: schemars::JsonSchema + serde::de::DeserializeOwned + serde::Serialize,
+    {
+        Box::leak(Box::new(ResourceInfo {
+            group,
+            version: "v1",
+            kind,
+            plural,
+            singular: "",
+            namespaced: true,
+            short_names: &[],
+            categories: &[],
+            subresources: &[],
+            has_spec: true,
+            status_on_create: StatusOnCreate::Keep,
+            extra_fields: &[],
+            normalize: through::<T>,
+            schema: schema_of::<T>,
+        }))
+    }
+    static SERVED: OnceLock<Vec<&'static ResourceInfo>> = OnceLock::new();
+    SERVED.get_or_init(|| {
+        use k8s_openapi::api::{apps::v1 as a, core::v1 as c};
+        vec![
+            info::<c::Pod>("", "Pod", "pods"),
+            info::<c::ConfigMap>("", "ConfigMap", "configmaps"),
+            info::<c::Secret>("", "Secret", "secrets"),
+            info::<a::Deployment>("apps", "Deployment", "deployments"),
+        ]
+    })
+}
+
+fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
+    super::decode(body, served())
+}
 
 fn envelope(api_version: &str, kind: &str, object: &impl Message) -> Vec<u8> {
     let unknown = runtime::Unknown {

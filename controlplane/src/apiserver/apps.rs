@@ -13,9 +13,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::error::{ApiError, ApiResult};
 use super::request::{Query, json_response};
 use super::{Target, internal, modules};
+use crate::error::{ApiError, ApiResult};
 use crate::state::ApiServer;
 
 /// Longest `wait` unless `timeoutSeconds` says otherwise.

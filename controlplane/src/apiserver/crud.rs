@@ -14,11 +14,10 @@ use skiff_api::patch::{self, PatchError, PatchType};
 use skiff_api::resources::{ResourceInfo, StatusOnCreate, Subresource};
 use skiff_api::selector::{FieldSelector, LabelSelector};
 
-use super::delete::deletion_due;
-use super::error::{ApiError, ApiResult, Subject};
 use super::request::{self, Query, json_response};
 use super::{Target, validate};
-use crate::kinds::{self, CreateContext};
+use crate::error::{ApiError, ApiResult, Subject};
+use crate::kinds::{self, CreateContext, deletion_due};
 use crate::objects::{self, meta_mut, remove_path, set_path};
 use crate::state::ApiServer;
 use crate::store::{ListRequest, StoreError, Stored, WriteOp};
@@ -30,7 +29,7 @@ const MAX_UPDATE_RETRIES: usize = 32;
 const MAX_GENERATE_NAME_ATTEMPTS: usize = 8;
 
 fn namespace_info() -> &'static ResourceInfo {
-    skiff_api::resources::lookup("", "v1", "namespaces").expect("namespaces are served")
+    crate::kinds::lookup("", "v1", "namespaces").expect("namespaces are served")
 }
 
 /// Reads a JSON body as an object of the target's kind, in normalised form, applying the request's `fieldValidation` to fields the kind does not

@@ -12,9 +12,9 @@ use skiff_api::resources::ResourceInfo;
 
 use super::Target;
 use super::crud::{Change, Outcome, Round, Selectors, guaranteed_update};
-use super::error::{ApiError, ApiResult, Subject};
 use super::request::{self, Query, json_response};
-use crate::kinds::{self, Kind};
+use crate::error::{ApiError, ApiResult, Subject};
+use crate::kinds::{self, Kind, deletion_due};
 use crate::objects::{self, meta_mut};
 use crate::state::ApiServer;
 use crate::store::ListRequest;
@@ -152,24 +152,6 @@ pub async fn delete_object(
     })
 }
 
-/// Whether an object that is being deleted may now go away: no finalizers hold it and
-/// its grace period is over.
-pub(crate) fn deletion_due(info: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> bool {
-    if !objects::is_deleting(obj) || !objects::finalizers(obj).is_empty() {
-        return false;
-    }
-    if kinds::of(info).removed_by_server() {
-        // A server loop removes it (the namespace cleaner, once it has drained a namespace).
-        return false;
-    }
-    let grace = obj
-        .pointer("/metadata/deletionGracePeriodSeconds")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
-    let deadline = objects::meta_str(obj, "deletionTimestamp").and_then(objects::parse_time);
-    grace == 0 || deadline.is_none_or(|d| d <= now)
-}
-
 /// The object as it should look while its deletion is pending, or `None` to delete it at
 /// once.
 fn mark_for_deletion(kind: &dyn Kind, obj: &Value, opts: &DeleteOptions) -> Option<Value> {
@@ -186,7 +168,7 @@ fn mark_for_deletion(kind: &dyn Kind, obj: &Value, opts: &DeleteOptions) -> Opti
             finalizers.push(f.to_string());
         }
     }
-    let grace = kind.deletion_grace_seconds(obj, opts);
+    let grace = kind.deletion_grace_seconds(obj, opts.grace_period_seconds);
     let stays = kind.removed_by_server();
     if grace == 0 && finalizers.is_empty() && !stays {
         return None;

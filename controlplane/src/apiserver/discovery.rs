@@ -10,10 +10,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use serde_json::json;
 
-use skiff_api::resources::{self, Subresource};
+use skiff_api::resources::Subresource;
 
-use super::error::{ApiError, ApiResult};
 use super::request::json_response;
+use crate::error::{ApiError, ApiResult};
 use crate::state::SharedApi;
 
 const MAIN_VERBS: &[&str] = &[
@@ -33,8 +33,8 @@ fn strings(items: &[&str]) -> Vec<String> {
 
 fn resource_list(group: &str, version: &str) -> Option<APIResourceList> {
     let mut out = Vec::new();
-    for r in resources::all()
-        .iter()
+    for r in crate::kinds::all()
+        .into_iter()
         .filter(|r| r.group == group && r.version == version)
     {
         out.push(APIResource {
@@ -103,7 +103,7 @@ pub(crate) async fn core_resources(Path(version): Path<String>) -> ApiResult<Res
 }
 
 fn api_group(name: &str) -> Option<APIGroup> {
-    let versions: Vec<GroupVersionForDiscovery> = resources::group_versions()
+    let versions: Vec<GroupVersionForDiscovery> = crate::kinds::group_versions()
         .into_iter()
         .filter(|(g, _)| *g == name)
         .map(|(g, v)| GroupVersionForDiscovery {
@@ -122,7 +122,7 @@ fn api_group(name: &str) -> Option<APIGroup> {
 
 pub(crate) async fn groups() -> ApiResult<Response> {
     let mut names: Vec<&str> = Vec::new();
-    for (g, _) in resources::group_versions() {
+    for (g, _) in crate::kinds::group_versions() {
         if !g.is_empty() && !names.contains(&g) {
             names.push(g);
         }

@@ -43,7 +43,7 @@ pub async fn record_event(
         "lastTimestamp": now,
         "count": 1,
     });
-    let info = skiff_api::resources::lookup("", "v1", "events").expect("events are served");
+    let info = crate::kinds::lookup("", "v1", "events").expect("events are served");
     let Ok(event) = crate::kinds::of(info).normalize(event) else {
         return;
     };

@@ -9,7 +9,7 @@ use skiff_api::resources::{ResourceInfo, Subresource};
 use super::Target;
 use super::crud::{self, Part};
 use super::delete::{self, DeleteOptions, Deleted};
-use super::error::ApiResult;
+use crate::error::ApiResult;
 use crate::state::ApiServer;
 
 fn target(
@@ -37,7 +37,7 @@ pub async fn get(
         .store
         .get(&info.key(namespace, name))
         .await
-        .map_err(|e| super::error::ApiError::from_store(e, info, name))?
+        .map_err(|e| crate::error::ApiError::from_store(e, info, name))?
         .map(|stored| (*stored.object).clone()))
 }
 
@@ -50,7 +50,7 @@ pub async fn create(
 ) -> ApiResult<Value> {
     let object = crate::kinds::of(info)
         .normalize(object)
-        .map_err(|e| super::error::ApiError::BadRequest(e.to_string()))?;
+        .map_err(|e| crate::error::ApiError::BadRequest(e.to_string()))?;
     crud::create_object(api, &target(info, namespace, None, None), object, false).await
 }
 

@@ -7,12 +7,10 @@ use axum::response::Response;
 use futures::TryStreamExt;
 use serde_json::Value;
 
-use skiff_api::resources;
-
 use super::Target;
 use super::crud::get_stored;
-use super::error::{ApiError, ApiResult};
 use super::request::Query;
+use crate::error::{ApiError, ApiResult};
 use crate::objects;
 use crate::state::ApiServer;
 
@@ -102,7 +100,7 @@ pub(crate) async fn proxy(api: &ApiServer, target: &Target, query: &Query) -> Ap
             .body(Body::new(body))
             .map_err(ApiError::internal);
     }
-    let nodes = resources::lookup("", "v1", "nodes").expect("nodes are served");
+    let nodes = crate::kinds::lookup("", "v1", "nodes").expect("nodes are served");
     let node = get_stored(api, nodes, &nodes.key(None, node_name), node_name).await?;
     let endpoint = objects::agent_address(&node.object).ok_or_else(|| {
         ApiError::BadRequest(format!(

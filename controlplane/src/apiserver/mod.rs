@@ -5,10 +5,8 @@
 
 mod apps;
 mod crud;
-pub(crate) mod defaults;
 mod delete;
 mod discovery;
-pub mod error;
 mod events;
 pub mod internal;
 mod logs;
@@ -35,8 +33,8 @@ pub use events::record_event;
 pub use request::{parse_json as parse_body, read_body};
 pub use subresources::bind_pod;
 
+use crate::error::{ApiError, ApiResult};
 use crate::state::SharedApi;
-use error::{ApiError, ApiResult};
 pub(crate) use request::{Query, Target, parse_target};
 
 /// Builds the API router. Tests call it with `oneshot`, the server serves it on a socket.

@@ -9,16 +9,16 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use skiff_api::module::{self, Module, ModuleType};
-use skiff_api::resources::{self, ResourceInfo};
+use skiff_api::resources::ResourceInfo;
 use skiff_api::validation::{FieldError, FieldErrorType};
 
 use super::Target;
-use super::error::{ApiError, ApiResult, Subject};
 use super::request::{self, json_response};
+use crate::error::{ApiError, ApiResult, Subject};
 use crate::state::ApiServer;
 
 fn modules_info() -> &'static ResourceInfo {
-    resources::lookup(module::GROUP, module::VERSION, "modules").expect("modules are served")
+    crate::kinds::lookup(module::GROUP, module::VERSION, "modules").expect("modules are served")
 }
 
 /// Validates bytes as a Wasm core module or component, with wasmtime's parser.

@@ -21,9 +21,9 @@ use sha2::{Digest, Sha512};
 
 use k8s_openapi::api::{autoscaling::v1::Scale, core::v1::Binding, policy::v1::Eviction};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ListMeta, Status};
-use skiff_api::resources::{self, ResourceInfo, Subresource};
+use skiff_api::resources::{ResourceInfo, Subresource};
 
-use super::error::ApiError;
+use crate::error::ApiError;
 
 const SCHEMAS: &str = "#/components/schemas/";
 
@@ -38,7 +38,7 @@ fn documents() -> &'static Documents {
     static DOCS: OnceLock<Documents> = OnceLock::new();
     DOCS.get_or_init(|| {
         let mut by_path = BTreeMap::new();
-        for (group, version) in resources::group_versions() {
+        for (group, version) in crate::kinds::group_versions() {
             let doc = serde_json::to_vec(&group_version_document(group, version))
                 .expect("a JSON value serialises");
             let hash = hex::encode_upper(Sha512::digest(&doc));
@@ -124,8 +124,8 @@ fn gvk(group: &str, version: &str, kind: &str) -> Value {
 
 /// The OpenAPI document of one group-version.
 fn group_version_document(group: &str, version: &str) -> Value {
-    let kinds: Vec<&'static ResourceInfo> = resources::all()
-        .iter()
+    let kinds: Vec<&'static ResourceInfo> = crate::kinds::all()
+        .into_iter()
         .filter(|r| r.group == group && r.version == version)
         .collect();
     let mut generator = SchemaSettings::openapi3()

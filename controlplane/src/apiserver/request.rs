@@ -10,9 +10,9 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use skiff_api::protobuf;
 
-use skiff_api::resources::{self, ResourceInfo, Subresource};
+use skiff_api::resources::{ResourceInfo, Subresource};
 
-use super::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult};
 
 /// What a request path names.
 #[derive(Debug)]
@@ -34,7 +34,7 @@ impl Target {
 
 pub(crate) fn parse_target(group: &str, version: &str, rest: &str) -> ApiResult<Target> {
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let lookup = |plural: &str| resources::lookup(group, version, plural);
+    let lookup = |plural: &str| crate::kinds::lookup(group, version, plural);
     let (namespace, segs) = match segs.as_slice() {
         ["namespaces", ns, plural, ..] if lookup(plural).is_some_and(|i| i.namespaced) => {
             (Some((*ns).to_string()), &segs[2..])
@@ -186,7 +186,8 @@ pub fn wants_json(headers: &HeaderMap) -> bool {
 /// prefix, which no JSON document starts with), read as the JSON it stands for.
 pub fn parse_json(body: &[u8]) -> ApiResult<Value> {
     if body.starts_with(protobuf::MAGIC) {
-        return protobuf::decode(body).map_err(|e| ApiError::BadRequest(e.to_string()));
+        return protobuf::decode(body, &crate::kinds::all())
+            .map_err(|e| ApiError::BadRequest(e.to_string()));
     }
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))?;

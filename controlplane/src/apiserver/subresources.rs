@@ -13,8 +13,8 @@ use super::Target;
 use super::crud::{
     Change, Outcome, Round, apply_patch, get_stored, guaranteed_update, patch_type, precondition_of,
 };
-use super::error::{ApiError, ApiResult, Subject};
 use super::request::{self, json_response};
+use crate::error::{ApiError, ApiResult, Subject};
 use crate::objects::{self, meta_mut, set_path};
 use crate::state::ApiServer;
 
@@ -206,7 +206,7 @@ pub(crate) async fn bind(
 /// Assigns a pod to a node with compare-and-swap: a pod already bound, even to the same
 /// node, is a Conflict. Shared by `pods/binding` and the in-process scheduler.
 pub async fn bind_pod(api: &ApiServer, namespace: &str, name: &str, node: &str) -> ApiResult<()> {
-    let info = skiff_api::resources::lookup("", "v1", "pods").expect("pods are served");
+    let info = crate::kinds::lookup("", "v1", "pods").expect("pods are served");
     let key = info.key(Some(namespace), name);
     guaranteed_update(api, info, &key, name, |current| {
         let obj = &*current.object;

@@ -11,8 +11,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::error::ApiError;
 use crate::auth::Identity;
+use crate::error::ApiError;
 use crate::state::SharedApi;
 use crate::tunnel::{PROTOCOL, TunnelBody, uri};
 

@@ -3,51 +3,12 @@
 //! checked here for every kind; what a kind checks beyond it is its `validate` and
 //! `validate_update` in `crate::kinds`, built from the helpers here.
 
-use std::collections::BTreeMap;
-
 use serde_json::Value;
 use skiff_api::resources::ResourceInfo;
 use skiff_api::validation::{self as v, FieldError, FieldErrorType};
 
 use crate::kinds::Kind;
-
-/// A field cause.
-pub(crate) fn err(
-    field: impl Into<String>,
-    reason: FieldErrorType,
-    message: impl Into<String>,
-) -> FieldError {
-    FieldError {
-        field: field.into(),
-        reason,
-        message: message.into(),
-    }
-}
-
-/// `field: Required value`.
-pub(crate) fn required(field: impl Into<String>) -> FieldError {
-    err(field, FieldErrorType::Required, "Required value")
-}
-
-/// `field: Invalid value: "value": why`.
-pub(crate) fn invalid(field: impl Into<String>, value: &str, why: &str) -> FieldError {
-    err(
-        field,
-        FieldErrorType::Invalid,
-        format!("Invalid value: \"{value}\": {why}"),
-    )
-}
-
-/// A map of strings (labels, annotations), empty if absent.
-pub(crate) fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
-    v.and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use crate::kinds::fields::{err, invalid, required, string_map};
 
 fn validate_metadata(
     info: &ResourceInfo,
@@ -90,24 +51,6 @@ fn validate_metadata(
     ));
 }
 
-/// A number at `pointer`, if present, must not be negative.
-pub(crate) fn validate_non_negative(
-    obj: &Value,
-    pointer: &str,
-    field: &str,
-    errs: &mut Vec<FieldError>,
-) {
-    if let Some(n) = obj.pointer(pointer).and_then(Value::as_i64)
-        && n < 0
-    {
-        errs.push(err(
-            field,
-            FieldErrorType::Invalid,
-            format!("Invalid value: {n}: must be greater than or equal to 0"),
-        ));
-    }
-}
-
 /// Checks a complete object about to be stored: its metadata, then what its kind checks.
 pub fn validate(info: &ResourceInfo, obj: &Value) -> Vec<FieldError> {
     let kind = crate::kinds::of(info);
@@ -115,23 +58,6 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Vec<FieldError> {
     validate_metadata(info, &*kind, obj, &mut errs);
     kind.validate(obj, &mut errs);
     errs
-}
-
-/// The value at `pointer` must not change.
-pub(crate) fn immutable(
-    old: &Value,
-    new: &Value,
-    pointer: &str,
-    field: &str,
-    errs: &mut Vec<FieldError>,
-) {
-    if old.pointer(pointer) != new.pointer(pointer) {
-        errs.push(err(
-            field,
-            FieldErrorType::Invalid,
-            "Invalid value: field is immutable",
-        ));
-    }
 }
 
 /// Checks an update against the stored object: the new object as [`validate`] does, then
@@ -148,7 +74,7 @@ mod tests {
     use serde_json::json;
 
     fn deployment_errors(strategy: Value, extra: Value) -> Vec<String> {
-        let info = skiff_api::resources::lookup("apps", "v1", "deployments").unwrap();
+        let info = crate::kinds::lookup("apps", "v1", "deployments").unwrap();
         let mut d = json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "web", "namespace": "default"},

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use super::Target;
 use super::crud::Selectors;
-use super::error::{ApiError, ApiResult};
 use super::request::Query;
+use crate::error::{ApiError, ApiResult};
 use crate::objects;
 use crate::state::{ApiServer, SharedApi};
 use crate::store::{Event, EventType, ListRequest, StoreError, WatchStream};
@@ -121,7 +121,7 @@ pub(crate) async fn serve(
                 || !query.flag("allowWatchBookmarks")
             {
                 return Err(ApiError::Invalid(
-                    super::error::Subject::new(info, ""),
+                    crate::error::Subject::new(info, ""),
                     vec![skiff_api::validation::FieldError {
                         field: "sendInitialEvents".into(),
                         reason: skiff_api::validation::FieldErrorType::Forbidden,

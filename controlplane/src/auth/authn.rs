@@ -3,10 +3,10 @@
 
 use axum::http::{HeaderMap, header};
 
-use skiff_api::resources::{self, ResourceInfo};
+use skiff_api::resources::ResourceInfo;
 use skiff_api::token::{self, Role, Token};
 
-use crate::apiserver::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult};
 use crate::state::ApiServer;
 
 /// Who sent a request.
@@ -33,7 +33,7 @@ impl Identity {
 }
 
 pub(super) fn secrets() -> &'static ResourceInfo {
-    resources::lookup("", "v1", "secrets").expect("secrets are served")
+    crate::kinds::lookup("", "v1", "secrets").expect("secrets are served")
 }
 
 /// Reads the bearer token of a request, if any, and finds whose it is.

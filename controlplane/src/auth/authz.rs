@@ -12,12 +12,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use skiff_api::resources::{self, Subresource};
+use skiff_api::resources::Subresource;
 use skiff_api::selector::{FieldOp, FieldSelector};
 
 use super::authn::{Identity, authenticate, exists};
-use crate::apiserver::error::{ApiError, ApiResult};
 use crate::apiserver::{Query, Target, parse_target};
+use crate::error::{ApiError, ApiResult};
 use crate::objects;
 use crate::state::{ApiServer, SharedApi};
 use crate::store::ListRequest;
@@ -121,7 +121,7 @@ fn selected(query: &Query, field: &str) -> Option<String> {
 
 /// The pods bound to `node`.
 async fn pods_on(api: &ApiServer, node: &str) -> ApiResult<Vec<Arc<Value>>> {
-    let pods = resources::lookup("", "v1", "pods").expect("pods are served");
+    let pods = crate::kinds::lookup("", "v1", "pods").expect("pods are served");
     let prefix = pods.prefix();
     let filter = |p: &Value| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node);
     let page = api

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use skiff_api::token::{self, Role, Token};
 
 use super::authn::{Identity, exists, secrets};
-use crate::apiserver::error::{ApiError, ApiResult};
 use crate::apiserver::internal;
+use crate::error::{ApiError, ApiResult};
 use crate::objects;
 use crate::state::{ApiServer, SharedApi};
 use crate::store::ListRequest;

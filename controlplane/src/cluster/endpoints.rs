@@ -13,10 +13,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use skiff_api::resources::{self, ResourceInfo};
+use skiff_api::resources::ResourceInfo;
 
-use crate::apiserver::error::ApiError;
 use crate::apiserver::internal;
+use crate::error::ApiError;
 use crate::objects;
 use crate::state::ApiServer;
 use crate::store::ListRequest;
@@ -33,11 +33,11 @@ const RENEW_EVERY: Duration = Duration::from_secs(5);
 const LEASE_SECONDS: i64 = 15;
 
 fn leases() -> &'static ResourceInfo {
-    resources::lookup("coordination.k8s.io", "v1", "leases").expect("leases are served")
+    crate::kinds::lookup("coordination.k8s.io", "v1", "leases").expect("leases are served")
 }
 
 fn endpoints() -> &'static ResourceInfo {
-    resources::lookup("", "v1", "endpoints").expect("endpoints are served")
+    crate::kinds::lookup("", "v1", "endpoints").expect("endpoints are served")
 }
 
 /// The identity lease's name for a server identity (any string).

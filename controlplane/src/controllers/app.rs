@@ -16,11 +16,11 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use skiff_api::resources::{self, ResourceInfo};
+use skiff_api::resources::ResourceInfo;
 
 use super::{Action, Context, Controller, controller_of, split_key};
-use crate::apiserver::error::ApiError;
 use crate::apiserver::{internal, record_event};
+use crate::error::ApiError;
 use crate::informer::Cache;
 use crate::objects;
 use crate::state::ApiServer;
@@ -31,15 +31,15 @@ pub use skiff_api::routes::{OUTBOUND_ANNOTATION, ROUTES_ANNOTATION};
 const WORKERS: usize = 2;
 
 pub fn apps() -> &'static ResourceInfo {
-    resources::lookup("skiff.dev", "v1", "apps").expect("apps are served")
+    crate::kinds::lookup("skiff.dev", "v1", "apps").expect("apps are served")
 }
 
 fn deployments() -> &'static ResourceInfo {
-    resources::lookup("apps", "v1", "deployments").expect("deployments are served")
+    crate::kinds::lookup("apps", "v1", "deployments").expect("deployments are served")
 }
 
 fn services() -> &'static ResourceInfo {
-    resources::lookup("", "v1", "services").expect("services are served")
+    crate::kinds::lookup("", "v1", "services").expect("services are served")
 }
 
 /// The default path of an App on the gateway.

@@ -13,12 +13,12 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use skiff_api::resources::{self, ResourceInfo};
+use skiff_api::resources::ResourceInfo;
 
 use super::podutil::{is_active, is_ready, pods_info};
 use super::{Action, Context, Controller, controller_of, split_key};
-use crate::apiserver::error::ApiError;
 use crate::apiserver::{DeleteOptions, internal};
+use crate::error::ApiError;
 use crate::informer::Cache;
 use crate::objects;
 use crate::scheduler::filter::{selector_matches, untolerated_taint};
@@ -29,7 +29,7 @@ pub const REVISION_LABEL: &str = "controller-revision-hash";
 const WORKERS: usize = 2;
 
 fn ds_info() -> &'static ResourceInfo {
-    resources::lookup("apps", "v1", "daemonsets").expect("daemonsets are served")
+    crate::kinds::lookup("apps", "v1", "daemonsets").expect("daemonsets are served")
 }
 
 /// Tolerations every daemon pod gets, as Kubernetes adds them.

@@ -13,12 +13,12 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use skiff_api::resources::{self, ResourceInfo};
+use skiff_api::resources::ResourceInfo;
 
 use super::podutil::{is_ready, labels};
 use super::{Action, Context, Controller, split_key};
-use crate::apiserver::error::ApiError;
 use crate::apiserver::internal;
+use crate::error::ApiError;
 use crate::informer::{Cache, CacheEvent};
 use crate::objects;
 use crate::state::ApiServer;
@@ -29,11 +29,11 @@ pub const MANAGED_BY: &str = "endpointslice-controller.skiff.dev";
 const WORKERS: usize = 2;
 
 fn services() -> &'static ResourceInfo {
-    resources::lookup("", "v1", "services").expect("services are served")
+    crate::kinds::lookup("", "v1", "services").expect("services are served")
 }
 
 fn slices() -> &'static ResourceInfo {
-    resources::lookup("discovery.k8s.io", "v1", "endpointslices")
+    crate::kinds::lookup("discovery.k8s.io", "v1", "endpointslices")
         .expect("endpointslices are served")
 }
 

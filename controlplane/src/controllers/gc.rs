@@ -17,11 +17,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use skiff_api::resources::{self, ResourceInfo};
+use skiff_api::resources::ResourceInfo;
 
 use super::Context;
-use crate::apiserver::error::ApiError;
 use crate::apiserver::{DeleteOptions, internal};
+use crate::error::ApiError;
 use crate::informer::{Cache, CacheEvent};
 use crate::objects;
 use crate::state::ApiServer;
@@ -44,7 +44,7 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 const RESYNC: Duration = Duration::from_secs(10);
 
 fn info_of(kind: &str, api_version: &str) -> Option<&'static ResourceInfo> {
-    resources::by_kind(api_version, kind)
+    crate::kinds::by_kind(api_version, kind)
 }
 
 fn info_for(obj: &Value) -> Option<&'static ResourceInfo> {

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{Action, Context, WorkQueue, controller_of, key_of};
-use crate::apiserver::error::ApiError;
+use crate::error::ApiError;
 use crate::informer::{Cache, CacheEvent};
 use crate::objects;
 

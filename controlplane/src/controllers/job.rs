@@ -11,12 +11,12 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use skiff_api::resources::{self, ResourceInfo};
+use skiff_api::resources::ResourceInfo;
 
 use super::podutil::pods_info;
 use super::{Action, Context, Controller, controller_of, split_key};
-use crate::apiserver::error::ApiError;
 use crate::apiserver::{DeleteOptions, internal, record_event};
+use crate::error::ApiError;
 use crate::informer::{Cache, CacheEvent};
 use crate::objects;
 use crate::state::ApiServer;
@@ -26,7 +26,7 @@ const WORKERS: usize = 2;
 const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn job_info() -> &'static ResourceInfo {
-    resources::lookup("batch", "v1", "jobs").expect("jobs are served")
+    crate::kinds::lookup("batch", "v1", "jobs").expect("jobs are served")
 }
 
 pub struct JobController {

@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use skiff_api::resources::ResourceInfo;
 use skiff_api::selector::LabelSelector;
 
-use crate::apiserver::error::{ApiError, Subject};
 use crate::apiserver::internal;
+use crate::error::{ApiError, Subject};
 use crate::informer::{Cache, Informers};
 use crate::objects;
 use crate::state::ApiServer;

@@ -14,12 +14,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use skiff_api::resources::{self, ResourceInfo};
+use skiff_api::resources::ResourceInfo;
 
 use super::Context;
 use super::podutil::pods_info;
-use crate::apiserver::error::ApiError;
 use crate::apiserver::{DeleteOptions, internal, record_event};
+use crate::error::ApiError;
 use crate::kinds::pod::TAINT_UNREACHABLE;
 use crate::objects;
 use crate::state::ApiServer;
@@ -29,7 +29,7 @@ pub const AUTONOMOUS_LABEL: &str = "skiff.dev/autonomous";
 const PERIOD: Duration = Duration::from_millis(500);
 
 fn nodes_info() -> &'static ResourceInfo {
-    resources::lookup("", "v1", "nodes").expect("nodes are served")
+    crate::kinds::lookup("", "v1", "nodes").expect("nodes are served")
 }
 
 pub async fn run(ctx: Arc<Context>, grace: Duration, stop: CancellationToken) {
@@ -41,7 +41,7 @@ pub async fn run(ctx: Arc<Context>, grace: Duration, stop: CancellationToken) {
     }
     let api = ctx.api().clone();
     let leases_info =
-        resources::lookup("coordination.k8s.io", "v1", "leases").expect("leases are served");
+        crate::kinds::lookup("coordination.k8s.io", "v1", "leases").expect("leases are served");
     loop {
         let now = jiff::Timestamp::now();
         for node in nodes.snapshot() {

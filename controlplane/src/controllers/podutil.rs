@@ -2,13 +2,13 @@
 
 use serde_json::Value;
 
-use skiff_api::resources::{self, ResourceInfo};
+use skiff_api::resources::ResourceInfo;
 
 use crate::objects;
 pub use crate::objects::labels;
 
 pub fn pods_info() -> &'static ResourceInfo {
-    resources::lookup("", "v1", "pods").expect("pods are served")
+    crate::kinds::lookup("", "v1", "pods").expect("pods are served")
 }
 
 /// Neither being deleted nor finished: the pod counts toward its controller's replicas.

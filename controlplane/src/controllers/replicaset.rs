@@ -14,14 +14,14 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use skiff_api::resources::{self, ResourceInfo};
+use skiff_api::resources::ResourceInfo;
 
 use super::podutil::{availability, is_active, is_ready, labels, pods_info};
 use super::{
     Action, Context, Controller, adopt, controller_of, key_of, release, selector_of, split_key,
 };
-use crate::apiserver::error::ApiError;
 use crate::apiserver::{DeleteOptions, internal, record_event};
+use crate::error::ApiError;
 use crate::informer::{Cache, CacheEvent};
 use crate::objects;
 use crate::state::ApiServer;
@@ -34,7 +34,7 @@ const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
 const WORKERS: usize = 4;
 
 fn rs_info() -> &'static ResourceInfo {
-    resources::lookup("apps", "v1", "replicasets").expect("replicasets are served")
+    crate::kinds::lookup("apps", "v1", "replicasets").expect("replicasets are served")
 }
 
 #[derive(Debug, Clone, Copy)]

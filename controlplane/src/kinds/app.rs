@@ -3,12 +3,30 @@
 
 use serde_json::{Value, json};
 
-use skiff_api::resources::ResourceInfo;
+use skiff_api::resources::{ResourceInfo, StatusOnCreate, Subresource, schema_of, through};
 use skiff_api::validation::{self as v, FieldError};
 
 use super::{Kind, NameRules};
-use crate::apiserver::tables::{self, AGE, Column, NAME, age, n, or_none, s};
-use crate::apiserver::validate::{invalid, required, validate_non_negative};
+use crate::kinds::fields::{invalid, required, validate_non_negative};
+use crate::kinds::print::{self, AGE, Column, NAME, age, n, or_none, s};
+
+/// What the kind is: its group, version, names, scope and subresources.
+static INFO: ResourceInfo = ResourceInfo {
+    group: skiff_api::module::GROUP,
+    version: skiff_api::module::VERSION,
+    kind: "App",
+    plural: "apps",
+    singular: "app",
+    namespaced: true,
+    short_names: &[],
+    categories: &["all"],
+    subresources: &[Subresource::Status],
+    has_spec: true,
+    status_on_create: StatusOnCreate::Reset,
+    extra_fields: &[],
+    normalize: through::<skiff_api::app::App>,
+    schema: schema_of::<skiff_api::app::App>,
+};
 
 /// An App: a module reference, a non-negative replica count, a route that is a host
 /// and/or an absolute path, and non-empty outbound hosts.
@@ -59,7 +77,7 @@ pub(super) struct App;
 
 impl Kind for App {
     fn info(&self) -> &'static ResourceInfo {
-        served!(skiff_api::module::GROUP, "apps")
+        &INFO
     }
 
     fn name_rules(&self) -> Option<NameRules> {
@@ -82,7 +100,7 @@ impl Kind for App {
     }
 
     fn cells(&self, obj: &Value) -> Vec<Value> {
-        let name = tables::name(obj);
+        let name = print::name(obj);
         let module = s(obj, "/spec/module");
         vec![
             name,

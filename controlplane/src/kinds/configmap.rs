@@ -5,12 +5,30 @@ use serde_json::{Value, json};
 
 use std::collections::HashSet;
 
-use skiff_api::resources::ResourceInfo;
+use skiff_api::resources::{ResourceInfo, StatusOnCreate, schema_of, through};
 use skiff_api::validation::{self as v, FieldError, FieldErrorType};
 
 use super::Kind;
-use crate::apiserver::tables::{self, AGE, Column, NAME, age};
-use crate::apiserver::validate::{err, immutable, invalid};
+use crate::kinds::fields::{err, immutable, invalid};
+use crate::kinds::print::{self, AGE, Column, NAME, age};
+
+/// What the kind is: its group, version, names, scope and subresources.
+static INFO: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "ConfigMap",
+    plural: "configmaps",
+    singular: "configmap",
+    namespaced: true,
+    short_names: &["cm"],
+    categories: &[],
+    subresources: &[],
+    has_spec: false,
+    status_on_create: StatusOnCreate::Keep,
+    extra_fields: &[],
+    normalize: through::<k8s_openapi::api::core::v1::ConfigMap>,
+    schema: schema_of::<k8s_openapi::api::core::v1::ConfigMap>,
+};
 
 /// Keys of `data` and `binaryData` are ConfigMap keys, each used once across both.
 pub(super) fn validate_data_keys(obj: &Value, errs: &mut Vec<FieldError>) {
@@ -49,7 +67,7 @@ pub(super) struct ConfigMap;
 
 impl Kind for ConfigMap {
     fn info(&self) -> &'static ResourceInfo {
-        served!("", "configmaps")
+        &INFO
     }
 
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
@@ -65,7 +83,7 @@ impl Kind for ConfigMap {
     }
 
     fn cells(&self, obj: &Value) -> Vec<Value> {
-        let name = tables::name(obj);
+        let name = print::name(obj);
         let count = ["data", "binaryData"]
             .iter()
             .filter_map(|f| obj.get(*f).and_then(Value::as_object))

@@ -3,20 +3,38 @@
 
 use serde_json::{Value, json};
 
-use skiff_api::resources::ResourceInfo;
+use skiff_api::resources::{ResourceInfo, StatusOnCreate, Subresource, schema_of, through};
 use skiff_api::validation::FieldError;
 
 use super::Kind;
 use super::workload::{TEMPLATE_COLUMNS, default_template, template_cells, validate_replicated};
-use crate::apiserver::defaults::default_at;
-use crate::apiserver::tables::{self, AGE, Column, NAME, age, label_list, n};
-use crate::apiserver::validate::immutable;
+use crate::kinds::fields::default_at;
+use crate::kinds::fields::immutable;
+use crate::kinds::print::{self, AGE, Column, NAME, age, label_list, n};
+
+/// What the kind is: its group, version, names, scope and subresources.
+static INFO: ResourceInfo = ResourceInfo {
+    group: "apps",
+    version: "v1",
+    kind: "DaemonSet",
+    plural: "daemonsets",
+    singular: "daemonset",
+    namespaced: true,
+    short_names: &["ds"],
+    categories: &["all"],
+    subresources: &[Subresource::Status],
+    has_spec: true,
+    status_on_create: StatusOnCreate::Reset,
+    extra_fields: &[],
+    normalize: through::<k8s_openapi::api::apps::v1::DaemonSet>,
+    schema: schema_of::<k8s_openapi::api::apps::v1::DaemonSet>,
+};
 
 pub(super) struct DaemonSet;
 
 impl Kind for DaemonSet {
     fn info(&self) -> &'static ResourceInfo {
-        served!("apps", "daemonsets")
+        &INFO
     }
 
     fn default(&self, obj: &mut Value) {
@@ -66,7 +84,7 @@ impl Kind for DaemonSet {
 
     fn cells(&self, obj: &Value) -> Vec<Value> {
         let mut cells = vec![
-            tables::name(obj),
+            print::name(obj),
             json!(n(obj, "/status/desiredNumberScheduled")),
             json!(n(obj, "/status/currentNumberScheduled")),
             json!(n(obj, "/status/numberReady")),

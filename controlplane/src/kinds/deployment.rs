@@ -3,14 +3,32 @@
 
 use serde_json::{Value, json};
 
-use skiff_api::resources::ResourceInfo;
+use skiff_api::resources::{ResourceInfo, StatusOnCreate, Subresource, schema_of, through};
 use skiff_api::validation::{FieldError, FieldErrorType};
 
 use super::Kind;
 use super::workload::{TEMPLATE_COLUMNS, default_template, template_cells, validate_replicated};
-use crate::apiserver::defaults::default_at;
-use crate::apiserver::tables::{self, AGE, Column, NAME, age, n};
-use crate::apiserver::validate::{err, immutable, invalid, validate_non_negative};
+use crate::kinds::fields::default_at;
+use crate::kinds::fields::{err, immutable, invalid, validate_non_negative};
+use crate::kinds::print::{self, AGE, Column, NAME, age, n};
+
+/// What the kind is: its group, version, names, scope and subresources.
+static INFO: ResourceInfo = ResourceInfo {
+    group: "apps",
+    version: "v1",
+    kind: "Deployment",
+    plural: "deployments",
+    singular: "deployment",
+    namespaced: true,
+    short_names: &["deploy"],
+    categories: &["all"],
+    subresources: &[Subresource::Status, Subresource::Scale],
+    has_spec: true,
+    status_on_create: StatusOnCreate::Reset,
+    extra_fields: &[],
+    normalize: through::<k8s_openapi::api::apps::v1::Deployment>,
+    schema: schema_of::<k8s_openapi::api::apps::v1::Deployment>,
+};
 
 /// One IntOrString of a rolling update: a non-negative count, or a percent (at most
 /// 100% where `at_most_100`). Returns whether it is zero.
@@ -146,7 +164,7 @@ pub(super) struct Deployment;
 
 impl Kind for Deployment {
     fn info(&self) -> &'static ResourceInfo {
-        served!("apps", "deployments")
+        &INFO
     }
 
     fn default(&self, obj: &mut Value) {
@@ -192,7 +210,7 @@ impl Kind for Deployment {
 
     fn cells(&self, obj: &Value) -> Vec<Value> {
         let mut cells = vec![
-            tables::name(obj),
+            print::name(obj),
             json!(format!(
                 "{}/{}",
                 n(obj, "/status/readyReplicas"),

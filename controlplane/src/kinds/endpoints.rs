@@ -2,16 +2,34 @@
 
 use serde_json::Value;
 
-use skiff_api::resources::ResourceInfo;
+use skiff_api::resources::{ResourceInfo, StatusOnCreate, schema_of, through};
 
 use super::Kind;
-use crate::apiserver::tables::{self, AGE, Column, NAME, age, or_none};
+use crate::kinds::print::{self, AGE, Column, NAME, age, or_none};
+
+/// What the kind is: its group, version, names, scope and subresources.
+static INFO: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Endpoints",
+    plural: "endpoints",
+    singular: "endpoints",
+    namespaced: true,
+    short_names: &["ep"],
+    categories: &[],
+    subresources: &[],
+    has_spec: false,
+    status_on_create: StatusOnCreate::Keep,
+    extra_fields: &[],
+    normalize: through::<k8s_openapi::api::core::v1::Endpoints>,
+    schema: schema_of::<k8s_openapi::api::core::v1::Endpoints>,
+};
 
 pub(super) struct Endpoints;
 
 impl Kind for Endpoints {
     fn info(&self) -> &'static ResourceInfo {
-        served!("", "endpoints")
+        &INFO
     }
 
     fn columns(&self) -> Vec<Column> {
@@ -19,7 +37,7 @@ impl Kind for Endpoints {
     }
 
     fn cells(&self, obj: &Value) -> Vec<Value> {
-        let name = tables::name(obj);
+        let name = print::name(obj);
         // ADDRESS:PORT pairs, as kubectl prints them.
         let pairs: Vec<String> = obj
             .get("subsets")

@@ -2,18 +2,36 @@
 
 use serde_json::{Value, json};
 
-use skiff_api::resources::ResourceInfo;
+use skiff_api::resources::{ResourceInfo, StatusOnCreate, schema_of, through};
 use skiff_api::validation::{FieldError, FieldErrorType};
 
 use super::Kind;
-use crate::apiserver::tables::{self, AGE, Column, NAME, age, n, or_none, s};
-use crate::apiserver::validate::{err, required};
+use crate::kinds::fields::{err, required};
+use crate::kinds::print::{self, AGE, Column, NAME, age, n, or_none, s};
+
+/// What the kind is: its group, version, names, scope and subresources.
+static INFO: ResourceInfo = ResourceInfo {
+    group: "discovery.k8s.io",
+    version: "v1",
+    kind: "EndpointSlice",
+    plural: "endpointslices",
+    singular: "endpointslice",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+    has_spec: false,
+    status_on_create: StatusOnCreate::Keep,
+    extra_fields: &[],
+    normalize: through::<k8s_openapi::api::discovery::v1::EndpointSlice>,
+    schema: schema_of::<k8s_openapi::api::discovery::v1::EndpointSlice>,
+};
 
 pub(super) struct EndpointSlice;
 
 impl Kind for EndpointSlice {
     fn info(&self) -> &'static ResourceInfo {
-        served!("discovery.k8s.io", "endpointslices")
+        &INFO
     }
 
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
@@ -41,7 +59,7 @@ impl Kind for EndpointSlice {
     }
 
     fn cells(&self, obj: &Value) -> Vec<Value> {
-        let name = tables::name(obj);
+        let name = print::name(obj);
         let ports: Vec<String> = obj
             .get("ports")
             .and_then(Value::as_array)

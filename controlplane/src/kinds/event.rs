@@ -2,16 +2,46 @@
 
 use serde_json::{Value, json};
 
-use skiff_api::resources::ResourceInfo;
+use skiff_api::resources::{ResourceInfo, StatusOnCreate, schema_of, through};
 
 use super::Kind;
-use crate::apiserver::tables::{Column, s, since};
+use crate::kinds::print::{Column, s, since};
+
+/// What the kind is: its group, version, names, scope and subresources.
+static INFO: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Event",
+    plural: "events",
+    singular: "event",
+    namespaced: true,
+    short_names: &["ev"],
+    categories: &[],
+    subresources: &[],
+    has_spec: false,
+    status_on_create: StatusOnCreate::Keep,
+    extra_fields: &[
+        "involvedObject.kind",
+        "involvedObject.namespace",
+        "involvedObject.name",
+        "involvedObject.uid",
+        "involvedObject.apiVersion",
+        "involvedObject.resourceVersion",
+        "involvedObject.fieldPath",
+        "reason",
+        "reportingComponent",
+        "source",
+        "type",
+    ],
+    normalize: through::<k8s_openapi::api::core::v1::Event>,
+    schema: schema_of::<k8s_openapi::api::core::v1::Event>,
+};
 
 pub(super) struct Event;
 
 impl Kind for Event {
     fn info(&self) -> &'static ResourceInfo {
-        served!("", "events")
+        &INFO
     }
 
     fn columns(&self) -> Vec<Column> {

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use skiff_api::resources::ResourceInfo;
+use skiff_api::resources::{ResourceInfo, StatusOnCreate, Subresource, schema_of, through};
 use skiff_api::validation::{FieldError, FieldErrorType};
 
 use super::workload::{
@@ -12,10 +12,28 @@ use super::workload::{
     validate_selector_and_template,
 };
 use super::{CreateContext, Kind};
-use crate::apiserver::defaults::default_at;
-use crate::apiserver::tables::{self, AGE, Column, NAME, age, human_duration, n};
-use crate::apiserver::validate::{err, immutable, validate_non_negative};
+use crate::kinds::fields::default_at;
+use crate::kinds::fields::{err, immutable, validate_non_negative};
+use crate::kinds::print::{self, AGE, Column, NAME, age, human_duration, n};
 use crate::objects::set_path;
+
+/// What the kind is: its group, version, names, scope and subresources.
+static INFO: ResourceInfo = ResourceInfo {
+    group: "batch",
+    version: "v1",
+    kind: "Job",
+    plural: "jobs",
+    singular: "job",
+    namespaced: true,
+    short_names: &[],
+    categories: &["all"],
+    subresources: &[Subresource::Status],
+    has_spec: true,
+    status_on_create: StatusOnCreate::Reset,
+    extra_fields: &["status.successful"],
+    normalize: through::<k8s_openapi::api::batch::v1::Job>,
+    schema: schema_of::<k8s_openapi::api::batch::v1::Job>,
+};
 
 /// A Job selects its own pods by a label carrying its uid, unless the user asked to pick
 /// the selector (`manualSelector`), as Kubernetes does.
@@ -46,7 +64,7 @@ pub(super) struct Job;
 
 impl Kind for Job {
     fn info(&self) -> &'static ResourceInfo {
-        served!("batch", "jobs")
+        &INFO
     }
 
     fn prepare_create(&self, obj: &mut Value, ctx: &CreateContext<'_>) {
@@ -138,7 +156,7 @@ impl Kind for Job {
             .map(|s| human_duration(end.duration_since(s).as_secs()))
             .unwrap_or_default();
         let mut cells = vec![
-            tables::name(obj),
+            print::name(obj),
             json!(status),
             json!(format!(
                 "{}/{}",

@@ -2,16 +2,34 @@
 
 use serde_json::Value;
 
-use skiff_api::resources::ResourceInfo;
+use skiff_api::resources::{ResourceInfo, StatusOnCreate, schema_of, through};
 
 use super::Kind;
-use crate::apiserver::tables::{self, AGE, Column, NAME, age, or_none, s};
+use crate::kinds::print::{self, AGE, Column, NAME, age, or_none, s};
+
+/// What the kind is: its group, version, names, scope and subresources.
+static INFO: ResourceInfo = ResourceInfo {
+    group: "coordination.k8s.io",
+    version: "v1",
+    kind: "Lease",
+    plural: "leases",
+    singular: "lease",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+    has_spec: false,
+    status_on_create: StatusOnCreate::Keep,
+    extra_fields: &[],
+    normalize: through::<k8s_openapi::api::coordination::v1::Lease>,
+    schema: schema_of::<k8s_openapi::api::coordination::v1::Lease>,
+};
 
 pub(super) struct Lease;
 
 impl Kind for Lease {
     fn info(&self) -> &'static ResourceInfo {
-        served!("coordination.k8s.io", "leases")
+        &INFO
     }
 
     fn columns(&self) -> Vec<Column> {
@@ -20,7 +38,7 @@ impl Kind for Lease {
 
     fn cells(&self, obj: &Value) -> Vec<Value> {
         vec![
-            tables::name(obj),
+            print::name(obj),
             or_none(s(obj, "/spec/holderIdentity").to_string()),
             age(obj),
         ]

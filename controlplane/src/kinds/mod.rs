@@ -2,13 +2,13 @@
 //!
 //! Every kind the API server serves has a module here (`pod.rs`, `deployment.rs`, ...)
 //! with a type implementing [`Kind`]: its defaults, its validation, its Table columns and
-//! cells, and its create and delete hooks. The kind's static description (group,
-//! version, names, scope, subresources, how it is normalised) stays in the api crate's
-//! table (`skiff_api::resources`), which clients and the CLI share; the kind's `info()`
-//! points at that entry. [`builtins`] registers each kind with one line, and the API
-//! server's handlers only ever call the hooks of the kind [`of`] returns, so adding a
-//! kind touches its own file and that one line (see docs/architecture.md, "Adding a
-//! kind").
+//! cells, and its create and delete hooks; its description (group, version, names,
+//! scope, subresources, how it is normalised) is a `static INFO` in the same file.
+//! [`builtins`] registers each kind with one line; routing, discovery and the
+//! controllers find kinds here ([`lookup`], [`all`], [`by_kind`]), and the API server's
+//! handlers only ever call the hooks of the kind [`of`] returns, so adding a kind
+//! touches its own file and that one line (see docs/architecture.md, "Adding a kind").
+//! This module sits below the API server and never imports it.
 //!
 //! The registry is filled at run time and holds `Arc<dyn Kind>` values, so a kind need
 //! not be known when the server is compiled. A CustomResourceDefinition (a later issue)
@@ -19,15 +19,6 @@
 //! OpenAPI validation, and its printer columns for `columns` and `cells`; the CRD
 //! controller then calls [`register`] when the CRD is established.
 
-/// `info()` of a builtin kind: its entry in the api crate's table, looked up once.
-macro_rules! served {
-    ($group:expr, $plural:expr) => {{
-        static INFO: std::sync::LazyLock<&'static skiff_api::resources::ResourceInfo> =
-            std::sync::LazyLock::new(|| crate::kinds::served($group, $plural));
-        *INFO
-    }};
-}
-
 mod app;
 mod configmap;
 mod daemonset;
@@ -35,12 +26,14 @@ mod deployment;
 mod endpoints;
 mod endpointslice;
 mod event;
+pub mod fields;
 mod job;
 mod lease;
 mod module;
 mod namespace;
 mod node;
 pub mod pod;
+pub mod print;
 mod replicaset;
 mod secret;
 mod service;
@@ -55,10 +48,10 @@ use serde_json::Value;
 use skiff_api::resources::ResourceInfo;
 use skiff_api::validation::{self as v, FieldError};
 
-use crate::apiserver::DeleteOptions;
-use crate::apiserver::error::ApiResult;
-use crate::apiserver::tables::{self, AGE, Column, NAME};
+use crate::error::ApiResult;
+use crate::objects;
 use crate::state::ApiConfig;
+use print::{AGE, Column, NAME};
 
 /// Every kind compiled into the server, registered once when the registry is first used.
 /// Adding a kind: one line here.
@@ -134,8 +127,9 @@ pub trait Kind: Send + Sync {
         Ok(())
     }
 
-    /// How long an object of this kind stays, marked for deletion, before it goes.
-    fn deletion_grace_seconds(&self, _obj: &Value, _opts: &DeleteOptions) -> i64 {
+    /// How long an object of this kind stays, marked for deletion, before it goes;
+    /// `requested` is the grace period the delete asked for, if any.
+    fn deletion_grace_seconds(&self, _obj: &Value, _requested: Option<i64>) -> i64 {
         0
     }
 
@@ -161,16 +155,8 @@ pub trait Kind: Send + Sync {
 
     /// One object's Table row, a cell per column.
     fn cells(&self, obj: &Value) -> Vec<Value> {
-        vec![tables::name(obj), tables::age(obj)]
+        vec![print::name(obj), print::age(obj)]
     }
-}
-
-/// The api crate's entry for the builtin kind served as `group/plural`.
-fn served(group: &str, plural: &str) -> &'static ResourceInfo {
-    skiff_api::resources::all()
-        .iter()
-        .find(|r| r.group == group && r.plural == plural)
-        .unwrap_or_else(|| panic!("{plural}.{group} is in the api crate's table"))
 }
 
 type Key = (&'static str, &'static str);
@@ -179,25 +165,38 @@ fn key(info: &ResourceInfo) -> Key {
     (info.group, info.plural)
 }
 
-/// The served kinds, by group and resource.
-static REGISTRY: LazyLock<RwLock<HashMap<Key, Arc<dyn Kind>>>> = LazyLock::new(|| {
-    let mut kinds = HashMap::new();
+/// The served kinds: in the order they were registered (discovery lists them so), and by
+/// group and resource.
+#[derive(Default)]
+struct Registry {
+    order: Vec<&'static ResourceInfo>,
+    by_key: HashMap<Key, Arc<dyn Kind>>,
+}
+
+static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(|| {
+    let mut registry = Registry::default();
     for kind in builtins() {
-        let previous = kinds.insert(key(kind.info()), kind);
+        let info = kind.info();
+        let previous = registry.by_key.insert(key(info), kind);
         assert!(previous.is_none(), "a kind is registered twice");
+        registry.order.push(info);
     }
-    RwLock::new(kinds)
+    RwLock::new(registry)
 });
+
+fn registry() -> std::sync::RwLockReadGuard<'static, Registry> {
+    REGISTRY.read().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The kind served as `info`.
 ///
 /// # Panics
-/// If nothing registered it: every entry of `skiff_api::resources` has a builtin kind (a
-/// test checks), and a kind registered at run time is registered before it is routed to.
+/// If nothing registered it: every `ResourceInfo` the server routes to comes from a
+/// registered kind ([`lookup`], [`all`]), and a kind registered at run time is
+/// registered before it is routed to.
 pub fn of(info: &ResourceInfo) -> Arc<dyn Kind> {
-    REGISTRY
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
+    registry()
+        .by_key
         .get(&key(info))
         .cloned()
         .unwrap_or_else(|| panic!("{} has no registered kind", info.qualified_plural()))
@@ -206,24 +205,78 @@ pub fn of(info: &ResourceInfo) -> Arc<dyn Kind> {
 /// Registers a kind at run time (a CRD's); fails if its group and resource are taken.
 pub fn register(kind: Arc<dyn Kind>) -> Result<(), String> {
     let info = kind.info();
-    let mut kinds = REGISTRY.write().unwrap_or_else(PoisonError::into_inner);
-    if kinds.contains_key(&key(info)) {
+    let mut registry = REGISTRY.write().unwrap_or_else(PoisonError::into_inner);
+    if registry.by_key.contains_key(&key(info)) {
         return Err(format!("{} is already served", info.qualified_plural()));
     }
-    kinds.insert(key(info), kind);
+    registry.by_key.insert(key(info), kind);
+    registry.order.push(info);
     Ok(())
+}
+
+/// Every served kind, in the order they were registered.
+pub fn all() -> Vec<&'static ResourceInfo> {
+    registry().order.clone()
+}
+
+/// The kind served at `group/version/plural`.
+pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
+    registry()
+        .order
+        .iter()
+        .copied()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// The kind with this `apiVersion` and `kind`.
+pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceInfo> {
+    registry()
+        .order
+        .iter()
+        .copied()
+        .find(|r| r.kind == kind && r.api_version() == api_version)
+}
+
+/// The served group-versions, core first, in a stable order.
+pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for r in registry().order.iter() {
+        if !out.contains(&(r.group, r.version)) {
+            out.push((r.group, r.version));
+        }
+    }
+    out
+}
+
+/// Whether an object that is being deleted may now go away: no finalizers hold it and
+/// its grace period is over.
+pub fn deletion_due(info: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> bool {
+    if !objects::is_deleting(obj) || !objects::finalizers(obj).is_empty() {
+        return false;
+    }
+    if of(info).removed_by_server() {
+        // A server loop removes it (the namespace cleaner, once it has drained a namespace).
+        return false;
+    }
+    let grace = obj
+        .pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let deadline = objects::meta_str(obj, "deletionTimestamp").and_then(objects::parse_time);
+    grace == 0 || deadline.is_none_or(|d| d <= now)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skiff_api::resources::{self, StatusOnCreate};
+    use serde_json::json;
+    use skiff_api::resources::StatusOnCreate;
 
     #[test]
     fn every_served_resource_has_exactly_one_kind() {
         let builtins = builtins();
-        assert_eq!(builtins.len(), resources::all().len());
-        for info in resources::all() {
+        assert_eq!(builtins.len(), crate::kinds::all().len());
+        for info in crate::kinds::all() {
             let kind = of(info);
             assert!(std::ptr::eq(kind.info(), info), "{}", info.kind);
         }
@@ -259,7 +312,46 @@ mod tests {
         assert!(std::ptr::eq(of(info).info(), info));
         assert_eq!(of(info).columns(), vec![NAME, AGE]);
         assert!(register(Arc::new(Widget(info))).is_err());
-        let pods = resources::lookup("", "v1", "pods").unwrap();
+        let pods = crate::kinds::lookup("", "v1", "pods").unwrap();
         assert!(register(Arc::new(Widget(pods))).is_err());
+    }
+
+    #[test]
+    fn keys_separate_namespaces_and_kinds() {
+        let pods = lookup("", "v1", "pods").unwrap();
+        assert_eq!(pods.key(Some("default"), "web"), "/core/pods/default/web");
+        assert_eq!(pods.namespace_prefix(None), "/core/pods/");
+        let nodes = lookup("", "v1", "nodes").unwrap();
+        assert_eq!(nodes.key(Some("ignored"), "n1"), "/core/nodes/n1");
+        let deploy = lookup("apps", "v1", "deployments").unwrap();
+        assert_eq!(deploy.qualified_plural(), "deployments.apps");
+        assert_eq!(deploy.api_version(), "apps/v1");
+    }
+
+    #[test]
+    fn normalize_drops_unknown_fields_and_rejects_wrong_shapes() {
+        let pods = lookup("", "v1", "pods").unwrap();
+        let out = (pods.normalize)(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "a", "bogus": 1},
+            "spec": {"containers": [{"name": "c", "image": "sha256:00"}]}
+        }))
+        .unwrap();
+        assert!(out["metadata"].get("bogus").is_none());
+        assert_eq!(out["spec"]["containers"][0]["name"], "c");
+        assert!((pods.normalize)(json!({"spec": {"containers": "nope"}})).is_err());
+        assert!((pods.normalize)(json!({"apiVersion": "v1", "kind": "Node"})).is_err());
+    }
+
+    #[test]
+    fn every_kind_is_unique_and_round_trips_an_empty_object() {
+        for r in all() {
+            let v = (r.normalize)(
+                json!({"apiVersion": r.api_version(), "kind": r.kind, "metadata": {"name": "x"}}),
+            );
+            let v = v.unwrap_or_else(|e| panic!("{}: {e}", r.kind));
+            assert_eq!(v["kind"], r.kind);
+            assert_eq!(by_kind(&r.api_version(), r.kind).unwrap().plural, r.plural);
+        }
     }
 }

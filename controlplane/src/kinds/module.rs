@@ -3,16 +3,34 @@
 
 use serde_json::{Value, json};
 
-use skiff_api::resources::ResourceInfo;
+use skiff_api::resources::{ResourceInfo, StatusOnCreate, schema_of, through};
 
 use super::{Kind, NameRules};
-use crate::apiserver::tables::{self, AGE, Column, NAME, age, n, s};
+use crate::kinds::print::{self, AGE, Column, NAME, age, n, s};
+
+/// What the kind is: its group, version, names, scope and subresources.
+static INFO: ResourceInfo = ResourceInfo {
+    group: skiff_api::module::GROUP,
+    version: skiff_api::module::VERSION,
+    kind: "Module",
+    plural: "modules",
+    singular: "module",
+    namespaced: false,
+    short_names: &["mod"],
+    categories: &[],
+    subresources: &[],
+    has_spec: false,
+    status_on_create: StatusOnCreate::Keep,
+    extra_fields: &[],
+    normalize: through::<skiff_api::module::Module>,
+    schema: schema_of::<skiff_api::module::Module>,
+};
 
 pub(super) struct Module;
 
 impl Kind for Module {
     fn info(&self) -> &'static ResourceInfo {
-        served!(skiff_api::module::GROUP, "modules")
+        &INFO
     }
 
     fn name_rules(&self) -> Option<NameRules> {
@@ -25,7 +43,7 @@ impl Kind for Module {
 
     fn cells(&self, obj: &Value) -> Vec<Value> {
         vec![
-            tables::name(obj),
+            print::name(obj),
             json!(s(obj, "/type")),
             json!(n(obj, "/size")),
             age(obj),

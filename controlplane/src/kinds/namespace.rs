@@ -4,14 +4,32 @@
 
 use serde_json::{Value, json};
 
-use skiff_api::resources::ResourceInfo;
+use skiff_api::resources::{ResourceInfo, StatusOnCreate, Subresource, schema_of, through};
 use skiff_api::validation as v;
 
 use super::{Kind, NameRules};
-use crate::apiserver::defaults::default_at;
-use crate::apiserver::error::{ApiError, ApiResult};
-use crate::apiserver::tables::{self, AGE, Column, NAME, age, s};
+use crate::error::{ApiError, ApiResult};
+use crate::kinds::fields::default_at;
+use crate::kinds::print::{self, AGE, Column, NAME, age, s};
 use crate::objects::set_path;
+
+/// What the kind is: its group, version, names, scope and subresources.
+static INFO: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Namespace",
+    plural: "namespaces",
+    singular: "namespace",
+    namespaced: false,
+    short_names: &["ns"],
+    categories: &[],
+    subresources: &[Subresource::Status],
+    has_spec: false,
+    status_on_create: StatusOnCreate::Phase("Active"),
+    extra_fields: &["status.phase"],
+    normalize: through::<k8s_openapi::api::core::v1::Namespace>,
+    schema: schema_of::<k8s_openapi::api::core::v1::Namespace>,
+};
 
 /// The namespaces the server itself needs.
 const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
@@ -20,7 +38,7 @@ pub(super) struct Namespace;
 
 impl Kind for Namespace {
     fn info(&self) -> &'static ResourceInfo {
-        served!("", "namespaces")
+        &INFO
     }
 
     fn name_rules(&self) -> Option<NameRules> {
@@ -53,6 +71,6 @@ impl Kind for Namespace {
     }
 
     fn cells(&self, obj: &Value) -> Vec<Value> {
-        vec![tables::name(obj), json!(s(obj, "/status/phase")), age(obj)]
+        vec![print::name(obj), json!(s(obj, "/status/phase")), age(obj)]
     }
 }

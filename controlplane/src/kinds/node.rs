@@ -2,16 +2,34 @@
 
 use serde_json::{Value, json};
 
-use skiff_api::resources::ResourceInfo;
+use skiff_api::resources::{ResourceInfo, StatusOnCreate, Subresource, schema_of, through};
 
 use super::Kind;
-use crate::apiserver::tables::{self, AGE, Column, NAME, age, or_none, s};
+use crate::kinds::print::{self, AGE, Column, NAME, age, or_none, s};
+
+/// What the kind is: its group, version, names, scope and subresources.
+static INFO: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Node",
+    plural: "nodes",
+    singular: "node",
+    namespaced: false,
+    short_names: &["no"],
+    categories: &[],
+    subresources: &[Subresource::Status],
+    has_spec: false,
+    status_on_create: StatusOnCreate::Keep,
+    extra_fields: &["spec.unschedulable"],
+    normalize: through::<k8s_openapi::api::core::v1::Node>,
+    schema: schema_of::<k8s_openapi::api::core::v1::Node>,
+};
 
 pub(super) struct Node;
 
 impl Kind for Node {
     fn info(&self) -> &'static ResourceInfo {
-        served!("", "nodes")
+        &INFO
     }
 
     fn columns(&self) -> Vec<Column> {
@@ -30,7 +48,7 @@ impl Kind for Node {
     }
 
     fn cells(&self, obj: &Value) -> Vec<Value> {
-        let name = tables::name(obj);
+        let name = print::name(obj);
         let ready = obj
             .pointer("/status/conditions")
             .and_then(Value::as_array)

@@ -4,15 +4,43 @@
 
 use serde_json::{Value, json};
 
-use skiff_api::resources::ResourceInfo;
+use skiff_api::resources::{ResourceInfo, StatusOnCreate, Subresource, schema_of, through};
 use skiff_api::validation::{FieldError, FieldErrorType};
 
 use super::workload::{default_pod_spec, validate_pod_spec};
 use super::{CreateContext, Kind};
-use crate::apiserver::DeleteOptions;
-use crate::apiserver::tables::{self, AGE, Column, NAME, age, n, or_none, s, since};
-use crate::apiserver::validate::err;
+use crate::kinds::fields::err;
+use crate::kinds::print::{self, AGE, Column, NAME, age, n, or_none, s, since};
 use crate::objects::set_path;
+
+/// What the kind is: its group, version, names, scope and subresources.
+static INFO: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Pod",
+    plural: "pods",
+    singular: "pod",
+    namespaced: true,
+    short_names: &["po"],
+    categories: &["all"],
+    subresources: &[
+        Subresource::Status,
+        Subresource::Binding,
+        Subresource::Log,
+        Subresource::Eviction,
+    ],
+    has_spec: true,
+    status_on_create: StatusOnCreate::Phase("Pending"),
+    extra_fields: &[
+        "spec.nodeName",
+        "status.phase",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "status.podIP",
+    ],
+    normalize: through::<k8s_openapi::api::core::v1::Pod>,
+    schema: schema_of::<k8s_openapi::api::core::v1::Pod>,
+};
 
 /// The grace a pod gets when neither the request nor the pod names one (Kubernetes' default).
 const DEFAULT_POD_GRACE_SECONDS: i64 = 30;
@@ -102,7 +130,7 @@ pub(super) struct Pod;
 
 impl Kind for Pod {
     fn info(&self) -> &'static ResourceInfo {
-        served!("", "pods")
+        &INFO
     }
 
     fn prepare_create(&self, obj: &mut Value, ctx: &CreateContext<'_>) {
@@ -135,7 +163,7 @@ impl Kind for Pod {
 
     /// A pod bound to a node and still running goes gracefully: its agent stops it and
     /// confirms, or the grace runs out.
-    fn deletion_grace_seconds(&self, obj: &Value, opts: &DeleteOptions) -> i64 {
+    fn deletion_grace_seconds(&self, obj: &Value, requested: Option<i64>) -> i64 {
         let bound = obj
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)
@@ -144,7 +172,7 @@ impl Kind for Pod {
             obj.pointer("/status/phase").and_then(Value::as_str),
             Some("Succeeded" | "Failed")
         );
-        let requested = opts.grace_period_seconds.unwrap_or_else(|| {
+        let requested = requested.unwrap_or_else(|| {
             obj.pointer("/spec/terminationGracePeriodSeconds")
                 .and_then(Value::as_i64)
                 .unwrap_or(DEFAULT_POD_GRACE_SECONDS)
@@ -175,7 +203,7 @@ impl Kind for Pod {
     }
 
     fn cells(&self, obj: &Value) -> Vec<Value> {
-        let name = tables::name(obj);
+        let name = print::name(obj);
         let statuses: Vec<&Value> = obj
             .pointer("/status/containerStatuses")
             .and_then(Value::as_array)

@@ -3,20 +3,38 @@
 
 use serde_json::{Value, json};
 
-use skiff_api::resources::ResourceInfo;
+use skiff_api::resources::{ResourceInfo, StatusOnCreate, Subresource, schema_of, through};
 use skiff_api::validation::FieldError;
 
 use super::Kind;
 use super::workload::{TEMPLATE_COLUMNS, default_template, template_cells, validate_replicated};
-use crate::apiserver::defaults::default_at;
-use crate::apiserver::tables::{self, AGE, Column, NAME, age, n};
-use crate::apiserver::validate::immutable;
+use crate::kinds::fields::default_at;
+use crate::kinds::fields::immutable;
+use crate::kinds::print::{self, AGE, Column, NAME, age, n};
+
+/// What the kind is: its group, version, names, scope and subresources.
+static INFO: ResourceInfo = ResourceInfo {
+    group: "apps",
+    version: "v1",
+    kind: "ReplicaSet",
+    plural: "replicasets",
+    singular: "replicaset",
+    namespaced: true,
+    short_names: &["rs"],
+    categories: &["all"],
+    subresources: &[Subresource::Status, Subresource::Scale],
+    has_spec: true,
+    status_on_create: StatusOnCreate::Reset,
+    extra_fields: &["status.replicas"],
+    normalize: through::<k8s_openapi::api::apps::v1::ReplicaSet>,
+    schema: schema_of::<k8s_openapi::api::apps::v1::ReplicaSet>,
+};
 
 pub(super) struct ReplicaSet;
 
 impl Kind for ReplicaSet {
     fn info(&self) -> &'static ResourceInfo {
-        served!("apps", "replicasets")
+        &INFO
     }
 
     fn default(&self, obj: &mut Value) {
@@ -46,7 +64,7 @@ impl Kind for ReplicaSet {
 
     fn cells(&self, obj: &Value) -> Vec<Value> {
         let mut cells = vec![
-            tables::name(obj),
+            print::name(obj),
             json!(n(obj, "/spec/replicas")),
             json!(n(obj, "/status/replicas")),
             json!(n(obj, "/status/readyReplicas")),

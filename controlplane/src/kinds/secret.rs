@@ -3,14 +3,32 @@
 
 use serde_json::{Value, json};
 
-use skiff_api::resources::ResourceInfo;
+use skiff_api::resources::{ResourceInfo, StatusOnCreate, schema_of, through};
 use skiff_api::validation::FieldError;
 
 use super::configmap::{validate_data_keys, validate_immutable_data};
 use super::{CreateContext, Kind};
-use crate::apiserver::defaults::default_at;
-use crate::apiserver::tables::{self, AGE, Column, NAME, age, s};
+use crate::kinds::fields::default_at;
+use crate::kinds::print::{self, AGE, Column, NAME, age, s};
 use crate::objects::set_path;
+
+/// What the kind is: its group, version, names, scope and subresources.
+static INFO: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Secret",
+    plural: "secrets",
+    singular: "secret",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+    has_spec: false,
+    status_on_create: StatusOnCreate::Keep,
+    extra_fields: &["type"],
+    normalize: through::<k8s_openapi::api::core::v1::Secret>,
+    schema: schema_of::<k8s_openapi::api::core::v1::Secret>,
+};
 
 /// A Secret's `stringData` is a write-only convenience: it is merged into `data`
 /// (base64) and never stored.
@@ -31,7 +49,7 @@ pub(super) struct Secret;
 
 impl Kind for Secret {
     fn info(&self) -> &'static ResourceInfo {
-        served!("", "secrets")
+        &INFO
     }
 
     fn prepare_create(&self, obj: &mut Value, _ctx: &CreateContext<'_>) {
@@ -55,7 +73,7 @@ impl Kind for Secret {
     }
 
     fn cells(&self, obj: &Value) -> Vec<Value> {
-        let name = tables::name(obj);
+        let name = print::name(obj);
         let count = ["data", "stringData"]
             .iter()
             .filter_map(|f| obj.get(*f).and_then(Value::as_object))

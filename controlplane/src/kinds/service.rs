@@ -3,19 +3,37 @@
 
 use serde_json::{Value, json};
 
-use skiff_api::resources::ResourceInfo;
+use skiff_api::resources::{ResourceInfo, StatusOnCreate, Subresource, schema_of, through};
 use skiff_api::validation::{self as v, FieldError, FieldErrorType};
 
 use super::{Kind, NameRules};
-use crate::apiserver::defaults::default_at;
-use crate::apiserver::tables::{self, AGE, Column, NAME, age, label_list, n, or_none, s};
-use crate::apiserver::validate::{err, immutable, required};
+use crate::kinds::fields::default_at;
+use crate::kinds::fields::{err, immutable, required};
+use crate::kinds::print::{self, AGE, Column, NAME, age, label_list, n, or_none, s};
+
+/// What the kind is: its group, version, names, scope and subresources.
+static INFO: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Service",
+    plural: "services",
+    singular: "service",
+    namespaced: true,
+    short_names: &["svc"],
+    categories: &["all"],
+    subresources: &[Subresource::Status],
+    has_spec: true,
+    status_on_create: StatusOnCreate::Reset,
+    extra_fields: &[],
+    normalize: through::<k8s_openapi::api::core::v1::Service>,
+    schema: schema_of::<k8s_openapi::api::core::v1::Service>,
+};
 
 pub(super) struct Service;
 
 impl Kind for Service {
     fn info(&self) -> &'static ResourceInfo {
-        served!("", "services")
+        &INFO
     }
 
     fn name_rules(&self) -> Option<NameRules> {
@@ -81,7 +99,7 @@ impl Kind for Service {
     }
 
     fn cells(&self, obj: &Value) -> Vec<Value> {
-        let name = tables::name(obj);
+        let name = print::name(obj);
         let ports: Vec<String> = obj
             .pointer("/spec/ports")
             .and_then(Value::as_array)

@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 use skiff_api::selector::LabelSelector;
 use skiff_api::validation::{self as v, FieldError, FieldErrorType};
 
-use crate::apiserver::defaults::default_at;
-use crate::apiserver::tables::{self, Column};
-use crate::apiserver::validate::{err, invalid, required, string_map, validate_non_negative};
+use crate::kinds::fields::default_at;
+use crate::kinds::fields::{err, invalid, required, string_map, validate_non_negative};
+use crate::kinds::print::{self, Column};
 
 /// The defaults of a pod spec, a Pod's or a template's.
 pub(super) fn default_pod_spec(spec: &mut Value) {
@@ -204,8 +204,8 @@ pub(super) const TEMPLATE_COLUMNS: [Column; 3] = [
 /// The cells of [`TEMPLATE_COLUMNS`].
 pub(super) fn template_cells(obj: &Value) -> [Value; 3] {
     [
-        tables::containers(obj, "/spec/template/spec/containers", "name"),
-        tables::containers(obj, "/spec/template/spec/containers", "image"),
-        tables::selector(obj),
+        print::containers(obj, "/spec/template/spec/containers", "name"),
+        print::containers(obj, "/spec/template/spec/containers", "image"),
+        print::selector(obj),
     ]
 }

@@ -10,8 +10,6 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use skiff_api::resources;
-
 use super::RETRY_DELAY;
 use crate::apiserver::{DeleteOptions, delete_object};
 use crate::objects;
@@ -22,7 +20,7 @@ use crate::store::{ListRequest, StoreError, WriteOp};
 const REQUEUE: Duration = Duration::from_millis(250);
 
 pub async fn run_namespace_cleaner(api: Arc<ApiServer>, stop: CancellationToken) {
-    let namespaces = resources::lookup("", "v1", "namespaces").expect("namespaces are served");
+    let namespaces = crate::kinds::lookup("", "v1", "namespaces").expect("namespaces are served");
     let prefix = namespaces.prefix();
     'outer: while !stop.is_cancelled() {
         let mut watch = match api.store.watch(&prefix, api.store.current_revision()).await {
@@ -56,7 +54,7 @@ pub async fn run_namespace_cleaner(api: Arc<ApiServer>, stop: CancellationToken)
 
 /// Drains every terminating namespace; returns whether any still has content.
 async fn reconcile_all(api: &ApiServer) -> Result<bool, StoreError> {
-    let namespaces = resources::lookup("", "v1", "namespaces").expect("namespaces are served");
+    let namespaces = crate::kinds::lookup("", "v1", "namespaces").expect("namespaces are served");
     let deleting = |o: &Value| objects::is_deleting(o);
     let page = api
         .store
@@ -92,7 +90,7 @@ async fn reconcile_all(api: &ApiServer) -> Result<bool, StoreError> {
 async fn drain(api: &ApiServer, namespace: &str) -> Result<bool, StoreError> {
     let mut remaining = false;
     let everything = |_: &Value| true;
-    for info in resources::all().iter().filter(|r| r.namespaced) {
+    for info in crate::kinds::all().into_iter().filter(|r| r.namespaced) {
         let prefix = info.namespace_prefix(Some(namespace));
         let page = api
             .store

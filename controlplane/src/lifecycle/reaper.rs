@@ -10,8 +10,6 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use skiff_api::resources;
-
 use super::RETRY_DELAY;
 use crate::objects;
 use crate::store::{EventType, ListRequest, Store, WriteOp};
@@ -68,7 +66,7 @@ async fn reap(
     store: &Arc<dyn Store>,
     stop: &CancellationToken,
 ) -> Result<(), crate::store::StoreError> {
-    let pods = resources::lookup("", "v1", "pods").expect("pods are served");
+    let pods = crate::kinds::lookup("", "v1", "pods").expect("pods are served");
     let prefix = pods.prefix();
     let terminating = |o: &Value| objects::is_deleting(o);
     let page = store.list(ListRequest::all(&prefix, &terminating)).await?;

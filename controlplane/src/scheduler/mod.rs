@@ -17,8 +17,6 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use skiff_api::resources;
-
 use crate::apiserver::{bind_pod, record_event};
 use crate::informer::{Cache, CacheEvent, Informers};
 use crate::objects;
@@ -521,7 +519,7 @@ async fn mark_unschedulable(api: &ApiServer, pod: &Value, message: &str) {
     if current.is_some_and(|c| c["status"] == "False" && c["message"] == message) {
         return;
     }
-    let info = resources::lookup("", "v1", "pods").expect("pods are served");
+    let info = crate::kinds::lookup("", "v1", "pods").expect("pods are served");
     let key = info.key(objects::namespace(pod), objects::name(pod));
     let Ok(Some(stored)) = api.store.get(&key).await else {
         return;

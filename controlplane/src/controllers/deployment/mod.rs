@@ -34,11 +34,11 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use skiff_api::resources::{self, ResourceInfo};
+use skiff_api::resources::ResourceInfo;
 
 use super::podutil::labels;
 use super::{Action, Context, Controller, controller_of, key_of, selector_of, split_key};
-use crate::apiserver::error::ApiError;
+use crate::error::ApiError;
 use crate::informer::{Cache, CacheEvent};
 use crate::objects;
 use crate::state::ApiServer;
@@ -61,11 +61,11 @@ const COMPONENT: &str = "deployment-controller";
 const WORKERS: usize = 4;
 
 fn deploy_info() -> &'static ResourceInfo {
-    resources::lookup("apps", "v1", "deployments").expect("deployments are served")
+    crate::kinds::lookup("apps", "v1", "deployments").expect("deployments are served")
 }
 
 fn rs_info() -> &'static ResourceInfo {
-    resources::lookup("apps", "v1", "replicasets").expect("replicasets are served")
+    crate::kinds::lookup("apps", "v1", "replicasets").expect("replicasets are served")
 }
 
 pub struct DeploymentController {

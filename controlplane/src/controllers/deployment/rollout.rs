@@ -12,10 +12,10 @@ use super::{
     REVISION_HISTORY, Rollout, TEMPLATE_HASH, annotation, deploy_info, fenceposts, int_field,
     is_recreate, owner_ref, revision, rs_info, spec_replicas, template_hash, without_hash,
 };
-use crate::apiserver::error::ApiError;
 use crate::apiserver::{DeleteOptions, internal, record_event};
 use crate::controllers::podutil::{availability, is_active, labels};
 use crate::controllers::{Action, adopt, controller_of, release, selector_of};
+use crate::error::ApiError;
 use crate::objects;
 
 impl DeploymentController {

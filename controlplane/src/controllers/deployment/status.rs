@@ -9,9 +9,9 @@ use super::{
     COMPONENT, Counts, DeploymentController, Rollout, deploy_info, int_field, max_unavailable,
     spec_replicas,
 };
-use crate::apiserver::error::ApiError;
 use crate::apiserver::{internal, record_event};
 use crate::controllers::Action;
+use crate::error::ApiError;
 use crate::objects;
 
 fn condition<'a>(status: &'a Value, kind: &str) -> Option<&'a Value> {

@@ -192,7 +192,7 @@ impl ApiError {
                 "the object has been modified; please apply your changes to the latest version and try again".into(),
             ),
             StoreError::GuardMissing { guard } => {
-                let namespaces = skiff_api::resources::lookup("", "v1", "namespaces").expect("namespaces are served");
+                let namespaces = crate::kinds::lookup("", "v1", "namespaces").expect("namespaces are served");
                 ApiError::NotFound(Subject::new(namespaces, guard.rsplit('/').next().unwrap_or_default()))
             }
             StoreError::Compacted { requested, compacted } => {
