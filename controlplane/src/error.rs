@@ -14,7 +14,10 @@ use crate::store::StoreError;
 /// Which object an error is about, for `Status.details`.
 #[derive(Debug, Clone)]
 pub struct Subject {
-    pub info: &'static ResourceInfo,
+    /// The resource's group, plural and kind.
+    pub group: &'static str,
+    pub plural: &'static str,
+    resource_kind: &'static str,
     pub name: String,
     /// The kind named in an Invalid error when it is not the resource's own (a Scale,
     /// a Binding).
@@ -24,9 +27,31 @@ pub struct Subject {
 impl Subject {
     pub fn new(info: &'static ResourceInfo, name: &str) -> Subject {
         Subject {
-            info,
+            group: info.group,
+            plural: info.plural,
+            resource_kind: info.kind,
             name: name.to_string(),
             kind: None,
+        }
+    }
+
+    /// A namespace: what a write into a namespace that does not exist is missing.
+    pub fn namespace(name: &str) -> Subject {
+        Subject {
+            group: "",
+            plural: "namespaces",
+            resource_kind: "Namespace",
+            name: name.to_string(),
+            kind: None,
+        }
+    }
+
+    /// The resource as Kubernetes names it in errors: `pods`, `deployments.apps`.
+    pub fn qualified_plural(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
         }
     }
 
@@ -36,7 +61,7 @@ impl Subject {
     }
 
     fn kind(&self) -> &str {
-        self.kind.unwrap_or(self.info.kind)
+        self.kind.unwrap_or(self.resource_kind)
     }
 }
 
@@ -44,13 +69,13 @@ impl Subject {
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("{} \"{}\" not found", .0.info.qualified_plural(), .0.name)]
+    #[error("{} \"{}\" not found", .0.qualified_plural(), .0.name)]
     NotFound(Subject),
     #[error("the server could not find the requested resource")]
     NoRoute,
-    #[error("{} \"{}\" already exists", .0.info.qualified_plural(), .0.name)]
+    #[error("{} \"{}\" already exists", .0.qualified_plural(), .0.name)]
     AlreadyExists(Subject),
-    #[error("Operation cannot be fulfilled on {} \"{}\": {}", .0.info.qualified_plural(), .0.name, .1)]
+    #[error("Operation cannot be fulfilled on {} \"{}\": {}", .0.qualified_plural(), .0.name, .1)]
     Conflict(Subject, String),
     #[error("{} \"{}\" is invalid: {}", .0.kind(), .0.name, render_causes(.1))]
     Invalid(Subject, Vec<FieldError>),
@@ -141,11 +166,11 @@ impl ApiError {
         });
         let details = match self {
             ApiError::NotFound(s) | ApiError::AlreadyExists(s) | ApiError::Conflict(s, _) => {
-                Some(json!({"name": s.name, "group": s.info.group, "kind": s.info.plural}))
+                Some(json!({"name": s.name, "group": s.group, "kind": s.plural}))
             }
             ApiError::Invalid(s, causes) => Some(json!({
                 "name": s.name,
-                "group": s.info.group,
+                "group": s.group,
                 "kind": s.kind(),
                 "causes": causes.iter().map(|c| json!({
                     "reason": c.reason.cause_type(),
@@ -192,8 +217,7 @@ impl ApiError {
                 "the object has been modified; please apply your changes to the latest version and try again".into(),
             ),
             StoreError::GuardMissing { guard } => {
-                let namespaces = crate::kinds::lookup("", "v1", "namespaces").expect("namespaces are served");
-                ApiError::NotFound(Subject::new(namespaces, guard.rsplit('/').next().unwrap_or_default()))
+                ApiError::NotFound(Subject::namespace(guard.rsplit('/').next().unwrap_or_default()))
             }
             StoreError::Compacted { requested, compacted } => {
                 ApiError::Expired(format!("too old resource version: {requested} ({compacted})"))

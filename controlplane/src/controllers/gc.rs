@@ -26,18 +26,6 @@ use crate::informer::{Cache, CacheEvent};
 use crate::objects;
 use crate::state::ApiServer;
 
-/// The kinds the collector follows (those that own or are owned here).
-const KINDS: &[(&str, &str)] = &[
-    ("", "pods"),
-    ("apps", "replicasets"),
-    ("apps", "deployments"),
-    ("apps", "daemonsets"),
-    ("batch", "jobs"),
-    ("", "configmaps"),
-    ("", "secrets"),
-    ("", "services"),
-    ("discovery.k8s.io", "endpointslices"),
-];
 /// Changes are gathered for this long before a pass, so a burst costs one pass.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 /// A pass also runs this often, to retry what failed.
@@ -59,7 +47,13 @@ fn owner_refs(obj: &Value) -> Vec<Value> {
 }
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
-    let caches: Vec<Arc<Cache>> = KINDS.iter().map(|(g, p)| ctx.cache(g, p)).collect();
+    // The kinds the collector follows: those that own or are owned here, as each kind
+    // says of itself.
+    let caches: Vec<Arc<Cache>> = crate::kinds::all()
+        .into_iter()
+        .filter(|info| crate::kinds::of(info).garbage_collected())
+        .map(|info| ctx.cache(info.group, info.plural))
+        .collect();
     if !ctx.synced(&caches.iter().collect::<Vec<_>>()).await {
         return;
     }

@@ -70,6 +70,10 @@ impl Kind for ConfigMap {
         &INFO
     }
 
+    fn garbage_collected(&self) -> bool {
+        true
+    }
+
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
         validate_data_keys(obj, errs);
     }

@@ -37,6 +37,10 @@ impl Kind for DaemonSet {
         &INFO
     }
 
+    fn garbage_collected(&self) -> bool {
+        true
+    }
+
     fn default(&self, obj: &mut Value) {
         default_at(obj, &["spec", "revisionHistoryLimit"], json!(10));
         default_at(

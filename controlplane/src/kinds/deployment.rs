@@ -167,6 +167,10 @@ impl Kind for Deployment {
         &INFO
     }
 
+    fn garbage_collected(&self) -> bool {
+        true
+    }
+
     fn default(&self, obj: &mut Value) {
         default_at(obj, &["spec", "replicas"], json!(1));
         default_at(obj, &["spec", "revisionHistoryLimit"], json!(10));

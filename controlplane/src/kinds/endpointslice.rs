@@ -34,6 +34,10 @@ impl Kind for EndpointSlice {
         &INFO
     }
 
+    fn garbage_collected(&self) -> bool {
+        true
+    }
+
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
         match obj.get("addressType").and_then(Value::as_str) {
             None => errs.push(required("addressType")),

@@ -67,6 +67,10 @@ impl Kind for Job {
         &INFO
     }
 
+    fn garbage_collected(&self) -> bool {
+        true
+    }
+
     fn prepare_create(&self, obj: &mut Value, ctx: &CreateContext<'_>) {
         job_selector(obj, ctx.uid);
     }

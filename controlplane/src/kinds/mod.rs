@@ -148,6 +148,12 @@ pub trait Kind: Send + Sync {
         false
     }
 
+    /// Whether the garbage collector follows objects of this kind: they own, or are
+    /// owned by, other objects through `ownerReferences`.
+    fn garbage_collected(&self) -> bool {
+        false
+    }
+
     /// The Table columns `kubectl get` shows.
     fn columns(&self) -> Vec<Column> {
         vec![NAME, AGE]

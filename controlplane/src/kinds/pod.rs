@@ -133,6 +133,10 @@ impl Kind for Pod {
         &INFO
     }
 
+    fn garbage_collected(&self) -> bool {
+        true
+    }
+
     fn prepare_create(&self, obj: &mut Value, ctx: &CreateContext<'_>) {
         node_problem_tolerations(obj, ctx.config.default_toleration_seconds);
     }

@@ -37,6 +37,10 @@ impl Kind for ReplicaSet {
         &INFO
     }
 
+    fn garbage_collected(&self) -> bool {
+        true
+    }
+
     fn default(&self, obj: &mut Value) {
         default_at(obj, &["spec", "replicas"], json!(1));
         default_template(obj);

@@ -52,6 +52,10 @@ impl Kind for Secret {
         &INFO
     }
 
+    fn garbage_collected(&self) -> bool {
+        true
+    }
+
     fn prepare_create(&self, obj: &mut Value, _ctx: &CreateContext<'_>) {
         fold_string_data(obj);
     }

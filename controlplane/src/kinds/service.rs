@@ -36,6 +36,10 @@ impl Kind for Service {
         &INFO
     }
 
+    fn garbage_collected(&self) -> bool {
+        true
+    }
+
     fn name_rules(&self) -> Option<NameRules> {
         Some(v::is_dns1123_label)
     }
