@@ -741,6 +741,17 @@ async fn secrets_fold_string_data() {
     assert_eq!(s["data"]["user"], "YWRtaW4=");
     assert!(s.get("stringData").is_none());
     assert_eq!(s["type"], "Opaque");
+    // Updates fold it too, over what `data` holds.
+    let (code, s) = api
+        .patch(
+            &format!("{NS}/secrets/s"),
+            "application/merge-patch+json",
+            r#"{"stringData": {"pass": "pw"}}"#,
+        )
+        .await;
+    assert_eq!(code, 200, "{s}");
+    assert_eq!(s["data"], json!({"user": "YWRtaW4=", "pass": "cHc="}));
+    assert!(s.get("stringData").is_none());
 }
 
 async fn field_validation_strict_warn_and_ignore() {

@@ -483,7 +483,9 @@ fn prepare_update(
                     None => remove_path(&mut desired, &["status"]),
                 }
             }
-            kinds::of(info).default(&mut desired);
+            let kind = kinds::of(info);
+            kind.prepare_update(&mut desired);
+            kind.default(&mut desired);
             desired
         }
     };

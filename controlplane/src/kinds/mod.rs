@@ -107,6 +107,10 @@ pub trait Kind: Send + Sync {
     /// object's uid or the server's configuration, or folds write-only fields.
     fn prepare_create(&self, _obj: &mut Value, _ctx: &CreateContext<'_>) {}
 
+    /// What an update of the main resource folds or derives before defaulting (a
+    /// Secret's write-only `stringData`).
+    fn prepare_update(&self, _obj: &mut Value) {}
+
     /// Sets the defaults Kubernetes sets, on create and on update of the main resource.
     fn default(&self, _obj: &mut Value) {}
 

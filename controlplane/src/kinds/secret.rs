@@ -60,6 +60,11 @@ impl Kind for Secret {
         fold_string_data(obj);
     }
 
+    /// `stringData` is write-only on updates too, as in Kubernetes.
+    fn prepare_update(&self, obj: &mut Value) {
+        fold_string_data(obj);
+    }
+
     fn default(&self, obj: &mut Value) {
         default_at(obj, &["type"], json!("Opaque"));
     }

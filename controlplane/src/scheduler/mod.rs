@@ -17,11 +17,10 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::apiserver::{bind_pod, record_event};
+use crate::apiserver::{bind_pod, internal, record_event};
 use crate::informer::{Cache, CacheEvent, Informers};
 use crate::objects;
 use crate::state::ApiServer;
-use crate::store::WriteOp;
 use filter::{NodeInfo, PodInfo, Resources, nonzero_requests, pod_requests};
 
 const SCHEDULER_NAME: &str = "default-scheduler";
@@ -520,29 +519,26 @@ async fn mark_unschedulable(api: &ApiServer, pod: &Value, message: &str) {
         return;
     }
     let info = crate::kinds::lookup("", "v1", "pods").expect("pods are served");
-    let key = info.key(objects::namespace(pod), objects::name(pod));
-    let Ok(Some(stored)) = api.store.get(&key).await else {
-        return;
-    };
-    let mut updated = (*stored.object).clone();
-    let mut conditions: Vec<Value> = updated
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    conditions.retain(|c| c["type"] != "PodScheduled");
-    conditions.push(json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message, "lastTransitionTime": objects::now_rfc3339()}));
-    objects::set_path(&mut updated, &["status", "conditions"], json!(conditions));
-    if api
-        .store
-        .write(WriteOp::Update {
-            key,
-            object: updated,
-            expected_rev: Some(stored.rev),
-        })
-        .await
-        .is_ok()
-    {
+    let written = internal::update_status(
+        api,
+        info,
+        objects::namespace(pod),
+        objects::name(pod),
+        |current| {
+            let mut updated = current.clone();
+            let mut conditions: Vec<Value> = updated
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            conditions.retain(|c| c["type"] != "PodScheduled");
+            conditions.push(json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message, "lastTransitionTime": objects::now_rfc3339()}));
+            objects::set_path(&mut updated, &["status", "conditions"], json!(conditions));
+            Ok(updated)
+        },
+    )
+    .await;
+    if written.is_ok() {
         record_event(
             api,
             pod,
