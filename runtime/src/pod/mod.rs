@@ -106,17 +106,30 @@ async fn run_pod_inner(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken)
     let name = pod.metadata.name.clone().unwrap_or_default();
     let (status_tx, status_rx) = tokio::sync::watch::channel(initial_state(&pod));
     // Pod start latency, as the kubelet measures it: from first seeing the pod to all
-    // its containers running.
+    // its containers running. The watch holds only the newest state, so a container that
+    // has run since this agent took the pod, and already exited, counts as started too;
+    // otherwise a guest that crashes at once would never be counted.
     let mut started = status_tx.subscribe();
     let mut timing = {
         let (rt, stop) = (rt.clone(), stop.clone());
+        let initial: Vec<(bool, u32)> = started
+            .borrow()
+            .containers
+            .iter()
+            .map(|c| (c.started_once, c.restart_count))
+            .collect();
         tokio::spawn(async move {
             loop {
                 let running = started
                     .borrow_and_update()
                     .containers
                     .iter()
-                    .all(|c| matches!(c.state, State::Running { .. }));
+                    .zip(&initial)
+                    .all(|(c, &(was_started, restarts))| {
+                        matches!(c.state, State::Running { .. })
+                            || (c.started_once && !was_started)
+                            || c.restart_count > restarts
+                    });
                 if running {
                     rt.metrics.pod_started(seen.elapsed());
                     return;
