@@ -304,6 +304,19 @@ impl EtcdClient {
         .await
     }
 
+    /// A put whose repetition is harmless (the sync key: any write of it will do), so
+    /// it is retried anywhere, like a read, instead of failing as ambiguous.
+    pub async fn put_idempotent(
+        &self,
+        request: pb::PutRequest,
+    ) -> Result<pb::PutResponse, EtcdError> {
+        self.call(true, |ch| {
+            let request = request.clone();
+            async move { Self::kv(ch).put(request).await }
+        })
+        .await
+    }
+
     /// Compacts etcd's history up to `revision` (idempotent: compacting an already
     /// compacted revision is reported as `Compacted`, which callers treat as done).
     pub async fn compact(&self, revision: i64) -> Result<(), EtcdError> {

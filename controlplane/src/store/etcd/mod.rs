@@ -383,9 +383,11 @@ impl EtcdStore {
         }
         // Every call counted so far began before this write is sent.
         let covers = self.sync.requested.load(Ordering::Acquire);
+        // Any write of the sync key will do, so a member dying mid-write costs a retry
+        // elsewhere, not an error.
         let r = self
             .client
-            .put(pb::PutRequest {
+            .put_idempotent(pb::PutRequest {
                 key: self.layout.sync_key(),
                 ..Default::default()
             })
