@@ -74,14 +74,15 @@ struct Schemas {
     roots: HashMap<(String, String), String>,
 }
 
-fn schemas(served: &[&'static ResourceInfo]) -> &'static Schemas {
+fn schemas(served: impl FnOnce() -> Vec<&'static ResourceInfo>) -> &'static Schemas {
     static SCHEMAS: OnceLock<Schemas> = OnceLock::new();
     SCHEMAS.get_or_init(|| {
         use k8s_openapi::api::{autoscaling, core, policy};
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions;
+        let served = served();
         let mut generator = SchemaSettings::openapi3().into_generator();
         let mut roots = HashMap::new();
-        for info in served {
+        for info in &served {
             let name = ref_name(&(info.schema)(&mut generator).to_value());
             roots.insert((info.api_version(), info.kind.to_string()), name);
         }
@@ -109,7 +110,7 @@ fn schemas(served: &[&'static ResourceInfo]) -> &'static Schemas {
         let delete = generator.subschema_for::<DeleteOptions>();
         // Clients encode DeleteOptions under the group-version they talk to.
         let mut group_versions: Vec<(&str, &str)> = Vec::new();
-        for info in served {
+        for info in &served {
             if !group_versions.contains(&(info.group, info.version)) {
                 group_versions.push((info.group, info.version));
             }
@@ -162,10 +163,13 @@ fn squash(name: &str) -> String {
 }
 
 /// Decodes a protobuf body into the JSON object a client would have sent, for the
-/// `served` kinds. The decoder learns their schemas on its first call: the built-in kinds
-/// never change while a server runs, and kinds served from data (CRDs) are JSON-only, as
-/// in Kubernetes.
-pub fn decode(body: &[u8], served: &[&'static ResourceInfo]) -> Result<Value, ProtobufError> {
+/// `served` kinds. `served` is called once, on the first call, when the decoder learns
+/// their schemas: the built-in kinds never change while a server runs, and kinds served
+/// from data (CRDs) are JSON-only, as in Kubernetes.
+pub fn decode(
+    body: &[u8],
+    served: impl FnOnce() -> Vec<&'static ResourceInfo>,
+) -> Result<Value, ProtobufError> {
     let Some(envelope) = body.strip_prefix(MAGIC) else {
         return err("it does not start with the k8s protobuf magic");
     };

@@ -53,7 +53,7 @@ fn served() -> &'static [&'static ResourceInfo] {
 }
 
 fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
-    super::decode(body, served())
+    super::decode(body, || served().to_vec())
 }
 
 fn envelope(api_version: &str, kind: &str, object: &impl Message) -> Vec<u8> {

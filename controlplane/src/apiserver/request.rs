@@ -186,7 +186,7 @@ pub fn wants_json(headers: &HeaderMap) -> bool {
 /// prefix, which no JSON document starts with), read as the JSON it stands for.
 pub fn parse_json(body: &[u8]) -> ApiResult<Value> {
     if body.starts_with(protobuf::MAGIC) {
-        return protobuf::decode(body, &crate::kinds::all())
+        return protobuf::decode(body, crate::kinds::all)
             .map_err(|e| ApiError::BadRequest(e.to_string()));
     }
     let value: Value = serde_json::from_slice(body)
