@@ -297,11 +297,7 @@ impl EtcdClient {
     }
 
     pub async fn put(&self, request: pb::PutRequest) -> Result<pb::PutResponse, EtcdError> {
-        self.call(false, |ch| {
-            let request = request.clone();
-            async move { Self::kv(ch).put(request).await }
-        })
-        .await
+        self.put_as(false, request).await
     }
 
     /// A put whose repetition is harmless (the sync key: any write of it will do), so
@@ -310,7 +306,15 @@ impl EtcdClient {
         &self,
         request: pb::PutRequest,
     ) -> Result<pb::PutResponse, EtcdError> {
-        self.call(true, |ch| {
+        self.put_as(true, request).await
+    }
+
+    async fn put_as(
+        &self,
+        idempotent: bool,
+        request: pb::PutRequest,
+    ) -> Result<pb::PutResponse, EtcdError> {
+        self.call(idempotent, |ch| {
             let request = request.clone();
             async move { Self::kv(ch).put(request).await }
         })
