@@ -1,7 +1,8 @@
 //! End to end on `skiff dev` with its gateway: HTTP apps deployed in one request, served
 //! through the gateway across nodes, updated and scaled without a failed request, and
 //! guests that trap, spin, stream to a departed client or call out, none of which
-//! harms the pod; apps see their own paths behind a prefix route.
+//! harms the pod; apps see their own paths behind a prefix route, and `skiff dev` comes
+//! up when its default gateway port is busy.
 
 mod common;
 
@@ -697,4 +698,50 @@ async fn apps_see_their_own_paths_behind_a_prefix_route() {
     )
     .await;
     assert_eq!(path, "/x?q=1");
+}
+
+#[test]
+fn dev_takes_a_free_gateway_port_when_the_default_is_busy() {
+    // Hold the default port; if another program already holds it, it is busy anyway.
+    let held = std::net::TcpListener::bind("127.0.0.1:8080");
+    if let Err(e) = &held {
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // No --gateway: the default, which is busy.
+    let (process, _) = common::Process::start(
+        &[
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        "api:",
+    );
+    let gateway = process
+        .printed("gateway:")
+        .expect("skiff dev prints its gateway");
+    let said = process
+        .seen
+        .iter()
+        .find(|l| l.starts_with("port 8080 is busy"))
+        .unwrap_or_else(|| panic!("no word of the busy port in {:?}", process.seen));
+    assert!(said.contains("127.0.0.1:8080"), "{said}");
+    assert!(
+        said.ends_with(&format!("the gateway took a free port: {gateway}")),
+        "{said}"
+    );
+    let port = reqwest::Url::parse(&gateway).unwrap().port().unwrap();
+    assert_ne!(port, 8080, "{gateway}");
+    // The gateway it took answers (no app is routed there yet).
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let code = runtime.block_on(async {
+        reqwest::get(format!("{gateway}/default/none/"))
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(code, 404);
+    drop(held);
 }
