@@ -1,5 +1,7 @@
 //! `skiff dev`: a whole local cluster in one process: the control plane and N agents
-//! named dev-1..dev-N, on loopback, with free ports and the embedded store.
+//! named dev-1..dev-N, on loopback, with free ports and the embedded store. The API
+//! server and the gateway take their usual ports (6443, 8080) unless another program
+//! holds them; then `skiff dev` says which port is busy and takes a free one.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,28 +21,74 @@ pub struct DevArgs {
     /// How many agents (nodes) to run.
     #[arg(long, default_value_t = 1)]
     nodes: u32,
-    /// The API server's address; port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:6443")]
-    listen: SocketAddr,
+    /// The API server's address; port 0 picks a free port. Default: 127.0.0.1:6443, or
+    /// a free port if that one is busy.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// A node whose Lease is older than this is marked lost and tainted unreachable.
     #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
     node_monitor_grace: std::time::Duration,
     /// How long new pods tolerate a lost node before they are evicted.
     #[arg(long, default_value_t = 300)]
     default_toleration_seconds: i64,
-    /// Where the HTTP gateway listens; port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    gateway: SocketAddr,
+    /// Where the HTTP gateway listens; port 0 picks a free port. Default:
+    /// 127.0.0.1:8080, or a free port if that one is busy.
+    #[arg(long)]
+    gateway: Option<SocketAddr>,
     #[command(flatten)]
     pods: PodFlags,
 }
 
+/// The API server's address unless `--listen` is given.
+const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 6443);
+/// The gateway's address unless `--gateway` is given.
+const DEFAULT_GATEWAY: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+
+/// A default address another program holds: why, to say so once the free port taken
+/// instead is known.
+struct Busy {
+    default: SocketAddr,
+    error: std::io::Error,
+}
+
+impl Busy {
+    fn say(&self, what: &str, url: &str) {
+        println!(
+            "port {} is busy ({}: {}), so the {what} took a free port: {url}",
+            self.default.port(),
+            self.default,
+            self.error
+        );
+    }
+}
+
+/// The address to serve on: the one given; else `default` when it can be bound (it is
+/// let go at once, for the server to bind); else a free port on the same host, with
+/// why. An address given explicitly is used as is, so a busy one still fails.
+async fn address(given: Option<SocketAddr>, default: SocketAddr) -> (SocketAddr, Option<Busy>) {
+    if let Some(given) = given {
+        return (given, None);
+    }
+    match tokio::net::TcpListener::bind(default).await {
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => (
+            SocketAddr::new(default.ip(), 0),
+            Some(Busy { default, error }),
+        ),
+        // Free, or unusable for another reason the server then reports.
+        _ => (default, None),
+    }
+}
+
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut server_config = ServerConfig::new(args.data_dir.join("server"), args.listen);
+    let (listen, listen_busy) = address(args.listen, DEFAULT_LISTEN).await;
+    let (gateway, gateway_busy) = address(args.gateway, DEFAULT_GATEWAY).await;
+    let mut server_config = ServerConfig::new(args.data_dir.join("server"), listen);
     server_config.controllers.node_monitor_grace = args.node_monitor_grace;
     server_config.api.default_toleration_seconds = args.default_toleration_seconds;
-    server_config.gateway = Some(args.gateway);
+    server_config.gateway = Some(gateway);
     let server = Server::start(server_config)
         .await
         .context("starting the control plane")?;
@@ -72,7 +120,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     }))
     .await?;
+    if let Some(busy) = &listen_busy {
+        busy.say("API server", &server.api_url);
+    }
     if let Some(url) = &server.gateway_url {
+        if let Some(busy) = &gateway_busy {
+            busy.say("gateway", url);
+        }
         println!("gateway: {url}");
     }
     println!("api: {}", server.api_url);

@@ -1,7 +1,8 @@
 //! End to end on `skiff dev` with its gateway: HTTP apps deployed in one request, served
 //! through the gateway across nodes, updated and scaled without a failed request, and
 //! guests that trap, spin, stream to a departed client or call out, none of which
-//! harms the pod.
+//! harms the pod; apps see their own paths behind a prefix route, and `skiff dev` comes
+//! up when its default gateway port is busy.
 
 mod common;
 
@@ -220,7 +221,8 @@ async fn deploy_in_one_request_scale_update_and_lose_a_pod_without_failures() {
     let (code, body) = get(&http, &url).await;
     assert_eq!(code, 200);
     let echoed: Value = serde_json::from_str(&body).expect("the new module answers JSON");
-    assert_eq!(echoed["path"], "/default/web/");
+    // The app sees its own path: the gateway strips the `/default/web` prefix.
+    assert_eq!(echoed["path"], "/");
 
     // A deleted pod is dropped by the gateway, still with no failed request.
     let (_, list) = c
@@ -365,7 +367,7 @@ async fn outbound_calls_are_denied_unless_listed() {
     })
     .await;
     assert!(body.starts_with("upstream 200:"), "{body}");
-    assert!(body.contains("/default/echo/called"), "{body}");
+    assert!(body.contains(r#""path":"/called""#), "{body}");
 }
 
 #[tokio::test]
@@ -587,4 +589,159 @@ async fn the_deploy_apps_and_logs_verbs() {
     .await;
     assert!(!ok);
     assert!(err.contains("app nope has no pods"), "{err}");
+}
+
+/// What http-echo saw of a request: its path (with the query) and its headers.
+async fn echoed(http: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> (String, Value) {
+    let mut request = http.get(url);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.unwrap();
+    let code = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(code, 200, "{url}: {body}");
+    let echoed: Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body}"));
+    (
+        echoed["path"].as_str().unwrap().to_string(),
+        echoed["headers"].clone(),
+    )
+}
+
+#[tokio::test]
+async fn apps_see_their_own_paths_behind_a_prefix_route() {
+    let c = cluster(1, &[]);
+    let http = reqwest::Client::new();
+    let (code, app) = deploy(&c.api, "echo", "http-echo.wasm", "route=%2Fapi&wait=true").await;
+    assert_eq!(code, 201, "{app}");
+    let gw = &c.gateway;
+    let gateway_host = gw.trim_start_matches("http://");
+
+    // The default prefix route: the prefix is stripped, the query kept, and the app
+    // told the prefix, the host and the scheme the client used.
+    let (path, headers) = echoed(&http, &format!("{gw}/default/echo/x/y?q=1&r=/z"), &[]).await;
+    assert_eq!(path, "/x/y?q=1&r=/z");
+    assert_eq!(headers["x-forwarded-prefix"], "/default/echo", "{headers}");
+    assert_eq!(headers["x-forwarded-host"], gateway_host, "{headers}");
+    assert_eq!(headers["x-forwarded-proto"], "http", "{headers}");
+    for root in ["/default/echo", "/default/echo/", "/default/echo?a=b"] {
+        let (path, _) = echoed(&http, &format!("{gw}{root}"), &[]).await;
+        let query = root.split_once('?').map(|(_, q)| format!("?{q}"));
+        assert_eq!(path, format!("/{}", query.unwrap_or_default()), "{root}");
+    }
+    // Paths that are the agent's own on its listener are the app's here.
+    for own in ["/healthz", "/metrics"] {
+        let (path, _) = echoed(&http, &format!("{gw}/default/echo{own}"), &[]).await;
+        assert_eq!(path, own);
+    }
+
+    // The App's own route is a prefix route too.
+    let (path, headers) = echoed(&http, &format!("{gw}/api/v1/items?page=2"), &[]).await;
+    assert_eq!(path, "/v1/items?page=2");
+    assert_eq!(headers["x-forwarded-prefix"], "/api", "{headers}");
+
+    // Behind another proxy: its host and scheme are kept, its prefix comes first.
+    let (path, headers) = echoed(
+        &http,
+        &format!("{gw}/default/echo/x"),
+        &[
+            ("x-forwarded-host", "example.com"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-prefix", "/outer"),
+        ],
+    )
+    .await;
+    assert_eq!(path, "/x");
+    assert_eq!(headers["x-forwarded-host"], "example.com", "{headers}");
+    assert_eq!(headers["x-forwarded-proto"], "https", "{headers}");
+    assert_eq!(
+        headers["x-forwarded-prefix"], "/outer/default/echo",
+        "{headers}"
+    );
+
+    // A Host route passes the path unchanged and names no prefix.
+    let (path, headers) = echoed(
+        &http,
+        &format!("{gw}/default/echo/x?q=1"),
+        &[("host", "echo.default.localhost")],
+    )
+    .await;
+    assert_eq!(path, "/default/echo/x?q=1");
+    assert!(headers.get("x-forwarded-prefix").is_none(), "{headers}");
+    assert_eq!(
+        headers["x-forwarded-host"], "echo.default.localhost",
+        "{headers}"
+    );
+
+    // A client of the agent itself (an edge device's, with no gateway) is routed by the
+    // same routes and sees the same paths.
+    let (_, node) = c.api.get("/api/v1/nodes/dev-1").await;
+    let ip = node["status"]["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["type"] == "InternalIP")
+        .unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port = &node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"];
+    let agent = format!("http://{ip}:{port}");
+    let (path, headers) = echoed(&http, &format!("{agent}/default/echo/x?q=1"), &[]).await;
+    assert_eq!(path, "/x?q=1");
+    assert_eq!(headers["x-forwarded-prefix"], "/default/echo", "{headers}");
+    let (path, _) = echoed(
+        &http,
+        &format!("{agent}/x?q=1"),
+        &[("host", "echo.default.localhost")],
+    )
+    .await;
+    assert_eq!(path, "/x?q=1");
+}
+
+#[test]
+fn dev_takes_a_free_gateway_port_when_the_default_is_busy() {
+    // Hold the default port; if another program already holds it, it is busy anyway.
+    let held = std::net::TcpListener::bind("127.0.0.1:8080");
+    if let Err(e) = &held {
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // No --gateway: the default, which is busy.
+    let (process, _) = common::Process::start(
+        &[
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        "api:",
+    );
+    let gateway = process
+        .printed("gateway:")
+        .expect("skiff dev prints its gateway");
+    let said = process
+        .seen
+        .iter()
+        .find(|l| l.starts_with("port 8080 is busy"))
+        .unwrap_or_else(|| panic!("no word of the busy port in {:?}", process.seen));
+    assert!(said.contains("127.0.0.1:8080"), "{said}");
+    assert!(
+        said.ends_with(&format!("the gateway took a free port: {gateway}")),
+        "{said}"
+    );
+    let port = reqwest::Url::parse(&gateway).unwrap().port().unwrap();
+    assert_ne!(port, 8080, "{gateway}");
+    // The gateway it took answers (no app is routed there yet).
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let code = runtime.block_on(async {
+        reqwest::get(format!("{gateway}/default/none/"))
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(code, 404);
+    drop(held);
 }

@@ -8,9 +8,15 @@
 //!    no DNS set-up);
 //! 3. path prefix `/NAMESPACE/NAME/`, which works with no Host header at all.
 //!
+//! A route with a path prefix (3., and a Service's own routes that have one) gives the
+//! app its own paths: the prefix is stripped (`/NS/NAME/x?q` reaches the app as `/x?q`,
+//! `/NS/NAME` as `/`) and named in `X-Forwarded-Prefix: /NS/NAME`, as Traefik's
+//! StripPrefix does; a Host route passes the path unchanged. `X-Forwarded-Host` and
+//! `X-Forwarded-Proto` are added unless a proxy in front set them.
+//!
 //! A request goes to the next ready endpoint, round-robin, of the Service's
-//! EndpointSlice: to the agent of the endpoint's node, unchanged, with the chosen pod in
-//! `x-skiff-pod`. If the connection fails before anything is sent, or the agent answers
+//! EndpointSlice: to the agent of the endpoint's node, with the chosen pod in
+//! `x-skiff-pod` (so the agent needs no route of its own to find it). If the connection fails before anything is sent, or the agent answers
 //! that it doesn't serve that pod (any more), the next endpoint is tried. No endpoint
 //! ready: 503 naming the app; no route: 404.
 
@@ -129,8 +135,8 @@ impl Gateway {
             .is_some()
     }
 
-    /// The Service a request is for.
-    fn route(&self, host: &str, path: &str) -> Option<(String, String)> {
+    /// The Service a request is for, and the path prefix to strip.
+    fn route(&self, host: &str, path: &str) -> Option<Target> {
         let host = skiff_api::routes::request_host(host);
         let table = self.table();
         let best = table
@@ -139,19 +145,31 @@ impl Gateway {
             .filter_map(|e| Some((e.route.matches(&host, path)?, e)))
             .max_by_key(|(score, _)| *score);
         if let Some((_, e)) = best {
-            return Some((e.namespace.clone(), e.service.clone()));
+            return Some(Target {
+                namespace: e.namespace.clone(),
+                service: e.service.clone(),
+                prefix: e.route.path_prefix.clone(),
+            });
         }
         if let Some(rest) = host.strip_suffix(".localhost")
             && let Some((name, namespace)) = rest.split_once('.')
             && self.service_exists(namespace, name)
         {
-            return Some((namespace.to_string(), name.to_string()));
+            return Some(Target {
+                namespace: namespace.to_string(),
+                service: name.to_string(),
+                prefix: None,
+            });
         }
         let mut segments = path.trim_start_matches('/').splitn(3, '/');
         if let (Some(namespace), Some(name)) = (segments.next(), segments.next())
             && self.service_exists(namespace, name)
         {
-            return Some((namespace.to_string(), name.to_string()));
+            return Some(Target {
+                prefix: Some(format!("/{namespace}/{name}/")),
+                namespace: namespace.to_string(),
+                service: name.to_string(),
+            });
         }
         None
     }
@@ -197,6 +215,16 @@ impl Gateway {
         ready.rotate_left(start);
         ready
     }
+}
+
+/// Where a request is routed.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    namespace: String,
+    service: String,
+    /// The path prefix the route matched (ends with `/`), stripped before the app sees
+    /// the request; None for a Host route.
+    prefix: Option<String>,
 }
 
 /// A ready replica of an app.
@@ -264,12 +292,20 @@ async fn handle(State(gw): State<Arc<Gateway>>, mut request: Request) -> Respons
     let id = skiff_api::routes::ensure_request_id(request.headers_mut());
     let host = skiff_api::routes::host_of(&request);
     let path = request.uri().path().to_string();
-    let Some((namespace, service)) = gw.route(&host, &path) else {
+    let Some(Target {
+        namespace,
+        service,
+        prefix,
+    }) = gw.route(&host, &path)
+    else {
         return text(
             StatusCode::NOT_FOUND,
             format!("no app is routed at {host}{path}"),
         );
     };
+    if let Some(prefix) = &prefix {
+        skiff_api::routes::strip_route_prefix(&mut request, prefix);
+    }
     // At debug level, as the agent's request span (see there).
     let span =
         tracing::debug_span!("gateway", request_id = %id, namespace = %namespace, app = %service);
@@ -421,17 +457,23 @@ async fn forward(
     )
 }
 
+/// The headers sent on to the agent: the client's, with the chosen pod, and
+/// `X-Forwarded-Host`/`-Proto` unless a proxy in front already set them (as a reverse
+/// proxy keeps the outermost values, which are what the client used).
 fn forwarded_headers(headers: &HeaderMap, pod: &str, host: &str) -> HeaderMap {
     let mut out = headers.clone();
     if let Ok(v) = HeaderValue::from_str(pod) {
         out.insert(POD_HEADER, v);
     }
     if !host.is_empty()
+        && !out.contains_key("x-forwarded-host")
         && let Ok(v) = HeaderValue::from_str(host)
     {
         out.insert("x-forwarded-host", v);
     }
-    out.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if !out.contains_key("x-forwarded-proto") {
+        out.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
     out
 }
 
@@ -468,4 +510,26 @@ pub async fn serve(
 /// The address a gateway listener serves, as a URL.
 pub fn url_of(addr: SocketAddr) -> String {
     format!("http://{addr}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_host_and_proto_are_added_unless_a_proxy_set_them() {
+        let out = forwarded_headers(&HeaderMap::new(), "default/web-1", "gw:8080");
+        assert_eq!(out[POD_HEADER], "default/web-1");
+        assert_eq!(out["x-forwarded-host"], "gw:8080");
+        assert_eq!(out["x-forwarded-proto"], "http");
+
+        let mut given = HeaderMap::new();
+        given.insert("x-forwarded-host", HeaderValue::from_static("example.com"));
+        given.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        given.insert(POD_HEADER, HeaderValue::from_static("default/forged"));
+        let out = forwarded_headers(&given, "default/web-1", "gw:8080");
+        assert_eq!(out["x-forwarded-host"], "example.com");
+        assert_eq!(out["x-forwarded-proto"], "https");
+        assert_eq!(out[POD_HEADER], "default/web-1");
+    }
 }

@@ -1,14 +1,18 @@
 //! The HTTP apps this agent serves: pods whose container is a wasi:http component,
 //! registered while they run, and the routing of requests to them.
 //!
-//! A request reaches a pod in one of two ways, the same on the agent's listener and on
-//! the gateway, so the gateway forwards requests unchanged:
-//! - the gateway names the pod it chose in the `x-skiff-pod: NAMESPACE/NAME` header;
+//! A request reaches a pod in one of two ways, on the agent's listener and over its
+//! tunnel alike:
+//! - the gateway names the pod it chose in the `x-skiff-pod: NAMESPACE/NAME` header,
+//!   and has already given the app its own path (see `gateway.rs`), so the request is
+//!   served as it comes;
 //! - otherwise, by the pod's routes (the `skiff.dev/routes` annotation the App
 //!   controller sets): a Host (`web.default.localhost`) and/or a path prefix
 //!   (`/default/web/`). The longest matching route wins; among its ready pods,
-//!   requests go round-robin. This is what lets a client on an edge device reach an
-//!   app while the control plane is away.
+//!   requests go round-robin. A matched path prefix is stripped and named in
+//!   `X-Forwarded-Prefix`, as the gateway does, so the app sees the same paths either
+//!   way. This is what lets a client on an edge device reach an app while the control
+//!   plane is away.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -69,7 +73,9 @@ impl ServedPod {
 
 /// What routing found for a request.
 pub enum Routed {
-    Pod(Arc<ServedPod>),
+    /// The pod, and the path prefix of the route that matched (stripped before the app
+    /// sees the request), if it has one.
+    Pod(Arc<ServedPod>, Option<String>),
     /// A route matched (the app's name is given) but none of its pods is ready.
     NoneReady(String),
     NotFound,
@@ -158,6 +164,6 @@ impl AppRegistry {
         }
         ready.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         let i = self.next.fetch_add(1, Ordering::Relaxed) % ready.len();
-        Routed::Pod(ready[i].clone())
+        Routed::Pod(ready[i].clone(), route.path_prefix.clone())
     }
 }

@@ -244,7 +244,7 @@ where
         Some(named) => {
             let (namespace, name) = named.split_once('/').unwrap_or(("default", &named));
             match rt.apps.get(namespace, name) {
-                Some(pod) if pod.is_ready() => Routed::Pod(pod),
+                Some(pod) if pod.is_ready() => Routed::Pod(pod, None),
                 Some(_) => Routed::NoneReady(named.clone()),
                 None => {
                     return unserved(
@@ -259,7 +259,12 @@ where
             .route(&skiff_api::routes::host_of(&request), request.uri().path()),
     };
     let pod = match routed {
-        Routed::Pod(pod) => pod,
+        Routed::Pod(pod, prefix) => {
+            if let Some(prefix) = prefix {
+                skiff_api::routes::strip_route_prefix(&mut request, &prefix);
+            }
+            pod
+        }
         Routed::NotFound => {
             return unserved(
                 StatusCode::NOT_FOUND,
@@ -307,6 +312,13 @@ where
     response
 }
 
+/// Whether a request is app traffic the gateway sent, for the pod it names: such a
+/// request always goes to that pod, whatever its path (once the gateway stripped an
+/// app's prefix, `/healthz` or `/metrics` are the app's own paths, not the agent's).
+fn names_a_pod<B>(request: &http::Request<B>) -> bool {
+    request.headers().contains_key(crate::apps::POD_HEADER)
+}
+
 /// What one connection serves, on the listener or over the tunnel: app traffic goes
 /// straight to the pods, the agent's own endpoints through the router.
 pub(crate) fn connection_service(
@@ -324,7 +336,7 @@ pub(crate) fn connection_service(
     hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
         let (router, rt) = (router.clone(), rt.clone());
         async move {
-            let response = if is_agent_path(request.uri().path()) {
+            let response = if is_agent_path(request.uri().path()) && !names_a_pod(&request) {
                 match router.oneshot(request.map(Body::new)).await {
                     Ok(response) => response,
                     Err(never) => match never {},

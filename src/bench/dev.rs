@@ -56,6 +56,9 @@ async fn once(nodes: usize) -> anyhow::Result<(f64, f64, f64)> {
             &n,
             "--listen",
             "127.0.0.1:0",
+            // Free ports only: a benchmark must not depend on 8080 being free.
+            "--gateway",
+            "127.0.0.1:0",
         ],
         "api:",
     )
