@@ -72,6 +72,7 @@ fn pod_using_secret(name: &str, node: &str, image: &str, secret: &str) -> Value 
 // Each test below runs once per store, as redb::NAME and etcd::NAME.
 common::store::store_tests!(#[tokio::test] async fn
     tls_tokens_roles_join_and_revocation,
+    a_node_may_not_label_itself_into_trust,
 );
 
 async fn tls_tokens_roles_join_and_revocation() {
@@ -341,6 +342,154 @@ async fn tls_tokens_roles_join_and_revocation() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("Error from server (Forbidden)") && err.contains("system:node:edge-2"),
+        "{err}"
+    );
+}
+
+/// NodeRestriction for labels: with its own credential a node may set the labels a
+/// kubelet may and labels outside the reserved namespaces, but neither add, change nor
+/// remove the ones that make a nodeSelector or the control plane trust it; admins may.
+async fn a_node_may_not_label_itself_into_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("server"), &[]);
+    let admin = server.api();
+    let token = server.node_token();
+    let nodes_dir = dir.path().join("nodes");
+    let edge = agent(&server, "edge-1", &nodes_dir, &token);
+    let node = node_api(&nodes_dir, "edge-1");
+    let path = "/api/v1/nodes/edge-1";
+    let merge = "application/merge-patch+json";
+    let label = |key: &str, value: Value| json!({"metadata": {"labels": {key: value}}}).to_string();
+
+    let refused = [
+        ("node-restriction.kubernetes.io/x", json!("1")),
+        ("node-role.kubernetes.io/control-plane", json!("")),
+        ("skiff.dev/autonomous", json!("true")),
+    ];
+    for (key, value) in &refused {
+        let (code, status) = node.patch(path, merge, &label(key, value.clone())).await;
+        assert_eq!(
+            (code, status["reason"].as_str()),
+            (403, Some("Forbidden")),
+            "{key}: {status}"
+        );
+        let message = status["message"].as_str().unwrap();
+        assert_eq!(
+            message,
+            format!(r#"nodes "edge-1" is forbidden: is not allowed to modify labels: {key}"#),
+        );
+    }
+    for (key, value) in [
+        ("topology.kubernetes.io/zone", "z1"),
+        ("example.com/foo", "bar"),
+    ] {
+        let (code, status) = node.patch(path, merge, &label(key, json!(value))).await;
+        assert_eq!(code, 200, "{key}: {status}");
+        assert_eq!(status["metadata"]["labels"][key], value);
+    }
+
+    // An admin may set them all; the node keeps them, may write its Node back as it
+    // is, but may neither change nor remove them.
+    for (key, value) in &refused {
+        let (code, status) = admin.patch(path, merge, &label(key, value.clone())).await;
+        assert_eq!(code, 200, "{key}: {status}");
+    }
+    let (code, mut current) = node.get(path).await;
+    assert_eq!(code, 200);
+    current["metadata"]["labels"]["example.com/foo"] = json!("baz");
+    let (code, status) = node.put(path, &current).await;
+    assert_eq!(code, 200, "{status}");
+    let (code, status) = node
+        .patch(path, merge, &label("skiff.dev/autonomous", Value::Null))
+        .await;
+    assert_eq!(code, 403, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("skiff.dev/autonomous"),
+        "{status}"
+    );
+    let (_, mut current) = node.get(path).await;
+    current["metadata"]["labels"]["node-role.kubernetes.io/control-plane"] = json!("x");
+    assert_eq!(node.put(path, &current).await.0, 403, "a change by update");
+    let json_patch =
+        r#"[{"op":"remove","path":"/metadata/labels/node-restriction.kubernetes.io~1x"}]"#;
+    assert_eq!(
+        node.patch(path, "application/json-patch+json", json_patch)
+            .await
+            .0,
+        403,
+        "a removal by JSON patch"
+    );
+    let (_, now) = admin.get(path).await;
+    for (key, value) in &refused {
+        assert_eq!(
+            &now["metadata"]["labels"][key], value,
+            "{key} is as the admin set it"
+        );
+    }
+    // A node cannot register itself with them either.
+    let (code, status) = node
+        .post(
+            "/api/v1/nodes",
+            &json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": "edge-1", "labels": {"skiff.dev/autonomous": "true"}}}),
+        )
+        .await;
+    assert_eq!(code, 403, "{status}");
+    assert!(
+        status["message"].as_str().unwrap().ends_with(
+            r#"node "edge-1" is not allowed to set the following labels: skiff.dev/autonomous"#
+        ),
+        "{status}"
+    );
+    // Its status writes go on, and a restarted agent registers again (its own labels
+    // only) with the admin's labels in place.
+    let status = json!({"status": {"conditions": now["status"]["conditions"]}}).to_string();
+    assert_eq!(
+        node.patch(&format!("{path}/status"), merge, &status)
+            .await
+            .0,
+        200
+    );
+    drop(edge);
+    let (_restarted, _) = Process::start(
+        &[
+            "agent",
+            "--name",
+            "edge-1",
+            "--data-dir",
+            nodes_dir.join("edge-1").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "agent:",
+    );
+    let (_, after) = admin.get(path).await;
+    assert_eq!(after["metadata"]["labels"]["skiff.dev/autonomous"], "true");
+
+    // An agent asked to label itself so is refused at registration, and says why.
+    let d = nodes_dir.join("edge-2");
+    let (ok, _, err) = skiff(&[
+        "agent",
+        "--server",
+        &server.url,
+        "--token",
+        &token,
+        "--name",
+        "edge-2",
+        "--data-dir",
+        d.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--node-label",
+        "node-role.kubernetes.io/control-plane=",
+    ]);
+    assert!(
+        !ok && err.contains(
+            "not allowed to set the following labels: node-role.kubernetes.io/control-plane"
+        ),
         "{err}"
     );
 }

@@ -16,6 +16,7 @@ use skiff_api::selector::{FieldSelector, LabelSelector};
 
 use super::request::{self, Query, json_response};
 use super::{Target, validate};
+use crate::auth::{self, Identity};
 use crate::error::{ApiError, ApiResult, Subject};
 use crate::kinds::{self, CreateContext, deletion_due};
 use crate::objects::{self, meta_mut, remove_path, set_path};
@@ -167,6 +168,7 @@ async fn check_namespace_active(api: &ApiServer, target: &Target, name: &str) ->
 
 pub(crate) async fn create(
     api: &ApiServer,
+    identity: &Identity,
     target: &Target,
     query: &Query,
     headers: &HeaderMap,
@@ -182,6 +184,7 @@ pub(crate) async fn create(
     let validation = field_validation(query)?;
     let body = request::read_body(headers, body, api.config.max_body_bytes).await?;
     let (obj, warnings) = decode_validated(target.info, &body, validation)?;
+    auth::admit(identity, target.info, None, &obj)?;
     let created = create_object(api, target, obj, query.dry_run()?).await?;
     Ok(request::with_warnings(
         json_response(StatusCode::CREATED, &created),
@@ -666,6 +669,22 @@ where
     })
 }
 
+/// Admission of an update against the object it would replace. A write of the status
+/// subresource keeps the stored metadata (see [`prepare_update`]), so only writes of
+/// the main resource can change what admission looks at.
+fn admit_update(
+    identity: &Identity,
+    target: &Target,
+    part: Part,
+    current: &Stored,
+    desired: &Value,
+) -> ApiResult<()> {
+    match part {
+        Part::Main => auth::admit(identity, target.info, Some(&current.object), desired),
+        Part::Status => Ok(()),
+    }
+}
+
 pub(crate) fn precondition_of(obj: &Value) -> ApiResult<Option<u64>> {
     match objects::resource_version(obj) {
         None => Ok(None),
@@ -676,6 +695,7 @@ pub(crate) fn precondition_of(obj: &Value) -> ApiResult<Option<u64>> {
 
 pub(crate) async fn update(
     api: &ApiServer,
+    identity: &Identity,
     target: &Target,
     query: &Query,
     headers: &HeaderMap,
@@ -686,7 +706,9 @@ pub(crate) async fn update(
     let body = request::read_body(headers, body, api.config.max_body_bytes).await?;
     let (desired, warnings) = decode_validated(target.info, &body, validation)?;
     let precondition = precondition_of(&desired)?;
-    let out = update_object(api, target, part_of(target), query.dry_run()?, |_| {
+    let part = part_of(target);
+    let out = update_object(api, target, part, query.dry_run()?, |current| {
+        admit_update(identity, target, part, current, &desired)?;
         Ok((desired.clone(), precondition))
     })
     .await?;
@@ -735,6 +757,7 @@ pub(crate) fn patch_type(headers: &HeaderMap) -> ApiResult<PatchType> {
 
 pub(crate) async fn patch(
     api: &ApiServer,
+    identity: &Identity,
     target: &Target,
     query: &Query,
     headers: &HeaderMap,
@@ -752,7 +775,8 @@ pub(crate) async fn patch(
         _ => fields::duplicate_fields(&body),
     };
     let mut warnings = Vec::new();
-    let out = update_object(api, target, part_of(target), query.dry_run()?, |current| {
+    let part = part_of(target);
+    let out = update_object(api, target, part, query.dry_run()?, |current| {
         let mut patched = apply_patch(info, &name, kind, &current.object, &body)?;
         if validation != FieldValidation::Ignore {
             check_type(info, &mut patched)?;
@@ -776,6 +800,7 @@ pub(crate) async fn patch(
             }
             _ => None,
         };
+        admit_update(identity, target, part, current, &patched)?;
         Ok((patched, precondition))
     })
     .await?;

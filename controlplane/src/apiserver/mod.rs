@@ -21,7 +21,7 @@ mod watch;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -33,6 +33,7 @@ pub use events::record_event;
 pub use request::{parse_json as parse_body, read_body};
 pub use subresources::bind_pod;
 
+use crate::auth::Identity;
 use crate::error::{ApiError, ApiResult};
 use crate::state::SharedApi;
 pub(crate) use request::{Query, Target, parse_target};
@@ -132,29 +133,38 @@ async fn ready(State(api): State<SharedApi>) -> Response {
 
 async fn core_resource(
     State(api): State<SharedApi>,
+    Extension(identity): Extension<Identity>,
     Path((version, rest)): Path<(String, String)>,
     method: Method,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    dispatch(api, "", &version, &rest, method, query, headers, body).await
+    dispatch(
+        api, &identity, "", &version, &rest, method, query, headers, body,
+    )
+    .await
 }
 
 async fn group_resource(
     State(api): State<SharedApi>,
+    Extension(identity): Extension<Identity>,
     Path((group, version, rest)): Path<(String, String, String)>,
     method: Method,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    dispatch(api, &group, &version, &rest, method, query, headers, body).await
+    dispatch(
+        api, &identity, &group, &version, &rest, method, query, headers, body,
+    )
+    .await
 }
 
 #[allow(clippy::too_many_arguments)] // reason: the extracted parts of one request, passed once
 async fn dispatch(
     api: SharedApi,
+    identity: &Identity,
     group: &str,
     version: &str,
     rest: &str,
@@ -166,14 +176,17 @@ async fn dispatch(
     let result = async {
         let target = parse_target(group, version, rest)?;
         let query = Query::parse(query.as_deref())?;
-        route(&api, target, method, query, headers, body).await
+        route(&api, identity, target, method, query, headers, body).await
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Serves a request the auth layer let through; `identity` is who sent it, for the
+/// admission of writes (`crate::auth::admit`).
 async fn route(
     api: &SharedApi,
+    identity: &Identity,
     target: Target,
     method: Method,
     query: Query,
@@ -187,7 +200,9 @@ async fn route(
         }
         (&Method::GET, false, None) => crud::list(api, &target, &query, &headers).await,
         (&Method::POST, false, None) if is_module => modules::upload(api, &headers, body).await,
-        (&Method::POST, false, None) => crud::create(api, &target, &query, &headers, body).await,
+        (&Method::POST, false, None) => {
+            crud::create(api, identity, &target, &query, &headers, body).await
+        }
         (&Method::DELETE, false, None) => {
             delete::delete_collection(api, &target, &query, body).await
         }
@@ -204,10 +219,10 @@ async fn route(
             apps::deploy(api, &target, &query, &headers, body).await
         }
         (&Method::PUT, true, None | Some(Subresource::Status)) => {
-            crud::update(api, &target, &query, &headers, body).await
+            crud::update(api, identity, &target, &query, &headers, body).await
         }
         (&Method::PATCH, true, None | Some(Subresource::Status)) => {
-            crud::patch(api, &target, &query, &headers, body).await
+            crud::patch(api, identity, &target, &query, &headers, body).await
         }
         (&Method::DELETE, true, None) => {
             let out = delete::delete(api, &target, &query, body).await?;

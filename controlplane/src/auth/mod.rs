@@ -8,21 +8,26 @@
 //!   NodeRestriction admission restrict kubelets: the node's own Node and Lease; the pods
 //!   bound to it and their status; the ConfigMaps, Secrets and Modules those pods
 //!   reference; Events; and reading Endpoints (agents learn the API servers from
-//!   `default/kubernetes`, as kubelets may read endpoints).
+//!   `default/kubernetes`, as kubelets may read endpoints). On its own Node a node may
+//!   change only the labels a kubelet may (`noderestriction.rs`): never the ones that
+//!   make the control plane or a nodeSelector trust it.
 //! - **join** tokens may only trade themselves for a node credential (`POST /skiff/v1/join`).
 //!
 //! Tokens live in the store (see `skiff_api::token`), so revoking one is deleting its
 //! Secret and takes effect on the next request.
 //!
 //! `authn.rs` authenticates, `authz.rs` authorizes (and is the middleware in front of
-//! the API), `bootstrap.rs` makes the server's tokens and serves joining, and `pki.rs`
-//! makes the cluster's CA and certificates.
+//! the API), `noderestriction.rs` admits a node's writes of its Node, `bootstrap.rs`
+//! makes the server's tokens and serves joining, and `pki.rs` makes the cluster's CA
+//! and certificates.
 
 mod authn;
 mod authz;
 mod bootstrap;
+mod noderestriction;
 pub mod pki;
 
 pub use authn::{Identity, authenticate};
 pub use authz::layer;
 pub use bootstrap::{ensure_tokens, routes};
+pub use noderestriction::admit;
