@@ -20,6 +20,7 @@ use crate::runtime::Runtime;
 pub fn router(rt: Arc<Runtime>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
@@ -27,6 +28,20 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         )
         .fallback(serve_app)
         .with_state(rt)
+}
+
+/// Ready unless the control plane refuses this node's credential: then it says why and
+/// what to do (the pods keep running; the node can no longer report).
+async fn readyz(State(rt): State<Arc<Runtime>>) -> Response {
+    if rt.credential.refused() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("[-]credential failed: {}\n", rt.credential.message()),
+        )
+            .into_response()
+    } else {
+        "ok".into_response()
+    }
 }
 
 async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
@@ -215,7 +230,10 @@ fn unserved(code: StatusCode, text: String) -> Response {
 
 /// Whether a path is one of the agent's own endpoints rather than app traffic.
 pub fn is_agent_path(path: &str) -> bool {
-    path == "/healthz" || path == "/metrics" || path.starts_with("/containerLogs/")
+    path == "/healthz"
+        || path == "/readyz"
+        || path == "/metrics"
+        || path.starts_with("/containerLogs/")
 }
 
 /// Routes a request to the HTTP app of a pod on this node and serves it.
@@ -299,6 +317,14 @@ where
                 ),
             );
         };
+        // A request that waited for a slot behind a drain gets one only once the pod has
+        // stopped: it never reached the app, so the gateway may try another replica.
+        if pod.stop.is_cancelled() {
+            return unserved(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{}/{} is stopping", pod.namespace, pod.name),
+            );
+        }
         let response = pod
             .program
             .serve(&pod.spec, request, pod.stop.clone())
