@@ -250,14 +250,22 @@ pub(crate) async fn delete_collection(
     let filter = |obj: &Value| selectors.matches(obj);
     let page = api.store.list(ListRequest::all(&prefix, &filter)).await?;
     let mut items = Vec::new();
+    // As kube-apiserver does, an object that may not be deleted (a protected namespace)
+    // does not spare the others: each is tried, and the first refusal is the answer.
+    let mut refused = None;
     for item in page.items {
         let name = objects::name(&item.object).to_string();
         match delete_object(api, info, objects::namespace(&item.object), &name, &opts).await {
             Ok(Deleted::Gone(obj) | Deleted::Pending(obj)) => items.push(obj),
             // Deleted by someone else meanwhile: that is what the client asked for.
             Err(ApiError::NotFound(_)) => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                refused.get_or_insert(e);
+            }
         }
+    }
+    if let Some(e) = refused {
+        return Err(e);
     }
     let list = json!({
         "kind": info.list_kind(),
