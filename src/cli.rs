@@ -452,97 +452,60 @@ pub struct TokenRevokeArgs {
 }
 
 pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
-    use k8s_openapi::api::core::v1::Secret;
-    use kube::api::{Api, DeleteParams, ListParams, PostParams};
-    use skiff_api::token::{self as tok, Role, Token};
+    // Tokens are system records, not objects: the server's /skiff/v1/tokens (admins
+    // only) is the one way to them.
+    const TOKENS: &str = "/skiff/v1/tokens";
     match command {
         TokenCommand::Create(args) => {
             let client = connect(&args.target).await?;
             let role = match args.role {
-                TokenRole::Join => Role::Join,
-                TokenRole::Viewer => Role::Viewer,
-                TokenRole::Admin => Role::Admin,
+                TokenRole::Join => "join",
+                TokenRole::Viewer => "viewer",
+                TokenRole::Admin => "admin",
             };
-            let token = Token::generate();
-            let secret: Secret =
-                serde_json::from_value(token.secret_object(role, None, &args.description))?;
-            Api::<Secret>::namespaced(client, tok::NAMESPACE)
-                .create(&PostParams::default(), &secret)
-                .await
-                .map_err(api_error)?;
-            if role == Role::Join {
-                // Pin the CA the server presents, as agents will check it.
-                let (base, http) =
-                    skiff_api::client::http_client(args.target.kubeconfig.as_deref()).await?;
-                let ca = http
-                    .get(format!("{base}/cacerts"))
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .text()
-                    .await?;
-                let join = tok::JoinToken {
-                    ca_hash: tok::ca_hash(&ca),
-                    token,
-                };
-                println!("{join}");
-            } else {
-                println!("{token}");
-            }
+            let body = serde_json::to_vec(&json!({"role": role, "description": args.description}))?;
+            let req = http::Request::post(TOKENS)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(body)?;
+            let created = request(&client, req).await?;
+            let token = created["token"]
+                .as_str()
+                .ok_or_else(|| anyhow::anyhow!("the server's answer has no token: {created}"))?;
+            // A join token comes pinned to the CA the server presents (K10<hash>::…).
+            println!("{token}");
         }
         TokenCommand::List(args) => {
             let client = connect(&args.target).await?;
-            let list = Api::<Secret>::namespaced(client, tok::NAMESPACE)
-                .list(&ListParams::default().labels(tok::ROLE_LABEL))
-                .await
-                .map_err(api_error)?;
+            let list = request(&client, http::Request::get(TOKENS).body(Vec::new())?).await?;
             println!(
                 "{:<10} {:<7} {:<16} {:<8} DESCRIPTION",
                 "ID", "ROLE", "NODE", "AGE"
             );
-            for s in list.items {
-                let labels = s.metadata.labels.clone().unwrap_or_default();
-                let id = s
-                    .metadata
-                    .name
-                    .as_deref()
-                    .unwrap_or_default()
-                    .trim_start_matches("skiff-token-")
-                    .to_string();
-                let created = s
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0.to_string());
-                let age = age(created.as_deref());
-                let description = s
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(tok::DESCRIPTION_ANNOTATION).cloned())
-                    .unwrap_or_default();
+            for t in list["items"].as_array().into_iter().flatten() {
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
                 println!(
                     "{:<10} {:<7} {:<16} {:<8} {}",
-                    id,
-                    labels.get(tok::ROLE_LABEL).map_or("", String::as_str),
-                    labels.get(tok::NODE_LABEL).map_or("<none>", String::as_str),
-                    age,
-                    description
+                    text(&t["metadata"]["name"]),
+                    text(&t["role"]),
+                    t["node"].as_str().unwrap_or("<none>"),
+                    age(t["metadata"]["creationTimestamp"].as_str()),
+                    text(&t["description"]),
                 );
             }
         }
         TokenCommand::Revoke(args) => {
             let client = connect(&args.target).await?;
-            Api::<Secret>::namespaced(client, tok::NAMESPACE)
-                .delete(&tok::secret_name(&args.id), &DeleteParams::default())
-                .await
-                .map_err(|e| match e {
-                    kube::Error::Api(s) if s.code == 404 => {
-                        anyhow::anyhow!("no token with id {:?}", args.id)
-                    }
-                    other => api_error(other),
-                })?;
-            println!("token {} revoked", args.id);
+            let id = &args.id;
+            let valid = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric());
+            anyhow::ensure!(valid, "{id:?} is not a token id (see `skiff token list`)");
+            let req = http::Request::delete(format!("{TOKENS}/{id}")).body(Vec::new())?;
+            client.request::<Value>(req).await.map_err(|e| match e {
+                kube::Error::Api(s) if s.code == 404 => {
+                    anyhow::anyhow!("no token with id {id:?}")
+                }
+                other => api_error(other),
+            })?;
+            println!("token {id} revoked");
         }
     }
     Ok(())

@@ -205,7 +205,14 @@ pub async fn agent_client(
         return AgentConnection::new(skiff_api::client::config(Some(path)).await?, servers);
     }
     let credential = credential_path(data_dir);
-    if !credential.exists() {
+    // A stored credential the control plane refuses was revoked: with a join token at
+    // hand, join again under the same name (the server allows it once the old one is
+    // revoked). The node's pods stay bound to it and run again here.
+    let rejoin = credential.exists()
+        && token.is_some()
+        && !servers.is_empty()
+        && credential_refused(&credential, name).await;
+    if !credential.exists() || rejoin {
         let (false, Some(token)) = (servers.is_empty(), token) else {
             anyhow::bail!(
                 "this agent has not joined yet: pass --server URL[,URL...] --token TOKEN (the \
@@ -218,12 +225,34 @@ pub async fn agent_client(
             .with_context(|| format!("joining {list} as node {name}"))?;
         skiff_api::client::write_private(&credential, &kubeconfig)
             .with_context(|| format!("storing the credential in {}", credential.display()))?;
-        tracing::info!(servers = %list, node = %name, "joined the cluster");
+        if rejoin {
+            tracing::info!(servers = %list, node = %name, "this node's credential was revoked; joined again with the join token given");
+        } else {
+            tracing::info!(servers = %list, node = %name, "joined the cluster");
+        }
     }
     let config = skiff_api::client::config(Some(&credential))
         .await
         .with_context(|| format!("using the credential in {}", credential.display()))?;
     AgentConnection::new(config, servers)
+}
+
+/// Whether the control plane answers 401 to the credential at `path`: it was revoked.
+/// Unreachable or slow servers say nothing (an edge node may start offline).
+async fn credential_refused(path: &std::path::Path, node: &str) -> bool {
+    use k8s_openapi::api::core::v1::Node;
+    let probe = async {
+        let client = skiff_api::client::connect(Some(path)).await.ok()?;
+        match kube::Api::<Node>::all(client).get_opt(node).await {
+            Err(kube::Error::Api(s)) => Some(s.code == 401),
+            _ => Some(false),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {

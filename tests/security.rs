@@ -73,6 +73,8 @@ fn pod_using_secret(name: &str, node: &str, image: &str, secret: &str) -> Value 
 common::store::store_tests!(#[tokio::test] async fn
     tls_tokens_roles_join_and_revocation,
     a_node_may_not_label_itself_into_trust,
+    deleting_every_object_locks_nobody_out,
+    a_revoked_node_says_so_and_joins_again_with_its_pods,
 );
 
 async fn tls_tokens_roles_join_and_revocation() {
@@ -492,4 +494,337 @@ async fn a_node_may_not_label_itself_into_trust() {
         ),
         "{err}"
     );
+}
+
+/// Every resource that serves `deletecollection`: (path of its collection in namespace
+/// NS, or at the cluster scope), from discovery as a generic client finds them.
+async fn collections(admin: &Api) -> Vec<(String, bool)> {
+    let mut group_versions = vec!["/api/v1".to_string()];
+    let (_, groups) = admin.get("/apis").await;
+    for g in groups["groups"].as_array().unwrap() {
+        for v in g["versions"].as_array().unwrap() {
+            group_versions.push(format!("/apis/{}", v["groupVersion"].as_str().unwrap()));
+        }
+    }
+    let mut out = Vec::new();
+    for gv in group_versions {
+        let (code, list) = admin.get(&gv).await;
+        assert_eq!(code, 200, "{gv}: {list}");
+        for r in list["resources"].as_array().unwrap() {
+            let name = r["name"].as_str().unwrap();
+            let verbs = r["verbs"].as_array().unwrap();
+            if name.contains('/') || !verbs.iter().any(|v| v == "deletecollection") {
+                continue;
+            }
+            out.push((format!("{gv}/{name}"), r["namespaced"] == true));
+        }
+    }
+    out
+}
+
+/// What a generic API fuzzer did to an early cluster: a `deletecollection` of every
+/// kind in every namespace, as admin (the Secrets in kube-system among them). The
+/// admin's and the nodes' identities are not objects, so afterwards the admin still
+/// works, the agents register again and run new pods, and the join token still joins.
+async fn deleting_every_object_locks_nobody_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("server"), &[]);
+    let admin = server.api();
+    let token = server.node_token();
+    let nodes_dir = dir.path().join("nodes");
+    let agent_fast = |name: &str| {
+        let d = nodes_dir.join(name);
+        Process::start(
+            &[
+                "agent",
+                "--server",
+                &server.url,
+                "--token",
+                &token,
+                "--name",
+                name,
+                "--data-dir",
+                d.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--lease-interval",
+                "1s",
+            ],
+            "agent:",
+        )
+        .0
+    };
+    let _agents = [agent_fast("edge-1"), agent_fast("edge-2")];
+    let ticker = admin.upload(workload("ticker.wasm")).await;
+    let run_on = |name: &str, node: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": node, "containers": [{"name": "main", "image": ticker, "args": ["1s"]}]}})
+    };
+    let running = |name: String| {
+        let admin = admin.clone();
+        async move {
+            let (_, p) = admin
+                .get(&format!("/api/v1/namespaces/default/pods/{name}"))
+                .await;
+            (p["status"]["phase"] == "Running").then_some(())
+        }
+    };
+    for node in ["edge-1", "edge-2"] {
+        let (code, body) = admin
+            .post(
+                "/api/v1/namespaces/default/pods",
+                &run_on(&format!("before-{node}"), node),
+            )
+            .await;
+        assert_eq!(code, 201, "{body}");
+        eventually("a pod runs before", WAIT, || {
+            running(format!("before-{node}"))
+        })
+        .await;
+    }
+
+    // The exact command of the report first, then everything else.
+    let out = std::process::Command::new("kubectl")
+        .args([
+            "delete",
+            "secrets",
+            "--all",
+            "-n",
+            "kube-system",
+            "--kubeconfig",
+        ])
+        .arg(server.kubeconfig())
+        .output()
+        .expect("kubectl is installed by scripts/test");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, namespaces) = admin.get("/api/v1/namespaces").await;
+    let namespaces: Vec<String> = namespaces["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(namespaces.contains(&"kube-system".to_string()));
+    let collections = collections(&admin).await;
+    assert!(
+        collections.iter().any(|(p, _)| p == "/api/v1/secrets")
+            && collections.iter().any(|(p, _)| p == "/api/v1/nodes"),
+        "{collections:?}"
+    );
+    for (path, namespaced) in &collections {
+        let paths: Vec<String> = if *namespaced {
+            let (prefix, plural) = path.rsplit_once('/').unwrap();
+            namespaces
+                .iter()
+                .map(|ns| format!("{prefix}/namespaces/{ns}/{plural}"))
+                .collect()
+        } else {
+            vec![path.clone()]
+        };
+        for p in paths {
+            let (code, body) = admin.delete(&p, None).await;
+            // The system namespaces may not be deleted: that is the one refusal.
+            let protected = p == "/api/v1/namespaces" && code == 403;
+            assert!(code == 200 || protected, "DELETE {p}: {code} {body}");
+        }
+    }
+
+    // The admin still works.
+    let (code, body) = admin
+        .post(
+            "/api/v1/namespaces/default/configmaps",
+            &common::configmap("after", json!({})),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let (ok, out, err) = skiff(&[
+        "token",
+        "list",
+        "--kubeconfig",
+        server.kubeconfig().to_str().unwrap(),
+    ]);
+    assert!(
+        ok && out.contains("edge-1") && out.contains("edge-2"),
+        "{out}{err}"
+    );
+
+    // The agents register again, and run new pods.
+    for node in ["edge-1", "edge-2"] {
+        eventually("the node registered again, Ready", WAIT, || {
+            let admin = admin.clone();
+            async move {
+                let (code, n) = admin.get(&format!("/api/v1/nodes/{node}")).await;
+                let ready = n["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
+                (code == 200 && ready).then_some(())
+            }
+        })
+        .await;
+        let (code, body) = admin
+            .post(
+                "/api/v1/namespaces/default/pods",
+                &run_on(&format!("after-{node}"), node),
+            )
+            .await;
+        assert_eq!(code, 201, "{body}");
+    }
+    // The module was deleted with everything else: upload it again, as a user would.
+    let again = admin.upload(workload("ticker.wasm")).await;
+    assert_eq!(again, ticker);
+    for node in ["edge-1", "edge-2"] {
+        eventually("a new pod runs after", WAIT, || {
+            running(format!("after-{node}"))
+        })
+        .await;
+    }
+
+    // The server's join token survived too: a new node joins with it.
+    let _edge3 = agent_fast("edge-3");
+    let (code, _) = admin.get("/api/v1/nodes/edge-3").await;
+    assert_eq!(code, 200);
+}
+
+/// A node whose credential is revoked says so (log, `/readyz`, metric) and keeps
+/// serving its pods; restarted without a token it refuses to start and says how to
+/// join again; restarted with a new join token it joins again under its name, with the
+/// same pods.
+async fn a_revoked_node_says_so_and_joins_again_with_its_pods() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("server"), &[]);
+    let admin = server.api();
+    let kc = server.kubeconfig();
+    let kc = kc.to_str().unwrap();
+    let data = dir.path().join("edge-1");
+    let log = dir.path().join("edge-1.log");
+    let start = |token: Option<&str>, log: &Path| {
+        let mut args = vec![
+            "agent",
+            "--name",
+            "edge-1",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend(["--listen", "127.0.0.1:0", "--lease-interval", "1s"]);
+        if let Some(token) = token {
+            args.extend(["--server", &server.url, "--token", token]);
+        }
+        let (p, line) = Process::start_logged(&args, "agent:", "warn", log);
+        let listen = line.rsplit(' ').next().unwrap().to_string();
+        (p, format!("http://{listen}"))
+    };
+    let (agent, url) = start(Some(&server.node_token()), &log);
+    let echo = admin.upload(workload("http-echo.wasm")).await;
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+        "spec": {"nodeName": "edge-1", "containers": [{"name": "main", "image": echo}]}});
+    assert_eq!(
+        admin.post("/api/v1/namespaces/default/pods", &pod).await.0,
+        201
+    );
+    let http = reqwest::Client::new();
+    let serves = |url: String| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(format!("{url}/hi"))
+                .header("x-skiff-pod", "default/web")
+                .send()
+                .await;
+            r.is_ok_and(|r| r.status() == 200).then_some(())
+        }
+    };
+    eventually("the pod serves", WAIT, || serves(url.clone())).await;
+    let (_, before) = admin.get("/api/v1/namespaces/default/pods/web").await;
+    let uid = before["metadata"]["uid"].clone();
+
+    // Revoked: the agent says so within a lease interval, and serves on.
+    let (ok, out, err) = skiff(&["token", "list", "--kubeconfig", kc]);
+    assert!(ok, "{err}");
+    let old_id = out
+        .lines()
+        .find(|l| l.contains("edge-1"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let (ok, _, err) = skiff(&["token", "revoke", &old_id, "--kubeconfig", kc]);
+    assert!(ok, "{err}");
+    let readyz = eventually("the agent reports the refusal", WAIT, || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http.get(format!("{url}/readyz")).send().await.ok()?;
+            (r.status() == 503).then_some(r.text().await.ok()?)
+        }
+    })
+    .await;
+    assert!(
+        readyz.contains("revoked") && readyz.contains("--token"),
+        "{readyz}"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("ERROR") && logged.contains("refuses the credential of node edge-1"),
+        "{logged}"
+    );
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("skiff_agent_credential_refused 1"),
+        "{metrics}"
+    );
+    assert!(
+        serves(url.clone()).await.is_some(),
+        "the pod serves on while revoked"
+    );
+    agent.terminate(WAIT);
+
+    // Without a join token it cannot start, and says what to do.
+    let (ok, _, err) = skiff(&[
+        "agent",
+        "--name",
+        "edge-1",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(
+        !ok && err.contains("revoked") && err.contains("--token"),
+        "{err}"
+    );
+
+    // With a new join token it joins again under its name, with the same pod.
+    let (ok, new_token, err) = skiff(&[
+        "token",
+        "create",
+        "--description",
+        "rejoin",
+        "--kubeconfig",
+        kc,
+    ]);
+    assert!(ok, "{err}");
+    let (_agent, url) = start(Some(new_token.trim()), &dir.path().join("edge-1.again.log"));
+    eventually("the pod serves again", WAIT, || serves(url.clone())).await;
+    let (_, after) = admin.get("/api/v1/namespaces/default/pods/web").await;
+    assert_eq!(after["metadata"]["uid"], uid, "the same pod, not a new one");
+    assert_eq!(after["status"]["phase"], "Running");
+    let (_, out, _) = skiff(&["token", "list", "--kubeconfig", kc]);
+    let new_id = out
+        .lines()
+        .find(|l| l.contains("edge-1"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap();
+    assert_ne!(new_id, old_id, "a new credential");
+    let ready = http.get(format!("{url}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
 }

@@ -1,9 +1,14 @@
 //! Bearer tokens and join tokens.
 //!
 //! A token is `<id>.<secret>` (as Kubernetes' bootstrap tokens are). The server keeps
-//! only a hash of the secret, in a Secret `kube-system/skiff-token-<id>` of type
-//! `skiff.dev/token`, labelled with the token's role and, for node credentials, the
-//! node. Deleting that Secret (`skiff token revoke <id>`) revokes the token at once.
+//! only a hash of the secret, in a token record: a system record at
+//! `/skiff.dev/~tokens/<id>` in the store, beside the objects but outside every served
+//! kind, so no request on an ordinary object (a `kubectl delete secrets --all`, a
+//! `deletecollection` of anything) can revoke the admin's or the nodes' identities.
+//! Only `skiff token revoke <id>` (`DELETE /skiff/v1/tokens/<id>`, admins only)
+//! removes one, and the token stops working on the next request. Kubernetes gets the
+//! same property from certificates; records keep revocation immediate, which
+//! certificates without a revocation list cannot.
 //!
 //! A join token, as k3s writes it, pins the cluster CA: `K10<sha256 of the CA
 //! certificate>::<id>.<secret>`. An agent refuses a server whose CA does not hash to it.
@@ -15,12 +20,23 @@ use rand::Rng;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-pub const NAMESPACE: &str = "kube-system";
-pub const SECRET_TYPE: &str = "skiff.dev/token";
-pub const ROLE_LABEL: &str = "skiff.dev/token-role";
-pub const NODE_LABEL: &str = "skiff.dev/token-node";
-pub const DESCRIPTION_ANNOTATION: &str = "skiff.dev/token-description";
-const HASH_KEY: &str = "secret-sha256";
+/// Where token records live in the store: no served kind's prefix, so no request on
+/// an object reaches them.
+pub const RECORD_PREFIX: &str = "/skiff.dev/~tokens/";
+/// What token records say they are.
+pub const RECORD_API_VERSION: &str = "skiff.dev/v1";
+pub const RECORD_KIND: &str = "Token";
+
+/// Before token records, tokens were Secrets `kube-system/skiff-token-<id>` of this
+/// type; a server moves any it finds into records (see `legacy`).
+pub mod legacy {
+    pub const NAMESPACE: &str = "kube-system";
+    pub const SECRET_TYPE: &str = "skiff.dev/token";
+    pub const ROLE_LABEL: &str = "skiff.dev/token-role";
+    pub const NODE_LABEL: &str = "skiff.dev/token-node";
+    pub const DESCRIPTION_ANNOTATION: &str = "skiff.dev/token-description";
+    pub const HASH_KEY: &str = "secret-sha256";
+}
 const ID_LEN: usize = 8;
 const SECRET_LEN: usize = 32;
 const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -112,59 +128,143 @@ impl Token {
         })
     }
 
-    /// The Secret that records this token.
-    pub fn secret_name(&self) -> String {
-        secret_name(&self.id)
+    /// The store key of this token's record.
+    pub fn record_key(&self) -> String {
+        record_key(&self.id)
     }
 
-    /// The Secret object that makes this token valid for `role` (and `node`).
-    pub fn secret_object(&self, role: Role, node: Option<&str>, description: &str) -> Value {
-        let mut labels = json!({ ROLE_LABEL: role.as_str() });
-        if let Some(node) = node {
-            labels[NODE_LABEL] = json!(node);
-        }
-        json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": self.secret_name(),
-                "namespace": NAMESPACE,
-                "labels": labels,
-                "annotations": { DESCRIPTION_ANNOTATION: description },
-            },
-            "type": SECRET_TYPE,
-            "data": { HASH_KEY: base64::engine::general_purpose::STANDARD.encode(hash(&self.secret)) },
-        })
+    /// The record that makes this token valid for `role` (and `node`).
+    pub fn record(&self, role: Role, node: Option<&str>, description: &str) -> Value {
+        record_with_hash(&self.id, &hash(&self.secret), role, node, description)
     }
 
-    /// The role (and node) this token has, if `secret` is its record and it matches.
-    pub fn verify(&self, secret: &Value) -> Option<(Role, Option<String>)> {
-        if secret.get("type").and_then(Value::as_str) != Some(SECRET_TYPE) {
+    /// The role (and node) this token has, if `record` is its record and it matches.
+    pub fn verify(&self, record: &Value) -> Option<(Role, Option<String>)> {
+        let info = TokenInfo::from_record(record)?;
+        if info.id != self.id {
             return None;
         }
-        let stored = secret
-            .pointer(&format!("/data/{HASH_KEY}"))
-            .and_then(Value::as_str)
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())?;
-        if !constant_time_eq(&stored, hash(&self.secret).as_bytes()) {
+        let stored = record.get("secretHash").and_then(Value::as_str)?;
+        if !constant_time_eq(stored.as_bytes(), hash(&self.secret).as_bytes()) {
             return None;
         }
-        let labels = secret.pointer("/metadata/labels")?;
-        let role = Role::parse(labels.get(ROLE_LABEL)?.as_str()?)?;
-        let node = labels
-            .get(NODE_LABEL)
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        if role == Role::Node && node.is_none() {
-            return None;
-        }
-        Some((role, node))
+        Some((info.role, info.node))
     }
 }
 
-/// The name of the Secret that records token `id`.
-pub fn secret_name(id: &str) -> String {
-    format!("skiff-token-{id}")
+/// The store key of token `id`'s record.
+pub fn record_key(id: &str) -> String {
+    format!("{RECORD_PREFIX}{id}")
+}
+
+/// A record from the hash of a token's secret (a legacy Secret carries only the hash).
+pub fn record_with_hash(
+    id: &str,
+    secret_hash: &str,
+    role: Role,
+    node: Option<&str>,
+    description: &str,
+) -> Value {
+    let mut record = json!({
+        "apiVersion": RECORD_API_VERSION,
+        "kind": RECORD_KIND,
+        "metadata": {"name": id, "creationTimestamp": crate::time::now_rfc3339()},
+        "role": role.as_str(),
+        "description": description,
+        "secretHash": secret_hash,
+    });
+    if let Some(node) = node {
+        record["node"] = json!(node);
+    }
+    record
+}
+
+/// What a token record says, without its hash: what `skiff token list` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub id: String,
+    pub role: Role,
+    /// The node a node credential belongs to.
+    pub node: Option<String>,
+    pub description: String,
+    pub created: Option<String>,
+}
+
+impl TokenInfo {
+    /// Reads a record; `None` if it is not a well-formed one (a node credential must
+    /// name its node).
+    pub fn from_record(record: &Value) -> Option<TokenInfo> {
+        if record.get("kind").and_then(Value::as_str) != Some(RECORD_KIND) {
+            return None;
+        }
+        let id = record.pointer("/metadata/name")?.as_str()?.to_string();
+        let role = Role::parse(record.get("role")?.as_str()?)?;
+        let node = record
+            .get("node")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if (role == Role::Node) != node.is_some() {
+            return None;
+        }
+        Some(TokenInfo {
+            id,
+            role,
+            node,
+            description: record
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            created: record
+                .pointer("/metadata/creationTimestamp")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        })
+    }
+
+    /// The record as the API shows it: everything but the hash.
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "apiVersion": RECORD_API_VERSION,
+            "kind": RECORD_KIND,
+            "metadata": {"name": self.id, "creationTimestamp": self.created},
+            "role": self.role.as_str(),
+            "description": self.description,
+        });
+        if let Some(node) = &self.node {
+            v["node"] = json!(node);
+        }
+        v
+    }
+}
+
+/// The record a legacy token Secret stands for, if it is one.
+pub fn record_from_legacy_secret(secret: &Value) -> Option<Value> {
+    if secret.get("type").and_then(Value::as_str) != Some(legacy::SECRET_TYPE) {
+        return None;
+    }
+    let id = secret
+        .pointer("/metadata/name")?
+        .as_str()?
+        .strip_prefix("skiff-token-")?;
+    let hash = secret
+        .pointer(&format!("/data/{}", legacy::HASH_KEY))
+        .and_then(Value::as_str)
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|h| String::from_utf8(h).ok())?;
+    let labels = secret.pointer("/metadata/labels")?;
+    let label = |k: &str| labels.get(k).and_then(Value::as_str);
+    let role = Role::parse(label(legacy::ROLE_LABEL)?)?;
+    let description = secret
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(legacy::DESCRIPTION_ANNOTATION))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let mut record = record_with_hash(id, &hash, role, label(legacy::NODE_LABEL), description);
+    if let Some(created) = secret.pointer("/metadata/creationTimestamp") {
+        record["metadata"]["creationTimestamp"] = created.clone();
+    }
+    TokenInfo::from_record(&record).map(|_| record)
 }
 
 fn hash(secret: &str) -> String {
@@ -270,10 +370,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_legacy_token_secret_becomes_a_record_that_still_verifies() {
+        let t = Token::generate();
+        let hash = base64::engine::general_purpose::STANDARD.encode(hash(&t.secret));
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret", "type": legacy::SECRET_TYPE,
+            "metadata": {
+                "name": format!("skiff-token-{}", t.id), "namespace": legacy::NAMESPACE,
+                "creationTimestamp": "2026-01-02T03:04:05Z",
+                "labels": {legacy::ROLE_LABEL: "node", legacy::NODE_LABEL: "edge-1"},
+                "annotations": {legacy::DESCRIPTION_ANNOTATION: "old"},
+            },
+            "data": {legacy::HASH_KEY: hash},
+        });
+        let record = record_from_legacy_secret(&secret).unwrap();
+        assert_eq!(t.verify(&record), Some((Role::Node, Some("edge-1".into()))));
+        assert_eq!(
+            record["metadata"]["creationTimestamp"],
+            "2026-01-02T03:04:05Z"
+        );
+        let mut opaque = secret.clone();
+        opaque["type"] = json!("Opaque");
+        assert_eq!(record_from_legacy_secret(&opaque), None);
+    }
+
+    #[test]
     fn tokens_round_trip_and_verify_against_their_record() {
         let t = Token::generate();
         assert_eq!(Token::parse(&t.to_string()), Some(t.clone()));
-        let record = t.secret_object(Role::Node, Some("edge-1"), "test");
+        let record = t.record(Role::Node, Some("edge-1"), "test");
+        assert_eq!(
+            record.get("secretHash").map(|h| h != &json!(t.secret)),
+            Some(true)
+        );
         assert_eq!(
             t.verify(&record),
             Some((Role::Node, Some("edge-1".to_string())))
@@ -283,10 +412,22 @@ mod tests {
             secret: Token::generate().secret,
         };
         assert_eq!(other.verify(&record), None, "a wrong secret is refused");
-        let mut no_node = t.secret_object(Role::Node, None, "");
+        let elsewhere = Token {
+            id: Token::generate().id,
+            secret: t.secret.clone(),
+        };
+        assert_eq!(elsewhere.verify(&record), None, "a record is one id's");
+        let no_node = t.record(Role::Node, None, "");
         assert_eq!(t.verify(&no_node), None, "a node credential names its node");
-        no_node["type"] = json!("Opaque");
-        assert_eq!(t.verify(&no_node), None);
+        let mut not_a_record = t.record(Role::Admin, None, "");
+        not_a_record["kind"] = json!("Secret");
+        assert_eq!(t.verify(&not_a_record), None);
+        let info = TokenInfo::from_record(&record).unwrap();
+        assert_eq!((info.role, info.description.as_str()), (Role::Node, "test"));
+        assert!(
+            info.to_json().get("secretHash").is_none(),
+            "listing hides the hash"
+        );
         for bad in [
             "",
             "abc",

@@ -46,6 +46,17 @@ impl Subject {
         }
     }
 
+    /// A token record (`skiff token`): not a served kind, named as one would be.
+    pub fn token(id: &str) -> Subject {
+        Subject {
+            group: "skiff.dev",
+            plural: "tokens",
+            resource_kind: "Token",
+            name: id.to_string(),
+            kind: None,
+        }
+    }
+
     /// The resource as Kubernetes names it in errors: `pods`, `deployments.apps`.
     pub fn qualified_plural(&self) -> String {
         if self.group.is_empty() {

@@ -40,6 +40,9 @@ pub enum AgentError {
     LocalState(#[from] crate::local::LocalError),
     #[error("building the API client")]
     Client(#[source] kube::Error),
+    /// The stored credential was revoked, and no join token was given to join again.
+    #[error("{0}")]
+    CredentialRefused(String),
     #[error("no API server to talk to")]
     NoServers(#[source] skiff_api::client::failover::FailoverError),
 }
@@ -65,8 +68,18 @@ impl Agent {
         })?;
         let local = crate::local::LocalState::open(&config.data_dir)?;
         let servers = Servers::new(api.servers.clone()).map_err(AgentError::NoServers)?;
-        let client = crate::local::client(&api.kube, servers.clone(), local.clone())
-            .map_err(AgentError::Client)?;
+        let metrics = Metrics::new();
+        let credential = Arc::new(crate::credential::CredentialHealth::new(
+            &config.name,
+            metrics.credential_refused.clone(),
+        ));
+        let client = crate::local::client(
+            &api.kube,
+            servers.clone(),
+            local.clone(),
+            credential.clone(),
+        )
+        .map_err(AgentError::Client)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| AgentError::BindFailed {
@@ -86,16 +99,23 @@ impl Agent {
             events: EventRecorder::new(client.clone(), &config.name),
             host_ip: listen.ip().to_string(),
             logs: LogRegistry::default(),
-            metrics: Metrics::new(),
+            metrics,
             apps: Default::default(),
             local: local.clone(),
             config: config.clone(),
+            credential: credential.clone(),
         });
         // Offline (an edge node cut off from its control plane), the agent starts anyway
         // and runs its pods from the local cache; the Lease loop registers the Node once
         // the API answers. A refusal from the API is still fatal.
         match node::register(&client, &config, listen).await {
             Ok(()) => {}
+            Err(node::NodeError::RegisterFailed {
+                source: kube::Error::Api(status),
+                ..
+            }) if status.code == 401 => {
+                return Err(AgentError::CredentialRefused(credential.message()));
+            }
             Err(node::NodeError::RegisterFailed {
                 source: kube::Error::Api(status),
                 name,

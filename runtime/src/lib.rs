@@ -5,6 +5,7 @@ pub mod agent;
 pub mod apiservers;
 pub mod apps;
 pub mod config;
+pub mod credential;
 pub mod events;
 pub mod images;
 pub mod local;

@@ -371,6 +371,8 @@ type DynBody = dyn http_body::Body<Data = Bytes, Error = Box<dyn std::error::Err
     + Send
     + Unpin;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of the answers the agent's API client gets.
+pub type ResponseBody = Box<DynBody>;
 
 /// The cache key of a request this layer keeps answers for.
 fn cacheable(request: &http::Request<kube::client::Body>) -> Option<String> {
@@ -464,10 +466,12 @@ pub fn client(
     config: &kube::Config,
     servers: skiff_api::client::Servers,
     local: Arc<LocalState>,
+    credential: Arc<crate::credential::CredentialHealth>,
 ) -> Result<kube::Client, kube::Error> {
     Ok(
         skiff_api::client::failover::client_builder(config, servers)?
             .with_layer(&OfflineReads::new(local))
+            .with_layer(&crate::credential::layer(credential))
             .build(),
     )
 }

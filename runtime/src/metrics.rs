@@ -46,6 +46,8 @@ pub struct Metrics {
     restarts: Family<ContainerLabels, Counter>,
     http: AppRequests,
     http_faults: Family<FaultLabels, Counter>,
+    /// 1 while the control plane refuses this node's credential (`credential.rs`).
+    pub credential_refused: Gauge,
 }
 
 impl Metrics {
@@ -111,6 +113,12 @@ impl Metrics {
             "Requests whose instance trapped, ran out of memory or hit its CPU time limit",
             http_faults.clone(),
         );
+        let credential_refused = Gauge::default();
+        registry.register(
+            "skiff_agent_credential_refused",
+            "1 while the control plane refuses this node's credential (revoked): re-join with a new join token",
+            credential_refused.clone(),
+        );
         Metrics {
             registry,
             running_instances,
@@ -123,6 +131,7 @@ impl Metrics {
             restarts,
             http,
             http_faults,
+            credential_refused,
         }
     }
 

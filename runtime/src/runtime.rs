@@ -24,4 +24,6 @@ pub struct Runtime {
     pub apps: crate::apps::AppRegistry,
     /// What the agent keeps to work without the control plane.
     pub local: Arc<crate::local::LocalState>,
+    /// Whether the control plane still accepts this node's credential.
+    pub credential: Arc<crate::credential::CredentialHealth>,
 }

@@ -1,10 +1,10 @@
 //! Authentication: who a request's bearer token belongs to. Tokens live in the store
-//! as Secrets (see `skiff_api::token`), read through the store's cache.
+//! as token records (see `tokens.rs`), read through the store's cache.
 
 use axum::http::{HeaderMap, header};
 
 use skiff_api::resources::ResourceInfo;
-use skiff_api::token::{self, Role, Token};
+use skiff_api::token::{Role, Token};
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::ApiServer;
@@ -47,17 +47,10 @@ pub async fn authenticate(api: &ApiServer, headers: &HeaderMap) -> ApiResult<Ide
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(ApiError::Unauthorized)?;
     let token = Token::parse(bearer).ok_or(ApiError::Unauthorized)?;
-    let key = secrets().key(Some(token::NAMESPACE), &token.secret_name());
-    // From the cache, as Kubernetes reads bootstrap tokens from an informer: a token
-    // revoked through this server is refused at once, through another server within the
-    // cache's watch latency.
-    let record = api
-        .store
-        .get_cached(&key)
-        .await
-        .map_err(|e| ApiError::Internal(Box::new(e)))?
+    let record = super::tokens::record(api, &token.id)
+        .await?
         .ok_or(ApiError::Unauthorized)?;
-    let (role, node) = token.verify(&record.object).ok_or(ApiError::Unauthorized)?;
+    let (role, node) = token.verify(&record).ok_or(ApiError::Unauthorized)?;
     let id = token.id;
     Ok(match role {
         Role::Admin => Identity::Admin { id },

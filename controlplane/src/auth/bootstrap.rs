@@ -8,19 +8,17 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use skiff_api::token::{self, Role, Token};
 
-use super::authn::{Identity, exists, secrets};
-use crate::apiserver::internal;
+use super::authn::Identity;
 use crate::error::{ApiError, ApiResult};
-use crate::objects;
 use crate::state::{ApiServer, SharedApi};
-use crate::store::ListRequest;
 
-/// `/cacerts` and `/skiff/v1/join`.
+/// `/cacerts`, `/skiff/v1/join`, and the admin's `/skiff/v1/tokens` (`tokens.rs`).
 pub fn routes(api: SharedApi, ca_pem: String) -> Router {
+    let tokens = super::tokens::routes(api.clone(), token::ca_hash(&ca_pem));
     Router::new()
         .route(
             "/cacerts",
@@ -31,6 +29,7 @@ pub fn routes(api: SharedApi, ca_pem: String) -> Router {
         )
         .route("/skiff/v1/join", post(join))
         .with_state(api)
+        .merge(tokens)
 }
 
 /// Trades a join token for a credential of one node: `{"node": NAME}` →
@@ -55,30 +54,25 @@ async fn join(
                 "\"node\" must be a valid node name: {node:?}"
             )));
         }
-        let prefix = secrets().namespace_prefix(Some(token::NAMESPACE));
-        let filter = |s: &Value| {
-            s.pointer(&format!("/metadata/labels/{}", token::NODE_LABEL.replace('/', "~1")))
-                .and_then(Value::as_str)
-                == Some(node.as_str())
-        };
-        let existing = api
-            .store
-            .list(ListRequest::all(&prefix, &filter))
-            .await
-            .map_err(|e| ApiError::Internal(Box::new(e)))?;
-        if let Some(s) = existing.items.first() {
-            let id = objects::name(&s.object).trim_start_matches("skiff-token-").to_string();
+        if let Some(existing) = super::tokens::list(&api)
+            .await?
+            .into_iter()
+            .find(|t| t.node.as_deref() == Some(node.as_str()))
+        {
+            let id = existing.id;
             return Err(ApiError::Forbidden(format!(
                 "node {node:?} already has a credential ({id}); revoke it with `skiff token revoke {id}` to join again under this name"
             )));
         }
         let credential = Token::generate();
-        let record = credential.secret_object(
+        super::tokens::create(
+            &api,
+            &credential,
             Role::Node,
             Some(&node),
             &format!("credential of node {node}, joined with token {id}"),
-        );
-        internal::create(&api, secrets(), Some(token::NAMESPACE), record).await?;
+        )
+        .await?;
         tracing::info!(%node, join_token = %id, "node joined");
         Ok(json!({
             "apiVersion": "skiff.dev/v1",
@@ -105,13 +99,17 @@ pub async fn ensure_tokens(
     ca_hash: &str,
 ) -> Result<(Token, token::JoinToken), std::io::Error> {
     let other = |e: ApiError| std::io::Error::other(e.to_string());
+    super::tokens::migrate_legacy(api).await.map_err(other)?;
     let admin = match read_token(&data_dir.join("admin-token"))? {
         Some(t) => {
             let t = Token::parse(&t).ok_or_else(|| {
                 std::io::Error::other("admin-token is not a token; delete it to make a new one")
             })?;
-            let key = secrets().key(Some(token::NAMESPACE), &t.secret_name());
-            if !exists(api, &key).await.map_err(other)? {
+            if super::tokens::record(api, &t.id)
+                .await
+                .map_err(other)?
+                .is_none()
+            {
                 record(api, &t, Role::Admin, "the server's admin token")
                     .await
                     .map_err(other)?;
@@ -167,15 +165,8 @@ fn write_secret_file(path: &std::path::Path, text: &str) -> Result<(), std::io::
 }
 
 async fn record(api: &ApiServer, t: &Token, role: Role, description: &str) -> ApiResult<()> {
-    match internal::create(
-        api,
-        secrets(),
-        Some(token::NAMESPACE),
-        t.secret_object(role, None, description),
-    )
-    .await
-    {
-        Ok(_) | Err(ApiError::AlreadyExists(_)) => Ok(()),
+    match super::tokens::create(api, t, role, None, description).await {
+        Ok(()) | Err(ApiError::AlreadyExists(_)) => Ok(()),
         Err(e) => Err(e),
     }
 }

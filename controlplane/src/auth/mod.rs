@@ -13,12 +13,13 @@
 //!   make the control plane or a nodeSelector trust it.
 //! - **join** tokens may only trade themselves for a node credential (`POST /skiff/v1/join`).
 //!
-//! Tokens live in the store (see `skiff_api::token`), so revoking one is deleting its
-//! Secret and takes effect on the next request.
+//! Tokens live in the store as token records (`tokens.rs`), outside every served kind:
+//! deleting objects cannot lock anyone out, and `skiff token revoke` takes effect on the
+//! next request.
 //!
 //! `authn.rs` authenticates, `authz.rs` authorizes (and is the middleware in front of
 //! the API), `noderestriction.rs` admits a node's writes of its Node, `bootstrap.rs`
-//! makes the server's tokens and serves joining, and `pki.rs` makes the cluster's CA
+//! makes the server's tokens and serves joining, `tokens.rs` keeps the token records, and `pki.rs` makes the cluster's CA
 //! and certificates.
 
 mod authn;
@@ -26,6 +27,7 @@ mod authz;
 mod bootstrap;
 mod noderestriction;
 pub mod pki;
+mod tokens;
 
 pub use authn::{Identity, authenticate};
 pub use authz::layer;
