@@ -288,21 +288,9 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::blobs::ModuleBlobs;
-    use crate::state::ApiConfig;
-    use crate::store::redb::RedbStore;
 
     fn api(dir: &tempfile::TempDir) -> Arc<ApiServer> {
-        let store = RedbStore::open(&dir.path().join("store.redb")).unwrap();
-        futures::executor::block_on(crate::server::bootstrap_namespaces(&*store)).unwrap();
-        Arc::new(ApiServer {
-            store,
-            modules: ModuleBlobs::new(dir.path().join("blobs")),
-            config: ApiConfig::default(),
-            shutdown: CancellationToken::new(),
-            tunnels: Default::default(),
-            metrics: Default::default(),
-        })
+        Arc::new(ApiServer::on_redb_for_tests(dir.path()))
     }
 
     fn fast(identity: &str) -> LeaderConfig {

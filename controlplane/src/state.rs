@@ -67,3 +67,21 @@ pub struct ApiServer {
 }
 
 pub type SharedApi = Arc<ApiServer>;
+
+#[cfg(test)]
+impl ApiServer {
+    /// A server on a fresh redb store in `dir`, with the system namespaces, for tests
+    /// that call handlers and helpers in-process.
+    pub(crate) fn on_redb_for_tests(dir: &std::path::Path) -> ApiServer {
+        let store = crate::store::redb::RedbStore::open(&dir.join("store.redb")).unwrap();
+        futures::executor::block_on(crate::server::bootstrap_namespaces(&*store)).unwrap();
+        ApiServer {
+            store,
+            modules: ModuleBlobs::new(dir.join("blobs")),
+            config: ApiConfig::default(),
+            shutdown: CancellationToken::new(),
+            tunnels: Default::default(),
+            metrics: Default::default(),
+        }
+    }
+}

@@ -433,15 +433,7 @@ mod tests {
     use serde_json::json;
 
     fn api(dir: &tempfile::TempDir) -> ApiServer {
-        let store = crate::store::redb::RedbStore::open(&dir.path().join("store.redb")).unwrap();
-        ApiServer {
-            store,
-            modules: crate::blobs::ModuleBlobs::new(dir.path().join("blobs")),
-            config: Default::default(),
-            shutdown: Default::default(),
-            tunnels: Default::default(),
-            metrics: Default::default(),
-        }
+        ApiServer::on_redb_for_tests(dir.path())
     }
 
     /// What a node's credential may do with `method path?query`.

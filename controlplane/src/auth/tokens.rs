@@ -240,3 +240,51 @@ async fn revoke_route(State(api): State<SharedApi>, Path(id): Path<String>) -> R
         .await,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn token_secrets_of_older_servers_become_records_that_still_authenticate() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = ApiServer::on_redb_for_tests(dir.path());
+        let t = Token::generate();
+        // What an older server stored: the hash in a Secret in kube-system.
+        let mut record = t.record(Role::Node, Some("edge-1"), "old");
+        let hash = record["secretHash"].take();
+        use base64::Engine;
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret", "type": token::legacy::SECRET_TYPE,
+            "metadata": {
+                "name": format!("skiff-token-{}", t.id), "namespace": "kube-system",
+                "labels": {token::legacy::ROLE_LABEL: "node", token::legacy::NODE_LABEL: "edge-1"},
+            },
+            "data": {token::legacy::HASH_KEY: base64::engine::general_purpose::STANDARD
+                .encode(hash.as_str().unwrap())},
+        });
+        let secrets = super::super::authn::secrets();
+        crate::apiserver::internal::create(&api, secrets, Some("kube-system"), secret)
+            .await
+            .unwrap();
+        assert_eq!(migrate_legacy(&api).await.unwrap(), 1);
+        let stored = super::record(&api, &t.id).await.unwrap().unwrap();
+        assert_eq!(t.verify(&stored), Some((Role::Node, Some("edge-1".into()))));
+        let key = secrets.key(Some("kube-system"), &format!("skiff-token-{}", t.id));
+        assert!(
+            api.store.get(&key).await.unwrap().is_none(),
+            "the Secret is gone"
+        );
+        assert_eq!(migrate_legacy(&api).await.unwrap(), 0, "once");
+        let listed = list(&api).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            revoke(&api, &t.id).await.unwrap().node.as_deref(),
+            Some("edge-1")
+        );
+        assert!(matches!(
+            revoke(&api, &t.id).await,
+            Err(ApiError::NotFound(_))
+        ));
+    }
+}
