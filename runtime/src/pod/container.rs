@@ -200,29 +200,40 @@ impl ContainerLoop {
                     if let Err(e) = self.log.start_instance(after_restart) {
                         tracing::warn!(error = %e, "opening the container log failed");
                     }
-                    let started_at = skiff_api::time::now_rfc3339();
                     let began = Instant::now();
                     self.event(
                         Normal,
                         "Created",
                         format!("Created container {}", self.name()),
                     );
-                    self.status.send_modify(|s| {
-                        let c = &mut s.containers[self.index];
-                        c.state = State::Running {
-                            started_at: started_at.clone(),
-                        };
-                        c.started_once = true;
-                    });
-                    self.event(
-                        Normal,
-                        "Started",
-                        format!("Started container {}", self.name()),
-                    );
-                    self.rt.metrics.instance_started();
-                    let outcome = program.run(spec, self.stop.child_token()).await;
-                    self.rt.metrics.instance_ended();
+                    // Running once the guest is instantiated, as a container is once
+                    // its process runs: a guest that cannot be instantiated never is.
+                    let started_at = std::sync::Mutex::new(None);
+                    let outcome = program
+                        .run_reporting(spec, self.stop.child_token(), || {
+                            let now = skiff_api::time::now_rfc3339();
+                            self.status.send_modify(|s| {
+                                let c = &mut s.containers[self.index];
+                                c.state = State::Running {
+                                    started_at: now.clone(),
+                                };
+                                c.started_once = true;
+                            });
+                            self.event(
+                                Normal,
+                                "Started",
+                                format!("Started container {}", self.name()),
+                            );
+                            self.rt.metrics.instance_started();
+                            *started_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+                        })
+                        .await;
+                    let started_at = started_at.into_inner().unwrap_or_else(|p| p.into_inner());
+                    if started_at.is_some() {
+                        self.rt.metrics.instance_ended();
+                    }
                     self.log.end_instance();
+                    let started_at = started_at.unwrap_or_else(skiff_api::time::now_rfc3339);
                     Step::Exited(Terminated::from_outcome(&outcome, started_at), began)
                 }
                 Step::Serve(program, spec) => {

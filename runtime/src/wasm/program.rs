@@ -139,6 +139,18 @@ impl Program {
     /// (sleep, I/O) or a CPU-throttle pause is dropped. Dropping the future is supported by
     /// wasmtime: its fiber is unwound and the store stays usable for inspection.
     pub async fn run(&self, spec: RunSpec, stop: CancellationToken) -> Outcome {
+        self.run_reporting(spec, stop, || {}).await
+    }
+
+    /// Like `run`, calling `started` once the guest is instantiated, just before its
+    /// entry point runs: the moment Kubernetes would call the container Running. A guest
+    /// that fails to instantiate never calls it.
+    pub async fn run_reporting(
+        &self,
+        spec: RunSpec,
+        stop: CancellationToken,
+        started: impl FnOnce() + Send,
+    ) -> Outcome {
         if stop.is_cancelled() {
             return Outcome::Interrupted;
         }
@@ -169,7 +181,7 @@ impl Program {
                 store.limiter(|state| &mut state.budget);
                 Slicer::install(&mut store, |state| &mut state.slicer);
                 let ended = {
-                    let run = Metered::new(run_module(pre, &mut store), meter);
+                    let run = Metered::new(run_module(pre, &mut store, started), meter);
                     tokio::select! {
                         biased;
                         () = stop.cancelled() => None,
@@ -192,7 +204,7 @@ impl Program {
                 store.limiter(|state| &mut state.budget);
                 Slicer::install(&mut store, |state| &mut state.slicer);
                 let ended = {
-                    let run = Metered::new(run_component(pre, &mut store), meter);
+                    let run = Metered::new(run_component(pre, &mut store, started), meter);
                     tokio::select! {
                         biased;
                         () = stop.cancelled() => None,
@@ -209,6 +221,7 @@ impl Program {
 async fn run_module(
     pre: &InstancePre<ModuleState>,
     store: &mut Store<ModuleState>,
+    started: impl FnOnce(),
 ) -> Result<i32, RunError> {
     let instance = pre
         .instantiate_async(&mut *store)
@@ -217,6 +230,7 @@ async fn run_module(
     let start = instance
         .get_typed_func::<(), ()>(&mut *store, "_start")
         .map_err(RunError::Instantiate)?;
+    started();
     start
         .call_async(&mut *store, ())
         .await
@@ -227,11 +241,13 @@ async fn run_module(
 async fn run_component(
     pre: &CommandPre<ComponentState>,
     store: &mut Store<ComponentState>,
+    started: impl FnOnce(),
 ) -> Result<i32, RunError> {
     let command = pre
         .instantiate_async(&mut *store)
         .await
         .map_err(RunError::Instantiate)?;
+    started();
     match command.wasi_cli_run().call_run(&mut *store).await {
         Ok(Ok(())) => Ok(0),
         // `run` returning `err` is how a component says "exit with failure" (code 1).

@@ -134,3 +134,26 @@ async fn a_guest_paused_by_its_cpu_limit_still_stops_promptly() {
         asked.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_guest_that_cannot_be_instantiated_is_never_reported_started() {
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let started = || {
+        calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    };
+    let stop = CancellationToken::new();
+    let outcome = program(BIG_INITIAL_MEMORY)
+        .run_reporting(limited(LIMIT_16_MIB), stop.clone(), started)
+        .await;
+    assert_out_of_memory(outcome);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let outcome = program(EXIT_3)
+        .run_reporting(limited(LIMIT_16_MIB), stop, started)
+        .await;
+    assert_eq!(outcome, Outcome::Exited(3));
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "once it instantiated"
+    );
+}
