@@ -99,3 +99,79 @@ fn the_suite_prints_one_table_and_writes_json_and_plots() {
     assert!(cdf.last().unwrap()[1].as_f64().unwrap() > 0.0, "{pods}");
     assert_png(&png);
 }
+
+/// The median of a JSON array of numbers, as the benchmarks compute it.
+fn median_of(values: &Value) -> f64 {
+    let mut v: Vec<f64> = values
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+#[test]
+fn the_api_bench_drives_etcd_over_grpc_in_alternating_order() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("api.json");
+    let (ok, text) = skiff(&[
+        "bench",
+        "api",
+        "--creates",
+        "300",
+        "--warmup",
+        "50",
+        "--clients",
+        "8",
+        "--watchers",
+        "10",
+        "--watch-events",
+        "10",
+        "--watch-interval",
+        "1ms",
+        "--runs",
+        "2",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    // What each side does per write is said.
+    assert!(text.contains("per write:"), "{text}");
+    assert!(text.contains("gRPC create transaction"), "{text}");
+    let api = json(&path);
+    assert_eq!(
+        api["order"],
+        serde_json::json!(["skiff,etcd", "etcd,skiff"])
+    );
+    for (system, positions) in [("skiff", [1, 2]), ("etcd", [2, 1])] {
+        let s = &api[system];
+        let runs = s["per_run"].as_array().unwrap();
+        assert_eq!(runs.len(), 2, "{api}");
+        for (r, position) in runs.iter().zip(positions) {
+            assert_eq!(r["position"], position, "{system}: {api}");
+            assert!(r["creates_per_sec"].as_f64().unwrap() > 0.0, "{api}");
+            // Every watcher got every event.
+            assert_eq!(r["deliveries"], 100, "{system}: {api}");
+        }
+        assert_eq!(
+            s["creates_per_sec"].as_f64().unwrap(),
+            median_of(&s["per_run_creates_per_sec"]),
+            "{api}"
+        );
+    }
+    assert!(api["etcd"]["puts_per_sec"].as_f64().unwrap() > 0.0, "{api}");
+    assert!(api["skiff"]["puts_per_sec"].is_null(), "{api}");
+    // etcd is given an object of about the size Skiff stores (like for like).
+    let (skiff_bytes, etcd_bytes) = (
+        api["skiff"]["object_bytes"].as_f64().unwrap(),
+        api["etcd"]["object_bytes"].as_f64().unwrap(),
+    );
+    assert!((0.8..1.25).contains(&(etcd_bytes / skiff_bytes)), "{api}");
+}

@@ -1,24 +1,29 @@
-//! The etcd peer: a real etcd started on loopback, driven through its JSON gateway with
-//! the same HTTP client and concurrency as Skiff, doing what kube-apiserver does for a
-//! create (a transaction that puts only if the key does not exist).
+//! The etcd peer: a real etcd started on loopback, driven over gRPC with the client
+//! Skiff's etcd store uses (as kube-apiserver drives etcd over gRPC). It writes what
+//! kube-apiserver writes for a create (a transaction that puts the key only if it has
+//! never been created) or a bare put, and watches a key prefix.
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use base64::Engine;
-use serde_json::{Value, json};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use skiff_controlplane::store::etcd::{EtcdClient, EtcdConfig, pb, prefix_end};
 
 use super::free_port;
 
 pub struct Etcd {
     child: tokio::process::Child,
-    pub url: String,
+    client: Arc<EtcdClient>,
     _dir: tempfile::TempDir,
 }
 
 impl Etcd {
-    /// Starts `etcd` with its data on a fresh temporary directory (same disk as Skiff's).
+    /// Starts `etcd` with its data on a fresh temporary directory (same disk as Skiff's),
+    /// and waits until it answers a status request over gRPC.
     pub async fn start(binary: &str) -> anyhow::Result<Etcd> {
         let dir = tempfile::tempdir()?;
         let (client, peer) = (free_port()?, free_port()?);
@@ -47,25 +52,28 @@ impl Etcd {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {binary}"))?;
+        let client = Arc::new(EtcdClient::new(&EtcdConfig {
+            endpoints: vec![url],
+            ..Default::default()
+        })?);
         let etcd = Etcd {
             child,
-            url,
+            client,
             _dir: dir,
         };
-        let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if http
-                .get(format!("{}/health", etcd.url))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return Ok(etcd);
+        while etcd.client.status().await.is_err() {
+            if Instant::now() > deadline {
+                bail!("etcd did not become healthy within 20s");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("etcd did not become healthy within 20s")
+        Ok(etcd)
+    }
+
+    /// The gRPC client: one HTTP/2 connection, which concurrent requests share.
+    pub fn client(&self) -> &Arc<EtcdClient> {
+        &self.client
     }
 
     pub async fn stop(mut self) {
@@ -73,25 +81,77 @@ impl Etcd {
     }
 }
 
-pub fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-/// The body of a create: put `key` only if it has never been created.
-pub fn create_txn(key: &str, value: &str) -> Value {
-    json!({
-        "compare": [{"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
-        "success": [{"request_put": {"key": b64(key), "value": b64(value)}}],
-    })
-}
-
-/// The body of a watch on every key under a prefix.
-pub fn watch_request(prefix: &str) -> Value {
-    // range_end = prefix with its last byte incremented: every key that starts with prefix.
-    let mut end = prefix.as_bytes().to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
+/// What kube-apiserver (and Skiff's etcd store) sends etcd for a create: put `key`
+/// only if it has never been created (its create revision is 0).
+pub fn create_txn(key: Vec<u8>, value: Vec<u8>) -> pb::TxnRequest {
+    pb::TxnRequest {
+        compare: vec![pb::Compare {
+            result: pb::compare::CompareResult::Equal as i32,
+            target: pb::compare::CompareTarget::Create as i32,
+            key: key.clone(),
+            target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
+            range_end: Vec::new(),
+        }],
+        success: vec![pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                key,
+                value,
+                ..Default::default()
+            })),
+        }],
+        failure: Vec::new(),
     }
-    let end = base64::engine::general_purpose::STANDARD.encode(end);
-    json!({"create_request": {"key": b64(prefix), "range_end": end}})
+}
+
+/// One create: the create transaction, which must succeed (the key is new).
+pub async fn create(client: &EtcdClient, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
+    if !client.txn(create_txn(key, value)).await?.succeeded {
+        bail!("the create transaction found its key taken");
+    }
+    Ok(())
+}
+
+/// One bare put.
+pub async fn put(client: &EtcdClient, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
+    client
+        .put(pb::PutRequest {
+            key,
+            value,
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
+/// A gRPC watch of every key under a prefix: its responses as they arrive.
+pub type Watch = BoxStream<'static, anyhow::Result<pb::WatchResponse>>;
+
+/// Opens a watch on every key under `prefix` (its own gRPC stream, on the client's
+/// connection); resolves once etcd has confirmed it is created.
+pub async fn watch(client: &EtcdClient, prefix: &str) -> anyhow::Result<Watch> {
+    let create = pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+            pb::WatchCreateRequest {
+                key: prefix.as_bytes().to_vec(),
+                range_end: prefix_end(prefix.as_bytes()),
+                ..Default::default()
+            },
+        )),
+    };
+    // The request side stays open for the life of the watch, as a client's does.
+    let requests = futures::stream::once(async move { create }).chain(futures::stream::pending());
+    let (_, channel) = client.channel();
+    let mut responses: Watch = EtcdClient::watcher(channel)
+        .watch(requests)
+        .await?
+        .into_inner()
+        .map(|r| r.map_err(anyhow::Error::from))
+        .boxed();
+    match tokio::time::timeout(Duration::from_secs(10), responses.next()).await {
+        Ok(Some(Ok(first))) if first.created && !first.canceled => Ok(responses),
+        Ok(Some(Ok(first))) => bail!("etcd refused the watch: {}", first.cancel_reason),
+        Ok(Some(Err(e))) => Err(e.context("opening an etcd watch")),
+        Ok(None) => bail!("etcd closed the watch before confirming it"),
+        Err(_) => bail!("etcd did not confirm a watch within 10s"),
+    }
 }

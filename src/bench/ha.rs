@@ -200,21 +200,8 @@ async fn etcd_writes(
                         client.put(put(key, value.clone())).await?;
                     }
                     RawWrite::CreateTxn => {
-                        let op = |p| pb::RequestOp {
-                            request: Some(pb::request_op::Request::RequestPut(p)),
-                        };
                         let r = client
-                            .txn(pb::TxnRequest {
-                                compare: vec![pb::Compare {
-                                    result: pb::compare::CompareResult::Equal as i32,
-                                    target: pb::compare::CompareTarget::Create as i32,
-                                    key: key.clone(),
-                                    target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
-                                    range_end: Vec::new(),
-                                }],
-                                success: vec![op(put(key, value.clone()))],
-                                failure: Vec::new(),
-                            })
+                            .txn(super::etcd::create_txn(key, value.clone()))
                             .await?;
                         if !r.succeeded {
                             bail!("the create transaction found its key taken");

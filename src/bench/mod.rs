@@ -33,7 +33,8 @@ enum Which {
     /// and a peer's), one JSON file and the PNG plots, in --out.
     All(suite::SuiteArgs),
     /// Durable creates/s with concurrent clients, and watch delivery latency with many
-    /// watchers; against etcd (the store Kubernetes uses) when `etcd` is installed.
+    /// watchers; against etcd (the store Kubernetes uses), driven over gRPC as
+    /// kube-apiserver drives it, when `etcd` is installed.
     Api(api::ApiBenchArgs),
     /// Pod start latency (create to Running through a watch) over many pods on one node,
     /// and density: idle pods one agent holds, with its RSS.
