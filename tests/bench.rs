@@ -175,3 +175,42 @@ fn the_api_bench_drives_etcd_over_grpc_in_alternating_order() {
     );
     assert!((0.8..1.25).contains(&(etcd_bytes / skiff_bytes)), "{api}");
 }
+
+#[test]
+fn the_scheduler_bench_reports_the_median_of_its_runs() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("scheduler.json");
+    let (ok, text) = skiff(&[
+        "bench",
+        "scheduler",
+        "--nodes",
+        "10",
+        "--pods",
+        "100",
+        "--clients",
+        "8",
+        "--runs",
+        "3",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    for run in 1..=3 {
+        assert!(text.contains(&format!("run {run}/3: backlog")), "{text}");
+    }
+    let sched = json(&path);
+    let runs = sched["per_run"].as_array().unwrap();
+    assert_eq!(runs.len(), 3, "{sched}");
+    for key in [
+        "backlog_pods_bound_per_sec",
+        "pods_bound_per_sec",
+        "bound_p99_ms",
+    ] {
+        let per_run: Value = runs.iter().map(|r| r[key].clone()).collect();
+        assert_eq!(
+            sched[key].as_f64().unwrap(),
+            median_of(&per_run),
+            "{key}: {sched}"
+        );
+    }
+}

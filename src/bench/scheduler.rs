@@ -1,7 +1,8 @@
 //! `skiff bench scheduler`: scheduler throughput with hollow nodes (Node objects with
 //! renewed Leases and no agent behind them, as Kubernetes' kubemark does): create the
 //! nodes, then many unscheduled pods, and measure pods bound per second and the latency
-//! from create to bound.
+//! from create to bound. Each run starts a fresh server; every run is printed and the
+//! medians are reported.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::SkiffProcess;
-use super::stats::Latencies;
+use super::stats::{Latencies, median};
 
 #[derive(clap::Args)]
 pub struct SchedulerBenchArgs {
@@ -26,6 +27,9 @@ pub struct SchedulerBenchArgs {
     /// Concurrent creators.
     #[arg(long, default_value_t = 64)]
     clients: usize,
+    /// Runs, each on a fresh server; every run is printed, medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -84,7 +88,148 @@ async fn post_all(
         .collect()
 }
 
+/// What one run measured.
+struct RunResult {
+    backlog_rate: f64,
+    per_pod_us: f64,
+    election_s: f64,
+    streamed_rate: f64,
+    bound_p50_ms: f64,
+    bound_p99_ms: f64,
+    created_s: f64,
+    min_per_node: usize,
+    max_per_node: usize,
+}
+
+impl RunResult {
+    fn to_json(&self) -> Value {
+        json!({
+            "backlog_pods_bound_per_sec": self.backlog_rate,
+            "backlog_us_per_pod": self.per_pod_us,
+            "backlog_leadership_regained_s": self.election_s,
+            "pods_bound_per_sec": self.streamed_rate,
+            "bound_p50_ms": self.bound_p50_ms,
+            "bound_p99_ms": self.bound_p99_ms,
+            "seconds_to_create": self.created_s,
+            "min_pods_per_node": self.min_per_node,
+            "max_pods_per_node": self.max_per_node,
+        })
+    }
+}
+
 pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<()> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let mut runs = Vec::new();
+    for run in 0..args.runs {
+        let r = one_run(&args).await?;
+        eprintln!(
+            "run {}/{}: backlog {:.0} pods bound/s ({:.0} us per pod, leadership regained after {:.1} s); streamed {:.0} pods bound/s, create-to-bound p50 {:.1} ms, p99 {:.1} ms; pods per node {}..{}",
+            run + 1,
+            args.runs,
+            r.backlog_rate,
+            r.per_pod_us,
+            r.election_s,
+            r.streamed_rate,
+            r.bound_p50_ms,
+            r.bound_p99_ms,
+            r.min_per_node,
+            r.max_per_node
+        );
+        runs.push(r);
+    }
+    let med = |f: fn(&RunResult) -> f64| median(runs.iter().map(f).collect());
+    let per_run = |f: fn(&RunResult) -> f64, digits: usize| {
+        runs.iter()
+            .map(|r| format!("{:.*}", digits, f(r)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "\nskiff bench scheduler: {} pods onto {} hollow nodes, created by {} clients; median of {} runs, each on a fresh server (every run in brackets)\n",
+        args.pods, args.nodes, args.clients, args.runs
+    );
+    println!("{:<46} {:>12} {:>12}  runs", "metric", "skiff", "target");
+    let row = |name: &str, value: String, target: &str, runs: String| {
+        println!("{name:<46} {value:>12} {target:>12}  ({runs})");
+    };
+    row(
+        "backlog: pods bound per second",
+        format!("{:.0}", med(|r| r.backlog_rate)),
+        ">= 5000",
+        per_run(|r| r.backlog_rate, 0),
+    );
+    row(
+        "backlog: scheduling time per pod (us)",
+        format!("{:.0}", med(|r| r.per_pod_us)),
+        "",
+        per_run(|r| r.per_pod_us, 0),
+    );
+    row(
+        "backlog: leadership regained after (s)",
+        format!("{:.1}", med(|r| r.election_s)),
+        "",
+        per_run(|r| r.election_s, 1),
+    );
+    row(
+        "streamed: pods bound per second",
+        format!("{:.0}", med(|r| r.streamed_rate)),
+        "",
+        per_run(|r| r.streamed_rate, 0),
+    );
+    row(
+        "streamed: create-to-bound p50 (ms)",
+        format!("{:.1}", med(|r| r.bound_p50_ms)),
+        "",
+        per_run(|r| r.bound_p50_ms, 1),
+    );
+    row(
+        "streamed: create-to-bound p99 (ms)",
+        format!("{:.1}", med(|r| r.bound_p99_ms)),
+        "",
+        per_run(|r| r.bound_p99_ms, 1),
+    );
+    row(
+        "streamed: all pods created after (s)",
+        format!("{:.1}", med(|r| r.created_s)),
+        "",
+        per_run(|r| r.created_s, 1),
+    );
+    let min_per_node = runs.iter().map(|r| r.min_per_node).min().unwrap_or(0);
+    let max_per_node = runs.iter().map(|r| r.max_per_node).max().unwrap_or(0);
+    row(
+        "streamed: pods per node (min..max, all runs)",
+        format!("{min_per_node}..{max_per_node}"),
+        "",
+        runs.iter()
+            .map(|r| format!("{}..{}", r.min_per_node, r.max_per_node))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    super::write_json(
+        args.json.as_ref(),
+        &json!({
+            "benchmark": "scheduler",
+            "nodes": args.nodes,
+            "pods": args.pods,
+            "runs": args.runs,
+            "backlog_pods_bound_per_sec": med(|r| r.backlog_rate),
+            "backlog_us_per_pod": med(|r| r.per_pod_us),
+            "backlog_leadership_regained_s": med(|r| r.election_s),
+            "pods_bound_per_sec": med(|r| r.streamed_rate),
+            "bound_p50_ms": med(|r| r.bound_p50_ms),
+            "bound_p99_ms": med(|r| r.bound_p99_ms),
+            "seconds_to_create": med(|r| r.created_s),
+            "min_pods_per_node": min_per_node,
+            "max_pods_per_node": max_per_node,
+            "per_run": runs.iter().map(RunResult::to_json).collect::<Vec<_>>(),
+        }),
+    )
+}
+
+/// One run on a fresh server: the streamed phase, then the backlog.
+async fn one_run(args: &SchedulerBenchArgs) -> anyhow::Result<RunResult> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().display().to_string();
     let (server, url) = SkiffProcess::start(
@@ -172,69 +317,17 @@ pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<()> {
     server.stop().await;
     let lat = streamed.latencies;
     let per_node = streamed.per_node;
-    let max_per_node = per_node.values().copied().max().unwrap_or(0);
-    let min_per_node = per_node.values().copied().min().unwrap_or(0);
-    println!(
-        "\nskiff bench scheduler: {} pods onto {} hollow nodes, created by {} clients\n",
-        args.pods, args.nodes, args.clients
-    );
-    println!("{:<46} {:>12} {:>12}", "metric", "skiff", "target");
-    let row = |name: &str, value: String, target: &str| {
-        println!("{name:<46} {value:>12} {target:>12}");
-    };
-    row(
-        "backlog: pods bound per second",
-        format!("{backlog_rate:.0}"),
-        ">= 5000",
-    );
-    row(
-        "backlog: scheduling time per pod (us)",
-        format!("{per_pod_us:.0}"),
-        "",
-    );
-    row(
-        "backlog: leadership regained after (s)",
-        format!("{election_s:.1}"),
-        "",
-    );
-    row("streamed: pods bound per second", format!("{rate:.0}"), "");
-    row(
-        "streamed: create-to-bound p50 (ms)",
-        format!("{:.1}", lat.ms(0.5)),
-        "",
-    );
-    row(
-        "streamed: create-to-bound p99 (ms)",
-        format!("{:.1}", lat.ms(0.99)),
-        "",
-    );
-    row(
-        "streamed: all pods created after (s)",
-        format!("{:.1}", created.as_secs_f64()),
-        "",
-    );
-    row(
-        "streamed: pods per node (min..max)",
-        format!("{min_per_node}..{max_per_node}"),
-        "",
-    );
-    super::write_json(
-        args.json.as_ref(),
-        &json!({
-            "benchmark": "scheduler",
-            "nodes": args.nodes,
-            "pods": args.pods,
-            "backlog_pods_bound_per_sec": backlog_rate,
-            "backlog_us_per_pod": per_pod_us,
-            "backlog_leadership_regained_s": election_s,
-            "pods_bound_per_sec": rate,
-            "bound_p50_ms": lat.ms(0.5),
-            "bound_p99_ms": lat.ms(0.99),
-            "seconds_to_create": created.as_secs_f64(),
-            "min_pods_per_node": min_per_node,
-            "max_pods_per_node": max_per_node,
-        }),
-    )
+    Ok(RunResult {
+        backlog_rate,
+        per_pod_us,
+        election_s,
+        streamed_rate: rate,
+        bound_p50_ms: lat.ms(0.5),
+        bound_p99_ms: lat.ms(0.99),
+        created_s: created.as_secs_f64(),
+        min_per_node: per_node.values().copied().min().unwrap_or(0),
+        max_per_node: per_node.values().copied().max().unwrap_or(0),
+    })
 }
 
 /// When each pod's create was sent, by name.

@@ -88,7 +88,7 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
         Step {
             name: "scheduler",
             full: vec![],
-            quick: args(&["--nodes", "200", "--pods", "2000"]),
+            quick: args(&["--nodes", "200", "--pods", "2000", "--runs", "1"]),
         },
         Step {
             name: "http",
