@@ -214,3 +214,38 @@ fn the_scheduler_bench_reports_the_median_of_its_runs() {
         );
     }
 }
+
+#[test]
+fn deploy_to_first_200_is_measured_on_a_fresh_cluster_each_run() {
+    // --rounds 0: the deploy runs only, so neither wrk nor `wasmtime serve` is needed.
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("http.json");
+    let (ok, text) = skiff(&[
+        "bench",
+        "http",
+        "--rounds",
+        "0",
+        "--deploys",
+        "3",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let http = json(&path);
+    for key in [
+        "per_run_deploy_to_first_200_ms",
+        "per_run_deploy_to_first_200_cached_ms",
+    ] {
+        let runs = http[key].as_array().unwrap();
+        assert_eq!(runs.len(), 3, "{http}");
+        assert!(runs.iter().all(|v| v.as_f64().unwrap() > 0.0), "{http}");
+    }
+    assert_eq!(
+        http["deploy_to_first_200_ms"].as_f64().unwrap(),
+        median_of(&http["per_run_deploy_to_first_200_ms"]),
+        "{http}"
+    );
+    for run in 1..=3 {
+        assert!(text.contains(&format!("deploy run {run}/3")), "{text}");
+    }
+}

@@ -1,7 +1,8 @@
 //! `skiff bench http`: HTTP throughput and latency of a wasi:http component, served by a
 //! Skiff agent (straight to its listener, and through the gateway) and by
-//! `wasmtime serve` on the same component in the same run, loaded with wrk; and the
-//! cold path, from the deploy request to the first 200.
+//! `wasmtime serve` on the same component in the same run, loaded with wrk in an order
+//! that alternates round by round, after a warm-up of each alike; and the cold path,
+//! from the deploy request to the first 200, on a fresh cluster each run.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -26,9 +27,17 @@ pub struct HttpBenchArgs {
     /// wrk connections.
     #[arg(long, default_value_t = 32)]
     connections: u32,
-    /// Rounds; each runs every target once, alternating, and medians are reported.
+    /// Rounds; each runs every target once, in an order that reverses round by round,
+    /// and medians are reported. 0 measures only deploy to first 200 (no wrk needed).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// A wrk run of each target before the rounds, not counted (0s: none).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Deploy-to-first-200 runs, each on a fresh `skiff dev` (a node that has never
+    /// seen the module); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    deploys: usize,
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -147,64 +156,135 @@ async fn deploy_to_first_200(
     Ok(sent.elapsed())
 }
 
+/// A fresh `skiff dev` with one node and its gateway, and a client for its API.
+struct Cluster {
+    process: SkiffProcess,
+    api: String,
+    gateway: String,
+    http: reqwest::Client,
+    /// The agent's own listener, `http://HOST:PORT`.
+    agent: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start() -> anyhow::Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().display().to_string();
+        let (process, gateway) = SkiffProcess::start(
+            &[
+                "dev",
+                "--nodes",
+                "1",
+                "--listen",
+                "127.0.0.1:0",
+                "--gateway",
+                "127.0.0.1:0",
+                "--data-dir",
+                &data,
+            ],
+            "gateway:",
+        )
+        .await?;
+        let (api, http) =
+            skiff_api::client::http_client(Some(&dir.path().join("kubeconfig"))).await?;
+        // The API may still be starting its loops: wait for the node.
+        let node_url = format!("{api}/api/v1/nodes/dev-1");
+        let started = Instant::now();
+        let node: Value = loop {
+            if let Ok(r) = http.get(&node_url).send().await
+                && r.status() == 200
+            {
+                break r.json().await?;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("node dev-1 never registered");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let agent = format!(
+            "http://{}:{}",
+            node["status"]["addresses"][0]["address"]
+                .as_str()
+                .unwrap_or("127.0.0.1"),
+            node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        );
+        Ok(Cluster {
+            process,
+            api,
+            gateway,
+            http,
+            agent,
+            _dir: dir,
+        })
+    }
+
+    /// Deploy to first 200 of app NAME through the gateway.
+    async fn deploy(&self, name: &str, bytes: &[u8]) -> anyhow::Result<Duration> {
+        deploy_to_first_200(
+            &self.http,
+            &self.api,
+            name,
+            bytes,
+            &format!("{}/default/{name}/", self.gateway),
+        )
+        .await
+    }
+}
+
+/// The order the targets are loaded in, round by round: as listed in even rounds,
+/// reversed in odd ones, so no target always runs first (or last) on a machine that
+/// warms up or slows down.
+fn round_order(targets: usize, round: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..targets).collect();
+    if !round.is_multiple_of(2) {
+        order.reverse();
+    }
+    order
+}
+
+fn ms_list(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub async fn run(args: HttpBenchArgs) -> anyhow::Result<()> {
+    if args.deploys == 0 {
+        bail!("--deploys must be at least 1 (the load rounds use its app)");
+    }
     let bytes = std::fs::read(&args.component)
         .with_context(|| format!("reading {}", args.component.display()))?;
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().display().to_string();
-    let (cluster, gateway) = SkiffProcess::start(
-        &[
-            "dev",
-            "--nodes",
-            "1",
-            "--listen",
-            "127.0.0.1:0",
-            "--gateway",
-            "127.0.0.1:0",
-            "--data-dir",
-            &data,
-        ],
-        "gateway:",
-    )
-    .await?;
-    let (api, http) = skiff_api::client::http_client(Some(&dir.path().join("kubeconfig"))).await?;
-    // The API may still be starting its loops: wait for the node.
-    let node_url = format!("{api}/api/v1/nodes/dev-1");
-    let started = Instant::now();
-    let node: Value = loop {
-        if let Ok(r) = http.get(&node_url).send().await
-            && r.status() == 200
-        {
-            break r.json().await?;
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("node dev-1 never registered");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    let agent = format!(
-        "http://{}:{}",
-        node["status"]["addresses"][0]["address"]
-            .as_str()
-            .unwrap_or("127.0.0.1"),
-        node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
-    );
 
-    // The cold path: deploy request to first 200, module never seen before; then the
-    // same for a second app, with the module already compiled.
+    // The cold path, on a fresh cluster each run: deploy request to first 200 with a
+    // module the node has never seen (compiled then); then the same for a second app,
+    // with the module already compiled. The last cluster stays up for the load rounds.
+    let (mut cold, mut cached) = (Vec::new(), Vec::new());
+    let mut kept = None;
+    for run in 0..args.deploys {
+        let cluster = Cluster::start().await?;
+        let c = cluster.deploy("bench", &bytes).await?.as_secs_f64() * 1000.0;
+        let w = cluster.deploy("bench2", &bytes).await?.as_secs_f64() * 1000.0;
+        eprintln!(
+            "deploy run {}/{}: first 200 after {c:.1} ms with a new module, {w:.1} ms with it compiled",
+            run + 1,
+            args.deploys
+        );
+        cold.push(c);
+        cached.push(w);
+        if run + 1 == args.deploys {
+            kept = Some(cluster);
+        } else {
+            cluster.process.stop().await;
+        }
+    }
+    let cluster = kept.context("no deploy run")?;
     let path = "/default/bench/";
-    let url = format!("{gateway}{path}");
-    let cold = deploy_to_first_200(&http, &api, "bench", &bytes, &url).await?;
-    let warm = deploy_to_first_200(
-        &http,
-        &api,
-        "bench2",
-        &bytes,
-        &format!("{gateway}/default/bench2/"),
-    )
-    .await?;
+    let url = format!("{}{path}", cluster.gateway);
 
-    let peer = if args.wasmtime == "none" {
+    let peer = if args.wasmtime == "none" || args.rounds == 0 {
         None
     } else {
         let port = free_port()?;
@@ -217,12 +297,12 @@ pub async fn run(args: HttpBenchArgs) -> anyhow::Result<()> {
             .spawn()
             .with_context(|| format!("starting {} serve (wasmtime-cli 48.0.8)", args.wasmtime))?;
         let peer_url = format!("http://127.0.0.1:{port}{path}");
-        wait_for_200(&http, &peer_url, Duration::from_secs(30)).await?;
+        wait_for_200(&cluster.http, &peer_url, Duration::from_secs(30)).await?;
         Some((child, peer_url))
     };
 
     let targets: Vec<(&str, String)> = [
-        Some(("agent", format!("{agent}{path}"))),
+        Some(("agent", format!("{}{path}", cluster.agent))),
         Some(("gateway", url.clone())),
         peer.as_ref().map(|(_, u)| ("wasmtime serve", u.clone())),
     ]
@@ -230,13 +310,21 @@ pub async fn run(args: HttpBenchArgs) -> anyhow::Result<()> {
     .flatten()
     .collect();
     let mut results: Vec<Vec<Load>> = vec![Vec::new(); targets.len()];
+    if args.rounds > 0 && !args.warmup.is_zero() {
+        for (name, url) in &targets {
+            let load = wrk(url, args.warmup, args.connections).await?;
+            eprintln!("warm-up {name}: {:.0} req/s (not counted)", load.rps);
+        }
+    }
     for round in 0..args.rounds {
-        for (i, (name, url)) in targets.iter().enumerate() {
+        for i in round_order(targets.len(), round) {
+            let (name, url) = &targets[i];
             let load = wrk(url, args.duration, args.connections).await?;
             eprintln!(
-                "round {} {name}: {:.0} req/s, p99 {:.2} ms, {} errors",
+                "round {} {name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
                 round + 1,
                 load.rps,
+                load.p50_ms,
                 load.p99_ms,
                 load.errors
             );
@@ -244,54 +332,91 @@ pub async fn run(args: HttpBenchArgs) -> anyhow::Result<()> {
         }
     }
     drop(peer);
-    cluster.stop().await;
+    cluster.process.stop().await;
 
     let med = |i: usize, f: fn(&Load) -> f64| median(results[i].iter().map(f).collect());
-    println!(
-        "\nskiff bench http: {} ({} bytes), wrk -t2 -c{} for {}s, median of {} rounds\n",
-        args.component.display(),
-        bytes.len(),
-        args.connections,
-        args.duration.as_secs(),
-        args.rounds
-    );
-    println!(
-        "{:<18} {:>12} {:>10} {:>10} {:>8} {:>14}",
-        "target", "req/s", "p50 ms", "p99 ms", "errors", "vs wasmtime"
-    );
-    let peer_rps = targets
-        .iter()
-        .position(|(n, _)| *n == "wasmtime serve")
-        .map(|i| med(i, |l| l.rps));
     let mut rows = Vec::new();
-    for (i, (name, _)) in targets.iter().enumerate() {
-        let rps = med(i, |l| l.rps);
-        let ratio = peer_rps.map(|p| rps / p);
-        let errors: u64 = results[i].iter().map(|l| l.errors).sum();
+    if args.rounds > 0 {
         println!(
-            "{:<18} {:>12.0} {:>10.2} {:>10.2} {:>8} {:>14}",
-            name,
-            rps,
-            med(i, |l| l.p50_ms),
-            med(i, |l| l.p99_ms),
-            errors,
-            ratio.map(|r| format!("{r:.2}x")).unwrap_or_default()
+            "\nskiff bench http: {} ({} bytes), wrk -t2 -c{} for {}s, {} rounds in alternating order after a {}s warm-up of each; medians (every round in brackets)\n",
+            args.component.display(),
+            bytes.len(),
+            args.connections,
+            args.duration.as_secs(),
+            args.rounds,
+            args.warmup.as_secs()
         );
-        rows.push(json!({"target": name, "rps": rps, "p50_ms": med(i, |l| l.p50_ms), "p99_ms": med(i, |l| l.p99_ms), "errors": errors, "ratio_to_wasmtime": ratio}));
+        println!(
+            "{:<18} {:>12} {:>10} {:>10} {:>8} {:>14}  req/s per round",
+            "target", "req/s", "p50 ms", "p99 ms", "errors", "vs wasmtime"
+        );
+        let peer_rps = targets
+            .iter()
+            .position(|(n, _)| *n == "wasmtime serve")
+            .map(|i| med(i, |l| l.rps));
+        for (i, (name, _)) in targets.iter().enumerate() {
+            let rps = med(i, |l| l.rps);
+            let ratio = peer_rps.map(|p| rps / p);
+            let errors: u64 = results[i].iter().map(|l| l.errors).sum();
+            let per_round: Vec<f64> = results[i].iter().map(|l| l.rps).collect();
+            println!(
+                "{:<18} {:>12.0} {:>10.2} {:>10.2} {:>8} {:>14}  ({})",
+                name,
+                rps,
+                med(i, |l| l.p50_ms),
+                med(i, |l| l.p99_ms),
+                errors,
+                ratio.map(|r| format!("{r:.2}x")).unwrap_or_default(),
+                per_round
+                    .iter()
+                    .map(|r| format!("{r:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            rows.push(json!({"target": name, "rps": rps, "p50_ms": med(i, |l| l.p50_ms), "p99_ms": med(i, |l| l.p99_ms), "errors": errors, "ratio_to_wasmtime": ratio, "per_round_rps": per_round}));
+        }
     }
+    let (cold_ms, cached_ms) = (median(cold.clone()), median(cached.clone()));
     println!(
-        "\ndeploy to first 200: cold (compile) {:.1} ms, cached module {:.1} ms  (target <= 100 ms)",
-        cold.as_secs_f64() * 1000.0,
-        warm.as_secs_f64() * 1000.0
+        "\ndeploy request to first 200 through the gateway, median of {} runs on fresh clusters:\n  new module (compiled on the node) {cold_ms:.1} ms ({})  (target <= 100 ms)\n  module already compiled {cached_ms:.1} ms ({})",
+        args.deploys,
+        ms_list(&cold),
+        ms_list(&cached)
     );
     super::write_json(
         args.json.as_ref(),
         &json!({
             "benchmark": "http",
             "component_bytes": bytes.len(),
+            "rounds": args.rounds,
+            "warmup_s": args.warmup.as_secs_f64(),
             "targets": rows,
-            "deploy_to_first_200_ms": cold.as_secs_f64() * 1000.0,
-            "deploy_to_first_200_cached_ms": warm.as_secs_f64() * 1000.0,
+            "deploys": args.deploys,
+            "deploy_to_first_200_ms": cold_ms,
+            "deploy_to_first_200_cached_ms": cached_ms,
+            "per_run_deploy_to_first_200_ms": cold,
+            "per_run_deploy_to_first_200_cached_ms": cached,
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_order_reverses_round_by_round() {
+        assert_eq!(round_order(3, 0), [0, 1, 2]);
+        assert_eq!(round_order(3, 1), [2, 1, 0]);
+        assert_eq!(round_order(3, 2), [0, 1, 2]);
+        assert_eq!(round_order(2, 1), [1, 0]);
+    }
+
+    #[test]
+    fn wrk_durations_parse_in_milliseconds() {
+        assert_eq!(parse_ms("812.00us"), Some(0.812));
+        assert_eq!(parse_ms(" 7.49ms"), Some(7.49));
+        assert_eq!(parse_ms("1.20s"), Some(1200.0));
+        assert_eq!(parse_ms("7.49"), None);
+    }
 }

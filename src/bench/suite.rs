@@ -93,7 +93,16 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
         Step {
             name: "http",
             full: vec![],
-            quick: args(&["--duration", "2s", "--rounds", "1"]),
+            quick: args(&[
+                "--duration",
+                "2s",
+                "--rounds",
+                "1",
+                "--warmup",
+                "1s",
+                "--deploys",
+                "1",
+            ]),
         },
         Step {
             name: "rolling",
