@@ -75,7 +75,9 @@ fn the_suite_prints_one_table_and_writes_json_and_plots() {
     assert_eq!(rolling["updates"].as_array().unwrap().len(), 2);
     assert_png(&out.path().join("rolling-update.png"));
 
-    // The pod start latency plot comes from the pods benchmark.
+    // The pod start latency plot comes from the pods benchmark: both paths, bound
+    // directly and through the scheduler, in alternating order; the density RSS is the
+    // median of several samples.
     let png = out.path().join("start.png");
     let pods_json = out.path().join("pods.json");
     let (ok, text) = skiff(&[
@@ -84,19 +86,49 @@ fn the_suite_prints_one_table_and_writes_json_and_plots() {
         "--pods",
         "40",
         "--runs",
-        "1",
+        "2",
         "--density",
-        "0",
+        "30",
+        "--rss-samples",
+        "3",
         "--png",
         png.to_str().unwrap(),
         "--json",
         pods_json.to_str().unwrap(),
     ]);
     assert!(ok, "{text}");
+    assert!(text.contains("bound directly, no scheduler"), "{text}");
+    assert!(text.contains("SLO p99 <= 5000"), "{text}");
     let pods = json(&pods_json);
-    let cdf = pods["start_cdf_ms"].as_array().unwrap();
-    assert!(cdf.len() > 50, "{pods}");
-    assert!(cdf.last().unwrap()[1].as_f64().unwrap() > 0.0, "{pods}");
+    for path in ["bound", "scheduled"] {
+        let p = &pods[path];
+        assert_eq!(p["runs"], 2, "{pods}");
+        assert_eq!(p["per_run_p99_ms"].as_array().unwrap().len(), 2, "{pods}");
+        let cdf = p["cdf_ms"].as_array().unwrap();
+        assert!(cdf.len() > 50, "{pods}");
+        assert!(cdf.last().unwrap()[1].as_f64().unwrap() > 0.0, "{pods}");
+    }
+    // Run 1 measures the bound path first, run 2 the scheduled one.
+    let runs: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("run "))
+        .map(|l| l.split(": ").next().unwrap())
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            "run 1/2, bound directly, no scheduler",
+            "run 1/2, scheduled",
+            "run 2/2, scheduled",
+            "run 2/2, bound directly, no scheduler",
+        ],
+        "{text}"
+    );
+    let density = &pods["density"];
+    assert_eq!(density["pods"], 30, "{pods}");
+    let samples = density["agent_rss_samples_mib"].as_array().unwrap();
+    assert_eq!(samples.len(), 3, "{pods}");
+    assert!(samples.iter().all(|s| s.as_f64().unwrap() > 0.0), "{pods}");
     assert_png(&png);
 }
 

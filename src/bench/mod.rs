@@ -37,7 +37,8 @@ enum Which {
     /// kube-apiserver drives it, when `etcd` is installed.
     Api(api::ApiBenchArgs),
     /// Pod start latency (create to Running through a watch) over many pods on one node,
-    /// and density: idle pods one agent holds, with its RSS.
+    /// bound directly and through the scheduler; and density: idle pods one agent
+    /// holds, with its RSS.
     Pods(pods::PodBenchArgs),
     /// Scheduler throughput onto hollow nodes (Node objects and Leases, no agents).
     Scheduler(scheduler::SchedulerBenchArgs),
