@@ -72,6 +72,14 @@ fn the_suite_prints_one_table_and_writes_json_and_plots() {
     assert!(row("durable creates/s")["skiff"].is_null());
     let rolling = &results["results"]["rolling"];
     assert!(rolling["ok"].as_u64().unwrap() > 0, "{rolling}");
+    // Every request sent is counted, also those still in flight when the load stopped.
+    assert_eq!(
+        rolling["sent"].as_u64().unwrap(),
+        rolling["ok"].as_u64().unwrap() + rolling["failed"].as_u64().unwrap(),
+        "{rolling}"
+    );
+    let late = &rolling["ended_after_the_last_bucket"];
+    assert_eq!(late["failed"], 0, "{rolling}");
     assert_eq!(rolling["updates"].as_array().unwrap().len(), 2);
     assert_png(&out.path().join("rolling-update.png"));
 

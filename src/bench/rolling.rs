@@ -1,9 +1,11 @@
 //! `skiff bench rolling`: request throughput over time through the gateway while an App
 //! is rolled to a new module and back, on `skiff dev` with two nodes. It records, per
-//! time bucket, the requests answered 2xx and those that failed, and draws them.
+//! time bucket (by when each request ended), the requests answered 2xx and those that
+//! failed, and draws them. Every request sent is counted, however late it ends: one
+//! still in flight when the load stops lands in a bucket past the end of the run.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,8 +41,43 @@ pub struct RollingBenchArgs {
     json: Option<PathBuf>,
 }
 
-/// Requests answered 2xx and failed, per bucket.
-type Series = Arc<Mutex<Vec<(u64, u64)>>>;
+/// Requests answered 2xx and failed, per bucket of `width`, by when each ended. The
+/// series grows past its planned end for requests that end late, so none is dropped.
+struct Tally {
+    width: Duration,
+    buckets: Vec<(u64, u64)>,
+}
+
+impl Tally {
+    fn new(width: Duration, planned: usize) -> Tally {
+        Tally {
+            width,
+            buckets: vec![(0, 0); planned],
+        }
+    }
+
+    /// Counts a request that ended `at` after the load began.
+    fn record(&mut self, at: Duration, ok: bool) {
+        let i = (at.as_secs_f64() / self.width.as_secs_f64()) as usize;
+        if i >= self.buckets.len() {
+            self.buckets.resize(i + 1, (0, 0));
+        }
+        let b = &mut self.buckets[i];
+        if ok {
+            b.0 += 1;
+        } else {
+            b.1 += 1;
+        }
+    }
+
+    fn ok(&self) -> u64 {
+        self.buckets.iter().map(|b| b.0).sum()
+    }
+
+    fn failed(&self) -> u64 {
+        self.buckets.iter().map(|b| b.1).sum()
+    }
+}
 
 async fn put_app(
     http: &reqwest::Client,
@@ -101,7 +138,8 @@ pub async fn run(args: RollingBenchArgs) -> anyhow::Result<()> {
         .to_string();
 
     let buckets = (args.duration.as_secs_f64() / args.bucket.as_secs_f64()).ceil() as usize;
-    let series: Series = Arc::new(Mutex::new(vec![(0, 0); buckets]));
+    let tally = Arc::new(Mutex::new(Tally::new(args.bucket, buckets)));
+    let sent = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Latencies::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let began = Instant::now();
@@ -111,32 +149,28 @@ pub async fn run(args: RollingBenchArgs) -> anyhow::Result<()> {
         .build()?;
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..args.clients {
-        let (load, app_url, series, latencies, stop) = (
+        let (load, app_url, tally, latencies, stop, sent) = (
             load.clone(),
             app_url.clone(),
-            series.clone(),
+            tally.clone(),
             latencies.clone(),
             stop.clone(),
+            sent.clone(),
         );
-        let width = args.bucket;
         clients.spawn(async move {
             let mut mine = Latencies::new();
             while !stop.load(Ordering::Relaxed) {
-                let sent = Instant::now();
+                sent.fetch_add(1, Ordering::Relaxed);
+                let at = Instant::now();
                 let ok = match load.get(&app_url).send().await {
                     Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
                     Err(_) => false,
                 };
-                mine.record(sent.elapsed());
-                let i = (began.elapsed().as_secs_f64() / width.as_secs_f64()) as usize;
-                let mut s = series.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(b) = s.get_mut(i) {
-                    if ok {
-                        b.0 += 1;
-                    } else {
-                        b.1 += 1;
-                    }
-                }
+                mine.record(at.elapsed());
+                tally
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record(began.elapsed(), ok);
             }
             latencies
                 .lock()
@@ -165,10 +199,19 @@ pub async fn run(args: RollingBenchArgs) -> anyhow::Result<()> {
     dev.stop().await;
 
     let width = args.bucket.as_secs_f64();
-    let series = series.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let tally = tally.lock().unwrap_or_else(|p| p.into_inner());
     let lat = latencies.lock().unwrap_or_else(|p| p.into_inner());
-    let ok: u64 = series.iter().map(|b| b.0).sum();
-    let failed: u64 = series.iter().map(|b| b.1).sum();
+    let (ok, failed, sent) = (tally.ok(), tally.failed(), sent.load(Ordering::Relaxed));
+    if ok + failed != sent {
+        bail!("{sent} requests were sent but {} were counted", ok + failed);
+    }
+    let series = &tally.buckets;
+    // Rates come from the buckets of the run itself; a bucket past its end holds only
+    // the requests still in flight when the load stopped (counted above, and drawn).
+    let in_run = &series[..buckets.min(series.len())];
+    let late = series[in_run.len()..]
+        .iter()
+        .fold((0, 0), |(o, f), b| (o + b.0, f + b.1));
     let rate = |b: &(u64, u64)| b.0 as f64 / width;
     let during = |i: usize| {
         let t = i as f64 * width;
@@ -177,7 +220,7 @@ pub async fn run(args: RollingBenchArgs) -> anyhow::Result<()> {
             .any(|(from, to, _)| t + width > *from && t < *to)
     };
     let steady = median(
-        series
+        in_run
             .iter()
             .enumerate()
             .filter(|(i, _)| !during(*i))
@@ -185,14 +228,14 @@ pub async fn run(args: RollingBenchArgs) -> anyhow::Result<()> {
             .collect(),
     );
     let rolling = median(
-        series
+        in_run
             .iter()
             .enumerate()
             .filter(|(i, _)| during(*i))
             .map(|(_, b)| rate(b))
             .collect(),
     );
-    let lowest = series
+    let lowest = in_run
         .iter()
         .enumerate()
         .filter(|(i, _)| during(*i))
@@ -226,8 +269,15 @@ pub async fn run(args: RollingBenchArgs) -> anyhow::Result<()> {
         args.clients, args.duration
     );
     println!("{:<44} {:>12} {:>12}", "metric", "skiff", "target");
+    println!("{:<44} {:>12} {:>12}", "requests sent", sent, "");
     println!("{:<44} {:>12} {:>12}", "requests answered 2xx", ok, "");
     println!("{:<44} {:>12} {:>12}", "requests failed", failed, "0");
+    println!(
+        "{:<44} {:>12} {:>12}",
+        "of them ended after the last bucket of the run",
+        format!("{} ok, {} failed", late.0, late.1),
+        ""
+    );
     println!(
         "{:<44} {:>12.0} {:>12}",
         "requests/s outside rollouts (median)", steady, ""
@@ -262,8 +312,10 @@ pub async fn run(args: RollingBenchArgs) -> anyhow::Result<()> {
             "replicas": args.replicas,
             "duration_s": args.duration.as_secs_f64(),
             "bucket_s": width,
+            "sent": sent,
             "ok": ok,
             "failed": failed,
+            "ended_after_the_last_bucket": {"ok": late.0, "failed": late.1},
             "steady_rps": steady,
             "rollout_rps": rolling,
             "lowest_rollout_bucket_rps": lowest,
@@ -273,4 +325,22 @@ pub async fn run(args: RollingBenchArgs) -> anyhow::Result<()> {
             "series": series.iter().enumerate().map(|(i, b)| json!({"at_s": i as f64 * width, "ok": b.0, "failed": b.1})).collect::<Vec<_>>(),
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_that_ends_after_the_last_bucket_is_counted() {
+        let mut t = Tally::new(Duration::from_millis(250), 4);
+        t.record(Duration::from_millis(100), true);
+        t.record(Duration::from_millis(999), true);
+        // In flight when the load stopped at 1 s, failed 9 s later (a client timeout).
+        t.record(Duration::from_millis(10_100), false);
+        assert_eq!((t.ok(), t.failed()), (2, 1));
+        assert_eq!(t.buckets.len(), 41);
+        assert_eq!(t.buckets[40], (0, 1));
+        assert_eq!(t.buckets[3], (1, 0));
+    }
 }
