@@ -1,7 +1,10 @@
 //! The benchmark suite runs end to end on the real binary: `skiff bench all` prints one
 //! table and writes its JSON and PNG plots, and what it measures holds (no request
 //! fails through two rolling updates; every node of `skiff dev` gets Ready). The
-//! figures themselves belong to docs/benchmarks.md, measured on a release build.
+//! benchmarks' methods are checked in small runs: the API bench drives etcd over gRPC
+//! in alternating order, medians are medians of every run printed, pod start is
+//! measured bound directly and through the scheduler. The figures themselves belong to
+//! docs/benchmarks.md, measured on a release build.
 
 use std::path::Path;
 use std::process::Command;
