@@ -17,8 +17,9 @@
 //! A request goes to the next ready endpoint, round-robin, of the Service's
 //! EndpointSlice: to the agent of the endpoint's node, with the chosen pod in
 //! `x-skiff-pod` (so the agent needs no route of its own to find it). If the connection fails before anything is sent, or the agent answers
-//! that it doesn't serve that pod (any more), the next endpoint is tried. No endpoint
-//! ready: 503 naming the app; no route: 404.
+//! that it doesn't serve that pod (any more), the next endpoint is tried; so is an
+//! idempotent request whose replica failed before answering (its agent died with the
+//! request in flight). No endpoint ready: 503 naming the app; no route: 404.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -341,7 +342,9 @@ impl Gateway {
 }
 
 /// Sends a routed request to a ready replica, trying the next when one cannot be
-/// reached before it took the request.
+/// reached before it took the request, or, for an idempotent method (RFC 9110
+/// 9.2.2), when one failed before it answered (its agent died with the request in
+/// flight).
 async fn forward(
     gw: &Gateway,
     request: Request,
@@ -363,7 +366,7 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
-    let mut payload = if !chunked && declared.unwrap_or(0) <= MAX_BUFFERED_BODY {
+    let payload = if !chunked && declared.unwrap_or(0) <= MAX_BUFFERED_BODY {
         match body.collect().await {
             Ok(collected) => Payload::Buffered(collected.to_bytes()),
             Err(e) => {
@@ -380,81 +383,127 @@ async fn forward(
     for name in HOP_BY_HOP {
         headers.remove(*name);
     }
+    let mut request = Forwarding {
+        app: format!("{namespace}/{service}"),
+        idempotent: parts.method.is_idempotent(),
+        parts,
+        headers,
+        host,
+        payload,
+    };
     let mut last_error = String::new();
-    for (i, endpoint) in endpoints.iter().enumerate() {
-        let last = i + 1 == endpoints.len();
-        let pod = &endpoint.pod;
-        // Through the agent's tunnel when it has one (it then needs no inbound port),
-        // else straight to its listener. Decided before the body is taken, so a
-        // streamed body is not lost to an endpoint that cannot be reached at all.
-        let via = match (gw.tunnels.get(&endpoint.node), &endpoint.address) {
-            (Some(sender), _) => Via::Tunnel(sender),
-            (None, Some(address)) => Via::Listener(address.clone()),
-            (None, None) => {
-                last_error = format!("{pod}: node {} is not reachable", endpoint.node);
-                continue;
-            }
-        };
-        let body: GatewayBody = match &mut payload {
-            Payload::Buffered(bytes) => Full::new(bytes.clone())
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-            Payload::Streaming(body) => match body.take() {
-                Some(b) => b.boxed_unsync(),
-                None => break,
-            },
-        };
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let (agent, uri) = match &via {
-            Via::Tunnel(_) => (
-                format!("tunnel to {}", endpoint.node),
-                crate::tunnel::uri(path),
-            ),
-            Via::Listener(address) => (address.clone(), format!("http://{address}{path}")),
-        };
-        let mut outgoing = http::Request::builder()
-            .method(parts.method.clone())
-            .uri(uri)
-            .body(body)
-            .expect("a valid request");
-        *outgoing.headers_mut() = forwarded_headers(&headers, pod, host);
-        let sent = match via {
-            Via::Tunnel(sender) => crate::tunnel::send(sender, outgoing)
-                .await
-                .map_err(Upstream::Tunnel),
-            Via::Listener(_) => gw.client.request(outgoing).await.map_err(Upstream::Direct),
-        };
-        match sent {
-            Ok(response) => {
-                let unserved = response.headers().contains_key(UNSERVED_HEADER);
-                if unserved && !last && matches!(payload, Payload::Buffered(_)) {
-                    last_error = format!("{pod} was not served by its node");
-                    continue;
-                }
-                let (mut parts, body) = response.into_parts();
-                parts.headers.remove(UNSERVED_HEADER);
-                return Response::from_parts(parts, Body::new(body));
-            }
-            Err(e) if e.is_connect() => {
-                tracing::debug!(%pod, %agent, error = %e, "gateway: endpoint unreachable; trying the next");
-                last_error = format!("{pod} on {agent}: {e}");
-            }
-            Err(e) => {
-                return text(
-                    StatusCode::BAD_GATEWAY,
-                    format!("app {namespace}/{service}: the replica {pod} failed: {e}"),
-                );
-            }
-        }
+    if let Some(response) = request.try_endpoints(gw, &endpoints, &mut last_error).await {
+        return response;
     }
     text(
         StatusCode::BAD_GATEWAY,
         format!("app {namespace}/{service}: no replica could be reached ({last_error})"),
     )
+}
+
+/// A request on its way to a replica: what every attempt sends.
+struct Forwarding<'a> {
+    /// `namespace/name` of the app, for messages.
+    app: String,
+    /// Whether a replica that failed before answering may be sent it again.
+    idempotent: bool,
+    parts: http::request::Parts,
+    /// The client's headers without the hop-by-hop ones.
+    headers: HeaderMap,
+    host: &'a str,
+    payload: Payload,
+}
+
+impl Forwarding<'_> {
+    /// The response of the first replica of `endpoints` that answers (or of one that
+    /// failed in a way that must not be retried), or None if none took the request
+    /// (`last_error` then says why the last could not).
+    async fn try_endpoints(
+        &mut self,
+        gw: &Gateway,
+        endpoints: &[Endpoint],
+        last_error: &mut String,
+    ) -> Option<Response> {
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            let last = i + 1 == endpoints.len();
+            let pod = &endpoint.pod;
+            // Through the agent's tunnel when it has one (it then needs no inbound
+            // port), else straight to its listener. Decided before the body is taken, so
+            // a streamed body is not lost to an endpoint that cannot be reached at all.
+            let via = match (gw.tunnels.get(&endpoint.node), &endpoint.address) {
+                (Some(sender), _) => Via::Tunnel(sender),
+                (None, Some(address)) => Via::Listener(address.clone()),
+                (None, None) => {
+                    *last_error = format!("{pod}: node {} is not reachable", endpoint.node);
+                    continue;
+                }
+            };
+            let body: GatewayBody = match &mut self.payload {
+                Payload::Buffered(bytes) => Full::new(bytes.clone())
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+                Payload::Streaming(body) => match body.take() {
+                    Some(b) => b.boxed_unsync(),
+                    None => break,
+                },
+            };
+            let buffered = matches!(self.payload, Payload::Buffered(_));
+            let path = self
+                .parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let (agent, uri) = match &via {
+                Via::Tunnel(_) => (
+                    format!("tunnel to {}", endpoint.node),
+                    crate::tunnel::uri(path),
+                ),
+                Via::Listener(address) => (address.clone(), format!("http://{address}{path}")),
+            };
+            let mut outgoing = http::Request::builder()
+                .method(self.parts.method.clone())
+                .uri(uri)
+                .body(body)
+                .expect("a valid request");
+            *outgoing.headers_mut() = forwarded_headers(&self.headers, pod, self.host);
+            let sent = match via {
+                Via::Tunnel(sender) => crate::tunnel::send(sender, outgoing)
+                    .await
+                    .map_err(Upstream::Tunnel),
+                Via::Listener(_) => gw.client.request(outgoing).await.map_err(Upstream::Direct),
+            };
+            match sent {
+                Ok(response) => {
+                    let unserved = response.headers().contains_key(UNSERVED_HEADER);
+                    if unserved && !last && buffered {
+                        *last_error = format!("{pod} was not served by its node");
+                        continue;
+                    }
+                    let (mut parts, body) = response.into_parts();
+                    parts.headers.remove(UNSERVED_HEADER);
+                    return Some(Response::from_parts(parts, Body::new(body)));
+                }
+                Err(e) if e.is_connect() => {
+                    tracing::debug!(%pod, %agent, error = %e, "gateway: endpoint unreachable; trying the next");
+                    *last_error = format!("{pod} on {agent}: {e}");
+                }
+                // Sent, and failed before an answer (its agent died, say): an
+                // idempotent request may be sent again, to another replica.
+                Err(e) if self.idempotent && buffered => {
+                    tracing::debug!(%pod, %agent, error = %e, "gateway: replica failed before answering; trying the next");
+                    *last_error = format!("{pod} on {agent} failed: {e}");
+                }
+                Err(e) => {
+                    return Some(text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("app {}: the replica {pod} failed: {e}", self.app),
+                    ));
+                }
+            }
+        }
+        None
+    }
 }
 
 /// The headers sent on to the agent: the client's, with the chosen pod, and
@@ -515,6 +564,148 @@ pub fn url_of(addr: SocketAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::redb::RedbStore;
+    use crate::store::{Store, WriteOp};
+    use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An agent on a loopback port: it reads each request, then answers `200 ok`, or,
+    /// if `dies`, drops the connection without a word (as an agent killed with the
+    /// request in flight). Returns its port and how many requests it read.
+    async fn agent(dies: bool) -> (u16, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if !dies {
+                        let _ = socket
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                            .await;
+                    }
+                });
+            }
+        });
+        (port, seen)
+    }
+
+    /// A gateway whose caches hold app `default/web` with one ready replica on each
+    /// of two nodes, reached straight at `ports`.
+    async fn gateway_for(
+        ports: [u16; 2],
+        dir: &tempfile::TempDir,
+    ) -> (Arc<Gateway>, Arc<Informers>) {
+        let store = RedbStore::open(&dir.path().join("store.redb")).unwrap();
+        let info = |group, plural| crate::kinds::lookup(group, "v1", plural).unwrap();
+        let mut objects = vec![(
+            info("", "services").key(Some("default"), "web"),
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"}}),
+        )];
+        let mut endpoints = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let node = format!("n{i}");
+            objects.push((
+                info("", "nodes").key(None, &node),
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
+                    "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                        "daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}}),
+            ));
+            endpoints.push(json!({"addresses": ["127.0.0.1"], "nodeName": node,
+                "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": format!("web-{i}")}}));
+        }
+        let slice = slice_name("web");
+        objects.push((
+            info("discovery.k8s.io", "endpointslices").key(Some("default"), &slice),
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": slice, "namespace": "default"}, "endpoints": endpoints}),
+        ));
+        for (key, object) in objects {
+            store
+                .write(WriteOp::Create {
+                    key,
+                    object,
+                    guard: None,
+                })
+                .await
+                .unwrap();
+        }
+        let scope =
+            SharedInformers::new(store, CancellationToken::new()).scope(CancellationToken::new());
+        let gateway = Gateway::new(
+            &scope,
+            Arc::default(),
+            skiff_api::metrics::AppRequests::register(
+                &mut prometheus_client::registry::Registry::default(),
+                "test",
+                "test",
+            ),
+        );
+        assert!(
+            scope
+                .synced(&[&gateway.services, &gateway.slices, &gateway.nodes])
+                .await
+        );
+        (gateway, scope)
+    }
+
+    async fn send(gw: &Gateway, method: http::Method) -> (StatusCode, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri("/")
+            .body(Body::from("x"))
+            .unwrap();
+        let response = forward(gw, request, "gw", "default", "web").await;
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_dies_with_a_request_in_flight_loses_it_only_if_not_idempotent() {
+        let (dying, died_with) = agent(true).await;
+        let (healthy, _) = agent(false).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (gw, _scope) = gateway_for([dying, healthy], &dir).await;
+        // Round-robin: half of these go to the dying replica first. Each GET is sent
+        // again to the other, and answered.
+        for _ in 0..4 {
+            let (status, body) = send(&gw, http::Method::GET).await;
+            assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+        }
+        assert_eq!(
+            died_with.load(Ordering::SeqCst),
+            2,
+            "the dying replica took its turns"
+        );
+        // A POST may have been applied by the replica that died: it is not sent again.
+        let mut codes = Vec::new();
+        for _ in 0..4 {
+            codes.push(send(&gw, http::Method::POST).await.0);
+        }
+        codes.sort();
+        assert_eq!(
+            codes,
+            [
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::BAD_GATEWAY,
+                StatusCode::BAD_GATEWAY
+            ]
+        );
+    }
 
     #[test]
     fn forwarded_host_and_proto_are_added_unless_a_proxy_set_them() {
