@@ -19,7 +19,9 @@
 //! `x-skiff-pod` (so the agent needs no route of its own to find it). If the connection fails before anything is sent, or the agent answers
 //! that it doesn't serve that pod (any more), the next endpoint is tried; so is an
 //! idempotent request whose replica failed before answering (its agent died with the
-//! request in flight). No endpoint ready: 503 naming the app; no route: 404.
+//! request in flight). A request no replica could take waits a while for a tunnel to
+//! open (agents reconnect after this server restarts), then gets 502. No endpoint
+//! ready: 503 naming the app; no route: 404.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -46,6 +48,8 @@ use skiff_api::routes::{POD_HEADER, ROUTES_ANNOTATION, Route, UNSERVED_HEADER};
 /// Bodies up to this size are buffered so the request can be retried on another
 /// endpoint; larger ones stream through, tried once.
 const MAX_BUFFERED_BODY: u64 = 1024 * 1024;
+/// How long a request no replica could take waits for a tunnel to open before 502.
+const TUNNEL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 type GatewayBody = http_body_util::combinators::UnsyncBoxBody<Bytes, axum::Error>;
 
@@ -344,7 +348,9 @@ impl Gateway {
 /// Sends a routed request to a ready replica, trying the next when one cannot be
 /// reached before it took the request, or, for an idempotent method (RFC 9110
 /// 9.2.2), when one failed before it answered (its agent died with the request in
-/// flight).
+/// flight). A request with a small body that no replica took waits up to
+/// [`TUNNEL_WAIT`] for a tunnel to open and is tried again: after this server
+/// restarts, the agents take a moment to reconnect.
 async fn forward(
     gw: &Gateway,
     request: Request,
@@ -352,7 +358,9 @@ async fn forward(
     namespace: &str,
     service: &str,
 ) -> Response {
-    let endpoints = gw.endpoints(namespace, service);
+    let deadline = tokio::time::Instant::now() + TUNNEL_WAIT;
+    let mut opened = gw.tunnels.opened();
+    let mut endpoints = gw.endpoints(namespace, service);
     if endpoints.is_empty() {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -392,8 +400,21 @@ async fn forward(
         payload,
     };
     let mut last_error = String::new();
-    if let Some(response) = request.try_endpoints(gw, &endpoints, &mut last_error).await {
-        return response;
+    loop {
+        // Tunnels that open from here on wake the wait below.
+        opened.borrow_and_update();
+        if let Some(response) = request.try_endpoints(gw, &endpoints, &mut last_error).await {
+            return response;
+        }
+        if !matches!(request.payload, Payload::Buffered(_))
+            || !matches!(
+                tokio::time::timeout_at(deadline, opened.changed()).await,
+                Ok(Ok(()))
+            )
+        {
+            break;
+        }
+        endpoints = gw.endpoints(namespace, service);
     }
     text(
         StatusCode::BAD_GATEWAY,
@@ -415,22 +436,26 @@ struct Forwarding<'a> {
 }
 
 impl Forwarding<'_> {
-    /// The response of the first replica of `endpoints` that answers (or of one that
-    /// failed in a way that must not be retried), or None if none took the request
-    /// (`last_error` then says why the last could not).
+    /// One pass over `endpoints`: the response of the first replica that answers
+    /// (or of one that failed in a way that must not be retried), or None if none
+    /// took the request (`last_error` then says why the last could not).
     async fn try_endpoints(
         &mut self,
         gw: &Gateway,
         endpoints: &[Endpoint],
         last_error: &mut String,
     ) -> Option<Response> {
+        // Whether a node of this pass had no tunnel: it may yet connect.
+        let mut disconnected = false;
         for (i, endpoint) in endpoints.iter().enumerate() {
             let last = i + 1 == endpoints.len();
             let pod = &endpoint.pod;
             // Through the agent's tunnel when it has one (it then needs no inbound
             // port), else straight to its listener. Decided before the body is taken, so
             // a streamed body is not lost to an endpoint that cannot be reached at all.
-            let via = match (gw.tunnels.get(&endpoint.node), &endpoint.address) {
+            let tunnel = gw.tunnels.get(&endpoint.node);
+            disconnected |= tunnel.is_none();
+            let via = match (tunnel, &endpoint.address) {
                 (Some(sender), _) => Via::Tunnel(sender),
                 (None, Some(address)) => Via::Listener(address.clone()),
                 (None, None) => {
@@ -475,8 +500,11 @@ impl Forwarding<'_> {
             };
             match sent {
                 Ok(response) => {
+                    // A replica its node does not serve (not started yet after the
+                    // agent restarted, or stopping): the next is tried, and if this
+                    // was the last, a node that had no tunnel may still take it.
                     let unserved = response.headers().contains_key(UNSERVED_HEADER);
-                    if unserved && !last && buffered {
+                    if unserved && buffered && (!last || disconnected) {
                         *last_error = format!("{pod} was not served by its node");
                         continue;
                     }
@@ -705,6 +733,100 @@ mod tests {
                 StatusCode::BAD_GATEWAY
             ]
         );
+    }
+
+    /// A tunnel to a node whose agent answers every request `200 tunnel`, or, if
+    /// `unserved`, that it does not serve the pod; and how many requests it got.
+    async fn tunnel(
+        unserved: bool,
+    ) -> (
+        hyper::client::conn::http2::SendRequest<crate::tunnel::TunnelBody>,
+        Arc<AtomicUsize>,
+    ) {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let (agent, server) = tokio::io::duplex(64 * 1024);
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(
+                TokioIo::new(agent),
+                hyper::service::service_fn(move |_| {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let mut response = http::Response::builder();
+                        if unserved {
+                            response = response.status(503).header(UNSERVED_HEADER, "1");
+                        }
+                        Ok::<_, std::convert::Infallible>(
+                            response
+                                .body(Full::new(Bytes::from_static(b"tunnel")))
+                                .unwrap(),
+                        )
+                    }
+                }),
+            ),
+        );
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(server))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        (sender, seen)
+    }
+
+    /// A loopback port nothing listens on.
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// Waits (up to 10 s) until `count` is not zero.
+    async fn reached(count: &AtomicUsize, what: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while count.load(Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replica_not_served_yet_leaves_the_request_to_a_node_that_reconnects() {
+        // n0's agent is back but has not started its replica yet; n1 has no tunnel.
+        let dir = tempfile::tempdir().unwrap();
+        let (gw, _scope) = gateway_for([closed_port(), closed_port()], &dir).await;
+        let (n0, asked) = tunnel(true).await;
+        gw.tunnels.insert("n0", n0);
+        let request = tokio::spawn({
+            let gw = gw.clone();
+            async move { send(&gw, http::Method::GET).await }
+        });
+        reached(&asked, "the request never reached n0").await;
+        gw.tunnels.insert("n1", tunnel(false).await.0);
+        let (status, body) = request.await.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "tunnel"));
+    }
+
+    #[tokio::test]
+    async fn a_request_no_replica_can_take_waits_for_a_tunnel_to_open() {
+        // Node n0's agent dies with every request; n1's port is closed. Neither has a
+        // tunnel yet: so it is just after this server restarted, before the agents
+        // (which only dial out) are back.
+        let (dying, died_with) = agent(true).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (gw, _scope) = gateway_for([dying, closed_port()], &dir).await;
+        let request = tokio::spawn({
+            let gw = gw.clone();
+            async move { send(&gw, http::Method::GET).await }
+        });
+        // Once the request has been to both nodes, n0's agent reconnects: the request
+        // goes through its tunnel rather than failing.
+        reached(&died_with, "the request never reached n0").await;
+        gw.tunnels.insert("n0", tunnel(false).await.0);
+        let (status, body) = request.await.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "tunnel"));
     }
 
     #[test]
