@@ -566,6 +566,15 @@ pub async fn serve(
     use axum::serve::ListenerExt;
     let scope = informers.scope(stop.clone());
     let gateway = Gateway::new(&scope, tunnels, metrics);
+    // Until the caches hold the routes, connections wait in the listener's backlog:
+    // answered from empty caches, they would get 404 for apps that exist.
+    if !scope
+        .synced(&[&gateway.services, &gateway.slices, &gateway.nodes])
+        .await
+    {
+        scope.shutdown().await;
+        return;
+    }
     // The caches are let go at `stop`, as requests in flight drain.
     let release = async {
         stop.cancelled().await;
