@@ -17,7 +17,10 @@
 //! A request goes to the next ready endpoint, round-robin, of the Service's
 //! EndpointSlice: to the agent of the endpoint's node, with the chosen pod in
 //! `x-skiff-pod` (so the agent needs no route of its own to find it). If the connection fails before anything is sent, or the agent answers
-//! that it doesn't serve that pod (any more), the next endpoint is tried. No endpoint
+//! that it doesn't serve that pod (any more), the next endpoint is tried; so is an
+//! idempotent request whose replica failed before answering (its agent died with the
+//! request in flight). A request no replica could take waits a while for a tunnel to
+//! open (agents reconnect after this server restarts), then gets 502. No endpoint
 //! ready: 503 naming the app; no route: 404.
 
 use std::collections::HashMap;
@@ -45,6 +48,8 @@ use skiff_api::routes::{POD_HEADER, ROUTES_ANNOTATION, Route, UNSERVED_HEADER};
 /// Bodies up to this size are buffered so the request can be retried on another
 /// endpoint; larger ones stream through, tried once.
 const MAX_BUFFERED_BODY: u64 = 1024 * 1024;
+/// How long a request no replica could take waits for a tunnel to open before 502.
+const TUNNEL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 type GatewayBody = http_body_util::combinators::UnsyncBoxBody<Bytes, axum::Error>;
 
@@ -341,7 +346,11 @@ impl Gateway {
 }
 
 /// Sends a routed request to a ready replica, trying the next when one cannot be
-/// reached before it took the request.
+/// reached before it took the request, or, for an idempotent method (RFC 9110
+/// 9.2.2), when one failed before it answered (its agent died with the request in
+/// flight). A request with a small body that no replica took waits up to
+/// [`TUNNEL_WAIT`] for a tunnel to open and is tried again: after this server
+/// restarts, the agents take a moment to reconnect.
 async fn forward(
     gw: &Gateway,
     request: Request,
@@ -349,7 +358,9 @@ async fn forward(
     namespace: &str,
     service: &str,
 ) -> Response {
-    let endpoints = gw.endpoints(namespace, service);
+    let deadline = tokio::time::Instant::now() + TUNNEL_WAIT;
+    let mut opened = gw.tunnels.opened();
+    let mut endpoints = gw.endpoints(namespace, service);
     if endpoints.is_empty() {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -363,7 +374,7 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
-    let mut payload = if !chunked && declared.unwrap_or(0) <= MAX_BUFFERED_BODY {
+    let payload = if !chunked && declared.unwrap_or(0) <= MAX_BUFFERED_BODY {
         match body.collect().await {
             Ok(collected) => Payload::Buffered(collected.to_bytes()),
             Err(e) => {
@@ -380,81 +391,147 @@ async fn forward(
     for name in HOP_BY_HOP {
         headers.remove(*name);
     }
+    let mut request = Forwarding {
+        app: format!("{namespace}/{service}"),
+        idempotent: parts.method.is_idempotent(),
+        parts,
+        headers,
+        host,
+        payload,
+    };
     let mut last_error = String::new();
-    for (i, endpoint) in endpoints.iter().enumerate() {
-        let last = i + 1 == endpoints.len();
-        let pod = &endpoint.pod;
-        // Through the agent's tunnel when it has one (it then needs no inbound port),
-        // else straight to its listener. Decided before the body is taken, so a
-        // streamed body is not lost to an endpoint that cannot be reached at all.
-        let via = match (gw.tunnels.get(&endpoint.node), &endpoint.address) {
-            (Some(sender), _) => Via::Tunnel(sender),
-            (None, Some(address)) => Via::Listener(address.clone()),
-            (None, None) => {
-                last_error = format!("{pod}: node {} is not reachable", endpoint.node);
-                continue;
-            }
-        };
-        let body: GatewayBody = match &mut payload {
-            Payload::Buffered(bytes) => Full::new(bytes.clone())
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-            Payload::Streaming(body) => match body.take() {
-                Some(b) => b.boxed_unsync(),
-                None => break,
-            },
-        };
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let (agent, uri) = match &via {
-            Via::Tunnel(_) => (
-                format!("tunnel to {}", endpoint.node),
-                crate::tunnel::uri(path),
-            ),
-            Via::Listener(address) => (address.clone(), format!("http://{address}{path}")),
-        };
-        let mut outgoing = http::Request::builder()
-            .method(parts.method.clone())
-            .uri(uri)
-            .body(body)
-            .expect("a valid request");
-        *outgoing.headers_mut() = forwarded_headers(&headers, pod, host);
-        let sent = match via {
-            Via::Tunnel(sender) => crate::tunnel::send(sender, outgoing)
-                .await
-                .map_err(Upstream::Tunnel),
-            Via::Listener(_) => gw.client.request(outgoing).await.map_err(Upstream::Direct),
-        };
-        match sent {
-            Ok(response) => {
-                let unserved = response.headers().contains_key(UNSERVED_HEADER);
-                if unserved && !last && matches!(payload, Payload::Buffered(_)) {
-                    last_error = format!("{pod} was not served by its node");
-                    continue;
-                }
-                let (mut parts, body) = response.into_parts();
-                parts.headers.remove(UNSERVED_HEADER);
-                return Response::from_parts(parts, Body::new(body));
-            }
-            Err(e) if e.is_connect() => {
-                tracing::debug!(%pod, %agent, error = %e, "gateway: endpoint unreachable; trying the next");
-                last_error = format!("{pod} on {agent}: {e}");
-            }
-            Err(e) => {
-                return text(
-                    StatusCode::BAD_GATEWAY,
-                    format!("app {namespace}/{service}: the replica {pod} failed: {e}"),
-                );
-            }
+    loop {
+        // Tunnels that open from here on wake the wait below.
+        opened.borrow_and_update();
+        if let Some(response) = request.try_endpoints(gw, &endpoints, &mut last_error).await {
+            return response;
         }
+        if !matches!(request.payload, Payload::Buffered(_))
+            || !matches!(
+                tokio::time::timeout_at(deadline, opened.changed()).await,
+                Ok(Ok(()))
+            )
+        {
+            break;
+        }
+        endpoints = gw.endpoints(namespace, service);
     }
     text(
         StatusCode::BAD_GATEWAY,
         format!("app {namespace}/{service}: no replica could be reached ({last_error})"),
     )
+}
+
+/// A request on its way to a replica: what every attempt sends.
+struct Forwarding<'a> {
+    /// `namespace/name` of the app, for messages.
+    app: String,
+    /// Whether a replica that failed before answering may be sent it again.
+    idempotent: bool,
+    parts: http::request::Parts,
+    /// The client's headers without the hop-by-hop ones.
+    headers: HeaderMap,
+    host: &'a str,
+    payload: Payload,
+}
+
+impl Forwarding<'_> {
+    /// One pass over `endpoints`: the response of the first replica that answers
+    /// (or of one that failed in a way that must not be retried), or None if none
+    /// took the request (`last_error` then says why the last could not).
+    async fn try_endpoints(
+        &mut self,
+        gw: &Gateway,
+        endpoints: &[Endpoint],
+        last_error: &mut String,
+    ) -> Option<Response> {
+        // Whether a node of this pass had no tunnel: it may yet connect.
+        let mut disconnected = false;
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            let last = i + 1 == endpoints.len();
+            let pod = &endpoint.pod;
+            // Through the agent's tunnel when it has one (it then needs no inbound
+            // port), else straight to its listener. Decided before the body is taken, so
+            // a streamed body is not lost to an endpoint that cannot be reached at all.
+            let tunnel = gw.tunnels.get(&endpoint.node);
+            disconnected |= tunnel.is_none();
+            let via = match (tunnel, &endpoint.address) {
+                (Some(sender), _) => Via::Tunnel(sender),
+                (None, Some(address)) => Via::Listener(address.clone()),
+                (None, None) => {
+                    *last_error = format!("{pod}: node {} is not reachable", endpoint.node);
+                    continue;
+                }
+            };
+            let body: GatewayBody = match &mut self.payload {
+                Payload::Buffered(bytes) => Full::new(bytes.clone())
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+                Payload::Streaming(body) => match body.take() {
+                    Some(b) => b.boxed_unsync(),
+                    None => break,
+                },
+            };
+            let buffered = matches!(self.payload, Payload::Buffered(_));
+            let path = self
+                .parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let (agent, uri) = match &via {
+                Via::Tunnel(_) => (
+                    format!("tunnel to {}", endpoint.node),
+                    crate::tunnel::uri(path),
+                ),
+                Via::Listener(address) => (address.clone(), format!("http://{address}{path}")),
+            };
+            let mut outgoing = http::Request::builder()
+                .method(self.parts.method.clone())
+                .uri(uri)
+                .body(body)
+                .expect("a valid request");
+            *outgoing.headers_mut() = forwarded_headers(&self.headers, pod, self.host);
+            let sent = match via {
+                Via::Tunnel(sender) => crate::tunnel::send(sender, outgoing)
+                    .await
+                    .map_err(Upstream::Tunnel),
+                Via::Listener(_) => gw.client.request(outgoing).await.map_err(Upstream::Direct),
+            };
+            match sent {
+                Ok(response) => {
+                    // A replica its node does not serve (not started yet after the
+                    // agent restarted, or stopping): the next is tried, and if this
+                    // was the last, a node that had no tunnel may still take it.
+                    let unserved = response.headers().contains_key(UNSERVED_HEADER);
+                    if unserved && buffered && (!last || disconnected) {
+                        *last_error = format!("{pod} was not served by its node");
+                        continue;
+                    }
+                    let (mut parts, body) = response.into_parts();
+                    parts.headers.remove(UNSERVED_HEADER);
+                    return Some(Response::from_parts(parts, Body::new(body)));
+                }
+                Err(e) if e.is_connect() => {
+                    tracing::debug!(%pod, %agent, error = %e, "gateway: endpoint unreachable; trying the next");
+                    *last_error = format!("{pod} on {agent}: {e}");
+                }
+                // Sent, and failed before an answer (its agent died, say): an
+                // idempotent request may be sent again, to another replica.
+                Err(e) if self.idempotent && buffered => {
+                    tracing::debug!(%pod, %agent, error = %e, "gateway: replica failed before answering; trying the next");
+                    *last_error = format!("{pod} on {agent} failed: {e}");
+                }
+                Err(e) => {
+                    return Some(text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("app {}: the replica {pod} failed: {e}", self.app),
+                    ));
+                }
+            }
+        }
+        None
+    }
 }
 
 /// The headers sent on to the agent: the client's, with the chosen pod, and
@@ -489,6 +566,15 @@ pub async fn serve(
     use axum::serve::ListenerExt;
     let scope = informers.scope(stop.clone());
     let gateway = Gateway::new(&scope, tunnels, metrics);
+    // Until the caches hold the routes, connections wait in the listener's backlog:
+    // answered from empty caches, they would get 404 for apps that exist.
+    if !scope
+        .synced(&[&gateway.services, &gateway.slices, &gateway.nodes])
+        .await
+    {
+        scope.shutdown().await;
+        return;
+    }
     // The caches are let go at `stop`, as requests in flight drain.
     let release = async {
         stop.cancelled().await;
@@ -515,6 +601,242 @@ pub fn url_of(addr: SocketAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::redb::RedbStore;
+    use crate::store::{Store, WriteOp};
+    use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An agent on a loopback port: it reads each request, then answers `200 ok`, or,
+    /// if `dies`, drops the connection without a word (as an agent killed with the
+    /// request in flight). Returns its port and how many requests it read.
+    async fn agent(dies: bool) -> (u16, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if !dies {
+                        let _ = socket
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                            .await;
+                    }
+                });
+            }
+        });
+        (port, seen)
+    }
+
+    /// A gateway whose caches hold app `default/web` with one ready replica on each
+    /// of two nodes, reached straight at `ports`.
+    async fn gateway_for(
+        ports: [u16; 2],
+        dir: &tempfile::TempDir,
+    ) -> (Arc<Gateway>, Arc<Informers>) {
+        let store = RedbStore::open(&dir.path().join("store.redb")).unwrap();
+        let info = |group, plural| crate::kinds::lookup(group, "v1", plural).unwrap();
+        let mut objects = vec![(
+            info("", "services").key(Some("default"), "web"),
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"}}),
+        )];
+        let mut endpoints = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let node = format!("n{i}");
+            objects.push((
+                info("", "nodes").key(None, &node),
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
+                    "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                        "daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}}),
+            ));
+            endpoints.push(json!({"addresses": ["127.0.0.1"], "nodeName": node,
+                "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": format!("web-{i}")}}));
+        }
+        let slice = slice_name("web");
+        objects.push((
+            info("discovery.k8s.io", "endpointslices").key(Some("default"), &slice),
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": slice, "namespace": "default"}, "endpoints": endpoints}),
+        ));
+        for (key, object) in objects {
+            store
+                .write(WriteOp::Create {
+                    key,
+                    object,
+                    guard: None,
+                })
+                .await
+                .unwrap();
+        }
+        let scope =
+            SharedInformers::new(store, CancellationToken::new()).scope(CancellationToken::new());
+        let gateway = Gateway::new(
+            &scope,
+            Arc::default(),
+            skiff_api::metrics::AppRequests::register(
+                &mut prometheus_client::registry::Registry::default(),
+                "test",
+                "test",
+            ),
+        );
+        assert!(
+            scope
+                .synced(&[&gateway.services, &gateway.slices, &gateway.nodes])
+                .await
+        );
+        (gateway, scope)
+    }
+
+    async fn send(gw: &Gateway, method: http::Method) -> (StatusCode, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri("/")
+            .body(Body::from("x"))
+            .unwrap();
+        let response = forward(gw, request, "gw", "default", "web").await;
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_dies_with_a_request_in_flight_loses_it_only_if_not_idempotent() {
+        let (dying, died_with) = agent(true).await;
+        let (healthy, _) = agent(false).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (gw, _scope) = gateway_for([dying, healthy], &dir).await;
+        // Round-robin: half of these go to the dying replica first. Each GET is sent
+        // again to the other, and answered.
+        for _ in 0..4 {
+            let (status, body) = send(&gw, http::Method::GET).await;
+            assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+        }
+        assert_eq!(
+            died_with.load(Ordering::SeqCst),
+            2,
+            "the dying replica took its turns"
+        );
+        // A POST may have been applied by the replica that died: it is not sent again.
+        let mut codes = Vec::new();
+        for _ in 0..4 {
+            codes.push(send(&gw, http::Method::POST).await.0);
+        }
+        codes.sort();
+        assert_eq!(
+            codes,
+            [
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::BAD_GATEWAY,
+                StatusCode::BAD_GATEWAY
+            ]
+        );
+    }
+
+    /// A tunnel to a node whose agent answers every request `200 tunnel`, or, if
+    /// `unserved`, that it does not serve the pod; and how many requests it got.
+    async fn tunnel(
+        unserved: bool,
+    ) -> (
+        hyper::client::conn::http2::SendRequest<crate::tunnel::TunnelBody>,
+        Arc<AtomicUsize>,
+    ) {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let (agent, server) = tokio::io::duplex(64 * 1024);
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(
+                TokioIo::new(agent),
+                hyper::service::service_fn(move |_| {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let mut response = http::Response::builder();
+                        if unserved {
+                            response = response.status(503).header(UNSERVED_HEADER, "1");
+                        }
+                        Ok::<_, std::convert::Infallible>(
+                            response
+                                .body(Full::new(Bytes::from_static(b"tunnel")))
+                                .unwrap(),
+                        )
+                    }
+                }),
+            ),
+        );
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(server))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        (sender, seen)
+    }
+
+    /// A loopback port nothing listens on.
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// Waits (up to 10 s) until `count` is not zero.
+    async fn reached(count: &AtomicUsize, what: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while count.load(Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replica_not_served_yet_leaves_the_request_to_a_node_that_reconnects() {
+        // n0's agent is back but has not started its replica yet; n1 has no tunnel.
+        let dir = tempfile::tempdir().unwrap();
+        let (gw, _scope) = gateway_for([closed_port(), closed_port()], &dir).await;
+        let (n0, asked) = tunnel(true).await;
+        gw.tunnels.insert("n0", n0);
+        let request = tokio::spawn({
+            let gw = gw.clone();
+            async move { send(&gw, http::Method::GET).await }
+        });
+        reached(&asked, "the request never reached n0").await;
+        gw.tunnels.insert("n1", tunnel(false).await.0);
+        let (status, body) = request.await.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "tunnel"));
+    }
+
+    #[tokio::test]
+    async fn a_request_no_replica_can_take_waits_for_a_tunnel_to_open() {
+        // Node n0's agent dies with every request; n1's port is closed. Neither has a
+        // tunnel yet: so it is just after this server restarted, before the agents
+        // (which only dial out) are back.
+        let (dying, died_with) = agent(true).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (gw, _scope) = gateway_for([dying, closed_port()], &dir).await;
+        let request = tokio::spawn({
+            let gw = gw.clone();
+            async move { send(&gw, http::Method::GET).await }
+        });
+        // Once the request has been to both nodes, n0's agent reconnects: the request
+        // goes through its tunnel rather than failing.
+        reached(&died_with, "the request never reached n0").await;
+        gw.tunnels.insert("n0", tunnel(false).await.0);
+        let (status, body) = request.await.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "tunnel"));
+    }
 
     #[test]
     fn forwarded_host_and_proto_are_added_unless_a_proxy_set_them() {

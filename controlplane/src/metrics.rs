@@ -57,6 +57,11 @@ struct PendingLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
     name: &'static str,
 }
@@ -130,6 +135,7 @@ pub struct Metrics {
     pub scheduler: SchedulerMetrics,
     /// The gateway's requests, per app.
     pub gateway: AppRequests,
+    module_downloads: Family<NodeLabels, Counter>,
     queue_depth: Family<QueueLabels, Gauge>,
     queue_adds: Family<QueueLabels, Counter>,
     queue_retries: Family<QueueLabels, Counter>,
@@ -224,6 +230,12 @@ impl Metrics {
 
         let gateway =
             AppRequests::register(&mut registry, "skiff_gateway", "the gateway forwarded");
+        let module_downloads = Family::<NodeLabels, Counter>::default();
+        registry.register(
+            "skiff_node_module_downloads",
+            "Module bytes served to nodes (agents pulling an image), by node",
+            module_downloads.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -231,6 +243,7 @@ impl Metrics {
             watchers,
             scheduler,
             gateway,
+            module_downloads,
             queue_depth,
             queue_adds,
             queue_retries,
@@ -247,6 +260,15 @@ impl Metrics {
             retries: self.queue_retries.get_or_create(&labels).clone(),
             work_duration: Some(self.queue_work.get_or_create(&labels).clone()),
         }
+    }
+
+    /// A node was served a module's bytes: an agent pulled an image it had not cached.
+    pub fn module_download(&self, node: &str) {
+        self.module_downloads
+            .get_or_create(&NodeLabels {
+                node: node.to_string(),
+            })
+            .inc();
     }
 
     pub fn render(&self) -> String {

@@ -25,10 +25,21 @@ pub const PATH: &str = "/skiff/v1/tunnel";
 pub type TunnelBody = http_body_util::combinators::UnsyncBoxBody<Bytes, axum::Error>;
 
 /// The open tunnels, by node name. A node that reconnects replaces its old tunnel.
-#[derive(Default)]
 pub struct Tunnels {
     open: Mutex<HashMap<String, (u64, SendRequest<TunnelBody>)>>,
     generation: AtomicU64,
+    /// Bumped each time a tunnel opens, for whoever waits for a node to connect.
+    opened: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Tunnels {
+    fn default() -> Self {
+        Tunnels {
+            open: Mutex::default(),
+            generation: AtomicU64::new(0),
+            opened: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl Tunnels {
@@ -46,7 +57,14 @@ impl Tunnels {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(node.to_string(), (generation, sender));
+        self.opened.send_modify(|n| *n += 1);
         generation
+    }
+
+    /// Changes each time a tunnel opens (see `insert`): taken before looking for a
+    /// node's tunnel, it wakes the caller when one may have come since.
+    pub fn opened(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.opened.subscribe()
     }
 
     pub(crate) fn remove(&self, node: &str, generation: u64) {

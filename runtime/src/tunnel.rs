@@ -39,8 +39,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long connecting, the TLS handshake and the upgrade may take: a server that
 /// accepts connections but is hung must not hold a tunnel attempt for ever.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-/// A tunnel that stayed up this long resets the backoff.
-const STABLE: Duration = Duration::from_secs(30);
+/// A tunnel that stayed open this long resets the backoff: the server took it, so
+/// when it closes (the server restarted, say) the next is dialled at once. One that
+/// closed sooner counts as a failed attempt, so a server that takes tunnels and drops
+/// them straight away is backed off from like one that refuses them.
+const STABLE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
@@ -121,9 +124,9 @@ where
 {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let opened = Instant::now();
+        let mut opened = None;
         let result = tokio::select! {
-            r = session(&target, service.clone()) => r,
+            r = session(&target, service.clone(), &mut opened) => r,
             _ = stop.cancelled() => return,
         };
         match result {
@@ -132,9 +135,7 @@ where
                 tracing::warn!(server = %target.url, error = %e, error.source = ?std::error::Error::source(&e), "tunnel failed; retrying")
             }
         }
-        if opened.elapsed() >= STABLE {
-            backoff = BACKOFF_MIN;
-        }
+        backoff = backoff_after(backoff, opened.map(|at: Instant| at.elapsed()));
         // Full jitter in [backoff/2, backoff]: agents cut off together don't return together.
         let wait = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
         tokio::select! {
@@ -145,8 +146,22 @@ where
     }
 }
 
-/// One tunnel, from dialling to its end.
-async fn session<S>(target: &TunnelTarget, service: S) -> Result<(), TunnelError>
+/// The backoff (before jitter) to wait after an attempt whose tunnel stayed open
+/// for `up` (None: it never opened), given the backoff so far.
+fn backoff_after(backoff: Duration, up: Option<Duration>) -> Duration {
+    if up.is_some_and(|up| up >= STABLE) {
+        BACKOFF_MIN
+    } else {
+        backoff
+    }
+}
+
+/// One tunnel, from dialling to its end; `opened` is when it opened, if it did.
+async fn session<S>(
+    target: &TunnelTarget,
+    service: S,
+    opened: &mut Option<Instant>,
+) -> Result<(), TunnelError>
 where
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
@@ -160,6 +175,7 @@ where
     let upgraded = tokio::time::timeout(DIAL_TIMEOUT, dial(target))
         .await
         .map_err(|_| TunnelError::DialTimedOut(DIAL_TIMEOUT))??;
+    *opened = Some(Instant::now());
     tracing::info!(server = %target.url, "tunnel open");
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -224,4 +240,30 @@ async fn dial(target: &TunnelTarget) -> Result<hyper::upgrade::Upgraded, TunnelE
         return Err(TunnelError::Refused(response.status()));
     }
     Ok(hyper::upgrade::on(response).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tunnel_that_worked_resets_the_backoff_and_failed_dials_double_it() {
+        // Failed dials (the server is down) back off further each time.
+        let mut backoff = BACKOFF_MIN;
+        for _ in 0..5 {
+            backoff = (backoff_after(backoff, None) * 2).min(BACKOFF_MAX);
+        }
+        assert_eq!(backoff, BACKOFF_MIN * 32);
+        // A tunnel that served for a while and then closed (the server restarted):
+        // the next is dialled at once, however many tunnels came and went before.
+        assert_eq!(
+            backoff_after(backoff, Some(Duration::from_secs(15))),
+            BACKOFF_MIN
+        );
+        // One dropped as soon as it opened counts as a failure.
+        assert_eq!(
+            backoff_after(backoff, Some(Duration::from_millis(10))),
+            backoff
+        );
+    }
 }

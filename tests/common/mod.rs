@@ -64,6 +64,29 @@ impl Process {
         Self::spawn(command, marker)
     }
 
+    /// Like `start_in`, with the logs (stderr) going to `log` at the level `rust_log`.
+    pub fn start_in_logged(
+        ns: Option<&str>,
+        args: &[&str],
+        marker: &str,
+        rust_log: &str,
+        log: &Path,
+    ) -> (Process, String) {
+        let mut command = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_skiff")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_skiff")),
+        };
+        command
+            .args(args)
+            .env("RUST_LOG", rust_log)
+            .stderr(std::fs::File::create(log).expect("creating the log file"));
+        Self::spawn(command, marker)
+    }
+
     fn spawn(mut command: Command, marker: &str) -> (Process, String) {
         use std::io::{BufRead, BufReader};
         let args: Vec<_> = command.get_args().map(|a| a.to_owned()).collect();

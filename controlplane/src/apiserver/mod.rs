@@ -210,7 +210,7 @@ async fn route(
             watch::serve(api, &target, &query, &headers).await
         }
         (&Method::GET, true, None) if is_module && !request::wants_json(&headers) => {
-            modules::download(api, target.name()).await
+            modules::download(api, identity, target.name()).await
         }
         (&Method::GET, true, None | Some(Subresource::Status)) => {
             crud::get(api, &target, &query, &headers).await

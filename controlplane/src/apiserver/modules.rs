@@ -14,6 +14,7 @@ use skiff_api::validation::{FieldError, FieldErrorType};
 
 use super::Target;
 use super::request::{self, json_response};
+use crate::auth::Identity;
 use crate::error::{ApiError, ApiResult, Subject};
 use crate::state::ApiServer;
 
@@ -119,8 +120,14 @@ pub(crate) async fn store(
     }
 }
 
-/// `GET /apis/skiff.dev/v1/modules/sha256:<hex>`: the raw bytes.
-pub(crate) async fn download(api: &ApiServer, name: &str) -> ApiResult<Response> {
+/// `GET /apis/skiff.dev/v1/modules/sha256:<hex>`: the raw bytes. Downloads by nodes
+/// are counted per node (`skiff_node_module_downloads_total`): an agent fetches each
+/// module once and keeps it, so a node counted twice for one module is refetching.
+pub(crate) async fn download(
+    api: &ApiServer,
+    identity: &Identity,
+    name: &str,
+) -> ApiResult<Response> {
     let info = modules_info();
     let hex = module::parse_digest(name).ok_or_else(|| ApiError::not_found(info, name))?;
     // The object is the source of truth: a blob without one is garbage from a delete.
@@ -131,6 +138,9 @@ pub(crate) async fn download(api: &ApiServer, name: &str) -> ApiResult<Response>
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(info, name))?;
+    if let Identity::Node { name: node, .. } = identity {
+        api.metrics.module_download(node);
+    }
     Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
 }
 
