@@ -48,12 +48,12 @@ const MAX_BUFFERED_BODY: u64 = 1024 * 1024;
 
 type GatewayBody = http_body_util::combinators::UnsyncBoxBody<Bytes, axum::Error>;
 
-/// One route to a Service.
+/// One route to a Service, from its routes annotation.
 #[derive(Debug, Clone)]
-struct RouteEntry {
-    route: Route,
-    namespace: String,
-    service: String,
+pub struct RouteEntry {
+    pub route: Route,
+    pub namespace: String,
+    pub service: String,
 }
 
 /// Routes from annotations, rebuilt when the Services change.
@@ -135,45 +135,6 @@ impl Gateway {
             .is_some()
     }
 
-    /// The Service a request is for, and the path prefix to strip.
-    fn route(&self, host: &str, path: &str) -> Option<Target> {
-        let host = skiff_api::routes::request_host(host);
-        let table = self.table();
-        let best = table
-            .entries
-            .iter()
-            .filter_map(|e| Some((e.route.matches(&host, path)?, e)))
-            .max_by_key(|(score, _)| *score);
-        if let Some((_, e)) = best {
-            return Some(Target {
-                namespace: e.namespace.clone(),
-                service: e.service.clone(),
-                prefix: e.route.path_prefix.clone(),
-            });
-        }
-        if let Some(rest) = host.strip_suffix(".localhost")
-            && let Some((name, namespace)) = rest.split_once('.')
-            && self.service_exists(namespace, name)
-        {
-            return Some(Target {
-                namespace: namespace.to_string(),
-                service: name.to_string(),
-                prefix: None,
-            });
-        }
-        let mut segments = path.trim_start_matches('/').splitn(3, '/');
-        if let (Some(namespace), Some(name)) = (segments.next(), segments.next())
-            && self.service_exists(namespace, name)
-        {
-            return Some(Target {
-                prefix: Some(format!("/{namespace}/{name}/")),
-                namespace: namespace.to_string(),
-                service: name.to_string(),
-            });
-        }
-        None
-    }
-
     /// The ready endpoints of a Service, starting at the next one in round-robin order.
     fn endpoints(&self, namespace: &str, service: &str) -> Vec<Endpoint> {
         let info = crate::kinds::lookup("discovery.k8s.io", "v1", "endpointslices")
@@ -219,12 +180,73 @@ impl Gateway {
 
 /// Where a request is routed.
 #[derive(Debug, PartialEq, Eq)]
-struct Target {
-    namespace: String,
-    service: String,
+pub struct Target {
+    pub namespace: String,
+    pub service: String,
     /// The path prefix the route matched (ends with `/`), stripped before the app sees
     /// the request; None for a Host route.
-    prefix: Option<String>,
+    pub prefix: Option<String>,
+}
+
+/// Routes a request, as the gateway does before it forwards one: the Service it is for,
+/// by the annotated `routes`, else by the built-in Host and path routes of the Services
+/// that `exists(namespace, name)`; and, for a path prefix route, the request made the
+/// app's own (the prefix stripped from its path and named in `X-Forwarded-Prefix`).
+/// None: no route, a 404. A function of its arguments only, so the fuzz targets reach
+/// it without a cluster.
+pub fn route_request<B>(
+    routes: &[RouteEntry],
+    exists: impl Fn(&str, &str) -> bool,
+    request: &mut http::Request<B>,
+) -> Option<Target> {
+    let host = skiff_api::routes::host_of(request);
+    let target = route(routes, exists, &host, request.uri().path())?;
+    if let Some(prefix) = &target.prefix {
+        skiff_api::routes::strip_route_prefix(request, prefix);
+    }
+    Some(target)
+}
+
+/// The Service a request for `host` and `path` is for, and the path prefix to strip.
+fn route(
+    routes: &[RouteEntry],
+    exists: impl Fn(&str, &str) -> bool,
+    host: &str,
+    path: &str,
+) -> Option<Target> {
+    let host = skiff_api::routes::request_host(host);
+    let best = routes
+        .iter()
+        .filter_map(|e| Some((e.route.matches(&host, path)?, e)))
+        .max_by_key(|(score, _)| *score);
+    if let Some((_, e)) = best {
+        return Some(Target {
+            namespace: e.namespace.clone(),
+            service: e.service.clone(),
+            prefix: e.route.path_prefix.clone(),
+        });
+    }
+    if let Some(rest) = host.strip_suffix(".localhost")
+        && let Some((name, namespace)) = rest.split_once('.')
+        && exists(namespace, name)
+    {
+        return Some(Target {
+            namespace: namespace.to_string(),
+            service: name.to_string(),
+            prefix: None,
+        });
+    }
+    let mut segments = path.trim_start_matches('/').splitn(3, '/');
+    if let (Some(namespace), Some(name)) = (segments.next(), segments.next())
+        && exists(namespace, name)
+    {
+        return Some(Target {
+            prefix: Some(format!("/{namespace}/{name}/")),
+            namespace: namespace.to_string(),
+            service: name.to_string(),
+        });
+    }
+    None
 }
 
 /// A ready replica of an app.
@@ -292,20 +314,17 @@ async fn handle(State(gw): State<Arc<Gateway>>, mut request: Request) -> Respons
     let id = skiff_api::routes::ensure_request_id(request.headers_mut());
     let host = skiff_api::routes::host_of(&request);
     let path = request.uri().path().to_string();
+    let table = gw.table();
+    let exists = |namespace: &str, name: &str| gw.service_exists(namespace, name);
     let Some(Target {
-        namespace,
-        service,
-        prefix,
-    }) = gw.route(&host, &path)
+        namespace, service, ..
+    }) = route_request(&table.entries, exists, &mut request)
     else {
         return text(
             StatusCode::NOT_FOUND,
             format!("no app is routed at {host}{path}"),
         );
     };
-    if let Some(prefix) = &prefix {
-        skiff_api::routes::strip_route_prefix(&mut request, prefix);
-    }
     // At debug level, as the agent's request span (see there).
     let span =
         tracing::debug_span!("gateway", request_id = %id, namespace = %namespace, app = %service);

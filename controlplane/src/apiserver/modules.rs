@@ -22,7 +22,7 @@ fn modules_info() -> &'static ResourceInfo {
 }
 
 /// Validates bytes as a Wasm core module or component, with wasmtime's parser.
-fn inspect(bytes: &[u8]) -> Result<ModuleType, String> {
+pub(crate) fn inspect(bytes: &[u8]) -> Result<ModuleType, String> {
     let kind = if wasmparser::Parser::is_component(bytes) {
         ModuleType::Component
     } else if wasmparser::Parser::is_core_wasm(bytes) {
