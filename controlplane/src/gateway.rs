@@ -236,7 +236,9 @@ fn route(
             prefix: None,
         });
     }
-    let mut segments = path.trim_start_matches('/').splitn(3, '/');
+    // The path as asked, so that the prefix stripped is the one matched: `//NS/NAME/x`
+    // is no route (its prefix would not come off, and the app would see it all).
+    let mut segments = path.strip_prefix('/')?.splitn(3, '/');
     if let (Some(namespace), Some(name)) = (segments.next(), segments.next())
         && exists(namespace, name)
     {
@@ -534,6 +536,31 @@ pub fn url_of(addr: SocketAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skiff_api::routes::FORWARDED_PREFIX_HEADER as FORWARDED_PREFIX;
+
+    #[test]
+    fn the_default_route_takes_the_path_as_asked() {
+        let exists = |namespace: &str, name: &str| (namespace, name) == ("default", "hello");
+        let request = |uri: &str| {
+            http::Request::builder()
+                .uri(uri)
+                .header(FORWARDED_PREFIX, "/outer/")
+                .body(())
+                .unwrap()
+        };
+        // Found by the gateway_route fuzz target: `//default/hello` was routed by the
+        // prefix `/default/hello/`, which does not come off it, so the app saw the whole
+        // path and was told a prefix that was never stripped.
+        let mut doubled = request("//default/hello?x=5");
+        assert_eq!(route_request(&[], exists, &mut doubled), None);
+        assert_eq!(doubled.uri(), "//default/hello?x=5");
+
+        let mut plain = request("/default/hello?x=5");
+        let target = route_request(&[], exists, &mut plain).unwrap();
+        assert_eq!(target.prefix.as_deref(), Some("/default/hello/"));
+        assert_eq!(plain.uri(), "/?x=5");
+        assert_eq!(plain.headers()[FORWARDED_PREFIX], "/outer/default/hello");
+    }
 
     #[test]
     fn forwarded_host_and_proto_are_added_unless_a_proxy_set_them() {
