@@ -44,7 +44,7 @@ pub fn ensure_request_id(headers: &mut http::HeaderMap) -> String {
 pub struct Route {
     /// Lowercase, without a port.
     pub host: Option<String>,
-    /// Starts and ends with `/`.
+    /// Starts and ends with `/`, and ends with just one.
     pub path_prefix: Option<String>,
 }
 
@@ -62,13 +62,9 @@ impl Route {
         };
         Some(Route {
             host: host.map(|h| strip_port(h).to_ascii_lowercase()),
-            path_prefix: path.map(|p| {
-                if p.ends_with('/') {
-                    p.to_string()
-                } else {
-                    format!("{p}/")
-                }
-            }),
+            // Exactly one trailing `/`, so that what matches (`/a/x` and `/a` under
+            // `/a//`) is what gets stripped and named in X-Forwarded-Prefix.
+            path_prefix: path.map(|p| format!("{}/", p.trim_end_matches('/'))),
         })
     }
 
@@ -220,6 +216,22 @@ mod tests {
         );
         assert_eq!(Route::parse("  "), None);
         assert_eq!(Route::parse_list("a.localhost, /x/,").len(), 2);
+    }
+
+    #[test]
+    fn a_prefix_ends_with_one_slash() {
+        // Found by the gateway_route fuzz target: the route `//` matched the path `/` as
+        // the prefix `//`, which strip_route_prefix reads as the root, so the app was
+        // routed by a prefix it was neither stripped of nor told.
+        let route = Route::parse("//").unwrap();
+        assert_eq!(route.path_prefix.as_deref(), Some("/"));
+        assert!(route.matches("hello.det.localhost", "/").is_some());
+        let route = Route::parse("/a//").unwrap();
+        assert_eq!(route.path_prefix.as_deref(), Some("/a/"));
+        let mut r = request("/a/x", &[]);
+        strip_route_prefix(&mut r, route.path_prefix.as_deref().unwrap());
+        assert_eq!(r.uri().path(), "/x");
+        assert_eq!(r.headers()[FORWARDED_PREFIX_HEADER], "/a");
     }
 
     #[test]

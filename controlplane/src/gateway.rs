@@ -53,12 +53,12 @@ const TUNNEL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 type GatewayBody = http_body_util::combinators::UnsyncBoxBody<Bytes, axum::Error>;
 
-/// One route to a Service.
+/// One route to a Service, from its routes annotation.
 #[derive(Debug, Clone)]
-struct RouteEntry {
-    route: Route,
-    namespace: String,
-    service: String,
+pub struct RouteEntry {
+    pub route: Route,
+    pub namespace: String,
+    pub service: String,
 }
 
 /// Routes from annotations, rebuilt when the Services change.
@@ -140,45 +140,6 @@ impl Gateway {
             .is_some()
     }
 
-    /// The Service a request is for, and the path prefix to strip.
-    fn route(&self, host: &str, path: &str) -> Option<Target> {
-        let host = skiff_api::routes::request_host(host);
-        let table = self.table();
-        let best = table
-            .entries
-            .iter()
-            .filter_map(|e| Some((e.route.matches(&host, path)?, e)))
-            .max_by_key(|(score, _)| *score);
-        if let Some((_, e)) = best {
-            return Some(Target {
-                namespace: e.namespace.clone(),
-                service: e.service.clone(),
-                prefix: e.route.path_prefix.clone(),
-            });
-        }
-        if let Some(rest) = host.strip_suffix(".localhost")
-            && let Some((name, namespace)) = rest.split_once('.')
-            && self.service_exists(namespace, name)
-        {
-            return Some(Target {
-                namespace: namespace.to_string(),
-                service: name.to_string(),
-                prefix: None,
-            });
-        }
-        let mut segments = path.trim_start_matches('/').splitn(3, '/');
-        if let (Some(namespace), Some(name)) = (segments.next(), segments.next())
-            && self.service_exists(namespace, name)
-        {
-            return Some(Target {
-                prefix: Some(format!("/{namespace}/{name}/")),
-                namespace: namespace.to_string(),
-                service: name.to_string(),
-            });
-        }
-        None
-    }
-
     /// The ready endpoints of a Service, starting at the next one in round-robin order.
     fn endpoints(&self, namespace: &str, service: &str) -> Vec<Endpoint> {
         let info = crate::kinds::lookup("discovery.k8s.io", "v1", "endpointslices")
@@ -224,12 +185,75 @@ impl Gateway {
 
 /// Where a request is routed.
 #[derive(Debug, PartialEq, Eq)]
-struct Target {
-    namespace: String,
-    service: String,
+pub struct Target {
+    pub namespace: String,
+    pub service: String,
     /// The path prefix the route matched (ends with `/`), stripped before the app sees
     /// the request; None for a Host route.
-    prefix: Option<String>,
+    pub prefix: Option<String>,
+}
+
+/// Routes a request, as the gateway does before it forwards one: the Service it is for,
+/// by the annotated `routes`, else by the built-in Host and path routes of the Services
+/// that `exists(namespace, name)`; and, for a path prefix route, the request made the
+/// app's own (the prefix stripped from its path and named in `X-Forwarded-Prefix`).
+/// None: no route, a 404. A function of its arguments only, so the fuzz targets reach
+/// it without a cluster.
+pub fn route_request<B>(
+    routes: &[RouteEntry],
+    exists: impl Fn(&str, &str) -> bool,
+    request: &mut http::Request<B>,
+) -> Option<Target> {
+    let host = skiff_api::routes::host_of(request);
+    let target = route(routes, exists, &host, request.uri().path())?;
+    if let Some(prefix) = &target.prefix {
+        skiff_api::routes::strip_route_prefix(request, prefix);
+    }
+    Some(target)
+}
+
+/// The Service a request for `host` and `path` is for, and the path prefix to strip.
+fn route(
+    routes: &[RouteEntry],
+    exists: impl Fn(&str, &str) -> bool,
+    host: &str,
+    path: &str,
+) -> Option<Target> {
+    let host = skiff_api::routes::request_host(host);
+    let best = routes
+        .iter()
+        .filter_map(|e| Some((e.route.matches(&host, path)?, e)))
+        .max_by_key(|(score, _)| *score);
+    if let Some((_, e)) = best {
+        return Some(Target {
+            namespace: e.namespace.clone(),
+            service: e.service.clone(),
+            prefix: e.route.path_prefix.clone(),
+        });
+    }
+    if let Some(rest) = host.strip_suffix(".localhost")
+        && let Some((name, namespace)) = rest.split_once('.')
+        && exists(namespace, name)
+    {
+        return Some(Target {
+            namespace: namespace.to_string(),
+            service: name.to_string(),
+            prefix: None,
+        });
+    }
+    // The path as asked, so that the prefix stripped is the one matched: `//NS/NAME/x`
+    // is no route (its prefix would not come off, and the app would see it all).
+    let mut segments = path.strip_prefix('/')?.splitn(3, '/');
+    if let (Some(namespace), Some(name)) = (segments.next(), segments.next())
+        && exists(namespace, name)
+    {
+        return Some(Target {
+            prefix: Some(format!("/{namespace}/{name}/")),
+            namespace: namespace.to_string(),
+            service: name.to_string(),
+        });
+    }
+    None
 }
 
 /// A ready replica of an app.
@@ -297,20 +321,17 @@ async fn handle(State(gw): State<Arc<Gateway>>, mut request: Request) -> Respons
     let id = skiff_api::routes::ensure_request_id(request.headers_mut());
     let host = skiff_api::routes::host_of(&request);
     let path = request.uri().path().to_string();
+    let table = gw.table();
+    let exists = |namespace: &str, name: &str| gw.service_exists(namespace, name);
     let Some(Target {
-        namespace,
-        service,
-        prefix,
-    }) = gw.route(&host, &path)
+        namespace, service, ..
+    }) = route_request(&table.entries, exists, &mut request)
     else {
         return text(
             StatusCode::NOT_FOUND,
             format!("no app is routed at {host}{path}"),
         );
     };
-    if let Some(prefix) = &prefix {
-        skiff_api::routes::strip_route_prefix(&mut request, prefix);
-    }
     // At debug level, as the agent's request span (see there).
     let span =
         tracing::debug_span!("gateway", request_id = %id, namespace = %namespace, app = %service);
@@ -836,6 +857,32 @@ mod tests {
         gw.tunnels.insert("n0", tunnel(false).await.0);
         let (status, body) = request.await.unwrap();
         assert_eq!((status, body.as_str()), (StatusCode::OK, "tunnel"));
+    }
+
+    use skiff_api::routes::FORWARDED_PREFIX_HEADER as FORWARDED_PREFIX;
+
+    #[test]
+    fn the_default_route_takes_the_path_as_asked() {
+        let exists = |namespace: &str, name: &str| (namespace, name) == ("default", "hello");
+        let request = |uri: &str| {
+            http::Request::builder()
+                .uri(uri)
+                .header(FORWARDED_PREFIX, "/outer/")
+                .body(())
+                .unwrap()
+        };
+        // Found by the gateway_route fuzz target: `//default/hello` was routed by the
+        // prefix `/default/hello/`, which does not come off it, so the app saw the whole
+        // path and was told a prefix that was never stripped.
+        let mut doubled = request("//default/hello?x=5");
+        assert_eq!(route_request(&[], exists, &mut doubled), None);
+        assert_eq!(doubled.uri(), "//default/hello?x=5");
+
+        let mut plain = request("/default/hello?x=5");
+        let target = route_request(&[], exists, &mut plain).unwrap();
+        assert_eq!(target.prefix.as_deref(), Some("/default/hello/"));
+        assert_eq!(plain.uri(), "/?x=5");
+        assert_eq!(plain.headers()[FORWARDED_PREFIX], "/outer/default/hello");
     }
 
     #[test]

@@ -9,6 +9,8 @@ pub mod blobs;
 pub mod cluster;
 pub mod controllers;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod informer;
 pub mod kinds;

@@ -30,6 +30,7 @@ use skiff_api::resources::Subresource;
 
 pub use delete::{DeleteOptions, Deleted, delete_object};
 pub use events::record_event;
+pub(crate) use modules::inspect as inspect_module;
 pub use request::{parse_json as parse_body, read_body};
 pub use subresources::bind_pod;
 

@@ -1,6 +1,7 @@
 //! The module store: Wasm binaries uploaded raw, validated, stored content-addressed
 //! (see `blobs.rs`), and described by a `skiff.dev/v1` Module object named by its digest.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -23,7 +24,7 @@ fn modules_info() -> &'static ResourceInfo {
 }
 
 /// Validates bytes as a Wasm core module or component, with wasmtime's parser.
-fn inspect(bytes: &[u8]) -> Result<ModuleType, String> {
+pub(crate) fn inspect(bytes: &[u8]) -> Result<ModuleType, String> {
     let kind = if wasmparser::Parser::is_component(bytes) {
         ModuleType::Component
     } else if wasmparser::Parser::is_core_wasm(bytes) {
@@ -31,10 +32,56 @@ fn inspect(bytes: &[u8]) -> Result<ModuleType, String> {
     } else {
         return Err("not a WebAssembly binary: the magic header \\0asm is missing".into());
     };
+    counts_fit(bytes)?;
     wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
         .validate_all(bytes)
         .map_err(|e| e.to_string())?;
     Ok(kind)
+}
+
+/// Refuses a binary any of whose sections declares more items than it has bytes. Every
+/// item takes at least a byte, so no valid binary does; but the validator reserves room
+/// for the declared count before it reads a single item (up to its limits: a million
+/// exports is about 68 MB), so without this a 100-byte upload made the server allocate
+/// tens of megabytes. With it, what the validator reserves is in proportion to the
+/// upload. The parser allocates nothing by count, and fails where the validator would.
+fn counts_fit(bytes: &[u8]) -> Result<(), String> {
+    use wasmparser::Payload::*;
+    fn limited<T>(section: &wasmparser::SectionLimited<'_, T>) -> (u32, Range<usize>) {
+        (section.count(), section.range())
+    }
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let (count, range) = match payload.map_err(|e| e.to_string())? {
+            TypeSection(s) => limited(&s),
+            ImportSection(s) => limited(&s),
+            FunctionSection(s) => limited(&s),
+            TableSection(s) => limited(&s),
+            MemorySection(s) => limited(&s),
+            TagSection(s) => limited(&s),
+            GlobalSection(s) => limited(&s),
+            ExportSection(s) => limited(&s),
+            ElementSection(s) => limited(&s),
+            DataSection(s) => limited(&s),
+            InstanceSection(s) => limited(&s),
+            CoreTypeSection(s) => limited(&s),
+            ComponentInstanceSection(s) => limited(&s),
+            ComponentAliasSection(s) => limited(&s),
+            ComponentTypeSection(s) => limited(&s),
+            ComponentCanonicalSection(s) => limited(&s),
+            ComponentImportSection(s) => limited(&s),
+            ComponentExportSection(s) => limited(&s),
+            CodeSectionStart { count, range, .. } => (count, range),
+            _ => continue,
+        };
+        if count as usize > range.len() {
+            return Err(format!(
+                "the section at offset {} declares {count} items in {} bytes",
+                range.start,
+                range.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn invalid_module(message: String) -> ApiError {
@@ -169,5 +216,28 @@ mod tests {
         let mut broken = core.clone();
         broken.extend_from_slice(&[1, 2, 3]);
         assert!(inspect(&broken).is_err());
+    }
+
+    #[test]
+    fn a_section_may_not_declare_more_items_than_it_has_bytes() {
+        // Found by the module fuzz target: 104 bytes whose export section declares about
+        // 950,000 exports, for which the validator reserved 68 MB before reading one.
+        let bytes = b"\x00asm\x01\x00\x00\x00\x01\x0c\x02`\x04\x7f\x7f\x7f\x7f\x01\x7f`\x00\x00\x02#\x01\x16wasi_snapshot_previev0\x08fd_write\x00\x00\x03\x02\x01\x01\x05\x03\x01\x00\x01\x07\x13\x8d\xe39\x8e\xe38\x8e\x03\x02\x00\x06_st\x00\x06_s\n\x00\x12\x04name\x01\x0b_write";
+        let e = inspect(bytes).unwrap_err();
+        assert!(
+            e.contains("declares") && e.contains("items in 19 bytes"),
+            "{e}"
+        );
+        // Real modules and components pass, whatever their sections hold.
+        let many = wat::parse_str(
+            "(module (func (export \"a\")) (func (export \"b\")) (memory 1) (data (i32.const 0) \"x\"))",
+        )
+        .unwrap();
+        assert_eq!(inspect(&many), Ok(ModuleType::Module));
+        let component = wat::parse_str(
+            "(component (core module $m (func (export \"f\"))) (core instance (instantiate $m)))",
+        )
+        .unwrap();
+        assert_eq!(inspect(&component), Ok(ModuleType::Component));
     }
 }
