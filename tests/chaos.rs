@@ -18,8 +18,10 @@
 //!   content, or at a later revision with the content of a write whose answer never
 //!   came (it may have been applied); an acknowledged delete stays deleted; the
 //!   Deployment's replicas are the last acknowledged scale's (or an unanswered later
-//!   one's). The revisions of the writer's acknowledged writes (it sends one at a
-//!   time) strictly increase across the server's restarts.
+//!   one's). The writer sends one write at a time: the revisions of its acknowledged
+//!   ConfigMap writes (each sets a new value) strictly increase across the server's
+//!   restarts, and those of its scales never go back (a scale to the replicas the
+//!   Deployment has is a no-op and keeps its revision).
 //! - Every Deployment (the scaled one and the App's) has its desired replicas, all
 //!   updated, ready and available.
 //! - No pod is left Terminating.
@@ -627,13 +629,10 @@ async fn check_writes(api: &Api, writes: &Writes) -> Vec<String> {
         };
         match (&history[k].answer, now) {
             (Answer::Deleted, None) => {}
-            (Answer::Deleted, Some((rv, v))) => {
-                if !unknown.contains(&&Some(v.clone())) {
-                    problems.push(format!(
-                        "{key}: deleted (acknowledged), yet there at {rv} with {v:?}"
-                    ));
-                }
-            }
+            // Nothing writes a ConfigMap after its delete (each create has a new name).
+            (Answer::Deleted, Some((rv, v))) => problems.push(format!(
+                "{key}: deleted (acknowledged), yet there at {rv} with {v:?}"
+            )),
             (Answer::Acked(rv), None) => {
                 if !unknown.contains(&&None) {
                     problems.push(format!("{key}: acknowledged at {rv}, and gone"));
