@@ -40,6 +40,7 @@ common::store::store_tests!(#[tokio::test] async fn
     secrets_fold_string_data,
     field_validation_strict_warn_and_ignore,
     openapi_v3_serves_an_index_and_a_document_per_group_version,
+    a_method_a_path_does_not_serve_is_405_with_allow,
 );
 
 async fn crud_with_compare_and_swap() {
@@ -893,4 +894,61 @@ async fn openapi_v3_serves_an_index_and_a_document_per_group_version() {
             .is_object()
     );
     assert_eq!(api.get("/openapi/v3/apis/nothing/v9").await.0, 404);
+}
+
+/// Found by schemathesis (tests/schemathesis.rs): its unsupported-method check sent a
+/// DELETE to the all-namespaces path of secrets, which served it as a deletecollection
+/// across every namespace and deleted the cluster's own credentials; and its 405s had no
+/// `Allow` header.
+async fn a_method_a_path_does_not_serve_is_405_with_allow() {
+    let (_d, _s, api) = start(&[]);
+    let secret = json!({"metadata": {"name": "kept"}, "stringData": {"k": "v"}});
+    assert_eq!(api.post(&format!("{NS}/secrets"), &secret).await.0, 201);
+    let send = |method: &str, path: &str| {
+        let request = api.http.request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("{}{path}", api.base),
+        );
+        async move {
+            let response = request.send().await.unwrap();
+            let allow = response
+                .headers()
+                .get("allow")
+                .map(|v| v.to_str().unwrap().to_string());
+            let code = response.status().as_u16();
+            (code, allow, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (code, allow, status) = send(
+        "DELETE",
+        "/api/v1/secrets?allowWatchBookmarks=true&continue=&fieldSelector=&labelSelector=&limit=0\
+         &resourceVersion=&resourceVersionMatch=&sendInitialEvents=true&timeoutSeconds=0&watch=true",
+    )
+    .await;
+    assert_status(&(code, status), 405, "MethodNotAllowed");
+    assert_eq!(allow.as_deref(), Some("GET"));
+    assert_eq!(api.get(&format!("{NS}/secrets/kept")).await.0, 200);
+    assert_eq!(
+        api.get("/api/v1/namespaces/kube-system/secrets").await.0,
+        200
+    );
+
+    for (method, path, methods) in [
+        (
+            "TRACE",
+            "/api/v1/namespaces/0/pods/0",
+            "GET, PUT, PATCH, DELETE",
+        ),
+        ("TRACE", "/api/v1/nodes/0/status", "GET, PUT, PATCH"),
+        (
+            "PUT",
+            "/api/v1/namespaces/default/secrets",
+            "GET, POST, DELETE",
+        ),
+        ("GET", "/api/v1/namespaces/default/pods/p/binding", "POST"),
+    ] {
+        let (code, allow, status) = send(method, path).await;
+        assert_status(&(code, status), 405, "MethodNotAllowed");
+        assert_eq!(allow.as_deref(), Some(methods), "{method} {path}");
+    }
 }
