@@ -41,6 +41,7 @@ common::store::store_tests!(#[tokio::test] async fn
     field_validation_strict_warn_and_ignore,
     openapi_v3_serves_an_index_and_a_document_per_group_version,
     a_method_a_path_does_not_serve_is_405_with_allow,
+    a_patch_that_replaces_the_object_with_a_non_object_is_invalid,
 );
 
 async fn crud_with_compare_and_swap() {
@@ -951,4 +952,49 @@ async fn a_method_a_path_does_not_serve_is_405_with_allow() {
         assert_status(&(code, status), 405, "MethodNotAllowed");
         assert_eq!(allow.as_deref(), Some(methods), "{method} {path}");
     }
+}
+
+/// Found by schemathesis: a JSON patch that replaces the whole document (path "") with
+/// an array made the handler panic, and the client saw the connection close with no
+/// response. Whatever the patch type, the patched object must still be an object.
+async fn a_patch_that_replaces_the_object_with_a_non_object_is_invalid() {
+    let (_d, _s, api) = start(&[]);
+    assert_eq!(
+        api.post(&format!("{NS}/configmaps"), &configmap("fuzz", json!({})))
+            .await
+            .0,
+        201
+    );
+    let deployment = json!({"metadata": {"name": "fuzz"}, "spec": {
+        "selector": {"matchLabels": {"app": "fuzz"}},
+        "template": {"metadata": {"labels": {"app": "fuzz"}}, "spec": {"containers": [{"name": "c", "image": "sha256:00"}]}}}});
+    assert_eq!(
+        api.post("/apis/apps/v1/namespaces/default/deployments", &deployment)
+            .await
+            .0,
+        201
+    );
+    let json_patch = "application/json-patch+json";
+    for (path, body) in [
+        // The request schemathesis sent, as it sent it.
+        (
+            format!(
+                "{NS}/configmaps/fuzz?dryRun=All&fieldManager=&fieldValidation=Ignore&force=true"
+            ),
+            r#"[{"from": "", "op": "add", "path": "", "value": [null, null]}]"#,
+        ),
+        (
+            format!("{NS}/configmaps/fuzz"),
+            r#"[{"op": "replace", "path": "", "value": "text"}]"#,
+        ),
+        (
+            "/apis/apps/v1/namespaces/default/deployments/fuzz/scale".to_string(),
+            r#"[{"op": "add", "path": "", "value": [null, null]}]"#,
+        ),
+    ] {
+        let refused = api.patch(&path, json_patch, body).await;
+        assert_status(&refused, 422, "Invalid");
+    }
+    let (code, cm) = api.get(&format!("{NS}/configmaps/fuzz")).await;
+    assert_eq!((code, &cm["data"]), (200, &json!({"k": "v"})));
 }
