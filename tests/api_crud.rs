@@ -42,6 +42,7 @@ common::store::store_tests!(#[tokio::test] async fn
     openapi_v3_serves_an_index_and_a_document_per_group_version,
     a_method_a_path_does_not_serve_is_405_with_allow,
     a_patch_that_replaces_the_object_with_a_non_object_is_invalid,
+    managed_fields_whose_field_set_is_not_an_object_are_invalid,
 );
 
 async fn crud_with_compare_and_swap() {
@@ -997,4 +998,49 @@ async fn a_patch_that_replaces_the_object_with_a_non_object_is_invalid() {
     }
     let (code, cm) = api.get(&format!("{NS}/configmaps/fuzz")).await;
     assert_eq!((code, &cm["data"]), (200, &json!({"k": "v"})));
+}
+
+/// Found by schemathesis: `metadata.managedFields[].fieldsV1` holds raw JSON, and an
+/// array there was stored and answered back, breaking the schema the server publishes
+/// (FieldsV1 is an object).
+async fn managed_fields_whose_field_set_is_not_an_object_are_invalid() {
+    let (_d, _s, api) = start(&[]);
+    // The request schemathesis sent, as it sent it.
+    let body: Value = serde_json::from_str(
+        r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"annotations": {}, "creationTimestamp": "2000-01-01T00:00:00Z", "deletionGracePeriodSeconds": 0, "deletionTimestamp": "2000-01-01T00:00:00Z", "finalizers": [], "generation": 0, "labels": {}, "managedFields": [{"apiVersion": "", "fieldsType": "", "fieldsV1": [null, null], "manager": "", "operation": "", "subresource": "", "time": "2000-01-01T00:00:00Z"}], "name": "fuzz-66812", "ownerReferences": [], "selfLink": ""}, "spec": {"finalizers": []}, "status": {"conditions": [], "phase": ""}}"#,
+    )
+    .unwrap();
+    let refused = api
+        .post(
+            "/api/v1/namespaces?dryRun=All&fieldManager=&fieldValidation=Ignore",
+            &body,
+        )
+        .await;
+    assert_status(&refused, 422, "Invalid");
+    assert_eq!(
+        refused.1["details"]["causes"][0]["field"],
+        "metadata.managedFields[0].fieldsV1"
+    );
+    // The same on an update; a field set that is an object is kept.
+    assert_eq!(
+        api.post(&format!("{NS}/configmaps"), &configmap("fuzz", json!({})))
+            .await
+            .0,
+        201
+    );
+    let mut cm = configmap("fuzz", json!({}));
+    cm["metadata"]["managedFields"] =
+        json!([{"manager": "m", "fieldsType": "FieldsV1", "fieldsV1": "f:data"}]);
+    assert_status(
+        &api.put(&format!("{NS}/configmaps/fuzz"), &cm).await,
+        422,
+        "Invalid",
+    );
+    cm["metadata"]["managedFields"][0]["fieldsV1"] = json!({"f:data": {}});
+    let (code, updated) = api.put(&format!("{NS}/configmaps/fuzz"), &cm).await;
+    assert_eq!(code, 200, "{updated}");
+    assert_eq!(
+        updated["metadata"]["managedFields"][0]["fieldsV1"],
+        json!({"f:data": {}})
+    );
 }
