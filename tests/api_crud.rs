@@ -40,6 +40,9 @@ common::store::store_tests!(#[tokio::test] async fn
     secrets_fold_string_data,
     field_validation_strict_warn_and_ignore,
     openapi_v3_serves_an_index_and_a_document_per_group_version,
+    a_method_a_path_does_not_serve_is_405_with_allow,
+    a_patch_that_replaces_the_object_with_a_non_object_is_invalid,
+    managed_fields_whose_field_set_is_not_an_object_are_invalid,
 );
 
 async fn crud_with_compare_and_swap() {
@@ -893,4 +896,151 @@ async fn openapi_v3_serves_an_index_and_a_document_per_group_version() {
             .is_object()
     );
     assert_eq!(api.get("/openapi/v3/apis/nothing/v9").await.0, 404);
+}
+
+/// Found by schemathesis (tests/schemathesis.rs): its unsupported-method check sent a
+/// DELETE to the all-namespaces path of secrets, which served it as a deletecollection
+/// across every namespace and deleted the cluster's own credentials; and its 405s had no
+/// `Allow` header.
+async fn a_method_a_path_does_not_serve_is_405_with_allow() {
+    let (_d, _s, api) = start(&[]);
+    let secret = json!({"metadata": {"name": "kept"}, "stringData": {"k": "v"}});
+    assert_eq!(api.post(&format!("{NS}/secrets"), &secret).await.0, 201);
+    let send = |method: &str, path: &str| {
+        let request = api.http.request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("{}{path}", api.base),
+        );
+        async move {
+            let response = request.send().await.unwrap();
+            let allow = response
+                .headers()
+                .get("allow")
+                .map(|v| v.to_str().unwrap().to_string());
+            let code = response.status().as_u16();
+            (code, allow, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (code, allow, status) = send(
+        "DELETE",
+        "/api/v1/secrets?allowWatchBookmarks=true&continue=&fieldSelector=&labelSelector=&limit=0\
+         &resourceVersion=&resourceVersionMatch=&sendInitialEvents=true&timeoutSeconds=0&watch=true",
+    )
+    .await;
+    assert_status(&(code, status), 405, "MethodNotAllowed");
+    assert_eq!(allow.as_deref(), Some("GET"));
+    assert_eq!(api.get(&format!("{NS}/secrets/kept")).await.0, 200);
+    assert_eq!(
+        api.get("/api/v1/namespaces/kube-system/secrets").await.0,
+        200
+    );
+
+    for (method, path, methods) in [
+        (
+            "TRACE",
+            "/api/v1/namespaces/0/pods/0",
+            "GET, PUT, PATCH, DELETE",
+        ),
+        ("TRACE", "/api/v1/nodes/0/status", "GET, PUT, PATCH"),
+        (
+            "PUT",
+            "/api/v1/namespaces/default/secrets",
+            "GET, POST, DELETE",
+        ),
+        ("GET", "/api/v1/namespaces/default/pods/p/binding", "POST"),
+    ] {
+        let (code, allow, status) = send(method, path).await;
+        assert_status(&(code, status), 405, "MethodNotAllowed");
+        assert_eq!(allow.as_deref(), Some(methods), "{method} {path}");
+    }
+}
+
+/// Found by schemathesis: a JSON patch that replaces the whole document (path "") with
+/// an array made the handler panic, and the client saw the connection close with no
+/// response. Whatever the patch type, the patched object must still be an object.
+async fn a_patch_that_replaces_the_object_with_a_non_object_is_invalid() {
+    let (_d, _s, api) = start(&[]);
+    assert_eq!(
+        api.post(&format!("{NS}/configmaps"), &configmap("fuzz", json!({})))
+            .await
+            .0,
+        201
+    );
+    let deployment = json!({"metadata": {"name": "fuzz"}, "spec": {
+        "selector": {"matchLabels": {"app": "fuzz"}},
+        "template": {"metadata": {"labels": {"app": "fuzz"}}, "spec": {"containers": [{"name": "c", "image": "sha256:00"}]}}}});
+    assert_eq!(
+        api.post("/apis/apps/v1/namespaces/default/deployments", &deployment)
+            .await
+            .0,
+        201
+    );
+    let json_patch = "application/json-patch+json";
+    for (path, body) in [
+        // The request schemathesis sent, as it sent it.
+        (
+            format!(
+                "{NS}/configmaps/fuzz?dryRun=All&fieldManager=&fieldValidation=Ignore&force=true"
+            ),
+            r#"[{"from": "", "op": "add", "path": "", "value": [null, null]}]"#,
+        ),
+        (
+            format!("{NS}/configmaps/fuzz"),
+            r#"[{"op": "replace", "path": "", "value": "text"}]"#,
+        ),
+        (
+            "/apis/apps/v1/namespaces/default/deployments/fuzz/scale".to_string(),
+            r#"[{"op": "add", "path": "", "value": [null, null]}]"#,
+        ),
+    ] {
+        let refused = api.patch(&path, json_patch, body).await;
+        assert_status(&refused, 422, "Invalid");
+    }
+    let (code, cm) = api.get(&format!("{NS}/configmaps/fuzz")).await;
+    assert_eq!((code, &cm["data"]), (200, &json!({"k": "v"})));
+}
+
+/// Found by schemathesis: `metadata.managedFields[].fieldsV1` holds raw JSON, and an
+/// array there was stored and answered back, breaking the schema the server publishes
+/// (FieldsV1 is an object).
+async fn managed_fields_whose_field_set_is_not_an_object_are_invalid() {
+    let (_d, _s, api) = start(&[]);
+    // The request schemathesis sent, as it sent it.
+    let body: Value = serde_json::from_str(
+        r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"annotations": {}, "creationTimestamp": "2000-01-01T00:00:00Z", "deletionGracePeriodSeconds": 0, "deletionTimestamp": "2000-01-01T00:00:00Z", "finalizers": [], "generation": 0, "labels": {}, "managedFields": [{"apiVersion": "", "fieldsType": "", "fieldsV1": [null, null], "manager": "", "operation": "", "subresource": "", "time": "2000-01-01T00:00:00Z"}], "name": "fuzz-66812", "ownerReferences": [], "selfLink": ""}, "spec": {"finalizers": []}, "status": {"conditions": [], "phase": ""}}"#,
+    )
+    .unwrap();
+    let refused = api
+        .post(
+            "/api/v1/namespaces?dryRun=All&fieldManager=&fieldValidation=Ignore",
+            &body,
+        )
+        .await;
+    assert_status(&refused, 422, "Invalid");
+    assert_eq!(
+        refused.1["details"]["causes"][0]["field"],
+        "metadata.managedFields[0].fieldsV1"
+    );
+    // The same on an update; a field set that is an object is kept.
+    assert_eq!(
+        api.post(&format!("{NS}/configmaps"), &configmap("fuzz", json!({})))
+            .await
+            .0,
+        201
+    );
+    let mut cm = configmap("fuzz", json!({}));
+    cm["metadata"]["managedFields"] =
+        json!([{"manager": "m", "fieldsType": "FieldsV1", "fieldsV1": "f:data"}]);
+    assert_status(
+        &api.put(&format!("{NS}/configmaps/fuzz"), &cm).await,
+        422,
+        "Invalid",
+    );
+    cm["metadata"]["managedFields"][0]["fieldsV1"] = json!({"f:data": {}});
+    let (code, updated) = api.put(&format!("{NS}/configmaps/fuzz"), &cm).await;
+    assert_eq!(code, 200, "{updated}");
+    assert_eq!(
+        updated["metadata"]["managedFields"][0]["fieldsV1"],
+        json!({"f:data": {}})
+    );
 }

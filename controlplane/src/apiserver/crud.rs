@@ -81,6 +81,13 @@ fn field_verdict(
 
 /// Fills in or checks apiVersion and kind against the endpoint's kind.
 fn check_type(info: &'static ResourceInfo, value: &mut Value) -> ApiResult<()> {
+    if !value.is_object() {
+        return Err(ApiError::BadRequest(format!(
+            "a {} must be a JSON object, not {}",
+            info.kind,
+            json_type(value)
+        )));
+    }
     let expected_av = info.api_version();
     match value.get("apiVersion").and_then(Value::as_str) {
         None | Some("") => value["apiVersion"] = json!(expected_av),
@@ -726,22 +733,44 @@ pub(crate) fn apply_patch(
     current: &Value,
     body: &[u8],
 ) -> ApiResult<Value> {
-    patch::apply_patch(kind, current, body).map_err(|e| match e {
+    let invalid = |message: String| {
+        ApiError::Invalid(
+            Subject::new(info, name),
+            vec![skiff_api::validation::FieldError {
+                field: String::new(),
+                reason: skiff_api::validation::FieldErrorType::Invalid,
+                message,
+            }],
+        )
+    };
+    let patched = patch::apply_patch(kind, current, body).map_err(|e| match e {
         PatchError::Malformed { .. } => ApiError::BadRequest(e.to_string()),
         PatchError::Unsupported(_) => ApiError::UnsupportedMediaType(format!(
             "{e}: use application/merge-patch+json, application/json-patch+json or \
              application/strategic-merge-patch+json"
         )),
         PatchError::TooManyOperations { .. } => ApiError::TooLarge(e.to_string()),
-        other => ApiError::Invalid(
-            Subject::new(info, name),
-            vec![skiff_api::validation::FieldError {
-                field: String::new(),
-                reason: skiff_api::validation::FieldErrorType::Invalid,
-                message: other.to_string(),
-            }],
-        ),
-    })
+        other => invalid(other.to_string()),
+    })?;
+    // A JSON patch may replace the whole document (path ""), with anything.
+    if !patched.is_object() {
+        return Err(invalid(format!(
+            "the patch turns the object into {}, not an object",
+            json_type(&patched)
+        )));
+    }
+    Ok(patched)
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 pub(crate) fn patch_type(headers: &HeaderMap) -> ApiResult<PatchType> {

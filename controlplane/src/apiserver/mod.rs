@@ -194,6 +194,10 @@ async fn route(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    let allowed = allowed_methods(&target);
+    if !allowed.contains(&method) {
+        return Ok(method_not_allowed(&method, &target, allowed));
+    }
     let is_module = target.info.kind == skiff_api::module::KIND;
     match (&method, target.name.is_some(), target.sub) {
         (&Method::GET, false, None) if query.flag("watch") => {
@@ -248,9 +252,42 @@ async fn route(
             subresources::bind(api, &target, &headers, body).await
         }
         (&Method::GET, true, Some(Subresource::Log)) => logs::proxy(api, &target, &query).await,
-        _ => Err(ApiError::MethodNotAllowed(format!(
-            "the server does not allow this method on the requested resource: {method} {}",
-            target.info.qualified_plural()
-        ))),
+        _ => Ok(method_not_allowed(&method, &target, allowed)),
     }
+}
+
+/// The methods a path serves, as the OpenAPI documents declare them. A namespaced
+/// kind's collection outside any namespace (`/api/v1/secrets`) only lists and watches,
+/// as in Kubernetes: a DELETE there would be a deletecollection across every
+/// namespace, which no client means to send.
+fn allowed_methods(target: &Target) -> &'static [Method] {
+    const READ: &[Method] = &[Method::GET];
+    const COLLECTION: &[Method] = &[Method::GET, Method::POST, Method::DELETE];
+    const OBJECT: &[Method] = &[Method::GET, Method::PUT, Method::PATCH, Method::DELETE];
+    const SUBOBJECT: &[Method] = &[Method::GET, Method::PUT, Method::PATCH];
+    const ACTION: &[Method] = &[Method::POST];
+    match (target.name.is_some(), target.sub) {
+        (false, _) if target.info.namespaced && target.namespace.is_none() => READ,
+        (false, _) => COLLECTION,
+        (true, None) => OBJECT,
+        (true, Some(Subresource::Status | Subresource::Scale)) => SUBOBJECT,
+        (true, Some(Subresource::Eviction | Subresource::Binding)) => ACTION,
+        (true, Some(Subresource::Log)) => READ,
+    }
+}
+
+/// 405, with the `Allow` header RFC 9110 requires on it.
+fn method_not_allowed(method: &Method, target: &Target, allowed: &[Method]) -> Response {
+    let mut response = ApiError::MethodNotAllowed(format!(
+        "the server does not allow this method on the requested resource: {method} {}",
+        target.info.qualified_plural()
+    ))
+    .into_response();
+    let allow: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+    if let Ok(value) = axum::http::HeaderValue::from_str(&allow.join(", ")) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::ALLOW, value);
+    }
+    response
 }

@@ -26,6 +26,8 @@ use skiff_api::resources::{ResourceInfo, Subresource};
 use crate::error::ApiError;
 
 const SCHEMAS: &str = "#/components/schemas/";
+/// The schema of one line of a watch stream.
+const WATCH_EVENT: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.WatchEvent";
 
 /// The documents, built once: they depend only on the binary.
 struct Documents {
@@ -182,6 +184,25 @@ fn group_version_document(group: &str, version: &str) -> Value {
     for schema in schemas.values_mut() {
         declare_patch_strategies(schema);
     }
+    schemas.insert(
+        WATCH_EVENT.into(),
+        json!({
+            "description": "One change a watch reports: one JSON object per line.",
+            "type": "object",
+            "required": ["type", "object"],
+            "properties": {
+                "type": {"type": "string", "enum": ["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"]},
+                "object": {"type": "object", "description": "The object, as it is after the change; a Status for ERROR."},
+            },
+        }),
+    );
+    if let Some(Value::Object(props)) = schemas
+        .get_mut(&delete_options)
+        .and_then(|s| s.get_mut("properties"))
+        && let Some(Value::Object(policy)) = props.get_mut("propagationPolicy")
+    {
+        policy.insert("enum".into(), propagation_policy()["enum"].clone());
+    }
 
     let names = Names {
         status,
@@ -243,11 +264,7 @@ fn path_param(name: &str, description: &str) -> Value {
 
 fn write_params(with_force: bool) -> Vec<Value> {
     let mut out = vec![
-        query_param(
-            "dryRun",
-            "When present, indicates that modifications should not be persisted. Valid value: All.",
-            json!({"type": "string"}),
-        ),
+        dry_run_param(),
         query_param(
             "fieldManager",
             "A name associated with the actor or entity that is making these changes.",
@@ -258,7 +275,7 @@ fn write_params(with_force: bool) -> Vec<Value> {
             "How the server handles fields the object's kind does not have, or names twice: \
              Ignore drops them, Warn (the default) drops them and answers with a Warning \
              header per field, Strict refuses the request.",
-            json!({"type": "string"}),
+            json!({"type": "string", "enum": ["Ignore", "Warn", "Strict"]}),
         ),
     ];
     if with_force {
@@ -271,10 +288,18 @@ fn write_params(with_force: bool) -> Vec<Value> {
     out
 }
 
+fn dry_run_param() -> Value {
+    query_param(
+        "dryRun",
+        "When present, indicates that modifications should not be persisted. Valid value: All.",
+        json!({"type": "string", "enum": ["All"]}),
+    )
+}
+
 fn list_params() -> Vec<Value> {
     let string = json!({"type": "string"});
     let boolean = json!({"type": "boolean"});
-    let integer = json!({"type": "integer"});
+    let count = json!({"type": "integer", "minimum": 0});
     vec![
         query_param(
             "allowWatchBookmarks",
@@ -296,7 +321,7 @@ fn list_params() -> Vec<Value> {
             "Select objects by their labels.",
             string.clone(),
         ),
-        query_param("limit", "The largest page to return.", integer.clone()),
+        query_param("limit", "The largest page to return.", count.clone()),
         query_param(
             "resourceVersion",
             "The resourceVersion to list at or watch from.",
@@ -305,23 +330,60 @@ fn list_params() -> Vec<Value> {
         query_param(
             "resourceVersionMatch",
             "How resourceVersion applies: Exact or NotOlderThan.",
-            string,
+            json!({"type": "string", "enum": ["Exact", "NotOlderThan"]}),
         ),
         query_param(
             "sendInitialEvents",
             "With watch: send the current objects first, then a bookmark.",
             boolean.clone(),
         ),
-        query_param("timeoutSeconds", "How long a watch may last.", integer),
+        query_param("timeoutSeconds", "How long a watch may last.", count),
         query_param("watch", "Watch for changes instead of listing.", boolean),
     ]
 }
 
+/// What a deletecollection reads: which objects (by selector) and how to delete them.
+fn delete_collection_params() -> Vec<Value> {
+    let string = json!({"type": "string"});
+    let mut params = vec![
+        query_param(
+            "fieldSelector",
+            "Delete the objects these fields select.",
+            string.clone(),
+        ),
+        query_param(
+            "labelSelector",
+            "Delete the objects these labels select.",
+            string,
+        ),
+    ];
+    params.extend(delete_params());
+    params
+}
+
+fn delete_params() -> Vec<Value> {
+    vec![
+        dry_run_param(),
+        query_param(
+            "gracePeriodSeconds",
+            "Seconds before the object is deleted; a negative value is read as 0.",
+            json!({"type": "integer"}),
+        ),
+        query_param(
+            "propagationPolicy",
+            "Whether and how dependents are deleted: Orphan, Background or Foreground.",
+            propagation_policy(),
+        ),
+    ]
+}
+
+fn propagation_policy() -> Value {
+    json!({"type": "string", "enum": ["Background", "Foreground", "Orphan"]})
+}
+
+/// Responses are JSON: the server writes neither YAML nor protobuf.
 fn json_content(schema: Value) -> Value {
-    json!({
-        "application/json": {"schema": schema},
-        "application/yaml": {"schema": schema},
-    })
+    json!({"application/json": {"schema": schema}})
 }
 
 fn response(code: &str, description: &str, schema: Value) -> (String, Value) {
@@ -331,9 +393,103 @@ fn response(code: &str, description: &str, schema: Value) -> (String, Value) {
     )
 }
 
+/// A list's 200: the list, or with `watch` a stream of events, one JSON object a line.
+/// Kubernetes sends that stream as `application/json` too, and declares it under
+/// `application/json;stream=watch`, as here.
+fn list_response(list: Value) -> (String, Value) {
+    (
+        "200".into(),
+        json!({
+            "description": "OK",
+            "content": {
+                "application/json": {"schema": list},
+                "application/json;stream=watch": {"schema": schema_ref(WATCH_EVENT)},
+            },
+        }),
+    )
+}
+
+/// What a delete answers: a Status once the object is gone, or the object itself while
+/// it waits for its grace period or finalizers, as in Kubernetes.
+fn deleted_response(code: &str, description: &str, status: &Value, obj: &Value) -> (String, Value) {
+    response(
+        code,
+        description,
+        json!({"anyOf": [status.clone(), obj.clone()]}),
+    )
+}
+
+/// The errors an operation may answer, each as a `meta/v1` Status, by what it does.
+fn error_responses(action: &str, status: &Value) -> Vec<(String, Value)> {
+    let read = matches!(action, "get" | "list");
+    let mut codes: Vec<(&str, &str)> = vec![
+        (
+            "400",
+            "BadRequest: a parameter, selector or body that does not parse or is not supported.",
+        ),
+        (
+            "401",
+            "Unauthorized: no credentials, or ones that are not valid.",
+        ),
+        (
+            "403",
+            "Forbidden: the caller may not do this, or admission refused it.",
+        ),
+        (
+            "404",
+            "NotFound: the object, its namespace or the path does not exist.",
+        ),
+    ];
+    if read {
+        codes.extend([
+            (
+                "410",
+                "Expired: the resourceVersion or continue token is older than the history kept.",
+            ),
+            (
+                "422",
+                "Invalid: parameters that contradict each other (sendInitialEvents without \
+                 resourceVersionMatch=NotOlderThan and allowWatchBookmarks).",
+            ),
+            (
+                "504",
+                "Timeout: a resourceVersion newer than the server has seen (\"Too large resource \
+                 version\"), as Kubernetes answers it.",
+            ),
+        ]);
+    } else {
+        codes.extend([
+            (
+                "409",
+                "AlreadyExists, or Conflict: the object changed since the resourceVersion or \
+                 UID the request names.",
+            ),
+            (
+                "413",
+                "RequestEntityTooLarge: the body is larger than the server accepts.",
+            ),
+            (
+                "415",
+                "UnsupportedMediaType: the body's Content-Type is not one this operation takes.",
+            ),
+            (
+                "422",
+                "Invalid: the object breaks the kind's rules; details.causes names each field.",
+            ),
+        ]);
+    }
+    codes.push(("503", "ServiceUnavailable: the server is shutting down."));
+    codes
+        .into_iter()
+        .map(|(code, description)| response(code, description, status.clone()))
+        .collect()
+}
+
 struct Op<'a> {
     info: &'a ResourceInfo,
     action: &'a str,
+    /// The Status schema's name, for the error responses.
+    status: &'a str,
     verb_id: String,
     gvk: Value,
     params: Vec<Value>,
@@ -342,7 +498,9 @@ struct Op<'a> {
 }
 
 impl Op<'_> {
-    fn build(self) -> Value {
+    fn build(mut self) -> Value {
+        let status = schema_ref(self.status);
+        self.responses.extend(error_responses(self.action, &status));
         let mut op = json!({
             "tags": [format!("{}_{}", tag_group(self.info.group), self.info.version)],
             "operationId": self.verb_id,
@@ -388,18 +546,50 @@ fn capitalise(s: &str) -> String {
     }
 }
 
+/// An object body: JSON, or Kubernetes protobuf (what `require_json` takes).
 fn body_of(schema: Value) -> Value {
-    json!({"required": true, "content": {"*/*": {"schema": schema}}})
-}
-
-fn patch_body() -> Value {
-    let any = json!({"type": "object"});
     json!({
         "required": true,
         "content": {
-            "application/json-patch+json": {"schema": any},
-            "application/merge-patch+json": {"schema": any},
-            "application/strategic-merge-patch+json": {"schema": any},
+            "application/json": {"schema": schema},
+            skiff_api::protobuf::CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
+        },
+    })
+}
+
+/// A delete's body, which may be left out: DeleteOptions, as JSON.
+fn delete_body(schema: Value) -> Value {
+    json!({"required": false, "content": {"application/json": {"schema": schema}}})
+}
+
+/// Raw Wasm, as modules are uploaded.
+fn wasm_content() -> Value {
+    json!({"schema": {"type": "string", "format": "binary"}})
+}
+
+/// The three patch types the server applies; server-side apply is not served. A JSON
+/// patch is a list of operations, the others an object.
+fn patch_body() -> Value {
+    let object = json!({"type": "object"});
+    let json_patch = json!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["op", "path"],
+            "properties": {
+                "op": {"type": "string", "enum": ["add", "remove", "replace", "move", "copy", "test"]},
+                "path": {"type": "string"},
+                "from": {"type": "string"},
+                "value": {},
+            },
+        },
+    });
+    json!({
+        "required": true,
+        "content": {
+            "application/json-patch+json": {"schema": json_patch},
+            "application/merge-patch+json": {"schema": object},
+            "application/strategic-merge-patch+json": {"schema": object},
         }
     })
 }
@@ -427,6 +617,7 @@ fn add_paths(paths: &mut Map<String, Value>, info: &ResourceInfo, schema: &str, 
     let op = |action: &'static str, verb: &str, suffix: &str, sc: &str| Op {
         info,
         action,
+        status: &n.status,
         verb_id: operation_id(verb, info, sc, suffix),
         gvk: this.clone(),
         params: vec![],
@@ -440,16 +631,22 @@ fn add_paths(paths: &mut Map<String, Value>, info: &ResourceInfo, schema: &str, 
         "get".into(),
         Op {
             params: list_params(),
-            responses: vec![response("200", "OK", list.clone())],
+            responses: vec![list_response(list.clone())],
             ..op("list", "list", "", scope)
         }
         .build(),
     );
+    let is_module = info.kind == skiff_api::module::KIND;
     coll.insert(
         "post".into(),
         Op {
             params: write_params(false),
-            body: Some(body_of(obj.clone())),
+            body: Some(if is_module {
+                // Modules are uploaded as raw bytes; the server makes the object.
+                json!({"required": true, "content": {"application/wasm": wasm_content()}})
+            } else {
+                body_of(obj.clone())
+            }),
             responses: vec![
                 response("200", "OK", obj.clone()),
                 response("201", "Created", obj.clone()),
@@ -462,9 +659,10 @@ fn add_paths(paths: &mut Map<String, Value>, info: &ResourceInfo, schema: &str, 
     coll.insert(
         "delete".into(),
         Op {
-            params: list_params(),
-            body: Some(body_of(schema_ref(&n.delete_options))),
-            responses: vec![response("200", "OK", status.clone())],
+            params: delete_collection_params(),
+            body: Some(delete_body(schema_ref(&n.delete_options))),
+            // The objects it deleted (or marked for deletion), as Kubernetes answers.
+            responses: vec![response("200", "OK", list.clone())],
             ..op("deletecollection", "deleteCollection", "", scope)
         }
         .build(),
@@ -478,7 +676,7 @@ fn add_paths(paths: &mut Map<String, Value>, info: &ResourceInfo, schema: &str, 
             json!({
                 "get": Op {
                     params: list_params(),
-                    responses: vec![response("200", "OK", list.clone())],
+                    responses: vec![list_response(list.clone())],
                     ..op("list", "list", "ForAllNamespaces", "")
                 }
                 .build()
@@ -491,16 +689,56 @@ fn add_paths(paths: &mut Map<String, Value>, info: &ResourceInfo, schema: &str, 
     one.insert(
         "get".into(),
         Op {
-            responses: vec![response("200", "OK", obj.clone())],
+            responses: vec![if is_module {
+                // The bytes, unless the client asks for JSON.
+                (
+                    "200".into(),
+                    json!({"description": "OK", "content": {
+                        "application/wasm": wasm_content(),
+                        "application/json": {"schema": obj.clone()},
+                    }}),
+                )
+            } else {
+                response("200", "OK", obj.clone())
+            }],
             ..op("get", "read", "", scope)
         }
         .build(),
     );
+    let is_app = info.kind == skiff_api::app::KIND;
+    let mut put_params = write_params(false);
+    let mut put_body = body_of(obj.clone());
+    if is_app {
+        // One-request deploys: raw Wasm to an App (see `apps.rs`).
+        put_body["content"]["application/wasm"] = wasm_content();
+        put_params.extend([
+            query_param(
+                "replicas",
+                "With a Wasm body: how many replicas to run.",
+                json!({"type": "integer", "minimum": 0}),
+            ),
+            query_param(
+                "route",
+                "With a Wasm body: where the gateway serves the app (HOST, /PATH or HOST/PATH).",
+                json!({"type": "string"}),
+            ),
+            query_param(
+                "wait",
+                "With a Wasm body: answer only once the new module serves on every replica.",
+                json!({"type": "boolean"}),
+            ),
+            query_param(
+                "timeoutSeconds",
+                "With wait: how long to wait (120 unless given).",
+                json!({"type": "integer", "minimum": 0}),
+            ),
+        ]);
+    }
     one.insert(
         "put".into(),
         Op {
-            params: write_params(false),
-            body: Some(body_of(obj.clone())),
+            params: put_params,
+            body: Some(put_body),
             responses: vec![
                 response("200", "OK", obj.clone()),
                 response("201", "Created", obj.clone()),
@@ -525,27 +763,11 @@ fn add_paths(paths: &mut Map<String, Value>, info: &ResourceInfo, schema: &str, 
     one.insert(
         "delete".into(),
         Op {
-            params: vec![
-                query_param(
-                    "dryRun",
-                    "When present, nothing is persisted.",
-                    json!({"type": "string"}),
-                ),
-                query_param(
-                    "gracePeriodSeconds",
-                    "Seconds before the object is deleted.",
-                    json!({"type": "integer"}),
-                ),
-                query_param(
-                    "propagationPolicy",
-                    "Orphan, Background or Foreground.",
-                    json!({"type": "string"}),
-                ),
-            ],
-            body: Some(body_of(schema_ref(&n.delete_options))),
+            params: delete_params(),
+            body: Some(delete_body(schema_ref(&n.delete_options))),
             responses: vec![
-                response("200", "OK", status.clone()),
-                response("202", "Accepted", status.clone()),
+                deleted_response("200", "OK", &status, &obj),
+                deleted_response("202", "Accepted", &status, &obj),
             ],
             ..op("delete", "delete", "", scope)
         }
@@ -606,11 +828,9 @@ fn add_paths(paths: &mut Map<String, Value>, info: &ResourceInfo, schema: &str, 
                     Op {
                         gvk: target_gvk,
                         params: write_params(false),
-                        body: Some(body_of(target.clone())),
-                        responses: vec![
-                            response("200", "OK", target.clone()),
-                            response("201", "Created", target),
-                        ],
+                        body: Some(body_of(target)),
+                        // As in Kubernetes, a Status says it was done.
+                        responses: vec![response("201", "Created", status.clone())],
                         ..op("post", "create", &suffix, scope)
                     }
                     .build(),
@@ -743,6 +963,103 @@ mod tests {
         let app = doc_schema("apis/skiff.dev/v1", "dev.skiff.v1.App");
         assert_eq!(app["x-kubernetes-group-version-kind"][0]["kind"], "App");
         assert!(app["properties"]["spec"].is_object());
+    }
+
+    /// What schemathesis found the documents saying that the server does not do; each
+    /// now says what the server does.
+    #[test]
+    fn operations_declare_what_the_server_answers_and_takes() {
+        let core = doc("api/v1");
+        let paths = &core["paths"];
+        let cm = &paths["/api/v1/namespaces/{namespace}/configmaps/{name}"];
+        // Errors are Status objects, by code; responses are JSON only.
+        for code in ["400", "401", "403", "404", "409", "422"] {
+            let schema = &cm["put"]["responses"][code]["content"]["application/json"]["schema"];
+            assert_eq!(
+                schema["$ref"], "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.Status",
+                "{code}"
+            );
+        }
+        assert!(
+            cm["get"]["responses"]["200"]["content"]
+                .get("application/yaml")
+                .is_none()
+        );
+        // A delete answers a Status, or the object while it waits to go.
+        let deleted = &cm["delete"]["responses"]["200"]["content"]["application/json"]["schema"];
+        assert_eq!(
+            deleted["anyOf"].as_array().map(Vec::len),
+            Some(2),
+            "{deleted}"
+        );
+        assert_eq!(cm["delete"]["requestBody"]["required"], false);
+        // A watch is a stream of events; deletecollection answers the list it deleted.
+        let list = &paths["/api/v1/namespaces/{namespace}/configmaps"];
+        assert_eq!(
+            list["get"]["responses"]["200"]["content"]["application/json;stream=watch"]["schema"]["$ref"],
+            format!("{SCHEMAS}{WATCH_EVENT}")
+        );
+        assert_eq!(
+            list["delete"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/io.k8s.api.core.v1.ConfigMapList"
+        );
+        // Parameters with a closed set of values say so.
+        let param = |op: &Value, name: &str| {
+            op["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("no {name}"))["schema"]
+                .clone()
+        };
+        assert_eq!(param(&cm["put"], "dryRun")["enum"], json!(["All"]));
+        assert_eq!(
+            param(&cm["patch"], "fieldValidation")["enum"],
+            json!(["Ignore", "Warn", "Strict"])
+        );
+        assert_eq!(param(&list["get"], "limit")["minimum"], 0);
+        assert_eq!(
+            param(&cm["delete"], "propagationPolicy")["enum"],
+            json!(["Background", "Foreground", "Orphan"])
+        );
+        // A JSON patch is a list of operations.
+        assert_eq!(
+            cm["patch"]["requestBody"]["content"]["application/json-patch+json"]["schema"]["type"],
+            "array"
+        );
+        // Binding answers a Status.
+        let binding = &paths["/api/v1/namespaces/{namespace}/pods/{name}/binding"]["post"];
+        assert!(
+            binding["responses"]["201"]["content"]["application/json"]["schema"]["$ref"]
+                .as_str()
+                .unwrap()
+                .ends_with(".Status")
+        );
+
+        let skiff = doc("apis/skiff.dev/v1");
+        let paths = &skiff["paths"];
+        // Modules go up and come down as raw Wasm.
+        let upload = &paths["/apis/skiff.dev/v1/modules"]["post"]["requestBody"]["content"];
+        assert_eq!(
+            upload.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["application/wasm"]
+        );
+        assert!(
+            paths["/apis/skiff.dev/v1/modules/{name}"]["get"]["responses"]["200"]["content"]
+                .get("application/wasm")
+                .is_some()
+        );
+        // An App takes a one-request deploy.
+        let deploy = &paths["/apis/skiff.dev/v1/namespaces/{namespace}/apps/{name}"]["put"];
+        assert!(
+            deploy["requestBody"]["content"]
+                .get("application/wasm")
+                .is_some()
+        );
+        for name in ["replicas", "route", "wait", "timeoutSeconds"] {
+            param(deploy, name);
+        }
     }
 
     fn doc_schema(path: &str, name: &str) -> Value {

@@ -49,6 +49,20 @@ fn validate_metadata(
         &string_map(meta.and_then(|m| m.get("annotations"))),
         "metadata.annotations",
     ));
+    // The one field of ObjectMeta whose type does not check its value: `fieldsV1` holds
+    // raw JSON, which is a field set, so an object.
+    let managed = meta
+        .and_then(|m| m.get("managedFields"))
+        .and_then(Value::as_array);
+    for (i, entry) in managed.into_iter().flatten().enumerate() {
+        if let Some(fields) = entry.get("fieldsV1").filter(|f| !f.is_object()) {
+            errs.push(err(
+                format!("metadata.managedFields[{i}].fieldsV1"),
+                FieldErrorType::Invalid,
+                format!("Invalid value: {fields}: must be an object"),
+            ));
+        }
+    }
 }
 
 /// Checks a complete object about to be stored: its metadata, then what its kind checks.
