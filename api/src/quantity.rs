@@ -102,7 +102,7 @@ impl<'a> Quantity<'a> {
         let mut remainder = false;
         for d in fraction.iter().rev() {
             let t = d * multiplier + carry;
-            remainder |= t % 10 != 0;
+            remainder |= !t.is_multiple_of(10);
             carry = t / 10;
         }
         whole
