@@ -208,18 +208,55 @@ pub fn json_response(code: StatusCode, value: &Value) -> Response {
         .into_response()
 }
 
-/// Adds one `Warning` header per message, in the RFC 7234 form Kubernetes uses
-/// (`299 - "text"`), which kubectl prints as `Warning: text`.
+/// The most `Warning` headers one response carries: HTTP clients refuse a response
+/// with more than about 100 headers (Python's and hyper's limit is 100).
+const MAX_WARNINGS: usize = 32;
+/// The most text they carry in all, and in one, as Kubernetes limits them (4096 and 256
+/// characters).
+const MAX_WARNING_CHARS: usize = 4096;
+const MAX_WARNING_ITEM_CHARS: usize = 256;
+
+/// Adds one `Warning` header per distinct message, in the RFC 7234 form Kubernetes uses
+/// (`299 - "text"`), which kubectl prints as `Warning: text`. A body with hundreds of
+/// unknown fields gets the first of them and a last warning counting the rest, so the
+/// response stays one that clients accept.
 pub fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
-    for w in warnings {
-        let escaped = w.replace('\\', "\\\\").replace('"', "\\\"");
-        if let Ok(value) = axum::http::HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
+    let mut seen = std::collections::HashSet::new();
+    let distinct: Vec<&String> = warnings.iter().filter(|w| seen.insert(*w)).collect();
+    let mut chars = 0;
+    let mut sent = 0;
+    for w in &distinct {
+        let text: String = w.chars().take(MAX_WARNING_ITEM_CHARS).collect();
+        let len = text.chars().count();
+        if sent == MAX_WARNINGS - 1 || chars + len > MAX_WARNING_CHARS {
+            break;
+        }
+        if append_warning(&mut response, &text) {
+            chars += len;
+            sent += 1;
+        }
+    }
+    let dropped = distinct.len() - sent;
+    if dropped > 0 {
+        append_warning(
+            &mut response,
+            &format!("{dropped} more warnings were left out"),
+        );
+    }
+    response
+}
+
+fn append_warning(response: &mut Response, text: &str) -> bool {
+    let escaped = text.replace('\\', "\\\\").replace('"', "\\\"");
+    match axum::http::HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
+        Ok(value) => {
             response
                 .headers_mut()
                 .append(axum::http::header::WARNING, value);
+            true
         }
+        Err(_) => false,
     }
-    response
 }
 
 #[cfg(test)]
