@@ -353,6 +353,11 @@ impl Server {
             .layer(axum::middleware::from_fn_with_state(
                 api.clone(),
                 crate::auth::layer,
+            ))
+            // Outermost, so that early answers from authentication reach the client too.
+            .layer(axum::middleware::from_fn_with_state(
+                api.config.max_body_bytes,
+                apiserver::drain::unread_body,
             ));
         let shutdown = api.shutdown.clone();
         let listener = crate::auth::pki::TlsListener::new(listener, pki.server_config.clone())

@@ -17,6 +17,13 @@ pub mod store;
 #[allow(unused_imports)] // reason: only the binaries that start clusters use these
 pub use store::{Cluster, cluster};
 
+/// The log level of the processes whose logs go to the test's output: `warn`, or
+/// `SKIFF_TEST_LOG` when set (for example `SKIFF_TEST_LOG=debug,hyper=trace` to see
+/// what a failing test's server did).
+fn test_log_level() -> String {
+    std::env::var("SKIFF_TEST_LOG").unwrap_or_else(|_| "warn".into())
+}
+
 /// A `skiff dev` cluster or `skiff agent` process, read until a marker line.
 pub struct Process {
     pub child: Child,
@@ -44,7 +51,7 @@ impl Process {
         };
         command
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", test_log_level())
             .stderr(Stdio::inherit());
         Self::spawn(command, marker)
     }

@@ -7,6 +7,7 @@ mod apps;
 mod crud;
 mod delete;
 mod discovery;
+pub mod drain;
 mod events;
 pub mod internal;
 mod logs;
