@@ -19,9 +19,9 @@ skiff_fuzz::cap_allocations!();
 fn plain(patch: &Value) -> bool {
     match patch {
         Value::Object(map) => map.iter().all(|(key, value)| {
-            !key.starts_with('$')
-                && !(value.is_array() && skiff_api::strategic::declared(key, "").is_some())
-                && plain(value)
+            let directive = key.starts_with('$');
+            let keyed_list = value.is_array() && skiff_api::strategic::declared(key, "").is_some();
+            !(directive || keyed_list) && plain(value)
         }),
         Value::Array(items) => items.iter().all(plain),
         _ => true,
