@@ -125,7 +125,11 @@ async fn wait_until_serving(
     let info = target.info;
     let ns = target.namespace.as_deref();
     let name = target.name();
-    let deadline = tokio::time::Instant::now() + timeout;
+    // A timeoutSeconds too large to add to the clock waits as long as the client stays.
+    let now = tokio::time::Instant::now();
+    let deadline = now
+        .checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
     loop {
         let app = internal::get(api, info, ns, name)
             .await?
