@@ -18,7 +18,7 @@ struct Quantity<'a> {
 
 impl<'a> Quantity<'a> {
     /// Reads `[+|-]DIGITS[.DIGITS]SUFFIX` (either digit run may be empty, not both),
-    /// where SUFFIX is `m`, none, `k`, `M`, `G`, `T`, `P`, `E`, a binary `Ki` … `Ei`, or
+    /// where SUFFIX is `n`, `u`, `m`, none, `k`, `M`, `G`, `T`, `P`, `E`, a binary `Ki` … `Ei`, or
     /// an exponent `e3` / `E-2`. Negative values are refused (resources are never
     /// negative), except a negative zero.
     fn parse(q: &'a str) -> Option<Quantity<'a>> {
@@ -40,6 +40,8 @@ impl<'a> Quantity<'a> {
         }
         let (exp10, pow1024) = match suffix {
             "" => (0, 0),
+            "n" => (-9, 0),
+            "u" => (-6, 0),
             "m" => (-3, 0),
             "k" => (3, 0),
             "M" => (6, 0),
@@ -121,10 +123,11 @@ pub fn bytes(q: &str) -> Result<u64, String> {
 }
 
 /// A CPU quantity in millicores (`100m` → 100, `1` → 1000, `0.5` → 500), rounded up;
-/// saturates at `u32::MAX`. Only cores and millicores are accepted.
+/// saturates at `u32::MAX`. Only cores and fractions of them (`m`, `u`, `n`, as
+/// metrics servers report CPU in nanocores) are accepted.
 pub fn millicores(q: &str) -> Result<u32, String> {
     let quantity = Quantity::parse(q.trim()).ok_or_else(|| format!("invalid quantity {q:?}"))?;
-    if !matches!(quantity.suffix, "" | "m") {
+    if !matches!(quantity.suffix, "" | "m" | "u" | "n") {
         return Err(format!("invalid cpu quantity {q:?}"));
     }
     Ok(quantity
@@ -147,6 +150,10 @@ mod tests {
         assert_eq!(millicores("2").unwrap(), 2000);
         assert_eq!(millicores("0.25").unwrap(), 250);
         assert!(millicores("1Gi").is_err());
+        // Nano- and microcores, as metrics-server reports usage.
+        assert_eq!(millicores("250000000n").unwrap(), 250);
+        assert_eq!(millicores("1500u").unwrap(), 2);
+        assert_eq!(bytes("2000000000n").unwrap(), 2);
     }
 
     #[test]
