@@ -6,7 +6,11 @@
 //! never evicted from. A node whose Lease is fresh again gets `Ready=True` back and
 //! loses the taint.
 //!
-//! Level-based: every period it looks at every node and its Lease.
+//! Level-based: every period it looks at every node and its Lease. As in Kubernetes,
+//! a Lease counts as renewed when this controller sees its `renewTime` *change*, timed
+//! by the controller's own clock, not by the time the agent wrote into it: an edge
+//! device whose clock is hours off is judged by whether it still renews, and a new
+//! leader gives every node a full grace period.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,23 +46,26 @@ pub async fn run(ctx: Arc<Context>, grace: Duration, stop: CancellationToken) {
     let api = ctx.api().clone();
     let leases_info =
         crate::kinds::lookup("coordination.k8s.io", "v1", "leases").expect("leases are served");
+    let mut heartbeats = Heartbeats::default();
     loop {
         let now = jiff::Timestamp::now();
-        for node in nodes.snapshot() {
+        let snapshot = nodes.snapshot();
+        heartbeats.retain(snapshot.iter().map(|n| objects::name(n)));
+        for node in snapshot {
             let name = objects::name(&node);
-            let renewed = leases
-                .get(&leases_info.key(Some("kube-node-lease"), name))
-                .and_then(|l| {
-                    l.pointer("/spec/renewTime")
-                        .and_then(Value::as_str)
-                        .and_then(objects::parse_time)
-                });
-            // A node that never had a lease is judged by when it registered.
-            let last_seen = renewed.or_else(|| {
-                objects::meta_str(&node, "creationTimestamp").and_then(objects::parse_time)
-            });
-            let lost =
-                last_seen.is_none_or(|t| now.duration_since(t).as_secs_f64() > grace.as_secs_f64());
+            let lease = leases.get(&leases_info.key(Some("kube-node-lease"), name));
+            let renew = lease
+                .as_deref()
+                .and_then(|l| l.pointer("/spec/renewTime"))
+                .and_then(Value::as_str);
+            let lost = match heartbeats.observe(name, renew, std::time::Instant::now()) {
+                Some(since) => since.elapsed() > grace,
+                // A node that never had a lease is judged by when it registered (a
+                // time the server wrote).
+                None => objects::meta_str(&node, "creationTimestamp")
+                    .and_then(objects::parse_time)
+                    .is_none_or(|t| now.duration_since(t).as_secs_f64() > grace.as_secs_f64()),
+            };
             let result = if lost {
                 mark_lost(&api, &node).await
             } else {
@@ -81,6 +88,44 @@ pub async fn run(ctx: Arc<Context>, grace: Duration, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(PERIOD) => {}
         }
+    }
+}
+
+/// When each node's Lease was last seen to change, on this controller's clock.
+#[derive(Default)]
+struct Heartbeats(std::collections::HashMap<String, (String, std::time::Instant)>);
+
+impl Heartbeats {
+    /// Notes the node's current `renewTime` and answers when it last changed (the
+    /// first time a node is seen counts as a change); `None` if it has no Lease.
+    fn observe(
+        &mut self,
+        node: &str,
+        renew: Option<&str>,
+        now: std::time::Instant,
+    ) -> Option<std::time::Instant> {
+        let Some(renew) = renew else {
+            self.0.remove(node);
+            return None;
+        };
+        match self.0.get_mut(node) {
+            Some((seen, at)) if seen == renew => Some(*at),
+            Some((seen, at)) => {
+                *seen = renew.to_string();
+                *at = now;
+                Some(now)
+            }
+            None => {
+                self.0.insert(node.to_string(), (renew.to_string(), now));
+                Some(now)
+            }
+        }
+    }
+
+    /// Forgets the nodes that are gone.
+    fn retain<'a>(&mut self, nodes: impl Iterator<Item = &'a str>) {
+        let live: std::collections::HashSet<&str> = nodes.collect();
+        self.0.retain(|name, _| live.contains(name.as_str()));
     }
 }
 
@@ -257,5 +302,45 @@ async fn evict(
                 Err(e) => tracing::debug!(error = %e, "eviction failed; will retry"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_lease_is_fresh_when_it_changes_whatever_time_it_says() {
+        let mut beats = Heartbeats::default();
+        let t0 = Instant::now();
+        // An agent whose clock is a day behind: its renewTime is always "old".
+        assert_eq!(
+            beats.observe("edge", Some("2026-01-01T00:00:00.000001Z"), t0),
+            Some(t0)
+        );
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(
+            beats.observe("edge", Some("2026-01-01T00:00:10.000001Z"), t1),
+            Some(t1),
+            "a renewal, however old its time, is a renewal"
+        );
+        // No change since: the node ages from when the change was seen.
+        let t2 = t1 + Duration::from_secs(60);
+        assert_eq!(
+            beats.observe("edge", Some("2026-01-01T00:00:10.000001Z"), t2),
+            Some(t1)
+        );
+        // An agent whose clock runs ahead and stops renewing is not kept alive by it.
+        let t3 = t0 + Duration::from_secs(5);
+        beats.observe("fast", Some("2099-01-01T00:00:00Z"), t0);
+        assert_eq!(
+            beats.observe("fast", Some("2099-01-01T00:00:00Z"), t3),
+            Some(t0)
+        );
+        // No lease: judged elsewhere; gone nodes are forgotten.
+        assert_eq!(beats.observe("new", None, t0), None);
+        beats.retain(["edge"].into_iter());
+        assert_eq!(beats.0.len(), 1);
     }
 }
