@@ -81,31 +81,13 @@ impl Etcd {
     }
 }
 
-/// What kube-apiserver (and Skiff's etcd store) sends etcd for a create: put `key`
-/// only if it has never been created (its create revision is 0).
-pub fn create_txn(key: Vec<u8>, value: Vec<u8>) -> pb::TxnRequest {
-    pb::TxnRequest {
-        compare: vec![pb::Compare {
-            result: pb::compare::CompareResult::Equal as i32,
-            target: pb::compare::CompareTarget::Create as i32,
-            key: key.clone(),
-            target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
-            range_end: Vec::new(),
-        }],
-        success: vec![pb::RequestOp {
-            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
-                key,
-                value,
-                ..Default::default()
-            })),
-        }],
-        failure: Vec::new(),
-    }
-}
-
 /// One create: the create transaction, which must succeed (the key is new).
 pub async fn create(client: &EtcdClient, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
-    if !client.txn(create_txn(key, value)).await?.succeeded {
+    if !client
+        .txn(EtcdClient::create_txn(key, value))
+        .await?
+        .succeeded
+    {
         bail!("the create transaction found its key taken");
     }
     Ok(())

@@ -201,7 +201,7 @@ async fn etcd_writes(
                     }
                     RawWrite::CreateTxn => {
                         let r = client
-                            .txn(super::etcd::create_txn(key, value.clone()))
+                            .txn(EtcdClient::create_txn(key, value.clone()))
                             .await?;
                         if !r.succeeded {
                             bail!("the create transaction found its key taken");

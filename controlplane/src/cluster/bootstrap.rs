@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use skiff_api::token::ServerToken;
 
-use crate::store::etcd::{EtcdStore, pb};
+use crate::store::etcd::{EtcdClient, EtcdStore, pb};
 
 /// PBKDF2 rounds: the key is derived once per server start, so this can be slow for an
 /// attacker with a copy of etcd and still cost a server a few milliseconds.
@@ -309,23 +309,7 @@ pub async fn publish(store: &EtcdStore, data_dir: &Path) -> Result<ServerToken, 
     };
     let response = store
         .client()
-        .txn(pb::TxnRequest {
-            compare: vec![pb::Compare {
-                result: pb::compare::CompareResult::Equal as i32,
-                target: pb::compare::CompareTarget::Create as i32,
-                key: key.clone(),
-                target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
-                range_end: Vec::new(),
-            }],
-            success: vec![pb::RequestOp {
-                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
-                    key,
-                    value: sealed,
-                    ..Default::default()
-                })),
-            }],
-            failure: Vec::new(),
-        })
+        .txn(EtcdClient::create_txn(key, sealed))
         .await
         .map_err(|e| BootstrapError::Store(crate::store::StoreError::Backend(Box::new(e))))?;
     if !response.succeeded {

@@ -286,6 +286,28 @@ impl EtcdClient {
         })
     }
 
+    /// The transaction kube-apiserver sends etcd for a create: put `key` only if it has
+    /// never been created (its create revision is 0). `succeeded` says whether it was.
+    pub fn create_txn(key: Vec<u8>, value: Vec<u8>) -> pb::TxnRequest {
+        pb::TxnRequest {
+            compare: vec![pb::Compare {
+                result: pb::compare::CompareResult::Equal as i32,
+                target: pb::compare::CompareTarget::Create as i32,
+                key: key.clone(),
+                target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
+                range_end: Vec::new(),
+            }],
+            success: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key,
+                    value,
+                    ..Default::default()
+                })),
+            }],
+            failure: Vec::new(),
+        }
+    }
+
     /// A transaction. Retried only where it cannot have been applied; otherwise an
     /// `Ambiguous` error says the caller must find out by reading.
     pub async fn txn(&self, request: pb::TxnRequest) -> Result<pb::TxnResponse, EtcdError> {
