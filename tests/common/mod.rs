@@ -41,19 +41,24 @@ impl Process {
 
     /// Like `start`, inside network namespace `ns` (`ip netns exec NS skiff ARGS`).
     pub fn start_in(ns: Option<&str>, args: &[&str], marker: &str) -> (Process, String) {
-        let mut command = match ns {
+        let mut command = Self::command_in(ns);
+        command
+            .args(args)
+            .env("RUST_LOG", test_log_level())
+            .stderr(Stdio::inherit());
+        Self::spawn(command, marker)
+    }
+
+    /// `skiff`, or `ip netns exec NS skiff` inside network namespace `ns`.
+    fn command_in(ns: Option<&str>) -> Command {
+        match ns {
             Some(ns) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_skiff")]);
                 c
             }
             None => Command::new(env!("CARGO_BIN_EXE_skiff")),
-        };
-        command
-            .args(args)
-            .env("RUST_LOG", test_log_level())
-            .stderr(Stdio::inherit());
-        Self::spawn(command, marker)
+        }
     }
 
     /// Like `start`, with the logs (stderr) going to `log` at the level `rust_log`.
@@ -63,12 +68,7 @@ impl Process {
         rust_log: &str,
         log: &Path,
     ) -> (Process, String) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_skiff"));
-        command
-            .args(args)
-            .env("RUST_LOG", rust_log)
-            .stderr(std::fs::File::create(log).expect("creating the log file"));
-        Self::spawn(command, marker)
+        Self::start_in_logged(None, args, marker, rust_log, log)
     }
 
     /// Like `start_in`, with the logs (stderr) going to `log` at the level `rust_log`.
@@ -79,14 +79,7 @@ impl Process {
         rust_log: &str,
         log: &Path,
     ) -> (Process, String) {
-        let mut command = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_skiff")]);
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_skiff")),
-        };
+        let mut command = Self::command_in(ns);
         command
             .args(args)
             .env("RUST_LOG", rust_log)
