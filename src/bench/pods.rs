@@ -636,7 +636,10 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
                 settled,
             });
             peaks.push(peak.agent);
-            peak_samples.extend(samples);
+            // The JSON's samples are the first run's; every run's median is beside them.
+            if peak_samples.is_empty() {
+                peak_samples = samples;
+            }
             bursts.push((lat, took));
         }
         let rss = median(peaks.clone());
