@@ -12,6 +12,22 @@ mod cli;
 #[cfg(feature = "server")]
 mod dev;
 
+// The global allocator: jemalloc (the default `jemalloc` feature), with its background
+// thread purging freed pages (dirty pages decay in 10 s and go back to the OS). Measured
+// with `skiff bench pods` (issue 17; docs/benchmarks.md, "Pods: memory after the pods
+// go"): after 5,000 idle pods came and went, the system's malloc still held 357 MiB in
+// the agent and 344 MiB in the server a minute later (it had 57 and 47 before), as
+// freed memory stayed in its per-thread arenas; with jemalloc the agent was back at
+// 86-92 MiB and the server at 107-111 MiB, run after run. mimalloc is the feature to
+// measure against it. An agent built for small devices (`--no-default-features`) keeps
+// the system's malloc, which costs no binary size.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -291,10 +291,12 @@ impl Server {
             shutdown: CancellationToken::new(),
             tunnels: Default::default(),
             metrics: Arc::new(crate::metrics::Metrics::new(&store.metrics())),
+            tokens: Default::default(),
         });
 
         let stop_loops = CancellationToken::new();
         let mut loops = JoinSet::new();
+        loops.spawn(crate::auth::follow_tokens(api.clone(), stop_loops.clone()));
         // One cache per kind for the whole server: the gateway's for as long as the
         // server runs, the leader's for as long as its term.
         let informers = SharedInformers::new(api.store.clone(), stop_loops.clone());

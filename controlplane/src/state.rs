@@ -1,7 +1,8 @@
 //! The API server's shared state: the store, the module blobs, the configuration, the
-//! shutdown signal, the agents' tunnels and the metrics. Every handler, the auth layer,
-//! the controllers, the scheduler and the server's other loops hold it, so it sits
-//! below all of them and knows none of them.
+//! shutdown signal, the agents' tunnels, the metrics and the cache of verified tokens.
+//! Every handler, the auth layer, the controllers, the scheduler and the server's other
+//! loops hold it, so it sits below all of them and knows none of them (the token cache
+//! is a type of `crate::auth`'s, which only the auth layer fills and reads).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +65,10 @@ pub struct ApiServer {
     pub tunnels: Arc<Tunnels>,
     /// What `/metrics` reports.
     pub metrics: Arc<Metrics>,
+    /// Bearer tokens already verified, until their records change (filled and emptied
+    /// by `crate::auth`; empty, so every request reads the record, until
+    /// `crate::auth::follow_tokens` runs).
+    pub tokens: crate::auth::TokenCache,
 }
 
 pub type SharedApi = Arc<ApiServer>;
@@ -82,6 +87,7 @@ impl ApiServer {
             shutdown: CancellationToken::new(),
             tunnels: Default::default(),
             metrics: Default::default(),
+            tokens: Default::default(),
         }
     }
 }

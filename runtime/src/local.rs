@@ -29,6 +29,10 @@ const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 /// (pod uid, sequence) → `{"namespace", "name", "patch"}`.
 const OUTBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("outbox");
 
+/// Most bytes of `state.redb` kept in memory: the agent reads it at start and when the
+/// API is unreachable, and otherwise only writes it.
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
+
 /// A queued status: (pod uid, sequence) and `{"namespace", "name", "patch"}`.
 type Queued = ((String, u64), Value);
 
@@ -61,10 +65,15 @@ impl LocalState {
     pub fn open(data_dir: &Path) -> Result<Arc<LocalState>, LocalError> {
         std::fs::create_dir_all(data_dir).map_err(failed)?;
         let path = data_dir.join("state.redb");
-        let db = Database::create(&path).map_err(|source| LocalError::Open {
-            path: path.clone(),
-            source,
-        })?;
+        // redb's default cache (1 GiB, filled by every page written) kept a node that
+        // once ran thousands of pods holding their records in memory after they went.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|source| LocalError::Open {
+                path: path.clone(),
+                source,
+            })?;
         // It holds the Secrets the node's pods read: the owner's alone.
         {
             use std::os::unix::fs::PermissionsExt;

@@ -51,6 +51,19 @@ pub struct PodBenchArgs {
     /// reported.
     #[arg(long, default_value_t = 5)]
     rss_samples: usize,
+    /// Runs of the density measurement. Each reads both processes' RSS before the
+    /// burst, with every pod running, and after the pods are deleted; medians are
+    /// reported.
+    #[arg(long, default_value_t = 3)]
+    density_runs: usize,
+    /// After the density pods are gone, how long RSS gets to come back (within
+    /// `--settled-ratio` of what it was before the burst, both processes) before it is
+    /// read anyway. Shorter keeps runs short; the goal is read at one minute.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+    /// RSS counts as back once it is within this ratio of its figure before the burst.
+    #[arg(long, default_value_t = 1.5)]
+    settled_ratio: f64,
     /// Writes the start-latency distribution of all runs here (PNG).
     #[arg(long)]
     png: Option<PathBuf>,
@@ -241,16 +254,96 @@ async fn delete_all(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
     bail!("pods were not deleted within 120s")
 }
 
-/// `n` samples of the agent's RSS, 200 ms apart.
-async fn sample_rss(agent: &SkiffProcess, n: usize) -> Vec<f64> {
+/// `n` samples of a process's RSS, 200 ms apart.
+async fn sample_rss(process: &SkiffProcess, n: usize) -> Vec<f64> {
     let mut samples = Vec::with_capacity(n);
     for i in 0..n.max(1) {
         if i > 0 {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        samples.push(agent.rss_mib());
+        samples.push(process.rss_mib());
     }
     samples
+}
+
+/// The RSS of the agent and the server at one moment of a density run (MiB).
+#[derive(Clone, Copy, Default)]
+struct Rss {
+    agent: f64,
+    server: f64,
+}
+
+impl Rss {
+    /// Medians of `n` samples of each, 200 ms apart.
+    async fn sample(agent: &SkiffProcess, server: &SkiffProcess, n: usize) -> Rss {
+        let mut agents = Vec::new();
+        let mut servers = Vec::new();
+        for i in 0..n.max(1) {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            agents.push(agent.rss_mib());
+            servers.push(server.rss_mib());
+        }
+        Rss {
+            agent: median(agents),
+            server: median(servers),
+        }
+    }
+
+    /// Both within `ratio` of `before`.
+    fn back_to(&self, before: &Rss, ratio: f64) -> bool {
+        self.agent <= before.agent * ratio && self.server <= before.server * ratio
+    }
+
+    fn to_json(self) -> Value {
+        json!({"agent_mib": self.agent, "server_mib": self.server})
+    }
+}
+
+/// One density run's memory: before the burst, with every pod running (`peak`), and
+/// once the pods are gone (`after`, read as soon as both processes are back within the
+/// settled ratio of what they took before the first run's burst, or at the settle
+/// deadline), and how long that took.
+struct MemoryRun {
+    before: Rss,
+    peak: Rss,
+    after: Rss,
+    settled: Option<Duration>,
+}
+
+impl MemoryRun {
+    fn to_json(&self) -> Value {
+        json!({
+            "before": self.before.to_json(),
+            "peak": self.peak.to_json(),
+            "after": self.after.to_json(),
+            "seconds_to_settle": self.settled.map(|d| d.as_secs_f64()),
+        })
+    }
+}
+
+/// From the moment the pods are gone: samples both processes' RSS every 500 ms until
+/// both are back within `ratio` of `before`, or `settle` has passed; the last reading
+/// and when it came back (if it did).
+async fn wait_for_memory(
+    agent: &SkiffProcess,
+    server: &SkiffProcess,
+    before: &Rss,
+    ratio: f64,
+    settle: Duration,
+) -> (Rss, Option<Duration>) {
+    let gone = Instant::now();
+    loop {
+        let now = Rss::sample(agent, server, 1).await;
+        if now.back_to(before, ratio) {
+            return (now, Some(gone.elapsed()));
+        }
+        if gone.elapsed() >= settle {
+            return (now, None);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 fn list_mib(samples: &[f64]) -> String {
@@ -441,66 +534,157 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
     }
 
     let mut density = Value::Null;
+    let mut memory: Vec<MemoryRun> = Vec::new();
     if args.density > 0 {
-        let names: Vec<String> = (0..args.density).map(|i| format!("idle-{i}")).collect();
-        let (lat, took) = start_latencies(
-            &http,
-            &url,
-            &image,
-            names,
-            args.clients,
-            0.0,
-            &["60m"],
-            StartPath::Bound,
-        )
-        .await?;
-        // Let the burst's transient allocations settle before reading RSS.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let samples = sample_rss(&agent, args.rss_samples).await;
-        let rss = median(samples.clone());
-        // Count only instances that are really up: running, never restarted.
-        let list: Value = http
-            .get(format!(
-                "{url}/api/v1/namespaces/default/pods?labelSelector=bench%3Dpods"
-            ))
-            .send()
-            .await?
-            .json()
+        let mut peaks = Vec::new();
+        let mut peak_samples = Vec::new();
+        let mut bursts = Vec::new();
+        let mut healthy_min = usize::MAX;
+        for run in 0..args.density_runs.max(1) {
+            let before = Rss::sample(&agent, &server, args.rss_samples).await;
+            let names: Vec<String> = (0..args.density)
+                .map(|i| format!("idle-{run}-{i}"))
+                .collect();
+            let (lat, took) = start_latencies(
+                &http,
+                &url,
+                &image,
+                names,
+                args.clients,
+                0.0,
+                &["60m"],
+                StartPath::Bound,
+            )
             .await?;
-        let healthy = list["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| {
-                let c = &p["status"]["containerStatuses"][0];
-                c["state"]["running"].is_object() && c["restartCount"] == 0
-            })
-            .count();
-        eprintln!(
-            "density: {} idle pods running in {:.1} s ({healthy} running without a restart), agent RSS {rss:.0} MiB (median of {} samples: {})",
-            lat.len(),
-            took.as_secs_f64(),
-            samples.len(),
-            list_mib(&samples)
-        );
-        if healthy < lat.len() as usize {
-            bail!(
-                "only {healthy} of {} density pods are running without restarts",
-                lat.len()
+            // Let the burst's transient allocations settle before reading RSS.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let samples = sample_rss(&agent, args.rss_samples).await;
+            let peak = Rss {
+                agent: median(samples.clone()),
+                server: median(sample_rss(&server, args.rss_samples).await),
+            };
+            // Count only instances that are really up: running, never restarted.
+            let list: Value = http
+                .get(format!(
+                    "{url}/api/v1/namespaces/default/pods?labelSelector=bench%3Dpods"
+                ))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let healthy = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| {
+                    let c = &p["status"]["containerStatuses"][0];
+                    c["state"]["running"].is_object() && c["restartCount"] == 0
+                })
+                .count();
+            drop(list);
+            eprintln!(
+                "density run {}/{}: {} idle pods running in {:.1} s ({healthy} running without a restart), agent RSS {:.0} MiB (median of {} samples: {}), server RSS {:.0} MiB",
+                run + 1,
+                args.density_runs.max(1),
+                lat.len(),
+                took.as_secs_f64(),
+                peak.agent,
+                samples.len(),
+                list_mib(&samples),
+                peak.server,
             );
+            if healthy < lat.len() as usize {
+                bail!(
+                    "only {healthy} of {} density pods are running without restarts",
+                    lat.len()
+                );
+            }
+            healthy_min = healthy_min.min(healthy);
+            delete_all(&http, &url).await?;
+            // Every run is held to what the processes took before the first burst, so
+            // memory one run kept cannot become the next run's allowance.
+            let reference = memory.first().map_or(before, |m| m.before);
+            let (after, settled) =
+                wait_for_memory(&agent, &server, &reference, args.settled_ratio, args.settle).await;
+            eprintln!(
+                "density run {}/{} memory (MiB, agent / server): before {:.1} / {:.1}, peak {:.1} / {:.1}, after the pods went {:.1} / {:.1} ({})",
+                run + 1,
+                args.density_runs.max(1),
+                before.agent,
+                before.server,
+                peak.agent,
+                peak.server,
+                after.agent,
+                after.server,
+                match settled {
+                    Some(d) => format!(
+                        "within {}x of before the first burst after {:.1} s",
+                        args.settled_ratio,
+                        d.as_secs_f64()
+                    ),
+                    None => format!(
+                        "not within {}x of before the first burst after {:.0} s",
+                        args.settled_ratio,
+                        args.settle.as_secs_f64()
+                    ),
+                },
+            );
+            memory.push(MemoryRun {
+                before,
+                peak,
+                after,
+                settled,
+            });
+            peaks.push(peak.agent);
+            // The JSON's samples are the first run's; every run's median is beside them.
+            if peak_samples.is_empty() {
+                peak_samples = samples;
+            }
+            bursts.push((lat, took));
         }
+        let rss = median(peaks.clone());
+        let pods = bursts.first().map(|(l, _)| l.len()).unwrap_or(0);
+        let pick = |f: &dyn Fn(&(Latencies, Duration)) -> f64| {
+            median(bursts.iter().map(f).collect::<Vec<_>>())
+        };
+        let took = pick(&|(_, t)| t.as_secs_f64());
         density = json!({
-            "healthy": healthy,
-            "pods": lat.len(),
-            "burst_pods_per_sec": lat.len() as f64 / took.as_secs_f64(),
-            "burst_start_p50_ms": lat.ms(0.5),
-            "burst_start_p99_ms": lat.ms(0.99),
+            "healthy": healthy_min,
+            "pods": pods,
+            "runs": memory.len(),
+            "burst_pods_per_sec": pick(&|(l, t)| l.len() as f64 / t.as_secs_f64()),
+            "burst_start_p50_ms": pick(&|(l, _)| l.ms(0.5)),
+            "burst_start_p99_ms": pick(&|(l, _)| l.ms(0.99)),
             "agent_rss_mib": rss,
-            "agent_rss_samples_mib": samples,
-            "rss_per_pod_kib": (rss - idle_rss) * 1024.0 / lat.len().max(1) as f64,
-            "seconds_to_all_running": took.as_secs_f64(),
+            "agent_rss_samples_mib": peak_samples,
+            "per_run_agent_rss_mib": peaks,
+            "rss_per_pod_kib": (rss - idle_rss) * 1024.0 / pods.max(1) as f64,
+            "seconds_to_all_running": took,
         });
     }
+    let memory_json = (!memory.is_empty()).then(|| {
+        // The figure every run is held to: before the first burst.
+        let first = memory[0].before;
+        let med = |f: &dyn Fn(&MemoryRun) -> f64| median(memory.iter().map(f).collect::<Vec<_>>());
+        json!({
+            "settle_seconds": args.settle.as_secs_f64(),
+            "settled_ratio": args.settled_ratio,
+            "agent": {
+                "before_mib": first.agent,
+                "peak_mib": med(&|m| m.peak.agent),
+                "after_mib": med(&|m| m.after.agent),
+                "after_over_before": med(&|m| m.after.agent / first.agent),
+            },
+            "server": {
+                "before_mib": first.server,
+                "peak_mib": med(&|m| m.peak.server),
+                "after_mib": med(&|m| m.after.server),
+                "after_over_before": med(&|m| m.after.server / first.server),
+            },
+            "runs_settled": memory.iter().filter(|m| m.settled.is_some()).count(),
+            "per_run": memory.iter().map(MemoryRun::to_json).collect::<Vec<_>>(),
+        })
+    });
     let server_rss = server.rss_mib();
     agent.stop().await;
     server.stop().await;
@@ -644,6 +828,88 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
             String::new(),
         );
     }
+    if let Some(m) = &memory_json {
+        let per_run = |who: &str, when: &str| {
+            format!(
+                "({})",
+                memory
+                    .iter()
+                    .map(|r| {
+                        let rss = match when {
+                            "before" => r.before,
+                            "peak" => r.peak,
+                            _ => r.after,
+                        };
+                        format!(
+                            "{:.1}",
+                            if who == "agent" {
+                                rss.agent
+                            } else {
+                                rss.server
+                            }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        for who in ["agent", "server"] {
+            for (when, label) in [
+                ("before", "before the first burst"),
+                ("peak", "with every pod running"),
+                ("after", "after the pods went"),
+            ] {
+                row(
+                    &format!("{who} RSS {label} (MiB)"),
+                    format!(
+                        "{:.1}",
+                        m[who][format!("{when}_mib")].as_f64().unwrap_or(f64::NAN)
+                    ),
+                    "",
+                    "",
+                    per_run(who, when),
+                );
+            }
+            row(
+                &format!("{who} RSS after / before the first burst"),
+                format!(
+                    "{:.2}",
+                    m[who]["after_over_before"].as_f64().unwrap_or(f64::NAN)
+                ),
+                &format!("<= {}", args.settled_ratio),
+                "",
+                String::new(),
+            );
+        }
+        row(
+            "seconds until both were back",
+            {
+                let settled: Vec<f64> = memory
+                    .iter()
+                    .filter_map(|r| r.settled)
+                    .map(|d| d.as_secs_f64())
+                    .collect();
+                if settled.len() == memory.len() {
+                    format!("{:.1}", median(settled))
+                } else {
+                    format!("{}/{} runs", settled.len(), memory.len())
+                }
+            },
+            &format!("<= {:.0}", args.settle.as_secs_f64()),
+            "",
+            format!(
+                "({})",
+                memory
+                    .iter()
+                    .map(|r| r
+                        .settled
+                        .map(|d| format!("{:.1}", d.as_secs_f64()))
+                        .unwrap_or_else(|| "not back".into()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    }
     row(
         "server RSS at the end (MiB)",
         format!("{server_rss:.1}"),
@@ -671,6 +937,7 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
             "agent_idle_rss_mib": idle_rss,
             "agent_idle_rss_samples_mib": idle_samples,
             "density": density,
+            "memory": memory_json,
             "server_rss_mib": server_rss,
         }),
     )

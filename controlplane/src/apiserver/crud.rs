@@ -3,6 +3,8 @@
 //! read-modify-write goes through ([`guaranteed_update`]). Deletion is in `delete.rs`;
 //! what differs between kinds is each kind's hooks (`crate::kinds`).
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -192,7 +194,7 @@ pub(crate) async fn create(
     let body = request::read_body(headers, body, api.config.max_body_bytes).await?;
     let (obj, warnings) = decode_validated(target.info, &body, validation)?;
     auth::admit(identity, target.info, None, &obj)?;
-    let created = create_object(api, target, obj, query.dry_run()?).await?;
+    let created = create_shared(api, target, obj, query.dry_run()?).await?;
     Ok(request::with_warnings(
         json_response(StatusCode::CREATED, &created),
         &warnings,
@@ -203,9 +205,22 @@ pub(crate) async fn create(
 pub(crate) async fn create_object(
     api: &ApiServer,
     target: &Target,
-    mut obj: Value,
+    obj: Value,
     dry_run: bool,
 ) -> ApiResult<Value> {
+    Ok(Arc::unwrap_or_clone(
+        create_shared(api, target, obj, dry_run).await?,
+    ))
+}
+
+/// [`create_object`], answering the object as the store shares it (a create's answer
+/// is serialised from it, not from a copy).
+async fn create_shared(
+    api: &ApiServer,
+    target: &Target,
+    mut obj: Value,
+    dry_run: bool,
+) -> ApiResult<Arc<Value>> {
     let info = target.info;
     check_namespace(target, &mut obj)?;
     let generate = objects::name(&obj).is_empty();
@@ -254,27 +269,26 @@ pub(crate) async fn create_object(
         }
         check_namespace_active(api, target, &name).await?;
         if dry_run {
-            return Ok(obj);
+            return Ok(Arc::new(obj));
         }
         let guard = info
             .namespaced
             .then(|| namespace_info().key(None, objects::namespace(&obj).unwrap_or_default()));
         let key = info.key(objects::namespace(&obj), &name);
+        let retry = generate && prefix.is_some() && attempt < MAX_GENERATE_NAME_ATTEMPTS;
+        // Only a create that may draw another name needs the object again.
+        let object = if retry {
+            obj.clone()
+        } else {
+            std::mem::take(&mut obj)
+        };
         match api
             .store
-            .write(WriteOp::Create {
-                key,
-                object: obj.clone(),
-                guard,
-            })
+            .write(WriteOp::Create { key, object, guard })
             .await
         {
-            Ok(stored) => return Ok((*stored.object).clone()),
-            Err(StoreError::AlreadyExists { .. })
-                if generate && prefix.is_some() && attempt < MAX_GENERATE_NAME_ATTEMPTS =>
-            {
-                continue;
-            }
+            Ok(stored) => return Ok(stored.object),
+            Err(StoreError::AlreadyExists { .. }) if retry => continue,
             Err(e) => return Err(ApiError::from_store(e, info, &name)),
         }
     }

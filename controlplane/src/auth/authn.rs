@@ -1,5 +1,6 @@
 //! Authentication: who a request's bearer token belongs to. Tokens live in the store
-//! as token records (see `tokens.rs`), read through the store's cache.
+//! as token records (see `tokens.rs`), read through the store's cache; a token once
+//! verified is remembered until its record changes (`verified.rs`).
 
 use axum::http::{HeaderMap, header};
 
@@ -46,13 +47,18 @@ pub async fn authenticate(api: &ApiServer, headers: &HeaderMap) -> ApiResult<Ide
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(ApiError::Unauthorized)?;
+    if let Some(identity) = api.tokens.get(bearer) {
+        return Ok(identity);
+    }
+    // Taken before the record is read, so a revocation meanwhile keeps it uncached.
+    let generation = api.tokens.generation();
     let token = Token::parse(bearer).ok_or(ApiError::Unauthorized)?;
     let record = super::tokens::record(api, &token.id)
         .await?
         .ok_or(ApiError::Unauthorized)?;
     let (role, node) = token.verify(&record).ok_or(ApiError::Unauthorized)?;
-    let id = token.id;
-    Ok(match role {
+    let id = token.id.clone();
+    let identity = match role {
         Role::Admin => Identity::Admin { id },
         Role::Viewer => Identity::Viewer { id },
         Role::Join => Identity::Join { id },
@@ -60,7 +66,10 @@ pub async fn authenticate(api: &ApiServer, headers: &HeaderMap) -> ApiResult<Ide
             id,
             name: node.unwrap_or_default(),
         },
-    })
+    };
+    api.tokens
+        .insert(bearer, &token.id, identity.clone(), generation);
+    Ok(identity)
 }
 
 /// Whether an object exists at `key` (read from the store, not its cache).

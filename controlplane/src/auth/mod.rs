@@ -19,7 +19,8 @@
 //!
 //! `authn.rs` authenticates, `authz.rs` authorizes (and is the middleware in front of
 //! the API), `noderestriction.rs` admits a node's writes of its Node, `bootstrap.rs`
-//! makes the server's tokens and serves joining, `tokens.rs` keeps the token records, and `pki.rs` makes the cluster's CA
+//! makes the server's tokens and serves joining, `tokens.rs` keeps the token records, `verified.rs` remembers tokens already
+//! verified until their records change, and `pki.rs` makes the cluster's CA
 //! and certificates.
 
 mod authn;
@@ -28,8 +29,10 @@ mod bootstrap;
 mod noderestriction;
 pub mod pki;
 mod tokens;
+mod verified;
 
 pub use authn::{Identity, authenticate};
 pub use authz::layer;
 pub use bootstrap::{ensure_tokens, routes};
 pub use noderestriction::admit;
+pub use verified::{TokenCache, follow as follow_tokens};

@@ -94,6 +94,9 @@ pub(super) async fn revoke(api: &ApiServer, id: &str) -> ApiResult<TokenInfo> {
             StoreError::NotFound { .. } => ApiError::NotFound(Subject::token(id)),
             other => other.into(),
         })?;
+    // Before the revocation is answered, so the token's very next request is refused
+    // (the records' watch does the same, a moment later, on every server).
+    api.tokens.invalidate(id);
     TokenInfo::from_record(&deleted.object)
         .ok_or_else(|| ApiError::Internal(format!("token {id}'s record is malformed").into()))
 }

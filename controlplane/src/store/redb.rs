@@ -38,17 +38,27 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_CURRENT: &str = "current_rev";
 const META_COMPACTED: &str = "compacted_rev";
 
+/// Most bytes of the file redb keeps in memory by default. redb's own default is 1 GiB,
+/// and it fills it with every page it writes, so after a burst of writes (thousands of
+/// pods, their events and the change log) a server held the whole file in memory for
+/// good. The hot pages (the trees' upper levels, the namespaces and token records every
+/// create reads) fit many times over; the rest is read from the OS's page cache.
+pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// Tuning for [`RedbStore::open_with`].
 #[derive(Debug, Clone, Copy)]
 pub struct RedbOptions {
     /// Live events buffered per watcher before it lags and re-reads the log.
     pub watch_buffer: usize,
+    /// Most bytes of the file redb caches in memory.
+    pub cache_bytes: usize,
 }
 
 impl Default for RedbOptions {
     fn default() -> Self {
         RedbOptions {
             watch_buffer: DEFAULT_WATCH_BUFFER,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -117,7 +127,10 @@ impl RedbStore {
     }
 
     pub fn open_with(path: &Path, options: RedbOptions) -> Result<Arc<RedbStore>, StoreError> {
-        let db = Database::create(path).map_err(failed("opening the database file"))?;
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create(path)
+            .map_err(failed("opening the database file"))?;
         RedbStore::start(db, options)
     }
 

@@ -474,7 +474,10 @@ mod tests {
     #[tokio::test]
     async fn lagged_watcher_recovers_from_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let options = RedbOptions { watch_buffer: 4 };
+        let options = RedbOptions {
+            watch_buffer: 4,
+            ..Default::default()
+        };
         let store = RedbStore::open_with(&dir.path().join("store.redb"), options).unwrap();
         put(&store, "/a", 0).await;
         let mut stream = store.log_watch("", 0).unwrap();
