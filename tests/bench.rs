@@ -143,6 +143,86 @@ fn the_suite_prints_one_table_and_writes_json_and_plots() {
     assert_png(&png);
 }
 
+#[test]
+fn the_outside_client_mode_reports_python_client_figures_per_run() {
+    // The official Kubernetes Python client (installed by scripts/test, as for
+    // tests/python_client.rs) creates the pods and watches for them Running.
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("outside.json");
+    let (ok, text) = skiff(&[
+        "bench",
+        "pods",
+        "--path",
+        "outside",
+        "--outside-pods",
+        "8",
+        "--runs",
+        "3",
+        "--density",
+        "0",
+        "--rss-samples",
+        "1",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    // Every run is printed, with its stages; the figure says what it includes.
+    for run in 1..=3 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("run {run}/3, outside client (Python)")))
+            .unwrap_or_else(|| panic!("no line for run {run}: {text}"));
+        assert!(line.contains("8 pods running"), "{line}");
+        assert!(line.contains("to the create call returning"), "{line}");
+    }
+    for row in [
+        "start p50, outside client (Python) (ms)",
+        "start p99, outside client (Python) (ms)",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no row {row}: {text}"));
+        let figure: f64 = line[row.len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no figure in {line:?}"));
+        assert!(figure > 0.0 && figure.is_finite(), "{line}");
+    }
+    assert!(
+        text.contains("includes the Python client's own overhead, the scheduler and the agent"),
+        "{text}"
+    );
+    let pods = json(&path);
+    // Only the path asked for was measured.
+    assert!(
+        pods["bound"].is_null() && pods["scheduled"].is_null(),
+        "{pods}"
+    );
+    let o = &pods["outside"];
+    assert_eq!(o["runs"], 3, "{pods}");
+    assert_eq!(o["pods_per_run"], 8, "{pods}");
+    for key in ["p50_ms", "p99_ms", "created_p50_ms", "bound_p50_ms"] {
+        let runs = o[format!("per_run_{key}")].as_array().unwrap();
+        assert_eq!(runs.len(), 3, "{key}: {pods}");
+        assert!(
+            runs.iter().all(|v| v.as_f64().unwrap() > 0.0),
+            "{key}: {pods}"
+        );
+        assert_median(
+            &o[key],
+            &o[format!("per_run_{key}")],
+            &format!("{key}: {pods}"),
+        );
+    }
+    // The watch shows each pod bound no later than Running, so the p50s come in order.
+    assert!(
+        o["bound_p50_ms"].as_f64().unwrap() <= o["p50_ms"].as_f64().unwrap(),
+        "{pods}"
+    );
+}
+
 /// Checks that a reported figure is the median of the per-run figures beside it (to a
 /// part in a billion: serde_json may parse a float one unit in the last place off).
 fn assert_median(reported: &Value, runs: &Value, context: &str) {

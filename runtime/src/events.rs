@@ -4,6 +4,7 @@
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, PostParams};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 /// Bound on events being sent at once; beyond it events are dropped (and logged), so a
 /// crash-looping node cannot pile up unbounded tasks against a slow control plane.
@@ -34,6 +35,24 @@ impl EventRecorder {
     /// Records an event about a pod (and one of its containers), without waiting.
     pub fn record(
         &self,
+        pod: &Pod,
+        container: Option<&str>,
+        kind: EventType,
+        reason: &str,
+        message: String,
+    ) {
+        self.record_after(None, pod, container, kind, reason, message);
+    }
+
+    /// Records an event as `record` does, but sends it only once `gate` is cancelled
+    /// (its timestamps are still those of now). A pod worker holds its events behind its
+    /// first status write: the control plane makes writes durable in group commits, and
+    /// events sent just before the status (Pulled, Created, Started) would otherwise
+    /// take the commit the status then has to wait out, on the path from a pod's
+    /// binding to its `Running`.
+    pub fn record_after(
+        &self,
+        gate: Option<&CancellationToken>,
         pod: &Pod,
         container: Option<&str>,
         kind: EventType,
@@ -72,8 +91,12 @@ impl EventRecorder {
             "count": 1,
         });
         let client = self.client.clone();
+        let gate = gate.cloned();
         tokio::spawn(async move {
             let _permit = permit;
+            if let Some(gate) = gate {
+                gate.cancelled().await;
+            }
             let Ok(event) = serde_json::from_value::<Event>(event) else {
                 return;
             };

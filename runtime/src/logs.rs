@@ -85,10 +85,13 @@ fn now_nanos() -> String {
 }
 
 impl ContainerLog {
-    pub fn open(dir: PathBuf, max_bytes: u64) -> std::io::Result<ContainerLog> {
-        std::fs::create_dir_all(&dir)?;
+    /// The log of a container, kept in `dir`. Nothing is made on disk until the first
+    /// `start_instance`, which a container calls once its instance is reported running:
+    /// creating a directory and a file on a busy filesystem can take milliseconds, and a
+    /// pod's start waits for none of it.
+    pub fn open(dir: PathBuf, max_bytes: u64) -> ContainerLog {
         let (changed, _) = tokio::sync::watch::channel(0);
-        Ok(ContainerLog {
+        ContainerLog {
             dir,
             max_bytes,
             writer: Mutex::new(Writer {
@@ -98,7 +101,7 @@ impl ContainerLog {
             }),
             changed,
             running: std::sync::atomic::AtomicBool::new(false),
-        })
+        }
     }
 
     fn current(&self) -> PathBuf {
@@ -111,6 +114,7 @@ impl ContainerLog {
 
     /// A new instance starts: what was current becomes previous (if it ever ran).
     pub fn start_instance(&self, after_restart: bool) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         w.file = None;
         if after_restart {
@@ -353,7 +357,7 @@ mod tests {
     #[test]
     fn lines_are_split_stamped_and_rendered() {
         let dir = tempfile::tempdir().unwrap();
-        let log = ContainerLog::open(dir.path().join("c"), 1 << 20).unwrap();
+        let log = ContainerLog::open(dir.path().join("c"), 1 << 20);
         log.start_instance(false).unwrap();
         log.write(Stream::Stdout, b"one\ntw");
         log.write(Stream::Stderr, b"err\n");
@@ -378,7 +382,7 @@ mod tests {
     #[test]
     fn restart_moves_current_to_previous_and_size_is_capped() {
         let dir = tempfile::tempdir().unwrap();
-        let log = ContainerLog::open(dir.path().join("c"), 200).unwrap();
+        let log = ContainerLog::open(dir.path().join("c"), 200);
         log.start_instance(false).unwrap();
         log.write(Stream::Stdout, b"first run\n");
         log.end_instance();
@@ -404,7 +408,7 @@ mod tests {
     #[test]
     fn long_lines_are_written_in_parts() {
         let dir = tempfile::tempdir().unwrap();
-        let log = ContainerLog::open(dir.path().join("c"), 1 << 30).unwrap();
+        let log = ContainerLog::open(dir.path().join("c"), 1 << 30);
         log.start_instance(false).unwrap();
         log.write(Stream::Stdout, &vec![b'x'; MAX_PARTIAL_LINE * 2 + 5]);
         log.end_instance();

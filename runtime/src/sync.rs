@@ -150,13 +150,15 @@ pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
         let encode = |p: &Pod| serde_json::to_vec(p).unwrap_or_default();
         while let Some(event) = stream.next().await {
             match event {
+                // The reconcile loop is woken first: encoding the pod for the local
+                // cache is not on the path to starting it.
                 Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
-                    let _ = persist.send(Persist::Put(cache_key(&key_of(&p)), encode(&p)));
                     watch_queue.mark(key_of(&p));
+                    let _ = persist.send(Persist::Put(cache_key(&key_of(&p)), encode(&p)));
                 }
                 Ok(watcher::Event::Delete(p)) => {
-                    let _ = persist.send(Persist::Delete(cache_key(&key_of(&p))));
                     watch_queue.mark(key_of(&p));
+                    let _ = persist.send(Persist::Delete(cache_key(&key_of(&p))));
                 }
                 // A (re-)list: pods may have gone while we weren't watching.
                 Ok(watcher::Event::InitDone) => {

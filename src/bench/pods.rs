@@ -5,6 +5,11 @@
 //! pod-startup SLO counts it); and density (how many idle ticker pods one agent holds,
 //! and its RSS, sampled several times).
 //!
+//! A third way, `--path outside`, measures pod start as an outside client sees it: the
+//! official Kubernetes Python client (pod_start.py, beside this file, written out and
+//! run once per run) creates each pod over HTTPS and waits for its own watch to show it
+//! Running, so that figure includes the Python client's own work and the scheduler.
+//!
 //! It runs a real `skiff server` and a real `skiff agent` as separate processes on
 //! loopback, so the agent's RSS is its own.
 
@@ -44,9 +49,23 @@ pub struct PodBenchArgs {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// How pods reach the node: `bound` (created with `nodeName`, no scheduler),
-    /// `scheduled` (created without it; the scheduler binds them), or `both`.
+    /// `scheduled` (created without it; the scheduler binds them), `both` of these;
+    /// `outside` (the official Kubernetes Python client creates each pod, unbound, and
+    /// watches for it Running: needs `python3` with the `kubernetes` package), or `all`
+    /// three.
     #[arg(long, value_enum, default_value = "both")]
     path: PathChoice,
+    /// Pods per run of the outside-client path, each created once the one before is
+    /// seen Running (per creator).
+    #[arg(long, default_value_t = 200)]
+    outside_pods: usize,
+    /// Creators in the outside-client path, each a thread of the Python client creating
+    /// its pods one after another.
+    #[arg(long, default_value_t = 1)]
+    outside_concurrency: usize,
+    /// The Python interpreter that runs the outside client.
+    #[arg(long, default_value = "python3")]
+    python: String,
     /// Samples of the agent's RSS (200 ms apart, once it has settled); the median is
     /// reported.
     #[arg(long, default_value_t = 5)]
@@ -76,6 +95,8 @@ enum PathChoice {
     Bound,
     Scheduled,
     Both,
+    Outside,
+    All,
 }
 
 /// How a measured pod reaches its node.
@@ -86,6 +107,9 @@ enum StartPath {
     /// Created without a node: the scheduler binds it to bench-1, then the agent starts
     /// it.
     Scheduled,
+    /// Created without a node by the official Kubernetes Python client, which also
+    /// watches for it Running: the figure an outside client sees.
+    Outside,
 }
 
 impl StartPath {
@@ -93,6 +117,7 @@ impl StartPath {
         match self {
             StartPath::Bound => "bound",
             StartPath::Scheduled => "scheduled",
+            StartPath::Outside => "outside",
         }
     }
 
@@ -100,6 +125,7 @@ impl StartPath {
         match self {
             StartPath::Bound => "bound directly, no scheduler",
             StartPath::Scheduled => "scheduled: create, bind, Running",
+            StartPath::Outside => "outside client (Python), scheduled",
         }
     }
 }
@@ -110,8 +136,15 @@ fn paths_for_run(choice: PathChoice, run: usize) -> Vec<StartPath> {
     match choice {
         PathChoice::Bound => vec![StartPath::Bound],
         PathChoice::Scheduled => vec![StartPath::Scheduled],
+        PathChoice::Outside => vec![StartPath::Outside],
         PathChoice::Both if run.is_multiple_of(2) => vec![StartPath::Bound, StartPath::Scheduled],
         PathChoice::Both => vec![StartPath::Scheduled, StartPath::Bound],
+        PathChoice::All => {
+            // Each path goes first in turn.
+            let mut all = vec![StartPath::Bound, StartPath::Scheduled, StartPath::Outside];
+            all.rotate_left(run % 3);
+            all
+        }
     }
 }
 
@@ -228,6 +261,85 @@ async fn start_latencies(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let lat = watcher.await?;
     Ok((lat, started.elapsed()))
+}
+
+/// The outside client: the official Kubernetes Python client creating pods and watching
+/// for them Running (see the script's docstring for its clock).
+const OUTSIDE_CLIENT: &str = include_str!("pod_start.py");
+
+/// Warm-up pods each run of the outside client creates before the ones it measures: its
+/// connections, and the first watch events, are set up on them.
+const OUTSIDE_WARMUP: usize = 5;
+
+/// What one run of the outside client measured, per pod in creation order, from just
+/// before its create call: to the watch showing it Running, to the create call
+/// returning, and to the watch showing it bound.
+struct OutsideRun {
+    running: Latencies,
+    created: Latencies,
+    bound: Latencies,
+}
+
+fn latencies_of(ms: &Value) -> Latencies {
+    let mut lat = Latencies::new();
+    for v in ms
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_f64)
+    {
+        lat.record(Duration::from_secs_f64(v / 1000.0));
+    }
+    lat
+}
+
+/// Runs the outside client once: `pods` pods (after its warm-up ones) named
+/// `outside-RUN-I`, labelled `bench=pods` (so `delete_all` removes them).
+async fn outside_latencies(
+    python: &str,
+    script: &std::path::Path,
+    kubeconfig: &std::path::Path,
+    image: &str,
+    run: usize,
+    pods: usize,
+    concurrency: usize,
+) -> anyhow::Result<(OutsideRun, Duration)> {
+    let started = Instant::now();
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(kubeconfig)
+        .arg(image)
+        .args(["--pods", &pods.to_string()])
+        .args(["--warmup", &OUTSIDE_WARMUP.to_string()])
+        .args(["--concurrency", &concurrency.to_string()])
+        .args(["--label", "pods", "--prefix", &format!("outside-{run}")])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("running the outside client with {python}"))?;
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "the outside client failed ({}): {}{}",
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let result: Value = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .with_context(|| format!("the outside client printed no result: {stdout}"))?;
+    Ok((
+        OutsideRun {
+            running: latencies_of(&result["running_ms"]),
+            created: latencies_of(&result["created_ms"]),
+            bound: latencies_of(&result["bound_ms"]),
+        },
+        took,
+    ))
 }
 
 async fn delete_all(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
@@ -468,9 +580,16 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
         list_mib(&idle_samples)
     );
 
+    let kubeconfig = dir.path().join("server").join("kubeconfig");
+    let script = dir.path().join("pod_start.py");
+    std::fs::write(&script, OUTSIDE_CLIENT)?;
+
     // Warm-up, of each path measured: the module is fetched and compiled by the first
-    // pod, so the runs measure starts.
-    for path in paths_for_run(args.path, 0) {
+    // pod, so the runs measure starts. The outside client warms itself up in each run.
+    for path in paths_for_run(args.path, 0)
+        .into_iter()
+        .filter(|p| *p != StartPath::Outside)
+    {
         let (warm, _) = start_latencies(
             &http,
             &url,
@@ -492,8 +611,49 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
 
     let mut bound = PathRuns::default();
     let mut scheduled = PathRuns::default();
+    let mut outside = PathRuns::default();
+    // The outside client's stages, per run: p50 to its create call returning, and to
+    // its watch showing the pod bound.
+    let (mut outside_created, mut outside_bound) = (Vec::new(), Vec::new());
     for run in 0..args.runs {
         for path in paths_for_run(args.path, run) {
+            if path == StartPath::Outside {
+                let (measured, took) = outside_latencies(
+                    &args.python,
+                    &script,
+                    &kubeconfig,
+                    &image,
+                    run,
+                    args.outside_pods,
+                    args.outside_concurrency,
+                )
+                .await?;
+                let lat = &measured.running;
+                eprintln!(
+                    "run {}/{}, {}: {} pods running, p50 {:.1} ms, p99 {:.1} ms (p50 to the create call returning {:.1} ms, to the watch showing it bound {:.1} ms)",
+                    run + 1,
+                    args.runs,
+                    path.label(),
+                    lat.len(),
+                    lat.ms(0.5),
+                    lat.ms(0.99),
+                    measured.created.ms(0.5),
+                    measured.bound.ms(0.5),
+                );
+                if lat.len() < args.outside_pods as u64 {
+                    bail!(
+                        "{}: only {} of {} pods reached Running",
+                        path.label(),
+                        lat.len(),
+                        args.outside_pods
+                    );
+                }
+                outside.push(lat, took);
+                outside_created.push(measured.created.ms(0.5));
+                outside_bound.push(measured.bound.ms(0.5));
+                delete_all(&http, &url).await?;
+                continue;
+            }
             let names: Vec<String> = (0..args.pods)
                 .map(|i| format!("{}-{run}-{i}", path.key()))
                 .collect();
@@ -528,6 +688,7 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
             match path {
                 StartPath::Bound => bound.push(&lat, took),
                 StartPath::Scheduled => scheduled.push(&lat, took),
+                StartPath::Outside => unreachable!("the outside client is measured above"),
             }
             delete_all(&http, &url).await?;
         }
@@ -691,6 +852,7 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
     let measured: Vec<(StartPath, &PathRuns)> = [
         (StartPath::Bound, &bound),
         (StartPath::Scheduled, &scheduled),
+        (StartPath::Outside, &outside),
     ]
     .into_iter()
     .filter(|(_, r)| r.all.is_some())
@@ -702,13 +864,22 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
             &measured
                 .iter()
                 .map(|(path, r)| super::plot::Distribution {
-                    label: format!(
-                        "{}: {} pods in {} runs, created at {}/s",
-                        path.label(),
-                        r.all.as_ref().map(Latencies::len).unwrap_or(0),
-                        r.p50s.len(),
-                        args.rate
-                    ),
+                    label: if *path == StartPath::Outside {
+                        format!(
+                            "{}: {} pods in {} runs, one after another per creator",
+                            path.label(),
+                            r.all.as_ref().map(Latencies::len).unwrap_or(0),
+                            r.p50s.len(),
+                        )
+                    } else {
+                        format!(
+                            "{}: {} pods in {} runs, created at {}/s",
+                            path.label(),
+                            r.all.as_ref().map(Latencies::len).unwrap_or(0),
+                            r.p50s.len(),
+                            args.rate
+                        )
+                    },
                     points: r.all.as_ref().map(Latencies::cdf).unwrap_or_default(),
                 })
                 .collect::<Vec<_>>(),
@@ -716,10 +887,18 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
         println!("plot written to {}", png.display());
     }
 
-    println!(
-        "\nskiff bench pods: {} pods per run and path on one node, created at {}/s by {} clients; median of {} runs, the paths' order alternating (every run in brackets)",
-        args.pods, args.rate, args.clients, args.runs
-    );
+    if bound.all.is_some() || scheduled.all.is_some() {
+        println!(
+            "\nskiff bench pods: {} pods per run and path on one node, created at {}/s by {} clients; median of {} runs, the paths' order alternating (every run in brackets)",
+            args.pods, args.rate, args.clients, args.runs
+        );
+    }
+    if outside.all.is_some() {
+        println!(
+            "\nskiff bench pods, outside client: {} pods per run on one node, created by the Python client one after another ({} creator(s)); median of {} runs (every run in brackets)",
+            args.outside_pods, args.outside_concurrency, args.runs
+        );
+    }
     println!(
         "clock: from just before each create request is sent to the client's watch showing the pod Running (its guest instantiated)\n"
     );
@@ -774,6 +953,36 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
             "",
             "",
             format!("({})", per_run(&scheduled.rates, 0)),
+        );
+    }
+    if outside.all.is_some() {
+        row(
+            "start p50, outside client (Python) (ms)",
+            format!("{:.1}", outside.p50()),
+            "<= 5",
+            "",
+            format!("({})", per_run(&outside.p50s, 1)),
+        );
+        row(
+            "start p99, outside client (Python) (ms)",
+            format!("{:.1}", outside.p99()),
+            "<= 15",
+            "SLO p99 <= 5000",
+            format!("({})", per_run(&outside.p99s, 1)),
+        );
+        row(
+            "  p50 to its create call returning (ms)",
+            format!("{:.1}", median(outside_created.clone())),
+            "",
+            "",
+            format!("({})", per_run(&outside_created, 1)),
+        );
+        row(
+            "  p50 to its watch showing the pod bound (ms)",
+            format!("{:.1}", median(outside_bound.clone())),
+            "",
+            "",
+            format!("({})", per_run(&outside_bound, 1)),
         );
     }
     row(
@@ -917,7 +1126,17 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
         "",
         String::new(),
     );
-    if scheduled.all.is_some() {
+    if outside.all.is_some() {
+        println!(
+            "(outside client: the official Kubernetes Python client ({} creator(s), {} pods per run, \
+             each created once the creator's previous pod is seen Running) creates each pod \
+             over HTTPS without a node and watches for it; its clock runs from just before its \
+             create call to its watch delivering the pod Running, so the figure includes the \
+             Python client's own overhead, the scheduler and the agent)",
+            args.outside_concurrency, args.outside_pods
+        );
+    }
+    if scheduled.all.is_some() || outside.all.is_some() {
         println!(
             "(Kubernetes' pod-startup SLO: p99 <= 5 s from the pod's creation to Running seen \
              through a watch, scheduling included, image pulls excluded)"
@@ -934,6 +1153,18 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
             "clock": "from just before the create request is sent to the watch showing the pod Running",
             "bound": bound.all.is_some().then(|| bound.to_json(StartPath::Bound)),
             "scheduled": scheduled.all.is_some().then(|| scheduled.to_json(StartPath::Scheduled)),
+            "outside": outside.all.is_some().then(|| {
+                let mut o = outside.to_json(StartPath::Outside);
+                o["client"] = json!("the official Kubernetes Python client (src/bench/pod_start.py)");
+                o["pods_per_run"] = json!(args.outside_pods);
+                o["concurrency"] = json!(args.outside_concurrency);
+                o["clock"] = json!("from just before the client's create call to its watch delivering the pod Running; includes the Python client's own overhead, the scheduler and the agent");
+                o["created_p50_ms"] = json!(median(outside_created.clone()));
+                o["bound_p50_ms"] = json!(median(outside_bound.clone()));
+                o["per_run_created_p50_ms"] = json!(outside_created);
+                o["per_run_bound_p50_ms"] = json!(outside_bound);
+                o
+            }),
             "agent_idle_rss_mib": idle_rss,
             "agent_idle_rss_samples_mib": idle_samples,
             "density": density,

@@ -37,8 +37,18 @@ fn translate(event: &Event, selectors: &Selectors) -> Option<(&'static str, Arc<
     }
 }
 
+/// One watch event as it goes on the wire, serialized straight from the object it
+/// borrows (building it with `json!` would first copy the whole object). The fields
+/// are in the order `json!` put them in.
+#[derive(serde::Serialize)]
+struct WatchEvent<'a> {
+    object: &'a Value,
+    #[serde(rename = "type")]
+    kind: &'a str,
+}
+
 fn line(kind: &str, object: &Value) -> Bytes {
-    let mut out = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    let mut out = serde_json::to_vec(&WatchEvent { object, kind }).unwrap_or_default();
     out.push(b'\n');
     Bytes::from(out)
 }
@@ -264,4 +274,18 @@ async fn pump(
 
 fn store_error(e: StoreError) -> ApiError {
     ApiError::from(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_line_is_what_json_made_of_it() {
+        let object = json!({"kind": "Pod", "metadata": {"name": "a", "labels": {"x": "y"}}, "status": {"phase": "Running"}});
+        let expected = serde_json::to_vec(&json!({"type": "MODIFIED", "object": object})).unwrap();
+        let got = line("MODIFIED", &object);
+        assert_eq!(got.last(), Some(&b'\n'));
+        assert_eq!(&got[..got.len() - 1], &expected[..]);
+    }
 }

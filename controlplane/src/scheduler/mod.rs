@@ -49,7 +49,7 @@ pub async fn run_scheduler(
     let mut state = State {
         backoff: HashMap::new(),
         assumed: HashMap::new(),
-        costs: Costs::default(),
+        facts: Facts::default(),
         binds: Arc::new(Semaphore::new(BIND_CONCURRENCY)),
         results: results_tx,
     };
@@ -132,12 +132,29 @@ fn owner_of(pod: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
-/// What a pod costs its node, by uid: requests and owner never change after creation,
-/// so each pod is read once, not on every pass.
+/// What a pass reads from each pod, derived once per version of the pod rather than
+/// from its JSON on every pass: a pass looks at every pod in the cache, and walking
+/// each one's JSON (status, node, uid, requests) made a pass over a few hundred pods
+/// cost milliseconds, on the path from a pod's creation to its binding.
+///
+/// The cache replaces a pod's `Arc` whenever the pod changes and never mutates one in
+/// place, so a version is known by its allocation's address. Each entry holds a `Weak`
+/// of it, which keeps the address from being reused for another pod while the entry
+/// lives, without keeping the pod itself alive.
 #[derive(Default)]
-struct Costs {
-    by_uid: HashMap<String, (Cost, u64)>,
+struct Facts {
+    by_version: HashMap<usize, PodFacts>,
     pass: u64,
+}
+
+struct PodFacts {
+    _pin: std::sync::Weak<Value>,
+    /// Succeeded or Failed: holds nothing on its node.
+    terminal: bool,
+    node: Option<String>,
+    cost: Cost,
+    /// The last pass that saw this version.
+    seen: u64,
 }
 
 #[derive(Clone)]
@@ -147,27 +164,32 @@ struct Cost {
     owner: Option<String>,
 }
 
-impl Costs {
-    fn of(&mut self, pod: &Value) -> Cost {
+impl Facts {
+    fn of(&mut self, pod: &Arc<Value>) -> &PodFacts {
         let pass = self.pass;
-        let uid = objects::meta_str(pod, "uid").unwrap_or_default();
-        if let Some((cost, seen)) = self.by_uid.get_mut(uid) {
-            *seen = pass;
-            return cost.clone();
-        }
-        let cost = Cost {
-            requests: pod_requests(pod),
-            nonzero: nonzero_requests(pod),
-            owner: owner_of(pod),
-        };
-        self.by_uid.insert(uid.to_string(), (cost.clone(), pass));
-        cost
+        let facts = self
+            .by_version
+            .entry(Arc::as_ptr(pod) as usize)
+            .or_insert_with(|| PodFacts {
+                _pin: Arc::downgrade(pod),
+                terminal: is_terminal(pod),
+                node: node_of(pod).map(str::to_string),
+                cost: Cost {
+                    requests: pod_requests(pod),
+                    nonzero: nonzero_requests(pod),
+                    owner: owner_of(pod),
+                },
+                seen: pass,
+            });
+        facts.seen = pass;
+        facts
     }
 
-    /// Starts a pass; the previous one's unseen pods (deleted ones) are forgotten.
+    /// Starts a pass; versions the previous one did not see (replaced or deleted pods)
+    /// are forgotten.
     fn next_pass(&mut self) {
         let last = self.pass;
-        self.by_uid.retain(|_, (_, seen)| *seen == last);
+        self.by_version.retain(|_, f| f.seen == last);
         self.pass += 1;
     }
 }
@@ -319,7 +341,7 @@ struct State {
     /// "assumed" pods of Kubernetes' scheduler cache): counted on their node, never
     /// placed twice.
     assumed: HashMap<String, (String, Instant)>,
-    costs: Costs,
+    facts: Facts,
     /// Bindings in flight, bounded.
     binds: Arc<Semaphore>,
     results: mpsc::UnboundedSender<BindResult>,
@@ -332,7 +354,7 @@ async fn schedule_pass(api: &Arc<ApiServer>, nodes: &Cache, pods: &Cache, state:
     let State {
         backoff,
         assumed,
-        costs,
+        facts,
         binds,
         results,
     } = state;
@@ -340,15 +362,16 @@ async fn schedule_pass(api: &Arc<ApiServer>, nodes: &Cache, pods: &Cache, state:
     all_nodes.sort_by(|a, b| objects::name(a).cmp(objects::name(b)));
     let all_pods = pods.snapshot();
     let mut pending: Vec<&Arc<Value>> = Vec::new();
-    let mut by_key: HashMap<String, &Arc<Value>> = HashMap::with_capacity(all_pods.len());
+    let mut by_key: HashMap<String, &Arc<Value>> = HashMap::new();
     let mut view = View::build(&all_nodes);
-    costs.next_pass();
+    facts.next_pass();
     for p in &all_pods {
-        if is_terminal(p) {
+        let f = facts.of(p);
+        if f.terminal {
             continue;
         }
-        match node_of(p) {
-            Some(node) => view.account_pod(&costs.of(p), node),
+        match &f.node {
+            Some(node) => view.account_pod(&f.cost, node),
             None => {
                 let key = pod_key(p);
                 if !objects::is_deleting(p)
@@ -369,7 +392,7 @@ async fn schedule_pass(api: &Arc<ApiServer>, nodes: &Cache, pods: &Cache, state:
     assumed.retain(|key, (_, at)| by_key.contains_key(key) && at.elapsed() < ASSUME_TTL);
     for (key, (node, _)) in assumed.iter() {
         if let Some(pod) = by_key.get(key) {
-            view.account_pod(&costs.of(pod), node);
+            view.account_pod(&facts.of(pod).cost, node);
         }
     }
     let keys: std::collections::HashSet<String> = pending.iter().map(|p| pod_key(p)).collect();
@@ -395,7 +418,7 @@ async fn schedule_pass(api: &Arc<ApiServer>, nodes: &Cache, pods: &Cache, state:
         active = active.saturating_sub(1);
         api.metrics.scheduler.pending(active, waiting);
         let info = PodInfo::from_pod(pod);
-        let owner = view.owner_id(costs.of(pod).owner.as_ref());
+        let owner = view.owner_id(facts.of(pod).cost.owner.as_ref());
         let mut reasons: BTreeMap<Cow<'static, str>, u32> = BTreeMap::new();
         let mut best: Option<(f64, usize)> = None;
         let (total, wanted) = (view.nodes.len(), nodes_to_score(view.nodes.len()));

@@ -42,6 +42,9 @@ pub(crate) struct ContainerLoop {
     pub log: Arc<ContainerLog>,
     pub status: tokio::sync::watch::Sender<PodState>,
     pub stop: CancellationToken,
+    /// The container's events are sent once this is cancelled: after the pod's first
+    /// status write (see `EventRecorder::record_after`).
+    pub events_after: CancellationToken,
 }
 
 impl ContainerLoop {
@@ -64,9 +67,22 @@ impl ContainerLoop {
     }
 
     fn event(&self, kind: crate::events::EventType, reason: &str, message: String) {
-        self.rt
-            .events
-            .record(&self.pod, Some(self.name()), kind, reason, message);
+        self.rt.events.record_after(
+            Some(&self.events_after),
+            &self.pod,
+            Some(self.name()),
+            kind,
+            reason,
+            message,
+        );
+    }
+
+    /// Starts the log of a new instance; a failure is logged, and the guest runs
+    /// without its output kept.
+    fn start_log(&self, after_restart: bool) {
+        if let Err(e) = self.log.start_instance(after_restart) {
+            tracing::warn!(error = %e, "opening the container log failed");
+        }
     }
 
     /// Sleeps unless stopped; returns false when stopped.
@@ -197,9 +213,6 @@ impl ContainerLoop {
                 },
                 Step::Run(program, spec) => {
                     let after_restart = self.status.borrow().containers[self.index].started_once;
-                    if let Err(e) = self.log.start_instance(after_restart) {
-                        tracing::warn!(error = %e, "opening the container log failed");
-                    }
                     let began = Instant::now();
                     self.event(
                         Normal,
@@ -226,11 +239,19 @@ impl ContainerLoop {
                             );
                             self.rt.metrics.instance_started();
                             *started_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+                            // The log file is made now, before the entry point runs (so
+                            // no output is lost), but after Running is on its way: the
+                            // status write does not wait for the filesystem.
+                            self.start_log(after_restart);
                         })
                         .await;
                     let started_at = started_at.into_inner().unwrap_or_else(|p| p.into_inner());
                     if started_at.is_some() {
                         self.rt.metrics.instance_ended();
+                    } else {
+                        // Never instantiated: the attempt still turns the log over, as
+                        // one that ran would.
+                        self.start_log(after_restart);
                     }
                     self.log.end_instance();
                     let started_at = started_at.unwrap_or_else(skiff_api::time::now_rfc3339);
@@ -353,9 +374,7 @@ impl ContainerLoop {
             }
         };
         let after_restart = self.status.borrow().containers[self.index].started_once;
-        if let Err(e) = self.log.start_instance(after_restart) {
-            tracing::warn!(error = %e, "opening the container log failed");
-        }
+        self.start_log(after_restart);
         let annotations = self.pod.metadata.annotations.clone().unwrap_or_default();
         let annotation = |k: &str| annotations.get(k).map(String::as_str);
         let timeout = annotation("skiff.dev/request-timeout")

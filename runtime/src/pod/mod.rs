@@ -148,6 +148,8 @@ async fn run_pod_inner(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken)
         .map(|t| skiff_api::time::format_time(t.0))
         .unwrap_or_else(skiff_api::time::now_rfc3339);
     let reporter_stop = CancellationToken::new();
+    // The pod's events wait for its first status write (or the reporter's end).
+    let events_after = CancellationToken::new();
     let reporter = tokio::spawn(
         report_status(
             rt.clone(),
@@ -155,6 +157,7 @@ async fn run_pod_inner(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken)
             start_time,
             status_rx,
             reporter_stop.clone(),
+            events_after.clone(),
         )
         .in_current_span(),
     );
@@ -171,7 +174,8 @@ async fn run_pod_inner(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken)
             Ok(v) => break Some(Arc::new(v)),
             Err(e) => {
                 let message = e.to_string();
-                rt.events.record(
+                rt.events.record_after(
+                    Some(&events_after),
                     &pod,
                     None,
                     crate::events::EventType::Warning,
@@ -209,16 +213,10 @@ async fn run_pod_inner(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken)
             let cname = pod.spec.as_ref().expect("checked above").containers[index]
                 .name
                 .clone();
-            let log = match ContainerLog::open(
+            let log = Arc::new(ContainerLog::open(
                 log_dir(&rt.config, &pod).join(&cname),
                 rt.config.log_max_bytes,
-            ) {
-                Ok(l) => Arc::new(l),
-                Err(e) => {
-                    tracing::error!(pod = %name, container = %cname, error = %e, "cannot open the container log");
-                    continue;
-                }
-            };
+            ));
             rt.logs.insert(&namespace, &name, &cname, log.clone());
             loops.spawn(
                 container::ContainerLoop {
@@ -229,6 +227,7 @@ async fn run_pod_inner(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken)
                     log,
                     status: status_tx.clone(),
                     stop: stop.clone(),
+                    events_after: events_after.clone(),
                 }
                 .run()
                 .in_current_span(),
@@ -249,14 +248,17 @@ async fn run_pod_inner(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken)
     rt.metrics.forget_pod(&namespace, &name, &containers);
 }
 
-/// Writes the pod's status whenever its state changes, coalescing bursts.
+/// Writes the pod's status whenever its state changes, coalescing bursts. Cancels
+/// `events_after` once the first write is done (or failed), and when it returns.
 async fn report_status(
     rt: Arc<Runtime>,
     pod: Arc<Pod>,
     start_time: String,
     mut rx: tokio::sync::watch::Receiver<PodState>,
     stop: CancellationToken,
+    events_after: CancellationToken,
 ) {
+    let _release_events = events_after.clone().drop_guard();
     let api: Api<Pod> = Api::namespaced(
         rt.client.clone(),
         pod.metadata.namespace.as_deref().unwrap_or("default"),
@@ -320,6 +322,7 @@ async fn report_status(
                     Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return,
                     Err(e @ kube::Error::Api(_)) => {
                         tracing::warn!(pod = %name, error = %e, "the API refused the pod status; will retry");
+                        events_after.cancel();
                         tokio::select! {
                             _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
                             _ = stop.cancelled() => return,
@@ -333,6 +336,8 @@ async fn report_status(
                 }
             }
         }
+        // The first status is written (or queued): the pod's events may follow.
+        events_after.cancel();
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
             _ = stop.cancelled() => return,
