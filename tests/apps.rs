@@ -480,21 +480,27 @@ async fn readiness_and_liveness_probes_run_against_the_handler() {
             .contains("liveness probe failed"),
         "{last}"
     );
-    let name = pod["metadata"]["name"].as_str().unwrap();
-    let (_, events) = c
-        .api
-        .get(&format!(
-            "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{name}"
-        ))
-        .await;
-    let reasons: Vec<&str> = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["reason"].as_str())
-        .collect();
-    assert!(reasons.contains(&"Unhealthy"), "{reasons:?}");
-    assert!(reasons.contains(&"Killing"), "{reasons:?}");
+    // Events are sent apart from the status, as a kubelet's are: wait for both.
+    let name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    eventually("Unhealthy and Killing events for dying", WAIT, || {
+        let api = c.api.clone();
+        let name = name.clone();
+        async move {
+            let (_, events) = api
+                .get(&format!(
+                    "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{name}"
+                ))
+                .await;
+            let reasons: Vec<String> = events["items"]
+                .as_array()?
+                .iter()
+                .filter_map(|e| e["reason"].as_str().map(str::to_string))
+                .collect();
+            (reasons.iter().any(|r| r == "Unhealthy") && reasons.iter().any(|r| r == "Killing"))
+                .then_some(())
+        }
+    })
+    .await;
 }
 
 /// Runs a client verb of the real binary; returns (success, stdout, stderr).

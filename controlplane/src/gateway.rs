@@ -25,7 +25,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -33,6 +34,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -61,11 +63,35 @@ pub struct RouteEntry {
     pub service: String,
 }
 
-/// Routes from annotations, rebuilt when the Services change.
+/// What the gateway routes by, built from its caches and rebuilt (by the first
+/// request that finds one of them changed) only when they change: so a request
+/// routes without formatting store keys, parsing objects or allocating.
 #[derive(Default)]
-struct RouteTable {
-    version: Option<u64>,
-    entries: Vec<RouteEntry>,
+struct Snapshot {
+    /// The versions of the services, endpointslices and nodes caches it was built
+    /// from; None before the first build.
+    versions: Option<[u64; 3]>,
+    /// Routes from the Services' routes annotations.
+    routes: Vec<RouteEntry>,
+    /// Every Service, by namespace and name.
+    services: HashMap<String, HashMap<String, Arc<Backend>>>,
+}
+
+impl Snapshot {
+    fn backend(&self, namespace: &str, name: &str) -> Option<&Arc<Backend>> {
+        self.services.get(namespace)?.get(name)
+    }
+}
+
+/// A Service and what a request to it needs.
+struct Backend {
+    /// Its ready endpoints, in the order of its EndpointSlice.
+    endpoints: Vec<Endpoint>,
+    /// Where its round-robin is; kept across rebuilds.
+    next: Arc<AtomicUsize>,
+    /// Its request series, resolved on its first request (so an app with no traffic
+    /// through the gateway has none) and kept across rebuilds.
+    series: Arc<OnceLock<Arc<skiff_api::metrics::AppSeries>>>,
 }
 
 pub struct Gateway {
@@ -74,11 +100,8 @@ pub struct Gateway {
     nodes: Arc<Cache>,
     client: Client<HttpConnector, GatewayBody>,
     tunnels: Arc<crate::tunnel::Tunnels>,
-    table: Mutex<Arc<RouteTable>>,
-    next: Mutex<HashMap<String, usize>>,
+    snapshot: RwLock<Arc<Snapshot>>,
     metrics: skiff_api::metrics::AppRequests,
-    /// Each app's series, resolved on its first request.
-    series: std::sync::RwLock<HashMap<(String, String), Arc<skiff_api::metrics::AppSeries>>>,
 }
 
 impl Gateway {
@@ -97,89 +120,122 @@ impl Gateway {
             nodes: informers.cache("", "nodes"),
             client: Client::builder(TokioExecutor::new()).build(connector),
             tunnels,
-            table: Mutex::default(),
-            next: Mutex::default(),
+            snapshot: RwLock::default(),
             metrics,
-            series: Default::default(),
         })
     }
 
-    fn table(&self) -> Arc<RouteTable> {
-        let version = self.services.version();
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if table.version != Some(version) {
-            let mut entries = Vec::new();
-            for svc in self.services.snapshot() {
-                let Some(routes) = svc
-                    .pointer("/metadata/annotations")
-                    .and_then(|a| a.get(ROUTES_ANNOTATION))
-                    .and_then(Value::as_str)
-                else {
-                    continue;
-                };
-                for route in Route::parse_list(routes) {
-                    entries.push(RouteEntry {
+    /// The routing state as the caches hold it now.
+    fn snapshot(&self) -> Arc<Snapshot> {
+        // Read before the caches are, so a change made while building is not missed:
+        // it bumps a version past these, and the next request builds again.
+        let versions = [
+            self.services.version(),
+            self.slices.version(),
+            self.nodes.version(),
+        ];
+        {
+            let snapshot = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
+            if snapshot.versions == Some(versions) {
+                return snapshot.clone();
+            }
+        }
+        let mut snapshot = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
+        if snapshot.versions != Some(versions) {
+            *snapshot = Arc::new(self.build(versions, &snapshot));
+        }
+        snapshot.clone()
+    }
+
+    /// The routing state from the caches, keeping `old`'s round-robin positions and
+    /// request series.
+    fn build(&self, versions: [u64; 3], old: &Snapshot) -> Snapshot {
+        let slice_kind = crate::kinds::lookup("discovery.k8s.io", "v1", "endpointslices")
+            .expect("endpointslices are served");
+        let node_kind = crate::kinds::lookup("", "v1", "nodes").expect("nodes are served");
+        let mut addresses: HashMap<String, Option<Option<String>>> = HashMap::new();
+        let mut routes = Vec::new();
+        let mut services: HashMap<String, HashMap<String, Arc<Backend>>> = HashMap::new();
+        for svc in self.services.snapshot() {
+            let namespace = objects::namespace(&svc).unwrap_or_default();
+            let name = objects::name(&svc);
+            if let Some(list) = svc
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(ROUTES_ANNOTATION))
+                .and_then(Value::as_str)
+            {
+                for route in Route::parse_list(list) {
+                    routes.push(RouteEntry {
                         route,
-                        namespace: objects::namespace(&svc).unwrap_or_default().to_string(),
-                        service: objects::name(&svc).to_string(),
+                        namespace: namespace.to_string(),
+                        service: name.to_string(),
                     });
                 }
             }
-            *table = Arc::new(RouteTable {
-                version: Some(version),
-                entries,
-            });
-        }
-        table.clone()
-    }
-
-    fn service_exists(&self, namespace: &str, name: &str) -> bool {
-        let info = crate::kinds::lookup("", "v1", "services").expect("services are served");
-        self.services
-            .get(&info.key(Some(namespace), name))
-            .is_some()
-    }
-
-    /// The ready endpoints of a Service, starting at the next one in round-robin order.
-    fn endpoints(&self, namespace: &str, service: &str) -> Vec<Endpoint> {
-        let info = crate::kinds::lookup("discovery.k8s.io", "v1", "endpointslices")
-            .expect("endpointslices are served");
-        let Some(slice) = self
-            .slices
-            .get(&info.key(Some(namespace), &slice_name(service)))
-        else {
-            return Vec::new();
-        };
-        let nodes = crate::kinds::lookup("", "v1", "nodes").expect("nodes are served");
-        let mut ready: Vec<Endpoint> = slice
-            .get("endpoints")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter(|e| e.pointer("/conditions/ready") == Some(&Value::Bool(true)))
-            .filter_map(|e| {
-                let pod = e.pointer("/targetRef/name")?.as_str()?;
-                let node_name = e.get("nodeName")?.as_str()?;
-                let node = self.nodes.get(&nodes.key(None, node_name))?;
-                Some(Endpoint {
-                    pod: format!("{namespace}/{pod}"),
-                    node: node_name.to_string(),
-                    address: objects::agent_address(&node),
+            let slice = self
+                .slices
+                .get(&slice_kind.key(Some(namespace), &slice_name(name)));
+            let endpoints = slice
+                .as_ref()
+                .and_then(|s| s.get("endpoints"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|e| e.pointer("/conditions/ready") == Some(&Value::Bool(true)))
+                .filter_map(|e| {
+                    let pod = e.pointer("/targetRef/name")?.as_str()?;
+                    let node = e.get("nodeName")?.as_str()?;
+                    // A node not (yet) in the cache has no endpoint here.
+                    let address = addresses
+                        .entry(node.to_string())
+                        .or_insert_with(|| {
+                            let node = self.nodes.get(&node_kind.key(None, node))?;
+                            Some(objects::agent_address(&node))
+                        })
+                        .clone()?;
+                    Some(Endpoint {
+                        pod: HeaderValue::from_str(&format!("{namespace}/{pod}")).ok()?,
+                        node: node.to_string(),
+                        address,
+                    })
                 })
-            })
-            .collect();
-        if ready.is_empty() {
-            return ready;
+                .collect();
+            let before = old.backend(namespace, name);
+            services.entry(namespace.to_string()).or_default().insert(
+                name.to_string(),
+                Arc::new(Backend {
+                    endpoints,
+                    next: before.map(|b| b.next.clone()).unwrap_or_default(),
+                    series: before.map(|b| b.series.clone()).unwrap_or_default(),
+                }),
+            );
         }
-        let key = format!("{namespace}/{service}");
-        let start = {
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-            let n = next.entry(key).or_default();
-            *n = n.wrapping_add(1);
-            *n % ready.len()
-        };
-        ready.rotate_left(start);
-        ready
+        Snapshot {
+            versions: Some(versions),
+            routes,
+            services,
+        }
+    }
+}
+
+impl Backend {
+    /// The next ready endpoint in round-robin order: where a request starts.
+    fn start(&self) -> usize {
+        if self.endpoints.is_empty() {
+            return 0;
+        }
+        (self.next.fetch_add(1, Ordering::Relaxed).wrapping_add(1)) % self.endpoints.len()
+    }
+
+    /// Its request series.
+    fn series(
+        &self,
+        metrics: &skiff_api::metrics::AppRequests,
+        namespace: &str,
+        name: &str,
+    ) -> &skiff_api::metrics::AppSeries {
+        self.series
+            .get_or_init(|| Arc::new(metrics.app(namespace, name)))
     }
 }
 
@@ -258,11 +314,17 @@ fn route(
 
 /// A ready replica of an app.
 struct Endpoint {
-    /// `namespace/name` of its pod.
-    pod: String,
+    /// `namespace/name` of its pod, as the agent is told it.
+    pod: HeaderValue,
     node: String,
     /// The agent's listener, when the node advertises one.
     address: Option<String>,
+}
+
+impl Endpoint {
+    fn pod(&self) -> &str {
+        self.pod.to_str().unwrap_or_default()
+    }
 }
 
 fn text(status: StatusCode, message: String) -> Response {
@@ -275,9 +337,9 @@ fn text(status: StatusCode, message: String) -> Response {
 }
 
 /// How a request reaches an agent.
-enum Via {
+enum Via<'a> {
     Tunnel(hyper::client::conn::http2::SendRequest<crate::tunnel::TunnelBody>),
-    Listener(String),
+    Listener(&'a str),
 }
 
 /// Why a forwarded request failed.
@@ -320,16 +382,16 @@ enum Payload {
 async fn handle(State(gw): State<Arc<Gateway>>, mut request: Request) -> Response {
     let id = skiff_api::routes::ensure_request_id(request.headers_mut());
     let host = skiff_api::routes::host_of(&request);
-    let path = request.uri().path().to_string();
-    let table = gw.table();
-    let exists = |namespace: &str, name: &str| gw.service_exists(namespace, name);
+    let snapshot = gw.snapshot();
+    let exists = |namespace: &str, name: &str| snapshot.backend(namespace, name).is_some();
     let Some(Target {
         namespace, service, ..
-    }) = route_request(&table.entries, exists, &mut request)
+    }) = route_request(&snapshot.routes, exists, &mut request)
     else {
+        // Unrouted, the request is as it came.
         return text(
             StatusCode::NOT_FOUND,
-            format!("no app is routed at {host}{path}"),
+            format!("no app is routed at {host}{}", request.uri().path()),
         );
     };
     // At debug level, as the agent's request span (see there).
@@ -339,31 +401,13 @@ async fn handle(State(gw): State<Arc<Gateway>>, mut request: Request) -> Respons
     let response = forward(&gw, request, &host, &namespace, &service)
         .instrument(span)
         .await;
-    gw.series(namespace, service)
-        .observe(response.status().as_u16(), started.elapsed());
-    response
-}
-
-impl Gateway {
-    /// An app's request series.
-    fn series(&self, namespace: String, service: String) -> Arc<skiff_api::metrics::AppSeries> {
-        let key = (namespace, service);
-        if let Some(s) = self
-            .series
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return s.clone();
-        }
-        let series = Arc::new(self.metrics.app(&key.0, &key.1));
-        self.series
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_insert(series)
-            .clone()
+    // Routed, so it is in the snapshot: a route names a Service there.
+    if let Some(backend) = snapshot.backend(&namespace, &service) {
+        backend
+            .series(&gw.metrics, &namespace, &service)
+            .observe(response.status().as_u16(), started.elapsed());
     }
+    response
 }
 
 /// Sends a routed request to a ready replica, trying the next when one cannot be
@@ -381,21 +425,24 @@ async fn forward(
 ) -> Response {
     let deadline = tokio::time::Instant::now() + TUNNEL_WAIT;
     let mut opened = gw.tunnels.opened();
-    let mut endpoints = gw.endpoints(namespace, service);
-    if endpoints.is_empty() {
+    let mut backend = gw.snapshot().backend(namespace, service).cloned();
+    if backend.as_ref().is_none_or(|b| b.endpoints.is_empty()) {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("app {namespace}/{service} has no ready replica"),
         );
     }
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
-    let payload = if !chunked && declared.unwrap_or(0) <= MAX_BUFFERED_BODY {
+    let payload = if body.is_end_stream() {
+        // No body (a GET, say): nothing to read.
+        Payload::Buffered(Bytes::new())
+    } else if !chunked && declared.unwrap_or(0) <= MAX_BUFFERED_BODY {
         match body.collect().await {
             Ok(collected) => Payload::Buffered(collected.to_bytes()),
             Err(e) => {
@@ -408,15 +455,14 @@ async fn forward(
     } else {
         Payload::Streaming(Some(body))
     };
-    let mut headers = parts.headers.clone();
     for name in HOP_BY_HOP {
-        headers.remove(*name);
+        parts.headers.remove(*name);
     }
     let mut request = Forwarding {
-        app: format!("{namespace}/{service}"),
+        namespace,
+        service,
         idempotent: parts.method.is_idempotent(),
         parts,
-        headers,
         host,
         payload,
     };
@@ -424,7 +470,14 @@ async fn forward(
     loop {
         // Tunnels that open from here on wake the wait below.
         opened.borrow_and_update();
-        if let Some(response) = request.try_endpoints(gw, &endpoints, &mut last_error).await {
+        let (endpoints, start) = match &backend {
+            Some(b) => (&b.endpoints[..], b.start()),
+            None => (&[][..], 0),
+        };
+        if let Some(response) = request
+            .try_endpoints(gw, endpoints, start, &mut last_error)
+            .await
+        {
             return response;
         }
         if !matches!(request.payload, Payload::Buffered(_))
@@ -435,7 +488,7 @@ async fn forward(
         {
             break;
         }
-        endpoints = gw.endpoints(namespace, service);
+        backend = gw.snapshot().backend(namespace, service).cloned();
     }
     text(
         StatusCode::BAD_GATEWAY,
@@ -445,32 +498,34 @@ async fn forward(
 
 /// A request on its way to a replica: what every attempt sends.
 struct Forwarding<'a> {
-    /// `namespace/name` of the app, for messages.
-    app: String,
+    /// The app's namespace and name, for messages.
+    namespace: &'a str,
+    service: &'a str,
     /// Whether a replica that failed before answering may be sent it again.
     idempotent: bool,
+    /// The client's request, without its hop-by-hop headers.
     parts: http::request::Parts,
-    /// The client's headers without the hop-by-hop ones.
-    headers: HeaderMap,
     host: &'a str,
     payload: Payload,
 }
 
 impl Forwarding<'_> {
-    /// One pass over `endpoints`: the response of the first replica that answers
-    /// (or of one that failed in a way that must not be retried), or None if none
-    /// took the request (`last_error` then says why the last could not).
+    /// One pass over `endpoints`, from `start` on and round: the response of the first
+    /// replica that answers (or of one that failed in a way that must not be retried),
+    /// or None if none took the request (`last_error` then says why the last could not).
     async fn try_endpoints(
         &mut self,
         gw: &Gateway,
         endpoints: &[Endpoint],
+        start: usize,
         last_error: &mut String,
     ) -> Option<Response> {
+        let (before, after) = endpoints.split_at(start.min(endpoints.len()));
         // Whether a node of this pass had no tunnel: it may yet connect.
         let mut disconnected = false;
-        for (i, endpoint) in endpoints.iter().enumerate() {
+        for (i, endpoint) in after.iter().chain(before).enumerate() {
             let last = i + 1 == endpoints.len();
-            let pod = &endpoint.pod;
+            let pod = endpoint.pod();
             // Through the agent's tunnel when it has one (it then needs no inbound
             // port), else straight to its listener. Decided before the body is taken, so
             // a streamed body is not lost to an endpoint that cannot be reached at all.
@@ -478,12 +533,18 @@ impl Forwarding<'_> {
             disconnected |= tunnel.is_none();
             let via = match (tunnel, &endpoint.address) {
                 (Some(sender), _) => Via::Tunnel(sender),
-                (None, Some(address)) => Via::Listener(address.clone()),
+                (None, Some(address)) => Via::Listener(address),
                 (None, None) => {
                     *last_error = format!("{pod}: node {} is not reachable", endpoint.node);
                     continue;
                 }
             };
+            // Who was asked, for messages.
+            let agent = |via_tunnel: bool| match &endpoint.address {
+                Some(address) if !via_tunnel => address.clone(),
+                _ => format!("tunnel to {}", endpoint.node),
+            };
+            let via_tunnel = matches!(via, Via::Tunnel(_));
             let body: GatewayBody = match &mut self.payload {
                 Payload::Buffered(bytes) => Full::new(bytes.clone())
                     .map_err(|never| match never {})
@@ -494,25 +555,28 @@ impl Forwarding<'_> {
                 },
             };
             let buffered = matches!(self.payload, Payload::Buffered(_));
-            let path = self
-                .parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            let (agent, uri) = match &via {
-                Via::Tunnel(_) => (
-                    format!("tunnel to {}", endpoint.node),
-                    crate::tunnel::uri(path),
-                ),
-                Via::Listener(address) => (address.clone(), format!("http://{address}{path}")),
+            let uri = match &via {
+                Via::Tunnel(_) => crate::tunnel::request_uri(self.parts.uri.path_and_query()),
+                Via::Listener(address) => {
+                    let path = self
+                        .parts
+                        .uri
+                        .path_and_query()
+                        .map(|p| p.as_str())
+                        .unwrap_or("/");
+                    match format!("http://{address}{path}").parse() {
+                        Ok(uri) => uri,
+                        Err(e) => {
+                            *last_error = format!("{pod} on {address}: {e}");
+                            continue;
+                        }
+                    }
+                }
             };
-            let mut outgoing = http::Request::builder()
-                .method(self.parts.method.clone())
-                .uri(uri)
-                .body(body)
-                .expect("a valid request");
-            *outgoing.headers_mut() = forwarded_headers(&self.headers, pod, self.host);
+            let mut outgoing = http::Request::new(body);
+            *outgoing.method_mut() = self.parts.method.clone();
+            *outgoing.uri_mut() = uri;
+            *outgoing.headers_mut() = forwarded_headers(&self.parts.headers, pod, self.host);
             let sent = match via {
                 Via::Tunnel(sender) => crate::tunnel::send(sender, outgoing)
                     .await
@@ -534,19 +598,24 @@ impl Forwarding<'_> {
                     return Some(Response::from_parts(parts, Body::new(body)));
                 }
                 Err(e) if e.is_connect() => {
+                    let agent = agent(via_tunnel);
                     tracing::debug!(%pod, %agent, error = %e, "gateway: endpoint unreachable; trying the next");
                     *last_error = format!("{pod} on {agent}: {e}");
                 }
                 // Sent, and failed before an answer (its agent died, say): an
                 // idempotent request may be sent again, to another replica.
                 Err(e) if self.idempotent && buffered => {
+                    let agent = agent(via_tunnel);
                     tracing::debug!(%pod, %agent, error = %e, "gateway: replica failed before answering; trying the next");
                     *last_error = format!("{pod} on {agent} failed: {e}");
                 }
                 Err(e) => {
                     return Some(text(
                         StatusCode::BAD_GATEWAY,
-                        format!("app {}: the replica {pod} failed: {e}", self.app),
+                        format!(
+                            "app {}/{}: the replica {pod} failed: {e}",
+                            self.namespace, self.service
+                        ),
                     ));
                 }
             }

@@ -113,3 +113,17 @@ pub enum TunnelError {
 pub fn uri(path_and_query: &str) -> String {
     format!("http://tunnel{path_and_query}")
 }
+
+/// The URI of a request sent through a tunnel for the path and query of one received
+/// (`/` if none), without formatting or parsing it again.
+pub fn request_uri(path_and_query: Option<&http::uri::PathAndQuery>) -> http::Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(http::uri::Authority::from_static("tunnel"));
+    parts.path_and_query = Some(
+        path_and_query
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    http::Uri::from_parts(parts).expect("a scheme, an authority and a path make a URI")
+}
