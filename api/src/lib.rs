@@ -5,6 +5,7 @@
 pub mod app;
 pub mod client;
 pub mod fields;
+pub mod image;
 pub mod metrics;
 pub mod module;
 pub mod patch;

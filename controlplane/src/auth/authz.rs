@@ -164,7 +164,17 @@ fn references(pod: &Value, kind: &str, name: &str) -> bool {
                     .flatten()
                     .any(|s| is(&s[projected_key]["name"]))
         });
+    // A pull secret is the node's to read, as Kubernetes' node authorizer allows: the
+    // agent authenticates to the registry with it.
+    let pull_secret = kind == "secrets"
+        && spec
+            .get("imagePullSecrets")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|s| is(&s["name"]));
     in_volumes
+        || pull_secret
         || containers.into_iter().any(|c| {
             c.get("env")
                 .and_then(Value::as_array)
@@ -502,6 +512,7 @@ mod tests {
             "containers": [{"name": "c", "image": "sha256:abc",
                 "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s-env", "key": "k"}}}],
                 "envFrom": [{"configMapRef": {"name": "cm-from"}}]}],
+            "imagePullSecrets": [{"name": "s-pull"}],
         }});
         for (kind, name) in [
             ("configmaps", "cm-vol"),
@@ -509,11 +520,14 @@ mod tests {
             ("secrets", "s-vol"),
             ("secrets", "s-proj"),
             ("secrets", "s-env"),
+            ("secrets", "s-pull"),
         ] {
             assert!(references(&pod, kind, name), "{kind}/{name}");
         }
         assert!(!references(&pod, "secrets", "cm-vol"));
         assert!(!references(&pod, "configmaps", "other"));
+        // A pull secret is a Secret's name only.
+        assert!(!references(&pod, "configmaps", "s-pull"));
         assert!(uses_module(&pod, "sha256:abc") && !uses_module(&pod, "sha256:def"));
     }
 }

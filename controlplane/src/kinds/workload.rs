@@ -29,7 +29,11 @@ pub(super) fn default_pod_spec(spec: &mut Value) {
                     json!("/dev/termination-log"),
                 );
                 default_at(c, &["terminationMessagePolicy"], json!("File"));
-                default_at(c, &["imagePullPolicy"], json!("IfNotPresent"));
+                // Kubernetes' default: Always for a `latest` (or unstated) tag.
+                let policy = skiff_api::image::PullPolicy::default_for(
+                    c.get("image").and_then(Value::as_str).unwrap_or_default(),
+                );
+                default_at(c, &["imagePullPolicy"], json!(policy.as_str()));
                 // A struct, not a pointer, in Kubernetes: it always shows, even empty.
                 default_at(c, &["resources"], json!({}));
                 if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
@@ -91,6 +95,15 @@ pub(super) fn validate_pod_spec(spec: Option<&Value>, path: &str, errs: &mut Vec
                     .is_empty()
                 {
                     errs.push(required(format!("{at}.image")));
+                }
+                if let Some(policy) = c.get("imagePullPolicy").and_then(Value::as_str)
+                    && !["Always", "IfNotPresent", "Never"].contains(&policy)
+                {
+                    errs.push(err(
+                        format!("{at}.imagePullPolicy"),
+                        FieldErrorType::NotSupported,
+                        format!("Unsupported value: \"{policy}\": supported values: \"Always\", \"IfNotPresent\", \"Never\""),
+                    ));
                 }
                 for (j, m) in c
                     .get("volumeMounts")
@@ -208,4 +221,40 @@ pub(super) fn template_cells(obj: &Value) -> [Value; 3] {
         print::containers(obj, "/spec/template/spec/containers", "image"),
         print::selector(obj),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pull_policy_defaults_by_tag_and_is_validated() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let mut spec = json!({"containers": [
+            {"name": "a", "image": "reg.example/app"},
+            {"name": "b", "image": "reg.example/app:v1"},
+            {"name": "c", "image": digest},
+            {"name": "d", "image": "reg.example/app", "imagePullPolicy": "Never"},
+        ]});
+        default_pod_spec(&mut spec);
+        let policies: Vec<&str> = spec["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["imagePullPolicy"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            policies,
+            ["Always", "IfNotPresent", "IfNotPresent", "Never"]
+        );
+        let mut errs = Vec::new();
+        validate_pod_spec(Some(&spec), "spec", &mut errs);
+        assert!(errs.is_empty(), "{errs:?}");
+
+        spec["containers"][0]["imagePullPolicy"] = json!("Sometimes");
+        validate_pod_spec(Some(&spec), "spec", &mut errs);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "spec.containers[0].imagePullPolicy");
+        assert!(matches!(errs[0].reason, FieldErrorType::NotSupported));
+    }
 }
