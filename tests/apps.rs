@@ -758,3 +758,60 @@ fn dev_takes_a_free_gateway_port_when_the_default_is_busy() {
     assert_eq!(code, 404);
     drop(held);
 }
+
+/// A deleted pod finishes the requests it is serving within its grace period, a
+/// streamed body included, as a Kubernetes pod drains after SIGTERM; it takes no new
+/// ones meanwhile (the gateway tries another replica).
+#[tokio::test]
+async fn a_deleted_pod_finishes_the_requests_it_is_serving() {
+    let c = cluster(1, &[]);
+    let (code, app) = deploy(&c.api, "drain", "http-hello.wasm", "wait=true").await;
+    assert_eq!(code, 201, "{app}");
+    let url = app["status"]["url"].as_str().unwrap().to_string();
+    let http = reqwest::Client::new();
+    // Ten chunks, 300 ms apart: the stream outlives the pod's deletion by seconds.
+    let mut response = http
+        .get(format!("{url}stream?n=10&ms=300"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = String::from_utf8(response.chunk().await.unwrap().unwrap().to_vec()).unwrap();
+    assert!(body.starts_with("chunk 1\n"), "{body}");
+
+    let (_, pods) = c
+        .api
+        .get("/api/v1/namespaces/default/pods?labelSelector=app.skiff.dev%2Fname%3Ddrain")
+        .await;
+    let name = pods["items"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, deleted) = c
+        .api
+        .delete(&format!("/api/v1/namespaces/default/pods/{name}"), None)
+        .await;
+    assert_eq!(code, 200, "{deleted}");
+    // The agent has begun the drain: the pod is no longer Ready.
+    eventually("the deleted pod is not Ready", WAIT, || {
+        let api = c.api.clone();
+        let name = name.clone();
+        async move {
+            let (code, pod) = api
+                .get(&format!("/api/v1/namespaces/default/pods/{name}"))
+                .await;
+            (code == 404
+                || pod["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "False"))
+            .then_some(())
+        }
+    })
+    .await;
+    while let Some(chunk) = response.chunk().await.expect("the stream is not cut") {
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let expected: String = (1..=10).map(|i| format!("chunk {i}\n")).collect();
+    assert_eq!(body, expected);
+}

@@ -306,7 +306,7 @@ where
         node = %rt.config.name,
     );
     let response = async {
-        let Ok(Ok(_slot)) =
+        let Ok(Ok(slot)) =
             tokio::time::timeout(QUEUE_TIMEOUT, pod.slots.clone().acquire_owned()).await
         else {
             return unserved(
@@ -329,7 +329,16 @@ where
             .program
             .serve(&pod.spec, request, pod.stop.clone())
             .await;
-        response.map(Body::new)
+        // The slot is held until the body has been sent, not just the head: a pod that
+        // stops drains its requests (see the container's drain) and a streamed body is
+        // part of one.
+        response.map(|body| {
+            use http_body_util::BodyExt;
+            Body::new(body.map_frame(move |frame| {
+                let _held = &slot;
+                frame
+            }))
+        })
     }
     .instrument(span)
     .await;

@@ -415,7 +415,10 @@ impl ContainerLoop {
                 faults,
             },
             routes,
-            stop: self.stop.child_token(),
+            // Its own token, not a child of the pod's: when the pod stops, the requests
+            // in flight finish within the grace period (the drain below) and only then
+            // is what is left stopped. A child token stopped them at once, with 503.
+            stop: CancellationToken::new(),
             ready: std::sync::atomic::AtomicBool::new(readiness.is_none()),
             slots: Arc::new(tokio::sync::Semaphore::new(concurrency)),
         });
