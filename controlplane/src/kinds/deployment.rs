@@ -134,12 +134,10 @@ fn validate_deployment_strategy(obj: &Value, errs: &mut Vec<FieldError>) {
                 ));
             }
         }
-        other => errs.push(err(
+        other => errs.push(FieldError::not_supported(
             "spec.strategy.type",
-            FieldErrorType::NotSupported,
-            format!(
-                "Unsupported value: \"{other}\": supported values: \"Recreate\", \"RollingUpdate\""
-            ),
+            other,
+            &["Recreate", "RollingUpdate"],
         )),
     }
     let deadline = obj

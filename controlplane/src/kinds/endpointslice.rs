@@ -3,10 +3,10 @@
 use serde_json::{Value, json};
 
 use skiff_api::resources::{ResourceInfo, StatusOnCreate, schema_of, through};
-use skiff_api::validation::{FieldError, FieldErrorType};
+use skiff_api::validation::FieldError;
 
 use super::Kind;
-use crate::kinds::fields::{err, required};
+use crate::kinds::fields::required;
 use crate::kinds::print::{self, AGE, Column, NAME, age, n, or_none, s};
 
 /// What the kind is: its group, version, names, scope and subresources.
@@ -41,13 +41,9 @@ impl Kind for EndpointSlice {
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
         match obj.get("addressType").and_then(Value::as_str) {
             None => errs.push(required("addressType")),
-            Some(t) if !["IPv4", "IPv6", "FQDN"].contains(&t) => errs.push(err(
-                "addressType",
-                FieldErrorType::NotSupported,
-                format!(
-                    "Unsupported value: \"{t}\": supported values: \"FQDN\", \"IPv4\", \"IPv6\""
-                ),
-            )),
+            Some(t) if !["IPv4", "IPv6", "FQDN"].contains(&t) => errs.push(
+                FieldError::not_supported("addressType", t, &["FQDN", "IPv4", "IPv6"]),
+            ),
             _ => {}
         }
     }

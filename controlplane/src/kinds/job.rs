@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use skiff_api::resources::{ResourceInfo, StatusOnCreate, Subresource, schema_of, through};
-use skiff_api::validation::{FieldError, FieldErrorType};
+use skiff_api::validation::FieldError;
 
 use super::workload::{
     TEMPLATE_COLUMNS, default_template, template_cells, validate_pod_spec,
@@ -13,7 +13,7 @@ use super::workload::{
 };
 use super::{CreateContext, Kind};
 use crate::kinds::fields::default_at;
-use crate::kinds::fields::{err, immutable, validate_non_negative};
+use crate::kinds::fields::{immutable, validate_non_negative};
 use crate::kinds::print::{self, AGE, Column, NAME, age, human_duration, n};
 use crate::objects::set_path;
 
@@ -103,12 +103,10 @@ impl Kind for Job {
             .and_then(Value::as_str)
             .unwrap_or_default();
         if !["OnFailure", "Never"].contains(&policy) {
-            errs.push(err(
+            errs.push(FieldError::not_supported(
                 "spec.template.spec.restartPolicy",
-                FieldErrorType::NotSupported,
-                format!(
-                    "Unsupported value: \"{policy}\": supported values: \"OnFailure\", \"Never\""
-                ),
+                policy,
+                &["OnFailure", "Never"],
             ));
         }
     }

@@ -99,10 +99,10 @@ pub(super) fn validate_pod_spec(spec: Option<&Value>, path: &str, errs: &mut Vec
                 if let Some(policy) = c.get("imagePullPolicy").and_then(Value::as_str)
                     && !["Always", "IfNotPresent", "Never"].contains(&policy)
                 {
-                    errs.push(err(
+                    errs.push(FieldError::not_supported(
                         format!("{at}.imagePullPolicy"),
-                        FieldErrorType::NotSupported,
-                        format!("Unsupported value: \"{policy}\": supported values: \"Always\", \"IfNotPresent\", \"Never\""),
+                        policy,
+                        &["Always", "IfNotPresent", "Never"],
                     ));
                 }
                 for (j, m) in c
@@ -135,10 +135,10 @@ pub(super) fn validate_pod_spec(spec: Option<&Value>, path: &str, errs: &mut Vec
     if let Some(policy) = spec.get("restartPolicy").and_then(Value::as_str)
         && !["Always", "OnFailure", "Never"].contains(&policy)
     {
-        errs.push(err(
+        errs.push(FieldError::not_supported(
             format!("{path}.restartPolicy"),
-            FieldErrorType::NotSupported,
-            format!("Unsupported value: \"{policy}\": supported values: \"Always\", \"OnFailure\", \"Never\""),
+            policy,
+            &["Always", "OnFailure", "Never"],
         ));
     }
     let mut seen = HashSet::new();
