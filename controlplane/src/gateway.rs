@@ -398,11 +398,12 @@ async fn handle(State(gw): State<Arc<Gateway>>, mut request: Request) -> Respons
     let span =
         tracing::debug_span!("gateway", request_id = %id, namespace = %namespace, app = %service);
     let started = std::time::Instant::now();
-    let response = forward(&gw, request, &host, &namespace, &service)
+    // Routed, so it is in the snapshot: a route names a Service there.
+    let backend = snapshot.backend(&namespace, &service).cloned();
+    let response = forward(&gw, request, &host, &namespace, &service, backend.clone())
         .instrument(span)
         .await;
-    // Routed, so it is in the snapshot: a route names a Service there.
-    if let Some(backend) = snapshot.backend(&namespace, &service) {
+    if let Some(backend) = backend {
         backend
             .series(&gw.metrics, &namespace, &service)
             .observe(response.status().as_u16(), started.elapsed());
@@ -415,17 +416,18 @@ async fn handle(State(gw): State<Arc<Gateway>>, mut request: Request) -> Respons
 /// 9.2.2), when one failed before it answered (its agent died with the request in
 /// flight). A request with a small body that no replica took waits up to
 /// [`TUNNEL_WAIT`] for a tunnel to open and is tried again: after this server
-/// restarts, the agents take a moment to reconnect.
+/// restarts, the agents take a moment to reconnect. `backend` is the Service as the
+/// request was routed; a retry reads it again.
 async fn forward(
     gw: &Gateway,
     request: Request,
     host: &str,
     namespace: &str,
     service: &str,
+    mut backend: Option<Arc<Backend>>,
 ) -> Response {
     let deadline = tokio::time::Instant::now() + TUNNEL_WAIT;
     let mut opened = gw.tunnels.opened();
-    let mut backend = gw.snapshot().backend(namespace, service).cloned();
     if backend.as_ref().is_none_or(|b| b.endpoints.is_empty()) {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -794,7 +796,8 @@ mod tests {
             .uri("/")
             .body(Body::from("x"))
             .unwrap();
-        let response = forward(gw, request, "gw", "default", "web").await;
+        let backend = gw.snapshot().backend("default", "web").cloned();
+        let response = forward(gw, request, "gw", "default", "web", backend).await;
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
