@@ -121,6 +121,14 @@ impl StartPath {
         }
     }
 
+    /// How the table's rows name the path's figures.
+    fn figure(self) -> &'static str {
+        match self {
+            StartPath::Outside => "outside client (Python)",
+            path => path.label(),
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             StartPath::Bound => "bound directly, no scheduler",
@@ -864,22 +872,17 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
             &measured
                 .iter()
                 .map(|(path, r)| super::plot::Distribution {
-                    label: if *path == StartPath::Outside {
-                        format!(
-                            "{}: {} pods in {} runs, one after another per creator",
-                            path.label(),
-                            r.all.as_ref().map(Latencies::len).unwrap_or(0),
-                            r.p50s.len(),
-                        )
-                    } else {
-                        format!(
-                            "{}: {} pods in {} runs, created at {}/s",
-                            path.label(),
-                            r.all.as_ref().map(Latencies::len).unwrap_or(0),
-                            r.p50s.len(),
-                            args.rate
-                        )
-                    },
+                    label: format!(
+                        "{}: {} pods in {} runs, {}",
+                        path.label(),
+                        r.all.as_ref().map(Latencies::len).unwrap_or(0),
+                        r.p50s.len(),
+                        if *path == StartPath::Outside {
+                            "one after another per creator".to_string()
+                        } else {
+                            format!("created at {}/s", args.rate)
+                        }
+                    ),
                     points: r.all.as_ref().map(Latencies::cdf).unwrap_or_default(),
                 })
                 .collect::<Vec<_>>(),
@@ -909,67 +912,40 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
     let row = |name: &str, value: String, target: &str, peer: &str, runs: String| {
         println!("{name:<52} {value:>10} {target:>10}  {peer:<22} {runs}");
     };
-    if bound.all.is_some() {
+    for (path, r) in &measured {
+        // The goals and the peer's figure each row is set beside; the outside client
+        // creates one pod after another, so its pods per second say nothing.
+        let (p50_goal, p99_goal, p99_peer, rate_name) = match path {
+            StartPath::Bound => ("", "<= 20", "", Some("bound directly")),
+            StartPath::Scheduled => ("", "", "SLO p99 <= 5000", Some("scheduled")),
+            StartPath::Outside => ("<= 5", "<= 15", "SLO p99 <= 5000", None),
+        };
+        let name = path.figure();
         row(
-            "start p50, bound directly, no scheduler (ms)",
-            format!("{:.1}", bound.p50()),
+            &format!("start p50, {name} (ms)"),
+            format!("{:.1}", r.p50()),
+            p50_goal,
             "",
-            "",
-            format!("({})", per_run(&bound.p50s, 1)),
+            format!("({})", per_run(&r.p50s, 1)),
         );
         row(
-            "start p99, bound directly, no scheduler (ms)",
-            format!("{:.1}", bound.p99()),
-            "<= 20",
-            "",
-            format!("({})", per_run(&bound.p99s, 1)),
+            &format!("start p99, {name} (ms)"),
+            format!("{:.1}", r.p99()),
+            p99_goal,
+            p99_peer,
+            format!("({})", per_run(&r.p99s, 1)),
         );
-        row(
-            "pods Running per second, bound directly",
-            format!("{:.0}", bound.rate()),
-            "",
-            "",
-            format!("({})", per_run(&bound.rates, 0)),
-        );
-    }
-    if scheduled.all.is_some() {
-        row(
-            "start p50, scheduled: create, bind, Running (ms)",
-            format!("{:.1}", scheduled.p50()),
-            "",
-            "",
-            format!("({})", per_run(&scheduled.p50s, 1)),
-        );
-        row(
-            "start p99, scheduled: create, bind, Running (ms)",
-            format!("{:.1}", scheduled.p99()),
-            "",
-            "SLO p99 <= 5000",
-            format!("({})", per_run(&scheduled.p99s, 1)),
-        );
-        row(
-            "pods Running per second, scheduled",
-            format!("{:.0}", scheduled.rate()),
-            "",
-            "",
-            format!("({})", per_run(&scheduled.rates, 0)),
-        );
+        if let Some(rate_name) = rate_name {
+            row(
+                &format!("pods Running per second, {rate_name}"),
+                format!("{:.0}", r.rate()),
+                "",
+                "",
+                format!("({})", per_run(&r.rates, 0)),
+            );
+        }
     }
     if outside.all.is_some() {
-        row(
-            "start p50, outside client (Python) (ms)",
-            format!("{:.1}", outside.p50()),
-            "<= 5",
-            "",
-            format!("({})", per_run(&outside.p50s, 1)),
-        );
-        row(
-            "start p99, outside client (Python) (ms)",
-            format!("{:.1}", outside.p99()),
-            "<= 15",
-            "SLO p99 <= 5000",
-            format!("({})", per_run(&outside.p99s, 1)),
-        );
         row(
             "  p50 to its create call returning (ms)",
             format!("{:.1}", median(outside_created.clone())),
@@ -1038,29 +1014,23 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(m) = &memory_json {
-        let per_run = |who: &str, when: &str| {
-            format!(
-                "({})",
-                memory
-                    .iter()
-                    .map(|r| {
-                        let rss = match when {
-                            "before" => r.before,
-                            "peak" => r.peak,
-                            _ => r.after,
-                        };
-                        format!(
-                            "{:.1}",
-                            if who == "agent" {
-                                rss.agent
-                            } else {
-                                rss.server
-                            }
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+        // Every run's reading of `who` at `when`, for the brackets.
+        let runs_of = |who: &str, when: &str| -> Vec<f64> {
+            memory
+                .iter()
+                .map(|r| {
+                    let rss = match when {
+                        "before" => r.before,
+                        "peak" => r.peak,
+                        _ => r.after,
+                    };
+                    if who == "agent" {
+                        rss.agent
+                    } else {
+                        rss.server
+                    }
+                })
+                .collect()
         };
         for who in ["agent", "server"] {
             for (when, label) in [
@@ -1076,7 +1046,7 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
                     ),
                     "",
                     "",
-                    per_run(who, when),
+                    format!("({})", per_run(&runs_of(who, when), 1)),
                 );
             }
             row(
