@@ -12,6 +12,7 @@ pub mod local;
 pub mod logs;
 pub mod metrics;
 pub mod node;
+pub mod oci;
 pub mod pod;
 pub mod runtime;
 pub mod server;

@@ -1,0 +1,698 @@
+//! Pulling Wasm from OCI registries (issue 18).
+//!
+//! A pull resolves a reference to a manifest digest (the tag through the registry, or
+//! the node's record of it when the policy allows and the registry cannot be reached),
+//! reads the manifest, picks the one Wasm layer of one of the layouts found in the wild,
+//! and downloads that layer into a file, refusing it past the size limit and checking
+//! its digest. The layer's digest is the sha256 of the Wasm bytes, so the layer lands in
+//! the same content-addressed cache as modules from the control plane's store, and the
+//! compile cache and one-pull-per-digest apply unchanged.
+//!
+//! oci-client (the ORAS project's Rust client, used by wasmCloud, wkg and Krustlet)
+//! speaks the distribution protocol: the `WWW-Authenticate` Basic and Bearer flows and
+//! the digest checks of manifests and blobs. It is pinned to its last release on
+//! reqwest 0.12, the HTTP stack the rest of the workspace uses.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use oci_client::Client;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
+use oci_client::secrets::RegistryAuth;
+use sha2::{Digest, Sha256};
+use skiff_api::image::{OciRef, PullPolicy};
+use tokio::io::AsyncWrite;
+
+/// The CNCF Wasm OCI artifact (what `wkg` and `oci-wasm` write): this config type and
+/// one `application/wasm` layer.
+pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
+pub const WASM_LAYER: &str = "application/wasm";
+/// Spin's layout: one such layer per component.
+pub const SPIN_LAYER: &str = "application/vnd.wasm.content.layer.v1+wasm";
+/// runwasi's layout.
+pub const RUNWASI_LAYER: &str = "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm";
+
+/// The largest artifact an agent pulls unless told otherwise.
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 128 << 20;
+
+/// How an agent reaches registries.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// `HOST:PORT`s reached over plain HTTP (only these).
+    pub insecure: Vec<String>,
+    /// Extra CA certificates (PEM) trusted for registries.
+    pub ca_pem: Vec<Vec<u8>>,
+    /// The largest layer pulled.
+    pub max_image_bytes: u64,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            insecure: Vec::new(),
+            ca_pem: Vec::new(),
+            max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
+        }
+    }
+}
+
+/// Credentials for one registry, from a pull secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Credential {
+    Anonymous,
+    Basic { username: String, password: String },
+}
+
+impl Credential {
+    fn auth(&self) -> RegistryAuth {
+        match self {
+            Credential::Anonymous => RegistryAuth::Anonymous,
+            Credential::Basic { username, password } => {
+                RegistryAuth::Basic(username.clone(), password.clone())
+            }
+        }
+    }
+}
+
+/// Why a pull from a registry failed; each is shown as the container's waiting message.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error(
+        "pulling {image}: the registry refused the credentials (check imagePullSecrets): {detail}"
+    )]
+    Unauthorized { image: String, detail: String },
+    #[error("pulling {image}: not found in the registry")]
+    NotFound { image: String },
+    #[error("pulling {image}: cannot reach the registry: {detail}")]
+    Unreachable { image: String, detail: String },
+    #[error(
+        "pulling {image}: no Wasm layer this agent runs (config {config}; layers {layers}): \
+         expected a {WASM_CONFIG} artifact with one {WASM_LAYER} layer, or one {SPIN_LAYER} \
+         or {RUNWASI_LAYER} layer"
+    )]
+    UnsupportedLayout {
+        image: String,
+        config: String,
+        layers: String,
+    },
+    #[error("pulling {image}: {detail}")]
+    Layout { image: String, detail: String },
+    #[error(
+        "pulling {image}: the Wasm layer is {size} bytes, over this agent's limit of {limit} bytes (--max-image-size)"
+    )]
+    TooLarge {
+        image: String,
+        size: u64,
+        limit: u64,
+    },
+    #[error("pulling {image}: digest mismatch: {detail}")]
+    DigestMismatch { image: String, detail: String },
+    #[error("pulling {image}: image not present on this node and imagePullPolicy is Never")]
+    NeverPull { image: String },
+    #[error("pulling {image}: {detail}")]
+    Registry { image: String, detail: String },
+    #[error("image cache: {0}")]
+    Cache(String),
+}
+
+impl OciError {
+    /// The container waiting reason, as the kubelet words it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            OciError::NeverPull { .. } => "ErrImageNeverPull",
+            _ => "ErrImagePull",
+        }
+    }
+}
+
+/// Picks the Wasm layer of a manifest, from the layouts in the wild.
+pub fn select_wasm_layer(manifest: &OciImageManifest) -> Result<&OciDescriptor, String> {
+    let of_type = |t: &str| -> Vec<&OciDescriptor> {
+        manifest
+            .layers
+            .iter()
+            .filter(|l| l.media_type == t)
+            .collect()
+    };
+    let listed = || {
+        let types: Vec<&str> = manifest
+            .layers
+            .iter()
+            .map(|l| l.media_type.as_str())
+            .collect();
+        if types.is_empty() {
+            "none".to_string()
+        } else {
+            types.join(", ")
+        }
+    };
+    for (kind, t) in [
+        ("CNCF Wasm artifact", WASM_LAYER),
+        ("Spin app", SPIN_LAYER),
+        ("runwasi image", RUNWASI_LAYER),
+    ] {
+        match of_type(t).as_slice() {
+            [] => continue,
+            [one] => return Ok(one),
+            many => {
+                return Err(format!(
+                    "a {kind} with {} {t} layers; a container runs one Wasm component",
+                    many.len()
+                ));
+            }
+        }
+    }
+    Err(format!(
+        "config {}; layers {}",
+        manifest.config.media_type,
+        listed()
+    ))
+}
+
+/// What a reference resolved to.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The manifest's digest; `REGISTRY/REPOSITORY@` it is the container's `imageID`.
+    pub manifest_digest: String,
+    /// The Wasm layer.
+    pub layer: OciDescriptor,
+    /// Whether the tag was resolved from the node's record because the registry could
+    /// not be reached.
+    pub from_cache: bool,
+}
+
+impl Resolved {
+    /// The lowercase hex of the layer's sha256: the key of the module caches.
+    pub fn layer_hex(&self) -> Option<&str> {
+        self.layer
+            .digest
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64)
+    }
+}
+
+/// The agent's registry client: one oci-client per registry and credential (oci-client
+/// keeps one credential per registry, the first it was given), plus the node's records
+/// of tags and manifests under `DIR/oci/`.
+pub struct OciPuller {
+    settings: RegistrySettings,
+    clients: Mutex<HashMap<(String, Credential), Client>>,
+    refs_dir: PathBuf,
+    manifests_dir: PathBuf,
+}
+
+impl OciPuller {
+    pub fn new(settings: RegistrySettings, data_dir: &Path) -> OciPuller {
+        let dir = data_dir.join("oci");
+        OciPuller {
+            settings,
+            clients: Mutex::new(HashMap::new()),
+            refs_dir: dir.join("refs"),
+            manifests_dir: dir.join("manifests").join("sha256"),
+        }
+    }
+
+    pub fn settings(&self) -> &RegistrySettings {
+        &self.settings
+    }
+
+    fn client(&self, registry: &str, credential: &Credential) -> Result<Client, OciError> {
+        let key = (registry.to_string(), credential.clone());
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let config = ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(self.settings.insecure.clone()),
+            extra_root_certificates: self
+                .settings
+                .ca_pem
+                .iter()
+                .map(|pem| Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data: pem.clone(),
+                })
+                .collect(),
+            connect_timeout: Some(Duration::from_secs(5)),
+            read_timeout: Some(Duration::from_secs(30)),
+            ..Default::default()
+        };
+        let client = Client::try_from(config)
+            .map_err(|e| OciError::Cache(format!("registry client: {e}")))?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    fn ref_record(&self, image: &OciRef) -> PathBuf {
+        self.refs_dir
+            .join(hex::encode(Sha256::digest(image.to_string().as_bytes())))
+    }
+
+    /// The manifest digest the node last resolved this reference to.
+    fn recorded_digest(&self, image: &OciRef) -> Option<String> {
+        let text = std::fs::read_to_string(self.ref_record(image)).ok()?;
+        let digest = text.trim();
+        self.manifest_file(digest)?;
+        Some(digest.to_string())
+    }
+
+    /// The file that keeps a manifest the node has pulled (as oci-client parsed it,
+    /// after it checked the bytes against the digest), written atomically.
+    fn manifest_file(&self, digest: &str) -> Option<PathBuf> {
+        let hex = digest.strip_prefix("sha256:")?;
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| self.manifests_dir.join(format!("{hex}.json")))
+    }
+
+    fn record(
+        &self,
+        image: &OciRef,
+        digest: &str,
+        manifest: &OciImageManifest,
+    ) -> Result<(), OciError> {
+        let cache = |e: std::io::Error| OciError::Cache(e.to_string());
+        if let Some(path) = self.manifest_file(digest) {
+            let bytes = serde_json::to_vec(manifest).map_err(|e| OciError::Cache(e.to_string()))?;
+            crate::images::write_atomically(&path, &bytes).map_err(cache)?;
+        }
+        crate::images::write_atomically(&self.ref_record(image), digest.as_bytes()).map_err(cache)
+    }
+
+    fn recorded(&self, digest: &str) -> Option<OciImageManifest> {
+        serde_json::from_slice(&std::fs::read(self.manifest_file(digest)?).ok()?).ok()
+    }
+
+    /// Resolves a reference to its manifest digest and Wasm layer.
+    ///
+    /// `IfNotPresent` and `Never` use the node's record of the reference when there is
+    /// one; `Always` asks the registry, and falls back to the record (with
+    /// `from_cache`) only when the registry cannot be reached at all, so a node that is
+    /// offline keeps starting the pods it ran before.
+    pub async fn resolve(
+        &self,
+        image: &OciRef,
+        policy: PullPolicy,
+        credentials: &[Credential],
+    ) -> Result<Resolved, OciError> {
+        let name = image.to_string();
+        let pinned = image.digest().map(str::to_string);
+        let known = pinned.clone().or_else(|| self.recorded_digest(image));
+        if policy != PullPolicy::Always
+            && let Some(digest) = &known
+            && let Some(manifest) = self.recorded(digest)
+        {
+            return Ok(Resolved {
+                layer: self.layer_of(&name, &manifest)?.clone(),
+                manifest_digest: digest.clone(),
+                from_cache: false,
+            });
+        }
+        if policy == PullPolicy::Never {
+            return Err(OciError::NeverPull { image: name });
+        }
+        match self.fetch_manifest(image, credentials).await {
+            Ok((manifest, digest)) => {
+                if let Some(p) = &pinned
+                    && *p != digest
+                {
+                    return Err(OciError::DigestMismatch {
+                        image: name,
+                        detail: format!("the reference pins {p}, the registry served {digest}"),
+                    });
+                }
+                let layer = self.layer_of(&name, &manifest)?.clone();
+                self.record(image, &digest, &manifest)?;
+                Ok(Resolved {
+                    manifest_digest: digest,
+                    layer,
+                    from_cache: false,
+                })
+            }
+            Err(OciError::Unreachable { .. })
+                if known.as_ref().and_then(|d| self.recorded(d)).is_some() =>
+            {
+                let digest = known.expect("checked");
+                let manifest = self.recorded(&digest).expect("checked");
+                Ok(Resolved {
+                    layer: self.layer_of(&name, &manifest)?.clone(),
+                    manifest_digest: digest,
+                    from_cache: true,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn layer_of<'m>(
+        &self,
+        name: &str,
+        manifest: &'m OciImageManifest,
+    ) -> Result<&'m OciDescriptor, OciError> {
+        select_wasm_layer(manifest).map_err(|detail| {
+            if manifest
+                .layers
+                .iter()
+                .any(|l| [WASM_LAYER, SPIN_LAYER, RUNWASI_LAYER].contains(&l.media_type.as_str()))
+            {
+                OciError::Layout {
+                    image: name.to_string(),
+                    detail,
+                }
+            } else {
+                OciError::UnsupportedLayout {
+                    image: name.to_string(),
+                    config: manifest.config.media_type.clone(),
+                    layers: if manifest.layers.is_empty() {
+                        "none".into()
+                    } else {
+                        manifest
+                            .layers
+                            .iter()
+                            .map(|l| l.media_type.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    },
+                }
+            }
+        })
+    }
+
+    /// Reads the manifest from the registry, trying each credential, then none.
+    async fn fetch_manifest(
+        &self,
+        image: &OciRef,
+        credentials: &[Credential],
+    ) -> Result<(OciImageManifest, String), OciError> {
+        let name = image.to_string();
+        let mut last = None;
+        for credential in credentials
+            .iter()
+            .chain(std::iter::once(&Credential::Anonymous))
+        {
+            let client = self.client(image.api_host(), credential)?;
+            match client
+                .pull_manifest(image.reference(), &credential.auth())
+                .await
+            {
+                Ok((OciManifest::Image(m), digest)) => return Ok((m, digest)),
+                Ok((OciManifest::ImageIndex(index), _)) => {
+                    // A Wasm artifact is one manifest; an index is a multi-platform
+                    // container image, which no agent runs.
+                    let platforms: Vec<String> = index
+                        .manifests
+                        .iter()
+                        .filter_map(|m| m.platform.as_ref())
+                        .map(|p| format!("{}/{}", p.os, p.architecture))
+                        .collect();
+                    return Err(OciError::UnsupportedLayout {
+                        image: name,
+                        config: "an image index".into(),
+                        layers: format!("platforms {}", platforms.join(", ")),
+                    });
+                }
+                Err(e) => {
+                    let e = classify(&name, e);
+                    match e {
+                        OciError::Unauthorized { .. } => last = Some(e),
+                        other => return Err(other),
+                    }
+                }
+            }
+        }
+        Err(last.unwrap_or(OciError::Unauthorized {
+            image: name,
+            detail: "no credential was accepted".into(),
+        }))
+    }
+
+    /// Downloads the resolved Wasm layer into `dest` (through a temporary file beside
+    /// it), refusing it past the size limit; the digest is checked as it streams.
+    pub async fn fetch_layer(
+        &self,
+        image: &OciRef,
+        resolved: &Resolved,
+        credentials: &[Credential],
+        dest: &Path,
+    ) -> Result<u64, OciError> {
+        let name = image.to_string();
+        let limit = self.settings.max_image_bytes;
+        let declared = u64::try_from(resolved.layer.size).unwrap_or(0);
+        if declared > limit {
+            return Err(OciError::TooLarge {
+                image: name,
+                size: declared,
+                limit,
+            });
+        }
+        let dir = dest.parent().expect("cache paths have a parent");
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| OciError::Cache(e.to_string()))?;
+        let tmp = dir.join(format!(".{}.pull", rand::random::<u64>()));
+        let mut last = None;
+        for credential in credentials
+            .iter()
+            .chain(std::iter::once(&Credential::Anonymous))
+        {
+            let client = self.client(image.api_host(), credential)?;
+            // Blob pulls authenticate as manifest pulls do; a fresh client needs it.
+            let _ = client
+                .auth(
+                    image.reference(),
+                    &credential.auth(),
+                    oci_client::RegistryOperation::Pull,
+                )
+                .await;
+            let file = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| OciError::Cache(e.to_string()))?;
+            let mut out = Capped {
+                inner: file,
+                written: 0,
+                limit,
+            };
+            let pulled = client
+                .pull_blob(image.reference(), &resolved.layer, &mut out)
+                .await;
+            match pulled {
+                Ok(()) => {
+                    use tokio::io::AsyncWriteExt;
+                    out.inner
+                        .sync_all()
+                        .await
+                        .map_err(|e| OciError::Cache(e.to_string()))?;
+                    out.inner
+                        .shutdown()
+                        .await
+                        .map_err(|e| OciError::Cache(e.to_string()))?;
+                    tokio::fs::rename(&tmp, dest)
+                        .await
+                        .map_err(|e| OciError::Cache(e.to_string()))?;
+                    return Ok(out.written);
+                }
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    if out.written > limit {
+                        return Err(OciError::TooLarge {
+                            image: name,
+                            size: out.written,
+                            limit,
+                        });
+                    }
+                    match classify(&name, e) {
+                        e @ OciError::Unauthorized { .. } => last = Some(e),
+                        other => return Err(other),
+                    }
+                }
+            }
+        }
+        Err(last.unwrap_or(OciError::Unauthorized {
+            image: name,
+            detail: "no credential was accepted".into(),
+        }))
+    }
+}
+
+/// What an oci-client error means for a pod.
+fn classify(image: &str, e: OciDistributionError) -> OciError {
+    let image = image.to_string();
+    match e {
+        OciDistributionError::UnauthorizedError { url } => OciError::Unauthorized {
+            image,
+            detail: format!("401 from {url}"),
+        },
+        OciDistributionError::AuthenticationFailure(detail) => {
+            OciError::Unauthorized { image, detail }
+        }
+        OciDistributionError::ServerError {
+            code: 401 | 403,
+            url,
+            message,
+        } => OciError::Unauthorized {
+            image,
+            detail: format!("{url}: {message}"),
+        },
+        OciDistributionError::ImageManifestNotFoundError(_)
+        | OciDistributionError::ServerError { code: 404, .. } => OciError::NotFound { image },
+        OciDistributionError::RegistryError { envelope, url }
+            if envelope.errors.iter().any(|e| {
+                matches!(
+                    e.code,
+                    oci_client::errors::OciErrorCode::ManifestUnknown
+                        | oci_client::errors::OciErrorCode::NameUnknown
+                        | oci_client::errors::OciErrorCode::BlobUnknown
+                )
+            }) =>
+        {
+            let _ = url;
+            OciError::NotFound { image }
+        }
+        OciDistributionError::RegistryError { envelope, url }
+            if envelope.errors.iter().any(|e| {
+                matches!(
+                    e.code,
+                    oci_client::errors::OciErrorCode::Unauthorized
+                        | oci_client::errors::OciErrorCode::Denied
+                )
+            }) =>
+        {
+            OciError::Unauthorized {
+                image,
+                detail: format!("{url}: {envelope}"),
+            }
+        }
+        OciDistributionError::DigestError(d) => OciError::DigestMismatch {
+            image,
+            detail: d.to_string(),
+        },
+        OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => {
+            OciError::Unreachable {
+                image,
+                detail: crate::images::error_chain(&r),
+            }
+        }
+        other => OciError::Registry {
+            image,
+            detail: crate::images::error_chain(&other),
+        },
+    }
+}
+
+/// A writer that refuses to write past a limit (a descriptor's size may lie).
+struct Capped<W> {
+    inner: W,
+    written: u64,
+    limit: u64,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Capped<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.written + buf.len() as u64 > self.limit {
+            self.written += buf.len() as u64;
+            return Poll::Ready(Err(std::io::Error::other(
+                "the layer is over the size limit",
+            )));
+        }
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                this.written += n as u64;
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(media_type: &str) -> OciDescriptor {
+        OciDescriptor {
+            media_type: media_type.to_string(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            size: 10,
+            ..Default::default()
+        }
+    }
+
+    fn manifest(config: &str, layers: &[&str]) -> OciImageManifest {
+        OciImageManifest {
+            config: layer(config),
+            layers: layers.iter().map(|t| layer(t)).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_three_layouts_in_the_wild_are_read() {
+        let cncf = manifest(WASM_CONFIG, &[WASM_LAYER]);
+        assert_eq!(select_wasm_layer(&cncf).unwrap().media_type, WASM_LAYER);
+        let spin = manifest(
+            "application/vnd.fermyon.spin.application.v1+config",
+            &[SPIN_LAYER, "application/vnd.wasm.content.layer.v1+data"],
+        );
+        assert_eq!(select_wasm_layer(&spin).unwrap().media_type, SPIN_LAYER);
+        let runwasi = manifest("application/vnd.oci.image.config.v1+json", &[RUNWASI_LAYER]);
+        assert_eq!(
+            select_wasm_layer(&runwasi).unwrap().media_type,
+            RUNWASI_LAYER
+        );
+    }
+
+    #[test]
+    fn anything_else_names_the_media_types_found() {
+        let container = manifest(
+            "application/vnd.oci.image.config.v1+json",
+            &["application/vnd.oci.image.layer.v1.tar+gzip"],
+        );
+        let e = select_wasm_layer(&container).unwrap_err();
+        assert!(
+            e.contains("application/vnd.oci.image.config.v1+json")
+                && e.contains("application/vnd.oci.image.layer.v1.tar+gzip"),
+            "{e}"
+        );
+        let two = manifest("x", &[SPIN_LAYER, SPIN_LAYER]);
+        assert!(
+            select_wasm_layer(&two).unwrap_err().contains("2 "),
+            "two components"
+        );
+        assert!(
+            select_wasm_layer(&manifest("x", &[]))
+                .unwrap_err()
+                .contains("layers none")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_layer_past_the_limit_is_refused_while_it_streams() {
+        use tokio::io::AsyncWriteExt;
+        let mut out = Capped {
+            inner: Vec::new(),
+            written: 0,
+            limit: 8,
+        };
+        out.write_all(b"12345678").await.unwrap();
+        assert!(out.write_all(b"9").await.is_err());
+        assert_eq!(out.inner, b"12345678");
+    }
+}
