@@ -117,6 +117,21 @@ pub struct PodFlags {
     /// Largest HTTP request body an app accepts (413 beyond).
     #[arg(long, default_value_t = skiff_runtime::wasm::DEFAULT_MAX_REQUEST_BODY)]
     max_request_body: u64,
+    /// A registry (HOST:PORT) reached over plain HTTP (repeatable). Every other
+    /// registry is reached over HTTPS only.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registry: Vec<String>,
+    /// A PEM file of CA certificates trusted for registries, besides the bundled
+    /// Mozilla roots (repeatable).
+    #[arg(long = "registry-ca", value_name = "FILE")]
+    registry_ca: Vec<PathBuf>,
+    /// The largest Wasm artifact pulled from a registry, as a quantity (128Mi).
+    #[arg(long, default_value = "128Mi", value_parser = parse_bytes)]
+    max_image_size: u64,
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    skiff_api::quantity::bytes(s)
 }
 
 impl PodFlags {
@@ -129,6 +144,11 @@ impl PodFlags {
         config.log_max_bytes = self.log_max_bytes;
         config.request_timeout = self.request_timeout;
         config.max_request_body = self.max_request_body;
+        config.registries = skiff_runtime::oci::RegistrySettings {
+            insecure: self.insecure_registry.clone(),
+            ca_files: self.registry_ca.clone(),
+            max_image_bytes: self.max_image_size,
+        };
     }
 }
 

@@ -43,6 +43,8 @@ pub enum AgentError {
     /// The stored credential was revoked, and no join token was given to join again.
     #[error("{0}")]
     CredentialRefused(String),
+    #[error("{0}")]
+    Registries(String),
     #[error("no API server to talk to")]
     NoServers(#[source] skiff_api::client::failover::FailoverError),
 }
@@ -93,9 +95,16 @@ impl Agent {
                 source,
             })?;
         let engine = WasmEngine::new(EngineConfig::default()).map_err(AgentError::EngineFailed)?;
+        let images = ImageStore::new(
+            client.clone(),
+            engine,
+            &config.data_dir,
+            config.registries.clone(),
+        )
+        .map_err(AgentError::Registries)?;
         let rt = Arc::new(Runtime {
             client: client.clone(),
-            images: ImageStore::new(client.clone(), engine, &config.data_dir),
+            images,
             events: EventRecorder::new(client.clone(), &config.name),
             host_ip: listen.ip().to_string(),
             logs: LogRegistry::default(),

@@ -38,6 +38,8 @@ pub struct AgentConfig {
     /// The credential to keep a reverse tunnel open with to every API server, so each
     /// reaches this agent (for logs and app traffic) without an inbound connection.
     pub tunnel: Option<TunnelAuth>,
+    /// How OCI registries are reached: plain-HTTP ones, extra CAs, the size limit.
+    pub registries: crate::oci::RegistrySettings,
 }
 
 impl AgentConfig {
@@ -60,6 +62,7 @@ impl AgentConfig {
             request_timeout: crate::wasm::DEFAULT_REQUEST_TIMEOUT,
             max_request_body: crate::wasm::DEFAULT_MAX_REQUEST_BODY,
             tunnel: None,
+            registries: Default::default(),
         }
     }
 }

@@ -43,6 +43,8 @@ pub struct Metrics {
     cache_hits: Family<TierLabels, Counter>,
     cache_misses: Counter,
     compile: Histogram,
+    pulled_bytes: Counter,
+    pull_transfer: Histogram,
     restarts: Family<ContainerLabels, Counter>,
     http: AppRequests,
     http_faults: Family<FaultLabels, Counter>,
@@ -96,6 +98,19 @@ impl Metrics {
             "Time Cranelift took to compile a module or component",
             compile.clone(),
         );
+        let pulled_bytes = Counter::default();
+        registry.register(
+            "skiff_agent_image_pull_bytes",
+            "Bytes of Wasm downloaded from registries and the module store",
+            pulled_bytes.clone(),
+        );
+        // 1 ms doubling to 65 s: a small component on loopback to a large one far away.
+        let pull_transfer = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register(
+            "skiff_agent_image_pull_transfer_duration_seconds",
+            "Time an image download took",
+            pull_transfer.clone(),
+        );
         let restarts = Family::<ContainerLabels, Counter>::default();
         registry.register(
             "kube_pod_container_status_restarts",
@@ -128,6 +143,8 @@ impl Metrics {
             cache_hits,
             cache_misses,
             compile,
+            pulled_bytes,
+            pull_transfer,
             restarts,
             http,
             http_faults,
@@ -161,6 +178,12 @@ impl Metrics {
     pub fn module_compiled(&self, took: Duration) {
         self.cache_misses.inc();
         self.compile.observe(took.as_secs_f64());
+    }
+
+    /// An image of `bytes` was downloaded in `took`.
+    pub fn image_pulled(&self, bytes: u64, took: Duration) {
+        self.pulled_bytes.inc_by(bytes);
+        self.pull_transfer.observe(took.as_secs_f64());
     }
 
     pub fn container_restarted(&self, namespace: &str, pod: &str, container: &str) {

@@ -46,8 +46,9 @@ pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 128 << 20;
 pub struct RegistrySettings {
     /// `HOST:PORT`s reached over plain HTTP (only these).
     pub insecure: Vec<String>,
-    /// Extra CA certificates (PEM) trusted for registries.
-    pub ca_pem: Vec<Vec<u8>>,
+    /// Files of extra CA certificates (PEM) trusted for registries, besides the
+    /// bundled Mozilla roots.
+    pub ca_files: Vec<PathBuf>,
     /// The largest layer pulled.
     pub max_image_bytes: u64,
 }
@@ -56,7 +57,7 @@ impl Default for RegistrySettings {
     fn default() -> Self {
         RegistrySettings {
             insecure: Vec::new(),
-            ca_pem: Vec::new(),
+            ca_files: Vec::new(),
             max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
         }
     }
@@ -77,6 +78,53 @@ impl Credential {
                 RegistryAuth::Basic(username.clone(), password.clone())
             }
         }
+    }
+}
+
+/// The credential a `kubernetes.io/dockerconfigjson` (or legacy `kubernetes.io/dockercfg`)
+/// Secret holds for a registry, `None` when it holds none for it.
+///
+/// docker_credential does the matching (`https://HOST/v1/` keys, Docker Hub's aliases)
+/// and decoding, as it does for `docker login`'s file. Only `auths` is read: a Secret's
+/// `credsStore` or `credHelpers` would have the agent run a `docker-credential-*`
+/// program named by whoever wrote the Secret, which the kubelet never does either.
+pub fn credential_from_secret(
+    secret: &k8s_openapi::api::core::v1::Secret,
+    registry: &str,
+) -> Result<Option<Credential>, String> {
+    let kind = secret.type_.as_deref().unwrap_or("Opaque");
+    let data = secret.data.as_ref();
+    let auths = match kind {
+        "kubernetes.io/dockerconfigjson" => {
+            let raw = data
+                .and_then(|d| d.get(".dockerconfigjson"))
+                .ok_or("a kubernetes.io/dockerconfigjson Secret needs the key .dockerconfigjson")?;
+            let config: serde_json::Value = serde_json::from_slice(&raw.0)
+                .map_err(|e| format!(".dockerconfigjson is not JSON: {e}"))?;
+            config.get("auths").cloned().unwrap_or_default()
+        }
+        "kubernetes.io/dockercfg" => {
+            let raw = data
+                .and_then(|d| d.get(".dockercfg"))
+                .ok_or("a kubernetes.io/dockercfg Secret needs the key .dockercfg")?;
+            serde_json::from_slice(&raw.0).map_err(|e| format!(".dockercfg is not JSON: {e}"))?
+        }
+        other => {
+            return Err(format!(
+                "type {other} is not an image pull secret (kubernetes.io/dockerconfigjson)"
+            ));
+        }
+    };
+    let only_auths = serde_json::json!({ "auths": auths }).to_string();
+    match docker_credential::get_credential_from_reader(only_auths.as_bytes(), registry) {
+        Ok(docker_credential::DockerCredential::UsernamePassword(username, password)) => {
+            Ok(Some(Credential::Basic { username, password }))
+        }
+        Ok(docker_credential::DockerCredential::IdentityToken(_)) => Err(format!(
+            "the entry for {registry} is an identity token, which this agent does not exchange; use a username and password (or a registry token as the password)"
+        )),
+        Err(docker_credential::CredentialRetrievalError::NoCredentialConfigured) => Ok(None),
+        Err(e) => Err(format!("reading the entry for {registry}: {e}")),
     }
 }
 
@@ -202,20 +250,34 @@ impl Resolved {
 /// of tags and manifests under `DIR/oci/`.
 pub struct OciPuller {
     settings: RegistrySettings,
+    ca_pem: Vec<Vec<u8>>,
     clients: Mutex<HashMap<(String, Credential), Client>>,
     refs_dir: PathBuf,
     manifests_dir: PathBuf,
 }
 
 impl OciPuller {
-    pub fn new(settings: RegistrySettings, data_dir: &Path) -> OciPuller {
+    /// A puller; the CA files are read, and checked by building a client with them, so
+    /// a bad `--registry-ca` stops the agent at start rather than failing every pull.
+    pub fn new(settings: RegistrySettings, data_dir: &Path) -> Result<OciPuller, String> {
+        let mut ca_pem = Vec::new();
+        for file in &settings.ca_files {
+            let pem = std::fs::read(file)
+                .map_err(|e| format!("reading the registry CA {}: {e}", file.display()))?;
+            ca_pem.push(pem);
+        }
         let dir = data_dir.join("oci");
-        OciPuller {
+        let puller = OciPuller {
             settings,
+            ca_pem,
             clients: Mutex::new(HashMap::new()),
             refs_dir: dir.join("refs"),
             manifests_dir: dir.join("manifests").join("sha256"),
-        }
+        };
+        puller
+            .client("", &Credential::Anonymous)
+            .map_err(|e| format!("the registry CA: {e}"))?;
+        Ok(puller)
     }
 
     pub fn settings(&self) -> &RegistrySettings {
@@ -231,7 +293,6 @@ impl OciPuller {
         let config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(self.settings.insecure.clone()),
             extra_root_certificates: self
-                .settings
                 .ca_pem
                 .iter()
                 .map(|pem| Certificate {
@@ -260,6 +321,17 @@ impl OciPuller {
         let digest = text.trim();
         self.manifest_file(digest)?;
         Some(digest.to_string())
+    }
+
+    /// The lowercase hex of the Wasm layer the node last resolved this reference to.
+    pub fn recorded_layer(&self, image: &OciRef) -> Option<String> {
+        let digest = match image.digest() {
+            Some(d) => d.to_string(),
+            None => self.recorded_digest(image)?,
+        };
+        let manifest = self.recorded(&digest)?;
+        let layer = select_wasm_layer(&manifest).ok()?;
+        layer.digest.strip_prefix("sha256:").map(str::to_string)
     }
 
     /// The file that keeps a manifest the node has pulled (as oci-client parsed it,
@@ -680,6 +752,78 @@ mod tests {
             select_wasm_layer(&manifest("x", &[]))
                 .unwrap_err()
                 .contains("layers none")
+        );
+    }
+
+    fn secret(kind: &str, key: &str, json: &str) -> k8s_openapi::api::core::v1::Secret {
+        k8s_openapi::api::core::v1::Secret {
+            type_: Some(kind.into()),
+            data: Some(
+                [(
+                    key.to_string(),
+                    k8s_openapi::ByteString(json.as_bytes().to_vec()),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pull_secrets_give_the_credential_for_the_registry() {
+        use base64::Engine;
+        let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
+        let json = format!(
+            r#"{{"auths":{{"127.0.0.1:5000":{{"auth":"{auth}"}},"https://index.docker.io/v1/":{{"username":"bob","password":"pw"}}}}}}"#
+        );
+        let s = secret("kubernetes.io/dockerconfigjson", ".dockerconfigjson", &json);
+        let basic = |u: &str, p: &str| {
+            Some(Credential::Basic {
+                username: u.into(),
+                password: p.into(),
+            })
+        };
+        assert_eq!(
+            credential_from_secret(&s, "127.0.0.1:5000").unwrap(),
+            basic("alice", "s3cret")
+        );
+        // Docker Hub's names all match the v1 URL key, as `docker login` writes it.
+        assert_eq!(
+            credential_from_secret(&s, "docker.io").unwrap(),
+            basic("bob", "pw")
+        );
+        assert_eq!(credential_from_secret(&s, "ghcr.io").unwrap(), None);
+        // The legacy format is the auths map itself.
+        let legacy = secret(
+            "kubernetes.io/dockercfg",
+            ".dockercfg",
+            &format!(r#"{{"127.0.0.1:5000":{{"auth":"{auth}"}}}}"#),
+        );
+        assert_eq!(
+            credential_from_secret(&legacy, "127.0.0.1:5000").unwrap(),
+            basic("alice", "s3cret")
+        );
+        // A credential helper named in a Secret is never run.
+        let helper = secret(
+            "kubernetes.io/dockerconfigjson",
+            ".dockerconfigjson",
+            r#"{"auths":{},"credsStore":"evil","credHelpers":{"127.0.0.1:5000":"evil"}}"#,
+        );
+        assert_eq!(
+            credential_from_secret(&helper, "127.0.0.1:5000").unwrap(),
+            None
+        );
+        let opaque = secret("Opaque", ".dockerconfigjson", &json);
+        assert!(
+            credential_from_secret(&opaque, "127.0.0.1:5000")
+                .unwrap_err()
+                .contains("kubernetes.io/dockerconfigjson")
+        );
+        let broken = secret("kubernetes.io/dockerconfigjson", ".dockerconfigjson", "{");
+        assert!(
+            credential_from_secret(&broken, "127.0.0.1:5000")
+                .unwrap_err()
+                .contains("not JSON")
         );
     }
 

@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 use super::state::{PodState, State, Terminated, restarts};
 use crate::config::backoff;
 use crate::events::EventType::{Normal, Warning};
-use crate::images::PullSource;
+use skiff_api::image::PullPolicy;
+
+use crate::images::{PullContext, PullSource};
 use crate::logs::ContainerLog;
 use crate::pod::env::{PodFields, resolve};
 use crate::pod::probe::{HttpProbe, ProbeState};
@@ -85,6 +87,50 @@ impl ContainerLoop {
         }
     }
 
+    /// The Pulled event, worded as the kubelet's (1.28+), with where the time went.
+    fn pulled_event(&self, image: &str, source: PullSource) {
+        let message = match source {
+            PullSource::Present { tier } => {
+                self.rt.metrics.module_cache_hit(tier);
+                format!("Container image \"{image}\" already present on machine")
+            }
+            PullSource::Pulled {
+                took,
+                waited,
+                transfer,
+                compiled,
+                bytes,
+            } => {
+                match compiled {
+                    Some(took) => self.rt.metrics.module_compiled(took),
+                    None => self.rt.metrics.module_cache_hit("disk"),
+                }
+                if let Some(t) = transfer {
+                    self.rt.metrics.image_pulled(bytes, t);
+                }
+                let secs = |d: Duration| format!("{:.3}s", d.as_secs_f64());
+                let mut parts = Vec::new();
+                if let Some(t) = transfer {
+                    parts.push(format!("transfer {}", secs(t)));
+                }
+                if let Some(c) = compiled {
+                    parts.push(format!("compile {}", secs(c)));
+                }
+                format!(
+                    "Successfully pulled image \"{image}\" in {} ({} including waiting). Image size: {bytes} bytes.{}",
+                    secs(took.saturating_sub(waited)),
+                    secs(took),
+                    if parts.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", parts.join(", "))
+                    }
+                )
+            }
+        };
+        self.event(Normal, "Pulled", message);
+    }
+
     /// Sleeps unless stopped; returns false when stopped.
     async fn pause(&self, d: Duration) -> bool {
         tokio::select! {
@@ -101,6 +147,22 @@ impl ContainerLoop {
             .as_ref()
             .and_then(|s| s.restart_policy.clone())
             .unwrap_or_else(|| "Always".into());
+        let pull = PullContext {
+            // The API server defaults and validates the policy; a pod from an older
+            // server or the node's offline cache gets the same default here.
+            policy: PullPolicy::of(self.container().image_pull_policy.as_deref(), &image)
+                .unwrap_or_else(|_| PullPolicy::default_for(&image)),
+            namespace: self.pod.metadata.namespace.clone().unwrap_or_default(),
+            pull_secrets: self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.image_pull_secrets.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|r| r.name.clone())
+                .collect(),
+        };
         let mut pull_failures = 0u32;
         let mut crash_failures = 0u32;
         let mut step = Step::Pull;
@@ -112,47 +174,26 @@ impl ContainerLoop {
             }
             step = match step {
                 Step::Pull
-                    if !self.rt.images.is_loaded(&image)
+                    if !self.rt.images.is_loaded(&image, pull.policy)
                         && !std::mem::replace(&mut announced_pull, true) =>
                 {
                     self.event(Normal, "Pulling", format!("Pulling image \"{image}\""));
                     Step::Pull
                 }
-                Step::Pull => match self.rt.images.pull(&image).await {
-                    Ok((program, source)) => {
+                Step::Pull => match self.rt.images.pull(&image, &pull).await {
+                    Ok(pulled) => {
                         pull_failures = 0;
-                        match source {
-                            PullSource::Present { tier } => {
-                                self.rt.metrics.module_cache_hit(tier);
-                                self.event(
-                                    Normal,
-                                    "Pulled",
-                                    format!(
-                                        "Container image \"{image}\" already present on machine"
-                                    ),
-                                )
-                            }
-                            PullSource::Pulled { took, compiled } => {
-                                match compiled {
-                                    Some(took) => self.rt.metrics.module_compiled(took),
-                                    None => self.rt.metrics.module_cache_hit("disk"),
-                                }
-                                self.event(
-                                    Normal,
-                                    "Pulled",
-                                    format!(
-                                        "Successfully pulled image \"{image}\" in {}ms{}",
-                                        took.as_millis(),
-                                        if compiled.is_some() {
-                                            " (compiled)"
-                                        } else {
-                                            ""
-                                        }
-                                    ),
-                                )
-                            }
+                        for warning in &pulled.warnings {
+                            self.event(Warning, "Failed", warning.clone());
                         }
-                        Step::Configure(program)
+                        // Reported with the next status write (Running, or why not).
+                        let index = self.index;
+                        self.status.send_if_modified(|s| {
+                            s.containers[index].image_id = Some(pulled.image_id.clone());
+                            false
+                        });
+                        self.pulled_event(&image, pulled.source);
+                        Step::Configure(pulled.program)
                     }
                     Err(e) => {
                         let message = e.to_string();
@@ -175,6 +216,11 @@ impl ContainerLoop {
                         pull_failures += 1;
                         if !self.pause(Duration::from_millis(200).min(delay)).await {
                             return;
+                        }
+                        if e.reason() == "ErrImageNeverPull" {
+                            // The kubelet keeps this reason while it waits for the image.
+                            step = Step::BackOff(delay);
+                            continue;
                         }
                         self.set(State::waiting(
                             "ImagePullBackOff",

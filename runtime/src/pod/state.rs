@@ -114,6 +114,8 @@ impl State {
 pub struct ContainerStatus {
     pub name: String,
     pub image: String,
+    /// What the image resolved to (`REGISTRY/REPO@sha256:...`), once pulled.
+    pub image_id: Option<String>,
     pub state: State,
     pub last: Option<Terminated>,
     pub restart_count: u32,
@@ -131,6 +133,7 @@ impl ContainerStatus {
         ContainerStatus {
             name: name.to_string(),
             image: image.to_string(),
+            image_id: None,
             state: State::waiting("ContainerCreating", None),
             last: None,
             restart_count,
@@ -148,7 +151,7 @@ impl ContainerStatus {
         let mut s = json!({
             "name": self.name,
             "image": self.image,
-            "imageID": self.image,
+            "imageID": self.image_id.as_deref().unwrap_or(&self.image),
             "containerID": format!("wasm://{pod_uid}/{}", self.name),
             "state": self.state.to_json(),
             "ready": self.ready(),
