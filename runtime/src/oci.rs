@@ -489,7 +489,7 @@ impl OciPuller {
                     });
                 }
                 Err(e) => {
-                    let e = classify(&name, e);
+                    let e = self.with_hint(image, classify(&name, e));
                     match e {
                         OciError::Unauthorized { .. } => last = Some(e),
                         other => return Err(other),
@@ -501,6 +501,29 @@ impl OciPuller {
             image: name,
             detail: "no credential was accepted".into(),
         }))
+    }
+
+    /// A registry that fails over HTTPS may be one that speaks only plain HTTP: say
+    /// which flag reaches it, as the failure itself (a TLS error) does not.
+    fn with_hint(&self, image: &OciRef, e: OciError) -> OciError {
+        let host = image.api_host();
+        if self.settings.insecure.iter().any(|h| h == host) {
+            return e;
+        }
+        let hint = format!(
+            " (this agent reaches {host} over HTTPS only; for a registry that serves plain HTTP, start it with --insecure-registry {host}, or for a private CA with --registry-ca)"
+        );
+        match e {
+            OciError::Unreachable { image, detail } => OciError::Unreachable {
+                image,
+                detail: detail + &hint,
+            },
+            OciError::Registry { image, detail } => OciError::Registry {
+                image,
+                detail: detail + &hint,
+            },
+            other => other,
+        }
     }
 
     /// Downloads the resolved Wasm layer into `dest` (through a temporary file beside
@@ -577,7 +600,7 @@ impl OciPuller {
                             limit,
                         });
                     }
-                    match classify(&name, e) {
+                    match self.with_hint(image, classify(&name, e)) {
                         e @ OciError::Unauthorized { .. } => last = Some(e),
                         other => return Err(other),
                     }
