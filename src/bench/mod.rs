@@ -8,6 +8,7 @@ mod footprint;
 mod ha;
 mod http;
 mod plot;
+mod registry;
 mod pods;
 mod rolling;
 mod scheduler;
@@ -55,6 +56,10 @@ enum Which {
     /// Skiff on a three-member etcd: creates/s against etcd's own puts, watch delivery
     /// with 1,000 watchers, and leader failover to the first pod bound.
     Ha(ha::HaBenchArgs),
+    /// Pod start from an OCI registry: create to Running for a small and a 13 MB
+    /// component pulled from a loopback registry, cold and warm, split into transfer,
+    /// compile and start.
+    Registry(registry::RegistryBenchArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -72,6 +77,7 @@ async fn dispatch(which: Which) -> anyhow::Result<()> {
         Which::Dev(a) => dev::run(a).await,
         Which::Footprint(a) => footprint::run(a).await,
         Which::Ha(a) => ha::run(a).await,
+        Which::Registry(a) => registry::run(a).await,
     }
 }
 
