@@ -1,8 +1,8 @@
 //! The `skiff` binary: command-line wiring for the server (`skiff server`), the node
 //! agent (`skiff agent`), a whole local cluster in one process (`skiff dev`), backup and
-//! restore, the benchmarks (`skiff bench`) and the client verbs (`deploy`, `apps`,
-//! `logs`, `token`). Built without the `server` feature, it is the agent and the client
-//! verbs only.
+//! restore, the benchmarks (`skiff bench`) and the client verbs (`deploy`, `push`,
+//! `apps`, `logs`, `token`). Built without the `server` feature, it is the agent and the
+//! client verbs only.
 
 #[cfg(feature = "server")]
 mod backup;
@@ -11,6 +11,7 @@ mod bench;
 mod cli;
 #[cfg(feature = "server")]
 mod dev;
+mod push;
 
 // The global allocator: jemalloc (the default `jemalloc` feature), with its background
 // thread purging freed pages (dirty pages decay in 10 s and go back to the OS). Measured
@@ -81,6 +82,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Deploy a wasi:http component as an app and print its URL.
     Deploy(cli::DeployArgs),
+    /// Push a .wasm file to an OCI registry in the CNCF Wasm layout.
+    Push(push::PushArgs),
     /// List apps with their URL and ready replicas.
     Apps(cli::AppsArgs),
     /// Print the logs of an app's pods (app/NAME) or of a pod.
@@ -531,6 +534,7 @@ fn main() -> anyhow::Result<()> {
             #[cfg(feature = "server")]
             Command::Restore(args) => backup::restore(args).await,
             Command::Deploy(args) => cli::deploy(args).await,
+            Command::Push(args) => push::push(args).await,
             Command::Apps(args) => cli::apps(args).await,
             Command::Logs(args) => cli::logs(args).await,
             Command::Token(command) => cli::token(command).await,

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 pub mod etcd;
 pub mod netns;
+pub mod registry;
 pub mod store;
 
 #[allow(unused_imports)] // reason: only the binaries that start clusters use these
