@@ -24,9 +24,18 @@ pub struct Target {
 
 #[derive(clap::Args)]
 pub struct DeployArgs {
-    /// The .wasm file: a wasi:http component.
-    file: PathBuf,
-    /// The app's name (default: the file name without .wasm).
+    /// The app: a .wasm file (a wasi:http component), uploaded to the cluster; or an
+    /// OCI reference the nodes pull, `oci://REGISTRY/REPOSITORY:TAG` (the `oci://` may
+    /// be left out when REGISTRY has a `.` or a port, or is localhost).
+    #[arg(value_name = "FILE|oci://REF")]
+    source: String,
+    /// A Secret with the credentials to pull an OCI reference with (a
+    /// kubernetes.io/dockerconfigjson Secret, as `kubectl create secret
+    /// docker-registry` makes); repeatable.
+    #[arg(long = "pull-secret", value_name = "NAME")]
+    pull_secrets: Vec<String>,
+    /// The app's name (default: the file name without .wasm, or the last component of
+    /// the reference's repository).
     #[arg(long)]
     name: Option<String>,
     #[arg(long)]
@@ -148,23 +157,84 @@ async fn upload(target: &Target, bytes: Vec<u8>) -> anyhow::Result<String> {
     Ok(digest)
 }
 
+/// What `skiff deploy` serves: a file to upload, or an artifact the nodes pull.
+#[derive(Debug, PartialEq)]
+enum Source {
+    File(PathBuf),
+    Oci(skiff_api::image::OciRef),
+}
+
+/// Whether the part of `arg` before the first `/` names a registry (Docker's rule: it
+/// has a `.` or a `:`, or is `localhost`), so `arg` is a reference and not a path.
+fn names_a_registry(arg: &str) -> bool {
+    arg.split_once('/').is_some_and(|(first, _)| {
+        first.contains('.') || first.contains(':') || first == "localhost"
+    })
+}
+
+/// `oci://...` is a reference; an existing path is a file; a string that names a
+/// registry is a reference; anything else is a file (that does not exist, which the
+/// upload then reports).
+fn source_of(arg: &str) -> anyhow::Result<Source> {
+    let oci = || {
+        skiff_api::image::OciRef::parse(arg)
+            .map(Source::Oci)
+            .map_err(anyhow::Error::new)
+    };
+    let path = std::path::Path::new(arg);
+    if arg.starts_with("oci://") {
+        oci()
+    } else if path.exists()
+        || arg.ends_with(".wasm")
+        || arg.starts_with("./")
+        || arg.starts_with("../")
+        || arg.starts_with('/')
+        || !names_a_registry(arg)
+    {
+        Ok(Source::File(path.to_path_buf()))
+    } else {
+        oci()
+    }
+}
+
+/// The default App name: the file name without .wasm, or the reference's last path
+/// component, lowercased with `_` as `-`.
+fn default_name(source: &Source) -> Option<String> {
+    let stem = match source {
+        Source::File(file) => file.file_stem()?.to_str()?.to_string(),
+        Source::Oci(reference) => reference.repository().rsplit('/').next()?.to_string(),
+    };
+    Some(stem.to_ascii_lowercase().replace('_', "-"))
+}
+
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
-    let bytes =
-        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let source = source_of(&args.source)?;
     let name = match &args.name {
         Some(n) => n.clone(),
-        None => args
-            .file
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .map(|s| s.to_ascii_lowercase().replace('_', "-"))
-            .context("pass --name")?,
+        None => default_name(&source).context("pass --name")?,
     };
     let client = connect(&args.target).await?;
-    let digest = upload(&args.target, bytes).await?;
+    // The module the App names: an uploaded file's digest, or the normalised reference
+    // (the nodes pull it; nothing is uploaded).
+    let digest = match &source {
+        Source::File(file) => {
+            let bytes =
+                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            upload(&args.target, bytes).await?
+        }
+        Source::Oci(reference) => reference.to_string(),
+    };
     let ns = &args.target.namespace;
     let path = format!("/apis/skiff.dev/v1/namespaces/{ns}/apps/{name}");
     let mut spec = json!({"module": digest});
+    if !args.pull_secrets.is_empty() {
+        spec["imagePullSecrets"] = json!(
+            args.pull_secrets
+                .iter()
+                .map(|n| json!({"name": n}))
+                .collect::<Vec<_>>()
+        );
+    }
     if let Some(r) = args.replicas {
         spec["replicas"] = json!(r);
     }
@@ -266,7 +336,49 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         Some(url) => println!("{name} is serving at {url}"),
         None => println!("{name} is serving (this server runs no gateway, so it has no URL)"),
     }
+    if let Some(image) = app.pointer("/status/imageID").and_then(Value::as_str) {
+        println!("image: {image}");
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod deploy_tests {
+    use super::*;
+
+    #[test]
+    fn a_source_is_a_file_or_an_oci_reference() {
+        let oci = |s: &str| match source_of(s) {
+            Ok(Source::Oci(r)) => r.to_string(),
+            other => panic!("{s}: {other:?}"),
+        };
+        let file = |s: &str| match source_of(s) {
+            Ok(Source::File(p)) => p,
+            other => panic!("{s}: {other:?}"),
+        };
+        assert_eq!(
+            oci("oci://127.0.0.1:5000/t/hello:v1"),
+            "127.0.0.1:5000/t/hello:v1"
+        );
+        assert_eq!(oci("oci://nginx"), "docker.io/library/nginx:latest");
+        assert_eq!(oci("ghcr.io/acme/app:1"), "ghcr.io/acme/app:1");
+        assert_eq!(oci("localhost/app"), "localhost/app:latest");
+        assert_eq!(file("app.wasm"), PathBuf::from("app.wasm"));
+        assert_eq!(file("./dir.v2/app"), PathBuf::from("./dir.v2/app"));
+        assert_eq!(file("build/app"), PathBuf::from("build/app"));
+        assert!(names_a_registry("reg.example/app"));
+        assert!(names_a_registry("localhost:5000/app"));
+        assert!(!names_a_registry("acme/app"));
+        assert!(source_of("oci://Bad/Ref").is_err());
+        assert_eq!(
+            default_name(&source_of("oci://127.0.0.1:5000/t/hello_world:v1").expect("ok")),
+            Some("hello-world".into())
+        );
+        assert_eq!(
+            default_name(&Source::File("dir/Http_Hello.wasm".into())),
+            Some("http-hello".into())
+        );
+    }
 }
 
 fn age(created: Option<&str>) -> String {

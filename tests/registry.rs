@@ -296,3 +296,80 @@ async fn skiff_push_logs_in_from_the_docker_config() {
     let digest = pushed_digest(&stdout, &reference);
     check_cncf_layout(reg, &repo_tag, &digest, &file).await;
 }
+
+/// `skiff deploy oci://REF` uploads nothing: the App names the normalised reference and
+/// the pull secrets, and its Deployment's pods get both. A reference whose first part
+/// is HOST:PORT needs no `oci://`. Whether the pods then pull is the agent's part: the
+/// rollout gets a short timeout and its outcome is not asserted here.
+#[tokio::test]
+async fn skiff_deploy_oci_names_the_reference_in_the_app() {
+    let reg = registry::shared_plain();
+    let repo_tag = format!("{}:v1", repo("deploy", "hello"));
+    let wasm = common::workload("http-hello.wasm");
+    push_layout(reg, &repo_tag, Layout::Cncf, &wasm).await;
+    let reference = format!("{}/{repo_tag}", reg.addr());
+    let (dir, _server, api) = common::dev_cluster(1, &[]);
+    let kubeconfig = dir.path().join("kubeconfig");
+    let kubeconfig = kubeconfig.to_str().expect("a UTF-8 path").to_string();
+    let deploy = |source: String, name: &'static str| {
+        let kubeconfig = kubeconfig.clone();
+        tokio::task::spawn_blocking(move || {
+            skiff(
+                &[
+                    "deploy",
+                    &source,
+                    "--name",
+                    name,
+                    "--pull-secret",
+                    "regcred",
+                    "--pull-secret",
+                    "other",
+                    "--timeout",
+                    "1s",
+                    "--kubeconfig",
+                    &kubeconfig,
+                ],
+                &[],
+            )
+        })
+    };
+    deploy(format!("oci://{reference}"), "web")
+        .await
+        .expect("skiff ran");
+    deploy(reference.clone(), "bare").await.expect("skiff ran");
+
+    for name in ["web", "bare"] {
+        let (code, app) = api
+            .get(&format!(
+                "/apis/skiff.dev/v1/namespaces/default/apps/{name}"
+            ))
+            .await;
+        assert_eq!(code, 200, "{app}");
+        assert_eq!(app["spec"]["module"], reference.as_str(), "{app}");
+        let secrets = serde_json::json!([{"name": "regcred"}, {"name": "other"}]);
+        assert_eq!(app["spec"]["imagePullSecrets"], secrets, "{app}");
+        let template = common::eventually(
+            "the App's Deployment",
+            std::time::Duration::from_secs(30),
+            || async {
+                let (code, d) = api
+                    .get(&format!(
+                        "/apis/apps/v1/namespaces/default/deployments/{name}"
+                    ))
+                    .await;
+                (code == 200).then(|| d["spec"]["template"]["spec"].clone())
+            },
+        )
+        .await;
+        assert_eq!(
+            template["containers"][0]["image"],
+            reference.as_str(),
+            "{template}"
+        );
+        assert_eq!(template["imagePullSecrets"], secrets, "{template}");
+    }
+    // Nothing was uploaded to the cluster's module store.
+    let (code, modules) = api.get("/apis/skiff.dev/v1/modules").await;
+    assert_eq!(code, 200, "{modules}");
+    assert_eq!(modules["items"], serde_json::json!([]), "{modules}");
+}

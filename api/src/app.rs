@@ -2,7 +2,7 @@
 //! load-balanced and routed on the gateway. Its controller owns a Deployment and a
 //! Service; its status carries the URL that serves it.
 
-use k8s_openapi::api::core::v1::{EnvVar, Probe, ResourceRequirements};
+use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, Probe, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -37,9 +37,16 @@ pub struct App {
 #[serde(rename_all = "camelCase")]
 #[schemars(rename = "dev.skiff.v1.AppSpec")]
 pub struct AppSpec {
-    /// The module to serve, as an image reference (`sha256:<hex>`).
+    /// The Wasm to serve, as a container image: `sha256:<hex>` for a module in the
+    /// cluster's store (what `skiff deploy FILE` uploads), or an OCI reference
+    /// (`REGISTRY/REPOSITORY:TAG` or `...@sha256:<hex>`, optionally with `oci://` in
+    /// front) that the nodes pull.
     #[serde(default)]
     pub module: String,
+    /// Secrets (`kubernetes.io/dockerconfigjson`) in the App's namespace holding the
+    /// credentials to pull an OCI `module` with; copied into the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
     /// How many instances serve it (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
@@ -91,9 +98,14 @@ pub struct AppStatus {
     pub updated_replicas: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available_replicas: Option<i32>,
-    /// The module the current version serves.
+    /// The module the current version serves: `spec.module` as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module_digest: Option<String>,
+    /// What the ready replicas of the current version run, as their containers'
+    /// `imageID` reports it (for an OCI module, `REGISTRY/REPOSITORY@sha256:<manifest
+    /// digest>`); set when they all agree.
+    #[serde(default, rename = "imageID", skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

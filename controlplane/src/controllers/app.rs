@@ -68,17 +68,22 @@ pub struct AppController {
     apps: Arc<Cache>,
     deployments: Arc<Cache>,
     services: Arc<Cache>,
+    pods: Arc<Cache>,
 }
 
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     let apps = ctx.cache("skiff.dev", "apps");
     let deployments = ctx.cache("apps", "deployments");
     let services = ctx.cache("", "services");
+    // Read for the imageID the App's pods report; a pod's readiness reaches the App
+    // through its Deployment's status, so the pods need no watch of their own here.
+    let pods = ctx.cache("", "pods");
     let ctrl = Arc::new(AppController {
         api: ctx.api().clone(),
         apps: apps.clone(),
         deployments: deployments.clone(),
         services: services.clone(),
+        pods,
     });
     Controller::new(&ctx, "app", &apps)
         .owns(&deployments, "App")
@@ -117,13 +122,17 @@ fn deployment_for(app: &Value) -> Value {
     );
     let mut container = json!({
         "name": "app",
-        "image": spec.get("module"),
+        "image": image_of(app),
         "env": env,
     });
     for key in ["resources", "readinessProbe", "livenessProbe"] {
         if let Some(v) = spec.get(key).filter(|v| !v.is_null()) {
             container[key] = v.clone();
         }
+    }
+    let mut pod_spec = json!({"containers": [container]});
+    if let Some(secrets) = spec.get("imagePullSecrets").filter(|v| !v.is_null()) {
+        pod_spec["imagePullSecrets"] = secrets.clone();
     }
     let mut annotations = json!({ROUTES_ANNOTATION: routes(app)});
     if let Some(hosts) = spec.get("allowedOutboundHosts").and_then(Value::as_array) {
@@ -144,10 +153,49 @@ fn deployment_for(app: &Value) -> Value {
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
                 "metadata": {"labels": {APP_LABEL: name}, "annotations": annotations},
-                "spec": {"containers": [container]},
+                "spec": pod_spec,
             },
         },
     })
+}
+
+/// The pods' image: `spec.module`, without the `oci://` an App may write in front of a
+/// registry reference.
+fn image_of(app: &Value) -> &str {
+    let module = module_of(app);
+    module.strip_prefix("oci://").unwrap_or(module)
+}
+
+/// The `imageID` the App's ready pods of its current module report, when they all
+/// report the same one.
+fn image_id_of(app: &Value, pods: &[Arc<Value>]) -> Option<String> {
+    let ns = objects::namespace(app);
+    let name = objects::name(app);
+    let image = image_of(app);
+    let mut ids = pods
+        .iter()
+        .filter(|p| {
+            objects::namespace(p) == ns
+                && p.pointer("/metadata/labels")
+                    .and_then(|l| l.get(APP_LABEL))
+                    .and_then(Value::as_str)
+                    == Some(name)
+                && p.pointer("/spec/containers/0/image")
+                    .and_then(Value::as_str)
+                    == Some(image)
+                && p.pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .map(|p| {
+            p.pointer("/status/containerStatuses/0/imageID")
+                .and_then(Value::as_str)
+                .filter(|id| !id.is_empty())
+        });
+    let first = ids.next()??;
+    ids.all(|id| id == Some(first)).then(|| first.to_string())
 }
 
 fn module_of(app: &Value) -> &str {
@@ -375,7 +423,7 @@ impl AppController {
             .filter(|c| c["status"] == ready)
             .and_then(|c| c.get("lastTransitionTime").cloned())
             .unwrap_or_else(|| json!(objects::now_rfc3339()));
-        let status = json!({
+        let mut status = json!({
             "url": url,
             "replicas": count("replicas"),
             "readyReplicas": count("readyReplicas"),
@@ -385,6 +433,9 @@ impl AppController {
             "observedGeneration": app.pointer("/metadata/generation"),
             "conditions": [{"type": "Ready", "status": ready, "reason": reason, "message": message, "lastTransitionTime": transition, "observedGeneration": app.pointer("/metadata/generation")}],
         });
+        if let Some(id) = image_id_of(app, &self.pods.snapshot()) {
+            status["imageID"] = json!(id);
+        }
         let old = app.get("status").cloned().unwrap_or_default();
         if old == status {
             return Ok(());
@@ -435,4 +486,81 @@ fn same_template(current: &Value, wanted: &Value) -> bool {
     kind.default(&mut wanted);
     super::deployment::without_hash(current.pointer("/spec/template"))
         == super::deployment::without_hash(wanted.pointer("/spec/template"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, image: &str, ready: bool, image_id: Option<&str>) -> Arc<Value> {
+        Arc::new(json!({
+            "metadata": {"name": name, "namespace": "default", "labels": {APP_LABEL: "web"}},
+            "spec": {"containers": [{"name": "app", "image": image}]},
+            "status": {
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+                "containerStatuses": [{"name": "app", "imageID": image_id}],
+            },
+        }))
+    }
+
+    #[test]
+    fn image_id_is_what_the_ready_current_pods_agree_on() {
+        let app = json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"module": "reg.example/t/web:v2"},
+        });
+        let v1 = "reg.example/t/web:v1";
+        let v2 = "reg.example/t/web:v2";
+        let (id1, id2) = ("reg.example/t/web@sha256:01", "reg.example/t/web@sha256:02");
+        // Old pods and unready ones do not count.
+        let pods = vec![
+            pod("a", v2, true, Some(id2)),
+            pod("b", v2, true, Some(id2)),
+            pod("c", v1, true, Some(id1)),
+            pod("d", v2, false, Some(id1)),
+        ];
+        assert_eq!(image_id_of(&app, &pods).as_deref(), Some(id2));
+        // Another App's pod, or one in another namespace, does not count either.
+        let mut other = pod("e", v2, true, Some(id1));
+        Arc::make_mut(&mut other)["metadata"]["labels"][APP_LABEL] = json!("other");
+        let mut elsewhere = pod("f", v2, true, Some(id1));
+        Arc::make_mut(&mut elsewhere)["metadata"]["namespace"] = json!("prod");
+        let more = [pods.clone(), vec![other, elsewhere]].concat();
+        assert_eq!(image_id_of(&app, &more).as_deref(), Some(id2));
+        // Ready pods of the current module that disagree (a tag moved mid-rollout), or
+        // one that reports none: no imageID.
+        let split = [pods.clone(), vec![pod("g", v2, true, Some(id1))]].concat();
+        assert_eq!(image_id_of(&app, &split), None);
+        let unreported = [pods, vec![pod("h", v2, true, None)]].concat();
+        assert_eq!(image_id_of(&app, &unreported), None);
+        assert_eq!(image_id_of(&app, &[]), None);
+    }
+
+    #[test]
+    fn pull_secrets_reach_the_pods() {
+        let app = json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "u"},
+            "spec": {"module": "reg.example/t/web:v2", "imagePullSecrets": [{"name": "regcred"}]},
+        });
+        let deployment = deployment_for(&app);
+        assert_eq!(
+            deployment.pointer("/spec/template/spec/imagePullSecrets"),
+            Some(&json!([{"name": "regcred"}]))
+        );
+        assert_eq!(
+            deployment.pointer("/spec/template/spec/containers/0/image"),
+            Some(&json!("reg.example/t/web:v2"))
+        );
+        let oci =
+            json!({"metadata": {"name": "web"}, "spec": {"module": "oci://reg.example/t/web:v2"}});
+        assert_eq!(
+            deployment_for(&oci).pointer("/spec/template/spec/containers/0/image"),
+            Some(&json!("reg.example/t/web:v2"))
+        );
+        let plain = json!({"metadata": {"name": "web"}, "spec": {"module": "sha256:00"}});
+        assert_eq!(
+            deployment_for(&plain).pointer("/spec/template/spec/imagePullSecrets"),
+            None
+        );
+    }
 }

@@ -28,8 +28,9 @@ static INFO: ResourceInfo = ResourceInfo {
     schema: schema_of::<skiff_api::app::App>,
 };
 
-/// An App: a module reference, a non-negative replica count, a route that is a host
-/// and/or an absolute path, and non-empty outbound hosts.
+/// An App: a module reference (the store's `sha256:<hex>` or an OCI reference), a
+/// non-negative replica count, a route that is a host and/or an absolute path, and
+/// non-empty outbound hosts.
 fn validate_app(obj: &Value, errs: &mut Vec<FieldError>) {
     let module = obj
         .pointer("/spec/module")
@@ -37,11 +38,19 @@ fn validate_app(obj: &Value, errs: &mut Vec<FieldError>) {
         .unwrap_or_default();
     if module.is_empty() {
         errs.push(required("spec.module"));
-    } else if skiff_api::module::parse_digest(module).is_none() {
+    } else if let Err(e) = skiff_api::image::ImageRef::parse(module) {
+        use skiff_api::image::ImageError;
+        let why = match e {
+            ImageError::BadModuleDigest(_) => "sha256: takes 64 lowercase hex digits".into(),
+            ImageError::BadReference { reason, .. } => reason,
+        };
         errs.push(invalid(
             "spec.module",
             module,
-            "must be a module reference: sha256: and 64 lowercase hex digits",
+            &format!(
+                "must be sha256:<hex> or an OCI reference \
+                 (REGISTRY/REPOSITORY[:TAG][@sha256:<hex>]): {why}"
+            ),
         ));
     }
     validate_non_negative(obj, "/spec/replicas", "spec.replicas", errs);
@@ -112,7 +121,12 @@ impl Kind for App {
                     .unwrap_or(1)
             )),
             or_none(s(obj, "/status/url").to_string()),
-            json!(module.get(..19).unwrap_or(module)),
+            // A store digest is shown short, as kubectl shows image IDs; a reference whole.
+            json!(if module.starts_with(skiff_api::module::DIGEST_PREFIX) {
+                module.get(..19).unwrap_or(module)
+            } else {
+                module
+            }),
             age(obj),
             json!(
                 obj.pointer("/spec/replicas")
@@ -120,5 +134,46 @@ impl Kind for App {
                     .unwrap_or(1)
             ),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(module: &str) -> Vec<String> {
+        let mut errs = Vec::new();
+        validate_app(&json!({"spec": {"module": module}}), &mut errs);
+        errs.iter().map(|e| format!("{e:?}")).collect()
+    }
+
+    #[test]
+    fn module_is_a_store_digest_or_an_oci_reference() {
+        let hex = "0123456789abcdef".repeat(4);
+        for good in [
+            format!("sha256:{hex}"),
+            "registry.example.com/team/app:v1".to_string(),
+            "oci://127.0.0.1:5000/t/hello:v1".to_string(),
+            "localhost:5000/app".to_string(),
+            format!("ghcr.io/acme/app@sha256:{hex}"),
+            "nginx".to_string(),
+        ] {
+            assert_eq!(errors(&good), Vec::<String>::new(), "{good}");
+        }
+        for bad in [
+            "sha256:abc".to_string(),
+            format!("sha256:{}", hex.to_uppercase()),
+            "registry.example.com/Team/App:v1".to_string(),
+            "oci://".to_string(),
+            "a b".to_string(),
+        ] {
+            let errs = errors(&bad);
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert!(
+                errs[0].contains("must be sha256:<hex> or an OCI reference"),
+                "{bad}: {errs:?}"
+            );
+        }
+        assert_eq!(errors("").len(), 1);
     }
 }
