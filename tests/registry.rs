@@ -10,6 +10,8 @@ use std::process::Command;
 use base64::Engine;
 use common::registry::{self, Auth, Layout, Registry, push_layout, repo, sha256};
 use oci_client::secrets::RegistryAuth;
+use serde_json::{Value, json};
+use std::time::Duration;
 
 /// The fixture's own checks: the plain registry answers anonymously; the secure one
 /// over TLS from its CA, 401 without credentials, 200 with them and 401 with a wrong
@@ -372,4 +374,554 @@ async fn skiff_deploy_oci_names_the_reference_in_the_app() {
     let (code, modules) = api.get("/apis/skiff.dev/v1/modules").await;
     assert_eq!(code, 200, "{modules}");
     assert_eq!(modules["items"], serde_json::json!([]), "{modules}");
+}
+
+// ---- Pods whose images come from the registry ----------------------------------------
+
+/// A `skiff dev` cluster whose agent trusts the test registries: the plain one over
+/// HTTP, the secure one through its CA; quick back-off so retries show within seconds.
+fn cluster_for(extra: &[&str]) -> (tempfile::TempDir, common::Process, common::Api) {
+    let plain = registry::shared_plain().addr();
+    let ca = registry::shared_secure().ca_path();
+    let mut args = vec![
+        "--insecure-registry".to_string(),
+        plain,
+        "--registry-ca".to_string(),
+        ca.to_str().unwrap().to_string(),
+        "--backoff-base".to_string(),
+        "200ms".to_string(),
+        "--backoff-max".to_string(),
+        "1s".to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    common::dev_cluster(1, &args)
+}
+
+const PODS: &str = "/api/v1/namespaces/default/pods";
+
+fn image_pod(name: &str, image: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "main", "image": image}]},
+    })
+}
+
+async fn create(api: &common::Api, pod: Value) {
+    let (code, body) = api.post(PODS, &pod).await;
+    assert_eq!(code, 201, "{body}");
+}
+
+fn first_container(pod: &Value) -> &Value {
+    &pod["status"]["containerStatuses"][0]
+}
+
+/// Waits until the pod is Running and returns it; a timeout shows the pod's last
+/// container state and events.
+async fn running(api: &common::Api, name: &str) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, pod) = api.get(&format!("{PODS}/{name}")).await;
+        if pod["status"]["phase"] == "Running" {
+            return pod;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "pod {name} not Running after {WAIT:?}: {}; events {:?}",
+                first_container(&pod)["state"],
+                events(api, name).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the pod's container waits for `reason`, and returns its message.
+async fn waiting(api: &common::Api, name: &str, reason: &str) -> String {
+    common::eventually(
+        &format!("pod {name} waiting with {reason}"),
+        WAIT,
+        || async {
+            let (_, pod) = api.get(&format!("{PODS}/{name}")).await;
+            let w = &first_container(&pod)["state"]["waiting"];
+            (w["reason"] == reason).then(|| w["message"].as_str().unwrap_or_default().to_string())
+        },
+    )
+    .await
+}
+
+/// The pod's events as (reason, message), oldest first.
+async fn events(api: &common::Api, name: &str) -> Vec<(String, String)> {
+    let (_, list) = api
+        .get(&format!(
+            "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{name}"
+        ))
+        .await;
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_string(),
+                e["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Waits for an event of the pod whose message contains `text`.
+async fn event_saying(api: &common::Api, name: &str, reason: &str, text: &str) -> String {
+    common::eventually(
+        &format!("a {reason} event of {name} saying {text:?}"),
+        WAIT,
+        || async {
+            events(api, name)
+                .await
+                .into_iter()
+                .find(|(r, m)| r == reason && m.contains(text))
+                .map(|(_, m)| m)
+        },
+    )
+    .await
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn pods_pull_by_tag_and_by_digest_in_each_layout() {
+    let reg = registry::shared_plain();
+    let (_d, _p, api) = cluster_for(&[]);
+    let wasm = common::workload("http-hello.wasm");
+
+    let cncf = repo("layouts", "cncf");
+    let digest = push_layout(reg, &format!("{cncf}:v1"), Layout::Cncf, &wasm).await;
+    let by_tag = format!("{}/{cncf}:v1", reg.addr());
+    create(&api, image_pod("by-tag", &by_tag)).await;
+    let pod = running(&api, "by-tag").await;
+    assert_eq!(
+        first_container(&pod)["imageID"],
+        format!("{}/{cncf}@{digest}", reg.addr()),
+        "{pod}"
+    );
+    assert_eq!(first_container(&pod)["image"], by_tag.as_str());
+    // A tag is IfNotPresent by default, as in Kubernetes.
+    assert_eq!(
+        pod["spec"]["containers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
+    let pulled = event_saying(&api, "by-tag", "Pulled", "Successfully pulled image").await;
+    assert!(
+        pulled.contains(&format!("Image size: {} bytes", wasm.len()))
+            && pulled.contains("including waiting")
+            && pulled.contains("transfer "),
+        "{pulled}"
+    );
+    event_saying(
+        &api,
+        "by-tag",
+        "Pulling",
+        &format!("Pulling image \"{by_tag}\""),
+    )
+    .await;
+
+    let by_digest = format!("{}/{cncf}@{digest}", reg.addr());
+    create(&api, image_pod("by-digest", &by_digest)).await;
+    let pod = running(&api, "by-digest").await;
+    assert_eq!(first_container(&pod)["imageID"], by_digest.as_str());
+    event_saying(&api, "by-digest", "Pulled", "already present on machine").await;
+
+    for (name, layout) in [("spin", Layout::Spin), ("runwasi", Layout::Runwasi)] {
+        let r = repo("layouts", name);
+        let d = push_layout(reg, &format!("{r}:1.0"), layout, &wasm).await;
+        create(&api, image_pod(name, &format!("{}/{r}:1.0", reg.addr()))).await;
+        let pod = running(&api, name).await;
+        assert_eq!(
+            first_container(&pod)["imageID"],
+            format!("{}/{r}@{d}", reg.addr())
+        );
+    }
+
+    let odd = repo("layouts", "container");
+    push_layout(reg, &format!("{odd}:1"), Layout::Odd, &wasm).await;
+    create(&api, image_pod("odd", &format!("{}/{odd}:1", reg.addr()))).await;
+    let message = waiting(&api, "odd", "ErrImagePull").await;
+    assert!(
+        message.contains("application/vnd.oci.image.layer.v1.tar+gzip"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_digest_is_refused_and_nothing_is_cached() {
+    let reg = registry::shared_plain();
+    let (dir, _p, api) = cluster_for(&[]);
+    // Bytes of its own, so no other test's pull could have put them in a cache.
+    let mut wasm = common::workload("http-hello.wasm");
+    wasm.extend_from_slice(&custom_section(b"wrong-digest"));
+    let r = repo("digest", "app");
+    let digest = push_layout(reg, &format!("{r}:v1"), Layout::Cncf, &wasm).await;
+
+    // A digest the registry does not have.
+    let other = format!("sha256:{}", "1".repeat(64));
+    create(
+        &api,
+        image_pod("unknown", &format!("{}/{r}@{other}", reg.addr())),
+    )
+    .await;
+    let message = waiting(&api, "unknown", "ErrImagePull").await;
+    assert!(message.contains("not found"), "{message}");
+
+    // The registry's copy of the layer is changed behind its back: what it serves no
+    // longer hashes to the digest the manifest names.
+    let layer = sha256(&wasm);
+    let data = reg.blob_path(&layer);
+    let mut tampered = std::fs::read(&data).unwrap();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0xff;
+    std::fs::write(&data, &tampered).unwrap();
+    create(
+        &api,
+        image_pod("tampered", &format!("{}/{r}@{digest}", reg.addr())),
+    )
+    .await;
+    let message = waiting(&api, "tampered", "ErrImagePull").await;
+    assert!(message.contains("digest"), "{message}");
+    let hex = layer.trim_start_matches("sha256:");
+    let cached: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(hex))
+        .collect();
+    assert!(cached.is_empty(), "the refused layer was kept: {cached:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// A Wasm custom section, to make bytes of a guest that differ but still run.
+fn custom_section(name: &[u8]) -> Vec<u8> {
+    let mut section = vec![0u8];
+    let body_len = 1 + name.len();
+    assert!(body_len < 128 && name.len() < 128);
+    section.push(body_len as u8);
+    section.push(name.len() as u8);
+    section.extend_from_slice(name);
+    section
+}
+
+#[tokio::test]
+async fn a_missing_image_backs_off_then_runs_once_pushed() {
+    let reg = registry::shared_plain();
+    let (_d, _p, api) = cluster_for(&[]);
+    let r = repo("missing", "app");
+    let image = format!("{}/{r}:v1", reg.addr());
+    create(&api, image_pod("later", &image)).await;
+    let message = waiting(&api, "later", "ErrImagePull").await;
+    assert!(message.contains("not found"), "{message}");
+    let message = waiting(&api, "later", "ImagePullBackOff").await;
+    assert!(message.contains("Back-off pulling image"), "{message}");
+    push_layout(
+        reg,
+        &format!("{r}:v1"),
+        Layout::Cncf,
+        &common::workload("http-hello.wasm"),
+    )
+    .await;
+    running(&api, "later").await;
+}
+
+fn pull_secret(name: &str, registry: &str, user: &str, password: &str) -> Value {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let config = json!({"auths": {registry: {"auth": b64(&format!("{user}:{password}"))}}});
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": b64(&config.to_string())},
+    })
+}
+
+#[tokio::test]
+async fn a_private_registry_needs_the_pull_secret() {
+    let reg = registry::shared_secure();
+    let (_d, _p, api) = cluster_for(&[]);
+    let r = repo("private", "app");
+    push_layout(
+        reg,
+        &format!("{r}:v1"),
+        Layout::Cncf,
+        &common::workload("http-hello.wasm"),
+    )
+    .await;
+    let image = format!("{}/{r}:v1", reg.addr());
+
+    create(&api, image_pod("no-secret", &image)).await;
+    let message = waiting(&api, "no-secret", "ErrImagePull").await;
+    assert!(message.contains("imagePullSecrets"), "{message}");
+
+    let secrets = "/api/v1/namespaces/default/secrets";
+    let (code, body) = api
+        .post(
+            secrets,
+            &pull_secret("wrong", &reg.addr(), registry::USERNAME, "not-the-password"),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let mut pod = image_pod("wrong-secret", &image);
+    pod["spec"]["imagePullSecrets"] = json!([{"name": "wrong"}]);
+    create(&api, pod).await;
+    let message = waiting(&api, "wrong-secret", "ErrImagePull").await;
+    assert!(message.contains("imagePullSecrets"), "{message}");
+
+    let (code, body) = api
+        .post(
+            secrets,
+            &pull_secret("right", &reg.addr(), registry::USERNAME, registry::PASSWORD),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let mut pod = image_pod("with-secret", &image);
+    // The wrong one first: each is tried in turn, as the kubelet does.
+    pod["spec"]["imagePullSecrets"] = json!([{"name": "wrong"}, {"name": "right"}]);
+    create(&api, pod).await;
+    running(&api, "with-secret").await;
+
+    // A secret that does not exist is a warning, not a failure, as in the kubelet.
+    let mut pod = image_pod("missing-secret", &image);
+    pod["spec"]["imagePullSecrets"] = json!([{"name": "nowhere"}, {"name": "right"}]);
+    create(&api, pod).await;
+    running(&api, "missing-secret").await;
+    event_saying(
+        &api,
+        "missing-secret",
+        "Failed",
+        "Unable to retrieve some image pull secrets (nowhere)",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_hundred_pods_of_one_image_download_it_once() {
+    let reg = registry::shared_plain();
+    let (_d, _p, api) = cluster_for(&[]);
+    let r = repo("hundred", "app");
+    let mut wasm = common::workload("http-hello.wasm");
+    wasm.extend_from_slice(&custom_section(b"hundred"));
+    push_layout(reg, &format!("{r}:latest"), Layout::Cncf, &wasm).await;
+    let image = format!("{}/{r}", reg.addr());
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "hundred"},
+        "spec": {
+            "replicas": 100,
+            "selector": {"matchLabels": {"app": "hundred"}},
+            "template": {
+                "metadata": {"labels": {"app": "hundred"}},
+                // No tag: latest, so Always; every pod asks the registry, but the
+                // layer is downloaded once.
+                "spec": {"containers": [{"name": "main", "image": image}]},
+            },
+        },
+    });
+    let (code, body) = api
+        .post("/apis/apps/v1/namespaces/default/deployments", &deployment)
+        .await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(
+        body["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+        "Always"
+    );
+    common::eventually("100 pods ready", Duration::from_secs(90), || async {
+        let (_, d) = api
+            .get("/apis/apps/v1/namespaces/default/deployments/hundred")
+            .await;
+        (d["status"]["readyReplicas"] == 100).then_some(())
+    })
+    .await;
+    assert_eq!(
+        reg.blob_gets(&r),
+        1,
+        "the layer was downloaded more than once"
+    );
+}
+
+#[tokio::test]
+async fn a_rollout_from_v1_to_v2_changes_the_image() {
+    let reg = registry::shared_plain();
+    let (_d, _p, api) = cluster_for(&[]);
+    let r = repo("rollout", "app");
+    let v1 = push_layout(
+        reg,
+        &format!("{r}:v1"),
+        Layout::Cncf,
+        &common::workload("http-hello.wasm"),
+    )
+    .await;
+    let v2 = push_layout(
+        reg,
+        &format!("{r}:v2"),
+        Layout::Cncf,
+        &common::workload("http-echo.wasm"),
+    )
+    .await;
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "main", "image": format!("{}/{r}:v1", reg.addr())}]},
+            },
+        },
+    });
+    let path = "/apis/apps/v1/namespaces/default/deployments";
+    let (code, body) = api.post(path, &deployment).await;
+    assert_eq!(code, 201, "{body}");
+    let image_ids = || async {
+        let (_, list) = api.get(&format!("{PODS}?labelSelector=app%3Dweb")).await;
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
+            })
+            .map(|p| {
+                first_container(p)["imageID"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    let want = |d: &str| format!("{}/{r}@{d}", reg.addr());
+    common::eventually("3 pods of v1", WAIT, || async {
+        let ids = image_ids().await;
+        (ids.len() == 3 && ids.iter().all(|i| *i == want(&v1))).then_some(())
+    })
+    .await;
+    let patch = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "main", "image": format!("{}/{r}:v2", reg.addr())}
+    ]}}}});
+    let (code, body) = api
+        .patch(
+            &format!("{path}/web"),
+            "application/strategic-merge-patch+json",
+            &patch.to_string(),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    common::eventually("the rollout to v2 complete", WAIT, || async {
+        let ids = image_ids().await;
+        let (_, d) = api.get(&format!("{path}/web")).await;
+        let done = d["status"]["updatedReplicas"] == 3
+            && d["status"]["replicas"] == 3
+            && d["status"]["availableReplicas"] == 3;
+        (done && ids.len() == 3 && ids.iter().all(|i| *i == want(&v2))).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_size_limit_and_plain_http_are_refused_clearly() {
+    let reg = registry::shared_plain();
+    let r = repo("limits", "app");
+    push_layout(
+        reg,
+        &format!("{r}:v1"),
+        Layout::Cncf,
+        &common::workload("http-hello.wasm"),
+    )
+    .await;
+    let image = format!("{}/{r}:v1", reg.addr());
+
+    let (_d, _p, api) = cluster_for(&["--max-image-size", "10Ki"]);
+    create(&api, image_pod("big", &image)).await;
+    let message = waiting(&api, "big", "ErrImagePull").await;
+    assert!(
+        message.contains("--max-image-size") && message.contains("10240"),
+        "{message}"
+    );
+
+    // Without --insecure-registry the agent speaks only HTTPS to it.
+    let (_d2, _p2, api) = common::dev_cluster(1, &["--backoff-base", "200ms"]);
+    create(&api, image_pod("plain", &image)).await;
+    let message = waiting(&api, "plain", "ErrImagePull").await;
+    assert!(message.contains("--insecure-registry"), "{message}");
+}
+
+#[tokio::test]
+async fn pods_start_from_the_node_cache_while_the_registry_is_down() {
+    let mut reg = Registry::start(Auth::None);
+    let wasm = common::workload("http-hello.wasm");
+    push_layout(&reg, "edge/app:v1", Layout::Cncf, &wasm).await;
+    push_layout(&reg, "edge/app:latest", Layout::Cncf, &wasm).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::ServerProcess::start(&dir.path().join("server"), &[]);
+    let api = server.api();
+    let token = server.node_token();
+    let agent_dir = dir.path().join("agent");
+    let addr = reg.addr();
+    let agent_args = [
+        "agent",
+        "--server",
+        &server.url,
+        "--token",
+        &token,
+        "--name",
+        "edge-1",
+        "--data-dir",
+        agent_dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--insecure-registry",
+        &addr,
+        "--backoff-base",
+        "200ms",
+    ];
+    let (agent, _) = common::Process::start(&agent_args, "agent:");
+    let tagged = format!("{addr}/edge/app:v1");
+    let latest = format!("{addr}/edge/app:latest");
+    create(&api, image_pod("tagged", &tagged)).await;
+    create(&api, image_pod("latest", &latest)).await;
+    running(&api, "tagged").await;
+    running(&api, "latest").await;
+
+    reg.stop();
+    create(&api, image_pod("tagged-2", &tagged)).await;
+    create(&api, image_pod("latest-2", &latest)).await;
+    running(&api, "tagged-2").await;
+    running(&api, "latest-2").await;
+    // Always could not ask the registry: the node's copy, with a warning that says so.
+    event_saying(&api, "latest-2", "Failed", "could not be reached").await;
+
+    // An agent restarted while the registry is still down brings its pods back.
+    agent.kill9();
+    let (_agent, _) = common::Process::start(&agent_args, "agent:");
+    for name in ["tagged", "latest", "tagged-2", "latest-2"] {
+        common::eventually(&format!("{name} running again"), WAIT, || async {
+            let (_, pod) = api.get(&format!("{PODS}/{name}")).await;
+            let c = first_container(&pod);
+            // The instance died with the agent: one restart, running again.
+            (c["state"]["running"].is_object() && c["restartCount"] == 1).then_some(())
+        })
+        .await;
+    }
+    create(&api, image_pod("after-restart", &latest)).await;
+    running(&api, "after-restart").await;
 }

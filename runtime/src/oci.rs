@@ -233,6 +233,8 @@ pub struct Resolved {
     /// Whether the tag was resolved from the node's record because the registry could
     /// not be reached.
     pub from_cache: bool,
+    /// The credential the registry took for the manifest, tried first for the layer.
+    pub credential: Option<Credential>,
 }
 
 impl Resolved {
@@ -383,13 +385,14 @@ impl OciPuller {
                 layer: self.layer_of(&name, &manifest)?.clone(),
                 manifest_digest: digest.clone(),
                 from_cache: false,
+                credential: None,
             });
         }
         if policy == PullPolicy::Never {
             return Err(OciError::NeverPull { image: name });
         }
         match self.fetch_manifest(image, credentials).await {
-            Ok((manifest, digest)) => {
+            Ok((manifest, digest, credential)) => {
                 if let Some(p) = &pinned
                     && *p != digest
                 {
@@ -404,6 +407,7 @@ impl OciPuller {
                     manifest_digest: digest,
                     layer,
                     from_cache: false,
+                    credential: Some(credential),
                 })
             }
             Err(OciError::Unreachable { .. })
@@ -415,6 +419,7 @@ impl OciPuller {
                     layer: self.layer_of(&name, &manifest)?.clone(),
                     manifest_digest: digest,
                     from_cache: true,
+                    credential: None,
                 })
             }
             Err(e) => Err(e),
@@ -460,7 +465,7 @@ impl OciPuller {
         &self,
         image: &OciRef,
         credentials: &[Credential],
-    ) -> Result<(OciImageManifest, String), OciError> {
+    ) -> Result<(OciImageManifest, String, Credential), OciError> {
         let name = image.to_string();
         let mut last = None;
         for credential in credentials
@@ -472,7 +477,7 @@ impl OciPuller {
                 .pull_manifest(image.reference(), &credential.auth())
                 .await
             {
-                Ok((OciManifest::Image(m), digest)) => return Ok((m, digest)),
+                Ok((OciManifest::Image(m), digest)) => return Ok((m, digest, credential.clone())),
                 Ok((OciManifest::ImageIndex(index), _)) => {
                     // A Wasm artifact is one manifest; an index is a multi-platform
                     // container image, which no agent runs.
@@ -551,8 +556,11 @@ impl OciPuller {
             .map_err(|e| OciError::Cache(e.to_string()))?;
         let tmp = dir.join(format!(".{}.pull", rand::random::<u64>()));
         let mut last = None;
-        for credential in credentials
+        // The one the manifest was read with first, then the pod's in order, then none.
+        for credential in resolved
+            .credential
             .iter()
+            .chain(credentials)
             .chain(std::iter::once(&Credential::Anonymous))
         {
             let client = self.client(image.api_host(), credential)?;
@@ -666,6 +674,14 @@ fn classify(image: &str, e: OciDistributionError) -> OciError {
             image,
             detail: d.to_string(),
         },
+        OciDistributionError::RequestError(r)
+            if matches!(r.status().map(|s| s.as_u16()), Some(401 | 403)) =>
+        {
+            OciError::Unauthorized {
+                image,
+                detail: crate::images::error_chain(&r),
+            }
+        }
         OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => {
             OciError::Unreachable {
                 image,

@@ -65,12 +65,7 @@ impl Registry {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| {
-                format!(
-                    "starting {} (apt install docker-registry)",
-                    bin.display()
-                )
-            })?;
+            .with_context(|| format!("starting {} (apt install docker-registry)", bin.display()))?;
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -161,7 +156,10 @@ async fn pod_running(
             }
             let waiting = &o["status"]["containerStatuses"][0]["state"]["waiting"];
             if o["metadata"]["name"] == name
-                && matches!(waiting["reason"].as_str(), Some("ErrImagePull" | "InvalidModule"))
+                && matches!(
+                    waiting["reason"].as_str(),
+                    Some("ErrImagePull" | "InvalidModule")
+                )
             {
                 bail!("{name}: {}", waiting["message"]);
             }

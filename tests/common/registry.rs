@@ -292,6 +292,17 @@ impl Registry {
         PASSWORD
     }
 
+    /// The file the registry keeps a blob's bytes in (distribution's filesystem
+    /// layout), for a test that changes them behind its back.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .join("store/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     /// Where the registry's output goes: its access log (one line per request, written
     /// when the response is done) and its warnings.
     pub fn log_path(&self) -> PathBuf {
