@@ -425,7 +425,9 @@ async fn pull_and_module_errors_show_as_waiting_reasons() {
     );
     assert_eq!(phase(&pod), "Pending");
 
-    wasm_pod("badref", "nginx:latest").create(&api).await;
+    // Neither a module digest nor an OCI reference (a repository is lowercase). A
+    // well-formed one such as nginx:latest would be pulled from Docker Hub.
+    wasm_pod("badref", "Acme/Shop:1").create(&api).await;
     let pod = pod_until(&api, "badref", "a bad reference", |p| {
         container(p)["state"]["waiting"]["reason"].is_string()
     })
@@ -434,7 +436,7 @@ async fn pull_and_module_errors_show_as_waiting_reasons() {
         container(&pod)["state"]["waiting"]["message"]
             .as_str()
             .unwrap()
-            .contains("sha256:"),
+            .contains("not a module digest (sha256:<hex>) or an OCI reference"),
         "{pod}"
     );
 

@@ -64,9 +64,8 @@ pub struct Pulled {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
-    #[error(
-        "image {0:?} is not a module reference: use image: sha256:<64 lowercase hex> of an uploaded module"
-    )]
+    /// The image is neither a module digest nor an OCI reference (the message says why).
+    #[error("{0}")]
     BadReference(String),
     #[error("module {0} not found in the module store")]
     NotFound(String),
@@ -196,7 +195,7 @@ impl ImageStore {
     /// The compiled program for an image, fetching and compiling only what is missing.
     pub async fn pull(&self, image: &str, ctx: &PullContext) -> Result<Pulled, PullError> {
         let begun = Instant::now();
-        match ImageRef::parse(image).map_err(|_| PullError::BadReference(image.to_string()))? {
+        match ImageRef::parse(image).map_err(|e| PullError::BadReference(e.to_string()))? {
             ImageRef::Module { hex } => {
                 let (program, source) = self
                     .load_digest(&hex, begun, ctx.policy, image, || async {
