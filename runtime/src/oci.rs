@@ -866,6 +866,225 @@ mod tests {
         );
     }
 
+    /// A registry that speaks only the Bearer flow, as Docker Hub, GHCR and Harbor
+    /// do: `/v2/` challenges with a token realm, the realm trades Basic credentials
+    /// for a token scoped to the repository, and only the token opens the manifest and
+    /// the blobs. `acme/bad`'s blob is not the bytes its manifest's digest names.
+    async fn bearer_registry(wasm: Vec<u8>) -> String {
+        use axum::extract::{Path as UrlPath, Query, State};
+        use axum::http::{HeaderMap, StatusCode, header};
+        use axum::response::{IntoResponse, Response};
+        use axum::routing::get;
+
+        #[derive(Clone)]
+        struct Fake {
+            addr: String,
+            wasm: Vec<u8>,
+            manifest: Vec<u8>,
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let sha = |b: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(b)));
+        let config = b"{}".to_vec();
+        let manifest = OciImageManifest {
+            schema_version: 2,
+            media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
+            config: OciDescriptor {
+                media_type: WASM_CONFIG.into(),
+                digest: sha(&config),
+                size: config.len() as i64,
+                ..Default::default()
+            },
+            layers: vec![OciDescriptor {
+                media_type: WASM_LAYER.into(),
+                digest: sha(&wasm),
+                size: wasm.len() as i64,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let fake = Fake {
+            addr: addr.clone(),
+            wasm,
+            manifest: serde_json::to_vec(&manifest).unwrap(),
+        };
+        fn challenge(fake: &Fake) -> Response {
+            (
+                StatusCode::UNAUTHORIZED,
+                [(
+                    header::WWW_AUTHENTICATE,
+                    format!(
+                        r#"Bearer realm="http://{}/token",service="fake-registry""#,
+                        fake.addr
+                    ),
+                )],
+            )
+                .into_response()
+        }
+        fn bearer(headers: &HeaderMap, repo: &str) -> bool {
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                == Some(&format!("Bearer token-for-{repo}"))
+        }
+        let app = axum::Router::new()
+            .route(
+                "/v2/",
+                get(|State(f): State<Fake>| async move { challenge(&f) }),
+            )
+            .route(
+                "/token",
+                get(
+                    |Query(q): Query<HashMap<String, String>>, headers: HeaderMap| async move {
+                        use base64::Engine;
+                        let basic = format!(
+                            "Basic {}",
+                            base64::engine::general_purpose::STANDARD.encode("alice:s3cret")
+                        );
+                        let scope = q.get("scope").cloned().unwrap_or_default();
+                        let repo = scope
+                            .strip_prefix("repository:")
+                            .and_then(|s| s.strip_suffix(":pull"))
+                            .unwrap_or_default()
+                            .to_string();
+                        if q.get("service").map(String::as_str) != Some("fake-registry")
+                            || headers
+                                .get(header::AUTHORIZATION)
+                                .and_then(|v| v.to_str().ok())
+                                != Some(basic.as_str())
+                        {
+                            return (StatusCode::UNAUTHORIZED, "bad credentials").into_response();
+                        }
+                        axum::Json(serde_json::json!({"token": format!("token-for-{repo}")}))
+                            .into_response()
+                    },
+                ),
+            )
+            .route(
+                "/v2/{ns}/{name}/manifests/{tag}",
+                get(
+                    |State(f): State<Fake>,
+                     UrlPath((ns, name, _tag)): UrlPath<(String, String, String)>,
+                     headers: HeaderMap| async move {
+                        if !bearer(&headers, &format!("{ns}/{name}")) {
+                            return challenge(&f);
+                        }
+                        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&f.manifest)));
+                        (
+                            [
+                                (
+                                    header::CONTENT_TYPE,
+                                    "application/vnd.oci.image.manifest.v1+json".to_string(),
+                                ),
+                                (
+                                    header::HeaderName::from_static("docker-content-digest"),
+                                    digest,
+                                ),
+                            ],
+                            f.manifest.clone(),
+                        )
+                            .into_response()
+                    },
+                ),
+            )
+            .route(
+                "/v2/{ns}/{name}/blobs/{digest}",
+                get(
+                    |State(f): State<Fake>,
+                     UrlPath((ns, name, _digest)): UrlPath<(String, String, String)>,
+                     headers: HeaderMap| async move {
+                        if !bearer(&headers, &format!("{ns}/{name}")) {
+                            return challenge(&f);
+                        }
+                        let mut body = f.wasm.clone();
+                        if name == "bad" {
+                            body[0] ^= 0xff;
+                        }
+                        body.into_response()
+                    },
+                ),
+            )
+            .with_state(fake);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    #[tokio::test]
+    async fn the_bearer_flow_trades_the_pull_secret_for_a_token() {
+        let wasm = b"\0asm\x01\0\0\0 the bytes of a module".to_vec();
+        let addr = bearer_registry(wasm.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let puller = OciPuller::new(
+            RegistrySettings {
+                insecure: vec![addr.clone()],
+                ..Default::default()
+            },
+            dir.path(),
+        )
+        .unwrap();
+        let alice = Credential::Basic {
+            username: "alice".into(),
+            password: "s3cret".into(),
+        };
+        let image = OciRef::parse(&format!("{addr}/acme/app:v1")).unwrap();
+
+        // Anonymous and a wrong password get no token: unauthorized.
+        for creds in [
+            vec![],
+            vec![Credential::Basic {
+                username: "alice".into(),
+                password: "wrong".into(),
+            }],
+        ] {
+            let e = puller
+                .resolve(&image, PullPolicy::IfNotPresent, &creds)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, OciError::Unauthorized { .. }), "{e}");
+        }
+
+        let resolved = puller
+            .resolve(
+                &image,
+                PullPolicy::IfNotPresent,
+                std::slice::from_ref(&alice),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            resolved.layer_hex(),
+            Some(hex::encode(Sha256::digest(&wasm)).as_str())
+        );
+        let dest = dir.path().join("layer");
+        let size = puller
+            .fetch_layer(&image, &resolved, std::slice::from_ref(&alice), &dest)
+            .await
+            .unwrap();
+        assert_eq!(size, wasm.len() as u64);
+        assert_eq!(std::fs::read(&dest).unwrap(), wasm);
+
+        // Bytes that do not hash to the layer's digest are refused and not kept.
+        let bad = OciRef::parse(&format!("{addr}/acme/bad:v1")).unwrap();
+        let resolved = puller
+            .resolve(&bad, PullPolicy::IfNotPresent, std::slice::from_ref(&alice))
+            .await
+            .unwrap();
+        let dest = dir.path().join("bad-layer");
+        let e = puller
+            .fetch_layer(&bad, &resolved, std::slice::from_ref(&alice), &dest)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, OciError::DigestMismatch { .. }), "{e}");
+        assert!(!dest.exists());
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".pull"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
     #[tokio::test]
     async fn a_layer_past_the_limit_is_refused_while_it_streams() {
         use tokio::io::AsyncWriteExt;
