@@ -299,18 +299,30 @@ async fn skiff_push_logs_in_from_the_docker_config() {
     check_cncf_layout(reg, &repo_tag, &digest, &file).await;
 }
 
-/// `skiff deploy oci://REF` uploads nothing: the App names the normalised reference and
-/// the pull secrets, and its Deployment's pods get both. A reference whose first part
-/// is HOST:PORT needs no `oci://`. Whether the pods then pull is the agent's part: the
-/// rollout gets a short timeout and its outcome is not asserted here.
+/// `skiff push` then `skiff deploy oci://REF`: nothing is uploaded to the cluster, the
+/// App names the normalised reference and the pull secrets (a missing one is only a
+/// warning), the pods pull the pushed artifact, the App's status and the command show
+/// the digest it resolved to, and the app answers through the gateway. A reference whose
+/// first part is HOST:PORT needs no `oci://`.
 #[tokio::test]
-async fn skiff_deploy_oci_names_the_reference_in_the_app() {
+async fn skiff_push_then_skiff_deploy_oci_serves_the_app() {
     let reg = registry::shared_plain();
     let repo_tag = format!("{}:v1", repo("deploy", "hello"));
-    let wasm = common::workload("http-hello.wasm");
-    push_layout(reg, &repo_tag, Layout::Cncf, &wasm).await;
     let reference = format!("{}/{repo_tag}", reg.addr());
-    let (dir, _server, api) = common::dev_cluster(1, &[]);
+    let file = registry::workload_path("http-hello.wasm");
+    let (ok, stdout, stderr) = skiff(
+        &["push", file.to_str().unwrap(), &reference, "--plain-http"],
+        &[],
+    );
+    assert!(ok, "skiff push failed: {stderr}");
+    let digest = pushed_digest(&stdout, &reference);
+    let image_id = format!(
+        "{}/{}@{digest}",
+        reg.addr(),
+        repo_tag.trim_end_matches(":v1")
+    );
+
+    let (dir, _server, api) = cluster_for(&[]);
     let kubeconfig = dir.path().join("kubeconfig");
     let kubeconfig = kubeconfig.to_str().expect("a UTF-8 path").to_string();
     let deploy = |source: String, name: &'static str| {
@@ -327,7 +339,7 @@ async fn skiff_deploy_oci_names_the_reference_in_the_app() {
                     "--pull-secret",
                     "other",
                     "--timeout",
-                    "1s",
+                    "60s",
                     "--kubeconfig",
                     &kubeconfig,
                 ],
@@ -335,12 +347,27 @@ async fn skiff_deploy_oci_names_the_reference_in_the_app() {
             )
         })
     };
-    deploy(format!("oci://{reference}"), "web")
-        .await
-        .expect("skiff ran");
-    deploy(reference.clone(), "bare").await.expect("skiff ran");
+    for (source, name) in [
+        (format!("oci://{reference}"), "web"),
+        (reference.clone(), "bare"),
+    ] {
+        let (ok, stdout, stderr) = deploy(source, name).await.expect("skiff ran");
+        assert!(ok, "skiff deploy {name} failed: {stdout}{stderr}");
+        assert!(stdout.contains(&format!("image: {image_id}")), "{stdout}");
+        let url = stdout
+            .lines()
+            .find_map(|l| {
+                l.split_once(" is serving at ")
+                    .map(|(_, u)| u.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no URL in {stdout:?}"));
+        let body = common::eventually("the app answering", WAIT, || async {
+            let r = reqwest::get(&url).await.ok()?;
+            r.status().is_success().then_some(r.text().await.ok()?)
+        })
+        .await;
+        assert!(!body.is_empty());
 
-    for name in ["web", "bare"] {
         let (code, app) = api
             .get(&format!(
                 "/apis/skiff.dev/v1/namespaces/default/apps/{name}"
@@ -348,21 +375,15 @@ async fn skiff_deploy_oci_names_the_reference_in_the_app() {
             .await;
         assert_eq!(code, 200, "{app}");
         assert_eq!(app["spec"]["module"], reference.as_str(), "{app}");
+        assert_eq!(app["status"]["imageID"], image_id.as_str(), "{app}");
         let secrets = serde_json::json!([{"name": "regcred"}, {"name": "other"}]);
         assert_eq!(app["spec"]["imagePullSecrets"], secrets, "{app}");
-        let template = common::eventually(
-            "the App's Deployment",
-            std::time::Duration::from_secs(30),
-            || async {
-                let (code, d) = api
-                    .get(&format!(
-                        "/apis/apps/v1/namespaces/default/deployments/{name}"
-                    ))
-                    .await;
-                (code == 200).then(|| d["spec"]["template"]["spec"].clone())
-            },
-        )
-        .await;
+        let (_, d) = api
+            .get(&format!(
+                "/apis/apps/v1/namespaces/default/deployments/{name}"
+            ))
+            .await;
+        let template = &d["spec"]["template"]["spec"];
         assert_eq!(
             template["containers"][0]["image"],
             reference.as_str(),
