@@ -199,12 +199,9 @@ impl ImageStore {
             ImageRef::Module { hex } => {
                 let (program, source) = self
                     .load_digest(&hex, begun, ctx.policy, image, || async {
-                        if let Some(bytes) = read_verified(&self.bytes_dir.join(&hex), &hex).await {
-                            return Ok((bytes, None));
-                        }
                         let fetched = Instant::now();
                         let bytes = self.module_bytes(&hex).await?;
-                        Ok((bytes, Some(fetched.elapsed())))
+                        Ok((bytes, fetched.elapsed()))
                     })
                     .await?;
                 Ok(Pulled {
@@ -324,18 +321,15 @@ impl ImageStore {
         (credentials, warnings)
     }
 
-    /// The Wasm layer's bytes: from this node's copy, or downloaded into it.
+    /// Downloads the Wasm layer into this node's copy, and how long the download took.
     async fn layer_bytes(
         &self,
         image: &OciRef,
         resolved: &Resolved,
         credentials: &[Credential],
         hex: &str,
-    ) -> Result<(Vec<u8>, Option<Duration>), PullError> {
+    ) -> Result<(Vec<u8>, Duration), PullError> {
         let path = self.bytes_dir.join(hex);
-        if let Some(bytes) = read_verified(&path, hex).await {
-            return Ok((bytes, None));
-        }
         let started = Instant::now();
         self.oci
             .fetch_layer(image, resolved, credentials, &path)
@@ -354,12 +348,13 @@ impl ImageStore {
                 actual,
             });
         }
-        Ok((bytes, Some(transfer)))
+        Ok((bytes, transfer))
     }
 
-    /// The compiled program for a digest: loaded already, compiled on disk, or from
-    /// `fetch`'s bytes, one pull per digest at a time. `Never` allows only what is on
-    /// this node.
+    /// The compiled program for a digest: loaded already, compiled on disk, compiled
+    /// from this node's verified copy of the bytes, or from what `fetch` downloads (and
+    /// how long that took), one pull per digest at a time. `Never` allows only what is
+    /// on this node.
     async fn load_digest<F, Fut>(
         &self,
         hex: &str,
@@ -370,7 +365,7 @@ impl ImageStore {
     ) -> Result<(Arc<Program>, PullSource), PullError>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<(Vec<u8>, Option<Duration>), PullError>>,
+        Fut: std::future::Future<Output = Result<(Vec<u8>, Duration), PullError>>,
     {
         if let Some(program) = self.engine.loaded(hex) {
             return Ok((program, PullSource::Present { tier: "memory" }));
@@ -398,13 +393,18 @@ impl ImageStore {
         if let Some(program) = cached {
             return Ok((program, PullSource::Present { tier: "disk" }));
         }
-        if policy == PullPolicy::Never && !self.bytes_dir.join(hex).exists() {
-            return Err(PullError::NeverPull {
-                image: image.to_string(),
-            });
-        }
-
-        let (bytes, transfer) = fetch().await?;
+        let (bytes, transfer) = match read_verified(&self.bytes_dir.join(hex), hex).await {
+            Some(bytes) => (bytes, None),
+            None if policy == PullPolicy::Never => {
+                return Err(PullError::NeverPull {
+                    image: image.to_string(),
+                });
+            }
+            None => {
+                let (bytes, took) = fetch().await?;
+                (bytes, Some(took))
+            }
+        };
         let size = bytes.len() as u64;
         let engine = self.engine.clone();
         let compiled_dir = self.compiled_dir.clone();
@@ -429,12 +429,9 @@ impl ImageStore {
         ))
     }
 
-    /// The verified bytes of a module: from the local cache, or fetched from the store.
+    /// A module's bytes fetched from the store, verified and kept in this node's copy.
     async fn module_bytes(&self, hex: &str) -> Result<Vec<u8>, PullError> {
         let path = self.bytes_dir.join(hex);
-        if let Some(bytes) = read_verified(&path, hex).await {
-            return Ok(bytes);
-        }
         let digest = format!("sha256:{hex}");
         let bytes = skiff_api::client::download_module(&self.client, &digest)
             .await
