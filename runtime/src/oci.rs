@@ -180,47 +180,53 @@ impl OciError {
 }
 
 /// Picks the Wasm layer of a manifest, from the layouts in the wild.
-pub fn select_wasm_layer(manifest: &OciImageManifest) -> Result<&OciDescriptor, String> {
-    let of_type = |t: &str| -> Vec<&OciDescriptor> {
-        manifest
-            .layers
-            .iter()
-            .filter(|l| l.media_type == t)
-            .collect()
-    };
-    let listed = || {
-        let types: Vec<&str> = manifest
-            .layers
-            .iter()
-            .map(|l| l.media_type.as_str())
-            .collect();
-        if types.is_empty() {
-            "none".to_string()
-        } else {
-            types.join(", ")
-        }
-    };
+pub fn select_wasm_layer(manifest: &OciImageManifest) -> Result<&OciDescriptor, LayoutError> {
     for (kind, t) in [
         ("CNCF Wasm artifact", WASM_LAYER),
         ("Spin app", SPIN_LAYER),
         ("runwasi image", RUNWASI_LAYER),
     ] {
-        match of_type(t).as_slice() {
-            [] => continue,
-            [one] => return Ok(one),
-            many => {
-                return Err(format!(
-                    "a {kind} with {} {t} layers; a container runs one Wasm component",
-                    many.len()
-                ));
+        let mut of_type = manifest.layers.iter().filter(|l| l.media_type == t);
+        match (of_type.next(), of_type.count()) {
+            (None, _) => continue,
+            (Some(one), 0) => return Ok(one),
+            (Some(_), others) => {
+                return Err(LayoutError::Several {
+                    kind,
+                    media_type: t,
+                    count: others + 1,
+                });
             }
         }
     }
-    Err(format!(
-        "config {}; layers {}",
-        manifest.config.media_type,
-        listed()
-    ))
+    Err(LayoutError::Unsupported {
+        config: manifest.config.media_type.clone(),
+        layers: if manifest.layers.is_empty() {
+            "none".to_string()
+        } else {
+            manifest
+                .layers
+                .iter()
+                .map(|l| l.media_type.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    })
+}
+
+/// Why a manifest has no one Wasm layer to run.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// No layer of a layout this agent knows: the config and layer media types found.
+    #[error("config {config}; layers {layers}")]
+    Unsupported { config: String, layers: String },
+    /// A known layout with several Wasm layers (a Spin app of several components).
+    #[error("a {kind} with {count} {media_type} layers; a container runs one Wasm component")]
+    Several {
+        kind: &'static str,
+        media_type: &'static str,
+        count: usize,
+    },
 }
 
 /// What a reference resolved to.
@@ -431,32 +437,16 @@ impl OciPuller {
         name: &str,
         manifest: &'m OciImageManifest,
     ) -> Result<&'m OciDescriptor, OciError> {
-        select_wasm_layer(manifest).map_err(|detail| {
-            if manifest
-                .layers
-                .iter()
-                .any(|l| [WASM_LAYER, SPIN_LAYER, RUNWASI_LAYER].contains(&l.media_type.as_str()))
-            {
-                OciError::Layout {
-                    image: name.to_string(),
-                    detail,
-                }
-            } else {
-                OciError::UnsupportedLayout {
-                    image: name.to_string(),
-                    config: manifest.config.media_type.clone(),
-                    layers: if manifest.layers.is_empty() {
-                        "none".into()
-                    } else {
-                        manifest
-                            .layers
-                            .iter()
-                            .map(|l| l.media_type.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    },
-                }
-            }
+        select_wasm_layer(manifest).map_err(|e| match e {
+            LayoutError::Unsupported { config, layers } => OciError::UnsupportedLayout {
+                image: name.to_string(),
+                config,
+                layers,
+            },
+            several => OciError::Layout {
+                image: name.to_string(),
+                detail: several.to_string(),
+            },
         })
     }
 
@@ -466,18 +456,13 @@ impl OciPuller {
         image: &OciRef,
         credentials: &[Credential],
     ) -> Result<(OciImageManifest, String, Credential), OciError> {
-        let name = image.to_string();
-        let mut last = None;
-        for credential in credentials
-            .iter()
-            .chain(std::iter::once(&Credential::Anonymous))
-        {
-            let client = self.client(image.api_host(), credential)?;
+        let name = &image.to_string();
+        self.each_credential(image, None, credentials, |client, credential| async move {
             match client
                 .pull_manifest(image.reference(), &credential.auth())
                 .await
             {
-                Ok((OciManifest::Image(m), digest)) => return Ok((m, digest, credential.clone())),
+                Ok((OciManifest::Image(m), digest)) => Ok((m, digest, credential)),
                 Ok((OciManifest::ImageIndex(index), _)) => {
                     // A Wasm artifact is one manifest; an index is a multi-platform
                     // container image, which no agent runs.
@@ -487,23 +472,46 @@ impl OciPuller {
                         .filter_map(|m| m.platform.as_ref())
                         .map(|p| format!("{}/{}", p.os, p.architecture))
                         .collect();
-                    return Err(OciError::UnsupportedLayout {
-                        image: name,
+                    Err(OciError::UnsupportedLayout {
+                        image: name.to_string(),
                         config: "an image index".into(),
                         layers: format!("platforms {}", platforms.join(", ")),
-                    });
+                    })
                 }
-                Err(e) => {
-                    let e = self.with_hint(image, classify(&name, e));
-                    match e {
-                        OciError::Unauthorized { .. } => last = Some(e),
-                        other => return Err(other),
-                    }
-                }
+                Err(e) => Err(self.with_hint(image, classify(name, e))),
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt` with `first` (if any), then each of the pod's credentials in
+    /// order, then none, as the kubelet does: the first answer that is not a refusal
+    /// of the credential is the outcome.
+    async fn each_credential<T, F, Fut>(
+        &self,
+        image: &OciRef,
+        first: Option<&Credential>,
+        credentials: &[Credential],
+        mut attempt: F,
+    ) -> Result<T, OciError>
+    where
+        F: FnMut(Client, Credential) -> Fut,
+        Fut: std::future::Future<Output = Result<T, OciError>>,
+    {
+        let mut last = None;
+        for credential in first
+            .into_iter()
+            .chain(credentials)
+            .chain(std::iter::once(&Credential::Anonymous))
+        {
+            let client = self.client(image.api_host(), credential)?;
+            match attempt(client, credential.clone()).await {
+                Err(e @ OciError::Unauthorized { .. }) => last = Some(e),
+                outcome => return outcome,
             }
         }
         Err(last.unwrap_or(OciError::Unauthorized {
-            image: name,
+            image: image.to_string(),
             detail: "no credential was accepted".into(),
         }))
     }
@@ -555,15 +563,10 @@ impl OciPuller {
             .await
             .map_err(|e| OciError::Cache(e.to_string()))?;
         let tmp = dir.join(format!(".{}.pull", rand::random::<u64>()));
-        let mut last = None;
         // The one the manifest was read with first, then the pod's in order, then none.
-        for credential in resolved
-            .credential
-            .iter()
-            .chain(credentials)
-            .chain(std::iter::once(&Credential::Anonymous))
-        {
-            let client = self.client(image.api_host(), credential)?;
+        let first = resolved.credential.as_ref();
+        let (name, tmp) = (&name, &tmp);
+        self.each_credential(image, first, credentials, |client, credential| async move {
             // Blob pulls authenticate as manifest pulls do; a fresh client needs it.
             let _ = client
                 .auth(
@@ -597,28 +600,22 @@ impl OciPuller {
                     tokio::fs::rename(&tmp, dest)
                         .await
                         .map_err(|e| OciError::Cache(e.to_string()))?;
-                    return Ok(out.written);
+                    Ok(out.written)
                 }
                 Err(e) => {
                     let _ = tokio::fs::remove_file(&tmp).await;
                     if out.written > limit {
                         return Err(OciError::TooLarge {
-                            image: name,
+                            image: name.to_string(),
                             size: out.written,
                             limit,
                         });
                     }
-                    match self.with_hint(image, classify(&name, e)) {
-                        e @ OciError::Unauthorized { .. } => last = Some(e),
-                        other => return Err(other),
-                    }
+                    Err(self.with_hint(image, classify(name, e)))
                 }
             }
-        }
-        Err(last.unwrap_or(OciError::Unauthorized {
-            image: name,
-            detail: "no credential was accepted".into(),
-        }))
+        })
+        .await
     }
 }
 
@@ -776,7 +773,7 @@ mod tests {
             "application/vnd.oci.image.config.v1+json",
             &["application/vnd.oci.image.layer.v1.tar+gzip"],
         );
-        let e = select_wasm_layer(&container).unwrap_err();
+        let e = select_wasm_layer(&container).unwrap_err().to_string();
         assert!(
             e.contains("application/vnd.oci.image.config.v1+json")
                 && e.contains("application/vnd.oci.image.layer.v1.tar+gzip"),
@@ -784,12 +781,16 @@ mod tests {
         );
         let two = manifest("x", &[SPIN_LAYER, SPIN_LAYER]);
         assert!(
-            select_wasm_layer(&two).unwrap_err().contains("2 "),
+            select_wasm_layer(&two)
+                .unwrap_err()
+                .to_string()
+                .contains("2 "),
             "two components"
         );
         assert!(
             select_wasm_layer(&manifest("x", &[]))
                 .unwrap_err()
+                .to_string()
                 .contains("layers none")
         );
     }
