@@ -20,6 +20,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use oci_wasm::{ToConfig, WasmConfig};
 use sha2::Digest;
+use skiff_runtime::wasm::Format;
 
 #[derive(clap::Args)]
 pub struct PushArgs {
@@ -34,11 +35,6 @@ pub struct PushArgs {
     #[arg(long)]
     ca: Option<PathBuf>,
 }
-
-/// The first eight bytes of a component: magic, then version 0xd, layer 1.
-const COMPONENT_HEADER: [u8; 8] = *b"\0asm\x0d\0\x01\0";
-/// The first eight bytes of a core module: magic, then version 1, layer 0.
-const CORE_MODULE_HEADER: [u8; 8] = *b"\0asm\x01\0\0\0";
 
 /// The credentials `docker login` (or oras, wkg, podman with DOCKER_CONFIG) left for
 /// `registry` in `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, credential
@@ -110,21 +106,12 @@ fn explain(e: OciDistributionError, registry: &str, args: &PushArgs) -> anyhow::
              certificate is from a private CA, pass --ca FILE"
                 .to_string()
         };
-        return anyhow::anyhow!("could not reach {registry}: {}{hint}", error_chain(request));
+        return anyhow::anyhow!(
+            "could not reach {registry}: {}{hint}",
+            skiff_runtime::images::error_chain(request)
+        );
     }
     anyhow::Error::new(e).context(format!("pushing to {registry}"))
-}
-
-/// An error and its causes, on one line (reqwest's top-level message alone says little).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -157,12 +144,13 @@ pub async fn push(args: PushArgs) -> anyhow::Result<()> {
             args.reference
         )
     })?;
-    let (config, layer) = match bytes.get(..8) {
-        Some(h) if h == COMPONENT_HEADER => WasmConfig::from_raw_component(bytes, None)
+    // The agent's own reading of the header, so push and run agree on what a file is.
+    let (config, layer) = match skiff_runtime::wasm::sniff(&bytes) {
+        Ok(Format::Component) => WasmConfig::from_raw_component(bytes, None)
             .with_context(|| format!("reading the component's WIT in {}", args.file.display()))?,
-        Some(h) if h == CORE_MODULE_HEADER => WasmConfig::from_raw_module(bytes, None)?,
-        _ => bail!(
-            "{} is not a WebAssembly component or core module (binary format)",
+        Ok(Format::CoreModule) => WasmConfig::from_raw_module(bytes, None)?,
+        Err(e) => bail!(
+            "{} is not a WebAssembly component or core module (binary format): {e}",
             args.file.display()
         ),
     };

@@ -32,14 +32,14 @@ const MAX_LISTED_EXPORTS: usize = 8;
 
 /// Which binary format the bytes are in, from their header alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Format {
+pub enum Format {
     CoreModule,
     Component,
 }
 
 /// Reads the 8-byte header. Anything else, including Wasm text, is `NotWasm`: the agent
 /// runs only binaries, whose digest is what the pod spec names.
-pub(crate) fn sniff(bytes: &[u8]) -> Result<Format, LoadError> {
+pub fn sniff(bytes: &[u8]) -> Result<Format, LoadError> {
     if bytes.starts_with(&CORE_MODULE_HEADER) {
         Ok(Format::CoreModule)
     } else if bytes.starts_with(&COMPONENT_HEADER) {

@@ -36,6 +36,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use self::detect::{Format, sniff};
 pub use self::engine::{EngineConfig, EngineError};
 pub use self::http::{
     DEFAULT_MAX_REQUEST_BODY, DEFAULT_REQUEST_TIMEOUT, FaultHook, HttpSpec, OutboundHosts,
