@@ -236,24 +236,12 @@ impl System {
     async fn watch(&self, collection: &str) -> anyhow::Result<Watcher> {
         match self {
             System::Skiff { url, http, .. } => {
-                let list: Value = http
-                    .get(format!(
-                        "{url}/api/v1/namespaces/{collection}/configmaps?limit=1"
-                    ))
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
-                let rv = list["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or("0")
-                    .to_string();
-                let resp = http
-                    .get(format!(
-                    "{url}/api/v1/namespaces/{collection}/configmaps?watch=1&resourceVersion={rv}"
-                ))
-                    .send()
-                    .await?;
+                let resp = super::watch_from_now(
+                    http,
+                    &format!("{url}/api/v1/namespaces/{collection}/configmaps"),
+                    "",
+                )
+                .await?;
                 if !resp.status().is_success() {
                     bail!("watch failed: {}", resp.status());
                 }

@@ -325,24 +325,12 @@ async fn watch_delivery(
             args.watch_events,
         );
         tasks.spawn(async move {
-            let list: Value = http
-                .get(format!(
-                    "{url}/api/v1/namespaces/bench-watch/configmaps?limit=1"
-                ))
-                .send()
-                .await?
-                .json()
-                .await?;
-            let rv = list["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap_or("0")
-                .to_string();
-            let resp = http
-                .get(format!(
-                    "{url}/api/v1/namespaces/bench-watch/configmaps?watch=1&resourceVersion={rv}"
-                ))
-                .send()
-                .await?;
+            let resp = super::watch_from_now(
+                &http,
+                &format!("{url}/api/v1/namespaces/bench-watch/configmaps"),
+                "",
+            )
+            .await?;
             opened.fetch_add(1, Ordering::Relaxed);
             let mut lines = super::WatchLines::new(resp);
             let mut lat = Latencies::new();
@@ -609,22 +597,12 @@ async fn failover(args: &HaBenchArgs) -> anyhow::Result<Vec<f64>> {
         let survivor = (victim + 1) % 3;
         let (surl, shttp) = http_for(&dirs[survivor], 4).await?;
         let name = format!("failover-{kill}");
-        let list: Value = shttp
-            .get(format!("{surl}/api/v1/namespaces/default/pods?limit=1"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let rv = list["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or("0")
-            .to_string();
-        let watch = shttp
-            .get(format!(
-                "{surl}/api/v1/namespaces/default/pods?watch=1&resourceVersion={rv}&fieldSelector=metadata.name%3D{name}"
-            ))
-            .send()
-            .await?;
+        let watch = super::watch_from_now(
+            &shttp,
+            &format!("{surl}/api/v1/namespaces/default/pods"),
+            &format!("&fieldSelector=metadata.name%3D{name}"),
+        )
+        .await?;
         let (process, _) = servers[victim].take().expect("running");
         let killed = Instant::now();
         process.kill9().await;

@@ -188,6 +188,27 @@ fn write_json(path: Option<&PathBuf>, value: &serde_json::Value) -> anyhow::Resu
     Ok(())
 }
 
+/// Opens a watch of `collection` (a list URL) from now: from the resourceVersion of a
+/// one-item list, so it delivers every change after this call and nothing before.
+/// `query` is appended to the watch's query (`&fieldSelector=...`).
+pub(crate) async fn watch_from_now(
+    http: &reqwest::Client,
+    collection: &str,
+    query: &str,
+) -> anyhow::Result<reqwest::Response> {
+    let list: serde_json::Value = http
+        .get(format!("{collection}?limit=1"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0");
+    Ok(http
+        .get(format!("{collection}?watch=1&resourceVersion={rv}{query}"))
+        .send()
+        .await?)
+}
+
 /// A watch response read as it arrives: each chunk's complete lines (one event each),
 /// stamped with when the chunk arrived.
 pub(crate) struct WatchLines {

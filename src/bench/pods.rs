@@ -181,23 +181,9 @@ async fn start_latencies(
     args: &[&str],
     path: StartPath,
 ) -> anyhow::Result<(Latencies, Duration)> {
-    let list: Value = http
-        .get(format!("{url}/api/v1/namespaces/default/pods?limit=1"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let rv = list["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or("0")
-        .to_string();
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let watch = http
-        .get(format!(
-            "{url}/api/v1/namespaces/default/pods?watch=1&resourceVersion={rv}"
-        ))
-        .send()
-        .await?;
+    let watch =
+        super::watch_from_now(http, &format!("{url}/api/v1/namespaces/default/pods"), "").await?;
     let total = names.len();
     let seen_sent = sent.clone();
     let watcher = tokio::spawn(async move {

@@ -114,20 +114,7 @@ async fn pod_running(
     image: &str,
 ) -> anyhow::Result<f64> {
     let pods = format!("{url}/api/v1/namespaces/default/pods");
-    let list: Value = http
-        .get(format!("{pods}?limit=1"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let rv = list["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or("0")
-        .to_string();
-    let watch = http
-        .get(format!("{pods}?watch=1&resourceVersion={rv}"))
-        .send()
-        .await?;
+    let watch = super::watch_from_now(http, &pods, "").await?;
     let mut lines = super::WatchLines::new(watch);
     let sent = Instant::now();
     let r = http

@@ -413,22 +413,9 @@ impl BindWatch {
         total: usize,
         sent: Sent,
     ) -> anyhow::Result<BindWatch> {
-        let list: Value = http
-            .get(format!("{url}/api/v1/namespaces/default/pods?limit=1"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let rv = list["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or("0")
-            .to_string();
-        let watch = http
-            .get(format!(
-                "{url}/api/v1/namespaces/default/pods?watch=1&resourceVersion={rv}"
-            ))
-            .send()
-            .await?;
+        let watch =
+            super::watch_from_now(http, &format!("{url}/api/v1/namespaces/default/pods"), "")
+                .await?;
         let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let seen = count.clone();
         let prefix = prefix.to_string();
