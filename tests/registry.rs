@@ -510,6 +510,18 @@ async fn event_saying(api: &common::Api, name: &str, reason: &str, text: &str) -
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Pushes the wasi:http hello component as `REPO:TAG` in the CNCF layout; returns the
+/// manifest's digest.
+async fn push_hello(reg: &Registry, repo: &str, tag: &str) -> String {
+    push_layout(
+        reg,
+        &format!("{repo}:{tag}"),
+        Layout::Cncf,
+        &common::workload("http-hello.wasm"),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn pods_pull_by_tag_and_by_digest_in_each_layout() {
     let reg = registry::shared_plain();
@@ -652,13 +664,7 @@ async fn a_missing_image_backs_off_then_runs_once_pushed() {
     assert!(message.contains("not found"), "{message}");
     let message = waiting(&api, "later", "ImagePullBackOff").await;
     assert!(message.contains("Back-off pulling image"), "{message}");
-    push_layout(
-        reg,
-        &format!("{r}:v1"),
-        Layout::Cncf,
-        &common::workload("http-hello.wasm"),
-    )
-    .await;
+    push_hello(reg, &r, "v1").await;
     running(&api, "later").await;
 }
 
@@ -679,13 +685,7 @@ async fn a_private_registry_needs_the_pull_secret() {
     let reg = registry::shared_secure();
     let (_d, _p, api) = cluster_for(&[]);
     let r = repo("private", "app");
-    push_layout(
-        reg,
-        &format!("{r}:v1"),
-        Layout::Cncf,
-        &common::workload("http-hello.wasm"),
-    )
-    .await;
+    push_hello(reg, &r, "v1").await;
     let image = format!("{}/{r}:v1", reg.addr());
 
     create(&api, image_pod("no-secret", &image)).await;
@@ -783,13 +783,7 @@ async fn a_rollout_from_v1_to_v2_changes_the_image() {
     let reg = registry::shared_plain();
     let (_d, _p, api) = cluster_for(&[]);
     let r = repo("rollout", "app");
-    let v1 = push_layout(
-        reg,
-        &format!("{r}:v1"),
-        Layout::Cncf,
-        &common::workload("http-hello.wasm"),
-    )
-    .await;
+    let v1 = push_hello(reg, &r, "v1").await;
     let v2 = push_layout(
         reg,
         &format!("{r}:v2"),
@@ -861,13 +855,7 @@ async fn a_rollout_from_v1_to_v2_changes_the_image() {
 async fn the_size_limit_and_plain_http_are_refused_clearly() {
     let reg = registry::shared_plain();
     let r = repo("limits", "app");
-    push_layout(
-        reg,
-        &format!("{r}:v1"),
-        Layout::Cncf,
-        &common::workload("http-hello.wasm"),
-    )
-    .await;
+    push_hello(reg, &r, "v1").await;
     let image = format!("{}/{r}:v1", reg.addr());
 
     let (_d, _p, api) = cluster_for(&["--max-image-size", "10Ki"]);
