@@ -35,8 +35,16 @@ pub struct DevArgs {
     /// 127.0.0.1:8080, or a free port if that one is busy.
     #[arg(long)]
     gateway: Option<SocketAddr>,
+    /// Where the gateway serves HTTPS for Ingresses' TLS hosts; port 0 picks a free
+    /// port. Default: 127.0.0.1:8443, or a free port if that one is busy.
+    #[arg(long)]
+    gateway_https: Option<SocketAddr>,
     #[command(flatten)]
     pods: PodFlags,
+    /// Test only: the controllers read a clock that an admin moves forward with
+    /// `POST /skiff/v1/clock` (see `skiff server --fake-clock`).
+    #[arg(long, hide = true)]
+    fake_clock: bool,
 }
 
 /// The API server's address unless `--listen` is given.
@@ -45,6 +53,9 @@ const DEFAULT_LISTEN: SocketAddr =
 /// The gateway's address unless `--gateway` is given.
 const DEFAULT_GATEWAY: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+/// The gateway's HTTPS address unless `--gateway-https` is given.
+const DEFAULT_GATEWAY_HTTPS: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8443);
 
 /// A default address another program holds: why, to say so once the free port taken
 /// instead is known.
@@ -85,10 +96,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let (listen, listen_busy) = address(args.listen, DEFAULT_LISTEN).await;
     let (gateway, gateway_busy) = address(args.gateway, DEFAULT_GATEWAY).await;
+    let (gateway_https, https_busy) = address(args.gateway_https, DEFAULT_GATEWAY_HTTPS).await;
     let mut server_config = ServerConfig::new(args.data_dir.join("server"), listen);
     server_config.controllers.node_monitor_grace = args.node_monitor_grace;
     server_config.api.default_toleration_seconds = args.default_toleration_seconds;
     server_config.gateway = Some(gateway);
+    server_config.gateway_https = Some(gateway_https);
+    if args.fake_clock {
+        server_config.clock = skiff_controlplane::clock::Clock::fake();
+    }
     let server = Server::start(server_config)
         .await
         .context("starting the control plane")?;
@@ -128,6 +144,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             busy.say("gateway", url);
         }
         println!("gateway: {url}");
+    }
+    if let Some(url) = &server.gateway_https_url {
+        if let Some(busy) = &https_busy {
+            busy.say("gateway's HTTPS", url);
+        }
+        println!("gateway https: {url}");
     }
     println!("api: {}", server.api_url);
     println!("kubeconfig: {}", kubeconfig.display());

@@ -352,6 +352,10 @@ struct ServerArgs {
     /// Serve the HTTP gateway here (port 0 picks one); off unless given.
     #[arg(long)]
     gateway: Option<SocketAddr>,
+    /// Serve HTTPS for the Ingresses' TLS hosts here (port 0 picks one), by SNI with
+    /// the certificates of their `kubernetes.io/tls` Secrets; needs --gateway.
+    #[arg(long, requires = "gateway")]
+    gateway_https: Option<SocketAddr>,
     /// Another DNS name or IP address the serving certificate covers (repeatable).
     #[arg(long = "tls-san")]
     tls_sans: Vec<String>,
@@ -380,6 +384,10 @@ struct ServerArgs {
     /// How often the leader renews and candidates try (default 2s on redb, 200ms on etcd).
     #[arg(long, value_parser = humantime::parse_duration)]
     leader_elect_retry_period: Option<Duration>,
+    /// Test only: the controllers read a clock that starts at the real time and that an
+    /// admin moves forward with `POST /skiff/v1/clock` (`{"advanceSeconds": N}`).
+    #[arg(long, hide = true)]
+    fake_clock: bool,
 }
 
 /// Where a server keeps the cluster: redb in its data directory, or etcd.
@@ -469,11 +477,15 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     config.controllers.node_monitor_grace = args.node_monitor_grace;
     config.api.default_toleration_seconds = args.default_toleration_seconds;
     config.gateway = args.gateway;
+    config.gateway_https = args.gateway_https;
     config.tls_sans = args.tls_sans;
     config.store = args.store.config();
     config.join_token = args.token;
     config.join_url = args.join;
     config.advertise_address = args.advertise_address;
+    if args.fake_clock {
+        config.clock = skiff_controlplane::clock::Clock::fake();
+    }
     if args.store.store == StoreKind::Etcd {
         config.leader = skiff_controlplane::leader::LeaderConfig::for_failover("");
     }
@@ -493,6 +505,9 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let server = Server::start(config).await.context("starting the server")?;
     if let Some(url) = &server.gateway_url {
         println!("gateway: {url}");
+    }
+    if let Some(url) = &server.gateway_https_url {
+        println!("gateway https: {url}");
     }
     // Tests and scripts wait for this line: the API answers once it is printed.
     println!("api: {}", server.api_url);

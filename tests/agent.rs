@@ -297,19 +297,20 @@ async fn a_trapping_guest_restarts_under_backoff() {
     let (code, previous) = api.text(&format!("{PODS}/trap/log?previous=true")).await;
     assert_eq!(code, 200);
     assert!(previous.contains("about to trap"), "{previous}");
-    let (_, events) = api
-        .get("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dtrap")
-        .await;
-    let reasons: Vec<&str> = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["reason"].as_str().unwrap())
-        .collect();
-    assert!(
-        reasons.contains(&"Trap") && reasons.contains(&"BackOff"),
-        "{reasons:?}"
-    );
+    // Events are written in the background, so they may trail the status a little.
+    eventually("the Trap and BackOff events", WAIT, || async {
+        let (_, events) = api
+            .get("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dtrap")
+            .await;
+        let reasons: Vec<String> = events["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|e| e["reason"].as_str().map(str::to_string))
+            .collect();
+        (reasons.iter().any(|r| r == "Trap") && reasons.iter().any(|r| r == "BackOff"))
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

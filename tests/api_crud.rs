@@ -708,7 +708,11 @@ async fn discovery_and_health() {
             "batch",
             "coordination.k8s.io",
             "discovery.k8s.io",
-            "skiff.dev"
+            "skiff.dev",
+            "policy",
+            "networking.k8s.io",
+            "gateway.networking.k8s.io",
+            "storage.k8s.io",
         ]
     );
     let (_, apps) = api.get("/apis/apps/v1").await;

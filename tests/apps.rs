@@ -725,6 +725,8 @@ fn dev_takes_a_free_gateway_port_when_the_default_is_busy() {
     let (process, _) = common::Process::start(
         &[
             "dev",
+            "--gateway-https",
+            "127.0.0.1:0",
             "--listen",
             "127.0.0.1:0",
             "--data-dir",

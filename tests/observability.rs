@@ -46,6 +46,8 @@ async fn metrics_and_spans_follow_what_the_cluster_does() {
             "--log-format",
             "json",
             "dev",
+            "--gateway-https",
+            "127.0.0.1:0",
             "--data-dir",
             data.to_str().unwrap(),
             "--listen",

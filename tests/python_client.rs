@@ -37,6 +37,10 @@ async fn the_python_client_lists_creates_patches_and_watches() {
         "conflict: 409",
         "listed by label: 1",
         "watched running pods: 2",
+        "statefulset ready with claim: Bound local-path",
+        "budget: 1 1 0",
+        "cronjob: @hourly Allow",
+        "ingress classes: skiff",
         "ok",
     ] {
         assert!(

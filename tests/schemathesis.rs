@@ -305,6 +305,12 @@ async fn seed(api: &Api) -> String {
                    "containers": [{"name": "main", "image": module}]}}}}),
         ),
         (
+            format!("{}/cronjobs", apis("batch")),
+            json!({"spec": {"schedule": "@yearly", "suspend": true, "jobTemplate": {"spec": {
+                   "template": {"spec": {"restartPolicy": "Never",
+                   "containers": [{"name": "main", "image": module}]}}}}}}),
+        ),
+        (
             format!("{}/leases", apis("coordination.k8s.io")),
             json!({"spec": {"holderIdentity": "fuzz"}}),
         ),

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod client;
 pub mod fields;
+pub mod gatewayapi;
 pub mod image;
 pub mod metrics;
 pub mod module;

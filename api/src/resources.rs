@@ -22,6 +22,8 @@ pub enum Subresource {
     Log,
     /// `pods/eviction`: a `policy/v1` Eviction, what `kubectl drain` posts.
     Eviction,
+    /// `pods/portforward`: the connection `kubectl port-forward` upgrades.
+    PortForward,
 }
 
 impl Subresource {
@@ -32,6 +34,7 @@ impl Subresource {
             Subresource::Binding => "binding",
             Subresource::Log => "log",
             Subresource::Eviction => "eviction",
+            Subresource::PortForward => "portforward",
         }
     }
 }

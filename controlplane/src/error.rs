@@ -105,6 +105,10 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Timeout(String),
+    /// Refused for now, to be retried: an eviction a disruption budget does not allow.
+    /// Its causes are (type, message) pairs, as Kubernetes reports them.
+    #[error("{0}")]
+    TooManyRequests(String, Vec<(&'static str, String)>),
     #[error("the server is shutting down")]
     Unavailable,
     /// A node or other upstream the request needed failed; its error is the client's
@@ -140,6 +144,7 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::Upstream(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -159,6 +164,7 @@ impl ApiError {
             ApiError::TooLarge(_) => "RequestEntityTooLarge",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Timeout(_) => "Timeout",
+            ApiError::TooManyRequests(..) => "TooManyRequests",
             ApiError::Unavailable => "ServiceUnavailable",
             ApiError::Internal(_) | ApiError::Upstream(_) => "InternalError",
         }
@@ -187,6 +193,12 @@ impl ApiError {
                     "reason": c.reason.cause_type(),
                     "message": c.message,
                     "field": c.field,
+                })).collect::<Vec<_>>(),
+            })),
+            ApiError::TooManyRequests(_, causes) if !causes.is_empty() => Some(json!({
+                "causes": causes.iter().map(|(reason, message)| json!({
+                    "reason": reason,
+                    "message": message,
                 })).collect::<Vec<_>>(),
             })),
             _ => None,

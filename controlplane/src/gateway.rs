@@ -1,7 +1,11 @@
 //! The HTTP gateway (`skiff server --gateway HOST:PORT`): routes each request by Host and
 //! path to the ready endpoints of a Service (every App has one), across nodes.
 //!
-//! Routes, most specific first:
+//! Before its own routes, the gateway routes by the rules of the HTTPRoutes attached
+//! to its Gateways (`crate::httproute`), then by the rules of its Ingresses
+//! (`crate::ingress`); an Ingress `defaultBackend` comes after all of them.
+//!
+//! Its own routes, most specific first:
 //! 1. the Service's own routes, from its `skiff.dev/routes` annotation (a Host and/or a
 //!    path prefix; the App controller writes the App's route there);
 //! 2. Host `NAME.NAMESPACE.localhost` (browsers resolve `*.localhost` to loopback with
@@ -46,6 +50,7 @@ use crate::controllers::endpointslice::slice_name;
 use crate::informer::{Cache, Informers, SharedInformers};
 use crate::objects;
 
+use skiff_api::gatewayapi::GROUP as GATEWAY_GROUP;
 use skiff_api::routes::{POD_HEADER, ROUTES_ANNOTATION, Route, UNSERVED_HEADER};
 /// Bodies up to this size are buffered so the request can be retried on another
 /// endpoint; larger ones stream through, tried once.
@@ -68,11 +73,16 @@ pub struct RouteEntry {
 /// routes without formatting store keys, parsing objects or allocating.
 #[derive(Default)]
 struct Snapshot {
-    /// The versions of the services, endpointslices and nodes caches it was built
+    /// The versions of the services, endpointslices, nodes, ingresses,
+    /// ingressclasses, gatewayclasses, gateways and httproutes caches it was built
     /// from; None before the first build.
-    versions: Option<[u64; 3]>,
+    versions: Option<[u64; 8]>,
     /// Routes from the Services' routes annotations.
     routes: Vec<RouteEntry>,
+    /// Routes of the Ingresses the gateway serves.
+    ingress: crate::ingress::IngressRoutes,
+    /// Routes of the HTTPRoutes attached to the gateway's Gateways.
+    httproutes: crate::httproute::HttpRoutes,
     /// Every Service, by namespace and name.
     services: HashMap<String, HashMap<String, Arc<Backend>>>,
 }
@@ -98,6 +108,11 @@ pub struct Gateway {
     services: Arc<Cache>,
     slices: Arc<Cache>,
     nodes: Arc<Cache>,
+    ingresses: Arc<Cache>,
+    classes: Arc<Cache>,
+    gateway_classes: Arc<Cache>,
+    gateways: Arc<Cache>,
+    httproutes: Arc<Cache>,
     client: Client<HttpConnector, GatewayBody>,
     tunnels: Arc<crate::tunnel::Tunnels>,
     snapshot: RwLock<Arc<Snapshot>>,
@@ -118,6 +133,11 @@ impl Gateway {
             services: informers.cache("", "services"),
             slices: informers.cache("discovery.k8s.io", "endpointslices"),
             nodes: informers.cache("", "nodes"),
+            ingresses: informers.cache("networking.k8s.io", "ingresses"),
+            classes: informers.cache("networking.k8s.io", "ingressclasses"),
+            gateway_classes: informers.cache(GATEWAY_GROUP, "gatewayclasses"),
+            gateways: informers.cache(GATEWAY_GROUP, "gateways"),
+            httproutes: informers.cache(GATEWAY_GROUP, "httproutes"),
             client: Client::builder(TokioExecutor::new()).build(connector),
             tunnels,
             snapshot: RwLock::default(),
@@ -133,6 +153,11 @@ impl Gateway {
             self.services.version(),
             self.slices.version(),
             self.nodes.version(),
+            self.ingresses.version(),
+            self.classes.version(),
+            self.gateway_classes.version(),
+            self.gateways.version(),
+            self.httproutes.version(),
         ];
         {
             let snapshot = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
@@ -149,7 +174,7 @@ impl Gateway {
 
     /// The routing state from the caches, keeping `old`'s round-robin positions and
     /// request series.
-    fn build(&self, versions: [u64; 3], old: &Snapshot) -> Snapshot {
+    fn build(&self, versions: [u64; 8], old: &Snapshot) -> Snapshot {
         let slice_kind = crate::kinds::lookup("discovery.k8s.io", "v1", "endpointslices")
             .expect("endpointslices are served");
         let node_kind = crate::kinds::lookup("", "v1", "nodes").expect("nodes are served");
@@ -210,10 +235,24 @@ impl Gateway {
                 }),
             );
         }
+        let service_kind = crate::kinds::lookup("", "v1", "services").expect("services are served");
+        let ingress = crate::ingress::IngressRoutes::build(
+            &self.ingresses.snapshot(),
+            &crate::ingress::our_classes(&self.classes.snapshot()),
+            &|namespace, name| self.services.get(&service_kind.key(Some(namespace), name)),
+        );
+        let httproutes = crate::httproute::HttpRoutes::build(
+            &self.gateways.snapshot(),
+            &self.httproutes.snapshot(),
+            &crate::httproute::our_classes(&self.gateway_classes.snapshot()),
+            &|namespace, name| self.services.get(&service_kind.key(Some(namespace), name)),
+        );
         Snapshot {
             versions: Some(versions),
             routes,
             services,
+            ingress,
+            httproutes,
         }
     }
 }
@@ -247,6 +286,9 @@ pub struct Target {
     /// The path prefix the route matched (ends with `/`), stripped before the app sees
     /// the request; None for a Host route.
     pub prefix: Option<String>,
+    /// One pod of the Service (`POD.SERVICE.NAMESPACE.localhost`, as a headless
+    /// Service's per-pod DNS names reach a StatefulSet's pods); None for any.
+    pub pod: Option<String>,
 }
 
 /// Routes a request, as the gateway does before it forwards one: the Service it is for,
@@ -285,17 +327,30 @@ fn route(
             namespace: e.namespace.clone(),
             service: e.service.clone(),
             prefix: e.route.path_prefix.clone(),
+            pod: None,
         });
     }
-    if let Some(rest) = host.strip_suffix(".localhost")
-        && let Some((name, namespace)) = rest.split_once('.')
-        && exists(namespace, name)
-    {
-        return Some(Target {
-            namespace: namespace.to_string(),
-            service: name.to_string(),
-            prefix: None,
-        });
+    if let Some(rest) = host.strip_suffix(".localhost") {
+        let labels: Vec<&str> = rest.split('.').collect();
+        match labels.as_slice() {
+            [name, namespace] if exists(namespace, name) => {
+                return Some(Target {
+                    namespace: namespace.to_string(),
+                    service: name.to_string(),
+                    prefix: None,
+                    pod: None,
+                });
+            }
+            [pod, name, namespace] if exists(namespace, name) => {
+                return Some(Target {
+                    namespace: namespace.to_string(),
+                    service: name.to_string(),
+                    prefix: None,
+                    pod: Some(pod.to_string()),
+                });
+            }
+            _ => {}
+        }
     }
     // The path as asked, so that the prefix stripped is the one matched: `//NS/NAME/x`
     // is no route (its prefix would not come off, and the app would see it all).
@@ -307,12 +362,33 @@ fn route(
             prefix: Some(format!("/{namespace}/{name}/")),
             namespace: namespace.to_string(),
             service: name.to_string(),
+            pod: None,
         });
     }
     None
 }
 
+/// The Service's backend with only `pod` among its endpoints, when a route named one
+/// (its round-robin and request series stay the Service's).
+fn narrow(backend: Arc<Backend>, namespace: &str, pod: Option<&str>) -> Arc<Backend> {
+    let Some(pod) = pod else {
+        return backend;
+    };
+    let wanted = format!("{namespace}/{pod}");
+    Arc::new(Backend {
+        endpoints: backend
+            .endpoints
+            .iter()
+            .filter(|e| e.pod() == wanted)
+            .cloned()
+            .collect(),
+        next: backend.next.clone(),
+        series: backend.series.clone(),
+    })
+}
+
 /// A ready replica of an app.
+#[derive(Clone)]
 struct Endpoint {
     /// `namespace/name` of its pod, as the agent is told it.
     pod: HeaderValue,
@@ -363,7 +439,8 @@ impl Upstream {
 }
 
 /// Headers that belong to one connection, not to the request.
-const HOP_BY_HOP: &[&str] = &[
+/// Headers of one connection, never forwarded (the port-forward proxy drops them too).
+pub(crate) const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -384,28 +461,93 @@ async fn handle(State(gw): State<Arc<Gateway>>, mut request: Request) -> Respons
     let host = skiff_api::routes::host_of(&request);
     let snapshot = gw.snapshot();
     let exists = |namespace: &str, name: &str| snapshot.backend(namespace, name).is_some();
-    let Some(Target {
-        namespace, service, ..
-    }) = route_request(&snapshot.routes, exists, &mut request)
-    else {
-        // Unrouted, the request is as it came.
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("no app is routed at {host}{}", request.uri().path()),
-        );
+    let request_host = skiff_api::routes::request_host(&host);
+    // An HTTPRoute rule first, then an Ingress rule, then the App routes, then an
+    // Ingress default backend.
+    if let Some(hit) = snapshot.httproutes.route(&request_host, &request) {
+        hit.apply(&mut request);
+        // The Gateway API answers 500 for a rule with no usable backend.
+        let (namespace, service) = match hit.action.pick() {
+            Some(crate::ingress::Backend::Service { namespace, name }) => (namespace, name),
+            Some(crate::ingress::Backend::Broken(why)) => {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, why.clone());
+            }
+            None => {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the matching HTTPRoute rule has no backend to send to".into(),
+                );
+            }
+        };
+        return send_to(
+            &gw,
+            &snapshot,
+            request,
+            (&host, &id),
+            (namespace, service, None),
+        )
+        .await;
+    }
+    let by_ingress = snapshot.ingress.route(&request_host, request.uri().path());
+    let routed = match by_ingress {
+        Some(backend) => Some(Ok(backend)),
+        None => route_request(&snapshot.routes, exists, &mut request)
+            .map(|t| Err((t.namespace, t.service, t.pod)))
+            .or_else(|| snapshot.ingress.default_backend().map(Ok)),
     };
+    let (namespace, service, pod) = match routed {
+        Some(Ok(crate::ingress::Backend::Service { namespace, name })) => {
+            (namespace.clone(), name.clone(), None)
+        }
+        Some(Ok(crate::ingress::Backend::Broken(why))) => {
+            return text(StatusCode::SERVICE_UNAVAILABLE, why.clone());
+        }
+        Some(Err(target)) => target,
+        None => {
+            // Unrouted, the request is as it came.
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("no app is routed at {host}{}", request.uri().path()),
+            );
+        }
+    };
+    send_to(
+        &gw,
+        &snapshot,
+        request,
+        (&host, &id),
+        (&namespace, &service, pod.as_deref()),
+    )
+    .await
+}
+
+/// Forwards a routed request to the Service `namespace/service` (only to its pod `pod`
+/// when a route named one), and counts it.
+async fn send_to(
+    gw: &Gateway,
+    snapshot: &Snapshot,
+    request: Request,
+    (host, id): (&str, &str),
+    (namespace, service, pod): (&str, &str, Option<&str>),
+) -> Response {
     // At debug level, as the agent's request span (see there).
     let span =
         tracing::debug_span!("gateway", request_id = %id, namespace = %namespace, app = %service);
     let started = std::time::Instant::now();
     // Routed, so it is in the snapshot: a route names a Service there.
-    let backend = snapshot.backend(&namespace, &service).cloned();
-    let response = forward(&gw, request, &host, &namespace, &service, backend.clone())
-        .instrument(span)
-        .await;
+    let backend = snapshot.backend(namespace, service).cloned();
+    let only = |b: Arc<Backend>| narrow(b, namespace, pod);
+    let response = forward(
+        gw,
+        request,
+        (host, namespace, service, pod),
+        backend.clone().map(only),
+    )
+    .instrument(span)
+    .await;
     if let Some(backend) = backend {
         backend
-            .series(&gw.metrics, &namespace, &service)
+            .series(&gw.metrics, namespace, service)
             .observe(response.status().as_u16(), started.elapsed());
     }
     response
@@ -421,9 +563,7 @@ async fn handle(State(gw): State<Arc<Gateway>>, mut request: Request) -> Respons
 async fn forward(
     gw: &Gateway,
     request: Request,
-    host: &str,
-    namespace: &str,
-    service: &str,
+    (host, namespace, service, pod): (&str, &str, &str, Option<&str>),
     mut backend: Option<Arc<Backend>>,
 ) -> Response {
     let deadline = tokio::time::Instant::now() + TUNNEL_WAIT;
@@ -490,7 +630,11 @@ async fn forward(
         {
             break;
         }
-        backend = gw.snapshot().backend(namespace, service).cloned();
+        backend = gw
+            .snapshot()
+            .backend(namespace, service)
+            .cloned()
+            .map(|b| narrow(b, namespace, pod));
     }
     text(
         StatusCode::BAD_GATEWAY,
@@ -646,42 +790,199 @@ fn forwarded_headers(headers: &HeaderMap, pod: &str, host: &str) -> HeaderMap {
     out
 }
 
-/// Serves the gateway on `listener` until `stop`, routing from caches it holds in
-/// `informers` until then.
+/// The gateway's listeners: plain HTTP, and HTTPS for the Ingresses' TLS hosts.
+pub struct Listeners {
+    pub http: tokio::net::TcpListener,
+    pub https: Option<tokio::net::TcpListener>,
+    /// The address Ingresses show in their status.
+    pub address: String,
+}
+
+/// Serves the gateway on its listeners until `stop`, routing from caches it holds in
+/// `informers` until then; writes the gateway's address into the status of the
+/// Ingresses it serves.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     informers: Arc<SharedInformers>,
-    tunnels: Arc<crate::tunnel::Tunnels>,
-    metrics: skiff_api::metrics::AppRequests,
+    api: Arc<crate::state::ApiServer>,
     stop: CancellationToken,
 ) {
     use axum::serve::ListenerExt;
     let scope = informers.scope(stop.clone());
-    let gateway = Gateway::new(&scope, tunnels, metrics);
+    let gateway = Gateway::new(&scope, api.tunnels.clone(), api.metrics.gateway.clone());
+    let secrets = scope.cache("", "secrets");
     // Until the caches hold the routes, connections wait in the listener's backlog:
     // answered from empty caches, they would get 404 for apps that exist.
     if !scope
-        .synced(&[&gateway.services, &gateway.slices, &gateway.nodes])
+        .synced(&[
+            &gateway.services,
+            &gateway.slices,
+            &gateway.nodes,
+            &gateway.ingresses,
+            &gateway.classes,
+            &gateway.gateway_classes,
+            &gateway.gateways,
+            &gateway.httproutes,
+            &secrets,
+        ])
         .await
     {
         scope.shutdown().await;
         return;
     }
+    let certificates = Arc::new(crate::ingress::Certificates::new());
+    let follow = follow_ingresses(
+        gateway.clone(),
+        secrets,
+        certificates.clone(),
+        api,
+        listeners.address.clone(),
+        stop.clone(),
+    );
     // The caches are let go at `stop`, as requests in flight drain.
     let release = async {
         stop.cancelled().await;
         scope.shutdown().await;
     };
-    let app = axum::Router::new().fallback(handle).with_state(gateway);
-    let listener = listener.tap_io(|tcp| {
+    let app = axum::Router::new()
+        .fallback(handle)
+        .with_state(gateway.clone());
+    let listener = listeners.http.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
     let graceful = stop.clone();
     let served = axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async move { graceful.cancelled().await });
-    let (served, ()) = tokio::join!(async { served.await }, release);
-    if let Err(e) = served {
-        tracing::error!(error = %e, "the gateway stopped with an error");
+    let secure = async {
+        let Some(tcp) = listeners.https else {
+            return Ok(());
+        };
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_no_client_auth()
+        .with_cert_resolver(certificates.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = crate::auth::pki::TlsListener::new(tcp, Arc::new(config))?;
+        // The app learns the request came over HTTPS, unless a proxy in front said.
+        let app = axum::Router::new()
+            .fallback(handle)
+            .layer(axum::middleware::map_request(
+                |mut request: Request| async move {
+                    if !request.headers().contains_key("x-forwarded-proto") {
+                        request
+                            .headers_mut()
+                            .insert("x-forwarded-proto", HeaderValue::from_static("https"));
+                    }
+                    request
+                },
+            ))
+            .with_state(gateway);
+        let graceful = stop.clone();
+        axum::serve(tls, app.into_make_service())
+            .with_graceful_shutdown(async move { graceful.cancelled().await })
+            .await
+    };
+    let (served, secure, (), ()) = tokio::join!(async { served.await }, secure, release, follow);
+    for result in [served, secure] {
+        if let Err(e) = result {
+            tracing::error!(error = %e, "the gateway stopped with an error");
+        }
+    }
+}
+
+/// Keeps the HTTPS certificates, the Ingresses' status and the Gateway API statuses
+/// (classes, Gateways, HTTPRoutes) in step with the caches.
+async fn follow_ingresses(
+    gateway: Arc<Gateway>,
+    secrets: Arc<Cache>,
+    certificates: Arc<crate::ingress::Certificates>,
+    api: Arc<crate::state::ApiServer>,
+    address: String,
+    stop: CancellationToken,
+) {
+    let ingress_kind =
+        crate::kinds::lookup("networking.k8s.io", "v1", "ingresses").expect("ingresses are served");
+    let secret_kind = crate::kinds::lookup("", "v1", "secrets").expect("secrets are served");
+    let service_kind = crate::kinds::lookup("", "v1", "services").expect("services are served");
+    let mut changes = [
+        gateway.ingresses.subscribe(),
+        gateway.classes.subscribe(),
+        secrets.subscribe(),
+        gateway.gateway_classes.subscribe(),
+        gateway.gateways.subscribe(),
+        gateway.httproutes.subscribe(),
+        gateway.services.subscribe(),
+    ];
+    loop {
+        let ingresses = gateway.ingresses.snapshot();
+        let classes = crate::ingress::our_classes(&gateway.classes.snapshot());
+        let listeners = crate::httproute::listener_certificates(
+            &gateway.gateways.snapshot(),
+            &crate::httproute::our_classes(&gateway.gateway_classes.snapshot()),
+        );
+        certificates.update(&ingresses, &classes, &listeners, &|namespace, name| {
+            secrets
+                .get(&secret_kind.key(Some(namespace), name))
+                .filter(|s| s["type"] == "kubernetes.io/tls")
+        });
+        for ingress in ingresses
+            .iter()
+            .filter(|i| !objects::is_deleting(i) && crate::ingress::is_ours(i, &classes))
+        {
+            if crate::ingress::status_with(ingress, &address).is_none() {
+                continue;
+            }
+            let result = crate::apiserver::internal::update_status(
+                &api,
+                ingress_kind,
+                objects::namespace(ingress),
+                objects::name(ingress),
+                |current| {
+                    let mut next = current.clone();
+                    // Read again: another server's gateway may have added its own.
+                    if let Some(status) = crate::ingress::status_with(current, &address) {
+                        next["status"] = status;
+                    }
+                    Ok(next)
+                },
+            )
+            .await;
+            if let Err(e) = result {
+                tracing::debug!(error = %e, ingress = %objects::name(ingress), "writing the Ingress status failed; the next change retries");
+            }
+        }
+        crate::httproute::status::write_statuses(
+            &api,
+            &gateway.gateway_classes.snapshot(),
+            &gateway.gateways.snapshot(),
+            &gateway.httproutes.snapshot(),
+            &|namespace, name| {
+                gateway
+                    .services
+                    .get(&service_kind.key(Some(namespace), name))
+            },
+            &|namespace, name| {
+                secrets
+                    .get(&secret_kind.key(Some(namespace), name))
+                    .filter(|s| s["type"] == "kubernetes.io/tls")
+            },
+            &address,
+        )
+        .await;
+        let [a, b, c, d, e, f, g] = &mut changes;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = a.changed() => if r.is_err() { return },
+            r = b.changed() => if r.is_err() { return },
+            r = c.changed() => if r.is_err() { return },
+            r = d.changed() => if r.is_err() { return },
+            r = e.changed() => if r.is_err() { return },
+            r = f.changed() => if r.is_err() { return },
+            r = g.changed() => if r.is_err() { return },
+        }
     }
 }
 
@@ -797,7 +1098,7 @@ mod tests {
             .body(Body::from("x"))
             .unwrap();
         let backend = gw.snapshot().backend("default", "web").cloned();
-        let response = forward(gw, request, "gw", "default", "web", backend).await;
+        let response = forward(gw, request, ("gw", "default", "web", None), backend).await;
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
@@ -955,6 +1256,34 @@ mod tests {
         assert_eq!(target.prefix.as_deref(), Some("/default/hello/"));
         assert_eq!(plain.uri(), "/?x=5");
         assert_eq!(plain.headers()[FORWARDED_PREFIX], "/outer/default/hello");
+    }
+
+    #[test]
+    fn a_pods_own_host_routes_to_that_pod_of_the_service() {
+        let exists = |namespace: &str, name: &str| (namespace, name) == ("default", "db");
+        let target = route(&[], exists, "db-1.db.default.localhost:8080", "/x").unwrap();
+        assert_eq!(target.service, "db");
+        assert_eq!(target.pod.as_deref(), Some("db-1"));
+        let any = route(&[], exists, "db.default.localhost", "/x").unwrap();
+        assert_eq!(any.pod, None);
+        assert_eq!(
+            route(&[], exists, "db-1.other.default.localhost", "/x"),
+            None
+        );
+        let endpoint = |pod: &str| Endpoint {
+            pod: HeaderValue::from_str(pod).unwrap(),
+            node: "n".into(),
+            address: None,
+        };
+        let backend = Arc::new(Backend {
+            endpoints: vec![endpoint("default/db-0"), endpoint("default/db-1")],
+            next: Default::default(),
+            series: Default::default(),
+        });
+        let one = narrow(backend.clone(), "default", Some("db-1"));
+        assert_eq!(one.endpoints.len(), 1);
+        assert_eq!(one.endpoints[0].pod(), "default/db-1");
+        assert_eq!(narrow(backend, "default", None).endpoints.len(), 2);
     }
 
     #[test]

@@ -60,9 +60,13 @@ pub struct ServerConfig {
     pub leader: crate::leader::LeaderConfig,
     /// Where the HTTP gateway listens, if anywhere (port 0 picks one).
     pub gateway: Option<SocketAddr>,
+    /// Where the gateway serves HTTPS for the Ingresses' TLS hosts, if anywhere.
+    pub gateway_https: Option<SocketAddr>,
     /// Extra names (DNS or IP) the serving certificate covers, besides loopback, the
     /// listen address and the host name.
     pub tls_sans: Vec<String>,
+    /// The controllers' clock: the system's, or a fake one for end-to-end tests.
+    pub clock: crate::clock::Clock,
 }
 
 impl ServerConfig {
@@ -81,7 +85,9 @@ impl ServerConfig {
             controllers: crate::controllers::ControllerConfig::default(),
             leader: crate::leader::LeaderConfig::new(""),
             gateway: None,
+            gateway_https: None,
             tls_sans: Vec::new(),
+            clock: crate::clock::Clock::system(),
         }
     }
 }
@@ -186,6 +192,8 @@ pub struct Server {
     pub api_url: String,
     /// The gateway's URL, when it runs.
     pub gateway_url: Option<String>,
+    /// The gateway's HTTPS URL, when it serves one.
+    pub gateway_https_url: Option<String>,
     pub kubeconfig: PathBuf,
     api: Arc<ApiServer>,
     store: Arc<dyn Store>,
@@ -256,19 +264,44 @@ impl Server {
             &crate::auth::pki::default_sans(addr, &sans),
         )?;
 
+        let bind = |at: SocketAddr| async move {
+            let listener = tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|source| ServerError::BindFailed { addr: at, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| ServerError::BindFailed { addr: at, source })?;
+            Ok::<_, ServerError>((listener, bound))
+        };
         let gateway = match config.gateway {
             Some(at) => {
-                let listener = tokio::net::TcpListener::bind(at)
-                    .await
-                    .map_err(|source| ServerError::BindFailed { addr: at, source })?;
-                let bound = listener
-                    .local_addr()
-                    .map_err(|source| ServerError::BindFailed { addr: at, source })?;
-                Some((listener, crate::gateway::url_of(bound)))
+                let (http, bound) = bind(at).await?;
+                let https = match config.gateway_https {
+                    Some(at) => Some(bind(at).await?),
+                    None => None,
+                };
+                // Ingresses show where the gateway answers: its own address, or the
+                // server's advertised one when it listens on every address.
+                let ip = if bound.ip().is_unspecified() {
+                    advertise.ip()
+                } else {
+                    bound.ip()
+                };
+                let https_url = https.as_ref().map(|(_, b)| format!("https://{b}"));
+                Some((
+                    crate::gateway::Listeners {
+                        http,
+                        https: https.map(|(l, _)| l),
+                        address: ip.to_string(),
+                    },
+                    crate::gateway::url_of(bound),
+                    https_url,
+                ))
             }
             None => None,
         };
-        let gateway_url = gateway.as_ref().map(|(_, url)| url.clone());
+        let gateway_url = gateway.as_ref().map(|(_, url, _)| url.clone());
+        let gateway_https_url = gateway.as_ref().and_then(|(_, _, url)| url.clone());
 
         let mut api_config = config.api.clone();
         api_config.advertise_address = addr.to_string();
@@ -292,6 +325,7 @@ impl Server {
             tunnels: Default::default(),
             metrics: Arc::new(crate::metrics::Metrics::new(&store.metrics())),
             tokens: Default::default(),
+            clock: config.clock.clone(),
         });
 
         let stop_loops = CancellationToken::new();
@@ -326,12 +360,11 @@ impl Server {
             },
         ));
 
-        if let Some((listener, url)) = gateway {
+        if let Some((listeners, url, _)) = gateway {
             loops.spawn(crate::gateway::serve(
-                listener,
+                listeners,
                 informers.clone(),
-                api.tunnels.clone(),
-                api.metrics.gateway.clone(),
+                api.clone(),
                 api.shutdown.clone(),
             ));
             tracing::info!(%url, "gateway ready");
@@ -402,6 +435,7 @@ impl Server {
         Ok(Server {
             api_url,
             gateway_url,
+            gateway_https_url,
             kubeconfig,
             api,
             store,
@@ -478,6 +512,7 @@ fn write_store_config(data_dir: &Path, store: &StoreConfig) -> Result<(), Server
 
 /// Creates the system namespaces if they are missing.
 pub(crate) async fn bootstrap_namespaces(store: &dyn Store) -> Result<(), StoreError> {
+    bootstrap_classes(store).await?;
     let info = crate::kinds::lookup("", "v1", "namespaces").expect("namespaces are served");
     for name in SYSTEM_NAMESPACES {
         let key = info.key(None, name);
@@ -496,6 +531,50 @@ pub(crate) async fn bootstrap_namespaces(store: &dyn Store) -> Result<(), StoreE
             "spec": {"finalizers": ["kubernetes"]},
             "status": {"phase": "Active"},
         });
+        match store
+            .write(WriteOp::Create {
+                key,
+                object,
+                guard: None,
+            })
+            .await
+        {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Creates the objects a cluster ships with, if missing, at each start (as k3s
+/// re-applies its bundled manifests): the IngressClass `skiff` (the gateway's) and the
+/// StorageClass `local-path` (the built-in provisioner's), each the default of its kind,
+/// and the GatewayClass `skiff` (the gateway's, for Gateway API Gateways).
+/// One that exists is left as it is (a user may take away its default annotation).
+async fn bootstrap_classes(store: &dyn Store) -> Result<(), StoreError> {
+    let objects = [
+        (
+            ("networking.k8s.io", "ingressclasses"),
+            crate::kinds::ingressclass::default_class(),
+        ),
+        (
+            ("storage.k8s.io", "storageclasses"),
+            crate::kinds::storageclass::local_path_class(),
+        ),
+        (
+            ("gateway.networking.k8s.io", "gatewayclasses"),
+            crate::kinds::gatewayclass::default_class(),
+        ),
+    ];
+    for ((group, plural), mut object) in objects {
+        let info = crate::kinds::lookup(group, "v1", plural).expect("the kind is served");
+        let key = info.key(None, crate::objects::name(&object));
+        if store.get(&key).await?.is_some() {
+            continue;
+        }
+        object["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
+        object["metadata"]["creationTimestamp"] = json!(crate::objects::now_rfc3339());
+        object["metadata"]["generation"] = json!(1);
         match store
             .write(WriteOp::Create {
                 key,

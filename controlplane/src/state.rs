@@ -69,6 +69,9 @@ pub struct ApiServer {
     /// by `crate::auth`; empty, so every request reads the record, until
     /// `crate::auth::follow_tokens` runs).
     pub tokens: crate::auth::TokenCache,
+    /// The time controllers read: the system's, or a fake one tests move
+    /// (`--fake-clock`, `POST /skiff/v1/clock`).
+    pub clock: crate::clock::Clock,
 }
 
 pub type SharedApi = Arc<ApiServer>;
@@ -88,6 +91,7 @@ impl ApiServer {
             tunnels: Default::default(),
             metrics: Default::default(),
             tokens: Default::default(),
+            clock: Default::default(),
         }
     }
 }

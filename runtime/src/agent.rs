@@ -152,6 +152,7 @@ impl Agent {
                 .instrument(span.clone()),
         );
         tasks.spawn(sync::run(rt.clone(), stop.clone()).instrument(span.clone()));
+        tasks.spawn(reclaim_storage(rt.clone(), stop.clone()).instrument(span.clone()));
         tasks.spawn(
             crate::local::deliver_statuses(local.clone(), client.clone(), stop.clone())
                 .instrument(span.clone()),
@@ -179,5 +180,21 @@ impl Agent {
         self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
         tracing::info!(node = %self.name, "agent stopped");
+    }
+}
+
+/// How often the agent looks for directories of deleted volumes.
+const RECLAIM_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Removes the directories of local-path volumes deleted from the cluster (reclaim
+/// policy Delete), at start and then every few seconds.
+async fn reclaim_storage(rt: Arc<Runtime>, stop: CancellationToken) {
+    let storage = rt.config.data_dir.join("storage");
+    loop {
+        crate::pod::volumes::reclaim_storage(&rt.client, &storage).await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RECLAIM_EVERY) => {}
+        }
     }
 }

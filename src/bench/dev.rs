@@ -50,6 +50,8 @@ async fn once(nodes: usize) -> anyhow::Result<(f64, f64, f64)> {
     let (dev, _) = SkiffProcess::start(
         &[
             "dev",
+            "--gateway-https",
+            "127.0.0.1:0",
             "--data-dir",
             &data,
             "--nodes",

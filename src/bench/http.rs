@@ -174,6 +174,8 @@ impl Cluster {
         let (process, gateway) = SkiffProcess::start(
             &[
                 "dev",
+                "--gateway-https",
+                "127.0.0.1:0",
                 "--nodes",
                 "1",
                 "--listen",

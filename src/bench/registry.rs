@@ -201,6 +201,8 @@ async fn once(reg: &Registry, file: &Path, repo: &str) -> anyhow::Result<Run> {
     let (dev, _) = SkiffProcess::start(
         &[
             "dev",
+            "--gateway-https",
+            "127.0.0.1:0",
             "--data-dir",
             &data,
             "--nodes",

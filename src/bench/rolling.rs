@@ -112,6 +112,8 @@ pub async fn run(args: RollingBenchArgs) -> anyhow::Result<()> {
     let (dev, _) = SkiffProcess::start(
         &[
             "dev",
+            "--gateway-https",
+            "127.0.0.1:0",
             "--data-dir",
             &data,
             "--nodes",

@@ -173,6 +173,8 @@ pub fn dev_cluster(nodes: u32, extra: &[&str]) -> (tempfile::TempDir, Process, A
     let n = nodes.to_string();
     let mut args = vec![
         "dev",
+        "--gateway-https",
+        "127.0.0.1:0",
         "--nodes",
         &n,
         "--listen",
@@ -532,4 +534,76 @@ pub fn rv(obj: &Value) -> u64 {
         .expect("resourceVersion")
         .parse()
         .expect("numeric resourceVersion")
+}
+
+/// A test CA and a serving certificate it signs for `names`, as PEM: (CA certificate,
+/// server certificate, server key).
+pub fn certificates(names: &[&str], common_name: &str) -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().expect("a CA key");
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("{common_name}-ca"));
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.clone().self_signed(&ca_key).expect("the CA certificate");
+    let issuer = Issuer::new(ca, &ca_key);
+    let key = KeyPair::generate().expect("a serving key");
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("valid names");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let cert = params
+        .signed_by(&key, &issuer)
+        .expect("the serving certificate");
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// Runs the real kubectl (installed by scripts/test) against `kubeconfig`; panics with
+/// its output if it fails, else returns what it printed.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .expect("kubectl is installed by scripts/test");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A `kubernetes.io/tls` Secret `secret` for `host`, made with kubectl from a test CA;
+/// returns the path of that CA's certificate (for curl's `--cacert`), under `dir/tls`.
+pub fn tls_secret(kubeconfig: &Path, dir: &Path, host: &str, secret: &str) -> PathBuf {
+    let (ca, cert, key) = certificates(&[host], &format!("skiff-test-{secret}"));
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    for (name, pem) in [("ca.crt", &ca), ("tls.crt", &cert), ("tls.key", &key)] {
+        std::fs::write(tls.join(name), pem).unwrap();
+    }
+    kubectl(
+        kubeconfig,
+        &[
+            "create",
+            "secret",
+            "tls",
+            secret,
+            "--cert",
+            tls.join("tls.crt").to_str().unwrap(),
+            "--key",
+            tls.join("tls.key").to_str().unwrap(),
+        ],
+    );
+    tls.join("ca.crt")
 }

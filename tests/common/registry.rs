@@ -78,30 +78,7 @@ fn binary() -> PathBuf {
 /// A CA and a serving certificate for 127.0.0.1 and localhost it signs, as PEM:
 /// (CA certificate, server certificate, server key).
 fn certificates() -> (String, String, String) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().expect("a CA key");
-    let mut ca = CertificateParams::default();
-    ca.distinguished_name
-        .push(DnType::CommonName, "skiff-test-registry-ca");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.clone().self_signed(&ca_key).expect("the CA certificate");
-    let issuer = Issuer::new(ca, &ca_key);
-    let key = KeyPair::generate().expect("a serving key");
-    let mut params =
-        CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).expect("valid names");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "skiff-test-registry");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let cert = params
-        .signed_by(&key, &issuer)
-        .expect("the serving certificate");
-    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+    super::certificates(&["127.0.0.1", "localhost"], "skiff-test-registry")
 }
 
 impl Registry {

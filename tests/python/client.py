@@ -80,4 +80,127 @@ for event in w.stream(
         w.stop()
 assert len(running) == 2, running
 print("watched running pods:", len(running))
+
+# The kinds of issue 19 through their typed APIs: the client parses every answer into
+# its models, so a field of the wrong shape fails here.
+storage = client.StorageV1Api()
+classes = [c.metadata.name for c in storage.list_storage_class().items]
+assert "local-path" in classes, classes
+sts = client.V1StatefulSet(
+    metadata=client.V1ObjectMeta(name="py-db"),
+    spec=client.V1StatefulSetSpec(
+        replicas=1,
+        service_name="py-db",
+        selector=client.V1LabelSelector(match_labels={"app": "py-db"}),
+        template=client.V1PodTemplateSpec(
+            metadata=client.V1ObjectMeta(labels={"app": "py-db"}),
+            spec=client.V1PodSpec(
+                containers=[
+                    client.V1Container(
+                        name="main",
+                        image=sys.argv[2],
+                        args=["60m"],
+                        volume_mounts=[client.V1VolumeMount(name="data", mount_path="/data")],
+                    )
+                ]
+            ),
+        ),
+        volume_claim_templates=[
+            client.V1PersistentVolumeClaim(
+                metadata=client.V1ObjectMeta(name="data"),
+                spec=client.V1PersistentVolumeClaimSpec(
+                    access_modes=["ReadWriteOnce"],
+                    resources=client.V1VolumeResourceRequirements(requests={"storage": "16Mi"}),
+                ),
+            )
+        ],
+    ),
+)
+apps.create_namespaced_stateful_set("default", sts)
+w = watch.Watch()
+for event in w.stream(
+    apps.list_namespaced_stateful_set, "default", field_selector="metadata.name=py-db", timeout_seconds=60
+):
+    status = event["object"].status
+    if status and (status.ready_replicas or 0) == 1:
+        w.stop()
+claim = v1.read_namespaced_persistent_volume_claim("data-py-db-0", "default")
+assert claim.status.phase == "Bound", claim.status
+volume = v1.read_persistent_volume(claim.spec.volume_name)
+print("statefulset ready with claim:", claim.status.phase, volume.spec.storage_class_name)
+
+policy = client.PolicyV1Api()
+policy.create_namespaced_pod_disruption_budget(
+    "default",
+    client.V1PodDisruptionBudget(
+        metadata=client.V1ObjectMeta(name="py-db"),
+        spec=client.V1PodDisruptionBudgetSpec(
+            min_available=1, selector=client.V1LabelSelector(match_labels={"app": "py-db"})
+        ),
+    ),
+)
+for _ in range(600):
+    pdb = policy.read_namespaced_pod_disruption_budget("py-db", "default")
+    if pdb.status and pdb.status.observed_generation == pdb.metadata.generation:
+        break
+    w = watch.Watch()
+    for _event in w.stream(
+        policy.list_namespaced_pod_disruption_budget, "default", timeout_seconds=1
+    ):
+        w.stop()
+print("budget:", pdb.status.current_healthy, pdb.status.desired_healthy, pdb.status.disruptions_allowed)
+
+batch = client.BatchV1Api()
+batch.create_namespaced_cron_job(
+    "default",
+    client.V1CronJob(
+        metadata=client.V1ObjectMeta(name="py-cron"),
+        spec=client.V1CronJobSpec(
+            schedule="@hourly",
+            suspend=True,
+            job_template=client.V1JobTemplateSpec(
+                spec=client.V1JobSpec(
+                    template=client.V1PodTemplateSpec(
+                        spec=client.V1PodSpec(
+                            restart_policy="Never",
+                            containers=[client.V1Container(name="main", image=sys.argv[2])],
+                        )
+                    )
+                )
+            ),
+        ),
+    ),
+)
+cron = batch.read_namespaced_cron_job("py-cron", "default")
+print("cronjob:", cron.spec.schedule, cron.spec.concurrency_policy)
+
+networking = client.NetworkingV1Api()
+ingress_classes = [c.metadata.name for c in networking.list_ingress_class().items]
+networking.create_namespaced_ingress(
+    "default",
+    client.V1Ingress(
+        metadata=client.V1ObjectMeta(name="py-web"),
+        spec=client.V1IngressSpec(
+            rules=[
+                client.V1IngressRule(
+                    host="py.test",
+                    http=client.V1HTTPIngressRuleValue(
+                        paths=[
+                            client.V1HTTPIngressPath(
+                                path="/",
+                                path_type="Prefix",
+                                backend=client.V1IngressBackend(
+                                    service=client.V1IngressServiceBackend(
+                                        name="py-web", port=client.V1ServiceBackendPort(number=80)
+                                    )
+                                ),
+                            )
+                        ]
+                    ),
+                )
+            ]
+        ),
+    ),
+)
+print("ingress classes:", ",".join(ingress_classes))
 print("ok")

@@ -590,6 +590,105 @@ pub(super) static MESSAGES: &[(&str, &[Field])] = &[
         ],
     ),
     (
+        "io.k8s.api.batch.v1.CronJob",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "spec",
+                wire: Message("io.k8s.api.batch.v1.CronJobSpec"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "status",
+                wire: Message("io.k8s.api.batch.v1.CronJobStatus"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.batch.v1.CronJobSpec",
+        &[
+            Field {
+                tag: 1,
+                name: "schedule",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "starting_deadline_seconds",
+                wire: Int,
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "concurrency_policy",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "suspend",
+                wire: Bool,
+                repeated: false,
+            },
+            Field {
+                tag: 5,
+                name: "job_template",
+                wire: Message("io.k8s.api.batch.v1.JobTemplateSpec"),
+                repeated: false,
+            },
+            Field {
+                tag: 6,
+                name: "successful_jobs_history_limit",
+                wire: Int,
+                repeated: false,
+            },
+            Field {
+                tag: 7,
+                name: "failed_jobs_history_limit",
+                wire: Int,
+                repeated: false,
+            },
+            Field {
+                tag: 8,
+                name: "time_zone",
+                wire: Str,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.batch.v1.CronJobStatus",
+        &[
+            Field {
+                tag: 1,
+                name: "active",
+                wire: Message("io.k8s.api.core.v1.ObjectReference"),
+                repeated: true,
+            },
+            Field {
+                tag: 4,
+                name: "last_schedule_time",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.Time"),
+                repeated: false,
+            },
+            Field {
+                tag: 5,
+                name: "last_successful_time",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.Time"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
         "io.k8s.api.batch.v1.Job",
         &[
             Field {
@@ -821,6 +920,23 @@ pub(super) static MESSAGES: &[(&str, &[Field])] = &[
                 tag: 11,
                 name: "terminating",
                 wire: Int,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.batch.v1.JobTemplateSpec",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "spec",
+                wire: Message("io.k8s.api.batch.v1.JobSpec"),
                 repeated: false,
             },
         ],

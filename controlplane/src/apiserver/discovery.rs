@@ -60,6 +60,9 @@ fn resource_list(group: &str, version: &str) -> Option<APIResourceList> {
                     Subresource::Binding => ("Binding", None, None, &["create"]),
                     Subresource::Log => ("Pod", None, None, &["get"]),
                     Subresource::Eviction => ("Eviction", Some("policy"), Some("v1"), &["create"]),
+                    Subresource::PortForward => {
+                        ("PodPortForwardOptions", None, None, &["create", "get"])
+                    }
                 };
             out.push(APIResource {
                 name: format!("{}/{}", r.plural, sub.name()),

@@ -4,15 +4,18 @@
 //! serves from is `crate::state`.
 
 mod apps;
+mod clock;
 mod crud;
 mod delete;
 mod discovery;
 pub mod drain;
 mod events;
+mod eviction;
 pub mod internal;
 mod logs;
 mod modules;
 mod openapi;
+mod portforward;
 mod request;
 mod subresources;
 pub(crate) mod tables;
@@ -22,7 +25,7 @@ mod watch;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -57,6 +60,7 @@ pub fn router(api: SharedApi) -> Router {
         .route("/livez", get(health))
         .route("/readyz", get(ready))
         .route("/skiff/v1/backup", get(backup))
+        .route("/skiff/v1/clock", axum::routing::post(clock::advance))
         .route("/metrics", get(metrics))
         .route(crate::tunnel::PATH, get(tunnel::open))
         .route("/api/v1/nodes/{name}/proxy/{*path}", get(tunnel::proxy))
@@ -137,13 +141,32 @@ async fn core_resource(
     State(api): State<SharedApi>,
     Extension(identity): Extension<Identity>,
     Path((version, rest)): Path<(String, String)>,
-    method: Method,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
+    let (parts, body) = request.into_parts();
+    // A port-forward upgrades the connection, which takes the request's own parts.
+    if rest.ends_with("/portforward")
+        && let Ok(target) = parse_target("", &version, &rest)
+        && target.sub == Some(Subresource::PortForward)
+    {
+        if !matches!(parts.method, Method::GET | Method::POST) {
+            return method_not_allowed(&parts.method, &target, allowed_methods(&target));
+        }
+        return portforward::serve(api.clone(), &target, parts)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+    }
+    let query = parts.uri.query().map(str::to_string);
     dispatch(
-        api, &identity, "", &version, &rest, method, query, headers, body,
+        api,
+        &identity,
+        "",
+        &version,
+        &rest,
+        parts.method,
+        query,
+        parts.headers,
+        body,
     )
     .await
 }
@@ -247,12 +270,16 @@ async fn route(
             subresources::patch_scale(api, &target, &headers, body).await
         }
         (&Method::POST, true, Some(Subresource::Eviction)) => {
-            subresources::evict(api, &target, &headers, body).await
+            eviction::evict(api, &target, &headers, body).await
         }
         (&Method::POST, true, Some(Subresource::Binding)) => {
             subresources::bind(api, &target, &headers, body).await
         }
         (&Method::GET, true, Some(Subresource::Log)) => logs::proxy(api, &target, &query).await,
+        // Served before routing, where the connection can still be upgraded.
+        (_, true, Some(Subresource::PortForward)) => Err(ApiError::BadRequest(
+            "port forwarding upgrades the connection".into(),
+        )),
         _ => Ok(method_not_allowed(&method, &target, allowed)),
     }
 }
@@ -274,6 +301,7 @@ fn allowed_methods(target: &Target) -> &'static [Method] {
         (true, Some(Subresource::Status | Subresource::Scale)) => SUBOBJECT,
         (true, Some(Subresource::Eviction | Subresource::Binding)) => ACTION,
         (true, Some(Subresource::Log)) => READ,
+        (true, Some(Subresource::PortForward)) => &[Method::GET, Method::POST],
     }
 }
 

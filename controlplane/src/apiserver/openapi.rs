@@ -836,6 +836,8 @@ fn add_paths(paths: &mut Map<String, Value>, info: &ResourceInfo, schema: &str, 
                     .build(),
                 );
             }
+            // A connection upgrade, not a REST operation: kubectl needs no schema for it.
+            Subresource::PortForward => continue,
             Subresource::Log => {
                 let string = json!({"type": "string"});
                 let boolean = json!({"type": "boolean"});

@@ -1,6 +1,6 @@
-//! The `scale` subresource (an `autoscaling/v1` Scale view of `spec.replicas`),
-//! `pods/binding`, which assigns a pod to a node exactly once, and `pods/eviction`. Their
-//! writes are rounds of `crud::guaranteed_update`.
+//! The `scale` subresource (an `autoscaling/v1` Scale view of `spec.replicas`) and
+//! `pods/binding`, which assigns a pod to a node exactly once. Their writes are rounds of
+//! `crud::guaranteed_update`. (`pods/eviction` is in `eviction.rs`.)
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
@@ -244,45 +244,4 @@ pub async fn bind_pod(api: &ApiServer, namespace: &str, name: &str, node: &str) 
     })
     .await?;
     Ok(())
-}
-
-/// `POST pods/NAME/eviction` with a `policy/v1` Eviction: deletes the pod with the
-/// Eviction's `deleteOptions`, as `kubectl drain` expects. (No PodDisruptionBudgets are
-/// served, so no eviction is refused for budget reasons.)
-pub(crate) async fn evict(
-    api: &ApiServer,
-    target: &Target,
-    headers: &HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    request::require_json(headers)?;
-    let body = request::read_body(headers, body, api.config.max_body_bytes).await?;
-    let eviction = request::parse_json(&body)?;
-    let name = target.name();
-    if let Some(n) = objects::meta_str(&eviction, "name")
-        && n != name
-    {
-        return Err(ApiError::BadRequest(format!(
-            "name in URL does not match name in Eviction object ({n} != {name})"
-        )));
-    }
-    let options = eviction
-        .get("deleteOptions")
-        .filter(|o| !o.is_null())
-        .map(|o| o.to_string().into_bytes())
-        .unwrap_or_default();
-    let options =
-        super::delete::DeleteOptions::from_request(&request::Query::parse(None)?, &options)?;
-    super::delete::delete_object(
-        api,
-        target.info,
-        target.namespace.as_deref(),
-        name,
-        &options,
-    )
-    .await?;
-    Ok(json_response(
-        StatusCode::CREATED,
-        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-    ))
 }

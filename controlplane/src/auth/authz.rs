@@ -264,6 +264,74 @@ async fn authorize_node(
                 deny("no pod bound to this node references it")
             }
         }
+        // The claims of its pods, and their volumes, as Kubernetes' node authorizer
+        // allows: the agent mounts them.
+        ("persistentvolumeclaims", "get") => {
+            let (ns, name) = (t.namespace.as_deref(), name.unwrap_or_default());
+            let referenced = pods_on(api, node).await?.iter().any(|p| {
+                objects::namespace(p) == ns
+                    && crate::controllers::volume::claim_names(p)
+                        .iter()
+                        .any(|c| c == name)
+            });
+            if referenced {
+                Ok(())
+            } else {
+                deny("no pod bound to this node uses this claim")
+            }
+        }
+        ("persistentvolumes", "get") => {
+            let key = t.info.key(None, name.unwrap_or_default());
+            let Some(pv) = api
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| ApiError::Internal(Box::new(e)))?
+            else {
+                // A volume that is gone reads as NotFound: the agent then removes its
+                // directory.
+                return Ok(());
+            };
+            let pinned_here = pv
+                .object
+                .pointer("/spec/nodeAffinity/required/nodeSelectorTerms")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|t| {
+                    t["matchExpressions"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .any(|e| {
+                    e["key"] == "kubernetes.io/hostname"
+                        && e["values"]
+                            .as_array()
+                            .is_some_and(|v| v.iter().any(|v| v == node))
+                });
+            let claim = pv.object.pointer("/spec/claimRef");
+            let claimed_here = match claim {
+                Some(c) => {
+                    let (ns, claim) = (
+                        c["namespace"].as_str(),
+                        c["name"].as_str().unwrap_or_default(),
+                    );
+                    pods_on(api, node).await?.iter().any(|p| {
+                        objects::namespace(p) == ns
+                            && crate::controllers::volume::claim_names(p)
+                                .iter()
+                                .any(|c| c == claim)
+                    })
+                }
+                None => false,
+            };
+            if pinned_here || claimed_here {
+                Ok(())
+            } else {
+                deny("no pod bound to this node uses this volume")
+            }
+        }
         ("modules", "get") => {
             let digest = name.unwrap_or_default();
             if pods_on(api, node)
@@ -315,7 +383,8 @@ async fn authorize(
         ))),
         (Identity::Viewer { .. }, Kind::Resource(r)) => {
             let read = matches!(r.verb, "get" | "list" | "watch");
-            if !read {
+            if !read || r.target.sub == Some(Subresource::PortForward) {
+                // As Kubernetes' view role: reaching into pods is not reading.
                 Err(forbidden(identity, r, "viewers are read-only"))
             } else if r.target.info.plural == "secrets" {
                 Err(forbidden(identity, r, "viewers cannot read secrets"))

@@ -48,6 +48,8 @@ pub struct Controller {
     name: &'static str,
     primary: Arc<Cache>,
     watches: Vec<(Arc<Cache>, Watch)>,
+    /// A fake clock's jumps, which enqueue every primary key (see [`Controller::wakes_on`]).
+    jumps: Option<tokio::sync::watch::Receiver<u64>>,
     workers: usize,
 }
 
@@ -60,6 +62,7 @@ impl Controller {
             name,
             primary: primary.clone(),
             watches: Vec::new(),
+            jumps: None,
             workers: 1,
         }
     }
@@ -84,6 +87,15 @@ impl Controller {
     /// Any change of an object in `other` enqueues every primary key.
     pub fn watches_all(mut self, other: &Arc<Cache>) -> Controller {
         self.watches.push((other.clone(), Watch::All));
+        self
+    }
+
+    /// Each jump of `clock` (a fake one, moved by a test) enqueues every primary key:
+    /// a controller that requeued "in an hour" of that clock looks again when the clock
+    /// skips the hour. Between jumps a fake clock runs at the real rate, so the timers
+    /// of `Action::RequeueAfter` stay right. The system clock never jumps.
+    pub fn wakes_on(mut self, clock: &crate::clock::Clock) -> Controller {
+        self.jumps = clock.jumps();
         self
     }
 
@@ -127,6 +139,9 @@ impl Controller {
                     ))
                 }
             };
+        }
+        if let Some(jumps) = self.jumps {
+            tokio::spawn(feed_jumps(queue.clone(), jumps, all.clone(), stop.clone()));
         }
         let reconciler = Arc::new(FnReconciler {
             name: self.name,
@@ -190,6 +205,28 @@ where
                 }
                 Ok(e) => map(&e).into_iter().for_each(|k| queue.add(k)),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+/// Feeds a queue every key `all` returns each time the clock jumps, until `stop`.
+async fn feed_jumps<A>(
+    queue: Arc<WorkQueue>,
+    mut jumps: tokio::sync::watch::Receiver<u64>,
+    all: A,
+    stop: CancellationToken,
+) where
+    A: Fn() -> Vec<String> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = jumps.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                all().into_iter().for_each(|k| queue.add(k));
             }
         }
     }

@@ -8,8 +8,10 @@
 //! is never told which event woke it, and it never modifies cached objects.
 
 pub mod app;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpointslice;
 pub mod gc;
 pub mod harness;
@@ -18,6 +20,8 @@ pub mod nodelifecycle;
 pub mod podutil;
 pub mod queue;
 pub mod replicaset;
+pub mod statefulset;
+pub mod volume;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -216,6 +220,10 @@ pub fn start(
     set.spawn(gc::run(ctx.clone(), stop.clone()));
     set.spawn(daemonset::run(ctx.clone(), stop.clone()));
     set.spawn(job::run(ctx.clone(), stop.clone()));
+    set.spawn(disruption::run(ctx.clone(), stop.clone()));
+    set.spawn(volume::run(ctx.clone(), stop.clone()));
+    set.spawn(statefulset::run(ctx.clone(), stop.clone()));
+    set.spawn(cronjob::run(ctx.clone(), stop.clone()));
     set.spawn(nodelifecycle::run(
         ctx.clone(),
         config.node_monitor_grace,

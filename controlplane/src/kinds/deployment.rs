@@ -9,7 +9,9 @@ use skiff_api::validation::{FieldError, FieldErrorType};
 use super::Kind;
 use super::workload::{TEMPLATE_COLUMNS, default_template, template_cells, validate_replicated};
 use crate::kinds::fields::default_at;
-use crate::kinds::fields::{err, immutable, invalid, validate_non_negative};
+use crate::kinds::fields::{
+    err, immutable, invalid, validate_int_or_percent, validate_non_negative,
+};
 use crate::kinds::print::{self, AGE, Column, NAME, age, n};
 
 /// What the kind is: its group, version, names, scope and subresources.
@@ -30,59 +32,6 @@ static INFO: ResourceInfo = ResourceInfo {
     schema: schema_of::<k8s_openapi::api::apps::v1::Deployment>,
 };
 
-/// One IntOrString of a rolling update: a non-negative count, or a percent (at most
-/// 100% where `at_most_100`). Returns whether it is zero.
-fn validate_int_or_percent(
-    value: Option<&Value>,
-    field: &str,
-    at_most_100: bool,
-    errs: &mut Vec<FieldError>,
-) -> bool {
-    match value {
-        None => false,
-        Some(Value::Number(n)) => {
-            let n = n.as_i64().unwrap_or(-1);
-            if n < 0 {
-                errs.push(err(
-                    field,
-                    FieldErrorType::Invalid,
-                    format!("Invalid value: {n}: must be greater than or equal to 0"),
-                ));
-            }
-            n == 0
-        }
-        Some(Value::String(text)) => {
-            let percent = text
-                .strip_suffix('%')
-                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|p| p.parse::<u64>().ok());
-            match percent {
-                None => {
-                    errs.push(invalid(
-                        field,
-                        text,
-                        "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')",
-                    ));
-                    false
-                }
-                Some(p) => {
-                    if at_most_100 && p > 100 {
-                        errs.push(invalid(field, text, "must not be greater than 100%"));
-                    }
-                    p == 0
-                }
-            }
-        }
-        Some(other) => {
-            errs.push(invalid(
-                field,
-                &other.to_string(),
-                "must be an integer or a percent",
-            ));
-            false
-        }
-    }
-}
 /// A Deployment's strategy and its timing fields, as Kubernetes checks them.
 fn validate_deployment_strategy(obj: &Value, errs: &mut Vec<FieldError>) {
     validate_non_negative(

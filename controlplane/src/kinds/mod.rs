@@ -21,22 +21,33 @@
 
 mod app;
 mod configmap;
+mod cronjob;
 mod daemonset;
 mod deployment;
 mod endpoints;
 mod endpointslice;
 mod event;
 pub mod fields;
+mod gateway;
+pub mod gatewayclass;
+mod httproute;
+pub mod ingress;
+pub mod ingressclass;
 mod job;
 mod lease;
 mod module;
 mod namespace;
 mod node;
+pub mod persistentvolume;
+pub mod persistentvolumeclaim;
 pub mod pod;
+pub mod poddisruptionbudget;
 pub mod print;
 mod replicaset;
 mod secret;
 mod service;
+mod statefulset;
+pub mod storageclass;
 mod workload;
 
 use std::collections::HashMap;
@@ -67,12 +78,23 @@ fn builtins() -> Vec<Arc<dyn Kind>> {
         Arc::new(deployment::Deployment),
         Arc::new(replicaset::ReplicaSet),
         Arc::new(daemonset::DaemonSet),
+        Arc::new(statefulset::StatefulSet),
         Arc::new(job::Job),
+        Arc::new(cronjob::CronJob),
         Arc::new(lease::Lease),
         Arc::new(endpoints::Endpoints),
         Arc::new(endpointslice::EndpointSlice),
         Arc::new(module::Module),
         Arc::new(app::App),
+        Arc::new(poddisruptionbudget::PodDisruptionBudget),
+        Arc::new(ingressclass::IngressClass),
+        Arc::new(ingress::Ingress),
+        Arc::new(gatewayclass::GatewayClass),
+        Arc::new(gateway::Gateway),
+        Arc::new(httproute::HTTPRoute),
+        Arc::new(storageclass::StorageClass),
+        Arc::new(persistentvolume::PersistentVolume),
+        Arc::new(persistentvolumeclaim::PersistentVolumeClaim),
     ]
 }
 

@@ -28,6 +28,7 @@ static INFO: ResourceInfo = ResourceInfo {
         Subresource::Binding,
         Subresource::Log,
         Subresource::Eviction,
+        Subresource::PortForward,
     ],
     has_spec: true,
     status_on_create: StatusOnCreate::Phase("Pending"),

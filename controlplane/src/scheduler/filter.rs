@@ -271,6 +271,71 @@ pub struct PodInfo {
     /// Required node affinity: terms ORed; None when there is none.
     affinity: Option<Vec<Term>>,
     tolerations: Vec<Toleration>,
+    /// What the pod's volumes allow: None when they allow any node.
+    pub volumes: Option<VolumeConstraint>,
+}
+
+/// Where a pod's persistent volumes let it run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeConstraint {
+    /// Only these nodes: those its bound local volumes are pinned to.
+    Nodes(Vec<String>),
+    /// Nowhere yet, and why (a claim that does not exist).
+    Unavailable(String),
+}
+
+/// The nodes a pod's claims pin it to: a claim bound to a volume with required node
+/// affinity on `kubernetes.io/hostname` allows only those hosts. A claim that does not
+/// exist allows none; an unbound one any (its volume is made where the pod lands).
+pub fn volume_constraint(
+    pod: &Value,
+    claims: &crate::informer::Cache,
+    volumes: &crate::informer::Cache,
+) -> Option<VolumeConstraint> {
+    let names = crate::controllers::volume::claim_names(pod);
+    if names.is_empty() {
+        return None;
+    }
+    let claim_kind = crate::kinds::lookup("", "v1", "persistentvolumeclaims")?;
+    let volume_kind = crate::kinds::lookup("", "v1", "persistentvolumes")?;
+    let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str);
+    let mut allowed: Option<Vec<String>> = None;
+    for name in names {
+        let Some(claim) = claims.get(&claim_kind.key(ns, &name)) else {
+            return Some(VolumeConstraint::Unavailable(format!(
+                "persistentvolumeclaim \"{name}\" not found"
+            )));
+        };
+        let Some(volume) = claim.pointer("/spec/volumeName").and_then(Value::as_str) else {
+            continue;
+        };
+        let Some(pv) = volumes.get(&volume_kind.key(None, volume)) else {
+            continue;
+        };
+        let hosts: Vec<String> = pv
+            .pointer("/spec/nodeAffinity/required/nodeSelectorTerms")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .flat_map(|t| {
+                t["matchExpressions"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter(|e| e["key"] == "kubernetes.io/hostname" && e["operator"] == "In")
+            .flat_map(|e| e["values"].as_array().cloned().unwrap_or_default())
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        if hosts.is_empty() {
+            continue;
+        }
+        allowed = Some(match allowed {
+            None => hosts,
+            Some(before) => before.into_iter().filter(|h| hosts.contains(h)).collect(),
+        });
+    }
+    allowed.map(VolumeConstraint::Nodes)
 }
 
 impl PodInfo {
@@ -317,6 +382,7 @@ impl PodInfo {
                     effect: str_of(t, "effect").to_string(),
                 })
                 .collect(),
+            volumes: None,
         }
     }
 
@@ -366,6 +432,13 @@ impl PodInfo {
         }
         if let Some(taint) = self.untolerated_taint(node) {
             return Some(format!("node(s) had untolerated taint {{{taint}}}").into());
+        }
+        match &self.volumes {
+            Some(VolumeConstraint::Unavailable(why)) => return Some(why.clone().into()),
+            Some(VolumeConstraint::Nodes(nodes)) if !nodes.contains(&node.name) => {
+                return Some("node(s) had volume node affinity conflict".into());
+            }
+            _ => {}
         }
         let mut free = node.allocatable;
         free.sub(used);

@@ -52,6 +52,8 @@ pub async fn run_scheduler(
         facts: Facts::default(),
         binds: Arc::new(Semaphore::new(BIND_CONCURRENCY)),
         results: results_tx,
+        claims: informers.cache("", "persistentvolumeclaims"),
+        volumes: informers.cache("", "persistentvolumes"),
     };
     // Both caches must have listed before the first pass; a store that lists over the
     // network (etcd) syncs them at different moments.
@@ -345,6 +347,10 @@ struct State {
     /// Bindings in flight, bounded.
     binds: Arc<Semaphore>,
     results: mpsc::UnboundedSender<BindResult>,
+    /// The claims and volumes caches: a pod whose claim is bound to a volume pinned to
+    /// a node goes to that node.
+    claims: Arc<Cache>,
+    volumes: Arc<Cache>,
 }
 
 /// Places every pending pod whose back-off has passed. Bindings are written in the
@@ -357,6 +363,8 @@ async fn schedule_pass(api: &Arc<ApiServer>, nodes: &Cache, pods: &Cache, state:
         facts,
         binds,
         results,
+        claims,
+        volumes,
     } = state;
     let mut all_nodes = nodes.snapshot();
     all_nodes.sort_by(|a, b| objects::name(a).cmp(objects::name(b)));
@@ -417,7 +425,8 @@ async fn schedule_pass(api: &Arc<ApiServer>, nodes: &Cache, pods: &Cache, state:
         let attempt = Instant::now();
         active = active.saturating_sub(1);
         api.metrics.scheduler.pending(active, waiting);
-        let info = PodInfo::from_pod(pod);
+        let mut info = PodInfo::from_pod(pod);
+        info.volumes = filter::volume_constraint(pod, claims, volumes);
         let owner = view.owner_id(facts.of(pod).cost.owner.as_ref());
         let mut reasons: BTreeMap<Cow<'static, str>, u32> = BTreeMap::new();
         let mut best: Option<(f64, usize)> = None;
@@ -511,11 +520,15 @@ async fn bind(api: &ApiServer, pod: &Value, node: &str) -> bool {
     }
 }
 
+/// A pod's identity for the scheduler's own bookkeeping (assumed bindings, backoff):
+/// its uid too, so a pod made again under the same name (a StatefulSet's `NAME-i`) is a
+/// new pod, not one already placed.
 fn pod_key(pod: &Value) -> String {
     format!(
-        "{}/{}",
+        "{}/{}/{}",
         objects::namespace(pod).unwrap_or_default(),
-        objects::name(pod)
+        objects::name(pod),
+        objects::meta_str(pod, "uid").unwrap_or_default()
     )
 }
 

@@ -167,6 +167,7 @@ async fn run_pod_inner(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken)
             &rt.client,
             &pod,
             &pod_dir(&rt.config, &uid),
+            &rt.config.data_dir.join("storage"),
             &rt.config.allowed_host_paths,
         )
         .await

@@ -1,11 +1,16 @@
 //! Pod volumes as host directories that become WASI preopens: emptyDir, configMap and
 //! secret (projected as files, written through cap-std so a key can never escape the
-//! volume), and hostPath only under the roots the agent allows.
+//! volume), hostPath only under the roots the agent allows, and persistentVolumeClaim:
+//! a claim's bound volume, which for the built-in `local-path` provisioner is a
+//! directory the agent keeps under its data directory (`storage/<volume>`), and
+//! otherwise a hostPath or local volume under the allowed roots.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Pod, Secret, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Volume,
+};
 use kube::Api;
 
 use crate::wasm::Preopen;
@@ -15,7 +20,7 @@ pub enum VolumeError {
     #[error("hostPath {path} is not under a root this agent allows ({allowed})")]
     HostPathRefused { path: String, allowed: String },
     #[error(
-        "volume {name}: {kind} volumes are not supported; use emptyDir, configMap, secret or hostPath"
+        "volume {name}: {kind} volumes are not supported; use emptyDir, configMap, secret, hostPath or persistentVolumeClaim"
     )]
     Unsupported { name: String, kind: String },
     #[error("volume {volume}: {kind} {name} not found")]
@@ -35,6 +40,8 @@ pub enum VolumeError {
     BadPath { volume: String, path: String },
     #[error("volumeMount {mount}: no volume named {name}")]
     MountUnknown { mount: String, name: String },
+    #[error("volume {volume}: persistentvolumeclaim {claim} is not bound to a volume yet")]
+    NotBound { volume: String, claim: String },
     #[error("volume {volume}: reading its source failed: {message}")]
     SourceUnreadable { volume: String, message: String },
     #[error("volume {volume}: {source}")]
@@ -138,14 +145,157 @@ fn is_under(path: &Path, roots: &[PathBuf]) -> bool {
         .any(|root| path.starts_with(root))
 }
 
+/// The provisioner whose volumes live under the agent's own `storage/` directory.
+pub const LOCAL_PATH_PROVISIONER: &str = "skiff.dev/local-path";
+const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
+
+/// A directory on the host the pod may use: absolute, and under an allowed root.
+fn host_dir(
+    name: &str,
+    path: &str,
+    create: bool,
+    allowed: &[PathBuf],
+) -> Result<PathBuf, VolumeError> {
+    let refused = || VolumeError::HostPathRefused {
+        path: path.to_string(),
+        allowed: if allowed.is_empty() {
+            "none configured; see --allow-host-path".into()
+        } else {
+            allowed
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    };
+    let requested = Path::new(path);
+    if !requested.is_absolute() {
+        return Err(refused());
+    }
+    // Check before creating anything, on the nearest existing ancestor, so a refused
+    // path never touches the host.
+    let existing = requested
+        .ancestors()
+        .find(|a| a.exists())
+        .and_then(|a| a.canonicalize().ok())
+        .ok_or_else(refused)?;
+    if !is_under(&existing, allowed) {
+        return Err(refused());
+    }
+    if create {
+        std::fs::create_dir_all(requested).map_err(io(name))?;
+    }
+    let real = requested.canonicalize().map_err(io(name))?;
+    if !is_under(&real, allowed) {
+        return Err(refused());
+    }
+    Ok(real)
+}
+
+/// The directory of a claim's bound volume.
+async fn claim_dir(
+    client: &kube::Client,
+    namespace: &str,
+    volume: &str,
+    claim: &str,
+    storage: &Path,
+    allowed: &[PathBuf],
+) -> Result<PathBuf, VolumeError> {
+    let unreadable = |e: kube::Error| VolumeError::SourceUnreadable {
+        volume: volume.into(),
+        message: e.to_string(),
+    };
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let pvc = claims
+        .get_opt(claim)
+        .await
+        .map_err(unreadable)?
+        .ok_or_else(|| VolumeError::SourceMissing {
+            volume: volume.into(),
+            kind: "persistentvolumeclaim",
+            name: claim.into(),
+        })?;
+    let bound = pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    let Some(pv_name) = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .filter(|v| !v.is_empty() && bound)
+    else {
+        return Err(VolumeError::NotBound {
+            volume: volume.into(),
+            claim: claim.into(),
+        });
+    };
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let pv = volumes
+        .get_opt(&pv_name)
+        .await
+        .map_err(unreadable)?
+        .ok_or_else(|| VolumeError::SourceMissing {
+            volume: volume.into(),
+            kind: "persistentvolume",
+            name: pv_name.clone(),
+        })?;
+    let provisioner = pv
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PROVISIONED_BY))
+        .map(String::as_str);
+    if provisioner == Some(LOCAL_PATH_PROVISIONER) {
+        let dir = storage.join(&pv_name);
+        std::fs::create_dir_all(&dir).map_err(io(volume))?;
+        return Ok(dir);
+    }
+    let spec = pv.spec.unwrap_or_default();
+    let path = spec
+        .host_path
+        .map(|h| h.path)
+        .or(spec.local.map(|l| l.path))
+        .ok_or_else(|| VolumeError::Unsupported {
+            name: volume.into(),
+            kind: format!("persistentVolume {pv_name} (only hostPath and local volumes)"),
+        })?;
+    host_dir(volume, &path, false, allowed)
+}
+
+/// Removes the directories of local-path volumes that no longer exist (their claim
+/// went and their reclaim policy was Delete). A volume the API cannot be asked about
+/// now is kept: this runs again.
+pub async fn reclaim_storage(client: &kube::Client, storage: &Path) {
+    let Ok(entries) = std::fs::read_dir(storage) else {
+        return;
+    };
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Ok(None) = volumes.get_opt(&name).await {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(volume = %name, "removed the directory of a deleted volume")
+                }
+                Err(e) => {
+                    tracing::warn!(volume = %name, error = %e, "removing a deleted volume's directory failed")
+                }
+            }
+        }
+    }
+}
+
 async fn prepare_one(
     client: &kube::Client,
     namespace: &str,
     vol: &Volume,
     dir: &Path,
+    storage: &Path,
     allowed: &[PathBuf],
 ) -> Result<(PathBuf, bool), VolumeError> {
     let name = vol.name.as_str();
+    if let Some(claim) = &vol.persistent_volume_claim {
+        let dir = claim_dir(client, namespace, name, &claim.claim_name, storage, allowed).await?;
+        return Ok((dir, claim.read_only.unwrap_or(false)));
+    }
     if vol.empty_dir.is_some() {
         std::fs::create_dir_all(dir).map_err(io(name))?;
         return Ok((dir.to_path_buf(), false));
@@ -237,40 +387,8 @@ async fn prepare_one(
         return Ok((dir.to_path_buf(), true));
     }
     if let Some(hp) = &vol.host_path {
-        let refused = || VolumeError::HostPathRefused {
-            path: hp.path.clone(),
-            allowed: if allowed.is_empty() {
-                "none configured; see --allow-host-path".into()
-            } else {
-                allowed
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            },
-        };
-        let requested = Path::new(&hp.path);
-        if !requested.is_absolute() {
-            return Err(refused());
-        }
-        // Check before creating anything, on the nearest existing ancestor, so a refused
-        // path never touches the host.
-        let existing = requested
-            .ancestors()
-            .find(|a| a.exists())
-            .and_then(|a| a.canonicalize().ok())
-            .ok_or_else(refused)?;
-        if !is_under(&existing, allowed) {
-            return Err(refused());
-        }
-        if matches!(hp.type_.as_deref(), Some("DirectoryOrCreate")) {
-            std::fs::create_dir_all(requested).map_err(io(name))?;
-        }
-        let real = requested.canonicalize().map_err(io(name))?;
-        if !is_under(&real, allowed) {
-            return Err(refused());
-        }
-        return Ok((real, false));
+        let create = matches!(hp.type_.as_deref(), Some("DirectoryOrCreate"));
+        return Ok((host_dir(name, &hp.path, create, allowed)?, false));
     }
     let kind = serde_json::to_value(vol)
         .ok()
@@ -291,6 +409,7 @@ impl Volumes {
         client: &kube::Client,
         pod: &Pod,
         pod_dir: &Path,
+        storage: &Path,
         allowed: &[PathBuf],
     ) -> Result<Volumes, VolumeError> {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
@@ -305,7 +424,7 @@ impl Volumes {
             let dir = pod_dir.join("volumes").join(&vol.name);
             dirs.insert(
                 vol.name.clone(),
-                prepare_one(client, namespace, vol, &dir, allowed).await?,
+                prepare_one(client, namespace, vol, &dir, storage, allowed).await?,
             );
         }
         Ok(Volumes { dirs })
