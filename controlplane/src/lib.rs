@@ -28,3 +28,4 @@ pub mod spdy;
 pub mod state;
 pub mod store;
 pub mod tunnel;
+pub mod usage;

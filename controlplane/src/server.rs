@@ -326,6 +326,7 @@ impl Server {
             metrics: Arc::new(crate::metrics::Metrics::new(&store.metrics())),
             tokens: Default::default(),
             clock: config.clock.clone(),
+            usage: Default::default(),
         });
 
         let stop_loops = CancellationToken::new();

@@ -72,6 +72,9 @@ pub struct ApiServer {
     /// The time controllers read: the system's, or a fake one tests move
     /// (`--fake-clock`, `POST /skiff/v1/clock`).
     pub clock: crate::clock::Clock,
+    /// Pods' and nodes' resource usage, from the agents' last scrapes
+    /// (`crate::usage`; filled by `crate::apiserver::metrics_api::scrape`).
+    pub usage: Arc<crate::usage::Usage>,
 }
 
 pub type SharedApi = Arc<ApiServer>;
@@ -92,6 +95,7 @@ impl ApiServer {
             metrics: Default::default(),
             tokens: Default::default(),
             clock: Default::default(),
+            usage: Default::default(),
         }
     }
 }
