@@ -45,6 +45,10 @@ pub struct DevArgs {
     /// `POST /skiff/v1/clock` (see `skiff server --fake-clock`).
     #[arg(long, hide = true)]
     fake_clock: bool,
+    /// How often the agents' resource usage is scraped, and so the window of
+    /// `kubectl top` and of the autoscaler's figures.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    metric_resolution: std::time::Duration,
 }
 
 /// The API server's address unless `--listen` is given.
@@ -102,6 +106,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     server_config.api.default_toleration_seconds = args.default_toleration_seconds;
     server_config.gateway = Some(gateway);
     server_config.gateway_https = Some(gateway_https);
+    server_config.metric_resolution = args.metric_resolution;
     if args.fake_clock {
         server_config.clock = skiff_controlplane::clock::Clock::fake();
     }

@@ -388,6 +388,10 @@ struct ServerArgs {
     /// admin moves forward with `POST /skiff/v1/clock` (`{"advanceSeconds": N}`).
     #[arg(long, hide = true)]
     fake_clock: bool,
+    /// How often the agents' resource usage is scraped, and so the window of
+    /// `kubectl top` and of the autoscaler's figures.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    metric_resolution: Duration,
 }
 
 /// Where a server keeps the cluster: redb in its data directory, or etcd.
@@ -486,6 +490,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     if args.fake_clock {
         config.clock = skiff_controlplane::clock::Clock::fake();
     }
+    config.metric_resolution = args.metric_resolution;
     if args.store.store == StoreKind::Etcd {
         config.leader = skiff_controlplane::leader::LeaderConfig::for_failover("");
     }

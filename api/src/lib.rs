@@ -18,4 +18,5 @@ pub mod selector;
 pub mod strategic;
 pub mod time;
 pub mod token;
+pub mod usage;
 pub mod validation;

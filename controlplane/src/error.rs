@@ -46,6 +46,23 @@ impl Subject {
         }
     }
 
+    /// A resource served outside the kinds table (the metrics APIs), named as
+    /// Kubernetes names it: `podmetrics.metrics.k8s.io "web" not found`.
+    pub fn virtual_resource(
+        group: &'static str,
+        plural: &'static str,
+        kind: &'static str,
+        name: &str,
+    ) -> Subject {
+        Subject {
+            group,
+            plural,
+            resource_kind: kind,
+            name: name.to_string(),
+            kind: None,
+        }
+    }
+
     /// A token record (`skiff token`): not a served kind, named as one would be.
     pub fn token(id: &str) -> Subject {
         Subject {

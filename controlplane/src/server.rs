@@ -36,7 +36,11 @@ pub enum StoreConfig {
     Etcd(EtcdOptions),
 }
 
+/// metrics-server's default `--metric-resolution`.
+pub const DEFAULT_METRIC_RESOLUTION: Duration = Duration::from_secs(15);
+
 #[derive(Debug, Clone)]
+
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub store: StoreConfig,
@@ -67,6 +71,8 @@ pub struct ServerConfig {
     pub tls_sans: Vec<String>,
     /// The controllers' clock: the system's, or a fake one for end-to-end tests.
     pub clock: crate::clock::Clock,
+    /// How often the agents' usage is scraped: the window of `kubectl top`'s figures.
+    pub metric_resolution: Duration,
 }
 
 impl ServerConfig {
@@ -88,6 +94,7 @@ impl ServerConfig {
             gateway_https: None,
             tls_sans: Vec::new(),
             clock: crate::clock::Clock::system(),
+            metric_resolution: DEFAULT_METRIC_RESOLUTION,
         }
     }
 }
@@ -335,6 +342,16 @@ impl Server {
         // One cache per kind for the whole server: the gateway's for as long as the
         // server runs, the leader's for as long as its term.
         let informers = SharedInformers::new(api.store.clone(), stop_loops.clone());
+        // Every server scrapes the agents, so `kubectl top` answers whichever one is
+        // asked (each agent keeps its tunnel to one server; the others reach it at its
+        // address).
+        let scraping = informers.scope(stop_loops.clone());
+        loops.spawn(crate::usage::scrape_agents(
+            api.clone(),
+            scraping.cache("", "nodes"),
+            config.metric_resolution,
+            stop_loops.clone(),
+        ));
         // The scheduler and controllers run only while this server holds the
         // leadership Lease, so two servers never run two of each.
         let mut leader = config.leader.clone();

@@ -4,59 +4,13 @@
 //! last two scrapes into rates. `metrics.k8s.io` (`kubectl top`), `custom.metrics.k8s.io`
 //! and the HorizontalPodAutoscaler read what is kept here.
 //!
-//! The agent's report (`GET /stats/usage` on the agent):
-//! `{"node": {"cpuNanos", "memoryBytes"}, "pods": [{"namespace", "name", "uid",
-//! "containers": [{"name", "cpuNanos", "memoryBytes"}], "requests", "inFlight"}]}`.
+//! The agent's report is `skiff_api::usage::Report` (`GET /stats/usage` on the agent).
 
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
-
-/// What an agent reports at one scrape: cumulative counters and current figures.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Report {
-    pub node: NodeCounters,
-    #[serde(default)]
-    pub pods: Vec<PodCounters>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeCounters {
-    /// CPU time the agent process has used (user + system), in nanoseconds.
-    pub cpu_nanos: u64,
-    /// The agent process's resident memory, in bytes.
-    pub memory_bytes: u64,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct PodCounters {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    #[serde(default)]
-    pub containers: Vec<ContainerCounters>,
-    /// HTTP requests the pod's handler has been given since it started.
-    #[serde(default)]
-    pub requests: u64,
-    /// HTTP requests being served at the scrape.
-    #[serde(default)]
-    pub in_flight: u64,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ContainerCounters {
-    pub name: String,
-    /// Time spent running the container's guests (polls of their instances), nanoseconds.
-    pub cpu_nanos: u64,
-    /// Linear memory and table storage its live instances hold, bytes.
-    pub memory_bytes: u64,
-}
+pub use skiff_api::usage::{ContainerCounters, NodeCounters, PodCounters, Report};
 
 /// One container's usage over a window.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,7 +85,11 @@ pub struct Usage {
 /// Per second, from a counter's growth over a window; a counter that went back (the pod
 /// or agent restarted) counts from zero.
 fn rate(before: u64, after: u64, window: Duration) -> f64 {
-    let grew = if after >= before { after - before } else { after };
+    let grew = if after >= before {
+        after - before
+    } else {
+        after
+    };
     grew as f64 / window.as_secs_f64().max(1e-9)
 }
 
@@ -225,6 +183,14 @@ impl Usage {
         inner.pods.retain(|_, p| p.node != node);
     }
 
+    /// Forgets every node not in `nodes` (deleted since).
+    pub fn retain_nodes(&self, nodes: &[String]) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.last.retain(|n, _| nodes.contains(n));
+        inner.nodes.retain(|n, _| nodes.contains(n));
+        inner.pods.retain(|_, p| nodes.contains(&p.node));
+    }
+
     pub fn pod(&self, namespace: &str, name: &str) -> Option<PodUsage> {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
         inner
@@ -259,6 +225,94 @@ impl Usage {
     }
 }
 
+/// How long one node's scrape may take before it counts as failed.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Scrapes every node's agent every `every`, as metrics-server does (its
+/// `--metric-resolution`, 15 s by default): through the agent's tunnel to this server
+/// when it has one, else at the node's address. A node that cannot be reached is
+/// forgotten until it answers again, so stale figures never feed the autoscaler.
+pub async fn scrape_agents(
+    api: std::sync::Arc<crate::state::ApiServer>,
+    nodes: std::sync::Arc<crate::informer::Cache>,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(SCRAPE_TIMEOUT)
+        .build()
+        .unwrap_or_default();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let snapshot = nodes.snapshot();
+        let known: Vec<String> = snapshot
+            .iter()
+            .map(|n| crate::objects::name(n).to_string())
+            .collect();
+        let scrapes = snapshot.iter().map(|node| {
+            let (api, client) = (api.clone(), client.clone());
+            async move {
+                let name = crate::objects::name(node).to_string();
+                let at = SystemTime::now();
+                match scrape_one(&api, &client, &name, node).await {
+                    Ok(report) => api.usage.record(&name, at, report),
+                    Err(e) => {
+                        tracing::debug!(node = %name, error = %e, "scraping the agent's usage failed");
+                        api.usage.forget_node(&name);
+                    }
+                }
+            }
+        });
+        futures::future::join_all(scrapes).await;
+        api.usage.retain_nodes(&known);
+    }
+}
+
+async fn scrape_one(
+    api: &crate::state::ApiServer,
+    client: &reqwest::Client,
+    name: &str,
+    node: &serde_json::Value,
+) -> Result<Report, String> {
+    let path = skiff_api::usage::PATH;
+    if let Some(tunnel) = api.tunnels.get(name) {
+        let request = http::Request::get(crate::tunnel::uri(path))
+            .body(crate::tunnel::TunnelBody::default())
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(SCRAPE_TIMEOUT, async {
+            let response = crate::tunnel::send(tunnel, request)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(format!("the agent answered {}", response.status()));
+            }
+            http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .map(|b| b.to_bytes())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|_| "timed out".to_string())??;
+        return serde_json::from_slice(&response).map_err(|e| e.to_string());
+    }
+    let address = crate::objects::agent_address(node).ok_or("no address and no tunnel")?;
+    client
+        .get(format!("http://{address}{path}"))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| e.to_string())?
+        .bytes()
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|body| serde_json::from_slice(&body).map_err(|e| e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,7 +343,10 @@ mod tests {
         let usage = Usage::default();
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         usage.record("n1", t0, report(0, 0, "u1"));
-        assert!(usage.pod("default", "web").is_none(), "one scrape is no window");
+        assert!(
+            usage.pod("default", "web").is_none(),
+            "one scrape is no window"
+        );
         // Half a core for 10 s; 50 requests in 10 s.
         usage.record(
             "n1",

@@ -113,6 +113,7 @@ impl Agent {
             local: local.clone(),
             config: config.clone(),
             credential: credential.clone(),
+            usage: Default::default(),
         });
         // Offline (an edge node cut off from its control plane), the agent starts anyway
         // and runs its pods from the local cache; the Lease loop registers the Node once

@@ -51,6 +51,9 @@ pub struct ServedPod {
     /// Readiness (its probe, if any, passes); traffic by route goes to ready pods only.
     pub ready: AtomicBool,
     pub slots: Arc<Semaphore>,
+    /// Requests handed to the app, and those in flight, for `kubectl top` and the
+    /// autoscaler.
+    pub counters: Arc<crate::usage::RequestCounters>,
 }
 
 /// The app a pod belongs to, for metrics: its App's name, else the conventional

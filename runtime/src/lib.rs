@@ -18,6 +18,7 @@ pub mod runtime;
 pub mod server;
 pub mod sync;
 pub mod tunnel;
+pub mod usage;
 pub mod wasm;
 
 pub use agent::{Agent, AgentError};

@@ -26,4 +26,6 @@ pub struct Runtime {
     pub local: Arc<crate::local::LocalState>,
     /// Whether the control plane still accepts this node's credential.
     pub credential: Arc<crate::credential::CredentialHealth>,
+    /// The running pods' CPU, memory and request counters, for `kubectl top`.
+    pub usage: crate::usage::UsageRegistry,
 }

@@ -22,6 +22,7 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(skiff_api::usage::PATH, get(usage))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
@@ -53,6 +54,11 @@ async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
         rt.metrics.render(),
     )
         .into_response()
+}
+
+/// The running pods' usage, which the server scrapes for `kubectl top` and autoscaling.
+async fn usage(State(rt): State<Arc<Runtime>>) -> Response {
+    axum::Json(rt.usage.report()).into_response()
 }
 
 fn status(code: StatusCode, reason: &str, message: String) -> Response {
@@ -233,6 +239,7 @@ pub fn is_agent_path(path: &str) -> bool {
     path == "/healthz"
         || path == "/readyz"
         || path == "/metrics"
+        || path == skiff_api::usage::PATH
         || path.starts_with("/containerLogs/")
 }
 
@@ -325,6 +332,7 @@ where
                 format!("{}/{} is stopping", pod.namespace, pod.name),
             );
         }
+        let in_flight = pod.counters.start();
         let response = pod
             .program
             .serve(&pod.spec, request, pod.stop.clone())
@@ -335,7 +343,7 @@ where
         response.map(|body| {
             use http_body_util::BodyExt;
             Body::new(body.map_frame(move |frame| {
-                let _held = &slot;
+                let _held = (&slot, &in_flight);
                 frame
             }))
         })

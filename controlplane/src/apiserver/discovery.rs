@@ -12,6 +12,7 @@ use serde_json::json;
 
 use skiff_api::resources::Subresource;
 
+use super::metrics_api;
 use super::request::json_response;
 use crate::error::{ApiError, ApiResult};
 use crate::state::SharedApi;
@@ -130,19 +131,31 @@ pub(crate) async fn groups() -> ApiResult<Response> {
             names.push(g);
         }
     }
-    to_json(&APIGroupList {
-        groups: names.into_iter().filter_map(api_group).collect(),
-    })
+    let mut groups: Vec<APIGroup> = names.into_iter().filter_map(api_group).collect();
+    groups.extend(
+        metrics_api::group_names()
+            .into_iter()
+            .filter_map(metrics_api::api_group),
+    );
+    to_json(&APIGroupList { groups })
 }
 
 pub(crate) async fn group(Path(name): Path<String>) -> ApiResult<Response> {
-    to_json(&api_group(&name).ok_or(ApiError::NoRoute)?)
+    to_json(
+        &api_group(&name)
+            .or_else(|| metrics_api::api_group(&name))
+            .ok_or(ApiError::NoRoute)?,
+    )
 }
 
 pub(crate) async fn group_resources(
     Path((group, version)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    to_json(&resource_list(&group, &version).ok_or(ApiError::NoRoute)?)
+    to_json(
+        &resource_list(&group, &version)
+            .or_else(|| metrics_api::resource_list(&group, &version))
+            .ok_or(ApiError::NoRoute)?,
+    )
 }
 
 pub(crate) async fn version() -> Response {

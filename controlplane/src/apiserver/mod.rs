@@ -13,6 +13,7 @@ mod events;
 mod eviction;
 pub mod internal;
 mod logs;
+pub(crate) mod metrics_api;
 mod modules;
 mod openapi;
 mod portforward;
@@ -53,6 +54,14 @@ pub fn router(api: SharedApi) -> Router {
         .route("/apis/{group}", get(discovery::group))
         .route("/apis/{group}/{version}", get(discovery::group_resources))
         .route("/apis/{group}/{version}/{*rest}", any(group_resource))
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/{*rest}",
+            any(metrics_api::resource_metrics),
+        )
+        .route(
+            "/apis/custom.metrics.k8s.io/v1beta2/{*rest}",
+            any(metrics_api::custom_metrics),
+        )
         .route("/version", get(discovery::version))
         .route("/openapi/v3", get(openapi::index))
         .route("/openapi/v3/{*path}", get(openapi::document))

@@ -35,6 +35,8 @@ enum Kind {
     Metrics,
     /// `nodes/NAME/proxy/...`, to the agent through its tunnel: admin, and viewer reads.
     NodeProxy,
+    /// The resource and custom metrics APIs (read-only): admin and viewer.
+    ResourceMetrics,
     Resource(Resource),
     Other,
 }
@@ -53,6 +55,9 @@ fn classify(method: &Method, path: &str, query: &Query) -> Kind {
         ["skiff", "v1", "tunnel"] => return Kind::Tunnel,
         ["metrics"] => return Kind::Metrics,
         ["api", "v1", "nodes", _, "proxy", ..] => return Kind::NodeProxy,
+        ["apis", "metrics.k8s.io" | "custom.metrics.k8s.io", _, _, ..] => {
+            return Kind::ResourceMetrics;
+        }
         ["openapi", ..] | ["api"] | ["apis"] | ["api", _] | ["apis", _] | ["apis", _, _] => {
             return Kind::Discovery;
         }
@@ -376,6 +381,7 @@ async fn authorize(
         (_, Kind::Discovery) if method == Method::GET => Ok(()),
         (Identity::Node { .. }, Kind::Tunnel) => Ok(()),
         (Identity::Viewer { .. }, Kind::Metrics) => Ok(()),
+        (Identity::Viewer { .. }, Kind::ResourceMetrics) if method == Method::GET => Ok(()),
         (Identity::Viewer { .. }, Kind::NodeProxy) if method == Method::GET => Ok(()),
         (_, Kind::Tunnel) => Err(ApiError::Forbidden(format!(
             "User \"{}\" cannot open a tunnel: that takes a node's credential",

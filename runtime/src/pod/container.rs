@@ -47,6 +47,8 @@ pub(crate) struct ContainerLoop {
     /// The container's events are sent once this is cancelled: after the pod's first
     /// status write (see `EventRecorder::record_after`).
     pub events_after: CancellationToken,
+    /// The pod's usage, which this container's guests add to.
+    pub usage: Arc<crate::usage::PodUsage>,
 }
 
 impl ContainerLoop {
@@ -448,6 +450,7 @@ impl ContainerLoop {
             crate::wasm::FaultHook::new(move |kind| rt.metrics.http_fault(&namespace, &app, kind))
         };
         let served = Arc::new(crate::apps::ServedPod {
+            counters: self.usage.requests.clone(),
             requests: self.rt.metrics.app_requests(&namespace, &app),
             namespace,
             name: self.pod.metadata.name.clone().unwrap_or_default(),
@@ -628,6 +631,7 @@ impl ContainerLoop {
             output: self.log.clone(),
             memory_limit,
             cpu_limit_millicores,
+            usage: self.usage.containers[self.index].1.clone(),
         })
     }
 }

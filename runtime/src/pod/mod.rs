@@ -208,6 +208,13 @@ async fn run_pod_inner(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken)
     };
 
     let mut loops = tokio::task::JoinSet::new();
+    let usage = crate::usage::PodUsage::new(
+        &uid,
+        pod.spec
+            .iter()
+            .flat_map(|s| s.containers.iter().map(|c| c.name.clone())),
+    );
+    rt.usage.insert(&namespace, &name, usage.clone());
     if let Some(volumes) = volumes {
         let spec_containers = pod.spec.as_ref().map(|s| s.containers.len()).unwrap_or(0);
         for index in 0..spec_containers {
@@ -229,6 +236,7 @@ async fn run_pod_inner(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken)
                     status: status_tx.clone(),
                     stop: stop.clone(),
                     events_after: events_after.clone(),
+                    usage: usage.clone(),
                 }
                 .run()
                 .in_current_span(),
@@ -237,6 +245,7 @@ async fn run_pod_inner(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken)
     }
     while loops.join_next().await.is_some() {}
     stop.cancelled().await;
+    rt.usage.remove(&namespace, &name, &usage);
     reporter_stop.cancel();
     let _ = reporter.await;
     timing.abort();

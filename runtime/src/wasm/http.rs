@@ -287,7 +287,7 @@ where
         Ok(b) => b,
         Err(reason) => return host_response(500, format!("the app cannot start: {reason}")),
     };
-    let meter = RunMeter::new();
+    let meter = RunMeter::adding_to(Some(spec.run.usage.clone()));
     let slicer = Slicer::new(
         engine.config().slice_ticks,
         stop,
@@ -301,7 +301,7 @@ where
         wasi: builder.build(),
         http: WasiHttpCtx::new(),
         table,
-        budget: StoreBudget::new(spec.run.memory_limit),
+        budget: StoreBudget::new(spec.run.memory_limit).adding_to(spec.run.usage.clone()),
         slicer,
         outbound: OutboundPolicy {
             allowed: spec.outbound.clone(),

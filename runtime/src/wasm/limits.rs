@@ -68,6 +68,8 @@ pub(crate) struct StoreBudget {
     /// Charge of the last permitted growth, returned if the growth then fails.
     last_grant: u64,
     refused: Option<Refusal>,
+    /// The container's total, which this store's charge is part of while it lives.
+    usage: Option<std::sync::Arc<super::GuestUsage>>,
 }
 
 impl StoreBudget {
@@ -77,7 +79,14 @@ impl StoreBudget {
             used: 0,
             last_grant: 0,
             refused: None,
+            usage: None,
         }
+    }
+
+    /// Also charges what the store holds to a container's usage, until it is dropped.
+    pub(crate) fn adding_to(mut self, usage: std::sync::Arc<super::GuestUsage>) -> StoreBudget {
+        self.usage = Some(usage);
+        self
     }
 
     /// The first refused growth, if any (later ones are usually the guest retrying smaller).
@@ -98,12 +107,27 @@ impl StoreBudget {
         }
         self.used = wanted;
         self.last_grant = delta;
+        if let Some(usage) = &self.usage {
+            usage.add_memory(delta);
+        }
         true
     }
 
     fn refund_last_grant(&mut self) {
         self.used = self.used.saturating_sub(self.last_grant);
+        if let Some(usage) = &self.usage {
+            usage.sub_memory(self.last_grant);
+        }
         self.last_grant = 0;
+    }
+}
+
+impl Drop for StoreBudget {
+    /// The store's memories and tables go with it.
+    fn drop(&mut self) {
+        if let Some(usage) = &self.usage {
+            usage.sub_memory(self.used);
+        }
     }
 }
 

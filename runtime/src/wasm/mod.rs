@@ -137,6 +137,49 @@ pub struct RunSpec {
     pub memory_limit: Option<u64>,
     /// Share of one core, in thousandths, over a rolling ~1 s window. `None` or 0: unlimited.
     pub cpu_limit_millicores: Option<u32>,
+    /// Where the run's CPU time and memory are added up, with those of the container's
+    /// other instances (its HTTP requests, its restarts), for `kubectl top`.
+    pub usage: Arc<GuestUsage>,
+}
+
+/// What one container's guests use, summed over all its instances: CPU time spent
+/// running them (polls of their futures, see `slicing::RunMeter`), and the linear memory
+/// and table storage that live instances hold (charged by `limits::StoreBudget`).
+#[derive(Debug, Default)]
+pub struct GuestUsage {
+    cpu_nanos: std::sync::atomic::AtomicU64,
+    memory_bytes: std::sync::atomic::AtomicU64,
+}
+
+impl GuestUsage {
+    /// Nanoseconds of running time, since the container first ran.
+    pub fn cpu_nanos(&self) -> u64 {
+        self.cpu_nanos.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes the live instances hold now.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_cpu(&self, nanos: u64) {
+        self.cpu_nanos
+            .fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_memory(&self, bytes: u64) {
+        self.memory_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn sub_memory(&self, bytes: u64) {
+        // Never below zero, whatever order concurrent instances end in.
+        let _ = self.memory_bytes.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |m| Some(m.saturating_sub(bytes)),
+        );
+    }
 }
 
 impl std::fmt::Debug for RunSpec {

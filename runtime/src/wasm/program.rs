@@ -159,14 +159,14 @@ impl Program {
             Err(reason) => return Outcome::Failed(bounded(reason)),
         };
         let _ticking = self.engine.enter_run();
-        let meter = RunMeter::new();
+        let meter = RunMeter::adding_to(Some(spec.usage.clone()));
         let slicer = Slicer::new(
             self.engine.config().slice_ticks,
             stop.clone(),
             meter.clone(),
             spec.cpu_limit_millicores,
         );
-        let budget = StoreBudget::new(spec.memory_limit);
+        let budget = StoreBudget::new(spec.memory_limit).adding_to(spec.usage.clone());
         match &self.prepared {
             Prepared::Http(_) => Outcome::Failed(
                 "an HTTP component is served per request, not run as a command".to_owned(),

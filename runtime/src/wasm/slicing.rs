@@ -35,14 +35,18 @@ pub(crate) struct RunMeter {
     busy_nanos: AtomicU64,
     /// Nanoseconds after `base` at which the current poll began, or `NOT_POLLING`.
     poll_started: AtomicU64,
+    /// The container's total, which every completed poll is added to as well.
+    usage: Option<Arc<super::GuestUsage>>,
 }
 
 impl RunMeter {
-    pub(crate) fn new() -> Arc<RunMeter> {
+    /// A meter whose polls are also added to a container's usage.
+    pub(crate) fn adding_to(usage: Option<Arc<super::GuestUsage>>) -> Arc<RunMeter> {
         Arc::new(RunMeter {
             base: Instant::now(),
             busy_nanos: AtomicU64::new(0),
             poll_started: AtomicU64::new(NOT_POLLING),
+            usage,
         })
     }
 
@@ -90,9 +94,11 @@ impl<T> Future for Metered<'_, T> {
         let result = self.inner.as_mut().poll(cx);
         let end = meter.nanos_since_base(Instant::now());
         meter.poll_started.store(NOT_POLLING, Ordering::Relaxed);
-        meter
-            .busy_nanos
-            .fetch_add(end.saturating_sub(start), Ordering::Relaxed);
+        let spent = end.saturating_sub(start);
+        meter.busy_nanos.fetch_add(spent, Ordering::Relaxed);
+        if let Some(usage) = &meter.usage {
+            usage.add_cpu(spent);
+        }
         result
     }
 }
@@ -266,7 +272,7 @@ mod tests {
 
     #[tokio::test]
     async fn meter_counts_only_time_inside_poll() {
-        let meter = RunMeter::new();
+        let meter = RunMeter::adding_to(None);
         let work = async {
             std::thread::sleep(20 * MS); // "running"
             tokio::time::sleep(100 * MS).await; // suspended: not counted

@@ -157,3 +157,33 @@ async fn a_guest_that_cannot_be_instantiated_is_never_reported_started() {
         "once it instantiated"
     );
 }
+
+/// A container's usage: a running spinner accrues CPU time and holds its linear memory;
+/// once its instance is gone the memory is no longer counted, and the CPU time stays.
+#[tokio::test]
+async fn a_containers_usage_counts_cpu_time_and_live_memory() {
+    let program = program(COUNTING_SPIN);
+    let output = Capture::new();
+    let spec = spec(output.clone());
+    let usage = spec.usage.clone();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn({
+        let stop = stop.clone();
+        async move { program.run(spec, stop).await }
+    });
+    output.wait_for_stdout(3).await;
+    assert!(
+        usage.memory_bytes() >= 64 << 10,
+        "a page of linear memory at least"
+    );
+    let spun = usage.cpu_nanos();
+    assert!(spun > 0, "time spent running is counted");
+    stop.cancel();
+    let outcome = tokio::time::timeout(WAIT_LIMIT, run)
+        .await
+        .expect("ends")
+        .expect("no panic");
+    assert_eq!(outcome, Outcome::Interrupted);
+    assert_eq!(usage.memory_bytes(), 0, "a dropped store holds nothing");
+    assert!(usage.cpu_nanos() >= spun, "CPU time is cumulative");
+}

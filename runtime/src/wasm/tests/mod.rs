@@ -131,6 +131,7 @@ fn spec(output: Arc<dyn OutputSink>) -> RunSpec {
         output,
         memory_limit: None,
         cpu_limit_millicores: None,
+        usage: Default::default(),
     }
 }
 
