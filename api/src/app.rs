@@ -68,7 +68,57 @@ pub struct AppSpec {
     /// An httpGet probe against the handler; failing replicas are restarted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub liveness_probe: Option<Probe>,
+    /// Scale the replicas with the requests, down to zero if `minReplicas` is 0. When
+    /// set, `replicas` is only the count to start with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AppAutoscale>,
 }
+
+/// How an App scales with its traffic. Exactly one target is given.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(rename = "dev.skiff.v1.AppAutoscale")]
+pub struct AppAutoscale {
+    /// Fewest replicas (default 1). 0: none run while the App is idle; the gateway
+    /// holds the first request while a replica starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replicas: Option<i32>,
+    /// Most replicas.
+    #[serde(default)]
+    pub max_replicas: i32,
+    /// Requests per second one replica should take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_requests_per_second: Option<i32>,
+    /// Requests in flight one replica should hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_concurrency: Option<i32>,
+    /// How long demand must stay lower before replicas are removed (and, at the end,
+    /// the last one): `30s`, `5m`. Default 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay: Option<String>,
+}
+
+/// `scaleDownDelay` unless given.
+pub const DEFAULT_SCALE_DOWN_DELAY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A duration as `scaleDownDelay` writes it: a whole number and `ms`, `s`, `m` or `h`.
+pub fn parse_delay(text: &str) -> Option<std::time::Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let secs = match unit {
+        "ms" => return Some(std::time::Duration::from_millis(n)),
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(secs))
+}
+
+/// The Service annotation that tells the gateway to hold requests for an App with no
+/// replica while one starts (set by the App controller when `minReplicas` is 0).
+pub const SCALE_FROM_ZERO_ANNOTATION: &str = "skiff.dev/scale-from-zero";
 
 /// A Host and/or a path prefix.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]

@@ -57,6 +57,13 @@ use skiff_api::routes::{POD_HEADER, ROUTES_ANNOTATION, Route, UNSERVED_HEADER};
 const MAX_BUFFERED_BODY: u64 = 1024 * 1024;
 /// How long a request no replica could take waits for a tunnel to open before 502.
 const TUNNEL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a request to an App scaled to zero is held for a replica to start.
+const COLD_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How many requests one App scaled to zero may have held at once; more get 503.
+const MAX_HELD: usize = 10_000;
+/// The response header that says a request waited for a replica to start, and how
+/// long (milliseconds).
+pub const COLD_START_HEADER: &str = "x-skiff-cold-start";
 
 type GatewayBody = http_body_util::combinators::UnsyncBoxBody<Bytes, axum::Error>;
 
@@ -102,6 +109,11 @@ struct Backend {
     /// Its request series, resolved on its first request (so an app with no traffic
     /// through the gateway has none) and kept across rebuilds.
     series: Arc<OnceLock<Arc<skiff_api::metrics::AppSeries>>>,
+    /// Whether a request that finds no ready replica is held while one starts (an App
+    /// that scales to zero: its Service has the scale-from-zero annotation).
+    hold: bool,
+    /// Requests held now; kept across rebuilds.
+    held: Arc<AtomicUsize>,
 }
 
 pub struct Gateway {
@@ -117,6 +129,9 @@ pub struct Gateway {
     tunnels: Arc<crate::tunnel::Tunnels>,
     snapshot: RwLock<Arc<Snapshot>>,
     metrics: skiff_api::metrics::AppRequests,
+    /// Where a held request wakes its App (scales its Deployment from zero), and where
+    /// the hold is measured; None in tests without a server.
+    waker: Option<Arc<crate::state::ApiServer>>,
 }
 
 impl Gateway {
@@ -125,6 +140,7 @@ impl Gateway {
         informers: &Informers,
         tunnels: Arc<crate::tunnel::Tunnels>,
         metrics: skiff_api::metrics::AppRequests,
+        waker: Option<Arc<crate::state::ApiServer>>,
     ) -> Arc<Gateway> {
         let mut connector = HttpConnector::new();
         // Without TCP_NODELAY, small responses wait out delayed ACKs (~40 ms).
@@ -142,6 +158,7 @@ impl Gateway {
             tunnels,
             snapshot: RwLock::default(),
             metrics,
+            waker,
         })
     }
 
@@ -226,12 +243,19 @@ impl Gateway {
                 })
                 .collect();
             let before = old.backend(namespace, name);
+            let hold = svc
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(skiff_api::app::SCALE_FROM_ZERO_ANNOTATION))
+                .and_then(Value::as_str)
+                == Some("true");
             services.entry(namespace.to_string()).or_default().insert(
                 name.to_string(),
                 Arc::new(Backend {
                     endpoints,
                     next: before.map(|b| b.next.clone()).unwrap_or_default(),
                     series: before.map(|b| b.series.clone()).unwrap_or_default(),
+                    hold,
+                    held: before.map(|b| b.held.clone()).unwrap_or_default(),
                 }),
             );
         }
@@ -254,6 +278,125 @@ impl Gateway {
             ingress,
             httproutes,
         }
+    }
+}
+
+impl Gateway {
+    /// Holds a request for an App with no replica to take it (scaled to zero, or its
+    /// last replicas stopping) until one is ready: the first request held wakes the App
+    /// (its Deployment goes from 0 to 1 replica), and every held request is sent on as
+    /// soon as a ready replica other than those in `refused` is routed. Bounded: at most
+    /// [`MAX_HELD`] requests wait, each at most [`COLD_START_TIMEOUT`]; past either, 503
+    /// says so.
+    async fn wake(
+        &self,
+        (namespace, service, pod): (&str, &str, Option<&str>),
+        refused: &[String],
+    ) -> Result<Arc<Backend>, Response> {
+        let Some(api) = &self.waker else {
+            return Err(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("app {namespace}/{service} has no ready replica"),
+            ));
+        };
+        let usable = |b: &Backend| {
+            b.endpoints
+                .iter()
+                .any(|e| !refused.iter().any(|r| r == e.pod()))
+        };
+        let mut changed = self.slices.subscribe();
+        let backend = |gw: &Gateway| {
+            gw.snapshot()
+                .backend(namespace, service)
+                .cloned()
+                .map(|b| narrow(b, namespace, pod))
+        };
+        let Some(first) = backend(self) else {
+            return Err(text(
+                StatusCode::NOT_FOUND,
+                format!("app {namespace}/{service} is gone"),
+            ));
+        };
+        let held = first.held.clone();
+        let before = held.fetch_add(1, Ordering::AcqRel);
+        let _release = scopeguard_release(held.clone());
+        if before >= MAX_HELD {
+            return Err(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "app {namespace}/{service} is starting and {before} requests already wait for it"
+                ),
+            ));
+        }
+        if before == 0 || !refused.is_empty() {
+            wake_app(api, namespace, service).await;
+        }
+        let deadline = tokio::time::Instant::now() + COLD_START_TIMEOUT;
+        loop {
+            changed.borrow_and_update();
+            if let Some(b) = backend(self).filter(|b| usable(b)) {
+                return Ok(b);
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the gateway is shutting down".into(),
+                    ));
+                }
+                Err(_) => {
+                    return Err(text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "app {namespace}/{service} was scaled to zero and no replica became ready within {}s",
+                            COLD_START_TIMEOUT.as_secs()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Marks a response that waited for a replica to start, and measures the wait.
+    fn cold_started(&self, response: &mut Response, waited: std::time::Duration) {
+        if let Ok(v) = HeaderValue::from_str(&format!("{:.1}", waited.as_secs_f64() * 1000.0)) {
+            response.headers_mut().insert(COLD_START_HEADER, v);
+        }
+        if let Some(api) = &self.waker {
+            api.metrics.cold_start.observe(waited.as_secs_f64());
+        }
+    }
+}
+
+/// Gives back a held request's place when it drops, however the hold ends.
+fn scopeguard_release(held: Arc<AtomicUsize>) -> impl Drop {
+    struct Release(Arc<AtomicUsize>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    Release(held)
+}
+
+/// Scales an App's Deployment (the Service's name) from zero to one replica; a
+/// Deployment that already has replicas is left alone, so any number of gateways may
+/// wake an App at once.
+async fn wake_app(api: &crate::state::ApiServer, namespace: &str, name: &str) {
+    let Some(deployments) = crate::kinds::lookup("apps", "v1", "deployments") else {
+        return;
+    };
+    let woke = crate::apiserver::internal::update(api, deployments, Some(namespace), name, |cur| {
+        let mut next = cur.clone();
+        if cur.pointer("/spec/replicas").and_then(Value::as_i64) == Some(0) {
+            next["spec"]["replicas"] = serde_json::json!(1);
+        }
+        Ok(next)
+    })
+    .await;
+    if let Err(e) = woke {
+        tracing::warn!(app = %format_args!("{namespace}/{name}"), error = %e, "waking the app failed");
     }
 }
 
@@ -384,6 +527,8 @@ fn narrow(backend: Arc<Backend>, namespace: &str, pod: Option<&str>) -> Arc<Back
             .collect(),
         next: backend.next.clone(),
         series: backend.series.clone(),
+        hold: backend.hold,
+        held: backend.held.clone(),
     })
 }
 
@@ -566,13 +711,26 @@ async fn forward(
     (host, namespace, service, pod): (&str, &str, &str, Option<&str>),
     mut backend: Option<Arc<Backend>>,
 ) -> Response {
+    let arrived = std::time::Instant::now();
     let deadline = tokio::time::Instant::now() + TUNNEL_WAIT;
     let mut opened = gw.tunnels.opened();
+    let hold = backend.as_ref().is_some_and(|b| b.hold);
+    // When the request waited for a replica to start: how long.
+    let mut cold: Option<std::time::Duration> = None;
     if backend.as_ref().is_none_or(|b| b.endpoints.is_empty()) {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("app {namespace}/{service} has no ready replica"),
-        );
+        if !hold {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("app {namespace}/{service} has no ready replica"),
+            );
+        }
+        match gw.wake((namespace, service, pod), &[]).await {
+            Ok(woken) => {
+                cold = Some(arrived.elapsed());
+                backend = Some(woken);
+            }
+            Err(response) => return response,
+        }
     }
     let (mut parts, body) = request.into_parts();
     let declared = parts
@@ -607,6 +765,8 @@ async fn forward(
         parts,
         host,
         payload,
+        hold,
+        refused: Vec::new(),
     };
     let mut last_error = String::new();
     loop {
@@ -616,11 +776,26 @@ async fn forward(
             Some(b) => (&b.endpoints[..], b.start()),
             None => (&[][..], 0),
         };
-        if let Some(response) = request
+        if let Some(mut response) = request
             .try_endpoints(gw, endpoints, start, &mut last_error)
             .await
         {
+            if let Some(waited) = cold {
+                gw.cold_started(&mut response, waited);
+            }
             return response;
+        }
+        // Every replica was stopping (the App is scaling to zero): hold the request
+        // for the replica its arrival wakes.
+        if hold && !request.refused.is_empty() && matches!(request.payload, Payload::Buffered(_)) {
+            match gw.wake((namespace, service, pod), &request.refused).await {
+                Ok(woken) => {
+                    cold = Some(arrived.elapsed());
+                    backend = Some(woken);
+                    continue;
+                }
+                Err(response) => return response,
+            }
         }
         if !matches!(request.payload, Payload::Buffered(_))
             || !matches!(
@@ -653,6 +828,11 @@ struct Forwarding<'a> {
     parts: http::request::Parts,
     host: &'a str,
     payload: Payload,
+    /// Whether the app scales from zero: a replica that is stopping is passed over,
+    /// and the request held for a new one.
+    hold: bool,
+    /// The replicas that said they no longer serve (stopping), in this request's tries.
+    refused: Vec<String>,
 }
 
 impl Forwarding<'_> {
@@ -735,8 +915,9 @@ impl Forwarding<'_> {
                     // agent restarted, or stopping): the next is tried, and if this
                     // was the last, a node that had no tunnel may still take it.
                     let unserved = response.headers().contains_key(UNSERVED_HEADER);
-                    if unserved && buffered && (!last || disconnected) {
+                    if unserved && buffered && (!last || disconnected || self.hold) {
                         *last_error = format!("{pod} was not served by its node");
+                        self.refused.push(pod.to_string());
                         continue;
                     }
                     let (mut parts, body) = response.into_parts();
@@ -809,7 +990,12 @@ pub async fn serve(
 ) {
     use axum::serve::ListenerExt;
     let scope = informers.scope(stop.clone());
-    let gateway = Gateway::new(&scope, api.tunnels.clone(), api.metrics.gateway.clone());
+    let gateway = Gateway::new(
+        &scope,
+        api.tunnels.clone(),
+        api.metrics.gateway.clone(),
+        Some(api.clone()),
+    );
     let secrets = scope.cache("", "secrets");
     // Until the caches hold the routes, connections wait in the listener's backlog:
     // answered from empty caches, they would get 404 for apps that exist.
@@ -1082,6 +1268,7 @@ mod tests {
                 "test",
                 "test",
             ),
+            None,
         );
         assert!(
             scope
@@ -1279,6 +1466,8 @@ mod tests {
             endpoints: vec![endpoint("default/db-0"), endpoint("default/db-1")],
             next: Default::default(),
             series: Default::default(),
+            hold: false,
+            held: Default::default(),
         });
         let one = narrow(backend.clone(), "default", Some("db-1"));
         assert_eq!(one.endpoints.len(), 1);

@@ -135,6 +135,8 @@ pub struct Metrics {
     pub scheduler: SchedulerMetrics,
     /// The gateway's requests, per app.
     pub gateway: AppRequests,
+    /// How long requests to Apps scaled to zero waited for a replica.
+    pub cold_start: Histogram,
     module_downloads: Family<NodeLabels, Counter>,
     queue_depth: Family<QueueLabels, Gauge>,
     queue_adds: Family<QueueLabels, Counter>,
@@ -230,6 +232,15 @@ impl Metrics {
 
         let gateway =
             AppRequests::register(&mut registry, "skiff_gateway", "the gateway forwarded");
+        // 0.5 ms to ~16 s: a Wasm cold start is milliseconds, a slow pull seconds.
+        let cold_start = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16),
+        );
+        registry.register(
+            "skiff_gateway_cold_start_seconds",
+            "How long a request to an App scaled to zero was held until a replica was ready",
+            cold_start.clone(),
+        );
         let module_downloads = Family::<NodeLabels, Counter>::default();
         registry.register(
             "skiff_node_module_downloads",
@@ -243,6 +254,7 @@ impl Metrics {
             watchers,
             scheduler,
             gateway,
+            cold_start,
             module_downloads,
             queue_depth,
             queue_adds,

@@ -27,6 +27,7 @@ use crate::state::ApiServer;
 
 /// The label that ties an App's Deployment, Service and pods to it.
 pub const APP_LABEL: &str = "app.skiff.dev/name";
+pub use skiff_api::app::SCALE_FROM_ZERO_ANNOTATION;
 pub use skiff_api::routes::{OUTBOUND_ANNOTATION, ROUTES_ANNOTATION};
 const WORKERS: usize = 2;
 
@@ -85,20 +86,233 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         services: services.clone(),
         pods,
     });
-    Controller::new(&ctx, "app", &apps)
+    let autoscaler = autoscale(ctrl.clone(), stop.clone());
+    let controller = Controller::new(&ctx, "app", &apps)
         .owns(&deployments, "App")
         .owns(&services, "App")
         .workers(WORKERS)
-        .run(ctrl, |c, key| async move { c.sync(&key).await }, stop)
-        .await;
+        .run(ctrl, |c, key| async move { c.sync(&key).await }, stop);
+    tokio::join!(autoscaler, controller);
+}
+
+/// How often the autoscaler looks at the Apps' demand (the figures themselves are as
+/// fresh as the last scrape, see `crate::usage`).
+const AUTOSCALE_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The autoscaler's decision for one App: the replicas to scale to, if any.
+/// `lower_since` is when demand first fell below `current` (kept between ticks).
+/// Up at once; down only after demand has stayed lower for `delay`, and never while a
+/// replica has no figure yet (it just started, and may be serving the request that
+/// woke the App).
+fn decide(
+    current: i64,
+    desired: i64,
+    unmeasured: bool,
+    lower_since: &mut Option<std::time::Instant>,
+    now: std::time::Instant,
+    delay: std::time::Duration,
+) -> Option<i64> {
+    if desired >= current || unmeasured {
+        *lower_since = None;
+        return (desired > current).then_some(desired);
+    }
+    let since = *lower_since.get_or_insert(now);
+    if now.duration_since(since) >= delay {
+        *lower_since = None;
+        Some(desired)
+    } else {
+        None
+    }
+}
+
+/// The replicas `demand` asks for: its ratio to the target, rounded up, within the
+/// bounds; any traffic at all keeps one.
+fn desired_replicas(scale: &Autoscale, rps: f64, in_flight: f64) -> i64 {
+    let (demand, per) = match scale.target {
+        Target::RequestsPerSecond(per) => (rps, per),
+        Target::Concurrency(per) => (in_flight, per),
+    };
+    let mut desired = (demand / per).ceil() as i64;
+    if rps > 0.0 || in_flight > 0.0 {
+        desired = desired.max(1);
+    }
+    desired.clamp(scale.min, scale.max)
+}
+
+/// Scales each App that has `spec.autoscale` with its requests: the request rate or
+/// concurrency its pods report (`crate::usage`), against the target per replica.
+async fn autoscale(ctrl: Arc<AppController>, stop: CancellationToken) {
+    let mut lower: std::collections::HashMap<String, std::time::Instant> = Default::default();
+    let mut tick = tokio::time::interval(AUTOSCALE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let pods = ctrl.pods.snapshot();
+        let mut seen = std::collections::HashSet::new();
+        for app in ctrl.apps.snapshot() {
+            let Some(scale) = autoscale_of(&app) else {
+                continue;
+            };
+            if objects::is_deleting(&app) {
+                continue;
+            }
+            let ns = objects::namespace(&app).unwrap_or("default");
+            let name = objects::name(&app);
+            let key = format!("{ns}/{name}");
+            let Some(deployment) = ctrl.deployments.get(&deployments().key(Some(ns), name)) else {
+                continue;
+            };
+            let uid = objects::meta_str(&app, "uid").unwrap_or_default();
+            if controller_of(&deployment).is_none_or(|(_, _, u)| u != uid) {
+                continue;
+            }
+            let current = deployment
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            let (mut rps, mut in_flight, mut unmeasured) = (0.0, 0.0, false);
+            for pod in pods.iter().filter(|p| {
+                objects::namespace(p) == Some(ns)
+                    && !objects::is_deleting(p)
+                    && p.pointer("/metadata/labels")
+                        .and_then(|l| l.get(APP_LABEL))
+                        .and_then(Value::as_str)
+                        == Some(name)
+            }) {
+                match ctrl
+                    .api
+                    .usage
+                    .pod(ns, objects::name(pod))
+                    .filter(|u| objects::meta_str(pod, "uid") == Some(u.uid.as_str()))
+                {
+                    Some(usage) => {
+                        rps += usage.requests_per_second;
+                        in_flight += usage.in_flight as f64;
+                    }
+                    None => unmeasured = true,
+                }
+            }
+            let desired = desired_replicas(&scale, rps, in_flight);
+            let mut since = lower.remove(&key);
+            let decision = decide(
+                current,
+                desired,
+                unmeasured,
+                &mut since,
+                std::time::Instant::now(),
+                scale.delay,
+            );
+            if let Some(since) = since {
+                lower.insert(key.clone(), since);
+            }
+            seen.insert(key);
+            let Some(to) = decision else {
+                continue;
+            };
+            let scaled = internal::update(&ctrl.api, deployments(), Some(ns), name, |cur| {
+                let mut next = cur.clone();
+                // Only from the count decided on: the gateway may have woken the App since.
+                if cur.pointer("/spec/replicas").and_then(Value::as_i64) == Some(current) {
+                    next["spec"]["replicas"] = json!(to);
+                }
+                Ok(next)
+            })
+            .await;
+            if let Err(e) = scaled {
+                tracing::warn!(app = %format_args!("{ns}/{name}"), error = %e, "autoscaling the App failed");
+                continue;
+            }
+            let demand = match scale.target {
+                Target::RequestsPerSecond(per) => {
+                    format!("{rps:.1} requests/s against a target of {per} per replica")
+                }
+                Target::Concurrency(per) => {
+                    format!("{in_flight} requests in flight against a target of {per} per replica")
+                }
+            };
+            let (reason, message) = match to {
+                0 => (
+                    "ScaledToZero",
+                    format!("Scaled to zero: no requests for {:?}", scale.delay),
+                ),
+                _ if to > current => (
+                    "ScaledUp",
+                    format!("Scaled from {current} to {to} replicas: {demand}"),
+                ),
+                _ => (
+                    "ScaledDown",
+                    format!("Scaled from {current} to {to} replicas: {demand}"),
+                ),
+            };
+            ctrl.event(&app, "Normal", reason, message).await;
+        }
+        lower.retain(|k, _| seen.contains(k));
+    }
 }
 
 fn owner_ref(app: &Value) -> Value {
     json!({"apiVersion": "skiff.dev/v1", "kind": "App", "name": objects::name(app), "uid": objects::meta_str(app, "uid"), "controller": true, "blockOwnerDeletion": true})
 }
 
+/// An App's `spec.autoscale`: (min, max, target, scale-down delay).
+pub(crate) struct Autoscale {
+    pub min: i64,
+    pub max: i64,
+    pub target: Target,
+    pub delay: std::time::Duration,
+}
+
+/// What one replica should take.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Target {
+    RequestsPerSecond(f64),
+    Concurrency(f64),
+}
+
+pub(crate) fn autoscale_of(app: &Value) -> Option<Autoscale> {
+    let scale = app.pointer("/spec/autoscale").filter(|v| v.is_object())?;
+    let int = |f: &str| scale.get(f).and_then(Value::as_i64);
+    let target = match (int("targetRequestsPerSecond"), int("targetConcurrency")) {
+        (Some(rps), _) => Target::RequestsPerSecond(rps.max(1) as f64),
+        (None, Some(c)) => Target::Concurrency(c.max(1) as f64),
+        (None, None) => return None,
+    };
+    let max = int("maxReplicas").unwrap_or(1).max(1);
+    Some(Autoscale {
+        min: int("minReplicas").unwrap_or(1).clamp(0, max),
+        max,
+        target,
+        delay: scale
+            .get("scaleDownDelay")
+            .and_then(Value::as_str)
+            .and_then(skiff_api::app::parse_delay)
+            .unwrap_or(skiff_api::app::DEFAULT_SCALE_DOWN_DELAY),
+    })
+}
+
+/// The replicas an App's Deployment should have: `spec.replicas` (default 1); with
+/// autoscaling, what the Deployment has (the autoscaler's last decision) within
+/// [minReplicas, maxReplicas], starting from `spec.replicas` (default 1).
+fn wanted_replicas(app: &Value, deployment: Option<&Value>) -> i64 {
+    let asked = app
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    match autoscale_of(app) {
+        None => asked,
+        Some(a) => deployment
+            .and_then(|d| d.pointer("/spec/replicas"))
+            .and_then(Value::as_i64)
+            .unwrap_or(asked)
+            .clamp(a.min, a.max),
+    }
+}
+
 /// The Deployment an App wants.
-fn deployment_for(app: &Value) -> Value {
+fn deployment_for(app: &Value, current: Option<&Value>) -> Value {
     let name = objects::name(app);
     let spec = app.get("spec").cloned().unwrap_or_default();
     let field = |path: &str| {
@@ -148,7 +362,7 @@ fn deployment_for(app: &Value) -> Value {
             "ownerReferences": [owner_ref(app)],
         },
         "spec": {
-            "replicas": spec.get("replicas").cloned().unwrap_or(json!(1)),
+            "replicas": wanted_replicas(app, current),
             "selector": {"matchLabels": {APP_LABEL: name}},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
@@ -204,6 +418,15 @@ fn module_of(app: &Value) -> &str {
         .unwrap_or_default()
 }
 
+/// The routes, and whether the gateway holds requests while a replica starts.
+fn service_annotations(app: &Value) -> Value {
+    let mut annotations = json!({ROUTES_ANNOTATION: routes(app)});
+    if autoscale_of(app).is_some_and(|a| a.min == 0) {
+        annotations[SCALE_FROM_ZERO_ANNOTATION] = json!("true");
+    }
+    annotations
+}
+
 fn service_for(app: &Value) -> Value {
     let name = objects::name(app);
     json!({
@@ -212,7 +435,7 @@ fn service_for(app: &Value) -> Value {
         "metadata": {
             "name": name,
             "labels": {APP_LABEL: name},
-            "annotations": {ROUTES_ANNOTATION: routes(app)},
+            "annotations": service_annotations(app),
             "ownerReferences": [owner_ref(app)],
         },
         "spec": {
@@ -235,8 +458,9 @@ impl AppController {
         let ours = |obj: &Value| controller_of(obj).is_some_and(|(_, _, u)| u == uid);
 
         // The Deployment.
-        let wanted = deployment_for(&app);
-        let deployment = match self.deployments.get(&deployments().key(Some(ns), name)) {
+        let existing = self.deployments.get(&deployments().key(Some(ns), name));
+        let wanted = deployment_for(&app, existing.as_deref());
+        let deployment = match existing {
             None => {
                 match internal::create(&self.api, deployments(), Some(ns), wanted.clone()).await {
                     Ok(created) => {
@@ -313,7 +537,12 @@ impl AppController {
                 return Ok(Action::Done);
             }
             Some(current) => {
-                if routes_of(&current) != routes_of(&wanted) {
+                let holds = |s: &Value| {
+                    s.pointer("/metadata/annotations")
+                        .and_then(|a| a.get(SCALE_FROM_ZERO_ANNOTATION))
+                        .cloned()
+                };
+                if routes_of(&current) != routes_of(&wanted) || holds(&current) != holds(&wanted) {
                     internal::update(&self.api, services(), Some(ns), name, |cur| {
                         let mut next = cur.clone();
                         objects::set_path(
@@ -321,6 +550,19 @@ impl AppController {
                             &["metadata", "annotations", ROUTES_ANNOTATION],
                             json!(routes_of(&wanted)),
                         );
+                        if let Some(annotations) = next
+                            .pointer_mut("/metadata/annotations")
+                            .and_then(Value::as_object_mut)
+                        {
+                            match holds(&wanted) {
+                                Some(v) => {
+                                    annotations.insert(SCALE_FROM_ZERO_ANNOTATION.into(), v);
+                                }
+                                None => {
+                                    annotations.remove(SCALE_FROM_ZERO_ANNOTATION);
+                                }
+                            }
+                        }
                         Ok(next)
                     })
                     .await?;
@@ -365,10 +607,7 @@ impl AppController {
     async fn update_status(&self, app: &Value, deployment: Option<&Value>) -> Result<(), ApiError> {
         let ns = objects::namespace(app).unwrap_or("default");
         let name = objects::name(app);
-        let replicas = app
-            .pointer("/spec/replicas")
-            .and_then(Value::as_i64)
-            .unwrap_or(1);
+        let replicas = wanted_replicas(app, deployment);
         let d = deployment
             .and_then(|d| d.get("status"))
             .cloned()
@@ -542,7 +781,7 @@ mod tests {
             "metadata": {"name": "web", "namespace": "default", "uid": "u"},
             "spec": {"module": "reg.example/t/web:v2", "imagePullSecrets": [{"name": "regcred"}]},
         });
-        let deployment = deployment_for(&app);
+        let deployment = deployment_for(&app, None);
         assert_eq!(
             deployment.pointer("/spec/template/spec/imagePullSecrets"),
             Some(&json!([{"name": "regcred"}]))
@@ -554,13 +793,79 @@ mod tests {
         let oci =
             json!({"metadata": {"name": "web"}, "spec": {"module": "oci://reg.example/t/web:v2"}});
         assert_eq!(
-            deployment_for(&oci).pointer("/spec/template/spec/containers/0/image"),
+            deployment_for(&oci, None).pointer("/spec/template/spec/containers/0/image"),
             Some(&json!("reg.example/t/web:v2"))
         );
         let plain = json!({"metadata": {"name": "web"}, "spec": {"module": "sha256:00"}});
         assert_eq!(
-            deployment_for(&plain).pointer("/spec/template/spec/imagePullSecrets"),
+            deployment_for(&plain, None).pointer("/spec/template/spec/imagePullSecrets"),
             None
         );
+    }
+}
+
+#[cfg(test)]
+mod autoscale_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn scale(min: i64, max: i64, target: Target) -> Autoscale {
+        Autoscale {
+            min,
+            max,
+            target,
+            delay: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn demand_over_the_target_per_replica_rounded_up_within_bounds() {
+        let rps = scale(0, 5, Target::RequestsPerSecond(10.0));
+        assert_eq!(desired_replicas(&rps, 0.0, 0.0), 0);
+        assert_eq!(desired_replicas(&rps, 0.5, 0.0), 1, "any traffic keeps one");
+        assert_eq!(
+            desired_replicas(&rps, 0.0, 1.0),
+            1,
+            "so does a request in flight"
+        );
+        assert_eq!(desired_replicas(&rps, 25.0, 0.0), 3);
+        assert_eq!(desired_replicas(&rps, 900.0, 0.0), 5);
+        let conc = scale(1, 4, Target::Concurrency(2.0));
+        assert_eq!(desired_replicas(&conc, 0.0, 0.0), 1);
+        assert_eq!(desired_replicas(&conc, 50.0, 5.0), 3);
+    }
+
+    #[test]
+    fn up_at_once_down_after_the_delay_and_never_while_a_replica_is_unmeasured() {
+        let delay = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let mut since = None;
+        assert_eq!(decide(1, 3, false, &mut since, t0, delay), Some(3));
+        assert_eq!(decide(3, 0, false, &mut since, t0, delay), None);
+        assert_eq!(since, Some(t0));
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(decide(3, 0, false, &mut since, later, delay), None);
+        // A new replica without figures resets the wait.
+        assert_eq!(decide(3, 0, true, &mut since, later, delay), None);
+        assert_eq!(since, None);
+        let t1 = t0 + Duration::from_secs(40);
+        assert_eq!(decide(3, 0, false, &mut since, t1, delay), None);
+        assert_eq!(decide(3, 0, false, &mut since, t1 + delay, delay), Some(0));
+        assert_eq!(since, None);
+    }
+
+    #[test]
+    fn autoscale_bounds_clamp_the_deployment() {
+        let app = json!({"spec": {"module": "m", "replicas": 7,
+            "autoscale": {"minReplicas": 0, "maxReplicas": 3, "targetConcurrency": 5}}});
+        assert_eq!(wanted_replicas(&app, None), 3);
+        let deployment = json!({"spec": {"replicas": 0}});
+        assert_eq!(wanted_replicas(&app, Some(&deployment)), 0);
+        assert_eq!(
+            service_annotations(&app)[SCALE_FROM_ZERO_ANNOTATION],
+            json!("true")
+        );
+        let fixed = json!({"spec": {"module": "m", "replicas": 2}});
+        assert_eq!(wanted_replicas(&fixed, Some(&deployment)), 2);
     }
 }

@@ -54,6 +54,9 @@ fn validate_app(obj: &Value, errs: &mut Vec<FieldError>) {
         ));
     }
     validate_non_negative(obj, "/spec/replicas", "spec.replicas", errs);
+    if let Some(scale) = obj.pointer("/spec/autoscale").filter(|v| !v.is_null()) {
+        validate_autoscale(scale, errs);
+    }
     if let Some(path) = obj.pointer("/spec/route/path").and_then(Value::as_str)
         && !path.starts_with('/')
     {
@@ -79,6 +82,64 @@ fn validate_app(obj: &Value, errs: &mut Vec<FieldError>) {
                 "must be a host, host:port, *.domain or *",
             ));
         }
+    }
+}
+
+/// `spec.autoscale`: 0 ≤ minReplicas ≤ maxReplicas, maxReplicas ≥ 1, exactly one
+/// positive target, a delay that parses.
+fn validate_autoscale(scale: &Value, errs: &mut Vec<FieldError>) {
+    let int = |field: &str| scale.get(field).and_then(Value::as_i64);
+    let min = int("minReplicas").unwrap_or(1);
+    let max = int("maxReplicas").unwrap_or(0);
+    if min < 0 {
+        errs.push(invalid(
+            "spec.autoscale.minReplicas",
+            &min.to_string(),
+            "must be greater than or equal to 0",
+        ));
+    }
+    if max < 1 {
+        errs.push(invalid(
+            "spec.autoscale.maxReplicas",
+            &max.to_string(),
+            "must be greater than or equal to 1",
+        ));
+    } else if min > max {
+        errs.push(invalid(
+            "spec.autoscale.maxReplicas",
+            &max.to_string(),
+            "must be greater than or equal to minReplicas",
+        ));
+    }
+    let targets: Vec<&str> = ["targetRequestsPerSecond", "targetConcurrency"]
+        .into_iter()
+        .filter(|t| scale.get(*t).is_some_and(|v| !v.is_null()))
+        .collect();
+    match targets.as_slice() {
+        [one] => {
+            if int(one).is_none_or(|n| n < 1) {
+                errs.push(invalid(
+                    format!("spec.autoscale.{one}"),
+                    &scale[*one].to_string(),
+                    "must be greater than 0",
+                ));
+            }
+        }
+        [] => errs.push(required("spec.autoscale.targetRequestsPerSecond")),
+        _ => errs.push(invalid(
+            "spec.autoscale",
+            "",
+            "may set only one of targetRequestsPerSecond and targetConcurrency",
+        )),
+    }
+    if let Some(delay) = scale.get("scaleDownDelay").and_then(Value::as_str)
+        && skiff_api::app::parse_delay(delay).is_none()
+    {
+        errs.push(invalid(
+            "spec.autoscale.scaleDownDelay",
+            delay,
+            "must be a whole number with a unit: ms, s, m or h (`30s`, `5m`)",
+        ));
     }
 }
 
