@@ -40,6 +40,30 @@ pub struct DeployArgs {
     name: Option<String>,
     #[arg(long)]
     replicas: Option<i32>,
+    /// Scale with the requests, up to this many replicas (sets spec.autoscale; with
+    /// it, --replicas is only the count to start with).
+    #[arg(long, value_name = "N")]
+    max_replicas: Option<i32>,
+    /// The fewest replicas when autoscaling (default 1); 0 lets the app scale to zero
+    /// when idle, and its next request waits for a replica to start.
+    #[arg(long, value_name = "N", requires = "max_replicas")]
+    min_replicas: Option<i32>,
+    /// Autoscale for this many requests per second per replica.
+    #[arg(
+        long,
+        value_name = "RPS",
+        requires = "max_replicas",
+        conflicts_with = "target_concurrency"
+    )]
+    target_rps: Option<i32>,
+    /// Autoscale for this many requests in flight per replica (the default target:
+    /// 10).
+    #[arg(long, value_name = "N", requires = "max_replicas")]
+    target_concurrency: Option<i32>,
+    /// How long demand must stay lower before replicas are removed: `30s`, `5m`
+    /// (default 60s).
+    #[arg(long, value_name = "DURATION", requires = "max_replicas")]
+    scale_down_delay: Option<String>,
     /// Where the gateway also serves it: HOST, /PATH or HOST/PATH.
     #[arg(long)]
     route: Option<String>,
@@ -237,6 +261,20 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     }
     if let Some(r) = args.replicas {
         spec["replicas"] = json!(r);
+    }
+    if let Some(max) = args.max_replicas {
+        let mut autoscale = json!({"maxReplicas": max});
+        if let Some(min) = args.min_replicas {
+            autoscale["minReplicas"] = json!(min);
+        }
+        match (args.target_rps, args.target_concurrency) {
+            (Some(rps), _) => autoscale["targetRequestsPerSecond"] = json!(rps),
+            (None, c) => autoscale["targetConcurrency"] = json!(c.unwrap_or(10)),
+        }
+        if let Some(delay) = &args.scale_down_delay {
+            autoscale["scaleDownDelay"] = json!(delay);
+        }
+        spec["autoscale"] = autoscale;
     }
     if let Some(route) = &args.route {
         spec["route"] = match route.find('/') {

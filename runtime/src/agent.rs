@@ -149,8 +149,14 @@ impl Agent {
         let span = tracing::info_span!("agent", node = %config.name);
         tasks.spawn(server::serve(listener, rt.clone(), stop.clone()).instrument(span.clone()));
         tasks.spawn(
-            node::keep_alive(client.clone(), config.clone(), listen, stop.clone())
-                .instrument(span.clone()),
+            node::keep_alive(
+                client.clone(),
+                config.clone(),
+                listen,
+                rt.images.present(),
+                stop.clone(),
+            )
+            .instrument(span.clone()),
         );
         tasks.spawn(sync::run(rt.clone(), stop.clone()).instrument(span.clone()));
         tasks.spawn(reclaim_storage(rt.clone(), stop.clone()).instrument(span.clone()));

@@ -130,6 +130,9 @@ pub struct ImageStore {
     /// One resolution at a time per reference and credentials, and its answer kept for
     /// [`RESOLVED_FOR`], so a burst of `Always` pods asks the registry once.
     resolving: Mutex<HashMap<ResolveKey, ResolveSlot>>,
+    /// The images pulled and compiled here, as pods name them: what the Node reports
+    /// in `status.images`, so the scheduler prefers a node that holds a pod's module.
+    present: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
 }
 
 /// A reference, its policy and the credentials it was resolved with: an answer found
@@ -172,7 +175,13 @@ impl ImageStore {
             compiled_dir: data_dir.join("compiled"),
             inflight: Mutex::new(HashMap::new()),
             resolving: Mutex::new(HashMap::new()),
+            present: tokio::sync::watch::Sender::default(),
         })
+    }
+
+    /// The images this node holds compiled, and their changes.
+    pub fn present(&self) -> tokio::sync::watch::Receiver<std::collections::BTreeSet<String>> {
+        self.present.subscribe()
     }
 
     pub fn engine(&self) -> &WasmEngine {
@@ -194,6 +203,15 @@ impl ImageStore {
 
     /// The compiled program for an image, fetching and compiling only what is missing.
     pub async fn pull(&self, image: &str, ctx: &PullContext) -> Result<Pulled, PullError> {
+        let pulled = self.pull_uncounted(image, ctx).await;
+        if pulled.is_ok() {
+            self.present
+                .send_if_modified(|present| present.insert(image.to_string()));
+        }
+        pulled
+    }
+
+    async fn pull_uncounted(&self, image: &str, ctx: &PullContext) -> Result<Pulled, PullError> {
         let begun = Instant::now();
         match ImageRef::parse(image).map_err(|e| PullError::BadReference(e.to_string()))? {
             ImageRef::Module { hex } => {

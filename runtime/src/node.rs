@@ -198,15 +198,24 @@ pub async fn keep_alive(
     client: kube::Client,
     config: AgentConfig,
     listen: SocketAddr,
+    mut images: tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>,
     stop: CancellationToken,
 ) {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut ticker = tokio::time::interval(config.lease_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The images last written to the Node's status; None until written.
+    let mut reported: Option<std::collections::BTreeSet<String>> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
+            changed = images.changed() => {
+                if changed.is_ok() {
+                    report_images(&nodes, &config, &images, &mut reported).await;
+                }
+                continue;
+            }
         }
         // The control plane may have restarted from scratch or lost the Node: register again.
         match nodes.get_opt(&config.name).await {
@@ -226,5 +235,35 @@ pub async fn keep_alive(
         if let Err(e) = renew_lease(&client, &config).await {
             tracing::warn!(error = %e, "lease renewal failed");
         }
+        if reported.as_ref() != Some(&*images.borrow()) {
+            report_images(&nodes, &config, &images, &mut reported).await;
+        }
+    }
+}
+
+/// Most images a Node lists, as the kubelet's `--node-status-max-images` default.
+const MAX_IMAGES: usize = 50;
+
+/// Writes the images this node holds into its status (`status.images`), as the kubelet
+/// does, for the scheduler's image locality score.
+async fn report_images(
+    nodes: &Api<Node>,
+    config: &AgentConfig,
+    images: &tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>,
+    reported: &mut Option<std::collections::BTreeSet<String>>,
+) {
+    let now = images.borrow().clone();
+    let listed: Vec<serde_json::Value> = now
+        .iter()
+        .take(MAX_IMAGES)
+        .map(|image| json!({"names": [image]}))
+        .collect();
+    let patch = json!({"status": {"images": listed}});
+    match nodes
+        .patch_status(&config.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => *reported = Some(now),
+        Err(e) => tracing::debug!(error = %e, "reporting the node's images failed"),
     }
 }

@@ -138,6 +138,9 @@ pub struct NodeInfo {
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Taint>,
     pub allocatable: Resources,
+    /// The images the node holds ready to run (its `status.images` names: for Skiff,
+    /// modules compiled and loaded), for the image locality score.
+    pub images: std::collections::HashSet<String>,
 }
 
 impl NodeInfo {
@@ -164,6 +167,15 @@ impl NodeInfo {
                 })
                 .collect(),
             allocatable: allocatable(node),
+            images: node
+                .pointer("/status/images")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.get("names")?.as_array())
+                .flatten()
+                .filter_map(|n| Some(n.as_str()?.to_string()))
+                .collect(),
         }
     }
 }
@@ -273,6 +285,8 @@ pub struct PodInfo {
     tolerations: Vec<Toleration>,
     /// What the pod's volumes allow: None when they allow any node.
     pub volumes: Option<VolumeConstraint>,
+    /// Its containers' images.
+    pub images: Vec<String>,
 }
 
 /// Where a pod's persistent volumes let it run.
@@ -383,7 +397,29 @@ impl PodInfo {
                 })
                 .collect(),
             volumes: None,
+            images: pod
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| Some(c.get("image")?.as_str()?.to_string()))
+                .collect(),
         }
+    }
+
+    /// The share (0..1) of the pod's images the node already holds: Kubernetes'
+    /// ImageLocality, without its size weighting (a module's compile time, which is
+    /// what a node that holds it saves, is not known from its size alone).
+    pub fn image_locality(&self, node: &NodeInfo) -> f64 {
+        if self.images.is_empty() {
+            return 0.0;
+        }
+        let held = self
+            .images
+            .iter()
+            .filter(|i| node.images.contains(*i))
+            .count();
+        held as f64 / self.images.len() as f64
     }
 
     /// nodeSelector and required node affinity.
@@ -545,5 +581,25 @@ mod tests {
                 .as_deref(),
             Some("node(s) were unschedulable")
         );
+    }
+}
+
+#[cfg(test)]
+mod image_locality_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_node_holding_the_pods_modules_scores_its_share_of_them() {
+        let node = NodeInfo::from_node(&json!({"metadata": {"name": "n1"},
+            "status": {"images": [{"names": ["sha256:aa"]}, {"names": ["reg.example/app:v1"]}]}}));
+        let pod = |images: &[&str]| {
+            PodInfo::from_pod(&json!({"spec": {"containers": images.iter()
+                .map(|i| json!({"name": "c", "image": i})).collect::<Vec<_>>()}}))
+        };
+        assert_eq!(pod(&["sha256:aa"]).image_locality(&node), 1.0);
+        assert_eq!(pod(&["sha256:aa", "sha256:bb"]).image_locality(&node), 0.5);
+        assert_eq!(pod(&["sha256:bb"]).image_locality(&node), 0.0);
+        assert_eq!(pod(&[]).image_locality(&node), 0.0);
     }
 }

@@ -312,6 +312,10 @@ impl View {
     }
 }
 
+/// Points (on the 0..100 least-allocated scale) for a node that holds all of a pod's
+/// images.
+const IMAGE_LOCALITY_WEIGHT: f64 = 40.0;
+
 /// How many feasible nodes to find before choosing, as Kubernetes'
 /// percentageOfNodesToScore adapts it: all of a small cluster, a shrinking share of a
 /// large one, never fewer than 100.
@@ -440,7 +444,11 @@ async fn schedule_pass(api: &Arc<ApiServer>, nodes: &Cache, pods: &Cache, state:
                 Some(reason) => *reasons.entry(reason).or_default() += 1,
                 None => {
                     feasible += 1;
-                    let score = view.score(i, &info.nonzero, owner);
+                    // A node that holds the pod's module starts it without fetching
+                    // or compiling it: worth as much as the spreading penalty of two
+                    // replicas of its owner there, so it decides between like nodes.
+                    let score = view.score(i, &info.nonzero, owner)
+                        + IMAGE_LOCALITY_WEIGHT * info.image_locality(&view.nodes[i]);
                     if best.is_none_or(|(s, _)| score > s) {
                         best = Some((score, i));
                     }
