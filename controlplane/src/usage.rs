@@ -131,7 +131,11 @@ pub struct Usage {
 /// Per second, from a counter's growth over a window; a counter that went back (the pod
 /// or agent restarted) counts from zero.
 fn rate(before: u64, after: u64, window: Duration) -> f64 {
-    let grew = if after >= before { after - before } else { after };
+    let grew = if after >= before {
+        after - before
+    } else {
+        after
+    };
     grew as f64 / window.as_secs_f64().max(1e-9)
 }
 
@@ -289,7 +293,10 @@ mod tests {
         let usage = Usage::default();
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         usage.record("n1", t0, report(0, 0, "u1"));
-        assert!(usage.pod("default", "web").is_none(), "one scrape is no window");
+        assert!(
+            usage.pod("default", "web").is_none(),
+            "one scrape is no window"
+        );
         // Half a core for 10 s; 50 requests in 10 s.
         usage.record(
             "n1",
