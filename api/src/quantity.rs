@@ -147,7 +147,7 @@ pub fn milli_value(q: &str) -> Result<u64, String> {
 /// A value in thousandths as Kubernetes writes a decimal quantity: `250m`, `2`, `3k`,
 /// `12M` (the largest exact SI suffix).
 pub fn format_milli(milli: u64) -> String {
-    if milli % 1000 != 0 {
+    if !milli.is_multiple_of(1000) {
         return format!("{milli}m");
     }
     let mut whole = milli / 1000;
@@ -156,7 +156,7 @@ pub fn format_milli(milli: u64) -> String {
     }
     let mut suffix = "";
     for next in ["k", "M", "G", "T", "P", "E"] {
-        if whole % 1000 != 0 {
+        if !whole.is_multiple_of(1000) {
             break;
         }
         whole /= 1000;

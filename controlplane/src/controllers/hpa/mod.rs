@@ -131,6 +131,13 @@ struct Proposal {
     status: Value,
 }
 
+/// What the metrics were read as, and the ScalingActive condition that says whether
+/// they gave a replica count.
+struct Reading {
+    statuses: Vec<Value>,
+    active: Condition,
+}
+
 /// The outcome of one sync, to be written as status.
 struct Outcome {
     current: i64,
@@ -452,15 +459,15 @@ impl Autoscaler {
                 .await
             {
                 Ok(found) => found,
-                Err((statuses, failure)) => {
-                    outcome.metrics = Some(statuses);
-                    outcome.conditions.extend(failure);
+                Err(failed) => {
+                    outcome.metrics = Some(failed.statuses);
+                    outcome.conditions.push(failed.active);
                     return outcome;
                 }
             };
-            let (metric_replicas, label, statuses, active) = proposed;
-            outcome.metrics = Some(statuses);
-            outcome.conditions.push(active);
+            let (metric_replicas, label, reading) = proposed;
+            outcome.metrics = Some(reading.statuses);
+            outcome.conditions.push(reading.active);
             let reason = if metric_replicas < current {
                 "All metrics below target".to_string()
             } else {
@@ -551,7 +558,6 @@ impl Autoscaler {
     /// count (or some failed and the rest would scale down), the statuses and the
     /// conditions that say why.
     #[allow(clippy::too_many_arguments)] // reason: the parts of one sync, passed once
-    #[allow(clippy::type_complexity)] // reason: one private call site
     async fn metrics_replicas(
         &self,
         key: &str,
@@ -561,7 +567,7 @@ impl Autoscaler {
         current: i64,
         status_replicas: i64,
         now: Timestamp,
-    ) -> Result<(i64, String, Vec<Value>, Condition), (Vec<Value>, Vec<Condition>)> {
+    ) -> Result<(i64, String, Reading), Reading> {
         let metrics = hpa
             .pointer("/spec/metrics")
             .and_then(Value::as_array)
@@ -570,15 +576,15 @@ impl Autoscaler {
         if selector.is_empty() {
             self.warn(key, hpa, "SelectorRequired", "selector is required".into())
                 .await;
-            return Err((
-                Vec::new(),
-                vec![condition(
+            return Err(Reading {
+                statuses: Vec::new(),
+                active: condition(
                     "ScalingActive",
                     false,
                     "InvalidSelector",
                     "the HPA target's scale is missing a selector",
-                )],
-            ));
+                ),
+            });
         }
         let parsed = match LabelSelector::parse(selector) {
             Ok(s) => s,
@@ -588,15 +594,10 @@ impl Autoscaler {
                 );
                 self.warn(key, hpa, "InvalidSelector", message.clone())
                     .await;
-                return Err((
-                    Vec::new(),
-                    vec![condition(
-                        "ScalingActive",
-                        false,
-                        "InvalidSelector",
-                        message,
-                    )],
-                ));
+                return Err(Reading {
+                    statuses: Vec::new(),
+                    active: condition("ScalingActive", false, "InvalidSelector", message),
+                });
             }
         };
         let pods: Vec<Arc<Value>> = self
@@ -641,7 +642,7 @@ impl Autoscaler {
             && (best.is_none() || scale_down)
         {
             self.warn(key, hpa, reason, failure.error.clone()).await;
-            let conditions = vec![condition(
+            let active = condition(
                 "ScalingActive",
                 false,
                 failure.reason,
@@ -649,8 +650,8 @@ impl Autoscaler {
                     "the HPA was unable to compute the replica count: {}",
                     failure.error
                 ),
-            )];
-            if best.is_none() && failures > 0 {
+            );
+            if best.is_none() {
                 self.warn(
                     key,
                     hpa,
@@ -663,18 +664,18 @@ impl Autoscaler {
                 )
                 .await;
             }
-            return Err((statuses, conditions));
+            return Err(Reading { statuses, active });
         }
         let Some((replicas, label)) = best else {
-            return Err((
+            return Err(Reading {
                 statuses,
-                vec![condition(
+                active: condition(
                     "ScalingActive",
                     false,
                     "FailedGetResourceMetric",
                     "the HPA was unable to compute the replica count: no metrics",
-                )],
-            ));
+                ),
+            });
         };
         let active = condition(
             "ScalingActive",
@@ -682,7 +683,7 @@ impl Autoscaler {
             "ValidMetricFound",
             format!("the HPA was able to successfully calculate a replica count from {label}"),
         );
-        Ok((replicas, label, statuses, active))
+        Ok((replicas, label, Reading { statuses, active }))
     }
 
     async fn metric_replicas(
@@ -712,13 +713,13 @@ impl Autoscaler {
                     .pointer("/metric/name")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                let target = milli_of(source.pointer("/target/averageValue"), "").unwrap_or(0);
-                let samples = view.samples(|u| pod_metric(u, name));
-                if pod_metric_known(name).is_none() {
+                if !serves_pod_metric(name) {
                     return Err(fail(format!(
                         "unable to get metric {name}: the server could not find the metric {name} for pods (served: {REQUESTS_PER_SECOND}, {REQUESTS_IN_FLIGHT})"
                     )));
                 }
+                let target = milli_of(source.pointer("/target/averageValue"), "").unwrap_or(0);
+                let samples = view.samples(|u| pod_metric(u, name));
                 if samples.is_empty() {
                     return Err(fail(format!(
                         "unable to get metric {name}: no metrics returned from custom metrics API"
@@ -745,8 +746,7 @@ impl Autoscaler {
                 let described = &source["describedObject"];
                 let usage = self.object_metric(ns, described, name).await.map_err(|e| {
                     fail(format!(
-                        "unable to get metric {name}: {} on {} {}: {e}",
-                        "object metric",
+                        "unable to get metric {name}: {}/{}: {e}",
                         described["kind"].as_str().unwrap_or_default(),
                         described["name"].as_str().unwrap_or_default()
                     ))
@@ -806,9 +806,11 @@ impl Autoscaler {
         described: &Value,
         metric: &str,
     ) -> Result<i64, String> {
-        pod_metric_known(metric).ok_or_else(|| {
-            format!("the server could not find the metric (served: {REQUESTS_PER_SECOND}, {REQUESTS_IN_FLIGHT})")
-        })?;
+        if !serves_pod_metric(metric) {
+            return Err(format!(
+                "the server could not find the metric (served: {REQUESTS_PER_SECOND}, {REQUESTS_IN_FLIGHT})"
+            ));
+        }
         let info = target_info(described)?;
         let name = described["name"].as_str().unwrap_or_default();
         let scale = internal::get_scale(&self.api, info, Some(ns), name)
@@ -923,10 +925,9 @@ impl Autoscaler {
     }
 }
 
-fn pod_metric_known(name: &str) -> Option<()> {
-    [REQUESTS_PER_SECOND, REQUESTS_IN_FLIGHT]
-        .contains(&name)
-        .then_some(())
+/// Whether the agents count this per-pod metric.
+fn serves_pod_metric(name: &str) -> bool {
+    [REQUESTS_PER_SECOND, REQUESTS_IN_FLIGHT].contains(&name)
 }
 
 #[cfg(test)]
