@@ -179,3 +179,53 @@ async fn kubectl_autoscale_get_and_describe() {
     assert!(fields.contains(&"spec.scaleTargetRef.name"), "{status}");
     assert!(fields.contains(&"spec.maxReplicas"), "{status}");
 }
+
+/// An App has a scale subresource an autoscaler can target: its Scale shows its replicas
+/// and the selector of its pods, `kubectl scale app` writes it, and the App's
+/// Deployment follows.
+#[tokio::test]
+async fn apps_scale_through_their_scale_subresource() {
+    let (dir, _cluster, api) = common::dev_cluster(1, &[]);
+    let kubeconfig = dir.path().join("kubeconfig");
+    let module = api.upload(workload("ticker.wasm")).await;
+    let (code, app) = api
+        .post(
+            "/apis/skiff.dev/v1/namespaces/default/apps",
+            &json!({"apiVersion": "skiff.dev/v1", "kind": "App",
+                "metadata": {"name": "hello"}, "spec": {"module": module}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{app}");
+    let scale_path = "/apis/skiff.dev/v1/namespaces/default/apps/hello/scale";
+    let (code, scale) = api.get(scale_path).await;
+    assert_eq!(code, 200, "{scale}");
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(
+        scale["spec"]["replicas"], 1,
+        "an App without replicas runs one"
+    );
+    assert_eq!(scale["status"]["selector"], "app.skiff.dev/name=hello");
+
+    let out = kubectl(&kubeconfig, &["scale", "app", "hello", "--replicas=3"]);
+    assert!(out.contains("app.skiff.dev/hello scaled"), "{out}");
+    let (_, app) = api
+        .get("/apis/skiff.dev/v1/namespaces/default/apps/hello")
+        .await;
+    assert_eq!(app["spec"]["replicas"], 3);
+    eventually("the App's Deployment at 3 replicas", WAIT, || async {
+        let (code, d) = api
+            .get("/apis/apps/v1/namespaces/default/deployments/hello")
+            .await;
+        (code == 200 && d["spec"]["replicas"] == 3).then_some(())
+    })
+    .await;
+    // A bad count is refused as for any scale.
+    let (code, status) = api
+        .patch(
+            scale_path,
+            "application/merge-patch+json",
+            &json!({"spec": {"replicas": -1}}).to_string(),
+        )
+        .await;
+    assert_eq!(code, 422, "{status}");
+}
