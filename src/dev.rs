@@ -28,6 +28,9 @@ pub struct DevArgs {
     /// A node whose Lease is older than this is marked lost and tainted unreachable.
     #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
     node_monitor_grace: std::time::Duration,
+    /// How often each HorizontalPodAutoscaler is evaluated.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    hpa_sync_period: std::time::Duration,
     /// How long new pods tolerate a lost node before they are evicted.
     #[arg(long, default_value_t = 300)]
     default_toleration_seconds: i64,
@@ -103,6 +106,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let (gateway_https, https_busy) = address(args.gateway_https, DEFAULT_GATEWAY_HTTPS).await;
     let mut server_config = ServerConfig::new(args.data_dir.join("server"), listen);
     server_config.controllers.node_monitor_grace = args.node_monitor_grace;
+    server_config.controllers.hpa_sync_period = args.hpa_sync_period;
     server_config.api.default_toleration_seconds = args.default_toleration_seconds;
     server_config.gateway = Some(gateway);
     server_config.gateway_https = Some(gateway_https);

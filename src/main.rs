@@ -346,6 +346,10 @@ struct ServerArgs {
     /// A node whose Lease is older than this is marked lost and tainted unreachable.
     #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
     node_monitor_grace: Duration,
+    /// How often each HorizontalPodAutoscaler is evaluated (kube-controller-manager's
+    /// --horizontal-pod-autoscaler-sync-period).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    hpa_sync_period: Duration,
     /// How long new pods tolerate a lost node before they are evicted.
     #[arg(long, default_value_t = 300)]
     default_toleration_seconds: i64,
@@ -479,6 +483,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     };
     config.compact_interval = args.compact_interval;
     config.controllers.node_monitor_grace = args.node_monitor_grace;
+    config.controllers.hpa_sync_period = args.hpa_sync_period;
     config.api.default_toleration_seconds = args.default_toleration_seconds;
     config.gateway = args.gateway;
     config.gateway_https = args.gateway_https;

@@ -713,8 +713,19 @@ async fn discovery_and_health() {
             "networking.k8s.io",
             "gateway.networking.k8s.io",
             "storage.k8s.io",
+            "autoscaling",
         ]
     );
+    // A group served at two versions prefers the one it stores.
+    let (_, autoscaling) = api.get("/apis/autoscaling").await;
+    assert_eq!(autoscaling["preferredVersion"]["version"], "v2");
+    let versions: Vec<&str> = autoscaling["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["v2", "v1"]);
     let (_, apps) = api.get("/apis/apps/v1").await;
     let deploy = apps["resources"]
         .as_array()

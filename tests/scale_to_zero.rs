@@ -98,6 +98,22 @@ async fn an_idle_app_scales_to_zero_and_its_next_requests_all_get_200() {
     })
     .await;
 
+    // It has one autoscaler: the scale subresource refuses a second.
+    let (code, refused) = api
+        .patch(
+            &format!("{APPS}/web/scale"),
+            "application/merge-patch+json",
+            r#"{"spec":{"replicas":3}}"#,
+        )
+        .await;
+    assert_eq!(code, 409, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.autoscale")
+    );
+
     // Idle for the delay, it goes to zero, and says so.
     scaled_to_zero(&api).await;
     let (_, events) = api

@@ -217,16 +217,27 @@ impl Run {
 /// The kind a path of a document is about: `pods` for
 /// `/api/v1/namespaces/{namespace}/pods/{name}/log`, `namespaces` for `/api/v1/namespaces`.
 fn plural_of(path: &str) -> String {
-    let rest = path
-        .split_once("/v1/")
-        .map_or(path, |(_, rest)| rest)
-        .trim_start_matches("namespaces/{namespace}/");
-    rest.split('/').next().unwrap_or_default().to_string()
+    // `/api/v1/...` or `/apis/GROUP/VERSION/...`: the resource follows the version.
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let after_version = if segments.first() == Some(&"api") {
+        2
+    } else {
+        3
+    };
+    let rest = &segments[after_version.min(segments.len())..];
+    let rest = match rest {
+        ["namespaces", "{namespace}", more @ ..] if !more.is_empty() => more,
+        other => other,
+    };
+    rest.first().copied().unwrap_or_default().to_string()
 }
 
-/// The paths of one kind, as a regular expression for `--include-path-regex`.
+/// The paths of one kind, at any version, as a regular expression for
+/// `--include-path-regex`.
 fn kind_paths(plural: &str) -> String {
-    format!(r"^/apis?(/[^/]+)?/v1/(namespaces/\{{namespace\}}/)?{plural}(/\{{name\}}(/[a-z]+)?)?$")
+    format!(
+        r"^/apis?(/[^/]+)?/v[0-9]+[a-z0-9]*/(namespaces/\{{namespace\}}/)?{plural}(/\{{name\}}(/[a-z]+)?)?$"
+    )
 }
 
 fn hooks_dir() -> PathBuf {
@@ -322,6 +333,11 @@ async fn seed(api: &Api) -> String {
         (
             format!("{}/apps", apis("skiff.dev")),
             json!({"spec": {"module": module}}),
+        ),
+        (
+            format!("/apis/autoscaling/v2/namespaces/{NAMESPACE}/horizontalpodautoscalers"),
+            json!({"spec": {"maxReplicas": 3, "scaleTargetRef":
+                {"apiVersion": "apps/v1", "kind": "Deployment", "name": NAME}}}),
         ),
     ];
     for (path, mut body) in objects {

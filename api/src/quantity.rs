@@ -135,9 +135,53 @@ pub fn millicores(q: &str) -> Result<u32, String> {
         .map_or(u32::MAX, |v| u32::try_from(v).unwrap_or(u32::MAX)))
 }
 
+/// Any quantity in thousandths of its unit (`250m` → 250, `2` → 2000, `1Ki` → 1 024 000),
+/// rounded up; saturates at `u64::MAX`. What an autoscaler compares metric values in.
+pub fn milli_value(q: &str) -> Result<u64, String> {
+    let quantity = Quantity::parse(q.trim()).ok_or_else(|| format!("invalid quantity {q:?}"))?;
+    Ok(quantity
+        .ceil_scaled(3)
+        .map_or(u64::MAX, |v| u64::try_from(v).unwrap_or(u64::MAX)))
+}
+
+/// A value in thousandths as Kubernetes writes a decimal quantity: `250m`, `2`, `3k`,
+/// `12M` (the largest exact SI suffix).
+pub fn format_milli(milli: u64) -> String {
+    if !milli.is_multiple_of(1000) {
+        return format!("{milli}m");
+    }
+    let mut whole = milli / 1000;
+    if whole == 0 {
+        return "0".into();
+    }
+    let mut suffix = "";
+    for next in ["k", "M", "G", "T", "P", "E"] {
+        if !whole.is_multiple_of(1000) {
+            break;
+        }
+        whole /= 1000;
+        suffix = next;
+    }
+    format!("{whole}{suffix}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn milli_values_and_their_spelling() {
+        assert_eq!(milli_value("250m"), Ok(250));
+        assert_eq!(milli_value("2"), Ok(2000));
+        assert_eq!(milli_value("1Ki"), Ok(1_024_000));
+        assert_eq!(milli_value("1.5"), Ok(1500));
+        assert!(milli_value("x").is_err());
+        assert_eq!(format_milli(250), "250m");
+        assert_eq!(format_milli(2000), "2");
+        assert_eq!(format_milli(3_000_000), "3k");
+        assert_eq!(format_milli(12_000_000_000), "12M");
+        assert_eq!(format_milli(0), "0");
+    }
 
     #[test]
     fn memory_and_cpu_quantities() {

@@ -161,6 +161,19 @@ pub fn is_dns1123_label(value: &str) -> Vec<String> {
     errs
 }
 
+/// `path.IsValidPathSegmentName`: names that go into a URL path as one segment (the
+/// objects an autoscaler refers to, metric names): not `.` or `..`, no `/` or `%`.
+pub fn is_path_segment_name(value: &str) -> Vec<String> {
+    if value == "." || value == ".." {
+        return vec![format!("may not be '{value}'")];
+    }
+    ["/", "%"]
+        .iter()
+        .filter(|c| value.contains(*c))
+        .map(|c| format!("may not contain '{c}'"))
+        .collect()
+}
+
 /// `IsDNS1035Label`: Service names, which must not start with a digit.
 pub fn is_dns1035_label(value: &str) -> Vec<String> {
     let mut errs = Vec::new();

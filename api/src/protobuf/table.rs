@@ -541,6 +541,116 @@ pub(super) static MESSAGES: &[(&str, &[Field])] = &[
         ],
     ),
     (
+        "io.k8s.api.autoscaling.v1.CrossVersionObjectReference",
+        &[
+            Field {
+                tag: 1,
+                name: "kind",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "name",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "api_version",
+                wire: Str,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v1.HorizontalPodAutoscaler",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "spec",
+                wire: Message("io.k8s.api.autoscaling.v1.HorizontalPodAutoscalerSpec"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "status",
+                wire: Message("io.k8s.api.autoscaling.v1.HorizontalPodAutoscalerStatus"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v1.HorizontalPodAutoscalerSpec",
+        &[
+            Field {
+                tag: 1,
+                name: "scale_target_ref",
+                wire: Message("io.k8s.api.autoscaling.v1.CrossVersionObjectReference"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "min_replicas",
+                wire: Int,
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "max_replicas",
+                wire: Int,
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "target_cpu_utilization_percentage",
+                wire: Int,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v1.HorizontalPodAutoscalerStatus",
+        &[
+            Field {
+                tag: 1,
+                name: "observed_generation",
+                wire: Int,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "last_scale_time",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.Time"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "current_replicas",
+                wire: Int,
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "desired_replicas",
+                wire: Int,
+                repeated: false,
+            },
+            Field {
+                tag: 5,
+                name: "current_cpu_utilization_percentage",
+                wire: Int,
+                repeated: false,
+            },
+        ],
+    ),
+    (
         "io.k8s.api.autoscaling.v1.Scale",
         &[
             Field {
@@ -585,6 +695,577 @@ pub(super) static MESSAGES: &[(&str, &[Field])] = &[
                 tag: 2,
                 name: "selector",
                 wire: Str,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.ContainerResourceMetricSource",
+        &[
+            Field {
+                tag: 1,
+                name: "name",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "target",
+                wire: Message("io.k8s.api.autoscaling.v2.MetricTarget"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "container",
+                wire: Str,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.ContainerResourceMetricStatus",
+        &[
+            Field {
+                tag: 1,
+                name: "name",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "current",
+                wire: Message("io.k8s.api.autoscaling.v2.MetricValueStatus"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "container",
+                wire: Str,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.CrossVersionObjectReference",
+        &[
+            Field {
+                tag: 1,
+                name: "kind",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "name",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "api_version",
+                wire: Str,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.ExternalMetricSource",
+        &[
+            Field {
+                tag: 1,
+                name: "metric",
+                wire: Message("io.k8s.api.autoscaling.v2.MetricIdentifier"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "target",
+                wire: Message("io.k8s.api.autoscaling.v2.MetricTarget"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.ExternalMetricStatus",
+        &[
+            Field {
+                tag: 1,
+                name: "metric",
+                wire: Message("io.k8s.api.autoscaling.v2.MetricIdentifier"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "current",
+                wire: Message("io.k8s.api.autoscaling.v2.MetricValueStatus"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.HorizontalPodAutoscaler",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "spec",
+                wire: Message("io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerSpec"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "status",
+                wire: Message("io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerStatus"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerBehavior",
+        &[
+            Field {
+                tag: 1,
+                name: "scale_up",
+                wire: Message("io.k8s.api.autoscaling.v2.HpaScalingRules"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "scale_down",
+                wire: Message("io.k8s.api.autoscaling.v2.HpaScalingRules"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerCondition",
+        &[
+            Field {
+                tag: 1,
+                name: "type",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "status",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "last_transition_time",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.Time"),
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "reason",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 5,
+                name: "message",
+                wire: Str,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerSpec",
+        &[
+            Field {
+                tag: 1,
+                name: "scale_target_ref",
+                wire: Message("io.k8s.api.autoscaling.v2.CrossVersionObjectReference"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "min_replicas",
+                wire: Int,
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "max_replicas",
+                wire: Int,
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "metrics",
+                wire: Message("io.k8s.api.autoscaling.v2.MetricSpec"),
+                repeated: true,
+            },
+            Field {
+                tag: 5,
+                name: "behavior",
+                wire: Message("io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerBehavior"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerStatus",
+        &[
+            Field {
+                tag: 1,
+                name: "observed_generation",
+                wire: Int,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "last_scale_time",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.Time"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "current_replicas",
+                wire: Int,
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "desired_replicas",
+                wire: Int,
+                repeated: false,
+            },
+            Field {
+                tag: 5,
+                name: "current_metrics",
+                wire: Message("io.k8s.api.autoscaling.v2.MetricStatus"),
+                repeated: true,
+            },
+            Field {
+                tag: 6,
+                name: "conditions",
+                wire: Message("io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerCondition"),
+                repeated: true,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.HpaScalingPolicy",
+        &[
+            Field {
+                tag: 1,
+                name: "type",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "value",
+                wire: Int,
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "period_seconds",
+                wire: Int,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.HpaScalingRules",
+        &[
+            Field {
+                tag: 1,
+                name: "select_policy",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "policies",
+                wire: Message("io.k8s.api.autoscaling.v2.HpaScalingPolicy"),
+                repeated: true,
+            },
+            Field {
+                tag: 3,
+                name: "stabilization_window_seconds",
+                wire: Int,
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "tolerance",
+                wire: Message("io.k8s.apimachinery.pkg.api.resource.Quantity"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.MetricIdentifier",
+        &[
+            Field {
+                tag: 1,
+                name: "name",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "selector",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.MetricSpec",
+        &[
+            Field {
+                tag: 1,
+                name: "type",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "object",
+                wire: Message("io.k8s.api.autoscaling.v2.ObjectMetricSource"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "pods",
+                wire: Message("io.k8s.api.autoscaling.v2.PodsMetricSource"),
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "resource",
+                wire: Message("io.k8s.api.autoscaling.v2.ResourceMetricSource"),
+                repeated: false,
+            },
+            Field {
+                tag: 5,
+                name: "external",
+                wire: Message("io.k8s.api.autoscaling.v2.ExternalMetricSource"),
+                repeated: false,
+            },
+            Field {
+                tag: 7,
+                name: "container_resource",
+                wire: Message("io.k8s.api.autoscaling.v2.ContainerResourceMetricSource"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.MetricStatus",
+        &[
+            Field {
+                tag: 1,
+                name: "type",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "object",
+                wire: Message("io.k8s.api.autoscaling.v2.ObjectMetricStatus"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "pods",
+                wire: Message("io.k8s.api.autoscaling.v2.PodsMetricStatus"),
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "resource",
+                wire: Message("io.k8s.api.autoscaling.v2.ResourceMetricStatus"),
+                repeated: false,
+            },
+            Field {
+                tag: 5,
+                name: "external",
+                wire: Message("io.k8s.api.autoscaling.v2.ExternalMetricStatus"),
+                repeated: false,
+            },
+            Field {
+                tag: 7,
+                name: "container_resource",
+                wire: Message("io.k8s.api.autoscaling.v2.ContainerResourceMetricStatus"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.MetricTarget",
+        &[
+            Field {
+                tag: 1,
+                name: "type",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "value",
+                wire: Message("io.k8s.apimachinery.pkg.api.resource.Quantity"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "average_value",
+                wire: Message("io.k8s.apimachinery.pkg.api.resource.Quantity"),
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "average_utilization",
+                wire: Int,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.MetricValueStatus",
+        &[
+            Field {
+                tag: 1,
+                name: "value",
+                wire: Message("io.k8s.apimachinery.pkg.api.resource.Quantity"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "average_value",
+                wire: Message("io.k8s.apimachinery.pkg.api.resource.Quantity"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "average_utilization",
+                wire: Int,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.ObjectMetricSource",
+        &[
+            Field {
+                tag: 1,
+                name: "described_object",
+                wire: Message("io.k8s.api.autoscaling.v2.CrossVersionObjectReference"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "target",
+                wire: Message("io.k8s.api.autoscaling.v2.MetricTarget"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "metric",
+                wire: Message("io.k8s.api.autoscaling.v2.MetricIdentifier"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.ObjectMetricStatus",
+        &[
+            Field {
+                tag: 1,
+                name: "metric",
+                wire: Message("io.k8s.api.autoscaling.v2.MetricIdentifier"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "current",
+                wire: Message("io.k8s.api.autoscaling.v2.MetricValueStatus"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "described_object",
+                wire: Message("io.k8s.api.autoscaling.v2.CrossVersionObjectReference"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.PodsMetricSource",
+        &[
+            Field {
+                tag: 1,
+                name: "metric",
+                wire: Message("io.k8s.api.autoscaling.v2.MetricIdentifier"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "target",
+                wire: Message("io.k8s.api.autoscaling.v2.MetricTarget"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.PodsMetricStatus",
+        &[
+            Field {
+                tag: 1,
+                name: "metric",
+                wire: Message("io.k8s.api.autoscaling.v2.MetricIdentifier"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "current",
+                wire: Message("io.k8s.api.autoscaling.v2.MetricValueStatus"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.ResourceMetricSource",
+        &[
+            Field {
+                tag: 1,
+                name: "name",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "target",
+                wire: Message("io.k8s.api.autoscaling.v2.MetricTarget"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.ResourceMetricStatus",
+        &[
+            Field {
+                tag: 1,
+                name: "name",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "current",
+                wire: Message("io.k8s.api.autoscaling.v2.MetricValueStatus"),
                 repeated: false,
             },
         ],

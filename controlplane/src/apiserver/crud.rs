@@ -3,6 +3,7 @@
 //! read-modify-write goes through ([`guaranteed_update`]). Deletion is in `delete.rs`;
 //! what differs between kinds is each kind's hooks (`crate::kinds`).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -114,6 +115,27 @@ fn check_type(info: &'static ResourceInfo, value: &mut Value) -> ApiResult<()> {
     Ok(())
 }
 
+/// An object as the target's version shows it (see `Kind::served`).
+pub(crate) fn served<'a>(info: &ResourceInfo, stored: &'a Value) -> Cow<'a, Value> {
+    match kinds::of(info).served(stored) {
+        Some(shown) => Cow::Owned(shown),
+        None => Cow::Borrowed(stored),
+    }
+}
+
+/// A list as the target's version shows its items; copied only if one differs.
+pub(crate) fn served_list<'a>(info: &ResourceInfo, list: &'a Value) -> Cow<'a, Value> {
+    let kind = kinds::of(info);
+    let mut shown: Option<Value> = None;
+    let items = list.get("items").and_then(Value::as_array);
+    for (i, item) in items.into_iter().flatten().enumerate() {
+        if let Some(converted) = kind.served(item) {
+            shown.get_or_insert_with(|| list.clone())["items"][i] = converted;
+        }
+    }
+    shown.map_or(Cow::Borrowed(list), Cow::Owned)
+}
+
 fn normalize(info: &'static ResourceInfo, value: Value) -> ApiResult<Value> {
     kinds::of(info).normalize(value).map_err(|e| {
         ApiError::BadRequest(format!(
@@ -193,10 +215,11 @@ pub(crate) async fn create(
     let validation = field_validation(query)?;
     let body = request::read_body(headers, body, api.config.max_body_bytes).await?;
     let (obj, warnings) = decode_validated(target.info, &body, validation)?;
+    let obj = kinds::of(target.info).to_stored(obj);
     auth::admit(identity, target.info, None, &obj)?;
     let created = create_shared(api, target, obj, query.dry_run()?).await?;
     Ok(request::with_warnings(
-        json_response(StatusCode::CREATED, &created),
+        json_response(StatusCode::CREATED, &served(target.info, &created)),
         &warnings,
     ))
 }
@@ -476,7 +499,7 @@ fn prepare_update(
 ) -> ApiResult<Value> {
     let mut desired = desired;
     check_type(info, &mut desired)?;
-    let mut desired = normalize(info, desired)?;
+    let mut desired = kinds::of(info).to_stored(normalize(info, desired)?);
     let name = target.name();
     match objects::name(&desired) {
         "" => {
@@ -734,7 +757,7 @@ pub(crate) async fn update(
     })
     .await?;
     Ok(request::with_warnings(
-        json_response(StatusCode::OK, &out),
+        json_response(StatusCode::OK, &served(target.info, &out)),
         &warnings,
     ))
 }
@@ -820,7 +843,9 @@ pub(crate) async fn patch(
     let mut warnings = Vec::new();
     let part = part_of(target);
     let out = update_object(api, target, part, query.dry_run()?, |current| {
-        let mut patched = apply_patch(info, &name, kind, &current.object, &body)?;
+        // The patch is written against the object as this version shows it.
+        let shown = served(info, &current.object);
+        let mut patched = apply_patch(info, &name, kind, &shown, &body)?;
         if validation != FieldValidation::Ignore {
             check_type(info, &mut patched)?;
             let normalized = normalize(info, patched.clone())?;
@@ -848,7 +873,7 @@ pub(crate) async fn patch(
     })
     .await?;
     Ok(request::with_warnings(
-        json_response(StatusCode::OK, &out),
+        json_response(StatusCode::OK, &served(info, &out)),
         &warnings,
     ))
 }

@@ -198,8 +198,10 @@ fn mark_for_deletion(kind: &dyn Kind, obj: &Value, opts: &DeleteOptions) -> Opti
 /// answer with it (pods, as Kubernetes does), otherwise a success Status naming it.
 fn deleted_response(info: &'static ResourceInfo, deleted: Deleted) -> Value {
     match deleted {
-        Deleted::Pending(obj) => obj,
-        Deleted::Gone(obj) if kinds::of(info).delete_returns_object() => obj,
+        Deleted::Pending(obj) => kinds::of(info).served(&obj).unwrap_or(obj),
+        Deleted::Gone(obj) if kinds::of(info).delete_returns_object() => {
+            kinds::of(info).served(&obj).unwrap_or(obj)
+        }
         Deleted::Gone(obj) => {
             let mut details = json!({
                 "name": objects::name(&obj),
@@ -256,7 +258,9 @@ pub(crate) async fn delete_collection(
     for item in page.items {
         let name = objects::name(&item.object).to_string();
         match delete_object(api, info, objects::namespace(&item.object), &name, &opts).await {
-            Ok(Deleted::Gone(obj) | Deleted::Pending(obj)) => items.push(obj),
+            Ok(Deleted::Gone(obj) | Deleted::Pending(obj)) => {
+                items.push(kinds::of(info).served(&obj).unwrap_or(obj))
+            }
             // Deleted by someone else meanwhile: that is what the client asked for.
             Err(ApiError::NotFound(_)) => {}
             Err(e) => {

@@ -114,6 +114,37 @@ pub async fn merge_status(
     .await
 }
 
+/// The `scale` subresource of an object (an `autoscaling/v1` Scale).
+pub async fn get_scale(
+    api: &ApiServer,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+) -> ApiResult<Value> {
+    let t = target(info, namespace, Some(name), Some(Subresource::Scale));
+    super::subresources::read_scale(api, &t).await
+}
+
+/// Sets an object's replicas through its `scale` subresource, as `kubectl scale` does;
+/// answers the new Scale.
+pub async fn set_scale(
+    api: &ApiServer,
+    info: &'static ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+    replicas: i64,
+) -> ApiResult<Value> {
+    let t = target(info, namespace, Some(name), Some(Subresource::Scale));
+    super::subresources::write_scale_value(api, &t, |current| {
+        let mut scale = current.clone();
+        scale["spec"]["replicas"] = serde_json::json!(replicas);
+        // The view carries the resourceVersion read; no precondition beyond it.
+        crate::objects::meta_mut(&mut scale).remove("resourceVersion");
+        Ok(scale)
+    })
+    .await
+}
+
 /// Deletes an object with the given options (propagation, preconditions, grace).
 pub async fn delete(
     api: &ApiServer,

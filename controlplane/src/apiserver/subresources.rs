@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
+use skiff_api::resources::ResourceInfo;
 use skiff_api::selector::LabelSelector;
 
 use super::Target;
@@ -18,11 +19,12 @@ use crate::error::{ApiError, ApiResult, Subject};
 use crate::objects::{self, meta_mut, set_path};
 use crate::state::ApiServer;
 
-/// The Scale view of a workload.
-fn scale_of(obj: &Value) -> Value {
-    let selector = obj
-        .pointer("/spec/selector")
-        .cloned()
+/// The Scale view of a workload: its `spec.replicas` (or what its kind runs without
+/// one) and its pods' selector, as a label query.
+fn scale_of(info: &ResourceInfo, obj: &Value) -> Value {
+    let kind = crate::kinds::of(info);
+    let selector = kind
+        .scale_selector(obj)
         .and_then(|s| serde_json::from_value(s).ok())
         .and_then(|s| LabelSelector::from_label_selector(&s).ok())
         .map(|s| s.to_string())
@@ -38,7 +40,7 @@ fn scale_of(obj: &Value) -> Value {
             "resourceVersion": meta.get("resourceVersion"),
             "creationTimestamp": meta.get("creationTimestamp"),
         },
-        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(kind.default_replicas()))},
         "status": {
             "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
             "selector": selector,
@@ -47,19 +49,41 @@ fn scale_of(obj: &Value) -> Value {
 }
 
 pub(crate) async fn get_scale(api: &ApiServer, target: &Target) -> ApiResult<Response> {
+    Ok(json_response(
+        StatusCode::OK,
+        &read_scale(api, target).await?,
+    ))
+}
+
+/// The Scale of a stored object of a kind with a `scale` subresource.
+pub(crate) async fn read_scale(api: &ApiServer, target: &Target) -> ApiResult<Value> {
     let stored = get_stored(api, target.info, &target.key(), target.name()).await?;
-    Ok(json_response(StatusCode::OK, &scale_of(&stored.object)))
+    Ok(scale_of(target.info, &stored.object))
 }
 
 /// Sets `spec.replicas` from a desired Scale, with compare-and-swap.
-async fn write_scale<F>(api: &ApiServer, target: &Target, mut desired: F) -> ApiResult<Response>
+async fn write_scale<F>(api: &ApiServer, target: &Target, desired: F) -> ApiResult<Response>
+where
+    F: FnMut(&Value) -> ApiResult<Value>,
+{
+    let scale = write_scale_value(api, target, desired).await?;
+    Ok(json_response(StatusCode::OK, &scale))
+}
+
+/// [`write_scale`], answering the Scale written; what the server's own loops (the
+/// autoscaler) call, so their writes are checked and versioned as a `kubectl scale` is.
+pub(crate) async fn write_scale_value<F>(
+    api: &ApiServer,
+    target: &Target,
+    mut desired: F,
+) -> ApiResult<Value>
 where
     F: FnMut(&Value) -> ApiResult<Value>,
 {
     let info = target.info;
     let name = target.name();
     let outcome = guaranteed_update(api, info, &target.key(), name, |current| {
-        let scale = desired(&scale_of(&current.object))?;
+        let scale = desired(&scale_of(info, &current.object))?;
         let precondition = precondition_of(&scale)?;
         if precondition.is_some_and(|rv| rv != current.rev) {
             return Err(ApiError::Conflict(
@@ -88,6 +112,19 @@ where
                 ));
             }
         };
+        // An App that scales itself has one autoscaler already: a second (an HPA, or
+        // `kubectl scale`) would be overridden at its next decision.
+        if info.kind == skiff_api::app::KIND
+            && current
+                .object
+                .pointer("/spec/autoscale")
+                .is_some_and(|a| !a.is_null())
+        {
+            return Err(ApiError::Conflict(
+                Subject::new(info, name),
+                "the App scales itself (spec.autoscale); remove spec.autoscale to set its replicas or to let a HorizontalPodAutoscaler scale it".into(),
+            ));
+        }
         let mut obj = (*current.object).clone();
         let change = if obj.pointer("/spec/replicas") != Some(&Value::Number(replicas.clone())) {
             set_path(&mut obj, &["spec", "replicas"], Value::Number(replicas));
@@ -98,7 +135,7 @@ where
             meta_mut(&mut obj).insert("generation".into(), json!(generation + 1));
             Change::Update(obj)
         } else {
-            Change::None(scale_of(&current.object))
+            Change::None(scale_of(info, &current.object))
         };
         Ok(Round {
             change,
@@ -106,11 +143,12 @@ where
         })
     })
     .await?;
-    let scale = match outcome {
+    Ok(match outcome {
         Outcome::Unchanged(scale) => scale,
-        Outcome::Updated(stored) | Outcome::Deleted(stored) => scale_of(&stored.object),
-    };
-    Ok(json_response(StatusCode::OK, &scale))
+        Outcome::Updated(stored) | Outcome::Deleted(stored) => {
+            scale_of(target.info, &stored.object)
+        }
+    })
 }
 
 pub(crate) async fn put_scale(

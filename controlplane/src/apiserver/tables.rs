@@ -84,7 +84,8 @@ pub(crate) fn table(
         .map(|obj| {
             let mut row = json!({"cells": kind.cells(obj)});
             if let Some(o) = row_object(obj, include, table_version) {
-                row["object"] = o;
+                // A whole object is shown at the version asked for.
+                row["object"] = kind.served(&o).unwrap_or(o);
             }
             row
         })
@@ -121,7 +122,12 @@ pub(crate) fn respond(
     is_list: bool,
 ) -> ApiResult<Response> {
     let Some(version) = wants_table(headers) else {
-        return Ok(json_response(StatusCode::OK, value));
+        let shown = if is_list {
+            super::crud::served_list(info, value)
+        } else {
+            super::crud::served(info, value)
+        };
+        return Ok(json_response(StatusCode::OK, &shown));
     };
     let include = include_object(query)?;
     let t = if is_list {

@@ -64,7 +64,7 @@ struct Encoder {
 impl Encoder {
     fn event(&mut self, kind: &str, object: &Value) -> Bytes {
         let Some((version, include)) = self.table else {
-            return line(kind, object);
+            return line(kind, &super::crud::served(self.info, object));
         };
         let rv = object
             .pointer("/metadata/resourceVersion")

@@ -26,7 +26,7 @@ use crate::objects;
 use crate::state::ApiServer;
 
 /// The label that ties an App's Deployment, Service and pods to it.
-pub const APP_LABEL: &str = "app.skiff.dev/name";
+pub use crate::kinds::app::APP_LABEL;
 pub use skiff_api::app::SCALE_FROM_ZERO_ANNOTATION;
 pub use skiff_api::routes::{OUTBOUND_ANNOTATION, ROUTES_ANNOTATION};
 const WORKERS: usize = 2;

@@ -15,6 +15,7 @@ pub mod disruption;
 pub mod endpointslice;
 pub mod gc;
 pub mod harness;
+pub mod hpa;
 pub mod job;
 pub mod nodelifecycle;
 pub mod podutil;
@@ -194,12 +195,15 @@ pub async fn release(
 pub struct ControllerConfig {
     /// A node whose Lease is older than this is considered lost.
     pub node_monitor_grace: Duration,
+    /// How often each HorizontalPodAutoscaler is evaluated.
+    pub hpa_sync_period: Duration,
 }
 
 impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             node_monitor_grace: Duration::from_secs(40),
+            hpa_sync_period: hpa::DEFAULT_SYNC_PERIOD,
         }
     }
 }
@@ -224,6 +228,7 @@ pub fn start(
     set.spawn(volume::run(ctx.clone(), stop.clone()));
     set.spawn(statefulset::run(ctx.clone(), stop.clone()));
     set.spawn(cronjob::run(ctx.clone(), stop.clone()));
+    set.spawn(hpa::run(ctx.clone(), config.hpa_sync_period, stop.clone()));
     set.spawn(nodelifecycle::run(
         ctx.clone(),
         config.node_monitor_grace,

@@ -20,13 +20,16 @@ static INFO: ResourceInfo = ResourceInfo {
     namespaced: true,
     short_names: &[],
     categories: &["all"],
-    subresources: &[Subresource::Status],
+    subresources: &[Subresource::Status, Subresource::Scale],
     has_spec: true,
     status_on_create: StatusOnCreate::Reset,
     extra_fields: &[],
     normalize: through::<skiff_api::app::App>,
     schema: schema_of::<skiff_api::app::App>,
 };
+
+/// The label an App's Deployment gives its pods, and selects them by.
+pub const APP_LABEL: &str = "app.skiff.dev/name";
 
 /// An App: a module reference (the store's `sha256:<hex>` or an OCI reference), a
 /// non-negative replica count, a route that is a host and/or an absolute path, and
@@ -156,6 +159,16 @@ impl Kind for App {
 
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
         validate_app(obj, errs);
+    }
+
+    /// An App without `spec.replicas` runs one.
+    fn default_replicas(&self) -> i64 {
+        1
+    }
+
+    /// An App's pods are its Deployment's, which select them by the App's name.
+    fn scale_selector(&self, obj: &Value) -> Option<Value> {
+        Some(json!({"matchLabels": {APP_LABEL: print::name(obj)}}))
     }
 
     fn columns(&self) -> Vec<Column> {

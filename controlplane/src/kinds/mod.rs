@@ -19,7 +19,7 @@
 //! OpenAPI validation, and its printer columns for `columns` and `cells`; the CRD
 //! controller then calls [`register`] when the CRD is established.
 
-mod app;
+pub mod app;
 mod configmap;
 mod cronjob;
 mod daemonset;
@@ -30,6 +30,7 @@ mod event;
 pub mod fields;
 mod gateway;
 pub mod gatewayclass;
+pub mod horizontalpodautoscaler;
 mod httproute;
 pub mod ingress;
 pub mod ingressclass;
@@ -95,6 +96,9 @@ fn builtins() -> Vec<Arc<dyn Kind>> {
         Arc::new(storageclass::StorageClass),
         Arc::new(persistentvolume::PersistentVolume),
         Arc::new(persistentvolumeclaim::PersistentVolumeClaim),
+        // The stored version first: discovery prefers the first version of a group.
+        Arc::new(horizontalpodautoscaler::HorizontalPodAutoscaler),
+        Arc::new(horizontalpodautoscaler::HorizontalPodAutoscalerV1),
     ]
 }
 
@@ -123,6 +127,32 @@ pub trait Kind: Send + Sync {
     /// Registers the kind's OpenAPI schema with a generator and returns a reference to it.
     fn schema(&self, generator: &mut SchemaGenerator) -> Schema {
         (self.info().schema)(generator)
+    }
+
+    /// A kind served at a version other than the one it is stored at (`autoscaling/v1`
+    /// HorizontalPodAutoscalers, stored as `autoscaling/v2`) converts at the API's edge:
+    /// an object decoded at this version becomes the stored form here, before any other
+    /// hook (defaults, validation and the Table cells all see the stored form)...
+    fn to_stored(&self, obj: Value) -> Value {
+        obj
+    }
+
+    /// ... and a stored object is shown at this version as this returns it; None when
+    /// the stored form is this version's.
+    fn served(&self, _stored: &Value) -> Option<Value> {
+        None
+    }
+
+    /// For a kind with a `scale` subresource: the replicas its Scale shows, when
+    /// `spec.replicas` is unset (what the kind's controller then runs).
+    fn default_replicas(&self) -> i64 {
+        0
+    }
+
+    /// For a kind with a `scale` subresource: the label selector (a `LabelSelector`
+    /// object) of its pods, which its Scale's `status.selector` shows.
+    fn scale_selector(&self, obj: &Value) -> Option<Value> {
+        obj.pointer("/spec/selector").cloned()
     }
 
     /// What a create sets before defaulting, beyond system fields: what depends on the new
@@ -191,10 +221,13 @@ pub trait Kind: Send + Sync {
     }
 }
 
-type Key = (&'static str, &'static str);
+/// Group, version and resource: one kind may be served at several versions of its group,
+/// each a registered kind of its own, all stored under the group and resource
+/// (`ResourceInfo::prefix`) in one form.
+type Key = (&'static str, &'static str, &'static str);
 
 fn key(info: &ResourceInfo) -> Key {
-    (info.group, info.plural)
+    (info.group, info.version, info.plural)
 }
 
 /// The served kinds: in the order they were registered (discovery lists them so), and by
