@@ -714,6 +714,8 @@ async fn discovery_and_health() {
             "gateway.networking.k8s.io",
             "storage.k8s.io",
             "autoscaling",
+            "metrics.k8s.io",
+            "custom.metrics.k8s.io",
         ]
     );
     // A group served at two versions prefers the one it stores.

@@ -314,7 +314,7 @@ impl View {
 
 /// Points (on the 0..100 least-allocated scale) for a node that holds all of a pod's
 /// images.
-const IMAGE_LOCALITY_WEIGHT: f64 = 40.0;
+const IMAGE_LOCALITY_WEIGHT: f64 = 10.0;
 
 /// How many feasible nodes to find before choosing, as Kubernetes'
 /// percentageOfNodesToScore adapts it: all of a small cluster, a shrinking share of a
@@ -445,8 +445,9 @@ async fn schedule_pass(api: &Arc<ApiServer>, nodes: &Cache, pods: &Cache, state:
                 None => {
                     feasible += 1;
                     // A node that holds the pod's module starts it without fetching
-                    // or compiling it: worth as much as the spreading penalty of two
-                    // replicas of its owner there, so it decides between like nodes.
+                    // or compiling it: worth less than the spreading penalty of one
+                    // replica of its owner there, so it decides between like nodes
+                    // (an App woken from zero) but never stacks replicas on one.
                     let score = view.score(i, &info.nonzero, owner)
                         + IMAGE_LOCALITY_WEIGHT * info.image_locality(&view.nodes[i]);
                     if best.is_none_or(|(s, _)| score > s) {
