@@ -2,7 +2,7 @@
 //! `kubectl get hpa` and `kubectl describe hpa` show it as Kubernetes does, the same
 //! object is served at autoscaling/v1 and v2, bad specs get a 422 with field causes, and
 //! the controller reports, in the conditions, that it cannot yet read cpu usage.
-//! (Scaling under load needs the usage scraper, and is tested with it.)
+//! (Scaling under load is tested in autoscaling_load.rs.)
 
 mod common;
 
