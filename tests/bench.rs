@@ -378,3 +378,33 @@ fn deploy_to_first_200_is_measured_on_a_fresh_cluster_each_run() {
         assert!(text.contains(&format!("deploy run {run}/3")), "{text}");
     }
 }
+
+#[test]
+fn the_cold_start_bench_times_first_requests_from_zero_and_a_step_of_load() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("cold-start.json");
+    let (ok, text) = skiff(&[
+        "bench",
+        "cold-start",
+        "--cold-starts",
+        "5",
+        "--reactions",
+        "1",
+        "--clients",
+        "16",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let cold = json(&path);
+    assert_eq!(cold["cold_starts"], 5, "{cold}");
+    let (p50, p99, hold) = (
+        cold["cold_start_p50_ms"].as_f64().unwrap(),
+        cold["cold_start_p99_ms"].as_f64().unwrap(),
+        cold["hold_p50_ms"].as_f64().unwrap(),
+    );
+    // Every start was held by the gateway, and the hold is part of the whole.
+    assert!(0.0 < hold && hold <= p50 && p50 <= p99, "{cold}");
+    assert_eq!(cold["reaction_s"].as_array().unwrap().len(), 1, "{cold}");
+    assert!(cold["reaction_median_s"].as_f64().unwrap() > 0.0, "{cold}");
+}

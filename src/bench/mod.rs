@@ -2,6 +2,7 @@
 //! where one exists, printed as a table and optionally written as JSON.
 
 mod api;
+mod coldstart;
 mod dev;
 mod etcd;
 mod footprint;
@@ -60,6 +61,9 @@ enum Which {
     /// component pulled from a loopback registry, cold and warm, split into transfer,
     /// compile and start.
     Registry(registry::RegistryBenchArgs),
+    /// Apps that scale to zero: first request to 200 from zero replicas (p50, p99 over
+    /// many cold starts), and the time from a step of load to the new replicas serving.
+    ColdStart(coldstart::ColdStartBenchArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -78,6 +82,7 @@ async fn dispatch(which: Which) -> anyhow::Result<()> {
         Which::Footprint(a) => footprint::run(a).await,
         Which::Ha(a) => ha::run(a).await,
         Which::Registry(a) => registry::run(a).await,
+        Which::ColdStart(a) => coldstart::run(a).await,
     }
 }
 
