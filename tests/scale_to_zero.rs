@@ -165,6 +165,47 @@ async fn an_idle_app_scales_to_zero_and_its_next_requests_all_get_200() {
     }
     assert!(cold >= 1, "the burst woke the App");
 
+    // Scaled to zero while requests keep coming (the autoscaler's decision racing
+    // them): a request the stopping replica no longer takes is held for the replica
+    // it wakes, and one it already took finishes. Every one gets 200.
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let loops: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, url, running) = (http.clone(), url.clone(), running.clone());
+            tokio::spawn(async move {
+                let mut codes = Vec::new();
+                while running.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = http.get(&url).send().await.unwrap();
+                    codes.push(r.status().as_u16());
+                }
+                codes
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        let (code, scaled) = api
+            .patch(
+                &format!("{DEPLOYMENT}/scale"),
+                "application/merge-patch+json",
+                r#"{"spec":{"replicas":0}}"#,
+            )
+            .await;
+        assert_eq!(code, 200, "{scaled}");
+        eventually("the racing requests wake it again", WAIT, || async {
+            let (_, d) = api.get(DEPLOYMENT).await;
+            (d["status"]["readyReplicas"] == 1 && d["spec"]["replicas"] == 1).then_some(())
+        })
+        .await;
+    }
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut sent = 0;
+    for codes in loops {
+        let codes = codes.await.unwrap();
+        sent += codes.len();
+        assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
+    }
+    assert!(sent > 0);
+
     // The waits are in the gateway's metrics, one per held request.
     let (_, metrics) = api.text("/metrics").await;
     let count: u64 = metrics
