@@ -61,6 +61,11 @@ const TUNNEL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 const COLD_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How many requests one App scaled to zero may have held at once; more get 503.
 const MAX_HELD: usize = 10_000;
+/// While requests are held: how often the App is woken again (a wake lost to a failed
+/// write or undone by a scale to zero is made again), and after how long a replica
+/// that refused a held request (it was stopping, or not yet served after its agent
+/// restarted) is tried again.
+const HOLD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 /// The response header that says a request waited for a replica to start, and how
 /// long (milliseconds).
 pub const COLD_START_HEADER: &str = "x-skiff-cold-start";
@@ -114,6 +119,9 @@ struct Backend {
     hold: bool,
     /// Requests held now; kept across rebuilds.
     held: Arc<AtomicUsize>,
+    /// When a held request last woke the App (ms since the gateway's epoch; 0 never),
+    /// so the held requests of an App wake it once per [`HOLD_RETRY`], not each.
+    woke: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub struct Gateway {
@@ -132,6 +140,8 @@ pub struct Gateway {
     /// Where a held request wakes its App (scales its Deployment from zero), and where
     /// the hold is measured; None in tests without a server.
     waker: Option<Arc<crate::state::ApiServer>>,
+    /// The origin of `Backend::woke`.
+    epoch: std::time::Instant,
 }
 
 impl Gateway {
@@ -159,6 +169,7 @@ impl Gateway {
             snapshot: RwLock::default(),
             metrics,
             waker,
+            epoch: std::time::Instant::now(),
         })
     }
 
@@ -256,6 +267,7 @@ impl Gateway {
                     series: before.map(|b| b.series.clone()).unwrap_or_default(),
                     hold,
                     held: before.map(|b| b.held.clone()).unwrap_or_default(),
+                    woke: before.map(|b| b.woke.clone()).unwrap_or_default(),
                 }),
             );
         }
@@ -283,15 +295,17 @@ impl Gateway {
 
 impl Gateway {
     /// Holds a request for an App with no replica to take it (scaled to zero, or its
-    /// last replicas stopping) until one is ready: the first request held wakes the App
-    /// (its Deployment goes from 0 to 1 replica), and every held request is sent on as
-    /// soon as a ready replica other than those in `refused` is routed. Bounded: at most
-    /// [`MAX_HELD`] requests wait, each at most [`COLD_START_TIMEOUT`]; past either, 503
-    /// says so.
+    /// last replicas stopping) until one is ready: held requests wake the App (its
+    /// Deployment goes from 0 to 1 replica), again every [`HOLD_RETRY`] while they wait,
+    /// and each is sent on as soon as a ready replica other than those in `refused` is
+    /// routed, or, after [`HOLD_RETRY`], to those too (a replica that was not served
+    /// for a moment). Bounded: at most [`MAX_HELD`] requests wait, each until
+    /// `deadline` (its arrival plus [`COLD_START_TIMEOUT`]); past either, 503 says so.
     async fn wake(
         &self,
         (namespace, service, pod): (&str, &str, Option<&str>),
         refused: &[String],
+        deadline: tokio::time::Instant,
     ) -> Result<Arc<Backend>, Response> {
         let Some(api) = &self.waker else {
             return Err(text(
@@ -328,17 +342,23 @@ impl Gateway {
                 ),
             ));
         }
-        if before == 0 || !refused.is_empty() {
-            wake_app(api, namespace, service).await;
-        }
-        let deadline = tokio::time::Instant::now() + COLD_START_TIMEOUT;
+        let retry_refused = tokio::time::Instant::now() + HOLD_RETRY;
         loop {
+            self.wake_at_most_every(api, &first.woke, namespace, service)
+                .await;
             changed.borrow_and_update();
             if let Some(b) = backend(self).filter(|b| usable(b)) {
                 return Ok(b);
             }
-            match tokio::time::timeout_at(deadline, changed.changed()).await {
+            if tokio::time::Instant::now() >= retry_refused
+                && let Some(b) = backend(self).filter(|b| !b.endpoints.is_empty())
+            {
+                return Ok(b);
+            }
+            let next_look = (tokio::time::Instant::now() + HOLD_RETRY).min(deadline);
+            match tokio::time::timeout_at(next_look, changed.changed()).await {
                 Ok(Ok(())) => {}
+                Err(_) if tokio::time::Instant::now() < deadline => {}
                 Ok(Err(_)) => {
                     return Err(text(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -355,6 +375,28 @@ impl Gateway {
                     ));
                 }
             }
+        }
+    }
+
+    /// Wakes the App unless one of its held requests did within [`HOLD_RETRY`].
+    async fn wake_at_most_every(
+        &self,
+        api: &crate::state::ApiServer,
+        woke: &std::sync::atomic::AtomicU64,
+        namespace: &str,
+        service: &str,
+    ) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let last = woke.load(Ordering::Acquire);
+        let due = last == 0 || now.saturating_sub(last) >= HOLD_RETRY.as_millis() as u64;
+        if due
+            && woke
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            wake_app(api, namespace, service).await;
         }
     }
 
@@ -387,6 +429,12 @@ async fn wake_app(api: &crate::state::ApiServer, namespace: &str, name: &str) {
     let Some(deployments) = crate::kinds::lookup("apps", "v1", "deployments") else {
         return;
     };
+    // A read first: most calls find the App awake, and need no write.
+    match crate::apiserver::internal::get(api, deployments, Some(namespace), name).await {
+        Ok(Some(d)) if d.pointer("/spec/replicas").and_then(Value::as_i64) != Some(0) => return,
+        Ok(None) => return,
+        _ => {}
+    }
     let woke = crate::apiserver::internal::update(api, deployments, Some(namespace), name, |cur| {
         let mut next = cur.clone();
         if cur.pointer("/spec/replicas").and_then(Value::as_i64) == Some(0) {
@@ -529,6 +577,7 @@ fn narrow(backend: Arc<Backend>, namespace: &str, pod: Option<&str>) -> Arc<Back
         series: backend.series.clone(),
         hold: backend.hold,
         held: backend.held.clone(),
+        woke: backend.woke.clone(),
     })
 }
 
@@ -713,6 +762,8 @@ async fn forward(
 ) -> Response {
     let arrived = std::time::Instant::now();
     let deadline = tokio::time::Instant::now() + TUNNEL_WAIT;
+    // However many times the request is held, for at most this long in all.
+    let hold_deadline = tokio::time::Instant::now() + COLD_START_TIMEOUT;
     let mut opened = gw.tunnels.opened();
     let hold = backend.as_ref().is_some_and(|b| b.hold);
     // When the request waited for a replica to start: how long.
@@ -724,7 +775,7 @@ async fn forward(
                 format!("app {namespace}/{service} has no ready replica"),
             );
         }
-        match gw.wake((namespace, service, pod), &[]).await {
+        match gw.wake((namespace, service, pod), &[], hold_deadline).await {
             Ok(woken) => {
                 cold = Some(arrived.elapsed());
                 backend = Some(woken);
@@ -767,6 +818,7 @@ async fn forward(
         payload,
         hold,
         refused: Vec::new(),
+        failed: false,
     };
     let mut last_error = String::new();
     loop {
@@ -785,10 +837,18 @@ async fn forward(
             }
             return response;
         }
-        // Every replica was stopping (the App is scaling to zero): hold the request
-        // for the replica its arrival wakes.
-        if hold && !request.refused.is_empty() && matches!(request.payload, Payload::Buffered(_)) {
-            match gw.wake((namespace, service, pod), &request.refused).await {
+        // Every replica tried in this pass refused it (the App is scaling to zero):
+        // hold the request for the replica its arrival wakes. A pass where one failed
+        // otherwise (unreachable) goes on as for any app.
+        if hold
+            && !request.refused.is_empty()
+            && !request.failed
+            && matches!(request.payload, Payload::Buffered(_))
+        {
+            match gw
+                .wake((namespace, service, pod), &request.refused, hold_deadline)
+                .await
+            {
                 Ok(woken) => {
                     cold = Some(arrived.elapsed());
                     backend = Some(woken);
@@ -831,8 +891,11 @@ struct Forwarding<'a> {
     /// Whether the app scales from zero: a replica that is stopping is passed over,
     /// and the request held for a new one.
     hold: bool,
-    /// The replicas that said they no longer serve (stopping), in this request's tries.
+    /// The replicas that said they no longer serve (stopping), in the last pass.
     refused: Vec<String>,
+    /// Whether a replica of the last pass failed otherwise (could not be reached, or
+    /// failed before answering).
+    failed: bool,
 }
 
 impl Forwarding<'_> {
@@ -846,6 +909,8 @@ impl Forwarding<'_> {
         start: usize,
         last_error: &mut String,
     ) -> Option<Response> {
+        self.refused.clear();
+        self.failed = false;
         let (before, after) = endpoints.split_at(start.min(endpoints.len()));
         // Whether a node of this pass had no tunnel: it may yet connect.
         let mut disconnected = false;
@@ -861,6 +926,7 @@ impl Forwarding<'_> {
                 (Some(sender), _) => Via::Tunnel(sender),
                 (None, Some(address)) => Via::Listener(address),
                 (None, None) => {
+                    self.failed = true;
                     *last_error = format!("{pod}: node {} is not reachable", endpoint.node);
                     continue;
                 }
@@ -925,6 +991,7 @@ impl Forwarding<'_> {
                     return Some(Response::from_parts(parts, Body::new(body)));
                 }
                 Err(e) if e.is_connect() => {
+                    self.failed = true;
                     let agent = agent(via_tunnel);
                     tracing::debug!(%pod, %agent, error = %e, "gateway: endpoint unreachable; trying the next");
                     *last_error = format!("{pod} on {agent}: {e}");
@@ -932,6 +999,7 @@ impl Forwarding<'_> {
                 // Sent, and failed before an answer (its agent died, say): an
                 // idempotent request may be sent again, to another replica.
                 Err(e) if self.idempotent && buffered => {
+                    self.failed = true;
                     let agent = agent(via_tunnel);
                     tracing::debug!(%pod, %agent, error = %e, "gateway: replica failed before answering; trying the next");
                     *last_error = format!("{pod} on {agent} failed: {e}");
@@ -1468,6 +1536,7 @@ mod tests {
             series: Default::default(),
             hold: false,
             held: Default::default(),
+            woke: Default::default(),
         });
         let one = narrow(backend.clone(), "default", Some("db-1"));
         assert_eq!(one.endpoints.len(), 1);

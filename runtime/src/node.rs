@@ -226,6 +226,8 @@ pub async fn keep_alive(
                     tracing::warn!(error = %e, "re-registration failed");
                     continue;
                 }
+                // A new Node object lists no images yet.
+                reported = None;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "control plane unreachable");

@@ -100,26 +100,29 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
 const AUTOSCALE_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The autoscaler's decision for one App: the replicas to scale to, if any.
-/// `lower_since` is when demand first fell below `current` (kept between ticks).
-/// Up at once; down only after demand has stayed lower for `delay`, and never while a
-/// replica has no figure yet (it just started, and may be serving the request that
-/// woke the App).
+/// `lower` is when demand first fell below `current`, and the most replicas it has
+/// asked for since (kept between ticks). Up at once; down only after demand has stayed
+/// lower for `delay`, and then to the most it asked for over that time (so a dip does
+/// not take replicas a moment later wants back); never while a replica has no figure
+/// yet (it just started, and may be serving the request that woke the App).
 fn decide(
     current: i64,
     desired: i64,
     unmeasured: bool,
-    lower_since: &mut Option<std::time::Instant>,
+    lower: &mut Option<(std::time::Instant, i64)>,
     now: std::time::Instant,
     delay: std::time::Duration,
 ) -> Option<i64> {
     if desired >= current || unmeasured {
-        *lower_since = None;
+        *lower = None;
         return (desired > current).then_some(desired);
     }
-    let since = *lower_since.get_or_insert(now);
-    if now.duration_since(since) >= delay {
-        *lower_since = None;
-        Some(desired)
+    let (since, highest) = lower.get_or_insert((now, desired));
+    *highest = (*highest).max(desired);
+    if now.duration_since(*since) >= delay {
+        let to = *highest;
+        *lower = None;
+        Some(to)
     } else {
         None
     }
@@ -142,7 +145,8 @@ fn desired_replicas(scale: &Autoscale, rps: f64, in_flight: f64) -> i64 {
 /// Scales each App that has `spec.autoscale` with its requests: the request rate or
 /// concurrency its pods report (`crate::usage`), against the target per replica.
 async fn autoscale(ctrl: Arc<AppController>, stop: CancellationToken) {
-    let mut lower: std::collections::HashMap<String, std::time::Instant> = Default::default();
+    let mut lower: std::collections::HashMap<String, (std::time::Instant, i64)> =
+        Default::default();
     let mut tick = tokio::time::interval(AUTOSCALE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -174,14 +178,23 @@ async fn autoscale(ctrl: Arc<AppController>, stop: CancellationToken) {
                 .and_then(Value::as_i64)
                 .unwrap_or(1);
             let (mut rps, mut in_flight, mut unmeasured) = (0.0, 0.0, false);
-            for pod in pods.iter().filter(|p| {
-                objects::namespace(p) == Some(ns)
-                    && !objects::is_deleting(p)
-                    && p.pointer("/metadata/labels")
-                        .and_then(|l| l.get(APP_LABEL))
-                        .and_then(Value::as_str)
-                        == Some(name)
-            }) {
+            let live: Vec<&Arc<Value>> = pods
+                .iter()
+                .filter(|p| {
+                    objects::namespace(p) == Some(ns)
+                        && !objects::is_deleting(p)
+                        && p.pointer("/metadata/labels")
+                            .and_then(|l| l.get(APP_LABEL))
+                            .and_then(Value::as_str)
+                            == Some(name)
+                })
+                .collect();
+            // Replicas asked for but not yet created (the App was just woken): their
+            // pods may be about to serve the requests that woke it.
+            if (live.len() as i64) < current {
+                unmeasured = true;
+            }
+            for pod in live {
                 match ctrl
                     .api
                     .usage
@@ -192,7 +205,14 @@ async fn autoscale(ctrl: Arc<AppController>, stop: CancellationToken) {
                         rps += usage.requests_per_second;
                         in_flight += usage.in_flight as f64;
                     }
-                    None => unmeasured = true,
+                    // Only a running pod is measured; one that cannot start (Pending,
+                    // Failed) has no figure and holds nothing.
+                    None if pod.pointer("/status/phase").and_then(Value::as_str)
+                        == Some("Running") =>
+                    {
+                        unmeasured = true;
+                    }
+                    None => {}
                 }
             }
             let desired = desired_replicas(&scale, rps, in_flight);
@@ -508,7 +528,9 @@ impl AppController {
                     let updated =
                         internal::update(&self.api, deployments(), Some(ns), name, |cur| {
                             let mut next = cur.clone();
-                            next["spec"]["replicas"] = wanted["spec"]["replicas"].clone();
+                            // From the stored Deployment, not the cached one: the
+                            // autoscaler or the gateway may have scaled it since.
+                            next["spec"]["replicas"] = json!(wanted_replicas(&app, Some(cur)));
                             next["spec"]["template"] = wanted["spec"]["template"].clone();
                             next["spec"]["strategy"] = wanted["spec"]["strategy"].clone();
                             Ok(next)
@@ -839,19 +861,24 @@ mod autoscale_tests {
     fn up_at_once_down_after_the_delay_and_never_while_a_replica_is_unmeasured() {
         let delay = Duration::from_secs(30);
         let t0 = Instant::now();
-        let mut since = None;
-        assert_eq!(decide(1, 3, false, &mut since, t0, delay), Some(3));
-        assert_eq!(decide(3, 0, false, &mut since, t0, delay), None);
-        assert_eq!(since, Some(t0));
+        let mut lower = None;
+        assert_eq!(decide(1, 3, false, &mut lower, t0, delay), Some(3));
+        assert_eq!(decide(3, 0, false, &mut lower, t0, delay), None);
+        assert_eq!(lower, Some((t0, 0)));
         let later = t0 + Duration::from_secs(10);
-        assert_eq!(decide(3, 0, false, &mut since, later, delay), None);
+        assert_eq!(decide(3, 0, false, &mut lower, later, delay), None);
         // A new replica without figures resets the wait.
-        assert_eq!(decide(3, 0, true, &mut since, later, delay), None);
-        assert_eq!(since, None);
+        assert_eq!(decide(3, 0, true, &mut lower, later, delay), None);
+        assert_eq!(lower, None);
         let t1 = t0 + Duration::from_secs(40);
-        assert_eq!(decide(3, 0, false, &mut since, t1, delay), None);
-        assert_eq!(decide(3, 0, false, &mut since, t1 + delay, delay), Some(0));
-        assert_eq!(since, None);
+        assert_eq!(decide(3, 0, false, &mut lower, t1, delay), None);
+        // A moment within the window that wanted two keeps two.
+        assert_eq!(
+            decide(3, 2, false, &mut lower, t1 + Duration::from_secs(5), delay),
+            None
+        );
+        assert_eq!(decide(3, 0, false, &mut lower, t1 + delay, delay), Some(2));
+        assert_eq!(lower, None);
     }
 
     #[test]
