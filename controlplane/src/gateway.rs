@@ -343,9 +343,13 @@ impl Gateway {
             ));
         }
         let retry_refused = tokio::time::Instant::now() + HOLD_RETRY;
+        // The first request held, and one its replicas refused, wake the App at once;
+        // while requests wait, it is woken again at most once per HOLD_RETRY.
+        if before == 0 || !refused.is_empty() {
+            first.woke.store(self.now_ms(), Ordering::Release);
+            wake_app(api, namespace, service).await;
+        }
         loop {
-            self.wake_at_most_every(api, &first.woke, namespace, service)
-                .await;
             changed.borrow_and_update();
             if let Some(b) = backend(self).filter(|b| usable(b)) {
                 return Ok(b);
@@ -358,7 +362,10 @@ impl Gateway {
             let next_look = (tokio::time::Instant::now() + HOLD_RETRY).min(deadline);
             match tokio::time::timeout_at(next_look, changed.changed()).await {
                 Ok(Ok(())) => {}
-                Err(_) if tokio::time::Instant::now() < deadline => {}
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    self.wake_at_most_every(api, &first.woke, namespace, service)
+                        .await;
+                }
                 Ok(Err(_)) => {
                     return Err(text(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -378,6 +385,13 @@ impl Gateway {
         }
     }
 
+    /// Milliseconds since the gateway started (never 0), for `Backend::woke`.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
     /// Wakes the App unless one of its held requests did within [`HOLD_RETRY`].
     async fn wake_at_most_every(
         &self,
@@ -386,9 +400,7 @@ impl Gateway {
         namespace: &str,
         service: &str,
     ) {
-        let now = u64::try_from(self.epoch.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let now = self.now_ms();
         let last = woke.load(Ordering::Acquire);
         let due = last == 0 || now.saturating_sub(last) >= HOLD_RETRY.as_millis() as u64;
         if due
