@@ -199,6 +199,14 @@ impl Usage {
             .cloned()
     }
 
+    /// The usage of a stored pod: only if it was measured for this incarnation (a pod
+    /// deleted and created again under its name, as a StatefulSet's are, starts anew).
+    pub fn of_pod(&self, pod: &serde_json::Value) -> Option<PodUsage> {
+        let namespace = crate::objects::namespace(pod).unwrap_or("default");
+        self.pod(namespace, crate::objects::name(pod))
+            .filter(|u| crate::objects::meta_str(pod, "uid") == Some(u.uid.as_str()))
+    }
+
     /// Every pod's usage, or those of one namespace, sorted by namespace and name.
     pub fn pods(&self, namespace: Option<&str>) -> Vec<PodUsage> {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());

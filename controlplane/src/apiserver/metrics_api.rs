@@ -275,12 +275,8 @@ async fn pods_list(
         if !labels.matches_value(&pod) || !fields.matches(&pod) {
             continue;
         }
-        let ns = crate::objects::namespace(&pod).unwrap_or_default();
-        if let Some(usage) = api.usage.pod(ns, crate::objects::name(&pod)) {
-            // A pod deleted and created again under its name is not the one measured.
-            if crate::objects::meta_str(&pod, "uid") == Some(usage.uid.as_str()) {
-                items.push(pod_metrics(&usage, labels_of(&pod)));
-            }
+        if let Some(usage) = api.usage.of_pod(&pod) {
+            items.push(pod_metrics(&usage, labels_of(&pod)));
         }
     }
     Ok(list("PodMetricsList", api_version, items))
@@ -353,12 +349,7 @@ async fn serve_custom_metrics(
     }
     let (labels, _) = selectors(&query)?;
     let pods = objects(api, "pods", Some(namespace)).await?;
-    // Each running pod's usage, measured for the incarnation that is in the store.
-    let measured = |pod: &Value| {
-        api.usage
-            .pod(namespace, crate::objects::name(pod))
-            .filter(|u| crate::objects::meta_str(pod, "uid") == Some(u.uid.as_str()))
-    };
+    let measured = |pod: &Value| api.usage.of_pod(pod);
     let mut items = Vec::new();
     match *resource {
         "pods" => {

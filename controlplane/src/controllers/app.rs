@@ -195,12 +195,7 @@ async fn autoscale(ctrl: Arc<AppController>, stop: CancellationToken) {
                 unmeasured = true;
             }
             for pod in live {
-                match ctrl
-                    .api
-                    .usage
-                    .pod(ns, objects::name(pod))
-                    .filter(|u| objects::meta_str(pod, "uid") == Some(u.uid.as_str()))
-                {
+                match ctrl.api.usage.of_pod(pod) {
                     Some(usage) => {
                         rps += usage.requests_per_second;
                         in_flight += usage.in_flight as f64;
