@@ -574,12 +574,22 @@ pub enum TokenRole {
     Viewer,
     /// Full access.
     Admin,
+    /// A named user in groups, allowed what RBAC grants them (see --user).
+    User,
 }
 
 #[derive(clap::Args)]
 pub struct TokenCreateArgs {
-    #[arg(long, value_enum, default_value = "join")]
-    role: TokenRole,
+    /// What the token may do (join when neither --role nor --user is given).
+    #[arg(long, value_enum)]
+    role: Option<TokenRole>,
+    /// A token for this user name, allowed what Roles and ClusterRoles bound to the user
+    /// or its groups grant (`kubectl create rolebinding ... --user NAME`).
+    #[arg(long)]
+    user: Option<String>,
+    /// A group the user belongs to; repeat for several.
+    #[arg(long = "group", requires = "user")]
+    groups: Vec<String>,
     /// What the token is for, shown by `skiff token list`.
     #[arg(long, default_value = "")]
     description: String,
@@ -608,12 +618,20 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create(args) => {
             let client = connect(&args.target).await?;
-            let role = match args.role {
-                TokenRole::Join => "join",
-                TokenRole::Viewer => "viewer",
-                TokenRole::Admin => "admin",
+            let role = match (args.role, &args.user) {
+                (None | Some(TokenRole::User), Some(_)) => "user",
+                (Some(_), Some(_)) => anyhow::bail!("--user makes a token of the role user"),
+                (Some(TokenRole::User), None) => anyhow::bail!("a user token needs --user NAME"),
+                (None | Some(TokenRole::Join), None) => "join",
+                (Some(TokenRole::Viewer), None) => "viewer",
+                (Some(TokenRole::Admin), None) => "admin",
             };
-            let body = serde_json::to_vec(&json!({"role": role, "description": args.description}))?;
+            let mut body = json!({"role": role, "description": args.description});
+            if let Some(user) = &args.user {
+                body["user"] = json!(user);
+                body["groups"] = json!(args.groups);
+            }
+            let body = serde_json::to_vec(&body)?;
             let req = http::Request::post(TOKENS)
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(body)?;

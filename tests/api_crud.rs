@@ -714,8 +714,10 @@ async fn discovery_and_health() {
             "gateway.networking.k8s.io",
             "storage.k8s.io",
             "autoscaling",
+            "rbac.authorization.k8s.io",
             "metrics.k8s.io",
             "custom.metrics.k8s.io",
+            "authorization.k8s.io",
         ]
     );
     // A group served at two versions prefers the one it stores.

@@ -52,6 +52,9 @@ pub enum Role {
     Node,
     /// Only trades itself for a node credential.
     Join,
+    /// A named user in groups, allowed what RBAC grants them
+    /// (`skiff token create --user NAME --group G`).
+    User,
 }
 
 impl Role {
@@ -61,6 +64,7 @@ impl Role {
             Role::Viewer => "viewer",
             Role::Node => "node",
             Role::Join => "join",
+            Role::User => "user",
         }
     }
 
@@ -70,6 +74,7 @@ impl Role {
             "viewer" => Some(Role::Viewer),
             "node" => Some(Role::Node),
             "join" => Some(Role::Join),
+            "user" => Some(Role::User),
             _ => None,
         }
     }
@@ -188,6 +193,9 @@ pub struct TokenInfo {
     pub node: Option<String>,
     pub description: String,
     pub created: Option<String>,
+    /// A user token's user name and groups.
+    pub user: Option<String>,
+    pub groups: Vec<String>,
 }
 
 impl TokenInfo {
@@ -206,10 +214,27 @@ impl TokenInfo {
         if (role == Role::Node) != node.is_some() {
             return None;
         }
+        let user = record
+            .get("user")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if (role == Role::User) != user.is_some() {
+            return None;
+        }
+        let groups = record
+            .get("groups")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect();
         Some(TokenInfo {
             id,
             role,
             node,
+            user,
+            groups,
             description: record
                 .get("description")
                 .and_then(Value::as_str)
@@ -233,6 +258,10 @@ impl TokenInfo {
         });
         if let Some(node) = &self.node {
             v["node"] = json!(node);
+        }
+        if let Some(user) = &self.user {
+            v["user"] = json!(user);
+            v["groups"] = json!(self.groups);
         }
         v
     }

@@ -334,6 +334,7 @@ impl Server {
             tokens: Default::default(),
             clock: config.clock.clone(),
             usage: Default::default(),
+            rbac: Default::default(),
         });
 
         let stop_loops = CancellationToken::new();
@@ -346,6 +347,20 @@ impl Server {
         // asked (each agent keeps its tunnel to one server; the others reach it at its
         // address).
         let scraping = informers.scope(stop_loops.clone());
+        // Authorization reads roles and bindings from caches on every server; they are
+        // listed before the first request is served.
+        if !api.rbac.follow(&scraping).await {
+            tracing::warn!("stopped before the RBAC caches were listed");
+        }
+        // A scope lets its caches go when dropped: this one is held until the server
+        // stops, or the scraper's nodes and RBAC's roles would stop following changes.
+        loops.spawn({
+            let (scope, stop) = (scraping.clone(), stop_loops.clone());
+            async move {
+                stop.cancelled().await;
+                scope.shutdown().await;
+            }
+        });
         loops.spawn(crate::usage::scrape_agents(
             api.clone(),
             scraping.cache("", "nodes"),
@@ -531,6 +546,7 @@ fn write_store_config(data_dir: &Path, store: &StoreConfig) -> Result<(), Server
 /// Creates the system namespaces if they are missing.
 pub(crate) async fn bootstrap_namespaces(store: &dyn Store) -> Result<(), StoreError> {
     bootstrap_classes(store).await?;
+    crate::auth::policy::bootstrap(store).await?;
     let info = crate::kinds::lookup("", "v1", "namespaces").expect("namespaces are served");
     for name in SYSTEM_NAMESPACES {
         let key = info.key(None, name);

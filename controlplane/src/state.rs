@@ -75,6 +75,9 @@ pub struct ApiServer {
     /// Pods' and nodes' resource usage, from the agents' last scrapes
     /// (`crate::usage`; filled by `crate::apiserver::metrics_api::scrape`).
     pub usage: Arc<crate::usage::Usage>,
+    /// The roles and bindings authorization reads (`crate::auth::rbac`), from caches
+    /// every server keeps.
+    pub rbac: crate::auth::rbac::Rbac,
 }
 
 pub type SharedApi = Arc<ApiServer>;
@@ -96,6 +99,7 @@ impl ApiServer {
             tokens: Default::default(),
             clock: Default::default(),
             usage: Default::default(),
+            rbac: Default::default(),
         }
     }
 }

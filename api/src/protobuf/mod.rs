@@ -107,6 +107,48 @@ fn schemas(served: impl FnOnce() -> Vec<&'static ResourceInfo>) -> &'static Sche
             "Binding",
             generator.subschema_for::<core::v1::Binding>(),
         );
+        // The review APIs, which are not stored kinds but which client-go posts as
+        // protobuf all the same (`kubectl auth can-i`, `kubectl create token`).
+        {
+            use k8s_openapi::api::{authentication::v1 as authn, authorization::v1 as authz};
+            let av = "authorization.k8s.io/v1";
+            extra(
+                av,
+                "SelfSubjectAccessReview",
+                generator.subschema_for::<authz::SelfSubjectAccessReview>(),
+            );
+            extra(
+                av,
+                "SelfSubjectRulesReview",
+                generator.subschema_for::<authz::SelfSubjectRulesReview>(),
+            );
+            extra(
+                av,
+                "SubjectAccessReview",
+                generator.subschema_for::<authz::SubjectAccessReview>(),
+            );
+            extra(
+                av,
+                "LocalSubjectAccessReview",
+                generator.subschema_for::<authz::LocalSubjectAccessReview>(),
+            );
+            let av = "authentication.k8s.io/v1";
+            extra(
+                av,
+                "TokenRequest",
+                generator.subschema_for::<authn::TokenRequest>(),
+            );
+            extra(
+                av,
+                "TokenReview",
+                generator.subschema_for::<authn::TokenReview>(),
+            );
+            extra(
+                av,
+                "SelfSubjectReview",
+                generator.subschema_for::<authn::SelfSubjectReview>(),
+            );
+        }
         let delete = generator.subschema_for::<DeleteOptions>();
         // Clients encode DeleteOptions under the group-version they talk to.
         let mut group_versions: Vec<(&str, &str)> = Vec::new();

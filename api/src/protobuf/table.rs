@@ -541,6 +541,613 @@ pub(super) static MESSAGES: &[(&str, &[Field])] = &[
         ],
     ),
     (
+        "io.k8s.api.authentication.v1.BoundObjectReference",
+        &[
+            Field {
+                tag: 1,
+                name: "kind",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "api_version",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "name",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "u_id",
+                wire: Str,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.ExtraValue",
+        &[Field {
+            tag: 1,
+            name: "items",
+            wire: Str,
+            repeated: true,
+        }],
+    ),
+    (
+        "io.k8s.api.authentication.v1.SelfSubjectReview",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "status",
+                wire: Message("io.k8s.api.authentication.v1.SelfSubjectReviewStatus"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.SelfSubjectReviewStatus",
+        &[Field {
+            tag: 1,
+            name: "user_info",
+            wire: Message("io.k8s.api.authentication.v1.UserInfo"),
+            repeated: false,
+        }],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenRequest",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "spec",
+                wire: Message("io.k8s.api.authentication.v1.TokenRequestSpec"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "status",
+                wire: Message("io.k8s.api.authentication.v1.TokenRequestStatus"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenRequestSpec",
+        &[
+            Field {
+                tag: 1,
+                name: "audiences",
+                wire: Str,
+                repeated: true,
+            },
+            Field {
+                tag: 3,
+                name: "bound_object_ref",
+                wire: Message("io.k8s.api.authentication.v1.BoundObjectReference"),
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "expiration_seconds",
+                wire: Int,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenRequestStatus",
+        &[
+            Field {
+                tag: 1,
+                name: "token",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "expiration_timestamp",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.Time"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenReview",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "spec",
+                wire: Message("io.k8s.api.authentication.v1.TokenReviewSpec"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "status",
+                wire: Message("io.k8s.api.authentication.v1.TokenReviewStatus"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenReviewSpec",
+        &[
+            Field {
+                tag: 1,
+                name: "token",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "audiences",
+                wire: Str,
+                repeated: true,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenReviewStatus",
+        &[
+            Field {
+                tag: 1,
+                name: "authenticated",
+                wire: Bool,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "user",
+                wire: Message("io.k8s.api.authentication.v1.UserInfo"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "error",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "audiences",
+                wire: Str,
+                repeated: true,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.UserInfo",
+        &[
+            Field {
+                tag: 1,
+                name: "username",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "uid",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "groups",
+                wire: Str,
+                repeated: true,
+            },
+            Field {
+                tag: 4,
+                name: "extra",
+                wire: MapOf("io.k8s.api.authentication.v1.ExtraValue"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.ExtraValue",
+        &[Field {
+            tag: 1,
+            name: "items",
+            wire: Str,
+            repeated: true,
+        }],
+    ),
+    (
+        "io.k8s.api.authorization.v1.FieldSelectorAttributes",
+        &[
+            Field {
+                tag: 1,
+                name: "raw_selector",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "requirements",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.FieldSelectorRequirement"),
+                repeated: true,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.LabelSelectorAttributes",
+        &[
+            Field {
+                tag: 1,
+                name: "raw_selector",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "requirements",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelectorRequirement"),
+                repeated: true,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.LocalSubjectAccessReview",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "spec",
+                wire: Message("io.k8s.api.authorization.v1.SubjectAccessReviewSpec"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "status",
+                wire: Message("io.k8s.api.authorization.v1.SubjectAccessReviewStatus"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.NonResourceAttributes",
+        &[
+            Field {
+                tag: 1,
+                name: "path",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "verb",
+                wire: Str,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.NonResourceRule",
+        &[
+            Field {
+                tag: 1,
+                name: "verbs",
+                wire: Str,
+                repeated: true,
+            },
+            Field {
+                tag: 2,
+                name: "non_resource_ur_ls",
+                wire: Str,
+                repeated: true,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.ResourceAttributes",
+        &[
+            Field {
+                tag: 1,
+                name: "namespace",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "verb",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "group",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "version",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 5,
+                name: "resource",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 6,
+                name: "subresource",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 7,
+                name: "name",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 8,
+                name: "field_selector",
+                wire: Message("io.k8s.api.authorization.v1.FieldSelectorAttributes"),
+                repeated: false,
+            },
+            Field {
+                tag: 9,
+                name: "label_selector",
+                wire: Message("io.k8s.api.authorization.v1.LabelSelectorAttributes"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.ResourceRule",
+        &[
+            Field {
+                tag: 1,
+                name: "verbs",
+                wire: Str,
+                repeated: true,
+            },
+            Field {
+                tag: 2,
+                name: "api_groups",
+                wire: Str,
+                repeated: true,
+            },
+            Field {
+                tag: 3,
+                name: "resources",
+                wire: Str,
+                repeated: true,
+            },
+            Field {
+                tag: 4,
+                name: "resource_names",
+                wire: Str,
+                repeated: true,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.SelfSubjectAccessReview",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "spec",
+                wire: Message("io.k8s.api.authorization.v1.SelfSubjectAccessReviewSpec"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "status",
+                wire: Message("io.k8s.api.authorization.v1.SubjectAccessReviewStatus"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.SelfSubjectAccessReviewSpec",
+        &[
+            Field {
+                tag: 1,
+                name: "resource_attributes",
+                wire: Message("io.k8s.api.authorization.v1.ResourceAttributes"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "non_resource_attributes",
+                wire: Message("io.k8s.api.authorization.v1.NonResourceAttributes"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.SelfSubjectRulesReview",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "spec",
+                wire: Message("io.k8s.api.authorization.v1.SelfSubjectRulesReviewSpec"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "status",
+                wire: Message("io.k8s.api.authorization.v1.SubjectRulesReviewStatus"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.SelfSubjectRulesReviewSpec",
+        &[Field {
+            tag: 1,
+            name: "namespace",
+            wire: Str,
+            repeated: false,
+        }],
+    ),
+    (
+        "io.k8s.api.authorization.v1.SubjectAccessReview",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "spec",
+                wire: Message("io.k8s.api.authorization.v1.SubjectAccessReviewSpec"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "status",
+                wire: Message("io.k8s.api.authorization.v1.SubjectAccessReviewStatus"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.SubjectAccessReviewSpec",
+        &[
+            Field {
+                tag: 1,
+                name: "resource_attributes",
+                wire: Message("io.k8s.api.authorization.v1.ResourceAttributes"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "non_resource_attributes",
+                wire: Message("io.k8s.api.authorization.v1.NonResourceAttributes"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "user",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "groups",
+                wire: Str,
+                repeated: true,
+            },
+            Field {
+                tag: 5,
+                name: "extra",
+                wire: MapOf("io.k8s.api.authorization.v1.ExtraValue"),
+                repeated: false,
+            },
+            Field {
+                tag: 6,
+                name: "uid",
+                wire: Str,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.SubjectAccessReviewStatus",
+        &[
+            Field {
+                tag: 1,
+                name: "allowed",
+                wire: Bool,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "reason",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "evaluation_error",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "denied",
+                wire: Bool,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.SubjectRulesReviewStatus",
+        &[
+            Field {
+                tag: 1,
+                name: "resource_rules",
+                wire: Message("io.k8s.api.authorization.v1.ResourceRule"),
+                repeated: true,
+            },
+            Field {
+                tag: 2,
+                name: "non_resource_rules",
+                wire: Message("io.k8s.api.authorization.v1.NonResourceRule"),
+                repeated: true,
+            },
+            Field {
+                tag: 3,
+                name: "incomplete",
+                wire: Bool,
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "evaluation_error",
+                wire: Str,
+                repeated: false,
+            },
+        ],
+    ),
+    (
         "io.k8s.api.autoscaling.v1.CrossVersionObjectReference",
         &[
             Field {
@@ -6015,6 +6622,35 @@ pub(super) static MESSAGES: &[(&str, &[Field])] = &[
         ],
     ),
     (
+        "io.k8s.api.core.v1.ServiceAccount",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "secrets",
+                wire: Message("io.k8s.api.core.v1.ObjectReference"),
+                repeated: true,
+            },
+            Field {
+                tag: 3,
+                name: "image_pull_secrets",
+                wire: Message("io.k8s.api.core.v1.LocalObjectReference"),
+                repeated: true,
+            },
+            Field {
+                tag: 4,
+                name: "automount_service_account_token",
+                wire: Bool,
+                repeated: false,
+            },
+        ],
+    ),
+    (
         "io.k8s.api.core.v1.ServiceAccountTokenProjection",
         &[
             Field {
@@ -7114,6 +7750,188 @@ pub(super) static MESSAGES: &[(&str, &[Field])] = &[
         ],
     ),
     (
+        "io.k8s.api.rbac.v1.AggregationRule",
+        &[Field {
+            tag: 1,
+            name: "cluster_role_selectors",
+            wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector"),
+            repeated: true,
+        }],
+    ),
+    (
+        "io.k8s.api.rbac.v1.ClusterRole",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "rules",
+                wire: Message("io.k8s.api.rbac.v1.PolicyRule"),
+                repeated: true,
+            },
+            Field {
+                tag: 3,
+                name: "aggregation_rule",
+                wire: Message("io.k8s.api.rbac.v1.AggregationRule"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.rbac.v1.ClusterRoleBinding",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "subjects",
+                wire: Message("io.k8s.api.rbac.v1.Subject"),
+                repeated: true,
+            },
+            Field {
+                tag: 3,
+                name: "role_ref",
+                wire: Message("io.k8s.api.rbac.v1.RoleRef"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.rbac.v1.PolicyRule",
+        &[
+            Field {
+                tag: 1,
+                name: "verbs",
+                wire: Str,
+                repeated: true,
+            },
+            Field {
+                tag: 2,
+                name: "api_groups",
+                wire: Str,
+                repeated: true,
+            },
+            Field {
+                tag: 3,
+                name: "resources",
+                wire: Str,
+                repeated: true,
+            },
+            Field {
+                tag: 4,
+                name: "resource_names",
+                wire: Str,
+                repeated: true,
+            },
+            Field {
+                tag: 5,
+                name: "non_resource_ur_ls",
+                wire: Str,
+                repeated: true,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.rbac.v1.Role",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "rules",
+                wire: Message("io.k8s.api.rbac.v1.PolicyRule"),
+                repeated: true,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.rbac.v1.RoleBinding",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "subjects",
+                wire: Message("io.k8s.api.rbac.v1.Subject"),
+                repeated: true,
+            },
+            Field {
+                tag: 3,
+                name: "role_ref",
+                wire: Message("io.k8s.api.rbac.v1.RoleRef"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.rbac.v1.RoleRef",
+        &[
+            Field {
+                tag: 1,
+                name: "api_group",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "kind",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "name",
+                wire: Str,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.rbac.v1.Subject",
+        &[
+            Field {
+                tag: 1,
+                name: "kind",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "api_group",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "name",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "namespace",
+                wire: Str,
+                repeated: false,
+            },
+        ],
+    ),
+    (
         "io.k8s.apimachinery.pkg.api.resource.Quantity",
         &[Field {
             tag: 1,
@@ -7201,6 +8019,29 @@ pub(super) static MESSAGES: &[(&str, &[Field])] = &[
                 name: "ignore_store_read_error_with_cluster_breaking_potential",
                 wire: Bool,
                 repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.FieldSelectorRequirement",
+        &[
+            Field {
+                tag: 1,
+                name: "key",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "operator",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "values",
+                wire: Str,
+                repeated: true,
             },
         ],
     ),

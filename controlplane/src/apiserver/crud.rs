@@ -216,7 +216,7 @@ pub(crate) async fn create(
     let body = request::read_body(headers, body, api.config.max_body_bytes).await?;
     let (obj, warnings) = decode_validated(target.info, &body, validation)?;
     let obj = kinds::of(target.info).to_stored(obj);
-    auth::admit(identity, target.info, None, &obj)?;
+    auth::admit(api, identity, target.info, None, &obj)?;
     let created = create_shared(api, target, obj, query.dry_run()?).await?;
     Ok(request::with_warnings(
         json_response(StatusCode::CREATED, &served(target.info, &created)),
@@ -717,6 +717,7 @@ where
 /// subresource keeps the stored metadata (see [`prepare_update`]), so only writes of
 /// the main resource can change what admission looks at.
 fn admit_update(
+    api: &ApiServer,
     identity: &Identity,
     target: &Target,
     part: Part,
@@ -724,7 +725,7 @@ fn admit_update(
     desired: &Value,
 ) -> ApiResult<()> {
     match part {
-        Part::Main => auth::admit(identity, target.info, Some(&current.object), desired),
+        Part::Main => auth::admit(api, identity, target.info, Some(&current.object), desired),
         Part::Status => Ok(()),
     }
 }
@@ -752,7 +753,7 @@ pub(crate) async fn update(
     let precondition = precondition_of(&desired)?;
     let part = part_of(target);
     let out = update_object(api, target, part, query.dry_run()?, |current| {
-        admit_update(identity, target, part, current, &desired)?;
+        admit_update(api, identity, target, part, current, &desired)?;
         Ok((desired.clone(), precondition))
     })
     .await?;
@@ -868,7 +869,7 @@ pub(crate) async fn patch(
             }
             _ => None,
         };
-        admit_update(identity, target, part, current, &patched)?;
+        admit_update(api, identity, target, part, current, &patched)?;
         Ok((patched, precondition))
     })
     .await?;

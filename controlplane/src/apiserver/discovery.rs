@@ -12,8 +12,8 @@ use serde_json::json;
 
 use skiff_api::resources::Subresource;
 
-use super::metrics_api;
 use super::request::json_response;
+use super::{authorization_api, metrics_api};
 use crate::error::{ApiError, ApiResult};
 use crate::state::SharedApi;
 
@@ -137,6 +137,7 @@ pub(crate) async fn groups() -> ApiResult<Response> {
             .into_iter()
             .filter_map(metrics_api::api_group),
     );
+    groups.extend(authorization_api::api_group(authorization_api::GROUP));
     to_json(&APIGroupList { groups })
 }
 
@@ -144,6 +145,7 @@ pub(crate) async fn group(Path(name): Path<String>) -> ApiResult<Response> {
     to_json(
         &api_group(&name)
             .or_else(|| metrics_api::api_group(&name))
+            .or_else(|| authorization_api::api_group(&name))
             .ok_or(ApiError::NoRoute)?,
     )
 }
@@ -154,6 +156,7 @@ pub(crate) async fn group_resources(
     to_json(
         &resource_list(&group, &version)
             .or_else(|| metrics_api::resource_list(&group, &version))
+            .or_else(|| authorization_api::resource_list(&group, &version))
             .ok_or(ApiError::NoRoute)?,
     )
 }

@@ -4,6 +4,7 @@
 //! serves from is `crate::state`.
 
 mod apps;
+mod authorization_api;
 mod clock;
 mod crud;
 mod delete;
@@ -54,6 +55,10 @@ pub fn router(api: SharedApi) -> Router {
         .route("/apis/{group}", get(discovery::group))
         .route("/apis/{group}/{version}", get(discovery::group_resources))
         .route("/apis/{group}/{version}/{*rest}", any(group_resource))
+        .route(
+            "/apis/authorization.k8s.io/v1/{*rest}",
+            any(authorization_api::review),
+        )
         .route(
             "/apis/metrics.k8s.io/v1beta1/{*rest}",
             any(metrics_api::resource_metrics),

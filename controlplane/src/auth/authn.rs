@@ -14,10 +14,26 @@ use crate::state::ApiServer;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
     Anonymous,
-    Admin { id: String },
-    Viewer { id: String },
-    Node { id: String, name: String },
-    Join { id: String },
+    Admin {
+        id: String,
+    },
+    Viewer {
+        id: String,
+    },
+    Node {
+        id: String,
+        name: String,
+    },
+    Join {
+        id: String,
+    },
+    /// A user token's user (`skiff token create --user NAME --group G`), or the user an
+    /// impersonating request acts as: allowed what RBAC grants the name and groups.
+    User {
+        id: String,
+        name: String,
+        groups: Vec<String>,
+    },
 }
 
 impl Identity {
@@ -29,6 +45,33 @@ impl Identity {
             Identity::Viewer { id } => format!("viewer:{id}"),
             Identity::Node { name, .. } => format!("system:node:{name}"),
             Identity::Join { id } => format!("system:bootstrap:{id}"),
+            Identity::User { name, .. } => name.clone(),
+        }
+    }
+
+    /// The groups Kubernetes would put this identity in: admins are `system:masters`
+    /// (whom RBAC allows everything), viewers `skiff:viewers` (bound to `skiff:viewer`),
+    /// nodes `system:nodes`; every authenticated identity is `system:authenticated`.
+    pub fn groups(&self) -> Vec<String> {
+        let mut groups: Vec<String> = match self {
+            Identity::Anonymous => return vec!["system:unauthenticated".into()],
+            Identity::Admin { .. } => vec![super::rbac::MASTERS.into()],
+            Identity::Viewer { .. } => vec![super::policy::VIEWERS.into()],
+            Identity::Node { .. } => vec!["system:nodes".into()],
+            Identity::Join { .. } => vec!["system:bootstrappers".into()],
+            Identity::User { groups, .. } => groups.clone(),
+        };
+        if !groups.iter().any(|g| g == super::policy::AUTHENTICATED) {
+            groups.push(super::policy::AUTHENTICATED.into());
+        }
+        groups
+    }
+
+    /// Who RBAC sees.
+    pub fn subject(&self) -> super::rbac::Subject {
+        super::rbac::Subject {
+            user: self.user(),
+            groups: self.groups(),
         }
     }
 }
@@ -59,6 +102,15 @@ pub async fn authenticate(api: &ApiServer, headers: &HeaderMap) -> ApiResult<Ide
     let (role, node) = token.verify(&record).ok_or(ApiError::Unauthorized)?;
     let id = token.id.clone();
     let identity = match role {
+        Role::User => {
+            let info =
+                skiff_api::token::TokenInfo::from_record(&record).ok_or(ApiError::Unauthorized)?;
+            Identity::User {
+                id,
+                name: info.user.unwrap_or_default(),
+                groups: info.groups,
+            }
+        }
         Role::Admin => Identity::Admin { id },
         Role::Viewer => Identity::Viewer { id },
         Role::Join => Identity::Join { id },

@@ -16,6 +16,7 @@ use skiff_api::resources::Subresource;
 use skiff_api::selector::{FieldOp, FieldSelector};
 
 use super::authn::{Identity, authenticate, exists};
+use super::rbac::Attributes;
 use crate::apiserver::{Query, Target, parse_target};
 use crate::error::{ApiError, ApiResult};
 use crate::objects;
@@ -35,8 +36,10 @@ enum Kind {
     Metrics,
     /// `nodes/NAME/proxy/...`, to the agent through its tunnel: admin, and viewer reads.
     NodeProxy,
-    /// The resource and custom metrics APIs (read-only): admin and viewer.
-    ResourceMetrics,
+    /// A path under `/api/v1` or `/apis/GROUP/VERSION` that is not a served kind: the
+    /// resource and custom metrics APIs, the review APIs (`selfsubjectaccessreviews`),
+    /// or nothing (authorized all the same, then answered 404, as kube-apiserver does).
+    Virtual(Attributes),
     Resource(Resource),
     Other,
 }
@@ -55,9 +58,6 @@ fn classify(method: &Method, path: &str, query: &Query) -> Kind {
         ["skiff", "v1", "tunnel"] => return Kind::Tunnel,
         ["metrics"] => return Kind::Metrics,
         ["api", "v1", "nodes", _, "proxy", ..] => return Kind::NodeProxy,
-        ["apis", "metrics.k8s.io" | "custom.metrics.k8s.io", _, _, ..] => {
-            return Kind::ResourceMetrics;
-        }
         ["openapi", ..] | ["api"] | ["apis"] | ["api", _] | ["apis", _] | ["apis", _, _] => {
             return Kind::Discovery;
         }
@@ -67,20 +67,124 @@ fn classify(method: &Method, path: &str, query: &Query) -> Kind {
     };
     // The API's own reading of the path, so both agree on what a request touches.
     let Ok(target) = parse_target(group, version, &rest.join("/")) else {
-        return Kind::Other;
+        return Kind::Virtual(virtual_attributes(method, query, group, rest));
     };
-    let verb = match (method, target.name.is_some()) {
-        (&Method::GET, _) if query.flag("watch") => "watch",
-        (&Method::GET, true) => "get",
-        (&Method::GET, false) => "list",
+    let verb = resource_verb(method, query, target.name.is_some());
+    Kind::Resource(Resource { target, verb })
+}
+
+/// The verb RBAC names a request on a resource by.
+fn resource_verb(method: &Method, query: &Query, named: bool) -> &'static str {
+    match (method, named) {
+        (&Method::GET | &Method::HEAD, _) if query.flag("watch") => "watch",
+        (&Method::GET | &Method::HEAD, true) => "get",
+        (&Method::GET | &Method::HEAD, false) => "list",
         (&Method::POST, _) => "create",
         (&Method::PUT, _) => "update",
         (&Method::PATCH, _) => "patch",
         (&Method::DELETE, true) => "delete",
         (&Method::DELETE, false) => "deletecollection",
         _ => "unknown",
+    }
+}
+
+/// A resource path that names no served kind, read as Kubernetes' request-info
+/// resolver reads every path: `[namespaces/NS/]RESOURCE[/NAME[/SUBRESOURCE]]`.
+fn virtual_attributes(method: &Method, query: &Query, group: &str, rest: &[&str]) -> Attributes {
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, more @ ..] if !more.is_empty() => (Some(ns.to_string()), more),
+        _ => (None, rest),
     };
-    Kind::Resource(Resource { target, verb })
+    let part = |i: usize| rest.get(i).map(|s| s.to_string());
+    let name = part(1);
+    Attributes::Resource {
+        verb: resource_verb(method, query, name.is_some()).into(),
+        namespace,
+        group: group.into(),
+        resource: part(0).unwrap_or_default(),
+        subresource: part(2),
+        name,
+    }
+}
+
+/// The verb RBAC names a request for a plain path by: the method, lower-cased.
+fn path_verb(method: &Method) -> String {
+    method.as_str().to_ascii_lowercase()
+}
+
+impl Resource {
+    fn attributes(&self) -> Attributes {
+        let t = &self.target;
+        Attributes::Resource {
+            verb: self.verb.into(),
+            namespace: t.namespace.clone(),
+            group: t.info.group.into(),
+            resource: t.info.plural.into(),
+            subresource: t.sub.map(|s| s.name().to_string()),
+            name: t.name.clone(),
+        }
+    }
+}
+
+/// What a request is, as RBAC reads it.
+fn attributes(method: &Method, path: &str, kind: &Kind) -> Attributes {
+    match kind {
+        Kind::Resource(r) => r.attributes(),
+        Kind::Virtual(attrs) => attrs.clone(),
+        Kind::NodeProxy => {
+            let name = path.split('/').nth(4).map(str::to_string);
+            Attributes::Resource {
+                verb: resource_verb(method, &Query::default(), true).into(),
+                namespace: None,
+                group: String::new(),
+                resource: "nodes".into(),
+                subresource: Some("proxy".into()),
+                name,
+            }
+        }
+        _ => Attributes::NonResource {
+            verb: path_verb(method),
+            path: path.to_string(),
+        },
+    }
+}
+
+/// Kubernetes' words for an RBAC refusal.
+pub(super) fn refusal(user: &str, attrs: &Attributes) -> ApiError {
+    match attrs {
+        Attributes::NonResource { verb, path } => ApiError::Forbidden(format!(
+            "forbidden: User \"{user}\" cannot {verb} path \"{path}\""
+        )),
+        Attributes::Resource {
+            verb,
+            namespace,
+            group,
+            resource,
+            subresource,
+            name,
+        } => {
+            let qualified = if group.is_empty() {
+                resource.clone()
+            } else {
+                format!("{resource}.{group}")
+            };
+            let subject = match name {
+                Some(n) => format!("{qualified} \"{n}\""),
+                None => qualified,
+            };
+            let full = match subresource {
+                Some(sub) => format!("{resource}/{sub}"),
+                None => resource.clone(),
+            };
+            let scope = match namespace {
+                Some(ns) => format!("in the namespace \"{ns}\""),
+                None => "at the cluster scope".into(),
+            };
+            ApiError::Forbidden(format!(
+                "{subject} is forbidden: User \"{user}\" cannot {verb} resource \"{full}\" in API group \"{group}\" {scope}"
+            ))
+        }
+    }
 }
 
 /// `pods` or `pods/status`.
@@ -355,8 +459,11 @@ async fn authorize_node(
     }
 }
 
-/// Decides whether `identity` may make this request. `body_name` is the
-/// `metadata.name` of a create's body, which node credentials are checked against.
+/// Decides whether `identity` may make this request, as kube-apiserver with
+/// `--authorization-mode=Node,RBAC`: a node's credential is decided by the Node
+/// authorizer, everyone else by RBAC (`rbac.rs`; admin tokens are `system:masters`).
+/// `body_name` is the `metadata.name` of a create's body, which node credentials are
+/// checked against.
 async fn authorize(
     api: &ApiServer,
     identity: &Identity,
@@ -366,45 +473,51 @@ async fn authorize(
     body_name: Option<&str>,
 ) -> ApiResult<()> {
     match (identity, kind) {
-        (_, Kind::Public) => Ok(()),
-        (Identity::Anonymous, _) => Err(ApiError::Unauthorized),
-        (Identity::Admin { .. }, _) => Ok(()),
-        (Identity::Join { .. }, Kind::Join) => Ok(()),
-        (Identity::Join { .. }, _) => Err(ApiError::Forbidden(format!(
-            "User \"{}\" may only join: POST /skiff/v1/join",
-            identity.user()
-        ))),
-        (_, Kind::Join) => Err(ApiError::Forbidden(format!(
-            "User \"{}\" cannot join: joining takes a join token",
-            identity.user()
-        ))),
-        (_, Kind::Discovery) if method == Method::GET => Ok(()),
-        (Identity::Node { .. }, Kind::Tunnel) => Ok(()),
-        (Identity::Viewer { .. }, Kind::Metrics) => Ok(()),
-        (Identity::Viewer { .. }, Kind::ResourceMetrics) if method == Method::GET => Ok(()),
-        (Identity::Viewer { .. }, Kind::NodeProxy) if method == Method::GET => Ok(()),
-        (_, Kind::Tunnel) => Err(ApiError::Forbidden(format!(
-            "User \"{}\" cannot open a tunnel: that takes a node's credential",
-            identity.user()
-        ))),
-        (Identity::Viewer { .. }, Kind::Resource(r)) => {
-            let read = matches!(r.verb, "get" | "list" | "watch");
-            if !read || r.target.sub == Some(Subresource::PortForward) {
-                // As Kubernetes' view role: reaching into pods is not reading.
-                Err(forbidden(identity, r, "viewers are read-only"))
-            } else if r.target.info.plural == "secrets" {
-                Err(forbidden(identity, r, "viewers cannot read secrets"))
-            } else {
-                Ok(())
-            }
+        (_, Kind::Public) => return Ok(()),
+        (Identity::Anonymous, _) => return Err(ApiError::Unauthorized),
+        (Identity::Join { .. }, Kind::Join) => return Ok(()),
+        (Identity::Join { .. }, _) => {
+            return Err(ApiError::Forbidden(format!(
+                "User \"{}\" may only join: POST /skiff/v1/join",
+                identity.user()
+            )));
+        }
+        (_, Kind::Join) => {
+            return Err(ApiError::Forbidden(format!(
+                "User \"{}\" cannot join: joining takes a join token",
+                identity.user()
+            )));
+        }
+        (Identity::Node { .. }, Kind::Tunnel) => return Ok(()),
+        (_, Kind::Tunnel) => {
+            return Err(ApiError::Forbidden(format!(
+                "User \"{}\" cannot open a tunnel: that takes a node's credential",
+                identity.user()
+            )));
         }
         (Identity::Node { name, .. }, Kind::Resource(r)) => {
-            authorize_node(api, identity, name, r, query, body_name).await
+            return authorize_node(api, identity, name, r, query, body_name).await;
         }
-        (_, _) => Err(ApiError::Forbidden(format!(
-            "User \"{}\" cannot {method} path \"{path}\"",
-            identity.user()
-        ))),
+        _ => {}
+    }
+    let attrs = attributes(method, path, kind);
+    // As Kubernetes' view role: reaching into pods is not reading, whatever a rule says
+    // of `pods/portforward` with `get` (port-forward upgrades a GET).
+    let attrs = match (&attrs, kind) {
+        (Attributes::Resource { .. }, Kind::Resource(r))
+            if r.target.sub == Some(Subresource::PortForward) =>
+        {
+            let mut a = attrs.clone();
+            if let Attributes::Resource { verb, .. } = &mut a {
+                *verb = "create".into();
+            }
+            a
+        }
+        _ => attrs,
+    };
+    match api.rbac.authorize(&identity.subject(), &attrs) {
+        Some(_) => Ok(()),
+        None => Err(refusal(&identity.user(), &attrs)),
     }
 }
 
@@ -480,6 +593,7 @@ async fn check(
     query: &Query,
 ) -> ApiResult<Request> {
     let identity = authenticate(api, request.headers()).await?;
+    let identity = impersonate(api, identity, request.headers())?;
     tracing::Span::current().record("user", identity.user());
     let needs_body = matches!(identity, Identity::Node { .. })
         && request.method() == Method::POST
@@ -510,6 +624,123 @@ async fn check(
     };
     request.extensions_mut().insert(identity);
     Ok(request)
+}
+
+/// The identity a request acts as: the authenticated one, or, with `Impersonate-User`
+/// (and `Impersonate-Group`, `Impersonate-Uid`, `Impersonate-Extra-*`) headers, the one
+/// they name, if RBAC grants the authenticated identity the `impersonate` verb on each
+/// (`users`, `groups`, `serviceaccounts`, `uids` and `userextras/KEY` of
+/// authentication.k8s.io), as kube-apiserver's impersonation filter does. A node's name
+/// and groups impersonate the node (the Node authorizer decides for it).
+fn impersonate(
+    api: &ApiServer,
+    identity: Identity,
+    headers: &http::HeaderMap,
+) -> ApiResult<Identity> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect()
+    };
+    let users = values("impersonate-user");
+    let groups = values("impersonate-group");
+    let uids = values("impersonate-uid");
+    let extras: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(k, v)| {
+            let key = k.as_str().strip_prefix("impersonate-extra-")?;
+            Some((key.to_string(), v.to_str().ok()?.to_string()))
+        })
+        .collect();
+    if users.is_empty() {
+        if groups.is_empty() && uids.is_empty() && extras.is_empty() {
+            return Ok(identity);
+        }
+        return Err(ApiError::BadRequest(
+            "impersonating groups, a uid or extra fields needs Impersonate-User too".into(),
+        ));
+    }
+    if users.len() > 1 || uids.len() > 1 {
+        return Err(ApiError::BadRequest(
+            "only one Impersonate-User and one Impersonate-Uid may be given".into(),
+        ));
+    }
+    let user = users[0].clone();
+    let subject = identity.subject();
+    let check = |attrs: Attributes| -> ApiResult<()> {
+        match api.rbac.authorize(&subject, &attrs) {
+            Some(_) => Ok(()),
+            None => Err(refusal(&identity.user(), &attrs)),
+        }
+    };
+    let impersonation =
+        |group: &str, resource: &str, sub: Option<&str>, namespace: Option<&str>, name: &str| {
+            Attributes::Resource {
+                verb: "impersonate".into(),
+                namespace: namespace.map(str::to_string),
+                group: group.into(),
+                resource: resource.into(),
+                subresource: sub.map(str::to_string),
+                name: Some(name.into()),
+            }
+        };
+    let service_account = user
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'));
+    match service_account {
+        Some((ns, name)) => check(impersonation("", "serviceaccounts", None, Some(ns), name))?,
+        None => check(impersonation("", "users", None, None, &user))?,
+    }
+    for group in &groups {
+        check(impersonation("", "groups", None, None, group))?;
+    }
+    for uid in &uids {
+        check(impersonation(
+            "authentication.k8s.io",
+            "uids",
+            None,
+            None,
+            uid,
+        ))?;
+    }
+    for (key, value) in &extras {
+        check(impersonation(
+            "authentication.k8s.io",
+            "userextras",
+            Some(key),
+            None,
+            value,
+        ))?;
+    }
+    let mut groups = groups;
+    if let Some((ns, _)) = service_account {
+        for g in [
+            "system:serviceaccounts".to_string(),
+            format!("system:serviceaccounts:{ns}"),
+        ] {
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+    }
+    tracing::debug!(by = %identity.user(), as_user = %user, ?groups, "impersonating");
+    let node = user
+        .strip_prefix("system:node:")
+        .filter(|_| groups.iter().any(|g| g == "system:nodes"));
+    Ok(match node {
+        Some(name) => Identity::Node {
+            id: format!("impersonated-by:{}", identity.user()),
+            name: name.to_string(),
+        },
+        None => Identity::User {
+            id: format!("impersonated-by:{}", identity.user()),
+            name: user,
+            groups,
+        },
+    })
 }
 
 #[cfg(test)]

@@ -26,8 +26,11 @@
 mod authn;
 mod authz;
 mod bootstrap;
+mod escalation;
 mod noderestriction;
 pub mod pki;
+pub mod policy;
+pub mod rbac;
 mod tokens;
 mod verified;
 

@@ -101,11 +101,13 @@ fn modified(old: Option<&Value>, new: &Value) -> BTreeSet<String> {
 /// for a create) and `new` the one it would store. Only a node's writes of Nodes are
 /// restricted; a node's writes of other Nodes never get here (the Node authorizer).
 pub fn admit(
+    api: &crate::state::ApiServer,
     identity: &Identity,
     info: &ResourceInfo,
     old: Option<&Value>,
     new: &Value,
 ) -> ApiResult<()> {
+    super::escalation::admit(api, identity, info, new)?;
     let Identity::Node { name: node, .. } = identity else {
         return Ok(());
     };
@@ -185,17 +187,19 @@ mod tests {
 
     #[test]
     fn only_labels_that_change_count_and_only_for_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = crate::state::ApiServer::on_redb_for_tests(dir.path());
         let me = Identity::Node {
             id: "id".into(),
             name: "n1".into(),
         };
         let trusted = node(json!({"skiff.dev/autonomous": "true", "a": "1"}));
         // Writing back what an admin set is fine; changing or removing it is not.
-        assert!(admit(&me, nodes(), Some(&trusted), &trusted).is_ok());
+        assert!(admit(&api, &me, nodes(), Some(&trusted), &trusted).is_ok());
         let relabelled = node(json!({"skiff.dev/autonomous": "true", "a": "2"}));
-        assert!(admit(&me, nodes(), Some(&trusted), &relabelled).is_ok());
+        assert!(admit(&api, &me, nodes(), Some(&trusted), &relabelled).is_ok());
         let removed = node(json!({"a": "1"}));
-        let Err(ApiError::Forbidden(message)) = admit(&me, nodes(), Some(&trusted), &removed)
+        let Err(ApiError::Forbidden(message)) = admit(&api, &me, nodes(), Some(&trusted), &removed)
         else {
             panic!("removing an admin's label is refused");
         };
@@ -205,7 +209,8 @@ mod tests {
         );
         // Registering with a reserved label is refused, naming each.
         let registering = node(json!({"node-role.kubernetes.io/x": "", "k8s.io/y": "1"}));
-        let Err(ApiError::Forbidden(message)) = admit(&me, nodes(), None, &registering) else {
+        let Err(ApiError::Forbidden(message)) = admit(&api, &me, nodes(), None, &registering)
+        else {
             panic!("registering with reserved labels is refused");
         };
         assert!(
@@ -216,8 +221,8 @@ mod tests {
         );
         // Admins, and other kinds, are not restricted here.
         let admin = Identity::Admin { id: "a".into() };
-        assert!(admit(&admin, nodes(), Some(&trusted), &removed).is_ok());
+        assert!(admit(&api, &admin, nodes(), Some(&trusted), &removed).is_ok());
         let configmaps = crate::kinds::lookup("", "v1", "configmaps").unwrap();
-        assert!(admit(&me, configmaps, None, &registering).is_ok());
+        assert!(admit(&api, &me, configmaps, None, &registering).is_ok());
     }
 }

@@ -201,13 +201,15 @@ async fn create_route(
                 Some("join") => Role::Join,
                 Some("viewer") => Role::Viewer,
                 Some("admin") => Role::Admin,
+                Some("user") => Role::User,
                 other => {
                     return Err(ApiError::BadRequest(format!(
-                        "\"role\" must be \"join\", \"viewer\" or \"admin\" (a node's \
-                         credential is made by joining), not {other:?}"
+                        "\"role\" must be \"join\", \"viewer\", \"admin\" or \"user\" (a \
+                         node's credential is made by joining), not {other:?}"
                     )));
                 }
             };
+            let user = user_of(&request, role)?;
             let description = match request.get("description") {
                 None | Some(Value::Null) => "",
                 Some(Value::String(s)) if s.len() <= 1024 => s.as_str(),
@@ -218,8 +220,12 @@ async fn create_route(
                 }
             };
             let t = Token::generate();
-            create(&api, &t, role, None, description).await?;
-            let record = t.record(role, None, description);
+            let mut record = t.record(role, None, description);
+            if let Some((name, groups)) = user {
+                record["user"] = json!(name);
+                record["groups"] = json!(groups);
+            }
+            put(&api, &t.id, record.clone()).await?;
             let mut shown = TokenInfo::from_record(&record)
                 .expect("a fresh record is well-formed")
                 .to_json();
@@ -231,6 +237,58 @@ async fn create_route(
         }
         .await,
     )
+}
+
+/// A user token's user name and groups: `{"user": NAME, "groups": [G, ...]}`, which only
+/// user tokens have. The `system:` prefix is Kubernetes' own (nodes, service accounts,
+/// `system:masters`): a token for such a name or group would pass for one of them.
+fn user_of(request: &Value, role: Role) -> ApiResult<Option<(String, Vec<String>)>> {
+    let user = request.get("user").and_then(Value::as_str);
+    let groups = request.get("groups");
+    if role != Role::User {
+        if user.is_some() || groups.is_some() {
+            return Err(ApiError::BadRequest(
+                "\"user\" and \"groups\" are for tokens of the role \"user\"".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let name = user
+        .filter(|u| !u.is_empty() && u.len() <= 253)
+        .ok_or_else(|| {
+            ApiError::BadRequest("a user token needs \"user\": a name of 1 to 253 bytes".into())
+        })?;
+    let groups: Vec<String> = match groups {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|g| {
+                g.as_str()
+                    .filter(|g| !g.is_empty() && g.len() <= 253)
+                    .map(str::to_string)
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(
+                            "\"groups\" must be a list of names of 1 to 253 bytes".into(),
+                        )
+                    })
+            })
+            .collect::<ApiResult<_>>()?,
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "\"groups\" must be a list of names".into(),
+            ));
+        }
+    };
+    if let Some(reserved) = std::iter::once(name)
+        .chain(groups.iter().map(String::as_str))
+        .find(|n| n.starts_with("system:"))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "{reserved:?}: names and groups starting with \"system:\" are Kubernetes' own; \
+             give an admin token instead of a user in system:masters"
+        )));
+    }
+    Ok(Some((name.to_string(), groups)))
 }
 
 async fn revoke_route(State(api): State<SharedApi>, Path(id): Path<String>) -> Response {

@@ -8,6 +8,7 @@
 //! is never told which event woke it, and it never modifies cached objects.
 
 pub mod app;
+pub mod clusterroleaggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -228,6 +229,7 @@ pub fn start(
     set.spawn(volume::run(ctx.clone(), stop.clone()));
     set.spawn(statefulset::run(ctx.clone(), stop.clone()));
     set.spawn(cronjob::run(ctx.clone(), stop.clone()));
+    set.spawn(clusterroleaggregation::run(ctx.clone(), stop.clone()));
     set.spawn(hpa::run(ctx.clone(), config.hpa_sync_period, stop.clone()));
     set.spawn(nodelifecycle::run(
         ctx.clone(),

@@ -20,6 +20,8 @@
 //! controller then calls [`register`] when the CRD is established.
 
 pub mod app;
+mod clusterrole;
+mod clusterrolebinding;
 mod configmap;
 mod cronjob;
 mod daemonset;
@@ -44,7 +46,10 @@ pub mod persistentvolumeclaim;
 pub mod pod;
 pub mod poddisruptionbudget;
 pub mod print;
+pub mod rbac;
 mod replicaset;
+mod role;
+mod rolebinding;
 mod secret;
 mod service;
 mod statefulset;
@@ -99,6 +104,10 @@ fn builtins() -> Vec<Arc<dyn Kind>> {
         // The stored version first: discovery prefers the first version of a group.
         Arc::new(horizontalpodautoscaler::HorizontalPodAutoscaler),
         Arc::new(horizontalpodautoscaler::HorizontalPodAutoscalerV1),
+        Arc::new(role::Role),
+        Arc::new(clusterrole::ClusterRole),
+        Arc::new(rolebinding::RoleBinding),
+        Arc::new(clusterrolebinding::ClusterRoleBinding),
     ]
 }
 
