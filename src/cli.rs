@@ -647,7 +647,7 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
             let list = request(&client, http::Request::get(TOKENS).body(Vec::new())?).await?;
             println!(
                 "{:<10} {:<7} {:<16} {:<8} DESCRIPTION",
-                "ID", "ROLE", "NODE", "AGE"
+                "ID", "ROLE", "NODE/USER", "AGE"
             );
             for t in list["items"].as_array().into_iter().flatten() {
                 let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
@@ -655,7 +655,10 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
                     "{:<10} {:<7} {:<16} {:<8} {}",
                     text(&t["metadata"]["name"]),
                     text(&t["role"]),
-                    t["node"].as_str().unwrap_or("<none>"),
+                    t["node"]
+                        .as_str()
+                        .or_else(|| t["user"].as_str())
+                        .unwrap_or("<none>"),
                     age(t["metadata"]["creationTimestamp"].as_str()),
                     text(&t["description"]),
                 );

@@ -1,9 +1,14 @@
-//! Who may do what: bearer-token authentication, and authorization by role.
+//! Who may do what: bearer-token authentication, and authorization as kube-apiserver's
+//! `--authorization-mode=Node,RBAC`.
 //!
 //! - Anonymous requests get 401, except `/healthz`, `/livez`, `/readyz`, `/version`
 //!   and `/cacerts` (the CA an agent checks against its join token).
-//! - **admin** may do everything.
-//! - **viewer** may read everything except Secrets.
+//! - Everyone but nodes is authorized by RBAC (`rbac.rs`): admin tokens are in
+//!   `system:masters` (allowed everything), viewer tokens in `skiff:viewers` (bound to
+//!   `skiff:viewer`, which reads everything but Secrets), user tokens are a name and
+//!   groups; `policy.rs` writes the default roles, `escalation.rs` refuses writes of
+//!   roles and bindings that grant more than the writer holds, and `authz.rs` also
+//!   handles impersonation.
 //! - **node** credentials are restricted as Kubernetes' Node authorizer and
 //!   NodeRestriction admission restrict kubelets: the node's own Node and Lease; the pods
 //!   bound to it and their status; the ConfigMaps, Secrets and Modules those pods
