@@ -114,6 +114,13 @@ impl Agent {
             config: config.clone(),
             credential: credential.clone(),
             usage: Default::default(),
+            // Pods reach the API servers with the cluster CA the agent trusts; an
+            // agent without one (a kubeconfig without a CA) gives them none.
+            cluster_api: config.tunnel.as_ref().and_then(|auth| {
+                crate::wasm::clusterapi::ClusterApi::new(servers.clone(), &auth.roots)
+                    .map_err(|e| tracing::warn!(error = %e, "the cluster CA is unusable: pods cannot reach the API"))
+                    .ok()
+            }),
         });
         // Offline (an edge node cut off from its control plane), the agent starts anyway
         // and runs its pods from the local cache; the Lease loop registers the Node once

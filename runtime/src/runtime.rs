@@ -28,4 +28,6 @@ pub struct Runtime {
     pub credential: Arc<crate::credential::CredentialHealth>,
     /// The running pods' CPU, memory and request counters, for `kubectl top`.
     pub usage: crate::usage::UsageRegistry,
+    /// The API servers, as pods reach them at `kubernetes.default.svc`.
+    pub cluster_api: Option<crate::wasm::clusterapi::ClusterApi>,
 }

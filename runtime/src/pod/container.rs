@@ -460,6 +460,7 @@ impl ContainerLoop {
                 run: spec,
                 timeout,
                 outbound,
+                cluster_api: self.rt.cluster_api.clone(),
                 max_body_bytes: self.rt.config.max_request_body,
                 faults,
             },

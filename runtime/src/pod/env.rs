@@ -157,7 +157,18 @@ pub async fn resolve(
         namespace,
         cache: BTreeMap::new(),
     };
-    let mut out: Vec<(String, String)> = Vec::new();
+    // Every pod learns where its API server is, as kubelets tell theirs, before the
+    // container's own variables (which may use them in `$(...)` or override them).
+    let mut out: Vec<(String, String)> = vec![
+        (
+            "KUBERNETES_SERVICE_HOST".into(),
+            crate::wasm::clusterapi::SERVICE_HOST.into(),
+        ),
+        (
+            "KUBERNETES_SERVICE_PORT".into(),
+            crate::wasm::clusterapi::SERVICE_PORT.into(),
+        ),
+    ];
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         let source = from

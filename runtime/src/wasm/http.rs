@@ -32,6 +32,7 @@ use wasmtime_wasi_http::{
     WasiHttpView,
 };
 
+use super::clusterapi::{ClusterApi, is_cluster_api};
 use super::engine::Engine;
 use super::guest::{describe_failure, wasi_builder};
 use super::limits::{MAX_HOST_RESOURCES, StoreBudget};
@@ -122,6 +123,7 @@ impl OutboundHosts {
 /// Outgoing requests go through the pod's allow-list, then the default client.
 struct OutboundPolicy {
     allowed: OutboundHosts,
+    cluster_api: Option<ClusterApi>,
 }
 
 type SendFuture = Box<
@@ -149,6 +151,11 @@ impl WasiHttpHooks for OutboundPolicy {
             .authority()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        if let Some(api) = self.cluster_api.clone()
+            && is_cluster_api(&authority)
+        {
+            return Box::new(async move { api.send(request).await });
+        }
         if !self.allowed.allows(&authority) {
             tracing::debug!(%authority, "outgoing request denied: not in the pod's allowed hosts");
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
@@ -171,6 +178,8 @@ pub struct HttpSpec {
     /// CPU time one request may use.
     pub timeout: Duration,
     pub outbound: OutboundHosts,
+    /// Where `kubernetes.default.svc` goes (`clusterapi.rs`); None: nowhere.
+    pub cluster_api: Option<ClusterApi>,
     pub max_body_bytes: u64,
     /// Told of each request whose instance failed.
     pub faults: FaultHook,
@@ -305,6 +314,7 @@ where
         slicer,
         outbound: OutboundPolicy {
             allowed: spec.outbound.clone(),
+            cluster_api: spec.cluster_api.clone(),
         },
     };
     let mut store = Store::new(pre.engine(), state);

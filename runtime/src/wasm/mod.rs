@@ -19,6 +19,7 @@
 //! the store-state modules below.
 
 mod cache;
+pub mod clusterapi;
 mod detect;
 mod engine;
 mod guest;

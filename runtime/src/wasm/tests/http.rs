@@ -25,6 +25,7 @@ fn http_spec(output: Arc<Capture>) -> HttpSpec {
         run: spec(output),
         timeout: Duration::from_millis(300),
         outbound: OutboundHosts::default(),
+        cluster_api: None,
         max_body_bytes: 1024,
         faults: Default::default(),
     }

@@ -9,6 +9,9 @@
 //!   error, ...) → 502 `outbound call failed: <ErrorCode debug text>`
 //! - no `url` parameter → 400 `missing url query parameter`
 //! - `url` not `http://` / `https://` or without a host → 400 `invalid url: URL`
+//! - `&token=PATH`: the request carries `Authorization: Bearer <contents of PATH>`
+//!   (a pod's ServiceAccount token, read at each request since it is rotated);
+//!   unreadable → 500 `reading token PATH: ERROR`
 //!
 //! It never traps on a failed call.
 
@@ -32,7 +35,17 @@ impl Guest for Fetch {
         let Some((scheme, authority, path)) = parse_url(&url) else {
             return respond(out, 400, TEXT, format!("invalid url: {url}\n").as_bytes());
         };
-        match get(scheme, authority, path) {
+        let bearer = match query_param(query, "token") {
+            None => None,
+            Some(file) => match std::fs::read_to_string(&file) {
+                Ok(t) => Some(t.trim().to_string()),
+                Err(e) => {
+                    let text = format!("reading token {file}: {e}\n");
+                    return respond(out, 500, TEXT, text.as_bytes());
+                }
+            },
+        };
+        match get(scheme, authority, path, bearer.as_deref()) {
             Ok((status, body)) => {
                 let mut text = format!("upstream {status}: ").into_bytes();
                 text.extend_from_slice(&body);
@@ -69,9 +82,21 @@ fn parse_url(url: &str) -> Option<(Scheme, &str, String)> {
     Some((scheme, authority, path))
 }
 
-/// One outgoing GET; returns (status, body) or the error's debug text.
-fn get(scheme: Scheme, authority: &str, path: String) -> Result<(u16, Vec<u8>), String> {
-    let req = OutgoingRequest::new(Fields::new());
+/// One outgoing GET, with a bearer token if given; returns (status, body) or the
+/// error's debug text.
+fn get(
+    scheme: Scheme,
+    authority: &str,
+    path: String,
+    bearer: Option<&str>,
+) -> Result<(u16, Vec<u8>), String> {
+    let headers = Fields::new();
+    if let Some(token) = bearer {
+        headers
+            .append("authorization", format!("Bearer {token}").as_bytes())
+            .map_err(|e| format!("authorization header: {e:?}"))?;
+    }
+    let req = OutgoingRequest::new(headers);
     req.set_scheme(Some(&scheme))
         .map_err(|()| "invalid scheme".to_string())?;
     req.set_authority(Some(authority))
