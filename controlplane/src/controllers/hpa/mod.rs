@@ -216,7 +216,7 @@ impl View<'_> {
         let mut out = Samples::new();
         for pod in &self.pods {
             let name = objects::name(pod);
-            if let Some(u) = self.usage.pod(self.namespace, name)
+            if let Some(u) = self.usage.of_pod(pod)
                 && let Some(v) = value(&u)
             {
                 out.insert(
@@ -837,7 +837,7 @@ impl Autoscaler {
         let mut total = 0;
         let mut measured = 0;
         for pod in &pods {
-            if let Some(u) = self.api.usage.pod(ns, objects::name(pod)) {
+            if let Some(u) = self.api.usage.of_pod(pod) {
                 total += pod_metric(&u, metric).unwrap_or(0);
                 measured += 1;
             }

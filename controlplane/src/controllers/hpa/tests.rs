@@ -110,8 +110,18 @@ impl Fixture {
     }
 
     /// Two scrapes 10 s apart in which each pod used `millicores` and served `rps`.
-    fn usage(&self, pods: &[&str], millicores: u64, rps: u64) {
+    async fn usage(&self, pods: &[&str], millicores: u64, rps: u64) {
         let at = SystemTime::now();
+        // Usage counts only for the incarnation measured: the agent reports each pod's uid.
+        let pods_info = crate::kinds::lookup("", "v1", "pods").unwrap();
+        let mut uids = std::collections::HashMap::new();
+        for name in pods {
+            let pod = internal::get(&self.api, pods_info, Some("default"), name)
+                .await
+                .unwrap()
+                .expect("the pod exists");
+            uids.insert(*name, objects::meta_str(&pod, "uid").unwrap().to_string());
+        }
         let report = |seconds: u64| Report {
             node: NodeCounters::default(),
             pods: pods
@@ -119,7 +129,7 @@ impl Fixture {
                 .map(|name| PodCounters {
                     namespace: "default".into(),
                     name: name.to_string(),
-                    uid: name.to_string(),
+                    uid: uids[name].clone(),
                     containers: vec![ContainerCounters {
                         name: "app".into(),
                         cpu_nanos: millicores * 1_000_000 * seconds,
@@ -224,7 +234,7 @@ async fn cpu_above_target_scales_the_deployment_up_through_its_scale() {
     .await;
     f.settle(2).await;
     // 90m of 100m requested each: 180% of a 50% target → ceil(1.8 × 2) = 4.
-    f.usage(&["a", "b"], 90, 0);
+    f.usage(&["a", "b"], 90, 0).await;
     assert_eq!(
         f.ctrl.sync("default/web").await.unwrap(),
         Action::RequeueAfter(Duration::from_secs(15))
@@ -276,7 +286,7 @@ async fn scale_down_waits_for_the_window_and_limits_are_reported() {
     .await;
     f.settle(2).await;
     // 300% wants 12; max is 3.
-    f.usage(&["a", "b"], 150, 0);
+    f.usage(&["a", "b"], 150, 0).await;
     f.ctrl.sync("default/web").await.unwrap();
     assert_eq!(f.replicas().await, 3);
     let status = f.status().await;
@@ -286,7 +296,7 @@ async fn scale_down_waits_for_the_window_and_limits_are_reported() {
         (Some("True"), Some("TooManyReplicas"))
     );
     // Idle now: the default 5-minute window holds the recommendation of 12 (capped to 3).
-    f.usage(&["a", "b"], 1, 0);
+    f.usage(&["a", "b"], 1, 0).await;
     f.due();
     f.ctrl.sync("default/web").await.unwrap();
     assert_eq!(f.replicas().await, 3);
@@ -342,7 +352,7 @@ async fn requests_per_second_scale_an_app_target() {
     .await;
     f.settle(1).await;
     // 30 rps on one replica: the Pods metric asks 3, the Object one ceil(2 × 1) = 2.
-    f.usage(&["a"], 1, 30);
+    f.usage(&["a"], 1, 30).await;
     f.ctrl.sync("default/web").await.unwrap();
     let app = internal::get(&f.api, apps, Some("default"), "web")
         .await
