@@ -263,18 +263,20 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         spec["replicas"] = json!(r);
     }
     if let Some(max) = args.max_replicas {
-        let mut autoscale = json!({"maxReplicas": max});
-        if let Some(min) = args.min_replicas {
-            autoscale["minReplicas"] = json!(min);
-        }
-        match (args.target_rps, args.target_concurrency) {
-            (Some(rps), _) => autoscale["targetRequestsPerSecond"] = json!(rps),
-            (None, c) => autoscale["targetConcurrency"] = json!(c.unwrap_or(10)),
-        }
-        if let Some(delay) = &args.scale_down_delay {
-            autoscale["scaleDownDelay"] = json!(delay);
-        }
-        spec["autoscale"] = autoscale;
+        // The whole of spec.autoscale: a redeploy's merge patch sends null for what
+        // these flags leave out, so nothing of an earlier deploy's settings remains
+        // (an earlier --target-rps beside this --target-concurrency, say).
+        let (rps, concurrency) = match (args.target_rps, args.target_concurrency) {
+            (Some(rps), _) => (json!(rps), Value::Null),
+            (None, c) => (Value::Null, json!(c.unwrap_or(10))),
+        };
+        spec["autoscale"] = json!({
+            "maxReplicas": max,
+            "minReplicas": args.min_replicas,
+            "targetRequestsPerSecond": rps,
+            "targetConcurrency": concurrency,
+            "scaleDownDelay": args.scale_down_delay,
+        });
     }
     if let Some(route) = &args.route {
         spec["route"] = match route.find('/') {

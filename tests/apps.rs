@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Api, eventually, workload};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const APPS: &str = "/apis/skiff.dev/v1/namespaces/default/apps";
 const WAIT: Duration = Duration::from_secs(60);
@@ -580,6 +580,93 @@ async fn the_deploy_apps_and_logs_verbs() {
     .await;
     assert!(ok, "{err}");
     assert!(out.contains("trapped"), "{out}");
+
+    // The autoscaling flags become the App's spec.autoscale.
+    let (ok, out, err) = skiff(vec![
+        "deploy".into(),
+        guest("http-hello.wasm"),
+        "--name".into(),
+        "auto".into(),
+        "--max-replicas".into(),
+        "3".into(),
+        "--min-replicas".into(),
+        "1".into(),
+        "--target-rps".into(),
+        "50".into(),
+        "--scale-down-delay".into(),
+        "30s".into(),
+        "--kubeconfig".into(),
+        kubeconfig.clone(),
+    ])
+    .await;
+    assert!(ok, "{out}{err}");
+    let (code, app) = c
+        .api
+        .get("/apis/skiff.dev/v1/namespaces/default/apps/auto")
+        .await;
+    assert_eq!(code, 200, "{app}");
+    assert_eq!(
+        app["spec"]["autoscale"],
+        json!({"minReplicas": 1, "maxReplicas": 3, "targetRequestsPerSecond": 50, "scaleDownDelay": "30s"}),
+        "{app}"
+    );
+    // Without a target, the default one: 10 requests in flight per replica.
+    let (ok, out, err) = skiff(vec![
+        "deploy".into(),
+        guest("http-hello.wasm"),
+        "--name".into(),
+        "auto".into(),
+        "--max-replicas".into(),
+        "2".into(),
+        "--kubeconfig".into(),
+        kubeconfig.clone(),
+    ])
+    .await;
+    assert!(ok, "{out}{err}");
+    let (_, app) = c
+        .api
+        .get("/apis/skiff.dev/v1/namespaces/default/apps/auto")
+        .await;
+    assert_eq!(
+        app["spec"]["autoscale"],
+        json!({"maxReplicas": 2, "targetConcurrency": 10}),
+        "{app}"
+    );
+    // Flags that need --max-replicas, conflicting targets and a bad delay are refused.
+    for (args, says) in [
+        (vec!["--min-replicas", "0"], "--max-replicas"),
+        (
+            vec![
+                "--max-replicas",
+                "2",
+                "--target-rps",
+                "5",
+                "--target-concurrency",
+                "3",
+            ],
+            "cannot be used with",
+        ),
+        (
+            vec!["--max-replicas", "2", "--scale-down-delay", "soon"],
+            "scaleDownDelay",
+        ),
+        (
+            vec!["--max-replicas", "1", "--min-replicas", "2"],
+            "minReplicas",
+        ),
+    ] {
+        let mut argv: Vec<String> = vec![
+            "deploy".into(),
+            guest("http-hello.wasm"),
+            "--name".into(),
+            "refused".into(),
+        ];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        argv.extend(["--kubeconfig".into(), kubeconfig.clone()]);
+        let (ok, _, err) = skiff(argv).await;
+        assert!(!ok, "{args:?} should be refused");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 
     // Failures are clear and exit non-zero.
     let (ok, _, err) = skiff(vec![
