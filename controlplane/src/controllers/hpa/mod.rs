@@ -205,7 +205,6 @@ fn pod_metric(usage: &PodUsage, metric: &str) -> Option<i64> {
 
 /// What a sync reads: the pods, and a way to their usage.
 struct View<'a> {
-    namespace: &'a str,
     pods: Vec<Arc<Value>>,
     usage: &'a crate::usage::Usage,
     calc: Calculator,
@@ -607,7 +606,6 @@ impl Autoscaler {
             .filter(|p| objects::namespace(p) == Some(ns) && parsed.matches_value(p))
             .collect();
         let view = View {
-            namespace: ns,
             pods,
             usage: &self.api.usage,
             calc: Calculator::new(now),
