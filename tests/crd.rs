@@ -59,6 +59,68 @@ fn words(line: &str) -> Vec<&str> {
     line.split_whitespace().collect()
 }
 
+/// `kubectl get --watch`, its output lines read as they come; killed when dropped.
+struct KubectlWatch {
+    child: std::process::Child,
+    lines: Option<std::sync::mpsc::Receiver<String>>,
+}
+
+impl KubectlWatch {
+    fn start(kubeconfig: &Path, args: &[&str]) -> KubectlWatch {
+        let mut child = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        KubectlWatch {
+            child,
+            lines: Some(lines),
+        }
+    }
+
+    /// Waits for a line that `matches`; panics with what came after `WAIT`.
+    async fn wait_for(&mut self, matches: fn(&str) -> bool) {
+        let lines = self.lines.take().unwrap();
+        let (lines, seen) = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + WAIT;
+            let mut seen = Vec::new();
+            while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+                match lines.recv_timeout(left) {
+                    Ok(line) if matches(&line) => return (lines, None),
+                    Ok(line) => seen.push(line),
+                    Err(_) => break,
+                }
+            }
+            (lines, Some(seen))
+        })
+        .await
+        .unwrap();
+        self.lines = Some(lines);
+        if let Some(seen) = seen {
+            panic!("kubectl's watch did not show the line; it showed {seen:#?}");
+        }
+    }
+}
+
+impl Drop for KubectlWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 common::store::store_tests!(#[tokio::test] async fn
     a_crd_is_served_validated_and_deleted_with_kubectl,
     a_python_controller_reconciles_a_custom_resource,
@@ -111,30 +173,7 @@ async fn a_crd_is_served_validated_and_deleted_with_kubectl() {
     );
 
     // A watch opened before the create sees it.
-    let mut watch = Command::new("kubectl")
-        .args([
-            "get",
-            "widgets",
-            "--watch",
-            "--output-watch-events",
-            "-o",
-            "name",
-        ])
-        .env("KUBECONFIG", &kc)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    let stdout = watch.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = lines_tx.send(line);
-        }
-    });
+    let mut events = api.watch(&format!("{WIDGETS}?watch=true")).await;
 
     // apply: created with the default, unknown fields pruned (kubectl without
     // validation sends them).
@@ -156,25 +195,16 @@ async fn a_crd_is_served_validated_and_deleted_with_kubectl() {
     assert_eq!(w1["spec"]["replicas"], 1, "the schema's default: {w1}");
     assert!(w1["spec"].get("color").is_none(), "pruned: {w1}");
     assert_eq!(w1["metadata"]["generation"], 1);
-    let seen = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + WAIT;
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match lines.recv_timeout(left) {
-                Ok(line) if line.contains("widget.stable.example.com/w1") => return Some(line),
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
-        None
-    })
-    .await
-    .unwrap();
-    let _ = watch.kill();
-    let _ = watch.wait();
-    assert_eq!(
-        seen.as_deref().map(words),
-        Some(vec!["ADDED", "widget.stable.example.com/w1"])
-    );
+    let added = events.next_change(WAIT).await.expect("a watch event");
+    assert_eq!(added["type"], "ADDED", "{added}");
+    assert_eq!(added["object"]["spec"]["replicas"], 1, "{added}");
+
+    // kubectl's watch lists w1, then sees it change.
+    let mut kubectl_watch =
+        KubectlWatch::start(&kc, &["get", "widgets", "--watch", "--output-watch-events"]);
+    kubectl_watch
+        .wait_for(|l| words(l).starts_with(&["ADDED", "w1"]))
+        .await;
 
     // get: the printer columns, by the plural, the short name and the category.
     let out = ok(&kc, &["get", "widgets"]).await;
@@ -208,6 +238,10 @@ async fn a_crd_is_served_validated_and_deleted_with_kubectl() {
         ],
     )
     .await;
+    kubectl_watch
+        .wait_for(|l| words(l).starts_with(&["MODIFIED", "w1"]) && l.contains("True"))
+        .await;
+    drop(kubectl_watch);
     let (_, w1) = api.get(&format!("{WIDGETS}/w1")).await;
     assert_eq!(w1["status"]["conditions"][0]["status"], "True", "{w1}");
     assert_eq!(

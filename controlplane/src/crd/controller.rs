@@ -118,8 +118,13 @@ pub fn sync(crds: &[Arc<Value>]) {
                 }
             }
         }
+        let known = all
+            .get(&name)
+            .is_some_and(|s| s.spec == spec && s.conflict == conflict);
         if let Some(why) = &conflict {
-            tracing::warn!(crd = %name, %why, "a CustomResourceDefinition is not served");
+            if !known {
+                tracing::warn!(crd = %name, %why, "a CustomResourceDefinition is not served");
+            }
         } else {
             tracing::info!(crd = %name, "serving a CustomResourceDefinition");
         }

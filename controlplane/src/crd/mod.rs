@@ -67,6 +67,42 @@ pub struct CustomKind {
     scale: Option<ScalePaths>,
 }
 
+/// Kubernetes' order of versions, most preferred first: GA before beta before alpha,
+/// higher numbers first, then names that follow no such form, alphabetically.
+fn version_priority(version: &str) -> (u8, std::cmp::Reverse<u64>, std::cmp::Reverse<u64>, String) {
+    let parsed = version.strip_prefix('v').and_then(|rest| {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let major: u64 = rest[..digits].parse().ok()?;
+        let tail = &rest[digits..];
+        let (stage, minor) = if tail.is_empty() {
+            (0, "0")
+        } else if let Some(n) = tail.strip_prefix("beta") {
+            (1, n)
+        } else if let Some(n) = tail.strip_prefix("alpha") {
+            (2, n)
+        } else {
+            return None;
+        };
+        Some((stage, major, minor.parse::<u64>().ok()?))
+    });
+    match parsed {
+        Some((stage, major, minor)) => (
+            stage,
+            std::cmp::Reverse(major),
+            std::cmp::Reverse(minor),
+            String::new(),
+        ),
+        None => (
+            3,
+            std::cmp::Reverse(0),
+            std::cmp::Reverse(0),
+            version.to_string(),
+        ),
+    }
+}
+
 impl CustomKind {
     /// The kinds of a CRD's served versions. Leaks the names it makes `'static`: a CRD
     /// is registered again only when its spec changes.
@@ -90,9 +126,14 @@ impl CustomKind {
             .and_then(|v| v["name"].as_str())
             .unwrap_or_default();
         let storage_api_version = format!("{group}/{storage}");
-        versions
+        let mut served: Vec<&Value> = versions
             .iter()
             .filter(|v| v["served"] == json!(true))
+            .collect();
+        // Discovery prefers a group's first version: order them as Kubernetes does.
+        served.sort_by_key(|v| version_priority(v["name"].as_str().unwrap_or_default()));
+        served
+            .into_iter()
             .map(|v| {
                 let subs = &v["subresources"];
                 let mut subresources = Vec::new();
@@ -300,4 +341,71 @@ impl Kind for CustomKind {
 /// The kinds of a CRD, shared.
 pub fn kinds_of(crd: &Value) -> Vec<Arc<CustomKind>> {
     CustomKind::of_crd(crd).into_iter().map(Arc::new).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_ordered_as_kubernetes_prefers_them() {
+        let mut versions = vec!["v1alpha1", "foo", "v1beta1", "v2", "v1", "v1beta2", "v10"];
+        versions.sort_by_key(|v| version_priority(v));
+        assert_eq!(
+            versions,
+            ["v10", "v2", "v1", "v1beta2", "v1beta1", "v1alpha1", "foo"]
+        );
+    }
+
+    #[test]
+    fn a_crd_version_is_a_kind_with_its_names_columns_and_schema() {
+        let crd = json!({
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {
+                "group": "example.com", "scope": "Cluster",
+                "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "shortNames": ["wd"]},
+                "versions": [
+                    {"name": "v1beta1", "served": true, "storage": false,
+                     "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
+                    {"name": "v1", "served": true, "storage": true,
+                     "subresources": {"status": {}},
+                     "additionalPrinterColumns": [{"name": "Size", "type": "integer", "jsonPath": ".spec.size"}],
+                     "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                         "spec": {"type": "object", "properties": {"size": {"type": "integer", "default": 2}}}}}}},
+                    {"name": "v0", "served": false, "storage": false}
+                ]
+            }
+        });
+        let kinds = CustomKind::of_crd(&crd);
+        assert_eq!(kinds.len(), 2);
+        let (v1, beta) = (&kinds[0], &kinds[1]);
+        assert_eq!((v1.info.version, beta.info.version), ("v1", "v1beta1"));
+        assert!(!v1.info.namespaced);
+        assert_eq!(v1.info.short_names, ["wd"]);
+        assert!(v1.info.has_subresource(Subresource::Status));
+        assert!(!beta.info.has_subresource(Subresource::Status));
+
+        let mut obj = v1
+            .normalize(json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                "metadata": {"name": "w"}, "spec": {"junk": 1}}))
+            .unwrap();
+        v1.default(&mut obj);
+        assert_eq!(obj["spec"], json!({"size": 2}));
+        assert_eq!(
+            v1.columns().iter().map(|c| c.0).collect::<Vec<_>>(),
+            ["Name", "Size"]
+        );
+        assert_eq!(v1.cells(&obj), vec![json!("w"), json!(2)]);
+        // conversion None: stored at v1, shown at v1beta1 with only apiVersion changed.
+        let stored = beta.to_stored(obj.clone());
+        assert_eq!(stored["apiVersion"], "example.com/v1");
+        assert_eq!(
+            beta.served(&stored).unwrap()["apiVersion"],
+            "example.com/v1beta1"
+        );
+        assert!(v1.served(&stored).is_none());
+        let mut errs = Vec::new();
+        v1.validate(&json!({"spec": {"size": "big"}}), &mut errs);
+        assert_eq!(errs[0].field, "spec.size");
+    }
 }

@@ -272,3 +272,81 @@ impl Kind for CustomResourceDefinition {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crd() -> Value {
+        json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {
+                "group": "example.com", "scope": "Namespaced",
+                "names": {"plural": "widgets", "kind": "Widget"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object"}}}]
+            }
+        })
+    }
+
+    fn errors(obj: &Value) -> Vec<String> {
+        let mut obj = obj.clone();
+        CustomResourceDefinition.default(&mut obj);
+        let mut errs = Vec::new();
+        CustomResourceDefinition.validate(&obj, &mut errs);
+        errs.iter().map(|e| e.field.clone()).collect()
+    }
+
+    #[test]
+    fn a_crd_is_checked_as_kubernetes_checks_it() {
+        assert!(errors(&crd()).is_empty(), "{:?}", errors(&crd()));
+        let mut defaulted = crd();
+        CustomResourceDefinition.default(&mut defaulted);
+        assert_eq!(defaulted["spec"]["names"]["listKind"], "WidgetList");
+        assert_eq!(defaulted["spec"]["names"]["singular"], "widget");
+        assert_eq!(defaulted["spec"]["conversion"]["strategy"], "None");
+
+        let mut bad = crd();
+        bad["spec"]["group"] = json!("example");
+        assert_eq!(errors(&bad), ["spec.group", "metadata.name"]);
+        let mut bad = crd();
+        bad["metadata"]["name"] = json!("gadgets.example.com");
+        bad["spec"]["scope"] = json!("Global");
+        assert_eq!(errors(&bad), ["metadata.name", "spec.scope"]);
+        let mut bad = crd();
+        bad["spec"]["versions"] = json!([
+            {"name": "v1", "served": true, "storage": true},
+            {"name": "v2", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object"}}}
+        ]);
+        assert_eq!(
+            errors(&bad),
+            ["spec.versions[0].schema.openAPIV3Schema", "spec.versions"]
+        );
+        let mut bad = crd();
+        bad["spec"]["names"]["plural"] = json!("Widgets");
+        bad["spec"]["conversion"] = json!({"strategy": "Webhook"});
+        assert_eq!(
+            errors(&bad),
+            [
+                "spec.names.plural",
+                "metadata.name",
+                "spec.conversion.strategy"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_created_crd_holds_the_cleanup_finalizer() {
+        let mut obj = crd();
+        let config = crate::state::ApiConfig::default();
+        CustomResourceDefinition.prepare_create(
+            &mut obj,
+            &CreateContext {
+                uid: "u",
+                config: &config,
+            },
+        );
+        assert_eq!(obj["metadata"]["finalizers"], json!([CLEANUP_FINALIZER]));
+    }
+}
