@@ -488,7 +488,7 @@ fn widgets_crd() -> serde_json::Value {
 /// served everywhere.
 #[tokio::test]
 async fn every_server_on_etcd_serves_a_crd() {
-    let _store = common::store::select(common::store::Backend::Etcd);
+    // The servers are given their store explicitly, on one etcd prefix (as tests/ha.rs).
     let dir = tempfile::tempdir().unwrap();
     let endpoints = common::etcd::shared();
     let prefix = common::etcd::prefix("crd-servers");
