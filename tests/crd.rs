@@ -160,6 +160,74 @@ async fn a_crd_is_served_validated_and_deleted_with_kubectl() {
         "{got}"
     );
 
+    // A rule the server cannot evaluate is reported in the CRD's status, and a CRD
+    // for a resource the server serves itself is not accepted.
+    let gizmos = serde_json::json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gizmos.stable.example.com"},
+        "spec": {"group": "stable.example.com", "scope": "Cluster", "names": {"plural": "gizmos", "kind": "Gizmo"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                "type": "object", "x-kubernetes-preserve-unknown-fields": true,
+                "x-kubernetes-validations": [{"rule": "quantity(self.size).isLessThan(quantity('1Gi'))"}]}}}]}});
+    let ingresses = serde_json::json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "ingresses.networking.k8s.io"},
+        "spec": {"group": "networking.k8s.io", "scope": "Namespaced", "names": {"plural": "ingresses", "kind": "Ingress"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object"}}}]}});
+    for crd in [&gizmos, &ingresses] {
+        let (code, created) = api
+            .post(
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                crd,
+            )
+            .await;
+        assert_eq!(code, 201, "{created}");
+    }
+    let condition = |crd: &serde_json::Value, kind: &str| {
+        crd["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == kind)
+            .cloned()
+    };
+    let unsupported = eventually("the unsupported rule to be reported", WAIT, || async {
+        let (_, got) = api
+            .get(
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/gizmos.stable.example.com",
+            )
+            .await;
+        condition(&got, "ValidationRulesSupported")
+    })
+    .await;
+    assert_eq!(unsupported["status"], "False", "{unsupported}");
+    assert_eq!(
+        unsupported["reason"], "UnsupportedValidationRule",
+        "{unsupported}"
+    );
+    assert!(
+        unsupported["message"]
+            .as_str()
+            .unwrap()
+            .contains("quantity(self.size)"),
+        "{unsupported}"
+    );
+    let conflict = eventually("the conflicting CRD's names to be refused", WAIT, || async {
+        let (_, got) = api.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/ingresses.networking.k8s.io").await;
+        condition(&got, "NamesAccepted")
+    })
+    .await;
+    assert_eq!(
+        (conflict["status"].as_str(), conflict["reason"].as_str()),
+        (Some("False"), Some("NameConflict")),
+        "{conflict}"
+    );
+    let (code, _) = api
+        .get("/apis/networking.k8s.io/v1/namespaces/default/ingresses")
+        .await;
+    assert_eq!(code, 200, "the built-in kind is still served");
+    for name in ["gizmos.stable.example.com", "ingresses.networking.k8s.io"] {
+        ok(&kc, &["delete", "crd", name, "--timeout=30s"]).await;
+    }
+
     // Discovery names the resource, its short name and its category.
     let out = ok(&kc, &["api-resources", "--api-group=stable.example.com"]).await;
     let line = out
@@ -291,6 +359,15 @@ async fn a_crd_is_served_validated_and_deleted_with_kubectl() {
     )
     .await;
     assert_eq!(out, "stable.example.com/v1beta1 3");
+
+    // The scale subresource: kubectl scale writes spec.replicas.
+    ok(&kc, &["scale", "widget", "w1", "--replicas=4"]).await;
+    let (_, scale) = api.get(&format!("{WIDGETS}/w1/scale")).await;
+    assert_eq!(
+        (scale["kind"].as_str(), scale["spec"]["replicas"].as_i64()),
+        (Some("Scale"), Some(4)),
+        "{scale}"
+    );
 
     // Refusals name the fields, from the schema and from the CEL rule.
     let bad = manifest(
