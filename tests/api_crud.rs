@@ -714,6 +714,7 @@ async fn discovery_and_health() {
             "gateway.networking.k8s.io",
             "storage.k8s.io",
             "autoscaling",
+            "apiextensions.k8s.io",
             "metrics.k8s.io",
             "custom.metrics.k8s.io",
         ]
