@@ -461,6 +461,31 @@ async fn a_crd_is_served_validated_and_deleted_with_kubectl() {
         "{out}"
     );
 
+    // A changed CRD is served as changed: a lower maximum refuses what passed before.
+    ok(
+        &kc,
+        &[
+            "patch",
+            "crd",
+            "widgets.stable.example.com",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/replicas/maximum","value":2}]"#,
+        ],
+    )
+    .await;
+    eventually("the new maximum to be enforced", WAIT, || async {
+        let (code, _) = api
+            .patch(
+                &format!("{WIDGETS}/w1"),
+                "application/merge-patch+json",
+                r#"{"spec":{"replicas":3}}"#,
+            )
+            .await;
+        (code == 422).then_some(())
+    })
+    .await;
+
     // Deleting the CRD deletes its objects and stops serving them.
     ok(
         &kc,
