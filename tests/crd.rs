@@ -452,6 +452,31 @@ async fn a_crd_is_served_validated_and_deleted_with_kubectl() {
         (w == 404 && c == 404).then_some(())
     })
     .await;
+    // And the other way round: a widget owned by a ConfigMap goes with it (the collector
+    // follows the kinds served since it started).
+    let (code, owner) = api
+        .post(
+            "/api/v1/namespaces/default/configmaps",
+            &serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner"}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{owner}");
+    let (code, w3) = api
+        .post(
+            WIDGETS,
+            &serde_json::json!({"apiVersion": "stable.example.com/v1", "kind": "Widget",
+            "metadata": {"name": "w3", "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap",
+                "name": "owner", "uid": owner["metadata"]["uid"]}]},
+            "spec": {"size": "small"}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{w3}");
+    ok(&kc, &["delete", "configmap", "owner"]).await;
+    eventually("w3 to go with its owner", WAIT, || async {
+        let (code, _) = api.get(&format!("{WIDGETS}/w3")).await;
+        (code == 404).then_some(())
+    })
+    .await;
 
     // explain reads the schema from /openapi/v3.
     let out = ok(&kc, &["explain", "widgets.spec"]).await;
