@@ -302,7 +302,7 @@ async fn a_crd_is_served_validated_and_deleted_with_kubectl() {
             "--subresource=status",
             "--type=merge",
             "-p",
-            r#"{"status":{"conditions":[{"type":"Ready","status":"True"}]},"spec":{"replicas":4}}"#,
+            r#"{"status":{"count":2,"conditions":[{"type":"Ready","status":"True"}]},"spec":{"replicas":4}}"#,
         ],
     )
     .await;
@@ -360,12 +360,17 @@ async fn a_crd_is_served_validated_and_deleted_with_kubectl() {
     .await;
     assert_eq!(out, "stable.example.com/v1beta1 3");
 
-    // The scale subresource: kubectl scale writes spec.replicas.
+    // The scale subresource: kubectl scale writes spec.replicas; the Scale's status
+    // shows the CRD's statusReplicasPath.
     ok(&kc, &["scale", "widget", "w1", "--replicas=4"]).await;
     let (_, scale) = api.get(&format!("{WIDGETS}/w1/scale")).await;
     assert_eq!(
-        (scale["kind"].as_str(), scale["spec"]["replicas"].as_i64()),
-        (Some("Scale"), Some(4)),
+        (
+            scale["kind"].as_str(),
+            scale["spec"]["replicas"].as_i64(),
+            scale["status"]["replicas"].as_i64()
+        ),
+        (Some("Scale"), Some(4), Some(2)),
         "{scale}"
     );
 

@@ -50,10 +50,20 @@ struct PrinterColumn {
     path: String,
 }
 
-/// Where a version's scale subresource finds its pods' selector (replicas are at
-/// `.spec.replicas` and `.status.replicas`, which the CRD's checks require).
+/// Where a version's scale subresource reads and writes: replicas as field names
+/// (the CRD's checks allow only `.field.field...` paths), the selector as a JSONPath.
 struct ScalePaths {
+    spec_replicas: Vec<String>,
+    status_replicas: Vec<String>,
     label_selector: Option<String>,
+}
+
+/// `.spec.replicas` as field names.
+fn fields_of(path: &str) -> Vec<String> {
+    path.split('.')
+        .filter(|f| !f.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// One served version of a CRD, as a kind.
@@ -141,6 +151,14 @@ impl CustomKind {
                     subresources.push(Subresource::Status);
                 }
                 let scale = subs.get("scale").map(|s| ScalePaths {
+                    spec_replicas: fields_of(
+                        s["specReplicasPath"].as_str().unwrap_or(".spec.replicas"),
+                    ),
+                    status_replicas: fields_of(
+                        s["statusReplicasPath"]
+                            .as_str()
+                            .unwrap_or(".status.replicas"),
+                    ),
                     label_selector: s["labelSelectorPath"].as_str().map(str::to_string),
                 });
                 if scale.is_some() {
@@ -282,6 +300,13 @@ impl Kind for CustomKind {
             shown["apiVersion"] = json!(mine);
             shown
         })
+    }
+
+    fn replicas_fields(&self) -> (Vec<String>, Vec<String>) {
+        match &self.scale {
+            Some(s) => (s.spec_replicas.clone(), s.status_replicas.clone()),
+            None => (fields_of(".spec.replicas"), fields_of(".status.replicas")),
+        }
     }
 
     fn scale_selector(&self, obj: &Value) -> Option<Value> {

@@ -199,19 +199,31 @@ impl Kind for CustomResourceDefinition {
                 Some(_) => {}
             }
             if let Some(scale) = version.pointer("/subresources/scale") {
-                // The scale subresource reads and writes these two fields.
-                for (field, only) in [
-                    ("specReplicasPath", ".spec.replicas"),
-                    ("statusReplicasPath", ".status.replicas"),
+                // Plain field paths under .spec and .status, as Kubernetes requires.
+                for (field, under) in [
+                    ("specReplicasPath", ".spec."),
+                    ("statusReplicasPath", ".status."),
                 ] {
+                    let simple = |p: &str| {
+                        p.strip_prefix(under).is_some_and(|rest| {
+                            rest.split('.').all(|f| {
+                                !f.is_empty()
+                                    && f.chars()
+                                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                            })
+                        })
+                    };
                     match scale[field].as_str() {
                         None | Some("") => {
                             errs.push(required(format!("{at}.subresources.scale.{field}")))
                         }
-                        Some(p) if p != only => errs.push(FieldError::not_supported(
+                        Some(p) if !simple(p) => errs.push(invalid(
                             format!("{at}.subresources.scale.{field}"),
                             p,
-                            &[only],
+                            &format!(
+                                "should be a path of fields under {}",
+                                under.trim_end_matches('.')
+                            ),
                         )),
                         Some(_) => {}
                     }

@@ -155,6 +155,15 @@ pub trait Kind: Send + Sync {
         0
     }
 
+    /// For a kind with a `scale` subresource: where its object keeps the desired and the
+    /// observed replicas, as field names from the root (a CRD names its own).
+    fn replicas_fields(&self) -> (Vec<String>, Vec<String>) {
+        (
+            vec!["spec".into(), "replicas".into()],
+            vec!["status".into(), "replicas".into()],
+        )
+    }
+
     /// For a kind with a `scale` subresource: the label selector (a `LabelSelector`
     /// object) of its pods, which its Scale's `status.selector` shows.
     fn scale_selector(&self, obj: &Value) -> Option<Value> {
