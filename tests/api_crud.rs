@@ -715,6 +715,7 @@ async fn discovery_and_health() {
             "storage.k8s.io",
             "autoscaling",
             "rbac.authorization.k8s.io",
+            "apiextensions.k8s.io",
             "metrics.k8s.io",
             "custom.metrics.k8s.io",
             "authorization.k8s.io",

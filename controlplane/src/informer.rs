@@ -206,17 +206,15 @@ impl SharedInformers {
         let mut running = self.lock();
         let shared = running.entry(kind).or_insert_with(|| {
             let (group, plural) = kind;
-            let info = crate::kinds::all()
-                .into_iter()
-                .find(|r| r.group == group && r.plural == plural)
-                .expect("a served resource");
+            // The key space of the resource, which outlives its kind being served (a
+            // CRD's may be dropped at any time).
+            let prefix = format!(
+                "/{}/{plural}/",
+                if group.is_empty() { "core" } else { group }
+            );
             let cache = Arc::new(Cache::default());
             let stop = self.stop.child_token();
-            let task = tokio::spawn(cache.clone().run(
-                self.store.clone(),
-                info.prefix(),
-                stop.clone(),
-            ));
+            let task = tokio::spawn(cache.clone().run(self.store.clone(), prefix, stop.clone()));
             Shared {
                 cache,
                 holders: 0,

@@ -9,6 +9,7 @@ pub mod blobs;
 pub mod clock;
 pub mod cluster;
 pub mod controllers;
+pub mod crd;
 pub mod cron;
 pub mod error;
 #[doc(hidden)]

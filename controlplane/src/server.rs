@@ -410,6 +410,16 @@ impl Server {
             bootstrap::publish(etcd, &config.data_dir).await?;
             tracing::info!(path = %config.data_dir.join("server-token").display(), "further servers join with the server token");
         }
+        // The kinds of the stored CRDs are served from the first request on; then every
+        // server (not only the leader) follows the CRDs.
+        crate::crd::register_stored(&api)
+            .await
+            .map_err(ServerError::BootstrapFailed)?;
+        loops.spawn(crate::crd::run(
+            api.clone(),
+            informers.clone(),
+            stop_loops.clone(),
+        ));
         loops.spawn(crate::cluster::endpoints::run(
             api.clone(),
             identity,

@@ -10,7 +10,7 @@
 //! from the same merge keys the server merges with, so client and server agree.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::{Path, RawQuery};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -29,35 +29,49 @@ const SCHEMAS: &str = "#/components/schemas/";
 /// The schema of one line of a watch stream.
 const WATCH_EVENT: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.WatchEvent";
 
-/// The documents, built once: they depend only on the binary.
+/// The documents of one state of the kinds registry.
 struct Documents {
     index: Vec<u8>,
     /// `api/v1`, `apis/apps/v1`, ... → (hash, document).
     by_path: BTreeMap<String, (String, Vec<u8>)>,
 }
 
-fn documents() -> &'static Documents {
-    static DOCS: OnceLock<Documents> = OnceLock::new();
-    DOCS.get_or_init(|| {
-        let mut by_path = BTreeMap::new();
-        for (group, version) in crate::kinds::group_versions() {
-            let doc = serde_json::to_vec(&group_version_document(group, version))
-                .expect("a JSON value serialises");
-            let hash = hex::encode_upper(Sha512::digest(&doc));
-            by_path.insert(gv_path(group, version), (hash, doc));
-        }
-        let paths: Map<String, Value> = by_path
-            .iter()
-            .map(|(path, (hash, _))| {
-                (
-                    path.clone(),
-                    json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
-                )
-            })
-            .collect();
-        let index = serde_json::to_vec(&json!({ "paths": paths })).expect("serialises");
-        Documents { index, by_path }
-    })
+/// The documents, built once per state of the kinds registry: the compiled-in kinds
+/// give the same documents for the life of the binary, and a CRD being served,
+/// changed or dropped (`kinds::generation`) makes them be built again.
+fn documents() -> Arc<Documents> {
+    static DOCS: Mutex<Option<(u64, Arc<Documents>)>> = Mutex::new(None);
+    let generation = crate::kinds::generation();
+    let mut cached = DOCS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((built_at, docs)) = cached.as_ref()
+        && *built_at == generation
+    {
+        return docs.clone();
+    }
+    let docs = Arc::new(build_documents());
+    *cached = Some((generation, docs.clone()));
+    docs
+}
+
+fn build_documents() -> Documents {
+    let mut by_path = BTreeMap::new();
+    for (group, version) in crate::kinds::group_versions() {
+        let doc = serde_json::to_vec(&group_version_document(group, version))
+            .expect("a JSON value serialises");
+        let hash = hex::encode_upper(Sha512::digest(&doc));
+        by_path.insert(gv_path(group, version), (hash, doc));
+    }
+    let paths: Map<String, Value> = by_path
+        .iter()
+        .map(|(path, (hash, _))| {
+            (
+                path.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
+            )
+        })
+        .collect();
+    let index = serde_json::to_vec(&json!({ "paths": paths })).expect("serialises");
+    Documents { index, by_path }
 }
 
 fn gv_path(group: &str, version: &str) -> String {
@@ -75,7 +89,8 @@ pub async fn index() -> Response {
 
 /// `GET /openapi/v3/{api/v1 | apis/GROUP/VERSION}`.
 pub async fn document(Path(path): Path<String>, RawQuery(query): RawQuery) -> Response {
-    let Some((hash, doc)) = documents().by_path.get(path.trim_matches('/')) else {
+    let docs = documents();
+    let Some((hash, doc)) = docs.by_path.get(path.trim_matches('/')) else {
         return ApiError::NoRoute.into_response();
     };
     // A request naming the current hash may be cached for good, as Kubernetes allows.

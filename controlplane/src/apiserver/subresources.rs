@@ -21,8 +21,14 @@ use crate::state::ApiServer;
 
 /// The Scale view of a workload: its `spec.replicas` (or what its kind runs without
 /// one) and its pods' selector, as a label query.
+/// A JSON pointer from field names.
+fn pointer(fields: &[String]) -> String {
+    fields.iter().map(|f| format!("/{f}")).collect()
+}
+
 fn scale_of(info: &ResourceInfo, obj: &Value) -> Value {
     let kind = crate::kinds::of(info);
+    let (spec, status) = kind.replicas_fields();
     let selector = kind
         .scale_selector(obj)
         .and_then(|s| serde_json::from_value(s).ok())
@@ -40,9 +46,9 @@ fn scale_of(info: &ResourceInfo, obj: &Value) -> Value {
             "resourceVersion": meta.get("resourceVersion"),
             "creationTimestamp": meta.get("creationTimestamp"),
         },
-        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(kind.default_replicas()))},
+        "spec": {"replicas": obj.pointer(&pointer(&spec)).cloned().unwrap_or(json!(kind.default_replicas()))},
         "status": {
-            "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "replicas": obj.pointer(&pointer(&status)).cloned().unwrap_or(json!(0)),
             "selector": selector,
         },
     })
@@ -126,8 +132,10 @@ where
             ));
         }
         let mut obj = (*current.object).clone();
-        let change = if obj.pointer("/spec/replicas") != Some(&Value::Number(replicas.clone())) {
-            set_path(&mut obj, &["spec", "replicas"], Value::Number(replicas));
+        let (spec, _) = crate::kinds::of(info).replicas_fields();
+        let change = if obj.pointer(&pointer(&spec)) != Some(&Value::Number(replicas.clone())) {
+            let fields: Vec<&str> = spec.iter().map(String::as_str).collect();
+            set_path(&mut obj, &fields, Value::Number(replicas));
             let generation = obj
                 .pointer("/metadata/generation")
                 .and_then(Value::as_i64)

@@ -185,6 +185,9 @@ pub fn cluster_roles() -> Vec<Value> {
     ];
     let mut viewer_rules: Vec<Value> = crate::kinds::all()
         .into_iter()
+        // Built-in kinds only, so the role is the same at every start: a CRD's installer
+        // grants reading its resources, as in Kubernetes (label a role to join view).
+        .filter(|r| crate::kinds::is_builtin(r))
         .filter(|r| !(r.group.is_empty() && r.plural == "secrets"))
         .map(|r| {
             let mut resources = vec![r.plural.to_string()];

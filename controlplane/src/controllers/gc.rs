@@ -46,7 +46,26 @@ fn owner_refs(obj: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// How often the collector looks for kinds registered or dropped at run time (a CRD's).
+const KINDS_CHECK: Duration = Duration::from_secs(1);
+
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    // The kinds the collector follows change when a CRD is served or dropped: then it
+    // starts over with the new set.
+    loop {
+        let generation = crate::kinds::generation();
+        let round = stop.child_token();
+        let stopped = collect(&ctx, &round, generation).await;
+        round.cancel();
+        if stopped || stop.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// Collects over the kinds served at `generation` until `stop`, or until the served
+/// kinds change; true when stopped.
+async fn collect(ctx: &Arc<Context>, stop: &CancellationToken, generation: u64) -> bool {
     // The kinds the collector follows: those that own or are owned here, as each kind
     // says of itself.
     let caches: Vec<Arc<Cache>> = crate::kinds::all()
@@ -55,7 +74,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         .map(|info| ctx.cache(info.group, info.plural))
         .collect();
     if !ctx.synced(&caches.iter().collect::<Vec<_>>()).await {
-        return;
+        return true;
     }
     let api = ctx.api().clone();
     // Each cache forwards only the changes that can matter to the collector; a channel
@@ -89,10 +108,21 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         if let Err(e) = pass(&api, &caches).await {
             tracing::debug!(error = %e, "garbage collection pass failed; will retry");
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = woken.recv() => tokio::time::sleep(DEBOUNCE).await,
-            _ = tokio::time::sleep(RESYNC) => {}
+        let until = tokio::time::Instant::now() + RESYNC;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return true,
+                _ = woken.recv() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    break;
+                }
+                _ = tokio::time::sleep_until(until) => break,
+                _ = tokio::time::sleep(KINDS_CHECK) => {
+                    if crate::kinds::generation() != generation {
+                        return false;
+                    }
+                }
+            }
         }
     }
 }

@@ -17,13 +17,17 @@
 //! the served kinds are few and live as long as the server), `normalize` pruning against
 //! the CRD's structural schema, `schema` returning that schema, `validate` running its
 //! OpenAPI validation, and its printer columns for `columns` and `cells`; the CRD
-//! controller then calls [`register`] when the CRD is established.
+//! controller (`crate::crd`) then calls [`replace`] when the CRD is established, again
+//! when it changes, and [`unregister`] when it goes. Built-in kinds can be neither
+//! replaced nor unregistered. Readers that build something from the whole registry
+//! (the OpenAPI documents) rebuild it when [`generation`] moves.
 
 pub mod app;
 mod clusterrole;
 mod clusterrolebinding;
 mod configmap;
 mod cronjob;
+pub mod customresourcedefinition;
 mod daemonset;
 mod deployment;
 mod endpoints;
@@ -56,7 +60,8 @@ mod statefulset;
 pub mod storageclass;
 mod workload;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 
 use schemars::{Schema, SchemaGenerator};
@@ -108,6 +113,7 @@ fn builtins() -> Vec<Arc<dyn Kind>> {
         Arc::new(clusterrole::ClusterRole),
         Arc::new(rolebinding::RoleBinding),
         Arc::new(clusterrolebinding::ClusterRoleBinding),
+        Arc::new(customresourcedefinition::CustomResourceDefinition),
     ]
 }
 
@@ -156,6 +162,15 @@ pub trait Kind: Send + Sync {
     /// `spec.replicas` is unset (what the kind's controller then runs).
     fn default_replicas(&self) -> i64 {
         0
+    }
+
+    /// For a kind with a `scale` subresource: where its object keeps the desired and the
+    /// observed replicas, as field names from the root (a CRD names its own).
+    fn replicas_fields(&self) -> (Vec<String>, Vec<String>) {
+        (
+            vec!["spec".into(), "replicas".into()],
+            vec!["status".into(), "replicas".into()],
+        )
     }
 
     /// For a kind with a `scale` subresource: the label selector (a `LabelSelector`
@@ -245,6 +260,20 @@ fn key(info: &ResourceInfo) -> Key {
 struct Registry {
     order: Vec<&'static ResourceInfo>,
     by_key: HashMap<Key, Arc<dyn Kind>>,
+    /// The kinds compiled in, which run-time registrations may not touch.
+    builtin: HashSet<Key>,
+    /// Kinds unregistered at run time: a request already routed to one still finds its
+    /// hooks ([`of`]) while it finishes, though nothing routes to it any more.
+    retired: HashMap<Key, Arc<dyn Kind>>,
+}
+
+/// Moves on every run-time change of the registry.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// A number that changes whenever a kind is registered, replaced or unregistered at
+/// run time: what caches of the whole registry compare to know they are stale.
+pub fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
 }
 
 static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(|| {
@@ -253,6 +282,7 @@ static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(|| {
         let info = kind.info();
         let previous = registry.by_key.insert(key(info), kind);
         assert!(previous.is_none(), "a kind is registered twice");
+        registry.builtin.insert(key(info));
         registry.order.push(info);
     }
     RwLock::new(registry)
@@ -269,9 +299,11 @@ fn registry() -> std::sync::RwLockReadGuard<'static, Registry> {
 /// registered kind ([`lookup`], [`all`]), and a kind registered at run time is
 /// registered before it is routed to.
 pub fn of(info: &ResourceInfo) -> Arc<dyn Kind> {
-    registry()
+    let registry = registry();
+    registry
         .by_key
         .get(&key(info))
+        .or_else(|| registry.retired.get(&key(info)))
         .cloned()
         .unwrap_or_else(|| panic!("{} has no registered kind", info.qualified_plural()))
 }
@@ -285,7 +317,59 @@ pub fn register(kind: Arc<dyn Kind>) -> Result<(), String> {
     }
     registry.by_key.insert(key(info), kind);
     registry.order.push(info);
+    registry.retired.remove(&key(info));
+    GENERATION.fetch_add(1, Ordering::AcqRel);
     Ok(())
+}
+
+/// Registers a kind at run time, or replaces the run-time kind served at its group,
+/// version and resource (a CRD whose schema or columns changed); fails for a built-in
+/// kind's place. A replaced kind keeps its place in discovery's order.
+pub fn replace(kind: Arc<dyn Kind>) -> Result<(), String> {
+    let info = kind.info();
+    let k = key(info);
+    let mut registry = REGISTRY.write().unwrap_or_else(PoisonError::into_inner);
+    if registry.builtin.contains(&k) {
+        return Err(format!(
+            "{} is served by the server itself",
+            info.qualified_plural()
+        ));
+    }
+    match registry.order.iter().position(|r| key(r) == k) {
+        Some(i) => registry.order[i] = info,
+        None => registry.order.push(info),
+    }
+    registry.by_key.insert(k, kind);
+    registry.retired.remove(&k);
+    GENERATION.fetch_add(1, Ordering::AcqRel);
+    Ok(())
+}
+
+/// Stops serving a kind registered at run time; false if it is built in or not served.
+pub fn unregister(group: &str, version: &str, plural: &str) -> bool {
+    let mut registry = REGISTRY.write().unwrap_or_else(PoisonError::into_inner);
+    let Some(i) = registry
+        .order
+        .iter()
+        .position(|r| r.group == group && r.version == version && r.plural == plural)
+    else {
+        return false;
+    };
+    let k = key(registry.order[i]);
+    if registry.builtin.contains(&k) {
+        return false;
+    }
+    registry.order.remove(i);
+    if let Some(kind) = registry.by_key.remove(&k) {
+        registry.retired.insert(k, kind);
+    }
+    GENERATION.fetch_add(1, Ordering::AcqRel);
+    true
+}
+
+/// Whether the kind is compiled into the server.
+pub fn is_builtin(info: &ResourceInfo) -> bool {
+    registry().builtin.contains(&key(info))
 }
 
 /// Every served kind, in the order they were registered.
@@ -349,7 +433,8 @@ mod tests {
     #[test]
     fn every_served_resource_has_exactly_one_kind() {
         let builtins = builtins();
-        assert_eq!(builtins.len(), crate::kinds::all().len());
+        let compiled_in = all().into_iter().filter(|i| is_builtin(i)).count();
+        assert_eq!(builtins.len(), compiled_in);
         for info in crate::kinds::all() {
             let kind = of(info);
             assert!(std::ptr::eq(kind.info(), info), "{}", info.kind);
