@@ -75,6 +75,9 @@ pub struct ApiServer {
     /// Pods' and nodes' resource usage, from the agents' last scrapes
     /// (`crate::usage`; filled by `crate::apiserver::metrics_api::scrape`).
     pub usage: Arc<crate::usage::Usage>,
+    /// Signs and verifies ServiceAccount tokens with the cluster's shared key
+    /// (`crate::auth::satokens`).
+    pub service_accounts: Arc<crate::auth::ServiceAccountTokens>,
 }
 
 pub type SharedApi = Arc<ApiServer>;
@@ -96,6 +99,7 @@ impl ApiServer {
             tokens: Default::default(),
             clock: Default::default(),
             usage: Default::default(),
+            service_accounts: Default::default(),
         }
     }
 }

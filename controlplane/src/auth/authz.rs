@@ -26,8 +26,11 @@ use crate::store::ListRequest;
 enum Kind {
     /// Health, version and the CA: anyone.
     Public,
-    /// Discovery and OpenAPI: any authenticated identity.
+    /// Discovery, OpenAPI and the service-account issuer's OIDC documents: any
+    /// authenticated identity.
     Discovery,
+    /// `selfsubjectreviews` (`kubectl auth whoami`): any authenticated identity.
+    SelfReview,
     Join,
     /// An agent's reverse tunnel: its own node credential only.
     Tunnel,
@@ -58,6 +61,10 @@ fn classify(method: &Method, path: &str, query: &Query) -> Kind {
         ["apis", "metrics.k8s.io" | "custom.metrics.k8s.io", _, _, ..] => {
             return Kind::ResourceMetrics;
         }
+        [".well-known", "openid-configuration"] | ["openid", "v1", "jwks"] => {
+            return Kind::Discovery;
+        }
+        ["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"] => return Kind::SelfReview,
         ["openapi", ..] | ["api"] | ["apis"] | ["api", _] | ["apis", _] | ["apis", _, _] => {
             return Kind::Discovery;
         }
@@ -349,6 +356,27 @@ async fn authorize_node(
                 deny("no pod bound to this node runs this module")
             }
         }
+        // The ServiceAccounts its pods run as, and their tokens, as Kubernetes' node
+        // authorizer allows; that each token is bound to such a pod is checked when it
+        // is issued (`tokenrequest.rs`, as NodeRestriction does).
+        ("serviceaccounts", verb)
+            if (verb == "get" && t.sub.is_none())
+                || (verb == "create" && t.sub == Some(Subresource::Token)) =>
+        {
+            let (ns, name) = (t.namespace.as_deref(), name.unwrap_or_default());
+            let runs_here = pods_on(api, node).await?.iter().any(|p| {
+                objects::namespace(p) == ns
+                    && p.pointer("/spec/serviceAccountName")
+                        .and_then(Value::as_str)
+                        .unwrap_or(crate::kinds::serviceaccount::DEFAULT)
+                        == name
+            });
+            if runs_here {
+                Ok(())
+            } else {
+                deny("no pod bound to this node runs as this service account")
+            }
+        }
         ("events", "create" | "update" | "patch") => Ok(()),
         ("endpoints", "get" | "list" | "watch") => Ok(()),
         _ => deny(""),
@@ -379,6 +407,9 @@ async fn authorize(
             identity.user()
         ))),
         (_, Kind::Discovery) if method == Method::GET => Ok(()),
+        (_, Kind::SelfReview) if method == Method::POST => Ok(()),
+        // Until RBAC binds them to roles, ServiceAccounts may only learn who they are.
+        (Identity::ServiceAccount { .. }, Kind::Resource(r)) => Err(forbidden(identity, r, "")),
         (Identity::Node { .. }, Kind::Tunnel) => Ok(()),
         (Identity::Viewer { .. }, Kind::Metrics) => Ok(()),
         (Identity::Viewer { .. }, Kind::ResourceMetrics) if method == Method::GET => Ok(()),

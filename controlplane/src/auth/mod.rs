@@ -28,6 +28,9 @@ mod authz;
 mod bootstrap;
 mod noderestriction;
 pub mod pki;
+pub mod reviews;
+pub mod satokens;
+mod tokenrequest;
 mod tokens;
 mod verified;
 
@@ -35,4 +38,6 @@ pub use authn::{Identity, authenticate};
 pub use authz::layer;
 pub use bootstrap::{ensure_tokens, routes};
 pub use noderestriction::admit;
+pub use satokens::{ServiceAccountTokens, SigningKeyError};
+pub(crate) use tokenrequest::request_token;
 pub use verified::{TokenCache, follow as follow_tokens};

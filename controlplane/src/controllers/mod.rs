@@ -21,6 +21,7 @@ pub mod nodelifecycle;
 pub mod podutil;
 pub mod queue;
 pub mod replicaset;
+pub mod serviceaccount;
 pub mod statefulset;
 pub mod volume;
 
@@ -228,6 +229,7 @@ pub fn start(
     set.spawn(volume::run(ctx.clone(), stop.clone()));
     set.spawn(statefulset::run(ctx.clone(), stop.clone()));
     set.spawn(cronjob::run(ctx.clone(), stop.clone()));
+    set.spawn(serviceaccount::run(ctx.clone(), stop.clone()));
     set.spawn(hpa::run(ctx.clone(), config.hpa_sync_period, stop.clone()));
     set.spawn(nodelifecycle::run(
         ctx.clone(),

@@ -47,6 +47,7 @@ pub mod print;
 mod replicaset;
 mod secret;
 mod service;
+pub mod serviceaccount;
 mod statefulset;
 pub mod storageclass;
 mod workload;
@@ -75,6 +76,7 @@ fn builtins() -> Vec<Arc<dyn Kind>> {
         Arc::new(configmap::ConfigMap),
         Arc::new(secret::Secret),
         Arc::new(service::Service),
+        Arc::new(serviceaccount::ServiceAccount),
         Arc::new(event::Event),
         Arc::new(deployment::Deployment),
         Arc::new(replicaset::ReplicaSet),
