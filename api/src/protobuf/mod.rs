@@ -77,7 +77,7 @@ struct Schemas {
 fn schemas(served: impl FnOnce() -> Vec<&'static ResourceInfo>) -> &'static Schemas {
     static SCHEMAS: OnceLock<Schemas> = OnceLock::new();
     SCHEMAS.get_or_init(|| {
-        use k8s_openapi::api::{autoscaling, core, policy};
+        use k8s_openapi::api::{authentication, autoscaling, core, policy};
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions;
         let served = served();
         let mut generator = SchemaSettings::openapi3().into_generator();
@@ -106,6 +106,22 @@ fn schemas(served: impl FnOnce() -> Vec<&'static ResourceInfo>) -> &'static Sche
             "v1",
             "Binding",
             generator.subschema_for::<core::v1::Binding>(),
+        );
+        // The bodies of `serviceaccounts/token` and of the identity reviews.
+        extra(
+            "authentication.k8s.io/v1",
+            "TokenRequest",
+            generator.subschema_for::<authentication::v1::TokenRequest>(),
+        );
+        extra(
+            "authentication.k8s.io/v1",
+            "TokenReview",
+            generator.subschema_for::<authentication::v1::TokenReview>(),
+        );
+        extra(
+            "authentication.k8s.io/v1",
+            "SelfSubjectReview",
+            generator.subschema_for::<authentication::v1::SelfSubjectReview>(),
         );
         let delete = generator.subschema_for::<DeleteOptions>();
         // Clients encode DeleteOptions under the group-version they talk to.

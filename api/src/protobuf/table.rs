@@ -541,6 +541,231 @@ pub(super) static MESSAGES: &[(&str, &[Field])] = &[
         ],
     ),
     (
+        "io.k8s.api.authentication.v1.BoundObjectReference",
+        &[
+            Field {
+                tag: 1,
+                name: "kind",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "api_version",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "name",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "u_id",
+                wire: Str,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.ExtraValue",
+        &[Field {
+            tag: 1,
+            name: "items",
+            wire: Str,
+            repeated: true,
+        }],
+    ),
+    (
+        "io.k8s.api.authentication.v1.SelfSubjectReview",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "status",
+                wire: Message("io.k8s.api.authentication.v1.SelfSubjectReviewStatus"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.SelfSubjectReviewStatus",
+        &[Field {
+            tag: 1,
+            name: "user_info",
+            wire: Message("io.k8s.api.authentication.v1.UserInfo"),
+            repeated: false,
+        }],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenRequest",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "spec",
+                wire: Message("io.k8s.api.authentication.v1.TokenRequestSpec"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "status",
+                wire: Message("io.k8s.api.authentication.v1.TokenRequestStatus"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenRequestSpec",
+        &[
+            Field {
+                tag: 1,
+                name: "audiences",
+                wire: Str,
+                repeated: true,
+            },
+            Field {
+                tag: 3,
+                name: "bound_object_ref",
+                wire: Message("io.k8s.api.authentication.v1.BoundObjectReference"),
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "expiration_seconds",
+                wire: Int,
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenRequestStatus",
+        &[
+            Field {
+                tag: 1,
+                name: "token",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "expiration_timestamp",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.Time"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenReview",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "spec",
+                wire: Message("io.k8s.api.authentication.v1.TokenReviewSpec"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "status",
+                wire: Message("io.k8s.api.authentication.v1.TokenReviewStatus"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenReviewSpec",
+        &[
+            Field {
+                tag: 1,
+                name: "token",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "audiences",
+                wire: Str,
+                repeated: true,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenReviewStatus",
+        &[
+            Field {
+                tag: 1,
+                name: "authenticated",
+                wire: Bool,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "user",
+                wire: Message("io.k8s.api.authentication.v1.UserInfo"),
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "error",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 4,
+                name: "audiences",
+                wire: Str,
+                repeated: true,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.UserInfo",
+        &[
+            Field {
+                tag: 1,
+                name: "username",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "uid",
+                wire: Str,
+                repeated: false,
+            },
+            Field {
+                tag: 3,
+                name: "groups",
+                wire: Str,
+                repeated: true,
+            },
+            Field {
+                tag: 4,
+                name: "extra",
+                wire: MapOf("io.k8s.api.authentication.v1.ExtraValue"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
         "io.k8s.api.autoscaling.v1.CrossVersionObjectReference",
         &[
             Field {
@@ -6010,6 +6235,35 @@ pub(super) static MESSAGES: &[(&str, &[Field])] = &[
                 tag: 3,
                 name: "status",
                 wire: Message("io.k8s.api.core.v1.ServiceStatus"),
+                repeated: false,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.core.v1.ServiceAccount",
+        &[
+            Field {
+                tag: 1,
+                name: "metadata",
+                wire: Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                repeated: false,
+            },
+            Field {
+                tag: 2,
+                name: "secrets",
+                wire: Message("io.k8s.api.core.v1.ObjectReference"),
+                repeated: true,
+            },
+            Field {
+                tag: 3,
+                name: "image_pull_secrets",
+                wire: Message("io.k8s.api.core.v1.LocalObjectReference"),
+                repeated: true,
+            },
+            Field {
+                tag: 4,
+                name: "automount_service_account_token",
+                wire: Bool,
                 repeated: false,
             },
         ],

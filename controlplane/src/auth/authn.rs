@@ -263,3 +263,96 @@ pub(super) async fn exists(api: &ApiServer, key: &str) -> ApiResult<bool> {
         .map_err(|e| ApiError::Internal(Box::new(e)))?
         .is_some())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::satokens::{Named, TokenSpec};
+    use super::*;
+    use crate::apiserver::internal;
+    use serde_json::json;
+
+    fn now() -> i64 {
+        jiff::Timestamp::now().as_second()
+    }
+
+    async fn create(api: &ApiServer, plural: &str, obj: serde_json::Value) -> String {
+        let info = crate::kinds::lookup("", "v1", plural).unwrap();
+        let made = internal::create(api, info, Some("default"), obj)
+            .await
+            .unwrap();
+        made["metadata"]["uid"].as_str().unwrap().to_string()
+    }
+
+    async fn delete(api: &ApiServer, plural: &str, name: &str) {
+        let info = crate::kinds::lookup("", "v1", plural).unwrap();
+        internal::delete(api, info, Some("default"), name, &Default::default())
+            .await
+            .unwrap();
+    }
+
+    fn token(api: &ApiServer, sa_uid: &str, pod: Option<Named>) -> String {
+        let spec = TokenSpec {
+            namespace: "default",
+            service_account: Named {
+                name: "builder".into(),
+                uid: sa_uid.into(),
+            },
+            pod,
+            audiences: Vec::new(),
+            expiration_seconds: 600,
+        };
+        api.service_accounts.issue(&spec, now()).0
+    }
+
+    #[tokio::test]
+    async fn a_token_ends_with_its_account_and_its_pod() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = ApiServer::on_redb_for_tests(dir.path());
+        let sa = json!({"metadata": {"name": "builder"}});
+        let uid = create(&api, "serviceaccounts", sa.clone()).await;
+        let plain = token(&api, &uid, None);
+        let who = service_account(&api, &plain, &[]).await.unwrap();
+        assert_eq!(who.user(), "system:serviceaccount:default:builder");
+        assert_eq!(
+            who.groups(),
+            [
+                "system:serviceaccounts",
+                "system:serviceaccounts:default",
+                "system:authenticated"
+            ]
+        );
+
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"serviceAccountName": "builder",
+            "containers": [{"name": "c", "image": "sha256:".to_string() + &"a".repeat(64)}]}});
+        let pod_uid = create(&api, "pods", pod).await;
+        let bound = token(
+            &api,
+            &uid,
+            Some(Named {
+                name: "p".into(),
+                uid: pod_uid,
+            }),
+        );
+        let who = service_account(&api, &bound, &[]).await.unwrap();
+        assert!(
+            who.extra()
+                .contains_key("authentication.kubernetes.io/pod-name")
+        );
+        delete(&api, "pods", "p").await;
+        assert!(matches!(
+            service_account(&api, &bound, &[]).await,
+            Err(ServiceAccountRejected::PodGone(_))
+        ));
+
+        delete(&api, "serviceaccounts", "builder").await;
+        assert!(matches!(
+            service_account(&api, &plain, &[]).await,
+            Err(ServiceAccountRejected::AccountGone(_))
+        ));
+        create(&api, "serviceaccounts", sa).await;
+        assert!(matches!(
+            service_account(&api, &plain, &[]).await,
+            Err(ServiceAccountRejected::AccountReplaced(_))
+        ));
+    }
+}

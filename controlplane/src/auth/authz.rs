@@ -356,13 +356,14 @@ async fn authorize_node(
                 deny("no pod bound to this node runs this module")
             }
         }
-        // The ServiceAccounts its pods run as, and their tokens, as Kubernetes' node
-        // authorizer allows; that each token is bound to such a pod is checked when it
-        // is issued (`tokenrequest.rs`, as NodeRestriction does).
-        ("serviceaccounts", verb)
-            if (verb == "get" && t.sub.is_none())
-                || (verb == "create" && t.sub == Some(Subresource::Token)) =>
-        {
+        // Tokens of the ServiceAccounts its pods run as, as Kubernetes' node authorizer
+        // allows. The TokenRequest handler (`tokenrequest.rs`) refuses a node any token
+        // that is not bound to a pod bound to it and running as that account, as
+        // NodeRestriction does, which implies this check; it is made there, on the one
+        // pod named, rather than here on every pod of the node, as pods start often.
+        ("serviceaccounts", "create") if t.sub == Some(Subresource::Token) => Ok(()),
+        // The ServiceAccounts its pods run as (whether to mount their tokens).
+        ("serviceaccounts", "get") if t.sub.is_none() => {
             let (ns, name) = (t.namespace.as_deref(), name.unwrap_or_default());
             let runs_here = pods_on(api, node).await?.iter().any(|p| {
                 objects::namespace(p) == ns
@@ -581,6 +582,67 @@ mod tests {
         assert!(
             !node_may(&api, Method::GET, "/api/v1/namespaces/default/services").await,
             "endpoints only"
+        );
+    }
+
+    #[tokio::test]
+    async fn service_accounts_may_learn_who_they_are_and_read_the_issuer_documents_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = api(&dir);
+        let account = Identity::ServiceAccount {
+            namespace: "team".into(),
+            name: "default".into(),
+            uid: "u1".into(),
+            pod: None,
+        };
+        let may = |identity: Identity, method: Method, path: &'static str| {
+            let api = &api;
+            async move {
+                let query = Query::default();
+                let kind = classify(&method, path, &query);
+                authorize(api, &identity, (&method, path), &kind, &query, None).await
+            }
+        };
+        for (method, path, allowed) in [
+            (Method::GET, "/.well-known/openid-configuration", true),
+            (Method::GET, "/openid/v1/jwks", true),
+            (Method::GET, "/apis", true),
+            (
+                Method::POST,
+                "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                true,
+            ),
+            (
+                Method::POST,
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                false,
+            ),
+            (Method::GET, "/api/v1/namespaces/team/pods", false),
+            (
+                Method::POST,
+                "/api/v1/namespaces/team/serviceaccounts/default/token",
+                false,
+            ),
+        ] {
+            let result = may(account.clone(), method.clone(), path).await;
+            assert_eq!(result.is_ok(), allowed, "{method} {path}: {result:?}");
+            if !allowed {
+                assert!(matches!(result, Err(ApiError::Forbidden(_))), "{path}");
+            }
+        }
+        assert!(matches!(
+            may(Identity::Anonymous, Method::GET, "/openid/v1/jwks").await,
+            Err(ApiError::Unauthorized)
+        ));
+        let viewer = Identity::Viewer { id: "v".into() };
+        assert!(
+            may(
+                viewer,
+                Method::POST,
+                "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+            )
+            .await
+            .is_ok()
         );
     }
 

@@ -211,8 +211,11 @@ impl ServiceAccountTokens {
             return Err(TokenRejected::Foreign);
         }
         let mut validation = Validation::new(Algorithm::ES256);
+        // Expiry is exact: holders renew well before it (the agent at 80%). `nbf` is
+        // the issue time, which only this cluster's servers set, so it is not checked
+        // (another server's clock may be a little behind the issuer's).
         validation.leeway = 0;
-        validation.validate_nbf = true;
+        validation.validate_nbf = false;
         validation.set_issuer(&[ISSUER]);
         if audiences.is_empty() {
             validation.set_audience(&[ISSUER]);
@@ -223,9 +226,7 @@ impl ServiceAccountTokens {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => {
-                    TokenRejected::Expired
-                }
+                ErrorKind::ExpiredSignature => TokenRejected::Expired,
                 ErrorKind::InvalidAudience => TokenRejected::WrongAudience,
                 ErrorKind::InvalidSignature => TokenRejected::BadSignature,
                 ErrorKind::InvalidIssuer => TokenRejected::Foreign,

@@ -142,45 +142,69 @@ async fn request(
 }
 
 /// Writes the pod's credentials into `pod_dir/serviceaccount` when it should get them;
-/// None when automounting is off.
+/// None when automounting is off. A pod restarted while the API is out of reach keeps
+/// the token it had, renewed once the API answers again.
 pub async fn prepare(
     client: &kube::Client,
     pod: &Pod,
     pod_dir: &Path,
     ca: &str,
 ) -> Result<Option<TokenMount>, VolumeError> {
-    let spec = pod.spec.as_ref();
-    let pod_says = spec.and_then(|s| s.automount_service_account_token);
-    if pod_says == Some(false) {
-        return Ok(None);
-    }
     let account = account_of(pod);
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let dir = pod_dir.join("serviceaccount");
+    let fresh = match wants_token(client, pod, namespace, &account).await {
+        Ok(false) => return Ok(None),
+        Ok(true) => request(client, pod, &account).await,
+        Err(e) => Err(e),
+    };
+    let refresh = match fresh {
+        Ok((token, lifetime)) => {
+            std::fs::create_dir_all(&dir).map_err(io)?;
+            write_atomically(&dir, "ca.crt", ca.as_bytes())?;
+            write_atomically(&dir, "namespace", namespace.as_bytes())?;
+            write_atomically(&dir, "token", token.as_bytes())?;
+            refresh_after(lifetime)
+        }
+        Err(e) if dir.join("token").exists() => {
+            tracing::warn!(error = %e, "keeping the pod's last service-account token until the API answers");
+            RETRY
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(Some(TokenMount {
+        dir,
+        account,
+        refresh_after: refresh,
+    }))
+}
+
+/// Whether the pod gets a token: the pod's `automountServiceAccountToken` wins over
+/// its ServiceAccount's, as in Kubernetes; both default to yes.
+async fn wants_token(
+    client: &kube::Client,
+    pod: &Pod,
+    namespace: &str,
+    account: &str,
+) -> Result<bool, VolumeError> {
+    if let Some(said) = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.automount_service_account_token)
+    {
+        return Ok(said);
+    }
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let sa = accounts
-        .get_opt(&account)
+        .get_opt(account)
         .await
         .map_err(unreadable)?
         .ok_or_else(|| VolumeError::SourceMissing {
             volume: VOLUME.into(),
             kind: "serviceaccount",
-            name: account.clone(),
+            name: account.to_string(),
         })?;
-    // The pod's own setting wins over its ServiceAccount's, as in Kubernetes.
-    if pod_says.is_none() && sa.automount_service_account_token == Some(false) {
-        return Ok(None);
-    }
-    let (token, lifetime) = request(client, pod, &account).await?;
-    let dir = pod_dir.join("serviceaccount");
-    std::fs::create_dir_all(&dir).map_err(io)?;
-    write_atomically(&dir, "ca.crt", ca.as_bytes())?;
-    write_atomically(&dir, "namespace", namespace.as_bytes())?;
-    write_atomically(&dir, "token", token.as_bytes())?;
-    Ok(Some(TokenMount {
-        dir,
-        account,
-        refresh_after: refresh_after(lifetime),
-    }))
+    Ok(sa.automount_service_account_token != Some(false))
 }
 
 /// When a token of `lifetime` seconds is renewed: at 80% of it, as the kubelet does.
