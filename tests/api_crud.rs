@@ -716,6 +716,7 @@ async fn discovery_and_health() {
             "autoscaling",
             "metrics.k8s.io",
             "custom.metrics.k8s.io",
+            "authentication.k8s.io",
         ]
     );
     // A group served at two versions prefers the one it stores.
