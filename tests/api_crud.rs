@@ -719,6 +719,7 @@ async fn discovery_and_health() {
             "metrics.k8s.io",
             "custom.metrics.k8s.io",
             "authorization.k8s.io",
+            "authentication.k8s.io",
         ]
     );
     // A group served at two versions prefers the one it stores.

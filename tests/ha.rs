@@ -1,7 +1,8 @@
 //! Several servers on one etcd, with real processes: a SIGKILLed leader loses no
 //! acknowledged write and is replaced; a SIGKILLed etcd member costs no client an
 //! error a retry does not absorb; a backup taken under load restores every object, and
-//! a redb backup restored into etcd brings the cluster up there.
+//! a redb backup restored into etcd brings the cluster up there; every server verifies
+//! every server's ServiceAccount tokens.
 
 mod common;
 
@@ -241,6 +242,46 @@ async fn a_killed_leader_loses_no_acknowledged_create_and_another_server_leads()
         acked.len(),
         failures.len()
     );
+}
+
+/// ServiceAccount tokens are signed with a key every server shares (the etcd bootstrap
+/// data carries it beside the CA), so each server verifies the others' tokens.
+#[tokio::test]
+async fn every_server_verifies_every_servers_service_account_tokens() {
+    let servers = Servers::start(2, &etcd::shared(), &etcd::prefix("sa-tokens"));
+    let (first, second) = (servers.api(0), servers.api(1));
+    let request =
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}});
+    let token = eventually(
+        "a token of default/default from the first server",
+        Duration::from_secs(20),
+        || {
+            let (api, request) = (&first, &request);
+            async move {
+                let (code, answer) = api
+                    .post(
+                        "/api/v1/namespaces/default/serviceaccounts/default/token",
+                        request,
+                    )
+                    .await;
+                (code == 201).then(|| answer["status"]["token"].as_str().unwrap().to_string())
+            }
+        },
+    )
+    .await;
+    let as_account = Api::with_token(&second.base, None, &token);
+    let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
+    let (code, answer) = as_account
+        .post("/apis/authentication.k8s.io/v1/selfsubjectreviews", &review)
+        .await;
+    assert_eq!(code, 201, "{answer}");
+    assert_eq!(
+        answer["status"]["userInfo"]["username"],
+        "system:serviceaccount:default:default"
+    );
+    let (_, one) = first.get("/openid/v1/jwks").await;
+    let (_, two) = second.get("/openid/v1/jwks").await;
+    assert_eq!(one, two, "the servers publish different keys");
 }
 
 /// The member of an etcd cluster that leads it (from the member's own status).

@@ -24,6 +24,9 @@ pub enum Subresource {
     Eviction,
     /// `pods/portforward`: the connection `kubectl port-forward` upgrades.
     PortForward,
+    /// `serviceaccounts/token`: an `authentication.k8s.io/v1` TokenRequest, answered
+    /// with a signed token and never stored.
+    Token,
 }
 
 impl Subresource {
@@ -35,6 +38,7 @@ impl Subresource {
             Subresource::Log => "log",
             Subresource::Eviction => "eviction",
             Subresource::PortForward => "portforward",
+            Subresource::Token => "token",
         }
     }
 }

@@ -38,6 +38,7 @@ const RESTORE_CONCURRENCY: usize = 64;
 const SECRET_FILES: &[&str] = &[
     "tls/ca.crt",
     "tls/ca.key",
+    "tls/sa.key",
     "admin-token",
     "node-token",
     "server-token",

@@ -125,6 +125,8 @@ pub enum ServerError {
     },
     #[error("setting up the cluster's certificates")]
     Pki(#[from] crate::auth::pki::PkiError),
+    #[error("loading the service-account signing key (DIR/tls/sa.key)")]
+    ServiceAccountKey(#[from] crate::auth::SigningKeyError),
     #[error("setting up the server's tokens")]
     Tokens(#[source] std::io::Error),
     #[error("sharing the cluster's secrets through etcd")]
@@ -335,6 +337,9 @@ impl Server {
             clock: config.clock.clone(),
             usage: Default::default(),
             rbac: Default::default(),
+            service_accounts: Arc::new(crate::auth::ServiceAccountTokens::from_pem(
+                &pki.sa_key_pem,
+            )?),
         });
 
         let stop_loops = CancellationToken::new();

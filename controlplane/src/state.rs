@@ -78,6 +78,9 @@ pub struct ApiServer {
     /// The roles and bindings authorization reads (`crate::auth::rbac`), from caches
     /// every server keeps.
     pub rbac: crate::auth::rbac::Rbac,
+    /// Signs and verifies ServiceAccount tokens with the cluster's shared key
+    /// (`crate::auth::satokens`).
+    pub service_accounts: Arc<crate::auth::ServiceAccountTokens>,
 }
 
 pub type SharedApi = Arc<ApiServer>;
@@ -100,6 +103,7 @@ impl ApiServer {
             clock: Default::default(),
             usage: Default::default(),
             rbac: Default::default(),
+            service_accounts: Default::default(),
         }
     }
 }

@@ -50,6 +50,17 @@ impl Process {
         Self::spawn(command, marker)
     }
 
+    /// Like `start`, with extra environment variables (the tests' hidden knobs).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)], marker: &str) -> (Process, String) {
+        let mut command = Self::command_in(None);
+        command
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", test_log_level())
+            .stderr(Stdio::inherit());
+        Self::spawn(command, marker)
+    }
+
     /// `skiff`, or `ip netns exec NS skiff` inside network namespace `ns`.
     fn command_in(ns: Option<&str>) -> Command {
         match ns {
@@ -168,6 +179,15 @@ impl Drop for Process {
 
 /// A `skiff dev` cluster with `nodes` agents and extra flags, in a temporary directory.
 pub fn dev_cluster(nodes: u32, extra: &[&str]) -> (tempfile::TempDir, Process, Api) {
+    dev_cluster_with_env(nodes, extra, &[])
+}
+
+/// Like `dev_cluster`, with extra environment variables for the cluster's processes.
+pub fn dev_cluster_with_env(
+    nodes: u32,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (tempfile::TempDir, Process, Api) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap().to_string();
     let n = nodes.to_string();
@@ -185,7 +205,7 @@ pub fn dev_cluster(nodes: u32, extra: &[&str]) -> (tempfile::TempDir, Process, A
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
-    let (process, _url) = Process::start(&args, "api:");
+    let (process, _url) = Process::start_with_env(&args, env, "api:");
     let api = Api::from_kubeconfig(&dir.path().join("kubeconfig"));
     (dir, process, api)
 }

@@ -61,6 +61,12 @@ fn resource_list(group: &str, version: &str) -> Option<APIResourceList> {
                     Subresource::Binding => ("Binding", None, None, &["create"]),
                     Subresource::Log => ("Pod", None, None, &["get"]),
                     Subresource::Eviction => ("Eviction", Some("policy"), Some("v1"), &["create"]),
+                    Subresource::Token => (
+                        "TokenRequest",
+                        Some("authentication.k8s.io"),
+                        Some("v1"),
+                        &["create"],
+                    ),
                     Subresource::PortForward => {
                         ("PodPortForwardOptions", None, None, &["create", "get"])
                     }
@@ -138,6 +144,7 @@ pub(crate) async fn groups() -> ApiResult<Response> {
             .filter_map(metrics_api::api_group),
     );
     groups.extend(authorization_api::api_group(authorization_api::GROUP));
+    groups.extend(crate::auth::reviews::api_group(crate::auth::reviews::GROUP));
     to_json(&APIGroupList { groups })
 }
 
@@ -146,6 +153,7 @@ pub(crate) async fn group(Path(name): Path<String>) -> ApiResult<Response> {
         &api_group(&name)
             .or_else(|| metrics_api::api_group(&name))
             .or_else(|| authorization_api::api_group(&name))
+            .or_else(|| crate::auth::reviews::api_group(&name))
             .ok_or(ApiError::NoRoute)?,
     )
 }
@@ -157,6 +165,7 @@ pub(crate) async fn group_resources(
         &resource_list(&group, &version)
             .or_else(|| metrics_api::resource_list(&group, &version))
             .or_else(|| authorization_api::resource_list(&group, &version))
+            .or_else(|| crate::auth::reviews::resource_list(&group, &version))
             .ok_or(ApiError::NoRoute)?,
     )
 }

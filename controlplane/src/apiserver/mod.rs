@@ -43,7 +43,7 @@ pub use subresources::bind_pod;
 use crate::auth::Identity;
 use crate::error::{ApiError, ApiResult};
 use crate::state::SharedApi;
-pub(crate) use request::{Query, Target, parse_target};
+pub(crate) use request::{Query, Target, json_response, parse_target};
 
 /// Builds the API router. Tests call it with `oneshot`, the server serves it on a socket.
 pub fn router(api: SharedApi) -> Router {
@@ -290,6 +290,9 @@ async fn route(
             subresources::bind(api, &target, &headers, body).await
         }
         (&Method::GET, true, Some(Subresource::Log)) => logs::proxy(api, &target, &query).await,
+        (&Method::POST, true, Some(Subresource::Token)) => {
+            crate::auth::request_token(api, identity, &target, &headers, body).await
+        }
         // Served before routing, where the connection can still be upgraded.
         (_, true, Some(Subresource::PortForward)) => Err(ApiError::BadRequest(
             "port forwarding upgrades the connection".into(),
@@ -313,7 +316,7 @@ fn allowed_methods(target: &Target) -> &'static [Method] {
         (false, _) => COLLECTION,
         (true, None) => OBJECT,
         (true, Some(Subresource::Status | Subresource::Scale)) => SUBOBJECT,
-        (true, Some(Subresource::Eviction | Subresource::Binding)) => ACTION,
+        (true, Some(Subresource::Eviction | Subresource::Binding | Subresource::Token)) => ACTION,
         (true, Some(Subresource::Log)) => READ,
         (true, Some(Subresource::PortForward)) => &[Method::GET, Method::POST],
     }

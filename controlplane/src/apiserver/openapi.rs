@@ -853,6 +853,9 @@ fn add_paths(paths: &mut Map<String, Value>, info: &ResourceInfo, schema: &str, 
             }
             // A connection upgrade, not a REST operation: kubectl needs no schema for it.
             Subresource::PortForward => continue,
+            // TokenRequest is served for kubectl and client libraries, which post it
+            // without reading a schema; the schema is not published yet.
+            Subresource::Token => continue,
             Subresource::Log => {
                 let string = json!({"type": "string"});
                 let boolean = json!({"type": "boolean"});

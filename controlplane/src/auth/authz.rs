@@ -27,7 +27,8 @@ use crate::store::ListRequest;
 enum Kind {
     /// Health, version and the CA: anyone.
     Public,
-    /// Discovery and OpenAPI: any authenticated identity.
+    /// Discovery, OpenAPI and the service-account issuer's OIDC documents: plain paths,
+    /// which RBAC's default roles let every authenticated identity read.
     Discovery,
     Join,
     /// An agent's reverse tunnel: its own node credential only.
@@ -58,6 +59,11 @@ fn classify(method: &Method, path: &str, query: &Query) -> Kind {
         ["skiff", "v1", "tunnel"] => return Kind::Tunnel,
         ["metrics"] => return Kind::Metrics,
         ["api", "v1", "nodes", _, "proxy", ..] => return Kind::NodeProxy,
+        // The token issuer's documents: plain paths, for RBAC's
+        // system:service-account-issuer-discovery.
+        [".well-known", "openid-configuration"] | ["openid", "v1", "jwks"] => {
+            return Kind::Discovery;
+        }
         ["openapi", ..] | ["api"] | ["apis"] | ["api", _] | ["apis", _] | ["apis", _, _] => {
             return Kind::Discovery;
         }
@@ -453,6 +459,28 @@ async fn authorize_node(
                 deny("no pod bound to this node runs this module")
             }
         }
+        // Tokens of the ServiceAccounts its pods run as, as Kubernetes' node authorizer
+        // allows. The TokenRequest handler (`tokenrequest.rs`) refuses a node any token
+        // that is not bound to a pod bound to it and running as that account, as
+        // NodeRestriction does, which implies this check; it is made there, on the one
+        // pod named, rather than here on every pod of the node, as pods start often.
+        ("serviceaccounts", "create") if t.sub == Some(Subresource::Token) => Ok(()),
+        // The ServiceAccounts its pods run as (whether to mount their tokens).
+        ("serviceaccounts", "get") if t.sub.is_none() => {
+            let (ns, name) = (t.namespace.as_deref(), name.unwrap_or_default());
+            let runs_here = pods_on(api, node).await?.iter().any(|p| {
+                objects::namespace(p) == ns
+                    && p.pointer("/spec/serviceAccountName")
+                        .and_then(Value::as_str)
+                        .unwrap_or(crate::kinds::serviceaccount::DEFAULT)
+                        == name
+            });
+            if runs_here {
+                Ok(())
+            } else {
+                deny("no pod bound to this node runs as this service account")
+            }
+        }
         ("events", "create" | "update" | "patch") => Ok(()),
         ("endpoints", "get" | "list" | "watch") => Ok(()),
         _ => deny(""),
@@ -782,6 +810,73 @@ mod tests {
             !node_may(&api, Method::GET, "/api/v1/namespaces/default/services").await,
             "endpoints only"
         );
+    }
+
+    #[tokio::test]
+    async fn service_accounts_are_granted_only_what_rbac_grants_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = api(&dir);
+        // RBAC reads the default roles (which the test server wrote) from its caches.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let informers = crate::informer::SharedInformers::new(api.store.clone(), stop.clone());
+        let scope = informers.scope(stop.clone());
+        assert!(api.rbac.follow(&scope).await);
+        let account = Identity::ServiceAccount {
+            namespace: "team".into(),
+            name: "default".into(),
+            uid: "u1".into(),
+            pod: None,
+        };
+        let may = |identity: Identity, method: Method, path: &'static str| {
+            let api = &api;
+            async move {
+                let query = Query::default();
+                let kind = classify(&method, path, &query);
+                authorize(api, &identity, (&method, path), &kind, &query, None).await
+            }
+        };
+        for (method, path, allowed) in [
+            (Method::GET, "/.well-known/openid-configuration", true),
+            (Method::GET, "/openid/v1/jwks", true),
+            (Method::GET, "/apis", true),
+            (
+                Method::POST,
+                "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                true,
+            ),
+            (
+                Method::POST,
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                false,
+            ),
+            (Method::GET, "/api/v1/namespaces/team/pods", false),
+            (
+                Method::POST,
+                "/api/v1/namespaces/team/serviceaccounts/default/token",
+                false,
+            ),
+        ] {
+            let result = may(account.clone(), method.clone(), path).await;
+            assert_eq!(result.is_ok(), allowed, "{method} {path}: {result:?}");
+            if !allowed {
+                assert!(matches!(result, Err(ApiError::Forbidden(_))), "{path}");
+            }
+        }
+        assert!(matches!(
+            may(Identity::Anonymous, Method::GET, "/openid/v1/jwks").await,
+            Err(ApiError::Unauthorized)
+        ));
+        let viewer = Identity::Viewer { id: "v".into() };
+        assert!(
+            may(
+                viewer,
+                Method::POST,
+                "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+            )
+            .await
+            .is_ok()
+        );
+        stop.cancel();
     }
 
     #[test]

@@ -28,8 +28,9 @@ pub fn routes(api: SharedApi, ca_pem: String) -> Router {
             }),
         )
         .route("/skiff/v1/join", post(join))
-        .with_state(api)
+        .with_state(api.clone())
         .merge(tokens)
+        .merge(super::reviews::routes(api))
 }
 
 /// Trades a join token for a credential of one node: `{"node": NAME}` →

@@ -17,6 +17,10 @@
 //!   change only the labels a kubelet may (`noderestriction.rs`): never the ones that
 //!   make the control plane or a nodeSelector trust it.
 //! - **join** tokens may only trade themselves for a node credential (`POST /skiff/v1/join`).
+//! - **ServiceAccounts** authenticate with JWTs the API issues (TokenRequest); until RBAC
+//!   binds them to roles they may read discovery and the issuer's OIDC documents and ask
+//!   who they are (SelfSubjectReview), which every signed-in identity may. A node may
+//!   also get the ServiceAccounts its pods run as, and tokens bound to those pods.
 //!
 //! Tokens live in the store as token records (`tokens.rs`), outside every served kind:
 //! deleting objects cannot lock anyone out, and `skiff token revoke` takes effect on the
@@ -26,7 +30,9 @@
 //! the API), `noderestriction.rs` admits a node's writes of its Node, `bootstrap.rs`
 //! makes the server's tokens and serves joining, `tokens.rs` keeps the token records, `verified.rs` remembers tokens already
 //! verified until their records change, and `pki.rs` makes the cluster's CA
-//! and certificates.
+//! and certificates (and the ServiceAccount signing key). `satokens.rs` signs and
+//! verifies ServiceAccount tokens, `tokenrequest.rs` serves `serviceaccounts/token`,
+//! and `reviews.rs` serves SelfSubjectReview, TokenReview and the OIDC documents.
 
 mod authn;
 mod authz;
@@ -36,6 +42,9 @@ mod noderestriction;
 pub mod pki;
 pub mod policy;
 pub mod rbac;
+pub mod reviews;
+pub mod satokens;
+mod tokenrequest;
 mod tokens;
 mod verified;
 
@@ -43,4 +52,6 @@ pub use authn::{Identity, authenticate};
 pub use authz::layer;
 pub use bootstrap::{ensure_tokens, routes};
 pub use noderestriction::admit;
+pub use satokens::{ServiceAccountTokens, SigningKeyError};
+pub(crate) use tokenrequest::request_token;
 pub use verified::{TokenCache, follow as follow_tokens};

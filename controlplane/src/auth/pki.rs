@@ -35,6 +35,10 @@ pub struct Pki {
     pub server_config: Arc<rustls::ServerConfig>,
     /// The names the serving certificate covers.
     pub sans: Vec<String>,
+    /// The key ServiceAccount tokens are signed with (`sa.key`, PKCS#8 PEM): made with
+    /// the CA and shared as the CA is (the etcd bootstrap data, backups), so every
+    /// server of a cluster verifies every server's tokens.
+    pub sa_key_pem: String,
 }
 
 impl Pki {
@@ -105,6 +109,17 @@ pub fn load_or_create(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
         }
     };
 
+    let sa_key = dir.join("sa.key");
+    let sa_key_pem = match read(&sa_key)? {
+        Some(pem) if !pem.trim().is_empty() => pem,
+        _ => {
+            let pem = KeyPair::generate()?.serialize_pem();
+            write_private(&sa_key, &pem, 0o600)?;
+            tracing::info!(path = %sa_key.display(), "created the service-account signing key");
+            pem
+        }
+    };
+
     let mut sans: Vec<String> = sans.to_vec();
     sans.sort();
     sans.dedup();
@@ -159,6 +174,7 @@ pub fn load_or_create(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
         ca_pem,
         server_config: Arc::new(config),
         sans,
+        sa_key_pem,
     })
 }
 

@@ -73,6 +73,11 @@ struct Bundle {
     admin_token: String,
     node_token: String,
     server_token: String,
+    /// The ServiceAccount signing key; empty in bundles published before it existed
+    /// (each server of such a cluster then keeps its own, and tokens verify only on the
+    /// server that issued them until the cluster is re-bootstrapped).
+    #[serde(default)]
+    sa_key: String,
 }
 
 /// What is stored in etcd: the bundle, sealed.
@@ -88,9 +93,10 @@ struct Envelope {
 type Field = fn(&Bundle) -> &String;
 
 /// Where each secret lives in a server's data directory.
-const FILES: [(&str, Field); 5] = [
+const FILES: [(&str, Field); 6] = [
     ("tls/ca.crt", |b| &b.ca_cert),
     ("tls/ca.key", |b| &b.ca_key),
+    ("tls/sa.key", |b| &b.sa_key),
     ("admin-token", |b| &b.admin_token),
     ("node-token", |b| &b.node_token),
     ("server-token", |b| &b.server_token),
@@ -255,7 +261,9 @@ pub async fn prepare(
     }
     for (file, field) in FILES {
         let path = data_dir.join(file);
-        if read_file(&path)?.as_deref() == Some(field(&bundle).as_str()) {
+        if field(&bundle).is_empty()
+            || read_file(&path)?.as_deref() == Some(field(&bundle).as_str())
+        {
             continue;
         }
         // Keys and tokens are the owner's alone; the CA certificate is public.
@@ -299,6 +307,7 @@ pub async fn publish(store: &EtcdStore, data_dir: &Path) -> Result<ServerToken, 
         admin_token: file("admin-token")?,
         node_token: file("node-token")?,
         server_token: format!("{token}\n"),
+        sa_key: file("tls/sa.key")?,
     };
     let key = store.layout().bootstrap();
     let sealed = {
@@ -336,6 +345,7 @@ mod tests {
             admin_token: "admin".into(),
             node_token: "node".into(),
             server_token: "server".into(),
+            sa_key: "sa".into(),
         }
     }
 

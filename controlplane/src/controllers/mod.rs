@@ -22,6 +22,7 @@ pub mod nodelifecycle;
 pub mod podutil;
 pub mod queue;
 pub mod replicaset;
+pub mod serviceaccount;
 pub mod statefulset;
 pub mod volume;
 
@@ -230,6 +231,7 @@ pub fn start(
     set.spawn(statefulset::run(ctx.clone(), stop.clone()));
     set.spawn(cronjob::run(ctx.clone(), stop.clone()));
     set.spawn(clusterroleaggregation::run(ctx.clone(), stop.clone()));
+    set.spawn(serviceaccount::run(ctx.clone(), stop.clone()));
     set.spawn(hpa::run(ctx.clone(), config.hpa_sync_period, stop.clone()));
     set.spawn(nodelifecycle::run(
         ctx.clone(),

@@ -56,6 +56,7 @@ mod role;
 mod rolebinding;
 mod secret;
 mod service;
+pub mod serviceaccount;
 mod statefulset;
 pub mod storageclass;
 mod workload;
@@ -85,6 +86,7 @@ fn builtins() -> Vec<Arc<dyn Kind>> {
         Arc::new(configmap::ConfigMap),
         Arc::new(secret::Secret),
         Arc::new(service::Service),
+        Arc::new(serviceaccount::ServiceAccount),
         Arc::new(event::Event),
         Arc::new(deployment::Deployment),
         Arc::new(replicaset::ReplicaSet),

@@ -140,6 +140,7 @@ impl Kind for Pod {
 
     fn prepare_create(&self, obj: &mut Value, ctx: &CreateContext<'_>) {
         node_problem_tolerations(obj, ctx.config.default_toleration_seconds);
+        default_service_account(obj);
     }
 
     fn default(&self, obj: &mut Value) {
@@ -243,6 +244,27 @@ impl Kind for Pod {
             json!("<none>"),
         ]
     }
+}
+
+/// A new pod runs as the ServiceAccount it names (the deprecated `serviceAccount` alias
+/// too), else as `default`: Kubernetes' ServiceAccount admission. As in current
+/// Kubernetes, a pod naming an account that does not exist yet is admitted; its token
+/// cannot be issued until the account exists, so its containers wait.
+fn default_service_account(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let named = |k: &str| {
+        spec.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let account = named("serviceAccountName")
+        .or_else(|| named("serviceAccount"))
+        .unwrap_or_else(|| super::serviceaccount::DEFAULT.to_string());
+    spec.insert("serviceAccountName".into(), Value::String(account.clone()));
+    spec.insert("serviceAccount".into(), Value::String(account));
 }
 
 #[cfg(test)]

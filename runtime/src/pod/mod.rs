@@ -4,6 +4,7 @@
 mod container;
 pub mod env;
 mod probe;
+pub mod serviceaccount;
 pub mod state;
 pub mod volumes;
 
@@ -162,6 +163,12 @@ async fn run_pod_inner(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken)
         .in_current_span(),
     );
 
+    let ca = rt
+        .config
+        .tunnel
+        .as_ref()
+        .map(|t| serviceaccount::ca_pem(&t.roots))
+        .unwrap_or_default();
     let volumes = loop {
         match Volumes::prepare(
             &rt.client,
@@ -169,6 +176,7 @@ async fn run_pod_inner(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken)
             &pod_dir(&rt.config, &uid),
             &rt.config.data_dir.join("storage"),
             &rt.config.allowed_host_paths,
+            &ca,
         )
         .await
         {
@@ -215,6 +223,12 @@ async fn run_pod_inner(rt: Arc<Runtime>, pod: Arc<Pod>, stop: CancellationToken)
             .flat_map(|s| s.containers.iter().map(|c| c.name.clone())),
     );
     rt.usage.insert(&namespace, &name, usage.clone());
+    if let Some(mount) = volumes.as_ref().and_then(|v| v.service_account.clone()) {
+        loops.spawn(
+            serviceaccount::keep_fresh(rt.client.clone(), pod.clone(), mount, stop.clone())
+                .in_current_span(),
+        );
+    }
     if let Some(volumes) = volumes {
         let spec_containers = pod.spec.as_ref().map(|s| s.containers.len()).unwrap_or(0);
         for index in 0..spec_containers {

@@ -3,7 +3,8 @@
 //! volume), hostPath only under the roots the agent allows, and persistentVolumeClaim:
 //! a claim's bound volume, which for the built-in `local-path` provisioner is a
 //! directory the agent keeps under its data directory (`storage/<volume>`), and
-//! otherwise a hostPath or local volume under the allowed roots.
+//! otherwise a hostPath or local volume under the allowed roots. Beside them, the pod's
+//! ServiceAccount credentials (`serviceaccount.rs`).
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -65,9 +66,11 @@ impl VolumeError {
     }
 }
 
-/// Prepared volumes: name → host directory, and whether the volume is read-only by nature.
+/// Prepared volumes: name → host directory, and whether the volume is read-only by nature;
+/// and the pod's ServiceAccount credentials, unless automounting is off.
 pub struct Volumes {
     dirs: HashMap<String, (PathBuf, bool)>,
+    pub service_account: Option<std::sync::Arc<super::serviceaccount::TokenMount>>,
 }
 
 fn io(volume: &str) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
@@ -404,13 +407,15 @@ async fn prepare_one(
 }
 
 impl Volumes {
-    /// Prepares every volume of the pod under `pod_dir/volumes/`.
+    /// Prepares every volume of the pod under `pod_dir/volumes/`, and its ServiceAccount
+    /// credentials (with `ca`, the cluster CA, PEM) under `pod_dir/serviceaccount/`.
     pub async fn prepare(
         client: &kube::Client,
         pod: &Pod,
         pod_dir: &Path,
         storage: &Path,
         allowed: &[PathBuf],
+        ca: &str,
     ) -> Result<Volumes, VolumeError> {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let mut dirs = HashMap::new();
@@ -427,7 +432,13 @@ impl Volumes {
                 prepare_one(client, namespace, vol, &dir, storage, allowed).await?,
             );
         }
-        Ok(Volumes { dirs })
+        let service_account = super::serviceaccount::prepare(client, pod, pod_dir, ca)
+            .await?
+            .map(std::sync::Arc::new);
+        Ok(Volumes {
+            dirs,
+            service_account,
+        })
     }
 
     /// The preopens a container gets from its volumeMounts.
@@ -453,6 +464,18 @@ impl Volumes {
                 host,
                 guest: m.mount_path.clone(),
                 read_only: *forced_ro || m.read_only.unwrap_or(false),
+            });
+        }
+        // A container that mounts something of its own there keeps it, as in Kubernetes.
+        if let Some(sa) = &self.service_account
+            && !out
+                .iter()
+                .any(|p| p.guest == super::serviceaccount::MOUNT_PATH)
+        {
+            out.push(Preopen {
+                host: sa.dir.clone(),
+                guest: super::serviceaccount::MOUNT_PATH.into(),
+                read_only: true,
             });
         }
         Ok(out)
