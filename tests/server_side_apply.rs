@@ -52,7 +52,7 @@ fn configmap(data: &[(&str, &str)]) -> String {
         text.push_str(&format!("  {k}: \"{v}\"\n"));
     }
     if data.is_empty() {
-        text = text.replace("data:\n", "data: {}\n");
+        text = text.replace("\ndata:\n", "\ndata: {}\n");
     }
     text
 }
@@ -243,10 +243,7 @@ async fn server_side_apply_takes_over_from_client_side_apply() {
     let cm = get(&api, CM).await;
     let csa = entry(&cm, "kubectl-client-side-apply").expect("client-side apply is tracked");
     assert_eq!(csa["operation"], "Update");
-    assert_eq!(
-        csa["fieldsV1"]["f:data"],
-        json!({".": {}, "f:a": {}, "f:b": {}})
-    );
+    assert_eq!(csa["fieldsV1"]["f:data"], json!({"f:a": {}, "f:b": {}}));
 
     // Any other manager changing client-side apply's fields conflicts with it...
     let theirs = manifest(d, "theirs.yaml", &configmap(&[("a", "7")]));
@@ -435,9 +432,28 @@ async fn dry_run_stores_nothing_on_any_write() {
         ],
     )
     .await;
-    ok(
+    // kubectl-create owns data.a: a dry-run apply conflicts as a real one would, and
+    // takes it over with --force-conflicts.
+    let (code, _, err) = kubectl(
         &kc,
         &["apply", "--server-side", "--dry-run=server", "-f", &changed],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("conflict with \"kubectl-create\" using v1"),
+        "{err}"
+    );
+    ok(
+        &kc,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--dry-run=server",
+            "-f",
+            &changed,
+        ],
     )
     .await;
     ok(&kc, &["apply", "--dry-run=server", "-f", &changed]).await;

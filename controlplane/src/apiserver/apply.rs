@@ -73,6 +73,11 @@ pub(crate) fn owned_part(info: &ResourceInfo, part: Part, obj: &Value) -> Value 
                 for f in SYSTEM_METADATA {
                     meta.remove(*f);
                 }
+                // What is left of it is owned field by field; an empty map would be
+                // owned as a field of its own.
+                if meta.is_empty() {
+                    out.remove("metadata");
+                }
             }
             Value::Object(out)
         }
@@ -332,6 +337,19 @@ mod tests {
             Err(ApiError::BadRequest(_))
         ));
         assert!(matches!(parse_config(b"- 1"), Err(ApiError::BadRequest(_))));
+        // Aliases that expand a small body into a huge document are refused, not expanded.
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for (name, prev) in ["b", "c", "d", "e", "f", "g", "h", "i"]
+            .iter()
+            .zip(["a", "b", "c", "d", "e", "f", "g", "h"])
+        {
+            let refs = vec![format!("*{prev}"); 10].join(", ");
+            bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+        }
+        assert!(matches!(
+            parse_config(bomb.as_bytes()),
+            Err(ApiError::BadRequest(_))
+        ));
         let v = parse_config(b"apiVersion: v1\nkind: ConfigMap\ndata:\n  a: \"1\"\n").unwrap();
         assert_eq!(v["data"]["a"], "1");
     }
@@ -345,6 +363,11 @@ mod tests {
         assert_eq!(
             owned_part(pods, Part::Main, &pod),
             json!({"metadata": {"labels": {"a": "b"}}, "spec": {"x": 1}})
+        );
+        let bare = json!({"metadata": {"name": "p"}, "spec": {"x": 1}});
+        assert_eq!(
+            owned_part(pods, Part::Main, &bare),
+            json!({"spec": {"x": 1}})
         );
         assert_eq!(
             owned_part(pods, Part::Status, &pod),

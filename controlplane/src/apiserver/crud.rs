@@ -914,7 +914,7 @@ pub(crate) fn patch_type(headers: &HeaderMap) -> ApiResult<PatchType> {
         ApiError::UnsupportedMediaType(format!(
             "the body of the request was in an unknown format - accepted media types include: \
              application/json-patch+json, application/merge-patch+json, \
-             application/strategic-merge-patch+json (got {ct:?})"
+             application/strategic-merge-patch+json, application/apply-patch+yaml (got {ct:?})"
         ))
     })
 }
