@@ -301,7 +301,8 @@ async fn apply_over_the_api_creates_conflicts_and_applies_status() {
     let config = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  labels: {app: web}\nspec:\n  ports:\n  - port: 80\n    targetPort: 8080\n";
 
     let (code, status) = api.patch(svc, APPLY, config).await;
-    assert_eq!(code, 400, "a field manager is required: {status}");
+    assert_eq!(code, 422, "a field manager is required: {status}");
+    assert_eq!(status["details"]["causes"][0]["field"], "fieldManager");
     let (code, status) = api
         .patch(&format!("{svc}?fieldManager=a"), APPLY, "spec: [1")
         .await;
@@ -388,7 +389,8 @@ async fn apply_over_the_api_creates_conflicts_and_applies_status() {
             "{}",
         )
         .await;
-    assert_eq!(code, 400, "force is for apply only: {status}");
+    assert_eq!(code, 422, "force is for apply only: {status}");
+    assert_eq!(status["details"]["causes"][0]["field"], "force");
 }
 
 #[tokio::test]

@@ -12,12 +12,13 @@ use serde_json::{Value, json};
 use skiff_api::apply::{self as ssa, ApplyError, Builtin, ManagedFields, Writer};
 use skiff_api::fields::FieldValidation;
 use skiff_api::resources::{ResourceInfo, Subresource};
+use skiff_api::validation::{FieldError, FieldErrorType};
 
 use super::Target;
 use super::crud::{self, Part};
 use super::request::{self, Query, json_response};
 use crate::auth::{self, Identity};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Subject};
 use crate::objects::{self, meta_mut};
 use crate::state::ApiServer;
 
@@ -96,7 +97,7 @@ fn subresource(part: Part) -> &'static str {
 /// kube-apiserver defaults it.
 pub(crate) fn field_manager(query: &Query, headers: &HeaderMap) -> ApiResult<String> {
     if let Some(m) = query.get("fieldManager") {
-        return checked_manager(m);
+        return checked_manager(m, "UpdateOptions");
     }
     let agent = headers
         .get(header::USER_AGENT)
@@ -110,11 +111,32 @@ pub(crate) fn field_manager(query: &Query, headers: &HeaderMap) -> ApiResult<Str
     Ok(prefix[..end].to_string())
 }
 
-fn checked_manager(m: &str) -> ApiResult<String> {
+/// A write option that is out of bounds: a 422 about the options, as Kubernetes
+/// answers (`PatchOptions.meta.k8s.io "" is invalid: force: Forbidden: ...`).
+fn invalid_option(
+    options: &'static str,
+    field: &str,
+    reason: FieldErrorType,
+    message: String,
+) -> ApiError {
+    ApiError::Invalid(
+        Subject::virtual_resource("meta.k8s.io", options, options, "").with_kind(options),
+        vec![FieldError {
+            field: field.into(),
+            reason,
+            message,
+        }],
+    )
+}
+
+fn checked_manager(m: &str, options: &'static str) -> ApiResult<String> {
     if m.len() > MAX_MANAGER_BYTES {
-        return Err(ApiError::BadRequest(format!(
-            "fieldManager: Too long: may not be more than {MAX_MANAGER_BYTES} bytes"
-        )));
+        return Err(invalid_option(
+            options,
+            "fieldManager",
+            FieldErrorType::TooLong,
+            format!("may not be more than {MAX_MANAGER_BYTES} bytes"),
+        ));
     }
     Ok(m.to_string())
 }
@@ -122,8 +144,11 @@ fn checked_manager(m: &str) -> ApiResult<String> {
 /// `force` means something only to an apply.
 pub(crate) fn refuse_force(query: &Query) -> ApiResult<()> {
     if query.get("force").is_some() {
-        return Err(ApiError::BadRequest(
-            "force: Forbidden: may not be specified for non-apply patch".into(),
+        return Err(invalid_option(
+            "PatchOptions",
+            "force",
+            FieldErrorType::Forbidden,
+            "may not be specified for non-apply patch".into(),
         ));
     }
     Ok(())
@@ -223,9 +248,17 @@ pub(crate) async fn apply(
 ) -> ApiResult<Response> {
     let info = target.info;
     let name = target.name();
-    let manager = checked_manager(query.get("fieldManager").ok_or_else(|| {
-        ApiError::BadRequest("PATCH is not supported for apply requests without fieldManager: fieldManager is required for apply requests".into())
-    })?)?;
+    let manager = match query.get("fieldManager") {
+        Some(m) => checked_manager(m, "PatchOptions")?,
+        None => {
+            return Err(invalid_option(
+                "PatchOptions",
+                "fieldManager",
+                FieldErrorType::Required,
+                "is required for apply patch".into(),
+            ));
+        }
+    };
     let force = query.flag("force");
     let validation = crud::field_validation(query)?;
     let dry_run = query.dry_run()?;

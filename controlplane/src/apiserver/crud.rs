@@ -322,10 +322,6 @@ async fn create_shared(
         },
     );
     kind.default(&mut obj);
-    if let Tracking::Update(manager) = tracking {
-        let carried = obj.pointer("/metadata/managedFields").cloned();
-        apply::record_update(info, Part::Main, manager, None, carried, &mut obj)?;
-    }
 
     for attempt in 0.. {
         if generate && let Some(prefix) = &prefix {
@@ -338,6 +334,11 @@ async fn create_shared(
         let errs = validate::validate(info, &obj);
         if !errs.is_empty() {
             return Err(ApiError::invalid(info, &name, errs));
+        }
+        // After validation, which refuses managedFields that are not well formed.
+        if let Tracking::Update(manager) = tracking {
+            let carried = obj.pointer("/metadata/managedFields").cloned();
+            apply::record_update(info, Part::Main, manager, None, carried, &mut obj)?;
         }
         check_namespace_active(api, target, &name).await?;
         if dry_run {
