@@ -464,7 +464,7 @@ fn error_responses(action: &str, status: &Value) -> Vec<(String, Value)> {
             (
                 "409",
                 "AlreadyExists, or Conflict: the object changed since the resourceVersion or \
-                 UID the request names.",
+                 UID the request names, or an apply would change fields other managers own.",
             ),
             (
                 "413",
