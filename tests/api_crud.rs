@@ -1058,7 +1058,9 @@ async fn managed_fields_whose_field_set_is_not_an_object_are_invalid() {
         422,
         "Invalid",
     );
-    cm["metadata"]["managedFields"][0]["fieldsV1"] = json!({"f:data": {}});
+    // A well-formed entry (server-side apply needs its operation too) is taken as sent.
+    cm["metadata"]["managedFields"] = json!([{"manager": "m", "operation": "Update",
+        "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {}}}]);
     let (code, updated) = api.put(&format!("{NS}/configmaps/fuzz"), &cm).await;
     assert_eq!(code, 200, "{updated}");
     assert_eq!(

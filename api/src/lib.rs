@@ -3,6 +3,7 @@
 //! all build on this crate.
 
 pub mod app;
+pub mod apply;
 pub mod client;
 pub mod fields;
 pub mod gatewayapi;

@@ -3,8 +3,10 @@
 //! JSON merge patch (RFC 7386) and JSON patch (RFC 6902) are applied with the
 //! `json-patch` crate, inside the same bounds kube-apiserver sets: at most 10 000
 //! operations, and at most 3 MiB copied by `copy` operations in one patch. Strategic
-//! merge patch is applied by `strategic.rs`; server-side apply is recognised by content
-//! type and answered 415, so kubectl says it isn't available.
+//! merge patch is applied by `strategic.rs`. Server-side apply is recognised by content
+//! type but is not a document patch: it merges by ownership (`crate::apply`), which the
+//! API server runs; here it is [`PatchError::Unsupported`] (what the scale subresource,
+//! which takes no apply, answers with 415).
 //!
 //! Errors say which status the server should answer: [`PatchError::Malformed`] is 400,
 //! [`PatchError::Failed`] and [`PatchError::CopyTooLarge`] are 422,

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 /// How a list field merges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ListStrategy {
+pub enum ListStrategy {
     /// Items are maps merged by this key.
     MergeKey(&'static str),
     /// Items are primitives; the union is kept (finalizers).
@@ -50,6 +50,19 @@ fn strategy(field: &str, target: Option<&Vec<Value>>, patch: &[Value]) -> ListSt
         "finalizers" => ListStrategy::MergePrimitives,
         _ => ListStrategy::Replace,
     }
+}
+
+/// How the list field `field` of a served kind merges, judged from its name and its
+/// `items` (container ports and Service ports are both `ports`). Server-side apply
+/// (`crate::apply`) reads the same table, so both merges key lists alike.
+pub fn list_strategy<'a>(field: &str, items: impl IntoIterator<Item = &'a Value>) -> ListStrategy {
+    let items: Vec<Value> = items
+        .into_iter()
+        .filter(|v| v.get("containerPort").is_some())
+        .take(1)
+        .cloned()
+        .collect();
+    strategy(field, None, &items)
 }
 
 /// How a list field is declared in the OpenAPI documents, as the

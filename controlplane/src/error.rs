@@ -105,6 +105,11 @@ pub enum ApiError {
     AlreadyExists(Subject),
     #[error("Operation cannot be fulfilled on {} \"{}\": {}", .0.qualified_plural(), .0.name, .1)]
     Conflict(Subject, String),
+    /// A server-side apply would change fields other managers own: the message
+    /// (`Apply failed with 1 conflict: ...`) and a (message, field) cause per field, of
+    /// type `FieldManagerConflict`.
+    #[error("{0}")]
+    ApplyConflict(String, Vec<(String, String)>),
     #[error("{} \"{}\" is invalid: {}", .0.kind(), .0.name, render_causes(.1))]
     Invalid(Subject, Vec<FieldError>),
     #[error("{0}")]
@@ -152,7 +157,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) | ApiError::NoRoute => StatusCode::NOT_FOUND,
-            ApiError::AlreadyExists(_) | ApiError::Conflict(..) => StatusCode::CONFLICT,
+            ApiError::AlreadyExists(_) | ApiError::Conflict(..) | ApiError::ApplyConflict(..) => {
+                StatusCode::CONFLICT
+            }
             ApiError::Invalid(..) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Expired(_) => StatusCode::GONE,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -172,7 +179,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::NotFound(_) | ApiError::NoRoute => "NotFound",
             ApiError::AlreadyExists(_) => "AlreadyExists",
-            ApiError::Conflict(..) => "Conflict",
+            ApiError::Conflict(..) | ApiError::ApplyConflict(..) => "Conflict",
             ApiError::Invalid(..) => "Invalid",
             ApiError::Expired(_) => "Expired",
             ApiError::Forbidden(_) => "Forbidden",
@@ -210,6 +217,13 @@ impl ApiError {
                     "reason": c.reason.cause_type(),
                     "message": c.message,
                     "field": c.field,
+                })).collect::<Vec<_>>(),
+            })),
+            ApiError::ApplyConflict(_, causes) => Some(json!({
+                "causes": causes.iter().map(|(message, field)| json!({
+                    "reason": "FieldManagerConflict",
+                    "message": message,
+                    "field": field,
                 })).collect::<Vec<_>>(),
             })),
             ApiError::TooManyRequests(_, causes) if !causes.is_empty() => Some(json!({

@@ -34,6 +34,8 @@ import schemathesis
 # Raw bodies: modules and deploys take Wasm, creates and updates Kubernetes protobuf.
 schemathesis.serializer.alias("application/wasm", "application/octet-stream")
 schemathesis.serializer.alias("application/vnd.kubernetes.protobuf", "application/octet-stream")
+# Server-side apply configurations are YAML, and JSON is YAML.
+schemathesis.serializer.alias("application/apply-patch+yaml", "application/json")
 
 SEEDS = json.loads(os.environ["SKIFF_FUZZ_SEEDS"])
 REQUEST_SECONDS = float(os.environ["SKIFF_FUZZ_REQUEST_SECONDS"])

@@ -17,6 +17,7 @@ use skiff_api::patch::{self, PatchError, PatchType};
 use skiff_api::resources::{ResourceInfo, StatusOnCreate, Subresource};
 use skiff_api::selector::{FieldSelector, LabelSelector};
 
+use super::apply::{self, SERVER_MANAGER, Tracking};
 use super::request::{self, Query, json_response};
 use super::{Target, validate};
 use crate::auth::{self, Identity};
@@ -83,7 +84,7 @@ fn field_verdict(
 }
 
 /// Fills in or checks apiVersion and kind against the endpoint's kind.
-fn check_type(info: &'static ResourceInfo, value: &mut Value) -> ApiResult<()> {
+pub(super) fn check_type(info: &'static ResourceInfo, value: &mut Value) -> ApiResult<()> {
     if !value.is_object() {
         return Err(ApiError::BadRequest(format!(
             "a {} must be a JSON object, not {}",
@@ -134,6 +135,28 @@ pub(crate) fn served_list<'a>(info: &ResourceInfo, list: &'a Value) -> Cow<'a, V
         }
     }
     shown.map_or(Cow::Borrowed(list), Cow::Owned)
+}
+
+/// An object as the request's version shows it, in the form it is stored in.
+pub(super) fn kind_to_stored(info: &'static ResourceInfo, value: Value) -> ApiResult<Value> {
+    Ok(kinds::of(info).to_stored(normalize(info, value)?))
+}
+
+/// The request's `fieldValidation` verdict on fields of `obj` its kind does not have.
+pub(super) fn unknown_field_verdict(
+    info: &'static ResourceInfo,
+    validation: FieldValidation,
+    obj: &Value,
+) -> ApiResult<Vec<String>> {
+    if validation == FieldValidation::Ignore {
+        return Ok(Vec::new());
+    }
+    let normalized = normalize(info, obj.clone())?;
+    let problems = fields::unknown_fields(obj, &normalized)
+        .into_iter()
+        .map(FieldProblem::Unknown)
+        .collect();
+    field_verdict(info, validation, problems)
 }
 
 fn normalize(info: &'static ResourceInfo, value: Value) -> ApiResult<Value> {
@@ -217,7 +240,15 @@ pub(crate) async fn create(
     let (obj, warnings) = decode_validated(target.info, &body, validation)?;
     let obj = kinds::of(target.info).to_stored(obj);
     auth::admit(api, identity, target.info, None, &obj)?;
-    let created = create_shared(api, target, obj, query.dry_run()?).await?;
+    let manager = apply::field_manager(query, headers)?;
+    let created = create_shared(
+        api,
+        target,
+        obj,
+        query.dry_run()?,
+        Tracking::Update(&manager),
+    )
+    .await?;
     Ok(request::with_warnings(
         json_response(StatusCode::CREATED, &served(target.info, &created)),
         &warnings,
@@ -232,7 +263,20 @@ pub(crate) async fn create_object(
     dry_run: bool,
 ) -> ApiResult<Value> {
     Ok(Arc::unwrap_or_clone(
-        create_shared(api, target, obj, dry_run).await?,
+        create_shared(api, target, obj, dry_run, Tracking::Update(SERVER_MANAGER)).await?,
+    ))
+}
+
+/// [`create_object`] recording field ownership as `tracking` says.
+pub(super) async fn create_tracked(
+    api: &ApiServer,
+    target: &Target,
+    obj: Value,
+    dry_run: bool,
+    tracking: Tracking<'_>,
+) -> ApiResult<Value> {
+    Ok(Arc::unwrap_or_clone(
+        create_shared(api, target, obj, dry_run, tracking).await?,
     ))
 }
 
@@ -243,6 +287,7 @@ async fn create_shared(
     target: &Target,
     mut obj: Value,
     dry_run: bool,
+    tracking: Tracking<'_>,
 ) -> ApiResult<Arc<Value>> {
     let info = target.info;
     check_namespace(target, &mut obj)?;
@@ -289,6 +334,11 @@ async fn create_shared(
         let errs = validate::validate(info, &obj);
         if !errs.is_empty() {
             return Err(ApiError::invalid(info, &name, errs));
+        }
+        // After validation, which refuses managedFields that are not well formed.
+        if let Tracking::Update(manager) = tracking {
+            let carried = obj.pointer("/metadata/managedFields").cloned();
+            apply::record_update(info, Part::Main, manager, None, carried, &mut obj)?;
         }
         check_namespace_active(api, target, &name).await?;
         if dry_run {
@@ -479,7 +529,7 @@ pub(crate) enum Part {
     Status,
 }
 
-fn part_of(target: &Target) -> Part {
+pub(super) fn part_of(target: &Target) -> Part {
     if target.sub == Some(Subresource::Status) {
         Part::Status
     } else {
@@ -647,12 +697,36 @@ where
 /// Updates an object through [`guaranteed_update`], retried on lost races unless the
 /// client gave a resourceVersion precondition. `mutate` gets the stored object and returns
 /// the object the client wants and that precondition; the result is prepared (system
-/// fields, defaults, generation) and validated as `part` of the object.
+/// fields, defaults, generation) and validated as `part` of the object. The server's own
+/// writes own what they change as [`SERVER_MANAGER`].
 pub(crate) async fn update_object<F>(
     api: &ApiServer,
     target: &Target,
     part: Part,
     dry_run: bool,
+    mutate: F,
+) -> ApiResult<Value>
+where
+    F: FnMut(&Stored) -> ApiResult<(Value, Option<u64>)>,
+{
+    update_tracked(
+        api,
+        target,
+        part,
+        dry_run,
+        Tracking::Update(SERVER_MANAGER),
+        mutate,
+    )
+    .await
+}
+
+/// [`update_object`], recording field ownership as `tracking` says.
+pub(super) async fn update_tracked<F>(
+    api: &ApiServer,
+    target: &Target,
+    part: Part,
+    dry_run: bool,
+    tracking: Tracking<'_>,
     mut mutate: F,
 ) -> ApiResult<Value>
 where
@@ -689,10 +763,33 @@ where
                 name,
             ));
         }
-        let new = prepare_update(info, target, &current.object, desired, part)?;
+        let carried = desired.pointer("/metadata/managedFields").cloned();
+        let mut new = prepare_update(info, target, &current.object, desired, part)?;
+        match tracking {
+            Tracking::Update(manager) => {
+                apply::record_update(
+                    info,
+                    part,
+                    manager,
+                    Some(&current.object),
+                    carried,
+                    &mut new,
+                )?;
+            }
+            Tracking::Keep => match carried {
+                Some(m) => {
+                    meta_mut(&mut new).insert("managedFields".into(), m);
+                }
+                None => {
+                    meta_mut(&mut new).remove("managedFields");
+                }
+            },
+        }
         let mut unchanged = (*current.object).clone();
         meta_mut(&mut unchanged).remove("resourceVersion");
         let change = if dry_run {
+            // Nothing is written, so the object keeps the version it has.
+            meta_mut(&mut new).insert("resourceVersion".into(), json!(current.rev.to_string()));
             Change::None(new)
         } else if new == unchanged {
             Change::None((*current.object).clone())
@@ -716,7 +813,7 @@ where
 /// Admission of an update against the object it would replace. A write of the status
 /// subresource keeps the stored metadata (see [`prepare_update`]), so only writes of
 /// the main resource can change what admission looks at.
-fn admit_update(
+pub(super) fn admit_update(
     api: &ApiServer,
     identity: &Identity,
     target: &Target,
@@ -752,7 +849,9 @@ pub(crate) async fn update(
     let (desired, warnings) = decode_validated(target.info, &body, validation)?;
     let precondition = precondition_of(&desired)?;
     let part = part_of(target);
-    let out = update_object(api, target, part, query.dry_run()?, |current| {
+    let manager = apply::field_manager(query, headers)?;
+    let tracking = Tracking::Update(&manager);
+    let out = update_tracked(api, target, part, query.dry_run()?, tracking, |current| {
         admit_update(api, identity, target, part, current, &desired)?;
         Ok((desired.clone(), precondition))
     })
@@ -817,7 +916,7 @@ pub(crate) fn patch_type(headers: &HeaderMap) -> ApiResult<PatchType> {
         ApiError::UnsupportedMediaType(format!(
             "the body of the request was in an unknown format - accepted media types include: \
              application/json-patch+json, application/merge-patch+json, \
-             application/strategic-merge-patch+json (got {ct:?})"
+             application/strategic-merge-patch+json, application/apply-patch+yaml (got {ct:?})"
         ))
     })
 }
@@ -831,6 +930,11 @@ pub(crate) async fn patch(
     body: Body,
 ) -> ApiResult<Response> {
     let kind = patch_type(headers)?;
+    if kind == PatchType::Apply {
+        return apply::apply(api, identity, target, query, headers, body).await;
+    }
+    apply::refuse_force(query)?;
+    let manager = apply::field_manager(query, headers)?;
     let validation = field_validation(query)?;
     let body = request::read_body(headers, body, api.config.max_body_bytes).await?;
     let info = target.info;
@@ -843,7 +947,8 @@ pub(crate) async fn patch(
     };
     let mut warnings = Vec::new();
     let part = part_of(target);
-    let out = update_object(api, target, part, query.dry_run()?, |current| {
+    let tracking = Tracking::Update(&manager);
+    let out = update_tracked(api, target, part, query.dry_run()?, tracking, |current| {
         // The patch is written against the object as this version shows it.
         let shown = served(info, &current.object);
         let mut patched = apply_patch(info, &name, kind, &shown, &body)?;

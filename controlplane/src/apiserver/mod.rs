@@ -3,6 +3,7 @@
 //! own routes: health, backups, metrics, and the agents' reverse tunnels. The state it
 //! serves from is `crate::state`.
 
+mod apply;
 mod apps;
 mod authorization_api;
 mod clock;

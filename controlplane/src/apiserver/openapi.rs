@@ -296,7 +296,9 @@ fn write_params(with_force: bool) -> Vec<Value> {
     if with_force {
         out.push(query_param(
             "force",
-            "Server-side apply is not served, so this has no effect.",
+            "Force is going to \"force\" Apply requests. It means user will re-acquire \
+             conflicting fields owned by other people. Force flag must be unset for non-apply \
+             patch requests.",
             json!({"type": "boolean"}),
         ));
     }
@@ -477,7 +479,7 @@ fn error_responses(action: &str, status: &Value) -> Vec<(String, Value)> {
             (
                 "409",
                 "AlreadyExists, or Conflict: the object changed since the resourceVersion or \
-                 UID the request names.",
+                 UID the request names, or an apply would change fields other managers own.",
             ),
             (
                 "413",
@@ -582,8 +584,8 @@ fn wasm_content() -> Value {
     json!({"schema": {"type": "string", "format": "binary"}})
 }
 
-/// The three patch types the server applies; server-side apply is not served. A JSON
-/// patch is a list of operations, the others an object.
+/// The four patch types the server applies. A JSON patch is a list of operations, an
+/// apply configuration is YAML (or JSON, which is YAML too), the others an object.
 fn patch_body() -> Value {
     let object = json!({"type": "object"});
     let json_patch = json!({
@@ -605,6 +607,7 @@ fn patch_body() -> Value {
             "application/json-patch+json": {"schema": json_patch},
             "application/merge-patch+json": {"schema": object},
             "application/strategic-merge-patch+json": {"schema": object},
+            "application/apply-patch+yaml": {"schema": object},
         }
     })
 }
@@ -1043,6 +1046,7 @@ mod tests {
             param(&cm["delete"], "propagationPolicy")["enum"],
             json!(["Background", "Foreground", "Orphan"])
         );
+        assert!(cm["patch"]["requestBody"]["content"]["application/apply-patch+yaml"].is_object());
         // A JSON patch is a list of operations.
         assert_eq!(
             cm["patch"]["requestBody"]["content"]["application/json-patch+json"]["schema"]["type"],

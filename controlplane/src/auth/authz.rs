@@ -654,6 +654,31 @@ async fn check(
     Ok(request)
 }
 
+/// Whether `identity` may also create what a PATCH names: a server-side apply creates
+/// a missing object, and Kubernetes then checks `create` as well as `patch`. A node's
+/// patches reach only what the Node authorizer let it patch, which is its own.
+pub(crate) fn may_create(
+    api: &ApiServer,
+    identity: &Identity,
+    target: &crate::apiserver::Target,
+) -> ApiResult<()> {
+    if matches!(identity, Identity::Node { .. }) {
+        return Ok(());
+    }
+    let attrs = Attributes::Resource {
+        verb: "create".into(),
+        namespace: target.namespace.clone(),
+        group: target.info.group.into(),
+        resource: target.info.plural.into(),
+        subresource: None,
+        name: None,
+    };
+    match api.rbac.authorize(&identity.subject(), &attrs) {
+        Some(_) => Ok(()),
+        None => Err(refusal(&identity.user(), &attrs)),
+    }
+}
+
 /// The identity a request acts as: the authenticated one, or, with `Impersonate-User`
 /// (and `Impersonate-Group`, `Impersonate-Uid`, `Impersonate-Extra-*`) headers, the one
 /// they name, if RBAC grants the authenticated identity the `impersonate` verb on each

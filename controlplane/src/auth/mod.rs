@@ -50,6 +50,7 @@ mod verified;
 
 pub use authn::{Identity, authenticate};
 pub use authz::layer;
+pub(crate) use authz::may_create;
 pub use bootstrap::{ensure_tokens, routes};
 pub use noderestriction::admit;
 pub use satokens::{ServiceAccountTokens, SigningKeyError};
