@@ -508,3 +508,123 @@ print("forced:", out.data.k)
         );
     }
 }
+
+/// A custom resource merges by its CRD's schema: two managers apply items of a
+/// `x-kubernetes-list-type: map` list and both stay, each owning its own; an atomic
+/// (unannotated) list is replaced whole, and taking it is a conflict.
+#[tokio::test]
+async fn custom_resources_merge_by_their_schemas_list_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let kc = server.kubeconfig();
+    let crd = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: routes.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: routes, singular: route, kind: Route}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              backends:
+                type: array
+                x-kubernetes-list-type: map
+                x-kubernetes-list-map-keys: [name]
+                items:
+                  type: object
+                  required: [name]
+                  properties:
+                    name: {type: string}
+                    weight: {type: integer}
+              hosts:
+                type: array
+                items: {type: string}
+"#;
+    ok(
+        &kc,
+        &["apply", "-f", &manifest(dir.path(), "crd.yaml", crd)],
+    )
+    .await;
+    ok(
+        &kc,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/routes.example.com",
+            "--timeout=30s",
+        ],
+    )
+    .await;
+    let route = |backend: &str, weight: u32, host: &str| {
+        format!(
+            "apiVersion: example.com/v1\nkind: Route\nmetadata:\n  name: r\n  namespace: default\nspec:\n  backends:\n  - name: {backend}\n    weight: {weight}\n  hosts: [{host}]\n"
+        )
+    };
+    ok(
+        &kc,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=team-a",
+            "-f",
+            &manifest(dir.path(), "a.yaml", &route("a", 1, "a.example")),
+        ],
+    )
+    .await;
+    // Another manager's item of the map list merges beside the first...
+    let b = manifest(dir.path(), "b.yaml", &route("b", 2, "b.example"));
+    let (code, _, err) = kubectl(
+        &kc,
+        &["apply", "--server-side", "--field-manager=team-b", "-f", &b],
+    )
+    .await;
+    // ...but the atomic list of hosts is team-a's whole: a conflict.
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("conflict") && err.contains(".spec.hosts"),
+        "{err}"
+    );
+    ok(
+        &kc,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=team-b",
+            "--force-conflicts",
+            "-f",
+            &b,
+        ],
+    )
+    .await;
+    let api = server.api();
+    let obj = get(&api, "/apis/example.com/v1/namespaces/default/routes/r").await;
+    assert_eq!(
+        obj["spec"]["backends"],
+        json!([{"name": "a", "weight": 1}, {"name": "b", "weight": 2}]),
+        "{obj}"
+    );
+    assert_eq!(obj["spec"]["hosts"], json!(["b.example"]), "{obj}");
+    let a = entry(&obj, "team-a").expect("team-a still owns its backend");
+    assert!(
+        a["fieldsV1"].to_string().contains(r#"k:{\"name\":\"a\"}"#),
+        "{a}"
+    );
+    // team-a stops applying its backend: it goes, team-b's stays.
+    ok(&kc, &["apply", "--server-side", "--field-manager=team-a", "-f", &manifest(dir.path(), "a2.yaml", "apiVersion: example.com/v1\nkind: Route\nmetadata:\n  name: r\n  namespace: default\nspec: {}\n")]).await;
+    let obj = get(&api, "/apis/example.com/v1/namespaces/default/routes/r").await;
+    assert_eq!(
+        obj["spec"]["backends"],
+        json!([{"name": "b", "weight": 2}]),
+        "{obj}"
+    );
+}

@@ -13,7 +13,7 @@ pub mod typed;
 
 pub use fieldpath::{FieldSet, Path, PathElement};
 pub use managed::{Applied, Entry, ManagedFields, Operation, Writer, apply, update};
-pub use schema::{ApplySchema, Builtin, ListType};
+pub use schema::{ApplySchema, Builtin, ListType, Structural};
 
 /// A field another manager owns that an apply would change.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -48,3 +48,98 @@ impl ApplySchema for Builtin {
         }
     }
 }
+
+/// A structural schema (a CustomResourceDefinition version's `openAPIV3Schema`): lists
+/// merge as their `x-kubernetes-list-type` says (`atomic` when unset, as Kubernetes
+/// treats custom resources), maps as their `x-kubernetes-map-type`.
+#[derive(Debug, Clone)]
+pub struct Structural<'a>(pub &'a Value);
+
+impl Structural<'_> {
+    /// The schema of the field at `path` (list items skipped, as [`ApplySchema`] names
+    /// paths), through `properties`, `additionalProperties` and array `items`.
+    fn at(&self, path: &[&str]) -> Option<&Value> {
+        let mut here = self.0;
+        for name in path {
+            if here.get("type").and_then(Value::as_str) == Some("array") {
+                here = here.get("items")?;
+            }
+            here = match here.pointer(&format!(
+                "/properties/{}",
+                name.replace('~', "~0").replace('/', "~1")
+            )) {
+                Some(p) => p,
+                None => here.get("additionalProperties").filter(|a| a.is_object())?,
+            };
+        }
+        Some(here)
+    }
+}
+
+impl ApplySchema for Structural<'_> {
+    fn list_type(&self, path: &[&str], _items: &[&Value]) -> ListType {
+        let Some(schema) = self.at(path) else {
+            return ListType::Atomic;
+        };
+        match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
+            Some("set") => ListType::Set,
+            Some("map") => ListType::Map(
+                schema
+                    .get("x-kubernetes-list-map-keys")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect(),
+            ),
+            _ => ListType::Atomic,
+        }
+    }
+
+    fn map_is_atomic(&self, path: &[&str]) -> bool {
+        self.at(path)
+            .and_then(|s| s.get("x-kubernetes-map-type"))
+            .and_then(Value::as_str)
+            == Some("atomic")
+    }
+}
+
+#[cfg(test)]
+mod structural_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_structural_schema_says_how_lists_and_maps_merge() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "ports": {"type": "array", "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["port", "protocol"],
+                "items": {"type": "object", "properties": {
+                    "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}}}}},
+            "args": {"type": "array", "items": {"type": "string"}},
+            "selector": {"type": "object", "x-kubernetes-map-type": "atomic",
+                "additionalProperties": {"type": "string"}},
+            "labels": {"type": "object", "additionalProperties": {"type": "object", "properties": {
+                "hosts": {"type": "array", "x-kubernetes-list-type": "set"}}}},
+        }}}});
+        let s = Structural(&schema);
+        assert_eq!(
+            s.list_type(&["spec", "ports"], &[]),
+            ListType::Map(vec!["port".into(), "protocol".into()])
+        );
+        assert_eq!(s.list_type(&["spec", "ports", "tags"], &[]), ListType::Set);
+        assert_eq!(
+            s.list_type(&["spec", "args"], &[]),
+            ListType::Atomic,
+            "unset is atomic"
+        );
+        assert_eq!(s.list_type(&["spec", "nope"], &[]), ListType::Atomic);
+        assert_eq!(
+            s.list_type(&["spec", "labels", "any", "hosts"], &[]),
+            ListType::Set
+        );
+        assert!(s.map_is_atomic(&["spec", "selector"]));
+        assert!(!s.map_is_atomic(&["spec", "labels"]));
+    }
+}

@@ -9,7 +9,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use skiff_api::apply::{self as ssa, ApplyError, Builtin, ManagedFields, Writer};
+use skiff_api::apply::{
+    self as ssa, ApplyError, ApplySchema, Builtin, ManagedFields, Structural, Writer,
+};
 use skiff_api::fields::FieldValidation;
 use skiff_api::resources::{ResourceInfo, Subresource};
 use skiff_api::validation::{FieldError, FieldErrorType};
@@ -202,12 +204,13 @@ pub(crate) fn record_update(
         time: &now,
     };
     let before = live.map_or_else(|| json!({}), |l| owned_part(info, part, l));
+    let kind = crate::kinds::of(info);
     ssa::update(
         &mut managed,
         &before,
         &owned_part(info, part, new),
         &writer,
-        &Builtin,
+        &*merge_schema(&*kind),
     )
     .map_err(|e| to_api_error(info, e))?;
     set_managed(new, &managed);
@@ -248,6 +251,8 @@ pub(crate) async fn apply(
 ) -> ApiResult<Response> {
     let info = target.info;
     let name = target.name();
+    let kind = crate::kinds::of(info);
+    let schema = merge_schema(&*kind);
     let manager = match query.get("fieldManager") {
         Some(m) => checked_manager(m, "PatchOptions")?,
         None => {
@@ -304,7 +309,7 @@ pub(crate) async fn apply(
             &ManagedFields::default(),
             &writer,
             force,
-            &Builtin,
+            &*schema,
             &view,
         )
         .map_err(|e| to_api_error(info, e))?;
@@ -326,7 +331,7 @@ pub(crate) async fn apply(
         let shown = crud::served(info, &current.object).into_owned();
         // Entries that do not decode are dropped rather than failing every apply.
         let managed = ManagedFields::of(&shown).unwrap_or_default();
-        let applied = ssa::apply(&shown, &config, &managed, &writer, force, &Builtin, &view)
+        let applied = ssa::apply(&shown, &config, &managed, &writer, force, &*schema, &view)
             .map_err(|e| to_api_error(info, e))?;
         let mut obj = applied.object;
         if validation != FieldValidation::Ignore {
@@ -341,6 +346,15 @@ pub(crate) async fn apply(
         json_response(StatusCode::OK, &crud::served(info, &out)),
         &warnings,
     ))
+}
+
+/// How `kind`'s lists and maps merge: by its structural schema (a custom resource's),
+/// else by the built-in kinds' merge keys.
+fn merge_schema(kind: &dyn crate::kinds::Kind) -> Box<dyn ApplySchema + Send + Sync + '_> {
+    match kind.structural_schema() {
+        Some(schema) => Box::new(Structural(schema)),
+        None => Box::new(Builtin),
+    }
 }
 
 #[cfg(test)]

@@ -251,6 +251,10 @@ impl CustomKind {
 }
 
 impl Kind for CustomKind {
+    fn structural_schema(&self) -> Option<&Value> {
+        Some(&self.schema)
+    }
+
     fn info(&self) -> &'static ResourceInfo {
         self.info
     }

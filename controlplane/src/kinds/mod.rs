@@ -236,6 +236,13 @@ pub trait Kind: Send + Sync {
         false
     }
 
+    /// For server-side apply: the structural schema whose `x-kubernetes-list-type` and
+    /// `x-kubernetes-map-type` say how lists and maps merge (a custom resource's); None
+    /// for the built-in kinds, which merge on strategic merge patch's keys.
+    fn structural_schema(&self) -> Option<&Value> {
+        None
+    }
+
     /// The Table columns `kubectl get` shows.
     fn columns(&self) -> Vec<Column> {
         vec![NAME, AGE]
