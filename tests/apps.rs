@@ -904,3 +904,58 @@ async fn a_deleted_pod_finishes_the_requests_it_is_serving() {
     let expected: String = (1..=10).map(|i| format!("chunk {i}\n")).collect();
     assert_eq!(body, expected);
 }
+
+/// A pod reads its projected ServiceAccount token and calls the API at
+/// `kubernetes.default.svc` with it: 403 while its account has no role, the pods once a
+/// RoleBinding grants `view`, 403 again once the binding goes.
+#[tokio::test]
+async fn a_pod_lists_pods_with_its_service_account_token_as_rbac_allows() {
+    let c = cluster(1, &[]);
+    let kubeconfig = c.dir.path().join("kubeconfig");
+    let http = reqwest::Client::new();
+    let (code, caller) = deploy(&c.api, "caller", "http-fetch.wasm", "wait=true").await;
+    assert_eq!(code, 201, "{caller}");
+    let url = caller["status"]["url"].as_str().unwrap().to_string();
+    let call = format!(
+        "{url}?url=https://kubernetes.default.svc/api/v1/namespaces/default/pods\
+         &token=/var/run/secrets/kubernetes.io/serviceaccount/token"
+    );
+    let answer = |want: &'static str| {
+        let (http, call) = (http.clone(), call.clone());
+        async move {
+            eventually(&format!("the pod's call answered {want}"), WAIT, || {
+                let (http, call) = (http.clone(), call.clone());
+                async move {
+                    let (code, body) = get(&http, &call).await;
+                    (code == 200 && body.starts_with(want)).then_some(body)
+                }
+            })
+            .await
+        }
+    };
+    // Authenticated as its account (not as the node), which may do nothing yet.
+    let body = answer("upstream 403:").await;
+    assert!(
+        body.contains(
+            r#"User \"system:serviceaccount:default:default\" cannot list resource \"pods\""#
+        ),
+        "{body}"
+    );
+    common::kubectl(
+        &kubeconfig,
+        &[
+            "create",
+            "rolebinding",
+            "default-view",
+            "--clusterrole=view",
+            "--serviceaccount=default:default",
+        ],
+    );
+    let body = answer("upstream 200:").await;
+    assert!(
+        body.contains(r#""kind":"PodList""#) && body.contains("caller"),
+        "{body}"
+    );
+    common::kubectl(&kubeconfig, &["delete", "rolebinding", "default-view"]);
+    answer("upstream 403:").await;
+}
