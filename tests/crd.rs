@@ -656,12 +656,14 @@ async fn every_server_on_etcd_serves_a_crd() {
         (code == 201).then_some(())
     })
     .await;
-    let (code, got) = a.get(&format!("{WIDGETS}/from-b")).await;
-    assert_eq!(
-        (code, got["spec"]["replicas"].as_i64()),
-        (200, Some(1)),
-        "{got}"
-    );
+    // ...and the first, whose own watch registers it as B's does (the create's answer
+    // does not wait for that).
+    let got = eventually("the first server to serve widgets", WAIT, || async {
+        let (code, got) = a.get(&format!("{WIDGETS}/from-b")).await;
+        (code == 200).then_some(got)
+    })
+    .await;
+    assert_eq!(got["spec"]["replicas"].as_i64(), Some(1), "{got}");
 
     // A server started now serves it before anything else happens.
     let third = ServerProcess::start(&dir.path().join("s2"), &joining);

@@ -57,8 +57,8 @@ const SKIFF_WRITE: &str = "one HTTPS request (TLS, a bearer token checked agains
     transaction acknowledged after fsync";
 const ETCD_TXN: &str = "one gRPC create transaction (put the key if its create_revision \
     is 0, what kube-apiserver sends for a create) whose value is the ConfigMap as an API \
-    server stores it (the clients' object with namespace, uid and creation timestamp \
-    added, as JSON); acknowledged after etcd's WAL fsync; plain HTTP/2, no \
+    server stores it (the clients' object with namespace, uid, creation timestamp and \
+    managedFields added, as JSON); acknowledged after etcd's WAL fsync; plain HTTP/2, no \
     authentication, no validation";
 const ETCD_PUT: &str = "one gRPC bare put of the same value (etcd's headline figure; no API \
     server sends it for a create)";
@@ -73,13 +73,22 @@ fn configmap(name: &str) -> Value {
 }
 
 /// The value etcd is given for a create: the clients' ConfigMap with what an API server
-/// adds before it stores an object (its namespace, a uid, the creation timestamp).
+/// adds before it stores an object (its namespace, a uid, the creation timestamp, the
+/// managedFields entry of the write).
 fn stored_configmap(collection: &str, name: &str, i: usize) -> Value {
     let mut cm = configmap(name);
     let meta = &mut cm["metadata"];
     meta["namespace"] = json!(collection);
     meta["uid"] = json!(format!("00000000-0000-4000-8000-{i:012}"));
-    meta["creationTimestamp"] = json!(skiff_api::time::now_rfc3339());
+    let now = skiff_api::time::now_rfc3339();
+    meta["creationTimestamp"] = json!(now);
+    // Who wrote which fields, as kube-apiserver (and Skiff) record for every write.
+    meta["managedFields"] = json!([{
+        "manager": "skiff", "operation": "Update", "apiVersion": "v1", "time": now,
+        "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:data": {".": {}, "f:payload": {}},
+            "f:metadata": {"f:labels": {".": {}, "f:bench": {}}}},
+    }]);
     cm
 }
 
