@@ -156,11 +156,11 @@ fn attributes(method: &Method, path: &str, kind: &Kind) -> Attributes {
 }
 
 /// Kubernetes' words for an RBAC refusal.
-pub(super) fn refusal(user: &str, attrs: &Attributes) -> ApiError {
+fn refusal(user: &str, attrs: &Attributes) -> String {
     match attrs {
-        Attributes::NonResource { verb, path } => ApiError::Forbidden(format!(
-            "forbidden: User \"{user}\" cannot {verb} path \"{path}\""
-        )),
+        Attributes::NonResource { verb, path } => {
+            format!("forbidden: User \"{user}\" cannot {verb} path \"{path}\"")
+        }
         Attributes::Resource {
             verb,
             namespace,
@@ -186,10 +186,22 @@ pub(super) fn refusal(user: &str, attrs: &Attributes) -> ApiError {
                 Some(ns) => format!("in the namespace \"{ns}\""),
                 None => "at the cluster scope".into(),
             };
-            ApiError::Forbidden(format!(
+            format!(
                 "{subject} is forbidden: User \"{user}\" cannot {verb} resource \"{full}\" in API group \"{group}\" {scope}"
-            ))
+            )
         }
+    }
+}
+
+/// Whether RBAC allows `identity` what `attrs` asks; the refusal in Kubernetes' words.
+pub(super) fn rbac_check(
+    api: &ApiServer,
+    identity: &Identity,
+    attrs: &Attributes,
+) -> ApiResult<()> {
+    match api.rbac.authorize(&identity.subject(), attrs) {
+        Some(_) => Ok(()),
+        None => Err(ApiError::Forbidden(refusal(&identity.user(), attrs))),
     }
 }
 
@@ -201,23 +213,9 @@ fn resource_name(t: &Target) -> String {
     }
 }
 
+/// The Node authorizer's refusal: RBAC's words, and why.
 fn forbidden(identity: &Identity, r: &Resource, why: &str) -> ApiError {
-    let t = &r.target;
-    let scope = match &t.namespace {
-        Some(ns) => format!("in the namespace \"{ns}\""),
-        None => "at the cluster scope".into(),
-    };
-    let subject = match &t.name {
-        Some(name) => format!("{} \"{name}\"", t.info.qualified_plural()),
-        None => t.info.qualified_plural(),
-    };
-    let mut message = format!(
-        "{subject} is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\" {scope}",
-        identity.user(),
-        r.verb,
-        resource_name(t),
-        t.info.group
-    );
+    let mut message = refusal(&identity.user(), &r.attributes());
     if !why.is_empty() {
         message.push_str(": ");
         message.push_str(why);
@@ -543,10 +541,7 @@ async fn authorize(
         }
         _ => attrs,
     };
-    match api.rbac.authorize(&identity.subject(), &attrs) {
-        Some(_) => Ok(()),
-        None => Err(refusal(&identity.user(), &attrs)),
-    }
+    rbac_check(api, identity, &attrs)
 }
 
 /// A request's verb and resource as kube-apiserver labels its metrics: `LIST`,
@@ -673,10 +668,7 @@ pub(crate) fn may_create(
         subresource: None,
         name: None,
     };
-    match api.rbac.authorize(&identity.subject(), &attrs) {
-        Some(_) => Ok(()),
-        None => Err(refusal(&identity.user(), &attrs)),
-    }
+    rbac_check(api, identity, &attrs)
 }
 
 /// The identity a request acts as: the authenticated one, or, with `Impersonate-User`
@@ -722,13 +714,7 @@ fn impersonate(
         ));
     }
     let user = users[0].clone();
-    let subject = identity.subject();
-    let check = |attrs: Attributes| -> ApiResult<()> {
-        match api.rbac.authorize(&subject, &attrs) {
-            Some(_) => Ok(()),
-            None => Err(refusal(&identity.user(), &attrs)),
-        }
-    };
+    let check = |attrs: Attributes| rbac_check(api, &identity, &attrs);
     let impersonation =
         |group: &str, resource: &str, sub: Option<&str>, namespace: Option<&str>, name: &str| {
             Attributes::Resource {
