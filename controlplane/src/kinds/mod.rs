@@ -111,10 +111,10 @@ fn builtins() -> Vec<Arc<dyn Kind>> {
         // The stored version first: discovery prefers the first version of a group.
         Arc::new(horizontalpodautoscaler::HorizontalPodAutoscaler),
         Arc::new(horizontalpodautoscaler::HorizontalPodAutoscalerV1),
-        Arc::new(role::Role),
-        Arc::new(clusterrole::ClusterRole),
-        Arc::new(rolebinding::RoleBinding),
-        Arc::new(clusterrolebinding::ClusterRoleBinding),
+        Arc::new(role::KIND),
+        Arc::new(clusterrole::KIND),
+        Arc::new(rolebinding::KIND),
+        Arc::new(clusterrolebinding::KIND),
         Arc::new(customresourcedefinition::CustomResourceDefinition),
     ]
 }

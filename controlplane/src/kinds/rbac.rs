@@ -1,14 +1,17 @@
 //! What the four RBAC kinds (Role, ClusterRole, RoleBinding, ClusterRoleBinding in
-//! rbac.authorization.k8s.io/v1) share: checking rules, role references and subjects as
-//! kube-apiserver's validation does, and their Table cells. Who may write them (the
-//! escalation checks) is `auth::rbac`'s and `apiserver::crud`'s.
+//! rbac.authorization.k8s.io/v1) share: the two kinds' behaviour, [`RoleKind`] and
+//! [`BindingKind`] (each file declares its kind's `INFO` and one of these), which check
+//! rules, role references and subjects as kube-apiserver's validation does and show
+//! kubectl's columns. Who may write them (the escalation checks) is `auth::escalation`'s.
 
 use serde_json::{Value, json};
 
+use skiff_api::resources::ResourceInfo;
 use skiff_api::validation::FieldError;
 
+use super::Kind;
+use super::print::{self, AGE, Column, NAME, age};
 use crate::kinds::fields::{immutable, invalid, required};
-use crate::kinds::print;
 
 pub const GROUP: &str = crate::auth::rbac::GROUP;
 
@@ -19,7 +22,7 @@ fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
 }
 
 /// Checks a role's `rules`; a namespaced Role may not name paths.
-pub fn validate_rules(obj: &Value, cluster: bool, errs: &mut Vec<FieldError>) {
+fn validate_rules(obj: &Value, cluster: bool, errs: &mut Vec<FieldError>) {
     for (i, rule) in list(obj, "rules").iter().enumerate() {
         let at = |f: &str| format!("rules[{i}].{f}");
         if list(rule, "verbs").is_empty() {
@@ -54,7 +57,7 @@ pub fn validate_rules(obj: &Value, cluster: bool, errs: &mut Vec<FieldError>) {
 
 /// Checks a binding's `roleRef` (a ClusterRoleBinding may refer only to a ClusterRole)
 /// and `subjects`.
-pub fn validate_binding(obj: &Value, cluster: bool, errs: &mut Vec<FieldError>) {
+fn validate_binding(obj: &Value, cluster: bool, errs: &mut Vec<FieldError>) {
     let role_ref = &obj["roleRef"];
     if role_ref["apiGroup"].as_str() != Some(GROUP) {
         errs.push(invalid(
@@ -116,12 +119,12 @@ pub fn validate_binding(obj: &Value, cluster: bool, errs: &mut Vec<FieldError>) 
 }
 
 /// A binding's role reference cannot change, as in Kubernetes: delete and recreate it.
-pub fn validate_binding_update(old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
+fn validate_binding_update(old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
     immutable(old, new, "/roleRef", "roleRef", errs);
 }
 
 /// Sets a subject's default API group, as Kubernetes does.
-pub fn default_subjects(obj: &mut Value) {
+fn default_subjects(obj: &mut Value) {
     if let Some(subjects) = obj.get_mut("subjects").and_then(Value::as_array_mut) {
         for s in subjects {
             if s.get("apiGroup").is_none() && matches!(s["kind"].as_str(), Some("User" | "Group")) {
@@ -137,7 +140,7 @@ pub fn default_subjects(obj: &mut Value) {
 }
 
 /// `ClusterRole/view`: a binding's ROLE column.
-pub fn role_cell(obj: &Value) -> Value {
+fn role_cell(obj: &Value) -> Value {
     json!(format!(
         "{}/{}",
         print::s(obj, "/roleRef/kind"),
@@ -146,7 +149,7 @@ pub fn role_cell(obj: &Value) -> Value {
 }
 
 /// The names of a binding's subjects of one kind, comma-separated (the wide columns).
-pub fn subjects_cell(obj: &Value, kind: &str) -> Value {
+fn subjects_cell(obj: &Value, kind: &str) -> Value {
     let names: Vec<String> = list(obj, "subjects")
         .iter()
         .filter(|s| s["kind"] == kind)
@@ -161,8 +164,88 @@ pub fn subjects_cell(obj: &Value, kind: &str) -> Value {
 }
 
 /// `CREATED AT`, the column kubectl shows for roles.
-pub fn created_at(obj: &Value) -> Value {
+fn created_at(obj: &Value) -> Value {
     json!(print::s(obj, "/metadata/creationTimestamp"))
+}
+
+/// A Role or a ClusterRole: the same rules, which only a ClusterRole's may give paths.
+pub(super) struct RoleKind {
+    pub info: &'static ResourceInfo,
+    pub cluster: bool,
+}
+
+impl Kind for RoleKind {
+    fn info(&self) -> &'static ResourceInfo {
+        self.info
+    }
+
+    fn name_rules(&self) -> Option<super::NameRules> {
+        // Kubernetes allows any path segment name for roles (`system:node`).
+        Some(skiff_api::validation::is_path_segment_name)
+    }
+
+    fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
+        validate_rules(obj, self.cluster, errs);
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![NAME, ("Created At", "date", 0)]
+    }
+
+    fn cells(&self, obj: &Value) -> Vec<Value> {
+        vec![print::name(obj), created_at(obj)]
+    }
+}
+
+/// A RoleBinding or a ClusterRoleBinding: a ClusterRoleBinding refers only to a
+/// ClusterRole, and names the namespace of each ServiceAccount it binds.
+pub(super) struct BindingKind {
+    pub info: &'static ResourceInfo,
+    pub cluster: bool,
+}
+
+impl Kind for BindingKind {
+    fn info(&self) -> &'static ResourceInfo {
+        self.info
+    }
+
+    fn name_rules(&self) -> Option<super::NameRules> {
+        Some(skiff_api::validation::is_path_segment_name)
+    }
+
+    fn default(&self, obj: &mut Value) {
+        default_subjects(obj);
+    }
+
+    fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
+        validate_binding(obj, self.cluster, errs);
+    }
+
+    fn validate_update(&self, old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
+        validate_binding_update(old, new, errs);
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            NAME,
+            ("Role", "string", 0),
+            AGE,
+            ("Users", "string", 1),
+            ("Groups", "string", 1),
+            ("ServiceAccounts", "string", 1),
+        ]
+    }
+
+    fn cells(&self, obj: &Value) -> Vec<Value> {
+        vec![
+            print::name(obj),
+            role_cell(obj),
+            age(obj),
+            subjects_cell(obj, "User"),
+            subjects_cell(obj, "Group"),
+            subjects_cell(obj, "ServiceAccount"),
+        ]
+    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,11 @@
-//! RoleBindings (rbac.authorization.k8s.io/v1, namespaced: grants a Role's or a ClusterRole's rules in its namespace) to users, groups and ServiceAccounts. Binding a role takes holding it, or the `bind` verb on it (`auth::rbac`).
-
-use serde_json::Value;
+//! RoleBindings (rbac.authorization.k8s.io/v1, namespaced): grant a Role's or a
+//! ClusterRole's rules in their namespace to users, groups and ServiceAccounts. What they
+//! check and show is `rbac.rs`'s, shared with ClusterRoleBindings; binding a role takes
+//! holding it, or the `bind` verb on it (`auth::escalation`).
 
 use skiff_api::resources::{ResourceInfo, StatusOnCreate, schema_of, through};
-use skiff_api::validation::FieldError;
 
-use super::Kind;
-use super::print::{AGE, Column, NAME, age};
-use super::rbac;
+use super::rbac::{self, BindingKind};
 
 static INFO: ResourceInfo = ResourceInfo {
     group: rbac::GROUP,
@@ -26,48 +24,7 @@ static INFO: ResourceInfo = ResourceInfo {
     schema: schema_of::<k8s_openapi::api::rbac::v1::RoleBinding>,
 };
 
-pub(super) struct RoleBinding;
-
-impl Kind for RoleBinding {
-    fn info(&self) -> &'static ResourceInfo {
-        &INFO
-    }
-
-    fn name_rules(&self) -> Option<super::NameRules> {
-        Some(skiff_api::validation::is_path_segment_name)
-    }
-
-    fn default(&self, obj: &mut Value) {
-        rbac::default_subjects(obj);
-    }
-
-    fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
-        rbac::validate_binding(obj, false, errs);
-    }
-
-    fn validate_update(&self, old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
-        rbac::validate_binding_update(old, new, errs);
-    }
-
-    fn columns(&self) -> Vec<Column> {
-        vec![
-            NAME,
-            ("Role", "string", 0),
-            AGE,
-            ("Users", "string", 1),
-            ("Groups", "string", 1),
-            ("ServiceAccounts", "string", 1),
-        ]
-    }
-
-    fn cells(&self, obj: &Value) -> Vec<Value> {
-        vec![
-            super::print::name(obj),
-            rbac::role_cell(obj),
-            age(obj),
-            rbac::subjects_cell(obj, "User"),
-            rbac::subjects_cell(obj, "Group"),
-            rbac::subjects_cell(obj, "ServiceAccount"),
-        ]
-    }
-}
+pub(super) const KIND: BindingKind = BindingKind {
+    info: &INFO,
+    cluster: false,
+};
