@@ -15,9 +15,7 @@ use axum::body::Body;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    APIGroup, APIResource, APIResourceList, GroupVersionForDiscovery,
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{APIGroup, APIResourceList};
 use serde_json::{Value, json};
 
 use skiff_api::validation::{FieldError, FieldErrorType};
@@ -44,35 +42,12 @@ const REVIEWS: [(&str, &str, bool); 4] = [
 ];
 
 pub(super) fn api_group(name: &str) -> Option<APIGroup> {
-    (name == GROUP).then(|| {
-        let gv = GroupVersionForDiscovery {
-            group_version: format!("{GROUP}/{VERSION}"),
-            version: VERSION.into(),
-        };
-        APIGroup {
-            name: GROUP.into(),
-            preferred_version: Some(gv.clone()),
-            server_address_by_client_cidrs: None,
-            versions: vec![gv],
-        }
-    })
+    (name == GROUP).then(|| super::discovery::one_version_group(GROUP, VERSION))
 }
 
 pub(super) fn resource_list(group: &str, version: &str) -> Option<APIResourceList> {
-    (group == GROUP && version == VERSION).then(|| APIResourceList {
-        group_version: format!("{GROUP}/{VERSION}"),
-        resources: REVIEWS
-            .iter()
-            .map(|(name, kind, namespaced)| APIResource {
-                name: name.to_string(),
-                singular_name: String::new(),
-                namespaced: *namespaced,
-                kind: kind.to_string(),
-                verbs: vec!["create".into()],
-                ..Default::default()
-            })
-            .collect(),
-    })
+    (group == GROUP && version == VERSION)
+        .then(|| super::discovery::reviews(GROUP, VERSION, &REVIEWS))
 }
 
 /// `POST /apis/authorization.k8s.io/v1/...`.

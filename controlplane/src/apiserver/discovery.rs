@@ -93,6 +93,43 @@ fn resource_list(group: &str, version: &str) -> Option<APIResourceList> {
     })
 }
 
+/// A group served at one version, for the groups served outside the kinds table (the
+/// metrics APIs and the review APIs).
+pub(crate) fn one_version_group(name: &str, version: &str) -> APIGroup {
+    let gv = GroupVersionForDiscovery {
+        group_version: format!("{name}/{version}"),
+        version: version.into(),
+    };
+    APIGroup {
+        name: name.into(),
+        preferred_version: Some(gv.clone()),
+        server_address_by_client_cidrs: None,
+        versions: vec![gv],
+    }
+}
+
+/// The resources of a group of reviews: each `(plural, kind, namespaced)`, create only.
+pub(crate) fn reviews(
+    group: &str,
+    version: &str,
+    reviews: &[(&str, &str, bool)],
+) -> APIResourceList {
+    APIResourceList {
+        group_version: format!("{group}/{version}"),
+        resources: reviews
+            .iter()
+            .map(|(plural, kind, namespaced)| APIResource {
+                name: plural.to_string(),
+                singular_name: kind.to_lowercase(),
+                namespaced: *namespaced,
+                kind: kind.to_string(),
+                verbs: vec!["create".into()],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> ApiResult<Response> {
     let v = serde_json::to_value(value).map_err(ApiError::internal)?;
     Ok(json_response(StatusCode::OK, &v))

@@ -8,9 +8,7 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    APIGroup, APIResource, APIResourceList, GroupVersionForDiscovery,
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{APIGroup, APIResource, APIResourceList};
 use serde_json::{Value, json};
 
 use skiff_api::selector::{FieldSelector, LabelSelector};
@@ -44,16 +42,7 @@ pub(super) fn api_group(name: &str) -> Option<APIGroup> {
         CUSTOM_GROUP => CUSTOM_VERSION,
         _ => return None,
     };
-    let gv = GroupVersionForDiscovery {
-        group_version: format!("{name}/{version}"),
-        version: version.into(),
-    };
-    Some(APIGroup {
-        name: name.into(),
-        preferred_version: Some(gv.clone()),
-        server_address_by_client_cidrs: None,
-        versions: vec![gv],
-    })
+    Some(super::discovery::one_version_group(name, version))
 }
 
 pub(super) fn resource_list(group: &str, version: &str) -> Option<APIResourceList> {

@@ -44,6 +44,7 @@ pub use subresources::bind_pod;
 use crate::auth::Identity;
 use crate::error::{ApiError, ApiResult};
 use crate::state::SharedApi;
+pub(crate) use discovery::{one_version_group, reviews};
 pub(crate) use request::{Query, Target, json_response, parse_target};
 
 /// Builds the API router. Tests call it with `oneshot`, the server serves it on a socket.

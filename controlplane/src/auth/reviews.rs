@@ -16,9 +16,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    APIGroup, APIResource, APIResourceList, GroupVersionForDiscovery,
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{APIGroup, APIResourceList};
 use serde_json::{Value, json};
 
 use super::authn::{Identity, service_account};
@@ -48,38 +46,20 @@ pub fn routes(api: SharedApi) -> Router {
 
 /// Discovery's entry for the group, next to the kinds' groups.
 pub fn api_group(name: &str) -> Option<APIGroup> {
-    (name == GROUP).then(|| {
-        let version = GroupVersionForDiscovery {
-            group_version: format!("{GROUP}/{VERSION}"),
-            version: VERSION.into(),
-        };
-        APIGroup {
-            name: GROUP.into(),
-            preferred_version: Some(version.clone()),
-            server_address_by_client_cidrs: None,
-            versions: vec![version],
-        }
-    })
+    (name == GROUP).then(|| crate::apiserver::one_version_group(GROUP, VERSION))
 }
 
 /// The group's resources: create-only reviews.
 pub fn resource_list(group: &str, version: &str) -> Option<APIResourceList> {
-    (group == GROUP && version == VERSION).then(|| APIResourceList {
-        group_version: format!("{GROUP}/{VERSION}"),
-        resources: [
-            ("selfsubjectreviews", "SelfSubjectReview"),
-            ("tokenreviews", "TokenReview"),
-        ]
-        .into_iter()
-        .map(|(plural, kind)| APIResource {
-            name: plural.into(),
-            singular_name: kind.to_lowercase(),
-            namespaced: false,
-            kind: kind.into(),
-            verbs: vec!["create".into()],
-            ..Default::default()
-        })
-        .collect(),
+    (group == GROUP && version == VERSION).then(|| {
+        crate::apiserver::reviews(
+            GROUP,
+            VERSION,
+            &[
+                ("selfsubjectreviews", "SelfSubjectReview", false),
+                ("tokenreviews", "TokenReview", false),
+            ],
+        )
     })
 }
 
