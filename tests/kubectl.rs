@@ -207,7 +207,30 @@ async fn kubectl_step_by_step() {
         "undo took the env change back: {out}"
     );
 
-    // logs: of a deployment, and followed.
+    // logs: of a deployment, and followed. kubectl picks the pod that has been ready
+    // longest, which may be one the undo is still stopping (its stream would end with
+    // it), so first the old pods are waited out, as they would be on Kubernetes.
+    eventually("only the undone rollout's 3 pods", WAIT, || {
+        let kc = kc.clone();
+        async move {
+            let out = ok(
+                &kc,
+                &[
+                    "get",
+                    "pods",
+                    "-l",
+                    "app=web",
+                    "-o",
+                    "jsonpath={range .items[*]}{.metadata.name} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+                ],
+            )
+            .await;
+            let pods: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+            (pods.len() == 3 && pods.iter().all(|l| l.split_whitespace().count() == 1))
+                .then_some(())
+        }
+    })
+    .await;
     let out = eventually("ticks in the log", WAIT, || {
         let kc = kc.clone();
         async move {
@@ -217,23 +240,54 @@ async fn kubectl_step_by_step() {
     })
     .await;
     assert!(out.contains("tick"), "{out}");
-    // `timeout` ends the follow after 3 s; the lines that came meanwhile were streamed.
+    // logs -f streams: three new ticks arrive while it follows (ended once they have, or
+    // at the deadline).
     let followed = tokio::task::spawn_blocking({
         let kc = kc.clone();
         move || {
-            let out = std::process::Command::new("timeout")
-                .args(["3", "kubectl", "logs", "-f", "--tail=1", "deployment/web"])
+            use std::io::BufRead;
+            let mut child = std::process::Command::new("kubectl")
+                .args(["logs", "-f", "--tail=1", "deployment/web"])
                 .env("KUBECONFIG", &kc)
-                .output()
+                .stdout(std::process::Stdio::piped())
+                .spawn()
                 .unwrap();
-            String::from_utf8_lossy(&out.stdout).into_owned()
+            let stdout = child.stdout.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            let deadline = std::time::Instant::now() + WAIT;
+            let mut lines = Vec::new();
+            while lines
+                .iter()
+                .filter(|l: &&String| l.contains("tick"))
+                .count()
+                < 3
+            {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(line) => lines.push(line),
+                    Err(_) => break,
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            lines
         }
     })
     .await
     .unwrap();
     assert!(
-        followed.lines().filter(|l| l.contains("tick")).count() >= 3,
-        "follow streamed: {followed}"
+        followed.iter().filter(|l| l.contains("tick")).count() >= 3,
+        "follow streamed: {followed:?}"
     );
 
     // get -w: a change shows up as a new row.

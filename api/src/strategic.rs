@@ -133,15 +133,18 @@ fn merge_map(target: &mut Value, patch: &Map<String, Value>) -> Result<(), Strat
             .collect();
         map.retain(|k, _| keep.contains(&k.as_str()));
     }
+    // Deletions from primitive lists come first, whatever the key order of the patch,
+    // so a list the same patch adds to is merged into what is left (as Kubernetes does).
     for (key, value) in patch {
-        if key == "$patch" || key == "$retainKeys" || key.starts_with("$setElementOrder/") {
-            continue;
-        }
         if let Some(field) = key.strip_prefix("$deleteFromPrimitiveList/") {
             let remove = value.as_array().cloned().unwrap_or_default();
             if let Some(list) = map.get_mut(field).and_then(Value::as_array_mut) {
                 list.retain(|v| !remove.contains(v));
             }
+        }
+    }
+    for (key, value) in patch {
+        if key.starts_with('$') {
             continue;
         }
         match value {
@@ -200,15 +203,11 @@ fn merge_list(
     }
     match strategy(field, current, patch) {
         ListStrategy::Replace => Ok(patch.to_vec()),
-        ListStrategy::MergePrimitives => {
-            let mut out: Vec<Value> = current.cloned().unwrap_or_default();
-            for v in patch {
-                if !out.contains(v) {
-                    out.push(v.clone());
-                }
-            }
-            Ok(out)
-        }
+        ListStrategy::MergePrimitives => Ok(merge_primitives(
+            current.map(Vec::as_slice).unwrap_or_default(),
+            patch,
+            order.map(Vec::as_slice),
+        )),
         ListStrategy::MergeKey(key) => {
             let mut out: Vec<Value> = current.cloned().unwrap_or_default();
             for item in patch {
@@ -241,6 +240,48 @@ fn merge_list(
             Ok(out)
         }
     }
+}
+
+/// The union of a list of scalars and a patch's items, ordered as Kubernetes orders it:
+/// the patch's items in the patch's order (or `$setElementOrder`'s), the items only the
+/// server had in their old order, the two interleaved where the old list orders both.
+/// Applying the same patch to the result gives the result again.
+fn merge_primitives(current: &[Value], patch: &[Value], order: Option<&[Value]>) -> Vec<Value> {
+    let patch_order = order.unwrap_or(patch);
+    let mut ours: Vec<&Value> = Vec::new();
+    for v in patch_order.iter().chain(patch) {
+        if patch.contains(v) && !ours.contains(&v) {
+            ours.push(v);
+        }
+    }
+    let theirs: Vec<&Value> =
+        current
+            .iter()
+            .filter(|v| !patch.contains(v))
+            .fold(Vec::new(), |mut seen, v| {
+                if !seen.contains(&v) {
+                    seen.push(v);
+                }
+                seen
+            });
+    let at = |v: &Value| current.iter().position(|c| c == v);
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::with_capacity(ours.len() + theirs.len());
+    while i < theirs.len() || j < ours.len() {
+        let server_first = match (theirs.get(i), ours.get(j)) {
+            (Some(_), None) => true,
+            (None, _) => false,
+            (Some(l), Some(r)) => matches!((at(l), at(r)), (Some(a), Some(b)) if a < b),
+        };
+        if server_first {
+            out.push(theirs[i].clone());
+            i += 1;
+        } else {
+            out.push(ours[j].clone());
+            j += 1;
+        }
+    }
+    out
 }
 
 /// Orders items as `$setElementOrder` lists them; items it doesn't list keep their
@@ -348,7 +389,29 @@ mod tests {
             &finalizers,
         )
         .unwrap();
-        assert_eq!(out["metadata"]["finalizers"], json!(["c", "b"]));
+        // Kubernetes puts the patch's items first where the old list can't order them.
+        assert_eq!(out["metadata"]["finalizers"], json!(["b", "c"]));
+    }
+
+    #[test]
+    fn lists_of_scalars_keep_the_patch_order_and_a_second_apply_changes_nothing() {
+        let patch = json!({"metadata": {"finalizers": ["a", "b"], "$deleteFromPrimitiveList/finalizers": ["a"]}});
+        let once = apply(&json!({}), &patch).unwrap();
+        assert_eq!(once["metadata"]["finalizers"], json!(["a", "b"]));
+        assert_eq!(apply(&once, &patch).unwrap(), once);
+
+        // Items only the server has keep their order, placed by where the old list had
+        // them against the patch's items.
+        let current = json!({"metadata": {"finalizers": ["x", "b", "y", "a"]}});
+        let patch = json!({"metadata": {"finalizers": ["a", "b"]}});
+        let once = apply(&current, &patch).unwrap();
+        assert_eq!(once["metadata"]["finalizers"], json!(["x", "y", "a", "b"]));
+        assert_eq!(apply(&once, &patch).unwrap(), once);
+
+        let ordered =
+            json!({"metadata": {"finalizers": ["n"], "$setElementOrder/finalizers": ["n", "x"]}});
+        let out = apply(&json!({"metadata": {"finalizers": ["x"]}}), &ordered).unwrap();
+        assert_eq!(out["metadata"]["finalizers"], json!(["n", "x"]));
     }
 
     #[test]
