@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod controllers;
 pub mod crd;
 pub mod cron;
+pub mod dashboard;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -80,6 +80,7 @@ pub fn router(api: SharedApi) -> Router {
         .route("/metrics", get(metrics))
         .route(crate::tunnel::PATH, get(tunnel::open))
         .route("/api/v1/nodes/{name}/proxy/{*path}", get(tunnel::proxy))
+        .merge(crate::dashboard::routes())
         .fallback(|| async { ApiError::NoRoute })
         .with_state(api)
 }

@@ -55,6 +55,8 @@ fn classify(method: &Method, path: &str, query: &Query) -> Kind {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let (group, version, rest) = match segs.as_slice() {
         ["healthz" | "livez" | "readyz" | "version" | "cacerts"] => return Kind::Public,
+        // The dashboard's static files: it signs in to the API like any other client.
+        ["ui", ..] => return Kind::Public,
         ["skiff", "v1", "join"] => return Kind::Join,
         ["skiff", "v1", "tunnel"] => return Kind::Tunnel,
         ["metrics"] => return Kind::Metrics,
