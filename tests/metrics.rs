@@ -152,8 +152,8 @@ async fn kubectl_top_shows_a_busy_pod_above_an_idle_one_within_its_limit() {
     .await;
 }
 
-/// An App's request rate, through the gateway: `custom.metrics.k8s.io` serves it for
-/// the App (the sum of its pods) and for each pod.
+/// An App's request rate and error rate (answers that are 5xx), through the gateway:
+/// `custom.metrics.k8s.io` serves them for the App (the sum of its pods) and each pod.
 #[tokio::test]
 async fn an_apps_request_rate_is_a_custom_metric() {
     let (_dir, cluster, api) = common::dev_cluster(1, &["--metric-resolution", "1s"]);
@@ -177,12 +177,15 @@ async fn an_apps_request_rate_is_a_custom_metric() {
     })
     .await;
 
-    // Keep a steady trickle going while the figures are read.
+    // Keep a steady trickle going while the figures are read: one request in four
+    // traps the instance (a 500).
     let load = tokio::spawn({
         let (http, url) = (http.clone(), url.clone());
+        let trap = format!("{gateway}/default/web/trap");
         async move {
-            loop {
-                let _ = http.get(&url).send().await;
+            for i in 0u64.. {
+                let target = if i % 4 == 3 { &trap } else { &url };
+                let _ = http.get(target).send().await;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -205,6 +208,22 @@ async fn an_apps_request_rate_is_a_custom_metric() {
     .await;
     assert_eq!(app["describedObject"]["kind"], "App");
     assert_eq!(app["metric"]["name"], "http_requests_per_second");
+    let errors = eventually("the App's error rate", WAIT, || async {
+        let (code, list) = api
+            .get(&format!(
+                "{custom}/apps.skiff.dev/web/http_errors_per_second"
+            ))
+            .await;
+        let item = list["items"].get(0)?.clone();
+        let value = item["value"].as_str()?;
+        let rate = match value.strip_suffix('m') {
+            Some(milli) => milli.parse::<f64>().ok()? / 1000.0,
+            None => value.parse::<f64>().ok()?,
+        };
+        (code == 200 && rate >= 1.0).then_some(rate)
+    })
+    .await;
+    assert!(errors > 0.0);
     let (code, pods) = api
         .get(&format!(
             "{custom}/pods/*/http_requests_per_second?labelSelector=app.skiff.dev%2Fname%3Dweb"

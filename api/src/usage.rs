@@ -42,6 +42,9 @@ pub struct PodCounters {
     /// HTTP requests being served at the scrape.
     #[serde(default)]
     pub in_flight: u64,
+    /// Of `requests`, those answered with a 5xx (a trap, a timeout, the app's own 5xx).
+    #[serde(default)]
+    pub errors: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

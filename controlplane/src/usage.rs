@@ -35,6 +35,8 @@ pub struct PodUsage {
     pub requests_per_second: f64,
     /// Requests in flight at the later scrape.
     pub in_flight: u64,
+    /// Requests answered with a 5xx per second over the window.
+    pub errors_per_second: f64,
 }
 
 impl PodUsage {
@@ -170,6 +172,7 @@ impl Usage {
                     containers,
                     requests_per_second: rate(before.requests, pod.requests, window),
                     in_flight: pod.in_flight,
+                    errors_per_second: rate(before.errors, pod.errors, window),
                 },
             );
         }
@@ -342,6 +345,7 @@ mod tests {
                 }],
                 requests,
                 in_flight: 3,
+                errors: requests / 10,
             }],
         }
     }
@@ -366,6 +370,7 @@ mod tests {
         assert_eq!(pod.memory_bytes(), 2 << 20);
         assert!((pod.requests_per_second - 5.0).abs() < 1e-9);
         assert_eq!(pod.in_flight, 3);
+        assert!((pod.errors_per_second - 0.5).abs() < 1e-9);
         assert_eq!(pod.window, Duration::from_secs(10));
         assert_eq!(usage.node("n1").expect("node").cpu_nanocores, 1_000_000_000);
         // The pod came back as a new incarnation: no rate until it is seen twice.

@@ -337,6 +337,9 @@ where
             .program
             .serve(&pod.spec, request, pod.stop.clone())
             .await;
+        if response.status().is_server_error() {
+            pod.counters.failed();
+        }
         // The slot is held until the body has been sent, not just the head: a pod that
         // stops drains its requests (see the container's drain) and a streamed body is
         // part of one.

@@ -28,6 +28,7 @@ use crate::wasm::GuestUsage;
 pub struct RequestCounters {
     served: AtomicU64,
     in_flight: AtomicU64,
+    errors: AtomicU64,
 }
 
 impl RequestCounters {
@@ -36,6 +37,11 @@ impl RequestCounters {
         self.served.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// Counts a request the app was handed that was answered with a server error.
+    pub fn failed(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -111,6 +117,7 @@ impl UsageRegistry {
                     .collect(),
                 requests: pod.requests.served.load(Ordering::Relaxed),
                 in_flight: pod.requests.in_flight.load(Ordering::Relaxed),
+                errors: pod.requests.errors.load(Ordering::Relaxed),
             })
             .collect();
         pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));

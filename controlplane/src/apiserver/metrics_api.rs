@@ -27,7 +27,10 @@ pub const CUSTOM_VERSION: &str = "v1beta2";
 /// The custom metrics served, of pods and of Apps.
 pub const REQUESTS_PER_SECOND: &str = "http_requests_per_second";
 pub const REQUESTS_IN_FLIGHT: &str = "http_requests_in_flight";
-const CUSTOM_METRICS: [&str; 2] = [REQUESTS_PER_SECOND, REQUESTS_IN_FLIGHT];
+/// Requests the app answered with a 5xx, per second (what the dashboard charts as the
+/// error rate next to the request rate).
+pub const ERRORS_PER_SECOND: &str = "http_errors_per_second";
+const CUSTOM_METRICS: [&str; 3] = [REQUESTS_PER_SECOND, REQUESTS_IN_FLIGHT, ERRORS_PER_SECOND];
 /// The App kind's resource in custom metrics paths, as `kubectl get` would name it.
 const APPS_RESOURCE: &str = "apps.skiff.dev";
 
@@ -284,6 +287,7 @@ fn quantity(value: f64) -> String {
 fn metric_of(usage: &PodUsage, metric: &str) -> f64 {
     match metric {
         REQUESTS_IN_FLIGHT => usage.in_flight as f64,
+        ERRORS_PER_SECOND => usage.errors_per_second,
         _ => usage.requests_per_second,
     }
 }
@@ -437,6 +441,12 @@ mod tests {
                 .resources
                 .iter()
                 .any(|r| r.name == "apps.skiff.dev/http_requests_per_second")
+        );
+        assert!(
+            custom
+                .resources
+                .iter()
+                .any(|r| r.name == "pods/http_errors_per_second")
         );
         assert!(resource_list(RESOURCE_GROUP, "v1").is_none());
     }

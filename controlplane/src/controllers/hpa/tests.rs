@@ -137,6 +137,7 @@ impl Fixture {
                     }],
                     requests: rps * seconds,
                     in_flight: 0,
+                    errors: 0,
                 })
                 .collect(),
         };
