@@ -595,6 +595,10 @@ pub struct TokenCreateArgs {
     /// What the token is for, shown by `skiff token list`.
     #[arg(long, default_value = "")]
     description: String,
+    /// Make a short-lived token that stops working after this long (e.g. `1h`, `30m`);
+    /// by default a token lasts until revoked. Join tokens take none.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<std::time::Duration>,
     #[command(flatten)]
     target: Target,
 }
@@ -611,6 +615,126 @@ pub struct TokenRevokeArgs {
     id: String,
     #[command(flatten)]
     target: Target,
+}
+
+/// How long until a short-lived token expires, as `skiff token list` shows it.
+fn expires_in(expires: Option<&str>) -> String {
+    let Some(at) = expires.and_then(skiff_api::time::parse_time) else {
+        return "never".into();
+    };
+    let left = at.as_second() - jiff::Timestamp::now().as_second();
+    if left <= 0 {
+        return "expired".into();
+    }
+    let left = std::time::Duration::from_secs(left as u64);
+    match left.as_secs() {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 2 * 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+#[derive(clap::Args)]
+pub struct DashboardArgs {
+    /// What the sign-in link may do: `admin`, or `viewer` for a read-only dashboard.
+    #[arg(long, value_enum, default_value = "admin")]
+    role: DashboardRole,
+    /// How long the link's token works; the dashboard asks to sign in again after.
+    #[arg(long, default_value = "8h", value_parser = humantime::parse_duration)]
+    ttl: std::time::Duration,
+    /// Only print the link, even where a browser could be opened.
+    #[arg(long)]
+    no_open: bool,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum DashboardRole {
+    Admin,
+    Viewer,
+}
+
+/// `skiff dashboard`: prints (and opens, where a browser is at hand) a link to the
+/// dashboard that signs in with a new short-lived token. The token rides in the URL's
+/// fragment, which browsers never send to a server, and the dashboard keeps it in the
+/// tab's session storage only. Someone who may not make tokens gets the plain URL, to
+/// sign in with a token of their own.
+pub async fn dashboard(args: DashboardArgs) -> anyhow::Result<()> {
+    let (url, client) = skiff_api::client::http_client(args.target.kubeconfig.as_deref())
+        .await
+        .context("connecting to the cluster")?;
+    let base = format!("{}/ui/", url.trim_end_matches('/'));
+    let role = match args.role {
+        DashboardRole::Admin => "admin",
+        DashboardRole::Viewer => "viewer",
+    };
+    let body = json!({
+        "role": role,
+        "description": "dashboard sign-in link (skiff dashboard)",
+        "expirationSeconds": args.ttl.as_secs().max(1),
+    });
+    let answer = client
+        .post(format!("{}/skiff/v1/tokens", url.trim_end_matches('/')))
+        .json(&body)
+        .send()
+        .await
+        .context("asking the cluster for a sign-in token")?;
+    let status = answer.status();
+    let answer: Value = answer.json().await.unwrap_or_default();
+    let link = match answer["token"].as_str() {
+        Some(token) if status.is_success() => {
+            println!(
+                "dashboard: {base} (signed in as {role} for {})",
+                humantime::format_duration(args.ttl)
+            );
+            format!("{base}#token={token}")
+        }
+        _ if status == reqwest::StatusCode::FORBIDDEN
+            || status == reqwest::StatusCode::UNAUTHORIZED =>
+        {
+            println!("dashboard: {base}");
+            println!("(this kubeconfig may not make tokens: sign in with your own token)");
+            base.clone()
+        }
+        _ => anyhow::bail!(
+            "the cluster would not make a sign-in token: {} ({status})",
+            answer["message"].as_str().unwrap_or("no message")
+        ),
+    };
+    println!("{link}");
+    if !args.no_open {
+        open_browser(&link);
+    }
+    Ok(())
+}
+
+/// Opens `url` in the desktop's browser, if this looks like a desktop: `$BROWSER`, else
+/// `open` on macOS, else `xdg-open` under X11 or Wayland. Silent when there is none.
+fn open_browser(url: &str) {
+    let opener = std::env::var("BROWSER")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .or_else(|| {
+            if cfg!(target_os = "macos") {
+                Some("open".into())
+            } else if std::env::var_os("DISPLAY").is_some()
+                || std::env::var_os("WAYLAND_DISPLAY").is_some()
+            {
+                Some("xdg-open".into())
+            } else {
+                None
+            }
+        });
+    if let Some(opener) = opener {
+        let _ = std::process::Command::new(opener)
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
 }
 
 pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
@@ -633,6 +757,9 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
                 body["user"] = json!(user);
                 body["groups"] = json!(args.groups);
             }
+            if let Some(ttl) = args.ttl {
+                body["expirationSeconds"] = json!(ttl.as_secs().max(1));
+            }
             let body = serde_json::to_vec(&body)?;
             let req = http::Request::post(TOKENS)
                 .header(http::header::CONTENT_TYPE, "application/json")
@@ -648,13 +775,13 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
             let client = connect(&args.target).await?;
             let list = request(&client, http::Request::get(TOKENS).body(Vec::new())?).await?;
             println!(
-                "{:<10} {:<7} {:<16} {:<8} DESCRIPTION",
-                "ID", "ROLE", "NODE/USER", "AGE"
+                "{:<10} {:<7} {:<16} {:<8} {:<9} DESCRIPTION",
+                "ID", "ROLE", "NODE/USER", "AGE", "EXPIRES"
             );
             for t in list["items"].as_array().into_iter().flatten() {
                 let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
                 println!(
-                    "{:<10} {:<7} {:<16} {:<8} {}",
+                    "{:<10} {:<7} {:<16} {:<8} {:<9} {}",
                     text(&t["metadata"]["name"]),
                     text(&t["role"]),
                     t["node"]
@@ -662,6 +789,7 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
                         .or_else(|| t["user"].as_str())
                         .unwrap_or("<none>"),
                     age(t["metadata"]["creationTimestamp"].as_str()),
+                    expires_in(t["expires"].as_str()),
                     text(&t["description"]),
                 );
             }

@@ -161,6 +161,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         println!("gateway https: {url}");
     }
     println!("api: {}", server.api_url);
+    println!(
+        "dashboard: {}/ui/ (`skiff dashboard --kubeconfig {}` signs in)",
+        server.api_url.trim_end_matches('/'),
+        kubeconfig.display()
+    );
     println!("kubeconfig: {}", kubeconfig.display());
     println!(
         "nodes: {} ready in {} ms",

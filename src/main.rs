@@ -92,6 +92,9 @@ enum Command {
     /// credentials nodes were given when they joined.
     #[command(subcommand)]
     Token(cli::TokenCommand),
+    /// Print (and open, where a browser is at hand) a link that signs in to the web
+    /// dashboard with a short-lived token.
+    Dashboard(cli::DashboardArgs),
 }
 
 /// Flags that shape how an agent runs pods (shared by `skiff agent` and `skiff dev`).
@@ -521,6 +524,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     }
     // Tests and scripts wait for this line: the API answers once it is printed.
     println!("api: {}", server.api_url);
+    println!("dashboard: {}/ui/", server.api_url.trim_end_matches('/'));
     println!("kubeconfig: {}", server.kubeconfig.display());
     println!("node token: {}", args.data_dir.join("node-token").display());
     let server_token = args.data_dir.join("server-token");
@@ -563,6 +567,7 @@ fn main() -> anyhow::Result<()> {
             Command::Apps(args) => cli::apps(args).await,
             Command::Logs(args) => cli::logs(args).await,
             Command::Token(command) => cli::token(command).await,
+            Command::Dashboard(args) => cli::dashboard(args).await,
         }
     })
 }

@@ -196,6 +196,9 @@ pub struct TokenInfo {
     /// A user token's user name and groups.
     pub user: Option<String>,
     pub groups: Vec<String>,
+    /// When the token stops working (RFC 3339), for a short-lived one such as the
+    /// dashboard's sign-in link makes; `None` lasts until revoked.
+    pub expires: Option<String>,
 }
 
 impl TokenInfo {
@@ -229,12 +232,24 @@ impl TokenInfo {
             .filter_map(Value::as_str)
             .map(str::to_string)
             .collect();
+        let expires = record
+            .get("expires")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        // A record whose expiry can't be read is not well-formed: never taken as lasting.
+        if expires
+            .as_deref()
+            .is_some_and(|e| crate::time::parse_time(e).is_none())
+        {
+            return None;
+        }
         Some(TokenInfo {
             id,
             role,
             node,
             user,
             groups,
+            expires,
             description: record
                 .get("description")
                 .and_then(Value::as_str)
@@ -263,7 +278,15 @@ impl TokenInfo {
             v["user"] = json!(user);
             v["groups"] = json!(self.groups);
         }
+        if let Some(expires) = &self.expires {
+            v["expires"] = json!(expires);
+        }
         v
+    }
+
+    /// When the token stops working, if it is short-lived.
+    pub fn expiry(&self) -> Option<jiff::Timestamp> {
+        self.expires.as_deref().and_then(crate::time::parse_time)
     }
 }
 
@@ -421,6 +444,25 @@ mod tests {
         let mut opaque = secret.clone();
         opaque["type"] = json!("Opaque");
         assert_eq!(record_from_legacy_secret(&opaque), None);
+    }
+
+    #[test]
+    fn a_short_lived_tokens_expiry_is_read_and_a_malformed_one_refuses_the_record() {
+        let t = Token::generate();
+        let mut record = t.record(Role::Admin, None, "");
+        assert_eq!(TokenInfo::from_record(&record).unwrap().expiry(), None);
+        record["expires"] = json!("2026-12-07T18:00:00Z");
+        let info = TokenInfo::from_record(&record).unwrap();
+        assert_eq!(
+            info.expiry(),
+            Some("2026-12-07T18:00:00Z".parse::<jiff::Timestamp>().unwrap())
+        );
+        assert_eq!(info.to_json()["expires"], "2026-12-07T18:00:00Z");
+        record["expires"] = json!("tomorrow");
+        assert!(
+            TokenInfo::from_record(&record).is_none(),
+            "an unreadable expiry is never taken as lasting forever"
+        );
     }
 
     #[test]

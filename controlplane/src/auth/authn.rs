@@ -157,17 +157,18 @@ pub async fn authenticate(api: &ApiServer, headers: &HeaderMap) -> ApiResult<Ide
         .await?
         .ok_or(ApiError::Unauthorized)?;
     let (role, node) = token.verify(&record).ok_or(ApiError::Unauthorized)?;
+    let info = skiff_api::token::TokenInfo::from_record(&record).ok_or(ApiError::Unauthorized)?;
+    let expiry = info.expiry();
+    if expiry.is_some_and(|at| at <= api.clock.now()) {
+        return Err(ApiError::Unauthorized);
+    }
     let id = token.id.clone();
     let identity = match role {
-        Role::User => {
-            let info =
-                skiff_api::token::TokenInfo::from_record(&record).ok_or(ApiError::Unauthorized)?;
-            Identity::User {
-                id,
-                name: info.user.unwrap_or_default(),
-                groups: info.groups,
-            }
-        }
+        Role::User => Identity::User {
+            id,
+            name: info.user.unwrap_or_default(),
+            groups: info.groups,
+        },
         Role::Admin => Identity::Admin { id },
         Role::Viewer => Identity::Viewer { id },
         Role::Join => Identity::Join { id },
@@ -176,8 +177,12 @@ pub async fn authenticate(api: &ApiServer, headers: &HeaderMap) -> ApiResult<Ide
             name: node.unwrap_or_default(),
         },
     };
-    api.tokens
-        .insert(bearer, &token.id, identity.clone(), generation);
+    // A short-lived token is checked against its record every time, so it stops at its
+    // expiry without the cache having to know the time.
+    if expiry.is_none() {
+        api.tokens
+            .insert(bearer, &token.id, identity.clone(), generation);
+    }
     Ok(identity)
 }
 

@@ -7,8 +7,10 @@
 //! nodes out. Only these routes, which need an admin, change them:
 //!
 //! - `GET /skiff/v1/tokens`: every record, without hashes (`skiff token list`);
-//! - `POST /skiff/v1/tokens` `{"role": "join"|"viewer"|"admin", "description": ...}`:
-//!   a new token, shown only in this answer (`skiff token create`);
+//! - `POST /skiff/v1/tokens` `{"role": "join"|"viewer"|"admin"|"user", "description":
+//!   ..., "expirationSeconds": N}`: a new token, shown only in this answer (`skiff token
+//!   create`); with `expirationSeconds` it stops working that long from now (`skiff
+//!   dashboard`'s sign-in links), and making one sweeps away the records of expired ones;
 //! - `DELETE /skiff/v1/tokens/<id>`: revokes it (`skiff token revoke`).
 //!
 //! Tokens from before records were Secrets in `kube-system`; `migrate_legacy` moves
@@ -219,13 +221,18 @@ async fn create_route(
                     ));
                 }
             };
+            let expires = expiry_of(&request, role, api.clock.now())?;
             let t = Token::generate();
             let mut record = t.record(role, None, description);
             if let Some((name, groups)) = user {
                 record["user"] = json!(name);
                 record["groups"] = json!(groups);
             }
+            if let Some(at) = expires {
+                record["expires"] = json!(skiff_api::time::format_time(at));
+            }
             put(&api, &t.id, record.clone()).await?;
+            sweep_expired(&api).await;
             let mut shown = TokenInfo::from_record(&record)
                 .expect("a fresh record is well-formed")
                 .to_json();
@@ -237,6 +244,50 @@ async fn create_route(
         }
         .await,
     )
+}
+
+/// The longest a short-lived token may last: a year.
+const MAX_EXPIRATION_SECONDS: i64 = 365 * 24 * 3600;
+
+/// When a new token stops working: `{"expirationSeconds": N}` from now (as a
+/// TokenRequest asks it), or never. Join tokens carry their own lifetime in how agents
+/// use them and take none.
+fn expiry_of(
+    request: &Value,
+    role: Role,
+    now: jiff::Timestamp,
+) -> ApiResult<Option<jiff::Timestamp>> {
+    let Some(value) = request.get("expirationSeconds").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let seconds = value
+        .as_i64()
+        .filter(|s| (1..=MAX_EXPIRATION_SECONDS).contains(s))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "\"expirationSeconds\" must be a whole number of seconds from 1 to \
+                 {MAX_EXPIRATION_SECONDS}, not {value}"
+            ))
+        })?;
+    if role == Role::Join {
+        return Err(ApiError::BadRequest(
+            "join tokens do not expire: revoke one with `skiff token revoke`".into(),
+        ));
+    }
+    Ok(Some(now + jiff::SignedDuration::from_secs(seconds)))
+}
+
+/// Deletes the records of short-lived tokens past their expiry (they no longer
+/// authenticate anyway), so sign-in links don't pile up. Best effort: a failure leaves
+/// them for the next token made.
+async fn sweep_expired(api: &ApiServer) {
+    let Ok(all) = list(api).await else { return };
+    let now = api.clock.now();
+    for info in all {
+        if info.expiry().is_some_and(|at| at <= now) {
+            let _ = revoke(api, &info.id).await;
+        }
+    }
 }
 
 /// A user token's user name and groups: `{"user": NAME, "groups": [G, ...]}`, which only
