@@ -750,6 +750,15 @@ async fn discovery_and_health() {
     for h in ["/healthz", "/livez", "/readyz"] {
         assert_eq!(api.get(h).await.0, 200, "{h}");
     }
+    // `?verbose` lists each check, as kube-apiserver does; the store is one of them.
+    let (code, verbose) = api.text("/readyz?verbose").await;
+    assert_eq!(code, 200, "{verbose}");
+    assert!(verbose.contains("[+]ping ok"), "{verbose}");
+    assert!(
+        verbose.contains("[+]redb ok") || verbose.contains("[+]etcd ok"),
+        "{verbose}"
+    );
+    assert!(verbose.ends_with("readyz check passed\n"), "{verbose}");
     let (_, api_versions) = api.get("/api").await;
     assert_eq!(api_versions["versions"], json!(["v1"]));
 }

@@ -13,7 +13,8 @@
 //! body it did not read to the end, what is left is read and thrown away, up to the
 //! server's body limit and for at most [`DRAIN_TIME`]. A body that is still longer, or
 //! slower, is left to hyper, which closes the connection as before. Requests without a
-//! body (every GET) pass through untouched.
+//! body (every GET), and HTTP/2 requests (an early answer there resets one stream, not
+//! the connection), pass through untouched.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -65,7 +66,8 @@ impl HttpBody for Shared {
 /// is the most it reads: the server's body limit.
 pub async fn unread_body(State(limit): State<usize>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
-    if body.is_end_stream() {
+    // HTTP/2 ends one stream with a reset and keeps the connection: nothing to drain.
+    if body.is_end_stream() || parts.version >= axum::http::Version::HTTP_2 {
         return next.run(Request::from_parts(parts, body)).await;
     }
     let shared = Arc::new(Mutex::new(body));

@@ -142,16 +142,79 @@ async fn metrics(State(api): State<SharedApi>) -> Response {
         .into_response()
 }
 
-async fn health() -> &'static str {
-    "ok"
+/// How long `/readyz` waits for the store to answer before calling it failed.
+const STORE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `/livez` and `/healthz`: the process serves (`?verbose` lists the one check).
+async fn health(RawQuery(query): RawQuery) -> Response {
+    checks_answer("livez", &[("ping", Ok(()))], query.as_deref())
 }
 
-async fn ready(State(api): State<SharedApi>) -> Response {
-    if api.shutdown.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+/// `/readyz`: kube-apiserver's checks, by name: `ping`; the store (`redb` or `etcd`)
+/// answering a read of its newest revision within [`STORE_CHECK_TIMEOUT`]; and
+/// `shutdown`, failed once the server has begun to stop. `?verbose` lists each.
+async fn ready(State(api): State<SharedApi>, RawQuery(query): RawQuery) -> Response {
+    let store = match tokio::time::timeout(STORE_CHECK_TIMEOUT, api.store.latest_revision()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no answer within {} s",
+            STORE_CHECK_TIMEOUT.as_secs()
+        )),
+    };
+    let shutdown = if api.shutdown.is_cancelled() {
+        Err("shutting down".to_string())
     } else {
-        "ok".into_response()
+        Ok(())
+    };
+    checks_answer(
+        "readyz",
+        &[
+            ("ping", Ok(())),
+            (api.config.store_kind, store),
+            ("shutdown", shutdown),
+        ],
+        query.as_deref(),
+    )
+}
+
+/// A health endpoint's answer as kube-apiserver words it: `ok`, or with `?verbose` a
+/// line per check (`[+]etcd ok`) and a verdict. A failed check answers 503 and names
+/// the check; its reason is logged, and withheld from these public endpoints as
+/// Kubernetes withholds it.
+fn checks_answer(
+    endpoint: &str,
+    checks: &[(&str, Result<(), String>)],
+    query: Option<&str>,
+) -> Response {
+    let verbose = query.is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "verbose" || p.starts_with("verbose="))
+    });
+    let passed = checks.iter().all(|(_, r)| r.is_ok());
+    for (name, result) in checks {
+        if let Err(reason) = result {
+            tracing::warn!(check = name, reason, "{endpoint} check failed");
+        }
     }
+    if passed && !verbose {
+        return "ok".into_response();
+    }
+    let mut body = String::new();
+    for (name, result) in checks {
+        match result {
+            Ok(()) => body.push_str(&format!("[+]{name} ok\n")),
+            Err(_) => body.push_str(&format!("[-]{name} failed: reason withheld\n")),
+        }
+    }
+    let verdict = if passed { "passed" } else { "failed" };
+    body.push_str(&format!("{endpoint} check {verdict}\n"));
+    let code = if passed {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body).into_response()
 }
 
 async fn core_resource(

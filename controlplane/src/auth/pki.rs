@@ -168,8 +168,11 @@ pub fn load_or_create(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
     .with_safe_default_protocol_versions()?
     .with_no_client_auth()
     .with_single_cert(chain, private)?;
-    // HTTP/1.1 only: the API's watches and log streams are chunked HTTP/1.1.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 as kube-apiserver offers it: kubectl and client-go then multiplex their
+    // requests and watches on one connection, and a browser (the dashboard) is not held
+    // to its six HTTP/1.1 connections per host, each long watch taking one. Upgrades
+    // (SPDY, WebSocket) are HTTP/1.1, which those clients ask for by ALPN themselves.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Pki {
         ca_pem,
         server_config: Arc::new(config),
