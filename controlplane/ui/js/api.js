@@ -1,0 +1,323 @@
+// The dashboard's only way to the cluster: Skiff's Kubernetes API, with the user's bearer
+// token, as kubectl uses it. Lists are list-then-watch with relist on 410 (Gone) or a
+// dropped stream, so every view is live without polling.
+import { useState, useEffect } from '../vendor/preact-htm.js';
+
+const KEY = 'skiff.token';
+
+export const token = {
+  get() { try { return sessionStorage.getItem(KEY) || ''; } catch { return ''; } },
+  set(t) { sessionStorage.setItem(KEY, t); canCache.clear(); },
+  clear() { try { sessionStorage.removeItem(KEY); } catch { /* storage off */ } canCache.clear(); },
+};
+
+/** An answer that was not 2xx, carrying the Kubernetes Status as the API said it. */
+export class ApiError extends Error {
+  constructor(status, body, fallback) {
+    const st = body && typeof body === 'object' ? body : null;
+    super((st && st.message) || fallback || `HTTP ${status}`);
+    this.name = 'ApiError';
+    this.status = status;
+    this.body = st;
+    this.reason = (st && st.reason) || '';
+    this.details = (st && st.details) || {};
+    this.causes = (this.details && this.details.causes) || [];
+  }
+}
+
+// Where a 401 sends the user. main.js installs the router's navigation here.
+let onUnauthorized = () => { location.assign('/ui/signin'); };
+export function setUnauthorizedHandler(fn) { onUnauthorized = fn; }
+
+function unauthorized() {
+  token.clear();
+  onUnauthorized();
+}
+
+function url(path, query) {
+  if (!query) return path;
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(query)) if (v !== undefined && v !== null && v !== '') q.set(k, v);
+  const s = q.toString();
+  return s ? path + (path.includes('?') ? '&' : '?') + s : path;
+}
+
+function headers(extra) {
+  const h = { Accept: 'application/json', ...extra };
+  const t = token.get();
+  if (t) h.Authorization = 'Bearer ' + t;
+  return h;
+}
+
+async function errorFrom(res) {
+  const text = await res.text().catch(() => '');
+  let body = null;
+  try { body = JSON.parse(text); } catch { /* not JSON */ }
+  return new ApiError(res.status, body, text.trim() || `${res.status} ${res.statusText}`);
+}
+
+/** One API call. JSON in and out unless `raw` (then the Response is returned). */
+export async function request(method, path, { body, contentType, query, signal, raw } = {}) {
+  const h = {};
+  let payload = body;
+  if (body !== undefined && !(typeof body === 'string' || body instanceof Blob || body instanceof ArrayBuffer)) {
+    payload = JSON.stringify(body);
+  }
+  if (body !== undefined) h['Content-Type'] = contentType || 'application/json';
+  const res = await fetch(url(path, query), { method, headers: headers(h), body: payload, signal });
+  if (res.status === 401) {
+    const err = await errorFrom(res);
+    unauthorized();
+    throw err;
+  }
+  if (!res.ok) throw await errorFrom(res);
+  if (raw) return res;
+  if (res.status === 204) return null;
+  const text = await res.text();
+  if (!text) return null;
+  try { return JSON.parse(text); } catch { return text; }
+}
+
+export const get = (path, opts) => request('GET', path, opts);
+export const post = (path, body, opts) => request('POST', path, { ...opts, body });
+export const put = (path, body, opts) => request('PUT', path, { ...opts, body });
+export const del = (path, opts) => request('DELETE', path, opts);
+export const patch = (path, body, type = 'application/merge-patch+json') =>
+  request('PATCH', path, { body, contentType: type });
+
+const sortKey = (o) => `${o.metadata?.namespace || ''}/${o.metadata?.name || ''}`;
+const byName = (a, b) => { const x = sortKey(a), y = sortKey(b); return x < y ? -1 : x > y ? 1 : 0; };
+const sleep = (ms, signal) => new Promise((resolve) => {
+  const t = setTimeout(resolve, ms);
+  signal.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });
+});
+
+/**
+ * List, then watch from the list's resourceVersion. Keeps a Map uid -> object and calls
+ * onChange(items) sorted by namespace/name, at most once per animation frame. On 410 or a
+ * dropped stream it relists, with backoff when the API keeps failing.
+ */
+export function watchList(path, { onChange, onError, labelSelector, fieldSelector } = {}) {
+  const ctl = new AbortController();
+  const items = new Map();
+  let frame = 0;
+  const flush = () => {
+    frame = 0;
+    if (!ctl.signal.aborted && onChange) onChange([...items.values()].sort(byName));
+  };
+  const schedule = () => {
+    if (frame) return;
+    frame = typeof requestAnimationFrame === 'function' && document.visibilityState !== 'hidden'
+      ? requestAnimationFrame(flush) : setTimeout(flush, 16);
+  };
+  const sel = { labelSelector, fieldSelector };
+
+  async function run() {
+    let backoff = 500;
+    while (!ctl.signal.aborted) {
+      let rv;
+      try {
+        const list = await get(path, { query: { ...sel, limit: undefined }, signal: ctl.signal });
+        items.clear();
+        for (const o of list.items || []) items.set(o.metadata.uid || sortKey(o), o);
+        rv = list.metadata?.resourceVersion;
+        schedule();
+        if (onError) onError(null);
+      } catch (e) {
+        if (ctl.signal.aborted) return;
+        if (onError) onError(e);
+        if (e instanceof ApiError && (e.status === 401 || e.status === 403 || e.status === 404)) {
+          await sleep(10000, ctl.signal); // not going to change soon: retry slowly
+        } else {
+          await sleep(backoff, ctl.signal);
+          backoff = Math.min(backoff * 2, 10000);
+        }
+        continue;
+      }
+      try {
+        const gone = await watchStream(rv);
+        if (!gone) backoff = 500; // a clean end (server timeout): relist at once... after a beat
+        await sleep(gone ? 0 : 200, ctl.signal);
+      } catch (e) {
+        if (ctl.signal.aborted) return;
+        await sleep(backoff, ctl.signal);
+        backoff = Math.min(backoff * 2, 10000);
+      }
+    }
+  }
+
+  // Streams watch events until the server ends the stream; true when it said 410 Gone.
+  // Every end leads to a relist, so changes missed in between are never lost.
+  async function watchStream(rv) {
+    const res = await request('GET', path, {
+      query: { ...sel, watch: 'true', resourceVersion: rv, allowWatchBookmarks: 'true' },
+      signal: ctl.signal, raw: true,
+    });
+    const reader = res.body.getReader();
+    const dec = new TextDecoder();
+    let buf = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return false;
+      buf += dec.decode(value, { stream: true });
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl).trim();
+        buf = buf.slice(nl + 1);
+        if (!line) continue;
+        const ev = JSON.parse(line);
+        const o = ev.object || {};
+        if (ev.type === 'ERROR') {
+          if (o.code === 410) return true;
+          throw new ApiError(o.code || 500, o);
+        }
+        if (ev.type === 'BOOKMARK') continue;
+        const key = o.metadata?.uid || sortKey(o);
+        if (ev.type === 'DELETED') items.delete(key); else items.set(key, o);
+        schedule();
+      }
+    }
+  }
+
+  run();
+  return {
+    stop() {
+      ctl.abort();
+      if (frame) { cancelAnimationFrame(frame); clearTimeout(frame); }
+    },
+  };
+}
+
+/** Preact hook over watchList. `path` null means nothing to watch (yet). */
+export function useList(path, opts = {}) {
+  const [state, setState] = useState({ items: [], error: null, loading: !!path });
+  const { labelSelector, fieldSelector } = opts;
+  useEffect(() => {
+    if (!path) { setState({ items: [], error: null, loading: false }); return undefined; }
+    setState({ items: [], error: null, loading: true });
+    const w = watchList(path, {
+      labelSelector, fieldSelector,
+      onChange: (items) => setState((s) => ({ ...s, items, loading: false })),
+      onError: (error) => setState((s) => (s.error === error ? s : { ...s, error, loading: error ? false : s.loading })),
+    });
+    return () => w.stop();
+  }, [path, labelSelector, fieldSelector]);
+  return state;
+}
+
+/** Preact hook: one object, live (a watch on its collection with a name field selector). */
+export function useObject(path) {
+  const [state, setState] = useState({ object: null, error: null, loading: !!path });
+  useEffect(() => {
+    if (!path) { setState({ object: null, error: null, loading: false }); return undefined; }
+    setState({ object: null, error: null, loading: true });
+    const i = path.lastIndexOf('/');
+    const collection = path.slice(0, i);
+    const name = decodeURIComponent(path.slice(i + 1));
+    let seen = false;
+    const w = watchList(collection, {
+      fieldSelector: 'metadata.name=' + name,
+      onChange: (items) => {
+        if (items.length) { seen = true; setState({ object: items[0], error: null, loading: false }); return; }
+        // Not there: ask for it directly so the error says what the API says (404 ...).
+        get(path).then(
+          (object) => setState({ object, error: null, loading: false }),
+          (error) => setState({ object: null, error, loading: false }),
+        );
+        if (seen) seen = false;
+      },
+      onError: (error) => { if (error) setState((s) => ({ ...s, error, loading: false })); },
+    });
+    return () => w.stop();
+  }, [path]);
+  return state;
+}
+
+// can() answers, per tab (cleared when the token changes).
+const canCache = new Map();
+
+/** SelfSubjectAccessReview: may the signed-in identity do this? */
+export async function can(verb, resource, { group = '', namespace, name, subresource } = {}) {
+  const key = JSON.stringify([token.get(), verb, resource, group, namespace, name, subresource]);
+  if (!canCache.has(key)) {
+    const p = post('/apis/authorization.k8s.io/v1/selfsubjectaccessreviews', {
+      apiVersion: 'authorization.k8s.io/v1',
+      kind: 'SelfSubjectAccessReview',
+      spec: { resourceAttributes: { verb, resource, group, namespace, name, subresource } },
+    }).then((r) => !!r?.status?.allowed, (e) => { canCache.delete(key); throw e; });
+    canCache.set(key, p);
+  }
+  return canCache.get(key);
+}
+
+/** Preact hook over can(): undefined while asking, then true or false. */
+export function useCan(verb, resource, opts = {}) {
+  const [ok, setOk] = useState(undefined);
+  const dep = JSON.stringify([verb, resource, opts]);
+  useEffect(() => {
+    let live = true;
+    can(verb, resource, opts).then((v) => live && setOk(v), () => live && setOk(false));
+    return () => { live = false; };
+  }, [dep]);
+  return ok;
+}
+
+let discoveryPromise = null;
+
+/** Every resource the server serves: [{group, version, resource, kind, namespaced, verbs}]. */
+export function discovery() {
+  if (!discoveryPromise) {
+    discoveryPromise = (async () => {
+      const [core, groups] = await Promise.all([get('/api'), get('/apis')]);
+      const gvs = [
+        ...(core.versions || []).map((v) => ({ group: '', version: v, path: `/api/${v}` })),
+        ...(groups.groups || []).map((g) => ({
+          group: g.name,
+          version: (g.preferredVersion || g.versions[0]).version,
+          path: `/apis/${(g.preferredVersion || g.versions[0]).groupVersion}`,
+        })),
+      ];
+      const lists = await Promise.all(gvs.map((gv) => get(gv.path).then((l) => [gv, l], () => [gv, { resources: [] }])));
+      const out = [];
+      for (const [gv, l] of lists) {
+        for (const r of l.resources || []) {
+          if (r.name.includes('/')) continue; // subresources
+          out.push({ group: gv.group, version: gv.version, resource: r.name, kind: r.kind,
+            namespaced: !!r.namespaced, verbs: r.verbs || [] });
+        }
+      }
+      return out;
+    })();
+    discoveryPromise.catch(() => { discoveryPromise = null; });
+  }
+  return discoveryPromise;
+}
+
+/** The API path of a discovered resource's collection, optionally in a namespace. */
+export function resourcePath({ group, version, resource, namespaced }, namespace) {
+  const base = group ? `/apis/${group}/${version}` : `/api/${version}`;
+  return namespaced && namespace ? `${base}/namespaces/${namespace}/${resource}` : `${base}/${resource}`;
+}
+
+/** Text streamed as it arrives (pod logs with follow=true). Returns { stop() }. */
+export function streamText(path, { onText, onEnd, onError, signal } = {}) {
+  const ctl = new AbortController();
+  if (signal) signal.addEventListener('abort', () => ctl.abort(), { once: true });
+  (async () => {
+    try {
+      const res = await request('GET', path, { signal: ctl.signal, raw: true });
+      const reader = res.body.getReader();
+      const dec = new TextDecoder();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        if (onText) onText(dec.decode(value, { stream: true }));
+      }
+      if (onEnd) onEnd();
+    } catch (e) {
+      if (ctl.signal.aborted) return;
+      if (onError) onError(e);
+    }
+  })();
+  return { stop() { ctl.abort(); } };
+}
