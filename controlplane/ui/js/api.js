@@ -219,12 +219,17 @@ export function useObject(path) {
       fieldSelector: 'metadata.name=' + name,
       onChange: (items) => {
         if (items.length) { seen = true; setState({ object: items[0], error: null, loading: false }); return; }
+        if (seen) {
+          seen = false;
+          setState({ object: null, loading: false,
+            error: new ApiError(404, { message: `${name} was deleted`, reason: 'NotFound', code: 404 }) });
+          return;
+        }
         // Not there: ask for it directly so the error says what the API says (404 ...).
         get(path).then(
           (object) => setState({ object, error: null, loading: false }),
           (error) => setState({ object: null, error, loading: false }),
         );
-        if (seen) seen = false;
       },
       onError: (error) => { if (error) setState((s) => ({ ...s, error, loading: false })); },
     });

@@ -68,7 +68,7 @@ function Nodes({ nodes, pods, usage, leases }) {
       return u ? bytes(quantity(u.memory)) : '–';
     } },
   ];
-  return html`<${Section} title="Nodes" id="h-nodes" wide=${true} actions=${html`<a href="/ui/nodes">All nodes</a>`}>
+  return html`<${Section} title="Nodes" id="h-nodes" wide=${true}>
     <${ErrorBox} error=${nodes.error} />
     <${ErrorBox} error=${usage.error} title="Node usage" />
     ${nodes.loading ? html`<p class="muted">Loading…</p>` : html`<${VirtualTable} label="Nodes" columns=${columns}
@@ -89,7 +89,7 @@ function Apps({ apps }) {
     { label: 'Ready', class: 'num', render: (a) => `${a.status?.readyReplicas ?? 0}/${a.spec?.replicas ?? 0}` },
     { label: 'URL', render: (a) => (a.status?.url ? html`<a href=${a.status.url} target="_blank" rel="noopener">${a.status.url}</a>` : '–') },
   ];
-  return html`<${Section} title="Apps" id="h-apps" actions=${html`<a href="/ui/apps">Manage apps</a>`}>
+  return html`<${Section} title="Apps" id="h-apps">
     <${ErrorBox} error=${apps.error} />
     ${apps.loading ? html`<p class="muted">Loading…</p>` : html`<${VirtualTable} label="Apps" columns=${columns}
       rows=${apps.items} rowKey=${(a) => a.metadata.uid} maxHeight="360px" empty="No apps yet: drop a .wasm on the Apps page." />`}
@@ -111,7 +111,7 @@ export function involvedLink(o) {
 function Warnings({ events }) {
   const recent = useMemo(() => [...events.items]
     .sort((a, b) => String(eventTime(b)).localeCompare(String(eventTime(a)))).slice(0, 12), [events.items]);
-  return html`<${Section} title="Warnings" id="h-warnings" actions=${html`<a href="/ui/events?type=Warning">All events</a>`}>
+  return html`<${Section} title="Warnings" id="h-warnings" actions=${html`<a href="/ui/events?type=Warning">Show all warnings</a>`}>
     <${ErrorBox} error=${events.error} />
     ${recent.length === 0 ? html`<p class="muted">${events.loading ? 'Loading…' : 'No warnings. All quiet.'}</p>` : html`
     <table aria-label="Recent warnings"><thead><tr><th scope="col">Age</th><th scope="col">Object</th><th scope="col">Reason</th><th scope="col">Message</th></tr></thead>
