@@ -55,6 +55,7 @@ export default function Logs({ pod }) {
   const podRef = useRef(pod);
   podRef.current = pod;
   const stick = useRef(true);
+  const kick = useRef(null);
 
   useEffect(() => {
     const out = pre.current;
@@ -106,11 +107,11 @@ export default function Logs({ pod }) {
       const time = sp > 0 ? l.slice(0, sp) : '';
       if (skip > 0 && time === lastTime) { skip--; return; }
       skip = 0;
+      backoff = 1000;
       if (time === lastTime) atLastTime++; else { lastTime = time; atLastTime = 1; }
       show((stamps || sp < 0 ? l : l.slice(sp + 1)) + '\n');
     };
     const onText = (text) => {
-      backoff = 1000;
       partial += text;
       let nl;
       while ((nl = partial.indexOf('\n')) >= 0) {
@@ -148,20 +149,28 @@ export default function Logs({ pod }) {
         const wait = backoff;
         backoff = Math.min(backoff * 2, 15000);
         setState((s) => ({ ...s, note: `Stream ended; reconnecting in ${Math.round(wait / 1000)} s` }));
-        timer = setTimeout(open, wait);
+        timer = setTimeout(() => { timer = 0; open(); }, wait);
       } else {
         setState((s) => ({ ...s, note: error ? '' : 'End of log' }));
       }
     };
+    // The container started again (the pod changed): reconnect now, not at the timer.
+    kick.current = () => { if (timer) { clearTimeout(timer); timer = 0; backoff = 1000; open(); } };
     setState({ note: '', error: null, dropped: false });
     open();
     return () => {
+      kick.current = null;
       stopped = true;
       clearTimeout(timer);
       if (frame) cancelAnimationFrame(frame);
       if (stream) stream.stop();
     };
   }, [ns, name, container, follow, previous, stamps]);
+
+  // What changes when the chosen container starts again.
+  const status = (pod.status?.containerStatuses || []).find((c) => c.name === container);
+  const started = `${status?.restartCount}/${status?.state?.running?.startedAt || ''}`;
+  useEffect(() => { if (kick.current) kick.current(); }, [started]);
 
   const onScroll = (e) => {
     const el = e.currentTarget;
