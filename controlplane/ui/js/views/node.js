@@ -242,7 +242,7 @@ export default function Node({ params }) {
   return html`
     <h1>${name}</h1>
     ${error && html`<${ErrorBox} error=${error} />`}
-    <dl style=${FACTS}>
+    <dl class="card" style=${FACTS}>
       <${Fact} term="Status"><${Badge} state=${ready.word} />${cordoned ? html` <${Badge} state="Cordoned" />` : null}
         ${ready.since ? html` <span class="muted">since <${Age} time=${ready.since} /> ago</span>` : null}<//>
       <${Fact} term="Kind">${[isEdge(node) ? 'edge' : 'local', ...roles(node)].join(', ')}${labels['skiff.dev/autonomous'] === 'true' ? ' (autonomous: keeps its pods offline)' : ''}<//>

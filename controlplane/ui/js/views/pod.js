@@ -19,7 +19,7 @@ function useOwnerLink(ns, ref) {
       const r = all.find((x) => x.group === group && x.kind === ref.kind);
       if (!live || !r) return;
       const kind = `${group ? group + '/' : ''}${r.version}/${r.resource}`;
-      setHref(`/ui/workloads?${new URLSearchParams({ kind, ns, q: ref.name })}`);
+      setHref(`/ui/workloads?${new URLSearchParams({ kind, ns, q: ref.name, open: `${ns}/${ref.name}` })}`);
     }, () => {});
     return () => { live = false; };
   }, [ns, ref?.uid]);
@@ -140,7 +140,7 @@ export default function Pod({ params }) {
   return html`
     <h1>${name}</h1>
     ${error && html`<${ErrorBox} error=${error} />`}
-    <dl class="facts" style=${FACTS}>
+    <dl class="card facts" style=${FACTS}>
       <div><dt class="muted" style="font-size: 12px">Namespace</dt><dd style="margin: 0">${ns}</dd></div>
       <div><dt class="muted" style="font-size: 12px">Phase</dt><dd style="margin: 0"><${Badge} state=${phase} />${pod.status?.reason ? html` ${pod.status.reason}` : null}
         ${pod.status?.message ? html` <span class="muted">${pod.status.message}</span>` : null}</dd></div>
