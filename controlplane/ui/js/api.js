@@ -7,9 +7,16 @@ const KEY = 'skiff.token';
 
 export const token = {
   get() { try { return sessionStorage.getItem(KEY) || ''; } catch { return ''; } },
-  set(t) { sessionStorage.setItem(KEY, t); canCache.clear(); },
-  clear() { try { sessionStorage.removeItem(KEY); } catch { /* storage off */ } canCache.clear(); },
+  set(t) { forget(); sessionStorage.setItem(KEY, t); },
+  clear() { forget(); try { sessionStorage.removeItem(KEY); } catch { /* storage off */ } },
 };
+
+// What one identity learnt is not kept for the next.
+function forget() {
+  canCache.clear();
+  discoveryPromise = null;
+  try { sessionStorage.removeItem(DISCOVERY_KEY); } catch { /* storage off */ }
+}
 
 /** An answer that was not 2xx, carrying the Kubernetes Status as the API said it. */
 export class ApiError extends Error {
@@ -268,6 +275,12 @@ export function useCan(verb, resource, opts = {}) {
 }
 
 let discoveryPromise = null;
+const DISCOVERY_KEY = 'skiff.discovery';
+
+/** The last discovery this tab saw (sessionStorage), to draw at once while discovery() runs. */
+export function discoveryCached() {
+  try { return JSON.parse(sessionStorage.getItem(DISCOVERY_KEY) || 'null'); } catch { return null; }
+}
 
 /** Every resource the server serves: [{group, version, resource, kind, namespaced, verbs}]. */
 export function discovery() {
@@ -291,6 +304,7 @@ export function discovery() {
             namespaced: !!r.namespaced, verbs: r.verbs || [] });
         }
       }
+      try { sessionStorage.setItem(DISCOVERY_KEY, JSON.stringify(out)); } catch { /* full or off */ }
       return out;
     })();
     discoveryPromise.catch(() => { discoveryPromise = null; });

@@ -124,7 +124,8 @@ export function Confirm({ open, title, children, confirmLabel = 'OK', danger = t
 
 /** A small line chart of the last values, labelled with the last one for screen readers. */
 export function Sparkline({ points, label, width = 90, height = 22, format = (v) => v.toFixed(2) }) {
-  const vals = (points || []).filter((v) => v !== null && v !== undefined && !Number.isNaN(v));
+  let vals = (points || []).filter((v) => v !== null && v !== undefined && !Number.isNaN(v));
+  if (vals.length === 1) vals = [vals[0], vals[0]];
   if (!vals.length) return html`<span class="muted" aria-label=${label + ': no data'}>–</span>`;
   const max = Math.max(...vals, 1e-9);
   const n = Math.max(vals.length - 1, 1);

@@ -32,7 +32,7 @@ export function usePoll(fn, ms, deps = []) {
 }
 
 function Nodes({ nodes, pods, usage, leases }) {
-  const renew = useMemo(() => new Map(leases.items.map((l) => [l.metadata.name, l.spec?.renewTime])), [leases.items]);
+  const renew = useMemo(() => new Map((leases.value?.items || []).map((l) => [l.metadata.name, l.spec?.renewTime])), [leases.value]);
   const podCount = useMemo(() => {
     const m = new Map();
     for (const p of pods.items) {
@@ -52,10 +52,11 @@ function Nodes({ nodes, pods, usage, leases }) {
       return html`<span>${on ? 'online' : 'offline'} since <${Age} time=${c?.lastTransitionTime} /></span>`;
     } },
     { label: 'Heartbeat', render: (n) => {
+      if (!leases.value) return html`<span class="muted">…</span>`;
       const t = renew.get(n.metadata.name) || readyCondition(n)?.lastHeartbeatTime;
       return t ? html`<${Age} time=${t} /> ago` : '–';
     } },
-    { label: 'Pods', class: 'num', render: (n) => `${podCount.get(n.metadata.name) || 0} / ${n.status?.allocatable?.pods ?? '–'}` },
+    { label: 'Pods', class: 'num', render: (n) => `${pods.loading ? '…' : podCount.get(n.metadata.name) || 0} / ${n.status?.allocatable?.pods ?? '–'}` },
     { label: 'CPU', class: 'num', render: (n) => {
       const u = use.get(n.metadata.name);
       const cap = quantity(n.status?.allocatable?.cpu);
@@ -157,7 +158,10 @@ export default function Overview() {
   const pods = useList('/api/v1/pods');
   const apps = useList('/apis/skiff.dev/v1/apps');
   const events = useList('/api/v1/events', { fieldSelector: 'type=Warning' });
-  const leases = useList('/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases');
+  // Heartbeats (Lease renewals, every few seconds) are read with the node usage rather
+  // than watched: the API speaks HTTP/1.1 and a browser opens only six connections per
+  // host, so each view keeps its watches to four.
+  const leases = usePoll(() => get('/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases'), 15000);
   const usage = usePoll(() => get('/apis/metrics.k8s.io/v1beta1/nodes'), 15000);
   const h = usePoll(health, 15000);
   return html`<h1 class="visually-hidden">Overview</h1>

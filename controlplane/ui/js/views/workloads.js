@@ -2,8 +2,7 @@
 // without dashboard changes), live, with namespace, label-selector and name filters. Pods
 // and nodes link to their pages; any other object opens its YAML, read-only, in a panel.
 import { html, useState, useEffect, useMemo } from '../../vendor/preact-htm.js';
-import { dump } from '../../vendor/js-yaml.mjs';
-import { useList, useObject, discovery, resourcePath } from '../api.js';
+import { useList, useObject, discovery, discoveryCached, resourcePath } from '../api.js';
 import { setQuery } from '../router.js';
 import { ErrorBox, Age, Badge, VirtualTable } from '../components.js';
 
@@ -48,12 +47,15 @@ function parseKind(id, resources) {
 function YamlPanel({ res, ns, name, onClose }) {
   const path = `${resourcePath(res, ns)}/${encodeURIComponent(name)}`;
   const { object, error } = useObject(path);
+  // js-yaml (100 KB) loads only when a panel first opens, not with the first view.
+  const [yaml, setYaml] = useState(null);
+  useEffect(() => { import('../../vendor/js-yaml.mjs').then(setYaml); }, []);
   const text = useMemo(() => {
-    if (!object) return '';
+    if (!object || !yaml) return '';
     const o = { ...object, metadata: { ...object.metadata } };
     delete o.metadata.managedFields;
-    return dump(o, { noRefs: true, lineWidth: 120 });
-  }, [object]);
+    return yaml.dump(o, { noRefs: true, lineWidth: 120 });
+  }, [object, yaml]);
   useEffect(() => {
     const onKey = (e) => { if (e.key === 'Escape') onClose(); };
     document.addEventListener('keydown', onKey);
@@ -63,7 +65,7 @@ function YamlPanel({ res, ns, name, onClose }) {
     <div class="card-head"><h2>${res.kind} ${ns ? html`<span class="muted">${ns}/</span>` : null}${name}</h2>
       <button type="button" onClick=${onClose} autofocus>Close</button></div>
     <${ErrorBox} error=${error} />
-    ${object ? html`<pre aria-label="YAML" tabindex="0">${text}</pre>` : error ? null : html`<p class="muted">Loading…</p>`}
+    ${object && text ? html`<pre aria-label="YAML" tabindex="0">${text}</pre>` : error ? null : html`<p class="muted">Loading…</p>`}
   </aside>`;
 }
 
@@ -74,7 +76,8 @@ function useDebounced(value, ms) {
 }
 
 export default function Workloads({ query }) {
-  const [resources, setResources] = useState([]);
+  // Draw from the tab's last discovery at once, then from a fresh one (new kinds appear).
+  const [resources, setResources] = useState(() => discoveryCached() || []);
   const [discError, setDiscError] = useState(null);
   useEffect(() => { discovery().then(setResources, setDiscError); }, []);
   const kind = query.get('kind') || DEFAULT_KIND;
