@@ -200,7 +200,9 @@ describe('the dashboard', { concurrency: 1 }, () => {
     await page.getByRole('button', { name: /^Deploy/ }).click();
 
     // Upload progress, then the rollout's: "Ready" once both replicas serve.
-    await page.getByText(/Ready/).filter({ hasNot: page.getByRole('row') }).first().waitFor({ timeout: 60_000 });
+    const upload = page.getByRole('progressbar', { name: 'Upload' });
+    await eventually('the upload progress at 100%', async () => (await upload.getAttribute('value')) === '1');
+    await page.getByRole('status').filter({ hasText: /web: Ready/ }).waitFor({ timeout: 60_000 });
     const row = appRow(page, 'web');
     await row.getByText('2/2', { exact: true }).waitFor({ timeout: 60_000 });
 
@@ -240,6 +242,13 @@ describe('the dashboard', { concurrency: 1 }, () => {
       body: { spec: { replicas: 1 } }, contentType: 'application/merge-patch+json',
     });
     await row.getByText('1/1', { exact: true }).waitFor({ timeout: 60_000 });
+    await assertSameDocument(page);
+
+    // Delete, confirmed in the dialog: the row goes, and so does the App.
+    await page.getByRole('button', { name: 'Delete scaled' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Delete', exact: true }).click();
+    await row.waitFor({ state: 'detached' });
+    await eventually('the App gone from the API', async () => (await cluster.admin.get(`${APPS}/scaled`)).status === 404);
     await assertSameDocument(page);
   });
 
@@ -312,15 +321,24 @@ describe('the dashboard', { concurrency: 1 }, () => {
     await shot(page, 'yaml-error');
   });
 
-  it('a node page shows its conditions, pods and tunnel', async () => {
+  it('a node page shows its conditions, pods and tunnel, and cordons', async () => {
     const page = await signedIn('/ui/nodes/dev-1');
     await page.getByRole('heading', { level: 1, name: 'dev-1' }).waitFor();
     for (const h of ['Conditions', 'Taints', 'Pods', 'Tunnel']) {
       await page.getByRole('heading', { name: h, exact: true }).first().waitFor();
     }
-    await page.getByRole('button', { name: 'Cordon' }).waitFor();
     await page.getByRole('button', { name: 'Drain' }).waitFor();
     await shot(page, 'node');
+
+    // Cordon and uncordon: the Node's spec changes, and the page follows it live.
+    await markDocument(page);
+    const unschedulable = async () => (await cluster.admin.get('/api/v1/nodes/dev-1')).body.spec?.unschedulable === true;
+    await page.getByRole('button', { name: 'Cordon', exact: true }).click();
+    await eventually('dev-1 cordoned', unschedulable);
+    await page.getByRole('button', { name: 'Uncordon', exact: true }).click();
+    await eventually('dev-1 uncordoned', async () => !(await unschedulable()));
+    await page.getByRole('button', { name: 'Cordon', exact: true }).waitFor();
+    await assertSameDocument(page);
   });
 
   it('a viewer sees no write controls, and the API refuses its writes', async () => {
