@@ -3,6 +3,7 @@
 import { html, useState, useEffect, useRef, useMemo } from '../../vendor/preact-htm.js';
 import { useObject, useList, useCan, request, patch, post, get } from '../api.js';
 import { ErrorBox, Age, Badge, VirtualTable, Section, quantity, bytes } from '../components.js';
+import YamlEditor from '../yaml-editor.js';
 import { LEASES, readiness, heartbeat, isEdge, roles, useNodeUsage, useTick, cores, percent } from './nodes.js';
 
 /** How often the tunnel is probed (it has no object to watch). */
@@ -125,7 +126,8 @@ function useDrain(name) {
       const list = await get('/api/v1/pods', { query: { fieldSelector: `spec.nodeName=${name}` } });
       const targets = (list.items || []).filter((p) => !isDaemonSetPod(p) && !isMirrorPod(p));
       for (const p of targets) states[`${p.metadata.namespace}/${p.metadata.name}`] = { state: 'pending' };
-      setDrain((d) => ({ ...d, total: targets.length, states: { ...states }, phase: 'Evicting' }));
+      const skipped = (list.items || []).length - targets.length;
+      setDrain((d) => ({ ...d, total: targets.length, skipped, states: { ...states }, phase: 'Evicting' }));
       const queue = [...targets];
       const evictOne = async (p) => {
         const key = `${p.metadata.namespace}/${p.metadata.name}`;
@@ -181,7 +183,7 @@ function DrainProgress({ drain, podsLeft }) {
   return html`<div class="drain">
     ${drain.error && html`<${ErrorBox} error=${drain.error} title="Drain" />`}
     ${drain.total > 0 && html`<progress aria-label="Drain" max=${drain.total} value=${evicted}></progress>`}
-    <p role="status">${summary}</p>
+    <p role="status">${summary}${drain.skipped ? ` ${drain.skipped} DaemonSet or mirror pod${drain.skipped > 1 ? 's' : ''} left in place.` : ''}</p>
     ${problems.length > 0 && html`<ul aria-label="Drain refusals">${problems.map(([k, s]) => html`<li key=${k}>
       <a href=${`/ui/pods/${k}`}>${k}</a>: ${s.state === 'refused' ? 'refused (retrying)' : 'failed'}: ${s.message}</li>`)}</ul>`}
   </div>`;
@@ -269,5 +271,8 @@ export default function Node({ params }) {
     <${Section} id="node-taints" title="Taints"><${Taints} node=${node} /><//>
     <${Section} id="node-tunnel" title="Tunnel"><${Tunnel} node=${node} lease=${lease} now=${now} mayProxy=${mayProxy} /><//>
     <${Section} id="node-pods" title="Pods"><${PodsTable} name=${name} pods=${pods} /><//>
-    <${Section} id="node-labels" title="Labels"><${Labels} node=${node} /><//>`;
+    <${Section} id="node-labels" title="Labels"><${Labels} node=${node} /><//>
+    <section class="card"><div class="card-head"><h2>YAML</h2></div>
+      <${YamlEditor} key=${node.metadata.uid} path=${nodePath(name)} object=${node} resource="nodes" name=${name} />
+    </section>`;
 }

@@ -29,9 +29,11 @@ export const roles = (node) => Object.keys(node.metadata?.labels || {})
   .filter((k) => k.startsWith('node-role.kubernetes.io/')).map((k) => k.slice('node-role.kubernetes.io/'.length));
 
 /**
- * Whether the node's agent still renews its Lease: online while the last renewal is
- * within the lease's duration (judged by this browser's clock, so a few seconds of skew
- * show as late, not offline), and the node lifecycle controller's Ready=Unknown as offline.
+ * Whether the node's agent still renews its Lease. Agents renew every quarter of the
+ * lease's duration (10 s of 40 s by default), so a renewal older than half the duration
+ * means at least one was missed: Late. Offline is the node lifecycle controller's word
+ * (Ready=Unknown once the grace period passed), not this browser's clock, which may be
+ * off by a few seconds.
  */
 export function heartbeat(node, lease, now = Date.now()) {
   const renew = lease?.spec?.renewTime;
@@ -39,7 +41,7 @@ export function heartbeat(node, lease, now = Date.now()) {
   const ready = readiness(node);
   if (ready.word === 'Unknown') return { word: 'Offline', since: ready.since, renew };
   if (!renew) return { word: 'Unknown', renew };
-  const late = now - new Date(renew).getTime() > duration;
+  const late = now - new Date(renew).getTime() > duration / 2;
   return { word: late ? 'Late' : 'Online', since: ready.since, renew };
 }
 
@@ -49,11 +51,12 @@ export function useNodeUsage(name) {
   useEffect(() => {
     let live = true;
     let timer = 0;
-    const path = name ? `/apis/metrics.k8s.io/v1beta1/nodes/${encodeURIComponent(name)}` : '/apis/metrics.k8s.io/v1beta1/nodes';
+    // Always the list, even for one node: a node with no sample yet is simply absent
+    // from it, where asking for it by name would be a 404 in the console every time.
     const sample = async () => {
       try {
-        const r = await get(path);
-        const items = name ? [r] : r.items || [];
+        const r = await get('/apis/metrics.k8s.io/v1beta1/nodes');
+        const items = (r.items || []).filter((m) => !name || m.metadata.name === name);
         const byNode = new Map(items.map((m) => [m.metadata.name, {
           cpu: quantity(m.usage?.cpu), memory: quantity(m.usage?.memory), time: m.timestamp,
         }]));
