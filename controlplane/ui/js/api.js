@@ -36,8 +36,14 @@ export class ApiError extends Error {
 let onUnauthorized = () => { location.assign('/ui/signin'); };
 export function setUnauthorizedHandler(fn) { onUnauthorized = fn; }
 
-function unauthorized() {
+// The 401 that ended the session, for the sign-in page to say why (taken once).
+let lastUnauthorized = null;
+export function takeUnauthorized() { const e = lastUnauthorized; lastUnauthorized = null; return e; }
+
+function unauthorized(err) {
+  const had = !!token.get();
   token.clear();
+  if (had) lastUnauthorized = err;
   onUnauthorized();
 }
 
@@ -74,7 +80,7 @@ export async function request(method, path, { body, contentType, query, signal, 
   const res = await fetch(url(path, query), { method, headers: headers(h), body: payload, signal });
   if (res.status === 401) {
     const err = await errorFrom(res);
-    unauthorized();
+    unauthorized(err);
     throw err;
   }
   if (!res.ok) throw await errorFrom(res);

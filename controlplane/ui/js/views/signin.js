@@ -1,6 +1,6 @@
 // Sign in with a bearer token (pasted, or from a `skiff dashboard` link: /ui/#token=...).
 import { html, useState } from '../../vendor/preact-htm.js';
-import { token, get } from '../api.js';
+import { token, get, takeUnauthorized } from '../api.js';
 import { navigate } from '../router.js';
 import { ErrorBox } from '../components.js';
 
@@ -8,6 +8,7 @@ export default function Signin() {
   const [value, setValue] = useState('');
   const [error, setError] = useState(null);
   const [busy, setBusy] = useState(false);
+  const [ended] = useState(takeUnauthorized);
   async function submit(e) {
     e.preventDefault();
     const t = value.trim();
@@ -20,6 +21,7 @@ export default function Signin() {
       await get('/api');
       navigate('/ui/', { replace: true });
     } catch (err) {
+      takeUnauthorized(); // this attempt's 401 is said below, not as an ended session
       token.clear();
       setError(err);
       history.replaceState(null, '', '/ui/signin');
@@ -29,8 +31,9 @@ export default function Signin() {
   }
   return html`<form class="card signin" onSubmit=${submit}>
     <h1>Skiff</h1>
-    <p class="muted">Sign in with a bearer token: the admin token from your kubeconfig, one from
-      <code>skiff token create</code>, or open the link <code>skiff dashboard</code> prints.
+    ${ended ? html`<p role="status">Your session ended: the API answered <em>${ended.message}</em>. Sign in again.</p>` : null}
+    <p class="muted">Sign in with a bearer token: the admin token from your kubeconfig, one from${' '}
+      <code>skiff token create</code>, or open the link <code>skiff dashboard</code> prints.${' '}
       The token stays in this tab only.</p>
     <label for="token">Token</label>
     <input id="token" type="password" autocomplete="off" spellcheck="false" value=${value}
