@@ -77,7 +77,7 @@ function Conditions({ node }) {
     <thead><tr><th scope="col">Type</th><th scope="col">Status</th><th scope="col">Reason</th>
       <th scope="col">Message</th><th scope="col">Changed</th><th scope="col">Heartbeat</th></tr></thead>
     <tbody>${conds.map((c) => html`<tr key=${c.type}>
-      <td>${c.type}</td><td><${Badge} state=${c.status} /></td><td>${c.reason || ''}</td><td>${c.message || ''}</td>
+      <td>${c.type}</td><td><${Badge} state=${c.status} /></td><td>${c.reason || ''}</td><td class="wrap" style="overflow-wrap: anywhere">${c.message || ''}</td>
       <td><${Age} time=${c.lastTransitionTime} /></td><td><${Age} time=${c.lastHeartbeatTime} /></td>
     </tr>`)}</tbody>
   </table>`;

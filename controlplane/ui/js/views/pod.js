@@ -66,10 +66,10 @@ function Containers({ pod }) {
       return html`<tr key=${c.name}>
         <td>${c.name}${init ? html` <span class="muted">(init)</span>` : null}</td>
         <td><code title=${c.image}>${shortImage(c.image)}</code></td>
-        <td><${StateCell} state=${s.state} /></td>
+        <td class="wrap" style="overflow-wrap: anywhere"><${StateCell} state=${s.state} /></td>
         <td>${s.ready ? 'yes' : 'no'}</td>
         <td>${s.restartCount ?? 0}</td>
-        <td>${hasLast ? html`<${StateCell} state=${s.lastState} />` : html`<span class="muted">–</span>`}</td>
+        <td class="wrap" style="overflow-wrap: anywhere">${hasLast ? html`<${StateCell} state=${s.lastState} />` : html`<span class="muted">–</span>`}</td>
       </tr>`;
     })}</tbody>
   </table>`;
@@ -86,7 +86,7 @@ function Conditions({ pod }) {
       <th scope="col">Message</th><th scope="col">Changed</th></tr></thead>
     <tbody>${conds.map((c) => html`<tr key=${c.type}>
       <td>${c.type}</td><td><${Badge} state=${c.status} /></td><td>${c.reason || ''}</td>
-      <td>${c.message || ''}</td><td><${Age} time=${c.lastTransitionTime} /></td>
+      <td class="wrap" style="overflow-wrap: anywhere">${c.message || ''}</td><td><${Age} time=${c.lastTransitionTime} /></td>
     </tr>`)}</tbody>
   </table>`;
 }
@@ -100,13 +100,15 @@ function Events({ pod }) {
   });
   // A pod of the same name that was deleted and created again has another uid.
   const events = items.filter((e) => !e.involvedObject?.uid || e.involvedObject.uid === pod.metadata.uid)
-    .sort((a, b) => (eventTime(a) < eventTime(b) ? 1 : -1));
+    .sort((a, b) => (eventTime(a) === eventTime(b)
+      ? Number(b.metadata.resourceVersion) - Number(a.metadata.resourceVersion)
+      : eventTime(a) < eventTime(b) ? 1 : -1));
   return html`${error && html`<${ErrorBox} error=${error} />`}
     ${events.length === 0 ? html`<p class="muted">No events about this pod.</p>` : html`<table>
       <thead><tr><th scope="col">Type</th><th scope="col">Reason</th><th scope="col">Message</th>
         <th scope="col">Count</th><th scope="col">Last seen</th><th scope="col">From</th></tr></thead>
       <tbody>${events.map((e) => html`<tr key=${e.metadata.uid}>
-        <td><${Badge} state=${e.type} /></td><td>${e.reason}</td><td>${e.message}</td>
+        <td><${Badge} state=${e.type} /></td><td>${e.reason}</td><td class="wrap" style="overflow-wrap: anywhere">${e.message}</td>
         <td>${e.count || e.series?.count || 1}</td><td><${Age} time=${eventTime(e)} /></td>
         <td class="muted">${e.source?.component || e.reportingComponent || ''}</td>
       </tr>`)}</tbody>
