@@ -107,8 +107,8 @@ const sleep = (ms, signal) => new Promise((resolve) => {
 
 /**
  * List, then watch from the list's resourceVersion. Keeps a Map uid -> object and calls
- * onChange(items) sorted by namespace/name, at most once per animation frame. On 410 or a
- * dropped stream it relists, with backoff when the API keeps failing.
+ * onChange(items) sorted by namespace/name, at most once per animation frame. A watch that
+ * ends or drops resumes from the last resourceVersion seen; 410 Gone relists; failures back off.
  */
 export function watchList(path, { onChange, onError, labelSelector, fieldSelector } = {}) {
   const ctl = new AbortController();
@@ -125,43 +125,49 @@ export function watchList(path, { onChange, onError, labelSelector, fieldSelecto
   };
   const sel = { labelSelector, fieldSelector };
 
+  // The resourceVersion to watch from: the list's, then each event's (bookmarks too).
+  // null means "list first". A watch that ends or drops resumes from it; only 410 Gone
+  // (the version is too old) costs a relist.
+  let rv = null;
+
   async function run() {
     let backoff = 500;
     while (!ctl.signal.aborted) {
-      let rv;
-      try {
-        const list = await get(path, { query: { ...sel, limit: undefined }, signal: ctl.signal });
-        items.clear();
-        for (const o of list.items || []) items.set(o.metadata.uid || sortKey(o), o);
-        rv = list.metadata?.resourceVersion;
-        schedule();
-        if (onError) onError(null);
-      } catch (e) {
-        if (ctl.signal.aborted) return;
-        if (onError) onError(e);
-        if (e instanceof ApiError && (e.status === 401 || e.status === 403 || e.status === 404)) {
-          await sleep(10000, ctl.signal); // not going to change soon: retry slowly
-        } else {
-          await sleep(backoff, ctl.signal);
+      if (rv === null) {
+        try {
+          const list = await get(path, { query: sel, signal: ctl.signal });
+          items.clear();
+          for (const o of list.items || []) items.set(o.metadata.uid || sortKey(o), o);
+          rv = list.metadata?.resourceVersion ?? '';
+          schedule();
+          if (onError) onError(null);
+        } catch (e) {
+          if (ctl.signal.aborted) return;
+          if (onError) onError(e);
+          const lasting = e instanceof ApiError && [401, 403, 404].includes(e.status);
+          await sleep(lasting ? 10000 : backoff, ctl.signal); // lasting: not going to change soon
           backoff = Math.min(backoff * 2, 10000);
+          continue;
         }
-        continue;
       }
+      let events = 0;
       try {
-        const gone = await watchStream(rv);
-        if (!gone) backoff = 500; // a clean end (server timeout): relist at once... after a beat
-        await sleep(gone ? 0 : 200, ctl.signal);
+        events = await watchStream();
+        backoff = 500;
+        await sleep(events ? 0 : 500, ctl.signal); // an empty end: do not spin
       } catch (e) {
         if (ctl.signal.aborted) return;
+        if (e instanceof ApiError && e.status === 410) { rv = null; continue; }
+        if (e instanceof ApiError && e.status >= 400 && e.status < 500) { rv = null; if (onError) onError(e); }
         await sleep(backoff, ctl.signal);
         backoff = Math.min(backoff * 2, 10000);
       }
     }
   }
 
-  // Streams watch events until the server ends the stream; true when it said 410 Gone.
-  // Every end leads to a relist, so changes missed in between are never lost.
-  async function watchStream(rv) {
+  // Streams watch events from `rv` until the server ends the stream (returns how many
+  // came) or says 410 Gone (throws it).
+  async function watchStream() {
     const res = await request('GET', path, {
       query: { ...sel, watch: 'true', resourceVersion: rv, allowWatchBookmarks: 'true' },
       signal: ctl.signal, raw: true,
@@ -169,9 +175,10 @@ export function watchList(path, { onChange, onError, labelSelector, fieldSelecto
     const reader = res.body.getReader();
     const dec = new TextDecoder();
     let buf = '';
+    let n = 0;
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) return false;
+      if (done) return n;
       buf += dec.decode(value, { stream: true });
       let nl;
       while ((nl = buf.indexOf('\n')) >= 0) {
@@ -180,10 +187,9 @@ export function watchList(path, { onChange, onError, labelSelector, fieldSelecto
         if (!line) continue;
         const ev = JSON.parse(line);
         const o = ev.object || {};
-        if (ev.type === 'ERROR') {
-          if (o.code === 410) return true;
-          throw new ApiError(o.code || 500, o);
-        }
+        if (ev.type === 'ERROR') throw new ApiError(o.code || 500, o);
+        n += 1;
+        if (o.metadata?.resourceVersion) rv = o.metadata.resourceVersion;
         if (ev.type === 'BOOKMARK') continue;
         const key = o.metadata?.uid || sortKey(o);
         if (ev.type === 'DELETED') items.delete(key); else items.set(key, o);
