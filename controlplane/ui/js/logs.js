@@ -83,7 +83,9 @@ export default function Logs({ pod }) {
       shown += pending.length;
       pending = '';
       if (shown > MAX_CHARS) {
-        // Drop whole chunks from the front, then cut the first one, down to 3/4 of the cap.
+        // Drop whole chunks from the front, then cut the first one, down to 3/4 of the cap;
+        // a reader scrolled up keeps looking at the same lines.
+        const height = stick.current ? 0 : out.scrollHeight;
         while (shown > MAX_CHARS * 0.75 && out.firstChild) {
           const first = out.firstChild;
           const over = shown - MAX_CHARS * 0.75;
@@ -94,12 +96,19 @@ export default function Logs({ pod }) {
             shown -= n;
           }
         }
+        if (height) out.scrollTop -= height - out.scrollHeight;
         setState((s) => (s.dropped ? s : { ...s, dropped: true }));
       }
       if (stick.current) out.scrollTop = out.scrollHeight;
     };
     const show = (text) => {
       pending += text;
+      // A hidden tab gets no animation frames: keep only what could be shown anyway.
+      if (pending.length > MAX_CHARS) {
+        const cut = pending.indexOf('\n', pending.length - MAX_CHARS * 0.75);
+        pending = pending.slice(cut < 0 ? pending.length - MAX_CHARS * 0.75 : cut + 1);
+        setState((s) => (s.dropped ? s : { ...s, dropped: true }));
+      }
       if (!frame) frame = requestAnimationFrame(flush);
     };
     const line = (l) => {
@@ -234,7 +243,7 @@ export default function Logs({ pod }) {
       ${downloadError && html`<${ErrorBox} error=${downloadError} />`}
       ${state.dropped && html`<p class="muted">Older lines were dropped from this view; the download has the whole log.</p>`}
       <pre ref=${pre} class="log" aria-label="Log output" tabindex="0" onScroll=${onScroll}
-        style="max-height: 32rem; overflow: auto; white-space: pre-wrap; word-break: break-all; margin: 0"></pre>
+        style="max-height: 32rem; overflow: auto; overflow-anchor: none; white-space: pre-wrap; word-break: break-all; margin: 0"></pre>
       ${!stuck && html`<button type="button" onClick=${toEnd}>Scroll to end</button>`}
     </section>`;
 }
