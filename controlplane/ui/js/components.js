@@ -123,7 +123,9 @@ export function Confirm({ open, title, children, confirmLabel = 'OK', danger = t
 }
 
 /** A small line chart of the last values, labelled with the last one for screen readers. */
-export function Sparkline({ points, label, width = 90, height = 22, format = (v) => v.toFixed(2) }) {
+const compact = (v) => (v === 0 ? '0' : Math.abs(v) < 10 ? v.toFixed(2) : Math.abs(v) < 100 ? v.toFixed(1) : v.toFixed(0));
+
+export function Sparkline({ points, label, width = 90, height = 22, format = compact }) {
   let vals = (points || []).filter((v) => v !== null && v !== undefined && !Number.isNaN(v));
   if (vals.length === 1) vals = [vals[0], vals[0]];
   if (!vals.length) return html`<span class="muted" aria-label=${label + ': no data'}>–</span>`;

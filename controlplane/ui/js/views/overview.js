@@ -110,15 +110,31 @@ export function involvedLink(o) {
 }
 
 function Warnings({ events }) {
-  const recent = useMemo(() => [...events.items]
-    .sort((a, b) => String(eventTime(b)).localeCompare(String(eventTime(a)))).slice(0, 12), [events.items]);
-  return html`<${Section} title="Warnings" id="h-warnings" actions=${html`<a href="/ui/events?type=Warning">Show all warnings</a>`}>
+  // The same warning about the same object, repeated as separate Events, is one row with
+  // the total count and the latest time.
+  const recent = useMemo(() => {
+    const groups = new Map();
+    for (const e of events.items) {
+      const o = e.involvedObject || {};
+      const k = [o.kind, o.namespace, o.name, e.reason, e.message].join('\u0000');
+      const g = groups.get(k);
+      const n = e.count || e.series?.count || 1;
+      if (!g) groups.set(k, { ...e, count: n });
+      else {
+        g.count += n;
+        if (String(eventTime(e)) > String(eventTime(g))) { g.lastTimestamp = eventTime(e); g.metadata = e.metadata; }
+      }
+    }
+    return [...groups.values()].sort((a, b) => String(eventTime(b)).localeCompare(String(eventTime(a)))).slice(0, 10);
+  }, [events.items]);
+  return html`<${Section} title="Warnings" id="h-warnings" wide=${true} actions=${html`<a href="/ui/events?type=Warning">Show all warnings</a>`}>
     <${ErrorBox} error=${events.error} />
     ${recent.length === 0 ? html`<p class="muted">${events.loading ? 'Loading…' : 'No warnings. All quiet.'}</p>` : html`
-    <table aria-label="Recent warnings"><thead><tr><th scope="col">Age</th><th scope="col">Object</th><th scope="col">Reason</th><th scope="col">Message</th></tr></thead>
+    <table class="fixed" aria-label="Recent warnings"><colgroup><col style="width:64px" /><col style="width:28%" /><col style="width:150px" /><col /></colgroup>
+      <thead><tr><th scope="col">Age</th><th scope="col">Object</th><th scope="col">Reason</th><th scope="col">Message</th></tr></thead>
       <tbody>${recent.map((e) => html`<tr key=${e.metadata.uid}>
         <td><${Age} time=${eventTime(e)} /></td><td>${involvedLink(e.involvedObject)}</td>
-        <td><${Badge} state=${e.reason} /></td><td class="wrap" title=${e.message}>${e.message}${e.count > 1 ? html` <span class="muted">×${e.count}</span>` : null}</td>
+        <td><${Badge} state=${e.reason} /></td><td class="wrap"><span class="clamp" title=${e.message}>${e.count > 1 ? html`<span class="muted">×${e.count} </span>` : null}${e.message}</span></td>
       </tr>`)}</tbody></table>`}
   </${Section}>`;
 }
@@ -153,11 +169,15 @@ function Health({ h }) {
 }
 
 export default function Overview() {
-  // All reads start together: no waterfall.
+  // The small reads start together (no waterfall). All pods, only for the per-node counts,
+  // can be megabytes that keep the server busy for seconds: they are asked for once the
+  // rest of the first view is in.
   const nodes = useList('/api/v1/nodes');
-  const pods = useList('/api/v1/pods');
   const apps = useList('/apis/skiff.dev/v1/apps');
   const events = useList('/api/v1/events', { fieldSelector: 'type=Warning' });
+  const firstViewIn = !nodes.loading && !apps.loading && !events.loading;
+  const allPods = useList(firstViewIn ? '/api/v1/pods' : null);
+  const pods = firstViewIn ? allPods : { items: [], loading: true, error: null };
   // Heartbeats (Lease renewals, every few seconds) are read with the node usage rather
   // than watched: the API speaks HTTP/1.1 and a browser opens only six connections per
   // host, so each view keeps its watches to four.
@@ -168,7 +188,7 @@ export default function Overview() {
     <div class="grid">
       <${Nodes} nodes=${nodes} pods=${pods} usage=${usage} leases=${leases} />
       <${Apps} apps=${apps} />
-      <${Warnings} events=${events} />
       <${Health} h=${h} />
+      <${Warnings} events=${events} />
     </div>`;
 }
