@@ -1,5 +1,5 @@
 // The dashboard's entry: sign-in link handling, the header, and the routes.
-import { html, render, useState, useEffect } from '../vendor/preact-htm.js';
+import { html, render, useState, useEffect, useErrorBoundary } from '../vendor/preact-htm.js';
 import { token, setUnauthorizedHandler, can, post } from './api.js';
 import { startRouter, navigate, useRoute, match } from './router.js';
 import { ErrorBox } from './components.js';
@@ -84,8 +84,24 @@ async function fetchWho() {
   return r?.status?.userInfo || null;
 }
 
+// A view that throws while drawing shows the error (and the header stays), never a blank page.
+function Boundary({ children }) {
+  const [error, reset] = useErrorBoundary((e) => console.error(e));
+  if (!error) return children;
+  return html`<${ErrorBox} error=${error} title="This page failed" />
+    <button type="button" onClick=${reset}>Try again</button>`;
+}
+
+const TITLES = [['/ui/apps', 'Apps'], ['/ui/workloads', 'Workloads'], ['/ui/nodes', 'Nodes'], ['/ui/events', 'Events'],
+  ['/ui/pods/', 'Pod'], ['/ui/signin', 'Sign in']];
+
 function App() {
   const { path, query } = useRoute();
+  useEffect(() => {
+    const t = TITLES.find(([p]) => path.startsWith(p));
+    const name = path.startsWith('/ui/pods/') || path.startsWith('/ui/nodes/') ? decodeURIComponent(path.split('/').pop()) : null;
+    document.title = `${name || (t ? t[1] : 'Overview')} · Skiff`;
+  }, [path]);
   const signedIn = !!token.get();
   useEffect(() => {
     if (!signedIn && path !== '/ui/signin') navigate('/ui/signin', { replace: true });
@@ -98,9 +114,9 @@ function App() {
     const params = match(pattern, path);
     if (params) { view = html`<${View} params=${params} query=${query} />`; break; }
   }
-  if (!view) view = html`<h1>Not found</h1><p>No page at <code>${path}</code>. <a href="/ui/">Overview</a></p>`;
+  if (!view) view = html`<h1>Not found</h1><p>No page at <code>${path}</code>. <a href="/ui/">Go to the overview</a>.</p>`;
   return html`<${Header} path=${path} />
-    <main id="main" key=${token.get()}>${view}</main>`;
+    <main id="main" key=${token.get()}><${Boundary} key=${path}>${view}</${Boundary}></main>`;
 }
 
 takeTokenFromFragment();
