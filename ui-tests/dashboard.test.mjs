@@ -154,7 +154,6 @@ describe('the dashboard', { concurrency: 1 }, () => {
     // The token lives in this tab's session storage, nowhere in the address.
     assert.equal(await page.evaluate(() => sessionStorage.getItem('skiff.token')), cluster.adminToken);
     assert.ok(!page.url().includes(cluster.adminToken));
-    await shot(page, 'overview');
 
     // Signing out forgets it.
     await page.getByRole('button', { name: 'Sign out' }).click();
@@ -405,17 +404,18 @@ describe('the dashboard', { concurrency: 1 }, () => {
       await page.goto('/ui/signin');
       await page.getByLabel('Token').waitFor();
       found.push(...await axe(page, 'signin', colorScheme));
+      if (colorScheme === 'light') await shot(page, 'signin');
       await page.evaluate((t) => sessionStorage.setItem('skiff.token', t), cluster.adminToken);
       for (const path of pages) {
         await page.goto(path);
         await settled(page, path);
         found.push(...await axe(page, path, colorScheme));
       }
-      if (colorScheme === 'dark') {
-        await page.goto('/ui/');
-        await settled(page, '/ui/');
-        await shot(page, 'overview-dark');
-      }
+      // The overview with an app and pods on it, in each theme.
+      await page.goto('/ui/');
+      await settled(page, '/ui/');
+      await appRow(page, 'web').waitFor();
+      await shot(page, colorScheme === 'dark' ? 'overview-dark' : 'overview');
     }
     assert.ok(found.length === 0, `axe found serious or critical violations:\n${found.join('\n')}`);
   });
