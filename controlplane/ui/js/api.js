@@ -144,7 +144,7 @@ export function watchList(path, { onChange, onError, labelSelector, fieldSelecto
         } catch (e) {
           if (ctl.signal.aborted) return;
           if (onError) onError(e);
-          const lasting = e instanceof ApiError && [401, 403, 404].includes(e.status);
+          const lasting = e instanceof ApiError && [400, 401, 403, 404, 422].includes(e.status);
           await sleep(lasting ? 10000 : backoff, ctl.signal); // lasting: not going to change soon
           backoff = Math.min(backoff * 2, 10000);
           continue;

@@ -2,7 +2,7 @@
 // App), and a live table with URL, ready replicas, module digest, request and error rate
 // sparklines (custom metrics sampled every 5 s), scale, roll back and delete.
 import { html, useState, useEffect, useMemo, useRef } from '../../vendor/preact-htm.js';
-import { useList, useObject, useCan, get, patch, del, token, ApiError } from '../api.js';
+import { useList, useObject, can, get, patch, del, token, ApiError } from '../api.js';
 import { ErrorBox, Age, Badge, VirtualTable, Confirm, Sparkline, quantity } from '../components.js';
 
 const APPS = '/apis/skiff.dev/v1';
@@ -68,7 +68,7 @@ function Rollout({ ns, name, onDone }) {
 function Deploy({ namespaces }) {
   const [file, setFile] = useState(null);
   const [name, setName] = useState('');
-  const [ns, setNs] = useState('default');
+  const [ns, setNs] = useState(namespaces.includes('default') ? 'default' : namespaces[0]);
   const [replicas, setReplicas] = useState(1);
   const [over, setOver] = useState(false);
   const [progress, setProgress] = useState(null);
@@ -104,7 +104,7 @@ function Deploy({ namespaces }) {
       <label class="field">App name<input value=${name} required pattern="[a-z0-9]+(-[a-z0-9]+)*" maxlength="63"
         onInput=${(e) => setName(e.currentTarget.value)} /></label>
       <label class="field">Namespace<select value=${ns} onChange=${(e) => setNs(e.currentTarget.value)}>
-        ${[...new Set(['default', ...namespaces])].map((n) => html`<option value=${n}>${n}</option>`)}</select></label>
+        ${namespaces.map((n) => html`<option value=${n}>${n}</option>`)}</select></label>
       <label class="field">Replicas<input type="number" min="0" max="1000" value=${replicas}
         onInput=${(e) => setReplicas(Math.max(0, parseInt(e.currentTarget.value, 10) || 0))} /></label>
       <button type="submit" class="primary" disabled=${!file || (progress !== null && progress < 1)}>Deploy</button>
@@ -177,7 +177,20 @@ function previousModule(app, replicasets) {
   return prev ? prev.image : null;
 }
 
-function Controls({ app, previous, onError, onDelete }) {
+/** { namespace: allowed } for a verb on Apps, from SelfSubjectAccessReviews (cached per tab). */
+function useAllowed(verb, namespaces) {
+  const [allowed, setAllowed] = useState({});
+  const key = namespaces.join(',');
+  useEffect(() => {
+    let live = true;
+    Promise.all(namespaces.map((n) => can(verb, 'apps', { group: 'skiff.dev', namespace: n }).then((ok) => [n, ok], () => [n, false])))
+      .then((pairs) => live && setAllowed(Object.fromEntries(pairs)));
+    return () => { live = false; };
+  }, [verb, key]);
+  return allowed;
+}
+
+function Controls({ app, previous, mayPatch, mayDelete, onError, onDelete }) {
   const name = app.metadata.name;
   const [n, setN] = useState(app.spec?.replicas ?? 0);
   const [busy, setBusy] = useState(false);
@@ -187,16 +200,16 @@ function Controls({ app, previous, onError, onDelete }) {
     try { await fn(); } catch (e) { onError(e); } finally { setBusy(false); }
   };
   const path = appPath(app.metadata.namespace, name);
-  return html`<span class="controls">
+  return html`<span class="controls">${mayPatch ? html`
     <input type="number" min="0" max="1000" class="small" aria-label=${'Replicas of ' + name} value=${n}
       onInput=${(e) => setN(parseInt(e.currentTarget.value, 10) || 0)} />
     <button type="button" class="small" aria-label=${'Scale ' + name} disabled=${busy}
       onClick=${() => run(() => patch(path, { spec: { replicas: n } }))}>Scale</button>
     <button type="button" class="small" aria-label=${'Roll back ' + name} disabled=${busy || !previous}
       title=${previous ? `Back to ${shortDigest(previous)}` : 'No earlier revision'}
-      onClick=${() => run(() => patch(path, { spec: { module: previous } }))}>Roll back</button>
-    <button type="button" class="small danger" aria-label=${'Delete ' + name} disabled=${busy}
-      onClick=${() => onDelete(app)}>Delete</button>
+      onClick=${() => run(() => patch(path, { spec: { module: previous } }))}>Roll back</button>` : null}
+    ${mayDelete ? html`<button type="button" class="small danger" aria-label=${'Delete ' + name} disabled=${busy}
+      onClick=${() => onDelete(app)}>Delete</button>` : null}
   </span>`;
 }
 
@@ -204,8 +217,13 @@ export default function Apps({ query }) {
   const apps = useList(`${APPS}/apps`);
   const rs = useList('/apis/apps/v1/replicasets', { labelSelector: 'app.skiff.dev/name' });
   const nsList = useList('/api/v1/namespaces');
-  const canWrite = useCan('patch', 'apps', { group: 'skiff.dev' });
-  const canCreate = useCan('create', 'apps', { group: 'skiff.dev', namespace: 'default' });
+  const allNs = useMemo(() => nsList.items.map((n) => n.metadata.name), [nsList.items]);
+  // What this identity may do, per namespace (RBAC may grant one namespace only).
+  const mayCreate = useAllowed('create', allNs);
+  const mayPatch = useAllowed('patch', allNs);
+  const mayDelete = useAllowed('delete', allNs);
+  const canWrite = Object.values(mayPatch).some(Boolean) || Object.values(mayDelete).some(Boolean);
+  const createIn = allNs.filter((n) => mayCreate[n]);
   const [actionError, setActionError] = useState(null);
   const [deleting, setDeleting] = useState(null);
   const filterNs = query?.get('ns') || '';
@@ -224,6 +242,7 @@ export default function Apps({ query }) {
       : html`<${Sparkline} label=${`Errors per second of ${a.metadata.name}`} points=${series[`${a.metadata.namespace}/${a.metadata.name}`]?.err} />`) },
     { label: 'Age', render: (a) => html`<${Age} time=${a.metadata.creationTimestamp} />` },
     ...(canWrite ? [{ label: 'Actions', render: (a) => html`<${Controls} app=${a} previous=${previousModule(a, rs.items)}
+      mayPatch=${mayPatch[a.metadata.namespace]} mayDelete=${mayDelete[a.metadata.namespace]}
       onError=${setActionError} onDelete=${setDeleting} />` }] : []),
   ];
   async function confirmDelete() {
@@ -232,7 +251,7 @@ export default function Apps({ query }) {
     try { await del(appPath(a.metadata.namespace, a.metadata.name)); } catch (e) { setActionError(e); }
   }
   return html`<h1>Apps</h1>
-    ${canCreate ? html`<${Deploy} namespaces=${nsList.items.map((n) => n.metadata.name)} />` : null}
+    ${createIn.length ? html`<${Deploy} namespaces=${createIn} />` : null}
     <${ErrorBox} error=${actionError} />
     <${ErrorBox} error=${apps.error} />
     ${filterNs ? html`<p class="muted">Namespace ${filterNs} · <a href="/ui/apps">all namespaces</a></p>` : null}
