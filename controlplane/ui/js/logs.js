@@ -166,6 +166,12 @@ export default function Logs({ pod }) {
     // The container started again (the pod changed): reconnect now, not at the timer.
     kick.current = () => { if (timer) { clearTimeout(timer); timer = 0; backoff = 1000; open(); } };
     setState({ note: '', error: null, dropped: false });
+    // No earlier instance to read: say so rather than ask for a 400.
+    const st = (podRef.current.status?.containerStatuses || []).find((c) => c.name === container);
+    if (previous && st && !st.lastState?.terminated) {
+      setState({ note: 'No previous instance: this container has not restarted.', error: null, dropped: false });
+      return () => { kick.current = null; };
+    }
     open();
     return () => {
       kick.current = null;
