@@ -71,11 +71,12 @@ export function VirtualTable({ columns, rows, rowKey, rowHeight = 34, label, max
     ro.observe(el);
     return () => ro.disconnect();
   }, []);
-  let raf = 0;
+  const raf = useRef(0);
+  useEffect(() => () => cancelAnimationFrame(raf.current), []);
   const onScroll = (e) => {
-    const top = e.currentTarget.scrollTop;
-    if (raf) cancelAnimationFrame(raf);
-    raf = requestAnimationFrame(() => setScroll(top));
+    const el = e.currentTarget;
+    if (raf.current) return; // one update per frame, with the latest position
+    raf.current = requestAnimationFrame(() => { raf.current = 0; setScroll(el.scrollTop); });
   };
   const overscan = 10;
   const first = Math.max(0, Math.floor(scroll / rowHeight) - overscan);

@@ -106,6 +106,7 @@ export function involvedLink(o) {
   const text = `${o.kind}/${o.name}`;
   if (o.kind === 'Pod' && o.namespace) return html`<a href=${`/ui/pods/${encodeURIComponent(o.namespace)}/${encodeURIComponent(o.name)}`}>${text}</a>`;
   if (o.kind === 'Node') return html`<a href=${'/ui/nodes/' + encodeURIComponent(o.name)}>${text}</a>`;
+  if (o.kind === 'App' && o.namespace) return html`<a href=${'/ui/apps?ns=' + encodeURIComponent(o.namespace)}>${text}</a>`;
   return text;
 }
 
