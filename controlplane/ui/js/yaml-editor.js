@@ -134,13 +134,16 @@ export default function YamlEditor({ path, object, resource, group = '', namespa
       ${changedUnderneath && !conflict && html`<p class="muted">The object has changed since you
         loaded it; Apply will be refused unless you Reload.</p>`}
       <textarea ref=${area} aria-label="YAML" spellcheck="false" autocapitalize="off" rows=${rows}
-        value=${text} onInput=${(e) => setText(e.currentTarget.value)}
+        value=${text} onInput=${(e) => { setText(e.currentTarget.value); if (note) setNote(''); }}
+        onKeyDown=${(e) => { if (mayUpdate && (e.ctrlKey || e.metaKey) && e.key === 'Enter') { e.preventDefault(); apply(); } }}
+        aria-describedby=${mayUpdate ? 'yaml-hint' : undefined}
         readonly=${mayUpdate === false}
         style="width: 100%; font-family: var(--mono, monospace); font-size: 0.85rem"></textarea>
       <div class="toolbar">
         ${mayUpdate && html`<button type="button" onClick=${apply} disabled=${busy}>Apply</button>`}
         <button type="button" onClick=${reload} disabled=${busy}>Reload</button>
         <span role="status" class="muted">${note}${dirty && !note ? 'Edited' : ''}</span>
+        ${mayUpdate && html`<span id="yaml-hint" class="muted">Ctrl+Enter applies.</span>`}
       </div>
       ${kept && html`<details open>
         <summary>Your edit from before the reload</summary>

@@ -110,7 +110,11 @@ export default function Nodes() {
     { label: 'Name', render: (n) => html`<a href=${`/ui/nodes/${encodeURIComponent(n.metadata.name)}`}>${n.metadata.name}</a>` },
     {
       label: 'Status',
-      render: (n) => html`<${Badge} state=${readiness(n).word} />${n.spec?.unschedulable ? html` <${Badge} state="Cordoned" />` : null}`,
+      render: (n) => {
+        const r = readiness(n);
+        return html`<${Badge} state=${r.word} />${n.spec?.unschedulable ? html` <${Badge} state="Cordoned" />` : null}${r.word !== 'Ready' && r.since
+          ? html` <span class="muted">for <${Age} time=${r.since} /></span>` : null}`;
+      },
     },
     {
       label: 'Heartbeat',

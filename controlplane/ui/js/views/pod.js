@@ -75,6 +75,9 @@ function Containers({ pod }) {
   </table>`;
 }
 
+/** Ready containers of all, as kubectl's READY column. */
+const readyCount = (pod) => `${(pod.status?.containerStatuses || []).filter((c) => c.ready).length}/${(pod.spec?.containers || []).length}`;
+
 /** `sha256:abcdef…` images are long: show the first 12 hex digits. */
 const shortImage = (image = '') => (/^sha256:[0-9a-f]{64}$/.test(image) ? image.slice(0, 19) + '…' : image);
 
@@ -150,6 +153,8 @@ export default function Pod({ params }) {
       <div><dt class="muted" style="font-size: 12px">Owner</dt><dd style="margin: 0">${owner
         ? (ownerHref ? html`<a href=${ownerHref}>${owner.kind} ${owner.name}</a>` : `${owner.kind} ${owner.name}`)
         : html`<span class="muted">none</span>`}</dd></div>
+      <div><dt class="muted" style="font-size: 12px">Ready</dt><dd style="margin: 0">${readyCount(pod)}</dd></div>
+      <div><dt class="muted" style="font-size: 12px">Restarts</dt><dd style="margin: 0">${(pod.status?.containerStatuses || []).reduce((n, c) => n + (c.restartCount || 0), 0)}</dd></div>
       <div><dt class="muted" style="font-size: 12px">Pod IP</dt><dd style="margin: 0">${pod.status?.podIP || html`<span class="muted">–</span>`}</dd></div>
       <div><dt class="muted" style="font-size: 12px">Created</dt><dd style="margin: 0"><${Age} time=${pod.metadata.creationTimestamp} /> ago</dd></div>
     </dl>
