@@ -65,7 +65,7 @@ function Rollout({ ns, name, onDone }) {
   </p>`;
 }
 
-function Deploy({ namespaces }) {
+function Deploy({ namespaces, existing }) {
   const [file, setFile] = useState(null);
   const [name, setName] = useState('');
   const [ns, setNs] = useState(namespaces.includes('default') ? 'default' : namespaces[0]);
@@ -108,6 +108,7 @@ function Deploy({ namespaces }) {
       <label class="field">Replicas<input type="number" min="0" max="1000" value=${replicas}
         onInput=${(e) => setReplicas(Math.max(0, parseInt(e.currentTarget.value, 10) || 0))} /></label>
       <button type="submit" class="primary" disabled=${!file || (progress !== null && progress < 1)}>Deploy</button>
+      ${existing.has(`${ns}/${name}`) && !deployed ? html`<p class="hint muted">${name} exists in ${ns}: deploying rolls it to this module.</p>` : null}
     </div>
     ${progress !== null ? html`<progress aria-label="Upload" max="1" value=${progress}></progress>` : null}
     <${ErrorBox} error=${error} />
@@ -251,7 +252,7 @@ export default function Apps({ query }) {
     try { await del(appPath(a.metadata.namespace, a.metadata.name)); } catch (e) { setActionError(e); }
   }
   return html`<h1>Apps</h1>
-    ${createIn.length ? html`<${Deploy} namespaces=${createIn} />` : null}
+    ${createIn.length ? html`<${Deploy} namespaces=${createIn} existing=${new Set(apps.items.map((a) => `${a.metadata.namespace}/${a.metadata.name}`))} />` : null}
     <${ErrorBox} error=${actionError} />
     <${ErrorBox} error=${apps.error} />
     ${filterNs ? html`<p class="muted">Namespace ${filterNs} · <a href="/ui/apps">all namespaces</a></p>` : null}
