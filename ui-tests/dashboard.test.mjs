@@ -110,6 +110,30 @@ function ticker() {
   return tickerMade;
 }
 
+let failed = false;
+/// A test whose failure leaves a screenshot of each page it had open
+/// (`failed-TEST-N.png` next to the others) and keeps the cluster's log.
+function test(name, ...rest) {
+  const fn = rest.pop();
+  // No test waits longer than this for anything: a hang fails instead of stalling CI.
+  it(name, { timeout: 90_000, ...rest[0] }, async (t) => {
+    try {
+      await fn(t);
+    } catch (e) {
+      failed = true;
+      const slug = name.replace(/[^a-z0-9]+/gi, '-').slice(0, 60);
+      let n = 0;
+      for (const context of contexts) {
+        for (const page of context.pages()) {
+          n += 1;
+          await page.screenshot({ path: join(SHOTS, `failed-${slug}-${n}.png`), timeout: 5_000 }).catch(() => {});
+        }
+      }
+      throw e;
+    }
+  });
+}
+
 before(async () => {
   cluster = await new Cluster().start();
   viewerToken = await cluster.token('viewer');
@@ -125,11 +149,17 @@ afterEach(async () => {
 
 after(async () => {
   if (browser) await browser.close();
-  if (cluster) await cluster.stop();
+  if (cluster) {
+    if (failed) {
+      process.env.SKIFF_UI_KEEP = '1';
+      console.log(`# a test failed: screenshots in ${SHOTS}, the cluster's log in ${cluster.logPath}`);
+    }
+    await cluster.stop();
+  }
 });
 
 describe('the dashboard', { concurrency: 1 }, () => {
-  it('signs in with a pasted token and the overview shows the nodes', async () => {
+  test('signs in with a pasted token and the overview shows the nodes', async () => {
     const page = await open();
     await page.goto('/ui/');
     await page.waitForURL('**/ui/signin');
@@ -161,7 +191,7 @@ describe('the dashboard', { concurrency: 1 }, () => {
     assert.equal(await page.evaluate(() => sessionStorage.getItem('skiff.token')), null);
   });
 
-  it('a sign-in link (/ui/#token=...) signs in and takes the token out of the address', async () => {
+  test('a sign-in link (/ui/#token=...) signs in and takes the token out of the address', async () => {
     const page = await open();
     await page.goto(`/ui/#token=${encodeURIComponent(cluster.adminToken)}`);
     await nodeRow(page, 'dev-1').first().waitFor();
@@ -169,7 +199,7 @@ describe('the dashboard', { concurrency: 1 }, () => {
     assert.equal(await page.evaluate(() => sessionStorage.getItem('skiff.token')), cluster.adminToken);
   });
 
-  it('a .wasm dropped on the Apps page goes Ready and its URL answers', async () => {
+  test('a .wasm dropped on the Apps page goes Ready and its URL answers', async () => {
     const page = await signedIn('/ui/');
     await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Apps', exact: true }).click();
     await page.waitForURL('**/ui/apps');
@@ -222,7 +252,7 @@ describe('the dashboard', { concurrency: 1 }, () => {
     await shot(page, 'apps');
   });
 
-  it('scaling an app changes its replica count live, with no reload', async () => {
+  test('scaling an app changes its replica count live, with no reload', async () => {
     await deployApp('scaled', 1);
     const page = await signedIn('/ui/apps');
     const row = appRow(page, 'scaled');
@@ -251,7 +281,7 @@ describe('the dashboard', { concurrency: 1 }, () => {
     await assertSameDocument(page);
   });
 
-  it("a pod's logs follow live", async () => {
+  test("a pod's logs follow live", async () => {
     await ticker();
     const page = await signedIn(`/ui/pods/${NS}/ticker`);
     await page.getByRole('heading', { level: 1, name: 'ticker' }).waitFor();
@@ -283,7 +313,7 @@ describe('the dashboard', { concurrency: 1 }, () => {
     await shot(page, 'pod-logs');
   });
 
-  it('an invalid YAML edit shows the API error with its causes', async () => {
+  test('an invalid YAML edit shows the API error with its causes', async () => {
     await tickerPod('edited', '1s');
     const page = await signedIn(`/ui/pods/${NS}/edited`);
     const yaml = page.getByRole('textbox', { name: 'YAML', exact: true });
@@ -320,7 +350,7 @@ describe('the dashboard', { concurrency: 1 }, () => {
     await shot(page, 'yaml-error');
   });
 
-  it('a node page shows its conditions, pods and tunnel, and cordons', async () => {
+  test('a node page shows its conditions, pods and tunnel, and cordons', async () => {
     const page = await signedIn('/ui/nodes/dev-1');
     await page.getByRole('heading', { level: 1, name: 'dev-1' }).waitFor();
     for (const h of ['Conditions', 'Taints', 'Pods', 'Tunnel']) {
@@ -340,7 +370,7 @@ describe('the dashboard', { concurrency: 1 }, () => {
     await assertSameDocument(page);
   });
 
-  it('a viewer sees no write controls, and the API refuses its writes', async () => {
+  test('a viewer sees no write controls, and the API refuses its writes', async () => {
     await ensureApp('web', 2);
     await ticker();
     // The same pages an admin can write on.
@@ -394,7 +424,7 @@ describe('the dashboard', { concurrency: 1 }, () => {
     assert.equal(app.metadata.generation, before.metadata.generation);
   });
 
-  it('has no serious or critical accessibility violations (axe-core), light and dark', async () => {
+  test('has no serious or critical accessibility violations (axe-core), light and dark', async () => {
     await ensureApp('web', 2);
     await ticker();
     const pages = ['/ui/', '/ui/apps', '/ui/workloads', `/ui/pods/${NS}/ticker`, '/ui/nodes/dev-1', '/ui/nodes', '/ui/events'];
@@ -420,7 +450,7 @@ describe('the dashboard', { concurrency: 1 }, () => {
     assert.ok(found.length === 0, `axe found serious or critical violations:\n${found.join('\n')}`);
   });
 
-  it('5,000 pods render, virtualised, and scroll', { timeout: 120_000 }, async () => {
+  test('5,000 pods render, virtualised, and scroll', { timeout: 120_000 }, async () => {
     const ns = 'bulk';
     await cluster.admin.ok('POST', '/api/v1/namespaces', {
       body: { apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns } },
