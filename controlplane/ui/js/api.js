@@ -1,6 +1,7 @@
 // The dashboard's only way to the cluster: Skiff's Kubernetes API, with the user's bearer
-// token, as kubectl uses it. Lists are list-then-watch with relist on 410 (Gone) or a
-// dropped stream, so every view is live without polling.
+// token, as kubectl uses it. Lists are list-then-watch (resumed from the last
+// resourceVersion when a stream ends, relisted on 410 Gone), so every view is live
+// without polling.
 import { useState, useEffect } from '../vendor/preact-htm.js';
 
 const KEY = 'skiff.token';
@@ -294,9 +295,12 @@ export function discoveryCached() {
   try { return JSON.parse(sessionStorage.getItem(DISCOVERY_KEY) || 'null'); } catch { return null; }
 }
 
-/** Every resource the server serves: [{group, version, resource, kind, namespaced, verbs}]. */
-export function discovery() {
-  if (!discoveryPromise) {
+/**
+ * Every resource the server serves: [{group, version, resource, kind, namespaced, verbs}].
+ * Asked once per tab unless `fresh` (the Workloads page asks afresh, so a new CRD shows).
+ */
+export function discovery(fresh = false) {
+  if (!discoveryPromise || fresh) {
     discoveryPromise = (async () => {
       const [core, groups] = await Promise.all([get('/api'), get('/apis')]);
       const gvs = [

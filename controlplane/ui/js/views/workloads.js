@@ -79,7 +79,7 @@ export default function Workloads({ query }) {
   // Draw from the tab's last discovery at once, then from a fresh one (new kinds appear).
   const [resources, setResources] = useState(() => discoveryCached() || []);
   const [discError, setDiscError] = useState(null);
-  useEffect(() => { discovery().then(setResources, setDiscError); }, []);
+  useEffect(() => { discovery(true).then(setResources, setDiscError); }, []);
   const kind = query.get('kind') || DEFAULT_KIND;
   const ns = query.get('ns') || '';
   const q = query.get('q') || '';
