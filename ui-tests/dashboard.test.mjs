@@ -308,7 +308,15 @@ describe('the dashboard', { concurrency: 1 }, () => {
       return Math.max(...t) >= highest + 3 && t.length >= seen.length + 3;
     }, { timeout: UI });
     await assertSameDocument(page);
-    await page.getByRole('link', { name: 'Download logs' }).waitFor();
+    // The download holds the whole log from the start, as a file named after the pod.
+    const [download] = await Promise.all([
+      page.waitForEvent('download'),
+      logs.getByRole('link', { name: 'Download logs' }).click(),
+    ]);
+    assert.equal(download.suggestedFilename(), 'ticker.log');
+    const saved = readFileSync(await download.path(), 'utf8');
+    assert.match(saved, /^tick 1$/m);
+    assert.ok(saved.split('\n').filter((l) => l.startsWith('tick ')).length >= seen.length + 3, 'the download has every tick seen');
     await logs.scrollIntoViewIfNeeded();
     await shot(page, 'pod-logs');
   });
@@ -348,6 +356,30 @@ describe('the dashboard', { concurrency: 1 }, () => {
     const { body: after } = await cluster.admin.get(`/api/v1/namespaces/${NS}/pods/edited`);
     assert.equal(after.metadata.labels?.broken, undefined);
     await shot(page, 'yaml-error');
+  });
+
+  test('a YAML edit of an object changed meanwhile is refused as a conflict that keeps the edit', async () => {
+    await tickerPod('conflicted', '1s');
+    const page = await signedIn(`/ui/pods/${NS}/conflicted`);
+    const yaml = page.getByRole('textbox', { name: 'YAML', exact: true });
+    await eventually('the pod YAML loaded', async () => (await yaml.inputValue()).includes('name: conflicted'));
+    const original = await yaml.inputValue();
+    assert.ok(!/^ {2}labels:/m.test(original), 'the test pod has no labels');
+    const edited = original.replace(/^metadata:\n/m, 'metadata:\n  labels:\n    mine: "yes"\n');
+    await yaml.fill(edited);
+    // Someone else changes the pod before Apply.
+    await cluster.admin.ok('PATCH', `/api/v1/namespaces/${NS}/pods/conflicted`, {
+      body: { metadata: { labels: { theirs: 'yes' } } }, contentType: 'application/merge-patch+json',
+    });
+    await page.getByRole('button', { name: 'Apply', exact: true }).click();
+    await page.getByRole('alert').filter({ hasText: 'changed since you loaded it' }).waitFor();
+    assert.equal(await yaml.inputValue(), edited, "the user's text is kept");
+    const { body: pod } = await cluster.admin.get(`/api/v1/namespaces/${NS}/pods/conflicted`);
+    assert.deepEqual(pod.metadata.labels, { theirs: 'yes' }, 'the conflicting edit was not applied');
+    // Reload shows the current object, with the edit kept beside it.
+    await page.getByRole('button', { name: 'Reload', exact: true }).click();
+    await eventually('the reloaded YAML', async () => (await yaml.inputValue()).includes('theirs:'));
+    assert.equal(await page.getByRole('textbox', { name: 'Your edit' }).inputValue(), edited);
   });
 
   test('a node page shows its conditions, pods and tunnel, and cordons', async () => {
