@@ -218,7 +218,10 @@ export default function Apps({ query }) {
   const apps = useList(`${APPS}/apps`);
   const rs = useList('/apis/apps/v1/replicasets', { labelSelector: 'app.skiff.dev/name' });
   const nsList = useList('/api/v1/namespaces');
-  const allNs = useMemo(() => nsList.items.map((n) => n.metadata.name), [nsList.items]);
+  // Namespaces to ask about: all of them, or (for an identity that may not list them)
+  // those its apps are in, and default.
+  const allNs = useMemo(() => [...new Set([...nsList.items.map((n) => n.metadata.name),
+    ...apps.items.map((a) => a.metadata.namespace), 'default'])].sort(), [nsList.items, apps.items]);
   // What this identity may do, per namespace (RBAC may grant one namespace only).
   const mayCreate = useAllowed('create', allNs);
   const mayPatch = useAllowed('patch', allNs);
