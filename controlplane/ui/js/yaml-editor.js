@@ -52,6 +52,7 @@ export default function YamlEditor({ path, object, resource, group = '', namespa
   const [note, setNote] = useState('');
   const [busy, setBusy] = useState(false);
   const area = useRef(null);
+  const notices = useRef(null);
   const mayUpdate = useCan('update', resource, { group, namespace, name });
   const dirty = loaded !== null && text !== loaded.text;
 
@@ -72,6 +73,11 @@ export default function YamlEditor({ path, object, resource, group = '', namespa
     get(path).then((o) => live && take(o), (e) => live && setError(e));
     return () => { live = false; };
   }, [path, object]);
+
+  // An answer to Apply is shown under the buttons: bring it into view.
+  useEffect(() => {
+    if (error && notices.current) notices.current.scrollIntoView({ block: 'nearest' });
+  }, [error]);
 
   const changedUnderneath = dirty && object && object.metadata?.resourceVersion !== loaded.rv;
 
@@ -125,14 +131,9 @@ export default function YamlEditor({ path, object, resource, group = '', namespa
     return html`<div>${error ? html`<${ErrorBox} error=${error} />` : html`<p class="muted">Loading…</p>`}</div>`;
   }
   const rows = Math.min(40, Math.max(10, text.split('\n').length + 1));
+  // Errors and notes go under the buttons, where the eye is after Apply, not above a long text.
   return html`
     <div class="yaml-editor">
-      ${conflict && html`<p role="alert" class="conflict">
-        The object changed since you loaded it (at resourceVersion ${loaded.rv}). Your text is kept
-        below; Reload to see the current object (your edit stays beside it to copy from).</p>`}
-      ${error && html`<${ErrorBox} error=${error} />`}
-      ${changedUnderneath && !conflict && html`<p class="muted">The object has changed since you
-        loaded it; Apply will be refused unless you Reload.</p>`}
       <textarea ref=${area} aria-label="YAML" spellcheck="false" autocapitalize="off" rows=${rows}
         value=${text} onInput=${(e) => { setText(e.currentTarget.value); if (note) setNote(''); }}
         onKeyDown=${(e) => { if (mayUpdate && (e.ctrlKey || e.metaKey) && e.key === 'Enter') { e.preventDefault(); apply(); } }}
@@ -144,6 +145,12 @@ export default function YamlEditor({ path, object, resource, group = '', namespa
         <button type="button" onClick=${reload} disabled=${busy}>Reload</button>
         <span role="status" class="muted">${note}${dirty && !note ? 'Edited' : ''}</span>
         ${mayUpdate && html`<span id="yaml-hint" class="muted">Ctrl+Enter applies.</span>`}
+      </div>
+      <div ref=${notices}>
+        ${error && html`<${ErrorBox} error=${error}
+          title=${conflict ? `The object changed since you loaded it (at resourceVersion ${loaded.rv})` : undefined} />`}
+        ${conflict && html`<p>Your text is kept. Reload to see the current object, with your edit beside it to copy from.</p>`}
+        ${changedUnderneath && !conflict && html`<p class="muted">The object has changed since you loaded it; Apply will be refused unless you Reload.</p>`}
       </div>
       ${kept && html`<details open>
         <summary>Your edit from before the reload</summary>
