@@ -24,17 +24,23 @@ function lazy(load) {
   let mod = null;
   let failed = null;
   let pending = null;
-  return function Lazy(props) {
-    const [, bump] = useState(0);
+  const start = () => {
     if (!mod && !failed && !pending) {
       pending = load().then((m) => { mod = m; }, (e) => { failed = e; }).finally(() => { pending = null; });
     }
-    useEffect(() => { if (pending) pending.then(() => bump((n) => n + 1)); }, []);
+    return pending;
+  };
+  function Lazy(props) {
+    const [, bump] = useState(0);
+    start();
+    useEffect(() => { if (!mod && !failed) Promise.resolve(start()).then(() => bump((n) => n + 1)); }, []);
     if (failed) return html`<${ErrorBox} error=${failed} title="This page could not be loaded" />`;
     if (!mod) return html`<p class="muted" aria-busy="true">Loading…</p>`;
     const View = mod.default || Object.values(mod).find((v) => typeof v === 'function');
     return html`<${View} ...${props} />`;
-  };
+  }
+  Lazy.preload = () => { start(); };
+  return Lazy;
 }
 const Pod = lazy(() => import('./views/pod.js'));
 const Node = lazy(() => import('./views/node.js'));
@@ -124,3 +130,6 @@ if (location.pathname === '/ui') history.replaceState(null, '', '/ui/');
 setUnauthorizedHandler(() => navigate('/ui/signin'));
 startRouter();
 render(html`<${App} />`, document.getElementById('app'));
+// Once the first view is up, fetch the other pages' modules while idle, so opening a pod or
+// a node later does not wait on its imports one level at a time.
+(window.requestIdleCallback || ((f) => setTimeout(f, 1500)))(() => { Pod.preload(); Node.preload(); Nodes.preload(); });
