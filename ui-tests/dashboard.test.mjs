@@ -199,6 +199,31 @@ describe('the dashboard', { concurrency: 1 }, () => {
     assert.equal(await page.evaluate(() => sessionStorage.getItem('skiff.token')), cluster.adminToken);
   });
 
+  test('the keyboard reaches the skip link and the main navigation, and Enter follows a link in place', async () => {
+    const page = await signedIn('/ui/');
+    await nodeRow(page, 'dev-1').first().waitFor();
+    await markDocument(page);
+    const focused = () => page.evaluate(() => ({
+      text: document.activeElement?.textContent?.trim(),
+      inNav: !!document.activeElement?.closest('nav[aria-label="Main"]'),
+    }));
+    await page.keyboard.press('Tab');
+    assert.equal((await focused()).text, 'Skip to content', 'the first Tab stop is the skip link');
+    // Tab on to the main navigation's Apps link (a few stops at most), then Enter.
+    let at;
+    for (let i = 0; i < 10; i += 1) {
+      await page.keyboard.press('Tab');
+      at = await focused();
+      if (at.inNav && at.text === 'Apps') break;
+    }
+    assert.deepEqual(at, { text: 'Apps', inNav: true }, 'Tab reaches the Apps link of the main navigation');
+    await page.keyboard.press('Enter');
+    await page.waitForURL('**/ui/apps');
+    const apps = page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Apps', exact: true });
+    await eventually('the Apps link marked as the current page', async () => (await apps.getAttribute('aria-current')) === 'page');
+    await assertSameDocument(page);
+  });
+
   test('a .wasm dropped on the Apps page goes Ready and its URL answers', async () => {
     const page = await signedIn('/ui/');
     await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Apps', exact: true }).click();
