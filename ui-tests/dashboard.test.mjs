@@ -407,6 +407,42 @@ describe('the dashboard', { concurrency: 1 }, () => {
     assert.equal(await page.getByRole('textbox', { name: 'Your edit' }).inputValue(), edited);
   });
 
+  test('events arrive live and filter by text and type', async () => {
+    const page = await signedIn('/ui/events');
+    await page.getByRole('heading', { level: 1, name: 'Events' }).waitFor();
+    const table = page.getByRole('main').getByRole('table');
+    await table.waitFor();
+    await markDocument(page);
+    const event = (name, type, reason) => cluster.admin.ok('POST', `/api/v1/namespaces/${NS}/events`, {
+      body: {
+        apiVersion: 'v1', kind: 'Event', metadata: { name },
+        involvedObject: { apiVersion: 'v1', kind: 'Pod', namespace: NS, name: 'ticker' },
+        type, reason, message: `${reason} from the browser test`,
+        source: { component: 'ui-test' }, count: 1,
+        firstTimestamp: new Date().toISOString(), lastTimestamp: new Date().toISOString(),
+      },
+    });
+    await event('ui-test-warning', 'Warning', 'UiTestWarning');
+    await event('ui-test-normal', 'Normal', 'UiTestNormal');
+    const row = (reason) => table.getByRole('row').filter({ hasText: reason });
+    await row('UiTestWarning').waitFor();
+    await row('UiTestNormal').waitFor();
+
+    await page.getByRole('combobox', { name: 'Type' }).selectOption('Warning');
+    await row('UiTestNormal').waitFor({ state: 'detached' });
+    assert.equal(await row('UiTestWarning').count(), 1);
+    await page.getByRole('combobox', { name: 'Type' }).selectOption('All');
+    await page.getByRole('textbox', { name: 'Filter events' }).fill('UiTestNormal');
+    await row('UiTestWarning').waitFor({ state: 'detached' });
+    assert.equal(await row('UiTestNormal').count(), 1);
+    assert.equal(Number(await table.getAttribute('aria-rowcount')), 2, 'only the matching event is listed');
+    // Deleted, it leaves the open list too.
+    await cluster.admin.ok('DELETE', `/api/v1/namespaces/${NS}/events/ui-test-normal`);
+    await row('UiTestNormal').waitFor({ state: 'detached' });
+    await cluster.admin.ok('DELETE', `/api/v1/namespaces/${NS}/events/ui-test-warning`);
+    await assertSameDocument(page);
+  });
+
   test('a node page shows its conditions, pods and tunnel, and cordons', async () => {
     const page = await signedIn('/ui/nodes/dev-1');
     await page.getByRole('heading', { level: 1, name: 'dev-1' }).waitFor();
