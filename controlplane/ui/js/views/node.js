@@ -2,7 +2,7 @@
 // tunnel and heartbeat, CPU and memory; cordon, uncordon and drain for those allowed.
 import { html, useState, useEffect, useRef, useMemo } from '../../vendor/preact-htm.js';
 import { useObject, useList, useCan, request, patch, post, get } from '../api.js';
-import { ErrorBox, Age, Badge, VirtualTable, Section, quantity, bytes } from '../components.js';
+import { ErrorBox, Age, Badge, VirtualTable, Section, Confirm, quantity, bytes } from '../components.js';
 import YamlEditor from '../yaml-editor.js';
 import { LEASES, readiness, heartbeat, isEdge, roles, useNodeUsage, useTick, cores, percent } from './nodes.js';
 
@@ -119,7 +119,12 @@ function useDrain(name) {
     const ctl = { stopped: false };
     stop.current = ctl;
     const states = {};
-    const update = () => setDrain((d) => ({ ...d, states: { ...states } }));
+    // Thousands of evictions: draw their states at most once a frame.
+    let frame = 0;
+    const update = () => {
+      if (frame) return;
+      frame = requestAnimationFrame(() => { frame = 0; setDrain((d) => ({ ...d, states: { ...states } })); });
+    };
     setDrain({ running: true, total: 0, states: {}, error: null, phase: 'Cordoning' });
     try {
       await patch(nodePath(name), { spec: { unschedulable: true } });
@@ -157,7 +162,8 @@ function useDrain(name) {
       };
       const worker = async () => { while (queue.length) await evictOne(queue.shift()); };
       await Promise.all(Array.from({ length: Math.min(PARALLEL, queue.length) }, worker));
-      setDrain((d) => ({ ...d, running: false, phase: ctl.stopped ? 'Stopped' : 'Evicted' }));
+      cancelAnimationFrame(frame);
+      setDrain((d) => ({ ...d, states: { ...states }, running: false, phase: ctl.stopped ? 'Stopped' : 'Evicted' }));
     } catch (error) {
       setDrain((d) => ({ ...d, running: false, error, phase: 'Failed' }));
     }
@@ -165,6 +171,21 @@ function useDrain(name) {
   const halt = () => { if (stop.current) stop.current.stopped = true; };
   useEffect(() => halt, [name]);
   return { drain, start, halt };
+}
+
+/** What a drain would do to the pods on the node now, for the confirmation. */
+function DrainPlan({ name, pods }) {
+  const evict = pods.filter((p) => !isDaemonSetPod(p) && !isMirrorPod(p));
+  const stay = pods.length - evict.length;
+  const bare = evict.filter((p) => !(p.metadata.ownerReferences || []).some((r) => r.controller)).length;
+  const local = evict.filter((p) => (p.spec?.volumes || []).some((v) => v.emptyDir)).length;
+  return html`<p>Mark ${name} unschedulable, then evict ${evict.length} pod${evict.length === 1 ? '' : 's'} through the
+    Eviction API (disruption budgets are honoured; refused pods are asked again until you stop).</p>
+    ${(stay > 0 || bare > 0 || local > 0) && html`<ul>
+      ${stay > 0 && html`<li>${stay} DaemonSet or mirror pod${stay === 1 ? '' : 's'} stay.</li>`}
+      ${bare > 0 && html`<li><strong>${bare} pod${bare === 1 ? ' has' : 's have'} no controller</strong> and will not be recreated elsewhere.</li>`}
+      ${local > 0 && html`<li>${local} pod${local === 1 ? ' loses' : 's lose'} emptyDir data.</li>`}
+    </ul>`}`;
 }
 
 function DrainProgress({ drain, podsLeft }) {
@@ -223,6 +244,7 @@ export default function Node({ params }) {
   const pods = useList('/api/v1/pods', { fieldSelector: `spec.nodeName=${name}` });
   const { drain, start, halt } = useDrain(name);
   const [actionError, setActionError] = useState(null);
+  const [confirmDrain, setConfirmDrain] = useState(false);
   const [busy, setBusy] = useState(false);
   const podsLeft = useMemo(() => new Set(pods.items.map((p) => `${p.metadata.namespace}/${p.metadata.name}`)), [pods.items]);
 
@@ -253,7 +275,7 @@ export default function Node({ params }) {
       <${Fact} term="Version">${node.status?.nodeInfo?.kubeletVersion || '–'}<//>
       <${Fact} term="CPU">${u ? `${cores(u.cpu)} of ${alloc.cpu ?? '?'}${percent(u.cpu, quantity(alloc.cpu))}` : html`<span class="muted">no sample yet</span>`}<//>
       <${Fact} term="Memory">${u ? `${bytes(u.memory)} of ${bytes(quantity(alloc.memory))}${percent(u.memory, quantity(alloc.memory))}` : html`<span class="muted">no sample yet</span>`}<//>
-      <${Fact} term="Pods">${pods.items.length} of ${alloc.pods ?? '?'}<//>
+      <${Fact} term="Pods">${pods.items.filter((p) => p.status?.phase !== 'Succeeded' && p.status?.phase !== 'Failed').length} of ${alloc.pods ?? '?'}<//>
       <${Fact} term="Age"><${Age} time=${node.metadata.creationTimestamp} /><//>
     </dl>
     ${mayPatch && html`<div class="toolbar">
@@ -262,9 +284,13 @@ export default function Node({ params }) {
         : html`<button type="button" disabled=${busy} onClick=${() => setCordon(true)}>Cordon</button>`}
       ${mayEvict && (drain?.running
         ? html`<button type="button" onClick=${halt}>Stop drain</button>`
-        : html`<button type="button" class="danger" onClick=${start}
+        : html`<button type="button" class="danger" onClick=${() => setConfirmDrain(true)}
             title="Cordon the node, then evict every pod except DaemonSets' (disruption budgets are honoured)">Drain</button>`)}
     </div>`}
+    ${mayPatch && mayEvict && html`<${Confirm} open=${confirmDrain} title=${`Drain ${name}?`} confirmLabel="Evict pods"
+      onCancel=${() => setConfirmDrain(false)} onConfirm=${() => { setConfirmDrain(false); start(); }}>
+      ${confirmDrain && html`<${DrainPlan} name=${name} pods=${pods.items} />`}
+    <//>`}
     ${actionError && html`<${ErrorBox} error=${actionError} />`}
     ${drain && html`<${DrainProgress} drain=${drain} podsLeft=${podsLeft} />`}
     <${Section} id="node-conditions" title="Conditions"><${Conditions} node=${node} /><//>

@@ -93,7 +93,9 @@ export function useTick(ms = 5000) {
 export default function Nodes() {
   const nodes = useList('/api/v1/nodes');
   const leases = useList(LEASES);
-  const pods = useList('/api/v1/pods');
+  // All pods, only to count them per node: asked for once the nodes are in, since a list
+  // of thousands keeps the server busy for a while and would hold the table back.
+  const pods = useList(nodes.loading ? null : '/api/v1/pods');
   const usage = useNodeUsage();
   const now = useTick();
   const leaseOf = useMemo(() => new Map(leases.items.map((l) => [l.metadata.name, l])), [leases.items]);
@@ -124,7 +126,7 @@ export default function Nodes() {
       },
     },
     { label: 'Kind', render: (n) => [isEdge(n) ? 'edge' : 'local', ...roles(n)].join(', ') },
-    { label: 'Pods', class: 'num', render: (n) => `${podsOn.get(n.metadata.name) || 0}/${n.status?.allocatable?.pods ?? '–'}` },
+    { label: 'Pods', class: 'num', render: (n) => `${pods.loading ? '…' : podsOn.get(n.metadata.name) || 0}/${n.status?.allocatable?.pods ?? '–'}` },
     { label: 'CPU', class: 'num', render: (n) => cpuText(n, usage.byNode.get(n.metadata.name)) },
     { label: 'Memory', class: 'num', render: (n) => memoryText(n, usage.byNode.get(n.metadata.name)) },
     { label: 'Arch/OS', render: (n) => `${n.metadata.labels?.['kubernetes.io/arch'] || n.status?.nodeInfo?.architecture || '?'}/${n.metadata.labels?.['kubernetes.io/os'] || n.status?.nodeInfo?.operatingSystem || '?'}` },
