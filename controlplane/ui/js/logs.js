@@ -163,16 +163,23 @@ export default function Logs({ pod }) {
         setState((s) => ({ ...s, note: error ? '' : 'End of log' }));
       }
     };
-    // The container started again (the pod changed): reconnect now, not at the timer.
-    kick.current = () => { if (timer) { clearTimeout(timer); timer = 0; backoff = 1000; open(); } };
+    // Not started yet: nothing to read until the pod says it started.
+    let waiting = false;
+    // The container started (again): the pod changed, so open the stream now, not at the timer.
+    kick.current = () => {
+      if (timer || waiting) { clearTimeout(timer); timer = 0; waiting = false; backoff = 1000; open(); }
+    };
     setState({ note: '', error: null, dropped: false });
-    // No earlier instance to read: say so rather than ask for a 400.
     const st = (podRef.current.status?.containerStatuses || []).find((c) => c.name === container);
-    if (previous && st && !st.lastState?.terminated) {
+    if (previous && !st?.lastState?.terminated) {
+      // No earlier instance to read: say so rather than ask for a 400.
       setState({ note: 'No previous instance: this container has not restarted.', error: null, dropped: false });
-      return () => { kick.current = null; };
+    } else if (!previous && !st?.state?.running && !st?.state?.terminated && !st?.lastState?.terminated) {
+      waiting = true;
+      setState({ note: 'Waiting for the container to start…', error: null, dropped: false });
+    } else {
+      open();
     }
-    open();
     return () => {
       kick.current = null;
       stopped = true;
@@ -185,7 +192,12 @@ export default function Logs({ pod }) {
   // What changes when the chosen container starts again.
   const status = (pod.status?.containerStatuses || []).find((c) => c.name === container);
   const started = `${status?.restartCount}/${status?.state?.running?.startedAt || ''}`;
-  useEffect(() => { if (kick.current) kick.current(); }, [started]);
+  const lastStarted = useRef(started);
+  useEffect(() => {
+    if (lastStarted.current === started) return;
+    lastStarted.current = started;
+    if (kick.current) kick.current();
+  }, [started]);
 
   const onScroll = (e) => {
     const el = e.currentTarget;
