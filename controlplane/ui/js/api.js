@@ -99,6 +99,9 @@ export const del = (path, opts) => request('DELETE', path, opts);
 export const patch = (path, body, type = 'application/merge-patch+json') =>
   request('PATCH', path, { body, contentType: type });
 
+// Objects per list page.
+const PAGE = 500;
+
 const sortKey = (o) => `${o.metadata?.namespace || ''}/${o.metadata?.name || ''}`;
 const byName = (a, b) => { const x = sortKey(a), y = sortKey(b); return x < y ? -1 : x > y ? 1 : 0; };
 const sleep = (ms, signal) => new Promise((resolve) => {
@@ -108,16 +111,18 @@ const sleep = (ms, signal) => new Promise((resolve) => {
 
 /**
  * List, then watch from the list's resourceVersion. Keeps a Map uid -> object and calls
- * onChange(items) sorted by namespace/name, at most once per animation frame. A watch that
+ * onChange(items, complete) sorted by namespace/name, at most once per animation frame
+ * (complete is false while the pages of the first list are still coming). A watch that
  * ends or drops resumes from the last resourceVersion seen; 410 Gone relists; failures back off.
  */
 export function watchList(path, { onChange, onError, labelSelector, fieldSelector } = {}) {
   const ctl = new AbortController();
   const items = new Map();
   let frame = 0;
+  let complete = false; // false while the pages of a first list are still coming
   const flush = () => {
     frame = 0;
-    if (!ctl.signal.aborted && onChange) onChange([...items.values()].sort(byName));
+    if (!ctl.signal.aborted && onChange) onChange([...items.values()].sort(byName), complete);
   };
   const schedule = () => {
     if (frame) return;
@@ -136,13 +141,24 @@ export function watchList(path, { onChange, onError, labelSelector, fieldSelecto
     while (!ctl.signal.aborted) {
       if (rv === null) {
         try {
-          const list = await get(path, { query: sel, signal: ctl.signal });
-          items.clear();
-          for (const o of list.items || []) items.set(o.metadata.uid || sortKey(o), o);
-          rv = list.metadata?.resourceVersion ?? '';
-          schedule();
+          // In pages: the first rows show while the server still reads the rest (a list of
+          // thousands can take seconds whole). The pages are one snapshot (the continue
+          // token pins the first page's resourceVersion), watched from after they are in.
+          // A relist keeps showing the old items until the new ones are all in.
+          const first = items.size === 0;
+          const fresh = first ? items : new Map();
+          let cont;
+          do {
+            const list = await get(path, { query: { ...sel, limit: PAGE, continue: cont }, signal: ctl.signal });
+            for (const o of list.items || []) fresh.set(o.metadata.uid || sortKey(o), o);
+            cont = list.metadata?.continue || undefined;
+            rv = list.metadata?.resourceVersion ?? '';
+            if (first) { complete = !cont; schedule(); }
+          } while (cont);
+          if (!first) { items.clear(); for (const [k, o] of fresh) items.set(k, o); schedule(); }
           if (onError) onError(null);
         } catch (e) {
+          rv = null;
           if (ctl.signal.aborted) return;
           if (onError) onError(e);
           const lasting = e instanceof ApiError && [400, 401, 403, 404, 422].includes(e.status);
@@ -208,16 +224,19 @@ export function watchList(path, { onChange, onError, labelSelector, fieldSelecto
   };
 }
 
-/** Preact hook over watchList. `path` null means nothing to watch (yet). */
+/**
+ * Preact hook over watchList. `path` null means nothing to watch (yet). `partial` is true
+ * while the pages of the first list are still coming in.
+ */
 export function useList(path, opts = {}) {
-  const [state, setState] = useState({ items: [], error: null, loading: !!path });
+  const [state, setState] = useState({ items: [], error: null, loading: !!path, partial: false });
   const { labelSelector, fieldSelector } = opts;
   useEffect(() => {
-    if (!path) { setState({ items: [], error: null, loading: false }); return undefined; }
-    setState({ items: [], error: null, loading: true });
+    if (!path) { setState({ items: [], error: null, loading: false, partial: false }); return undefined; }
+    setState({ items: [], error: null, loading: true, partial: false });
     const w = watchList(path, {
       labelSelector, fieldSelector,
-      onChange: (items) => setState((s) => ({ ...s, items, loading: false })),
+      onChange: (items, complete) => setState((s) => ({ ...s, items, loading: false, partial: !complete })),
       onError: (error) => setState((s) => (s.error === error ? s : { ...s, error, loading: error ? false : s.loading })),
     });
     return () => w.stop();

@@ -56,7 +56,7 @@ function Nodes({ nodes, pods, usage, leases }) {
       const t = renew.get(n.metadata.name) || readyCondition(n)?.lastHeartbeatTime;
       return t ? html`<${Age} time=${t} /> ago` : '–';
     } },
-    { label: 'Pods', class: 'num', render: (n) => `${pods.loading ? '…' : podCount.get(n.metadata.name) || 0} / ${n.status?.allocatable?.pods ?? '–'}` },
+    { label: 'Pods', class: 'num', render: (n) => `${pods.loading || pods.partial ? '…' : podCount.get(n.metadata.name) || 0} / ${n.status?.allocatable?.pods ?? '–'}` },
     { label: 'CPU', class: 'num', render: (n) => {
       const u = use.get(n.metadata.name);
       const cap = quantity(n.status?.allocatable?.cpu);

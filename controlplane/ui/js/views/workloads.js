@@ -145,7 +145,7 @@ export default function Workloads({ query }) {
       <label>Search<input value=${q} placeholder="name" onInput=${(e) => setQuery({ q: e.currentTarget.value })} /></label>
       <label>Label selector<input value=${labels} placeholder="app=web,tier!=db" spellcheck="false"
         onInput=${(e) => setLabels(e.currentTarget.value)} /></label>
-      <span class="muted" aria-live="polite">${res && !list.loading ? `${rows.length} of ${list.items.length}` : ''}</span>
+      <span class="muted" aria-live="polite">${res && !list.loading ? `${rows.length} of ${list.items.length}${list.partial ? ', loading more…' : ''}` : ''}</span>
     </div>
     <${ErrorBox} error=${list.error} />
     ${!res ? (listable.length ? html`<p>The server does not serve <code>${kind}</code>.</p>` : html`<p class="muted">Loading kinds…</p>`)
