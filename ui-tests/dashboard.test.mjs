@@ -4,8 +4,9 @@
 // Elements are found by role and accessible name, the names the dashboard promises
 // (docs/dashboard.md), never by CSS class. Every wait is on a condition with a deadline.
 //
-// Run: SKIFF_BIN=target/debug/skiff node --test ui-tests/ (scripts/test does, after cargo
-// test). Screenshots go to ui-tests/screenshots/, or SKIFF_UI_SCREENSHOTS.
+// Run: SKIFF_BIN=target/debug/skiff node --test ui-tests/dashboard.test.mjs (scripts/test
+// does, after cargo test; see README.md). Screenshots go to ui-tests/screenshots/, or
+// SKIFF_UI_SCREENSHOTS.
 
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
@@ -13,7 +14,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
 import {
-  Cluster, Api, eventually, workload, httpGet, pool, launchBrowser, dashboardContext, screenshotDir,
+  Cluster, eventually, workload, httpGet, pool, launchBrowser, dashboardContext, screenshotDir,
 } from './harness.mjs';
 
 const require = createRequire(import.meta.url);
@@ -30,7 +31,9 @@ let cluster;
 let browser;
 let viewerToken;
 const contexts = [];
-// Uncaught exceptions in the app's pages: each test fails if its pages threw any.
+// Uncaught exceptions in the app's pages, and anything the page's Content-Security-Policy
+// refused (an inline script or style, a foreign connection): each test fails if its
+// pages had any.
 let pageErrors = [];
 
 async function open(opts = {}) {
@@ -39,6 +42,9 @@ async function open(opts = {}) {
   const page = await context.newPage();
   page.setDefaultTimeout(UI);
   page.on('pageerror', (e) => pageErrors.push(`${page.url()}: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error' && /Content Security Policy/i.test(m.text())) pageErrors.push(`${page.url()}: ${m.text()}`);
+  });
   return page;
 }
 
@@ -144,7 +150,7 @@ afterEach(async () => {
   const errors = pageErrors;
   pageErrors = [];
   while (contexts.length) await contexts.pop().close();
-  assert.deepEqual(errors, [], 'the dashboard threw uncaught exceptions');
+  assert.deepEqual(errors, [], 'the dashboard threw uncaught exceptions or broke its CSP');
 });
 
 after(async () => {
