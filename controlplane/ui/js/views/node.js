@@ -12,6 +12,8 @@ const PROBE_EVERY_MS = 10000;
 const RETRY_REFUSED_MS = 5000;
 /** Evictions in flight at once. */
 const PARALLEL = 8;
+/** Refused or failed evictions listed by name; the rest are counted. */
+const SHOW_PROBLEMS = 50;
 
 const nodePath = (name) => `/api/v1/nodes/${encodeURIComponent(name)}`;
 const FACTS = 'display: flex; flex-wrap: wrap; gap: 8px 28px; margin: 0 0 16px';
@@ -205,8 +207,9 @@ function DrainProgress({ drain, podsLeft }) {
     ${drain.error && html`<${ErrorBox} error=${drain.error} title="Drain" />`}
     ${drain.total > 0 && html`<progress aria-label="Drain" max=${drain.total} value=${evicted}></progress>`}
     <p role="status">${summary}${drain.skipped ? ` ${drain.skipped} DaemonSet or mirror pod${drain.skipped > 1 ? 's' : ''} left in place.` : ''}</p>
-    ${problems.length > 0 && html`<ul aria-label="Drain refusals">${problems.map(([k, s]) => html`<li key=${k}>
-      <a href=${`/ui/pods/${k}`}>${k}</a>: ${s.state === 'refused' ? 'refused (retrying)' : 'failed'}: ${s.message}</li>`)}</ul>`}
+    ${problems.length > 0 && html`<ul aria-label="Drain refusals">${problems.slice(0, SHOW_PROBLEMS).map(([k, s]) => html`<li key=${k}>
+      <a href=${`/ui/pods/${k}`}>${k}</a>: ${s.state === 'refused' ? 'refused (retrying)' : 'failed'}: ${s.message}</li>`)}
+      ${problems.length > SHOW_PROBLEMS && html`<li class="muted">and ${problems.length - SHOW_PROBLEMS} more</li>`}</ul>`}
   </div>`;
 }
 
@@ -232,7 +235,12 @@ function PodsTable({ name, pods: { items, error, loading } }) {
       columns=${columns} rows=${items} empty="No pods on this node." />`}`;
 }
 
-export default function Node({ params }) {
+/** One node's page; another node is a fresh page (no drain or error carried over). */
+export default function NodePage({ params }) {
+  return html`<${Node} key=${params.name} params=${params} />`;
+}
+
+function Node({ params }) {
   const { name } = params;
   const { object: node, error, loading } = useObject(nodePath(name));
   const { object: lease } = useObject(`${LEASES}/${encodeURIComponent(name)}`);

@@ -129,7 +129,12 @@ function Card({ title, children }) {
 /** Facts in a row: each a small muted term over its value. */
 export const FACTS = 'display: flex; flex-wrap: wrap; gap: 8px 28px; margin: 0 0 16px';
 
-export default function Pod({ params }) {
+/** One pod's page; another pod is a fresh page (no logs or edits carried over). */
+export default function PodPage({ params }) {
+  return html`<${Pod} key=${`${params.namespace}/${params.name}`} params=${params} />`;
+}
+
+function Pod({ params }) {
   const { namespace: ns, name } = params;
   const path = podPath(ns, name);
   const { object: pod, error, loading } = useObject(path);
