@@ -67,7 +67,7 @@ function Tunnel({ node, lease, now, mayProxy }) {
       ? html` <span>last <${Age} time=${hb.renew} /> ago</span>` : html` <span class="muted">no lease</span>`}
       ${hb.word === 'Offline' && hb.since ? html` <span class="muted">(offline since <${Age} time=${hb.since} /> ago)</span>` : null}<//>
     <${Fact} term="Lease">${lease ? `${lease.spec?.leaseDurationSeconds ?? '?'} s, held by ${lease.spec?.holderIdentity || '–'}` : '–'}<//>
-    <${Fact} term="Ready heartbeat">${ready?.lastHeartbeatTime ? html`<${Age} time=${ready.lastHeartbeatTime} /> ago` : '–'}<//>
+    <${Fact} term="Status last posted">${ready?.lastHeartbeatTime ? html`<${Age} time=${ready.lastHeartbeatTime} /> ago` : '–'}<//>
     <${Fact} term="Agent address">${ip ? `${ip}${port ? ':' + port : ''}` : '–'}<//>
   </dl>`;
 }

@@ -26,7 +26,7 @@ function useOwnerLink(ns, ref) {
   return href;
 }
 
-/** What a container is doing, in words: `Running`, `Waiting: Reason`, `Terminated: Reason (exit 1)`. */
+/** What a container is doing: a word (Running, the waiting or terminated reason), details and since when. */
 export function containerState(state) {
   if (!state) return { word: 'Unknown', detail: '' };
   if (state.running) return { word: 'Running', detail: '', since: state.running.startedAt };
@@ -127,7 +127,11 @@ function Card({ title, children }) {
 }
 
 /** Facts in a row: each a small muted term over its value. */
-export const FACTS = 'display: flex; flex-wrap: wrap; gap: 8px 28px; margin: 0 0 16px';
+const FACTS = 'display: flex; flex-wrap: wrap; gap: 8px 28px; margin: 0 0 16px';
+
+function Fact({ term, children }) {
+  return html`<div><dt class="muted" style="font-size: 12px">${term}</dt><dd style="margin: 0">${children}</dd></div>`;
+}
 
 /** One pod's page; another pod is a fresh page (no logs or edits carried over). */
 export default function PodPage({ params }) {
@@ -151,17 +155,17 @@ function Pod({ params }) {
     <h1>${name}</h1>
     ${error && html`<${ErrorBox} error=${error} />`}
     <dl class="card facts" style=${FACTS}>
-      <div><dt class="muted" style="font-size: 12px">Namespace</dt><dd style="margin: 0">${ns}</dd></div>
-      <div><dt class="muted" style="font-size: 12px">Phase</dt><dd style="margin: 0"><${Badge} state=${phase} />${pod.status?.reason ? html` ${pod.status.reason}` : null}
-        ${pod.status?.message ? html` <span class="muted">${pod.status.message}</span>` : null}</dd></div>
-      <div><dt class="muted" style="font-size: 12px">Node</dt><dd style="margin: 0">${node ? html`<a href=${`/ui/nodes/${encodeURIComponent(node)}`}>${node}</a>` : html`<span class="muted">not scheduled</span>`}</dd></div>
-      <div><dt class="muted" style="font-size: 12px">Owner</dt><dd style="margin: 0">${owner
+      <${Fact} term="Namespace">${ns}<//>
+      <${Fact} term="Phase"><${Badge} state=${phase} />${pod.status?.reason ? html` ${pod.status.reason}` : null}
+        ${pod.status?.message ? html` <span class="muted">${pod.status.message}</span>` : null}<//>
+      <${Fact} term="Node">${node ? html`<a href=${`/ui/nodes/${encodeURIComponent(node)}`}>${node}</a>` : html`<span class="muted">not scheduled</span>`}<//>
+      <${Fact} term="Owner">${owner
         ? (ownerHref ? html`<a href=${ownerHref}>${owner.kind} ${owner.name}</a>` : `${owner.kind} ${owner.name}`)
-        : html`<span class="muted">none</span>`}</dd></div>
-      <div><dt class="muted" style="font-size: 12px">Ready</dt><dd style="margin: 0">${readyCount(pod)}</dd></div>
-      <div><dt class="muted" style="font-size: 12px">Restarts</dt><dd style="margin: 0">${(pod.status?.containerStatuses || []).reduce((n, c) => n + (c.restartCount || 0), 0)}</dd></div>
-      <div><dt class="muted" style="font-size: 12px">Pod IP</dt><dd style="margin: 0">${pod.status?.podIP || html`<span class="muted">–</span>`}</dd></div>
-      <div><dt class="muted" style="font-size: 12px">Created</dt><dd style="margin: 0"><${Age} time=${pod.metadata.creationTimestamp} /> ago</dd></div>
+        : html`<span class="muted">none</span>`}<//>
+      <${Fact} term="Ready">${readyCount(pod)}<//>
+      <${Fact} term="Restarts">${(pod.status?.containerStatuses || []).reduce((n, c) => n + (c.restartCount || 0), 0)}<//>
+      <${Fact} term="Pod IP">${pod.status?.podIP || html`<span class="muted">–</span>`}<//>
+      <${Fact} term="Created"><${Age} time=${pod.metadata.creationTimestamp} /> ago<//>
     </dl>
     <${Section} id="pod-conditions" title="Conditions"><${Conditions} pod=${pod} /><//>
     <${Card} title="Containers"><${Containers} pod=${pod} /><//>
