@@ -1,6 +1,6 @@
 // A pod (/ui/pods/NS/NAME): phase and conditions, each container's state, the events
 // about it, its logs and its YAML, all live.
-import { html, useState, useEffect } from '../../vendor/preact-htm.js';
+import { html, useState, useEffect, useRef } from '../../vendor/preact-htm.js';
 import { useObject, useList, discovery } from '../api.js';
 import { ErrorBox, Age, Badge, Section } from '../components.js';
 import Logs from '../logs.js';
@@ -141,7 +141,16 @@ export default function PodPage({ params }) {
 function Pod({ params }) {
   const { namespace: ns, name } = params;
   const path = podPath(ns, name);
-  const { object: pod, error, loading } = useObject(path);
+  const { object: live, error, loading } = useObject(path);
+  // A pod deleted while open stays on the page as last seen, marked gone, so its state
+  // and logs can still be read; nothing is retried or editable any more.
+  const last = useRef(null);
+  if (live) last.current = live;
+  const gone = !live && !!last.current && error?.status === 404;
+  const pod = live || (gone ? {
+    ...last.current,
+    metadata: { ...last.current.metadata, deletionTimestamp: last.current.metadata.deletionTimestamp || new Date().toISOString() },
+  } : null);
   const owner = (pod?.metadata?.ownerReferences || []).find((r) => r.controller) || pod?.metadata?.ownerReferences?.[0];
   const ownerHref = useOwnerLink(ns, owner);
 
@@ -149,11 +158,12 @@ function Pod({ params }) {
     return html`<h1>${name}</h1>
       ${error ? html`<${ErrorBox} error=${error} />` : loading ? html`<p class="muted" aria-busy="true">Loading…</p>` : null}`;
   }
-  const phase = pod.metadata.deletionTimestamp ? 'Terminating' : pod.status?.phase || 'Pending';
+  const phase = gone ? 'Deleted' : pod.metadata.deletionTimestamp ? 'Terminating' : pod.status?.phase || 'Pending';
   const node = pod.spec?.nodeName;
   return html`
     <h1>${name}</h1>
-    ${error && html`<${ErrorBox} error=${error} />`}
+    ${gone ? html`<p role="status">This pod was deleted: what follows is how it was last seen.</p>`
+      : error && html`<${ErrorBox} error=${error} />`}
     <dl class="card facts" style=${FACTS}>
       <${Fact} term="Namespace">${ns}<//>
       <${Fact} term="Phase"><${Badge} state=${phase} />${pod.status?.reason ? html` ${pod.status.reason}` : null}
@@ -172,6 +182,7 @@ function Pod({ params }) {
     <${Section} id="pod-events" title="Events"><${Events} pod=${pod} /><//>
     <div class="card"><${Logs} key=${pod.metadata.uid} pod=${pod} /></div>
     <${Card} title="YAML">
-      <${YamlEditor} key=${pod.metadata.uid} path=${path} object=${pod} resource="pods" namespace=${ns} name=${name} />
+      ${gone ? html`<p class="muted">The pod is gone: there is nothing to edit.</p>`
+        : html`<${YamlEditor} key=${pod.metadata.uid} path=${path} object=${pod} resource="pods" namespace=${ns} name=${name} />`}
     <//>`;
 }
