@@ -87,6 +87,9 @@ export default function Workloads({ query }) {
   const [labels, setLabels] = useState(query.get('labels') || '');
   const labelSelector = useDebounced(labels.trim(), 400);
   useEffect(() => { if ((query.get('labels') || '') !== labelSelector) setQuery({ labels: labelSelector }); }, [labelSelector]);
+  // A link to this page with other labels (the page stays mounted) sets the field.
+  const qLabels = query.get('labels') || '';
+  useEffect(() => { if (qLabels !== labels.trim()) setLabels(qLabels); }, [qLabels]);
 
   const listable = useMemo(() => {
     const l = resources.filter((r) => r.verbs.includes('list') && r.verbs.includes('watch'));
