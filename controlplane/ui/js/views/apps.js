@@ -121,9 +121,10 @@ function useAppMetrics(namespaces) {
   const [series, setSeries] = useState({});
   const [missing, setMissing] = useState({});
   const key = namespaces.join(',');
+  const histRef = useRef({}); // kept when the namespaces change, so charts keep their past
   useEffect(() => {
     let live = true;
-    const hist = {};
+    const hist = histRef.current;
     // Ask only for the metrics the server lists (a missing one would be a 404 each time).
     const served = get('/apis/custom.metrics.k8s.io/v1beta2').then(
       (l) => new Set((l.resources || []).map((r) => r.name)), () => new Set());
@@ -203,7 +204,8 @@ function Controls({ app, previous, mayPatch, mayDelete, onError, onDelete }) {
   const path = appPath(app.metadata.namespace, name);
   return html`<span class="controls">${mayPatch ? html`
     <input type="number" min="0" max="1000" class="small" aria-label=${'Replicas of ' + name} value=${n}
-      onInput=${(e) => setN(parseInt(e.currentTarget.value, 10) || 0)} />
+      onInput=${(e) => setN(parseInt(e.currentTarget.value, 10) || 0)}
+      onKeyDown=${(e) => { if (e.key === 'Enter') run(() => patch(path, { spec: { replicas: n } })); }} />
     <button type="button" class="small" aria-label=${'Scale ' + name} disabled=${busy}
       onClick=${() => run(() => patch(path, { spec: { replicas: n } }))}>Scale</button>
     <button type="button" class="small" aria-label=${'Roll back ' + name} disabled=${busy || !previous}
