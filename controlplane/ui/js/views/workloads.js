@@ -44,6 +44,14 @@ function parseKind(id, resources) {
   return resources.find((r) => kindId(r) === id) || null;
 }
 
+/** Workloads' link to the pods an object selects (spec.selector.matchLabels), if any. */
+function podsLink(o) {
+  const m = o?.spec?.selector?.matchLabels || (o?.kind === 'Service' ? o.spec?.selector : null);
+  if (!m || !Object.keys(m).length || !o.metadata.namespace) return null;
+  const labels = Object.entries(m).map(([k, v]) => `${k}=${v}`).join(',');
+  return `/ui/workloads?${new URLSearchParams({ kind: 'v1/pods', ns: o.metadata.namespace, labels })}`;
+}
+
 function YamlPanel({ res, ns, name, onClose }) {
   const path = `${resourcePath(res, ns)}/${encodeURIComponent(name)}`;
   const { object, error } = useObject(path);
@@ -65,6 +73,7 @@ function YamlPanel({ res, ns, name, onClose }) {
     <div class="card-head"><h2>${res.kind} ${ns ? html`<span class="muted">${ns}/</span>` : null}${name}</h2>
       <button type="button" onClick=${onClose} autofocus>Close</button></div>
     <${ErrorBox} error=${error} />
+    ${podsLink(object) ? html`<p><a href=${podsLink(object)}>Its pods</a></p>` : null}
     ${object && text ? html`<pre aria-label="YAML" tabindex="0">${text}</pre>` : error ? null : html`<p class="muted">Loading…</p>`}
   </aside>`;
 }
@@ -84,12 +93,13 @@ export default function Workloads({ query }) {
   const ns = query.get('ns') || '';
   const q = query.get('q') || '';
   const open = query.get('open') || '';
-  const [labels, setLabels] = useState(query.get('labels') || '');
-  const labelSelector = useDebounced(labels.trim(), 400);
-  useEffect(() => { if ((query.get('labels') || '') !== labelSelector) setQuery({ labels: labelSelector }); }, [labelSelector]);
-  // A link to this page with other labels (the page stays mounted) sets the field.
-  const qLabels = query.get('labels') || '';
-  useEffect(() => { if (qLabels !== labels.trim()) setLabels(qLabels); }, [qLabels]);
+  // The selector in use is the address's (links and history set it at once); typing in
+  // the field puts it there after a pause.
+  const labelSelector = (query.get('labels') || '').trim();
+  const [labels, setLabels] = useState(labelSelector);
+  const typed = useDebounced(labels.trim(), 400);
+  useEffect(() => { if (typed !== labelSelector) setQuery({ labels: typed }); }, [typed]);
+  useEffect(() => { if (labelSelector !== labels.trim()) setLabels(labelSelector); }, [labelSelector]);
 
   const listable = useMemo(() => {
     const l = resources.filter((r) => r.verbs.includes('list') && r.verbs.includes('watch'));
