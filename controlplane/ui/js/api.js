@@ -41,6 +41,9 @@ export function setUnauthorizedHandler(fn) { onUnauthorized = fn; }
 let lastUnauthorized = null;
 export function takeUnauthorized() { const e = lastUnauthorized; lastUnauthorized = null; return e; }
 
+/** A 401 met outside request() (an XMLHttpRequest upload): end the session the same way. */
+export function sessionEnded(err) { unauthorized(err); }
+
 function unauthorized(err) {
   const had = !!token.get();
   token.clear();

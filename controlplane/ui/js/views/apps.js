@@ -2,7 +2,7 @@
 // App), and a live table with URL, ready replicas, module digest, request and error rate
 // sparklines (custom metrics sampled every 5 s), scale, roll back and delete.
 import { html, useState, useEffect, useMemo, useRef } from '../../vendor/preact-htm.js';
-import { useList, useObject, can, get, patch, del, token, ApiError } from '../api.js';
+import { useList, useObject, can, get, patch, del, token, ApiError, sessionEnded } from '../api.js';
 import { ErrorBox, Age, Badge, VirtualTable, Confirm, Sparkline, quantity } from '../components.js';
 
 const APPS = '/apis/skiff.dev/v1';
@@ -30,8 +30,10 @@ function upload(ns, name, replicas, file, onProgress) {
     xhr.onload = () => {
       let body = null;
       try { body = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
-      if (xhr.status >= 200 && xhr.status < 300) resolve(body);
-      else reject(new ApiError(xhr.status, body, xhr.responseText || `HTTP ${xhr.status}`));
+      if (xhr.status >= 200 && xhr.status < 300) { resolve(body); return; }
+      const err = new ApiError(xhr.status, body, xhr.responseText || `HTTP ${xhr.status}`);
+      if (xhr.status === 401) sessionEnded(err);
+      reject(err);
     };
     xhr.onerror = () => reject(new Error('The upload failed: the connection to the API was lost.'));
     xhr.send(file);
