@@ -312,6 +312,28 @@ describe('the dashboard', { concurrency: 1 }, () => {
     await assertSameDocument(page);
   });
 
+  test('rolling an app back serves the previous module again', async () => {
+    const v1 = await deployApp('rolled', 1);
+    const r = await cluster.admin.request('PUT', `${APPS}/rolled?wait=true`, {
+      body: workload('http-echo.wasm'), contentType: 'application/wasm',
+    });
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    assert.notEqual(r.body.spec.module, v1.spec.module);
+    assert.doesNotMatch((await httpGet(v1.status.url)).body, /^hello from skiff/);
+
+    const page = await signedIn('/ui/apps');
+    const row = appRow(page, 'rolled');
+    await row.waitFor();
+    const back = page.getByRole('button', { name: 'Roll back rolled' });
+    await eventually('Roll back enabled (the earlier revision known)', () => back.isEnabled());
+    await back.click();
+    await eventually('the App back on its first module', async () => (await cluster.admin.get(`${APPS}/rolled`)).body.spec.module === v1.spec.module);
+    await eventually('the first module serving again', async () => /^hello from skiff/.test((await httpGet(v1.status.url)).body), { timeout: 60_000 });
+    // The row shows the module digest it now runs.
+    const digest = v1.status.moduleDigest.replace(/^sha256:/, '');
+    await row.getByText(new RegExp(digest.slice(0, 12))).waitFor({ timeout: 60_000 });
+  });
+
   test("a pod's logs follow live", async () => {
     await ticker();
     const page = await signedIn(`/ui/pods/${NS}/ticker`);
