@@ -281,6 +281,12 @@ describe('the dashboard', { concurrency: 1 }, () => {
     assert.match(await tab.locator('body').innerText(), /hello from skiff/);
     await tab.close();
     await shot(page, 'apps');
+
+    // The keyboard's way in: the drop zone's file input takes a chosen file the same way.
+    await page.getByLabel('Choose a .wasm file').setInputFiles({
+      name: 'http-echo.wasm', mimeType: 'application/wasm', buffer: workload('http-echo.wasm'),
+    });
+    await eventually('the name prefilled from the chosen file', async () => (await appName.inputValue()) === 'http-echo');
   });
 
   test('scaling an app changes its replica count live, with no reload', async () => {
