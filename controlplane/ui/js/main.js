@@ -33,7 +33,9 @@ function lazy(load) {
   function Lazy(props) {
     const [, bump] = useState(0);
     start();
-    useEffect(() => { if (!mod && !failed) Promise.resolve(start()).then(() => bump((n) => n + 1)); }, []);
+    // Drawn as loading: draw again once loaded, even if that happened before this effect.
+    const drawnLoading = !mod && !failed;
+    useEffect(() => { if (drawnLoading) Promise.resolve(start()).then(() => bump((n) => n + 1)); }, []);
     if (failed) return html`<${ErrorBox} error=${failed} title="This page could not be loaded" />`;
     if (!mod) return html`<p class="muted" aria-busy="true">Loading…</p>`;
     const View = mod.default || Object.values(mod).find((v) => typeof v === 'function');

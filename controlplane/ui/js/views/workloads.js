@@ -74,7 +74,7 @@ function YamlPanel({ res, ns, name, onClose }) {
       <button type="button" onClick=${onClose} autofocus>Close</button></div>
     <${ErrorBox} error=${error} />
     ${podsLink(object) ? html`<p><a href=${podsLink(object)}>Its pods</a></p>` : null}
-    ${object && text ? html`<pre aria-label="YAML" tabindex="0">${text}</pre>` : error ? null : html`<p class="muted">Loading…</p>`}
+    ${object && text ? html`<pre role="region" aria-label=${`YAML of ${name}`} tabindex="0">${text}</pre>` : error ? null : html`<p class="muted">Loading…</p>`}
   </aside>`;
 }
 
