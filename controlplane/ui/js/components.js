@@ -84,7 +84,7 @@ export function VirtualTable({ columns, rows, rowKey, rowHeight = 34, label, max
   const visible = rows.slice(first, last);
   const key = typeof rowKey === 'function' ? rowKey : (r) => r.metadata?.uid || r[rowKey];
   return html`<div class="vtable" ref=${box} onScroll=${onScroll} style=${{ maxHeight }}
-      tabindex="0" role="region" aria-label=${label}>
+      tabindex="0" role="region" aria-label=${`${label} (scrollable)`}>
     <table aria-label=${label} aria-rowcount=${rows.length + 1}>
       <thead><tr aria-rowindex="1">${columns.map((c) => html`<th scope="col" class=${c.class}>${c.label}</th>`)}</tr></thead>
       <tbody>
