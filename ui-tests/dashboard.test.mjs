@@ -554,7 +554,14 @@ describe('the dashboard', { concurrency: 1 }, () => {
   test('has no serious or critical accessibility violations (axe-core), light and dark', async () => {
     await ensureApp('web', 2);
     await ticker();
-    const pages = ['/ui/', '/ui/apps', '/ui/workloads', `/ui/pods/${NS}/ticker`, '/ui/nodes/dev-1', '/ui/nodes', '/ui/events'];
+    // A pod that is not running yet (its log empty) as well as a running one.
+    await cluster.admin.ok('POST', `/api/v1/namespaces/${NS}/pods`, {
+      body: {
+        apiVersion: 'v1', kind: 'Pod', metadata: { name: 'waiting' },
+        spec: { nodeName: 'nowhere', containers: [{ name: 'main', image: 'sha256:' + '0'.repeat(64) }] },
+      },
+    });
+    const pages = ['/ui/', '/ui/apps', '/ui/workloads', `/ui/pods/${NS}/ticker`, `/ui/pods/${NS}/waiting`, '/ui/nodes/dev-1', '/ui/nodes', '/ui/events'];
     const found = [];
     for (const colorScheme of ['light', 'dark']) {
       const page = await open({ colorScheme });
@@ -662,6 +669,8 @@ async function settled(page, path) {
   await page.getByRole('navigation', { name: 'Main' }).waitFor();
   if (path === '/ui/') await nodeRow(page, 'dev-1').first().waitFor();
   else if (path.startsWith('/ui/pods/') || path.startsWith('/ui/nodes/')) await page.getByRole('heading', { level: 1 }).waitFor();
+  // A running pod's page is steady once its log shows lines.
+  if (path.endsWith('/ticker')) await eventually('log lines', async () => /tick \d+/.test(await page.getByLabel('Log output').innerText()));
   else if (path === '/ui/apps') await appRow(page, 'web').waitFor();
   await eventually(`${path} done loading`, async () => (await page.locator('[aria-busy=true]').count()) === 0, { timeout: UI });
 }
