@@ -260,7 +260,7 @@ export default function Logs({ pod }) {
       ${state.error && html`<${ErrorBox} error=${state.error} />`}
       ${downloadError && html`<${ErrorBox} error=${downloadError} />`}
       ${state.dropped && html`<p class="muted">Older lines were dropped from this view; the download has the whole log.</p>`}
-      <pre ref=${pre} class="log" aria-label="Log output" tabindex="0" onScroll=${onScroll}
+      <pre ref=${pre} class="log" role="log" aria-live="off" aria-label="Log output" tabindex="0" onScroll=${onScroll}
         style="max-height: 32rem; overflow: auto; overflow-anchor: none; white-space: pre-wrap; word-break: break-all; margin: 0"></pre>
       ${!stuck && html`<button type="button" onClick=${toEnd}>Scroll to end</button>`}
     </section>`;
