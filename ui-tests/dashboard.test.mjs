@@ -551,6 +551,38 @@ describe('the dashboard', { concurrency: 1 }, () => {
     assert.equal(app.metadata.generation, before.metadata.generation);
   });
 
+  test('a user who may edit one namespace only picks it on the Apps page and scales there', async () => {
+    const team = 'team-a';
+    const teamApps = `/apis/skiff.dev/v1/namespaces/${team}/apps`;
+    await cluster.admin.ok('POST', '/api/v1/namespaces', { body: { metadata: { name: team } } });
+    await cluster.admin.ok('POST', `/apis/rbac.authorization.k8s.io/v1/namespaces/${team}/rolebindings`, {
+      body: {
+        metadata: { name: 'alice-edit' },
+        roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'edit' },
+        subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: 'alice' }],
+      },
+    });
+    const r = await cluster.admin.request('PUT', `${teamApps}/tapp?replicas=1&wait=true`, {
+      body: workload('http-hello.wasm'), contentType: 'application/wasm',
+    });
+    assert.ok(r.status === 200 || r.status === 201, `deploying tapp: ${r.status} ${JSON.stringify(r.body)}`);
+    const alice = await cluster.userToken('alice');
+
+    // Every namespace's apps are refused to her, with the API's words, and she is asked
+    // for one; in hers she has the controls RBAC gives her.
+    const page = await signedIn('/ui/apps', { token: alice });
+    await page.getByRole('alert').filter({ hasText: 'forbidden' }).first().waitFor();
+    await page.getByRole('textbox', { name: 'Namespace', exact: true }).fill(team);
+    await page.getByRole('button', { name: 'Show', exact: true }).click();
+    await eventually('the URL names the namespace', async () => page.url().endsWith(`/ui/apps?ns=${team}`));
+    const row = page.getByRole('row').filter({ has: page.getByRole('link', { name: new RegExp(`/${team}/tapp/$`) }) });
+    await row.waitFor();
+    await page.getByRole('spinbutton', { name: 'Replicas of tapp', exact: true }).fill('2');
+    await page.getByRole('button', { name: 'Scale tapp', exact: true }).click();
+    await eventually('tapp scaled to 2 in the API', async () => (await cluster.admin.get(`${teamApps}/tapp`)).body?.spec?.replicas === 2);
+    await row.filter({ hasText: '2/2' }).waitFor();
+  });
+
   test('has no serious or critical accessibility violations (axe-core), light and dark', async () => {
     await ensureApp('web', 2);
     await ticker();

@@ -133,6 +133,14 @@ export class Cluster {
     return token;
   }
 
+  /// A new token for user `name` (RBAC decides what it may do), from `skiff token create`.
+  async userToken(name) {
+    const { stdout } = await promisify(execFile)(this.bin, ['token', 'create', '--user', name, '--kubeconfig', this.kubeconfig]);
+    const token = stdout.trim().split('\n').pop().trim();
+    if (!token) throw new Error(`skiff token create --user ${name} printed no token`);
+    return token;
+  }
+
   /// The last lines of the cluster's log, for failure messages.
   logTail(chars = 3000) {
     try { return readFileSync(this.logPath, 'utf8').slice(-chars); } catch { return ''; }

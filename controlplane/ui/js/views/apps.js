@@ -4,6 +4,7 @@
 import { html, useState, useEffect, useMemo, useRef } from '../../vendor/preact-htm.js';
 import { useList, useObject, can, get, patch, del, token, ApiError, sessionEnded } from '../api.js';
 import { ErrorBox, Age, Badge, VirtualTable, Confirm, Sparkline, quantity } from '../components.js';
+import { navigate } from '../router.js';
 
 const APPS = '/apis/skiff.dev/v1';
 const appPath = (ns, name) => `${APPS}/namespaces/${encodeURIComponent(ns)}/apps/${encodeURIComponent(name)}`;
@@ -218,9 +219,24 @@ function Controls({ app, previous, mayPatch, mayDelete, onError, onDelete }) {
   </span>`;
 }
 
+// For an identity RBAC lets list Apps in some namespaces only (a RoleBinding to `edit`
+// in one, say): the all-namespaces list is refused, so it names a namespace to look in.
+function NamespacePicker() {
+  const [ns, setNs] = useState('');
+  return html`<form class="card" onSubmit=${(e) => { e.preventDefault(); if (ns.trim()) navigate('/ui/apps?ns=' + encodeURIComponent(ns.trim())); }}>
+    <p>You may not list apps in every namespace. Which namespace's apps?</p>
+    <label>Namespace <input value=${ns} onInput=${(e) => setNs(e.currentTarget.value)} required /></label>
+    <button type="submit">Show</button>
+  </form>`;
+}
+
 export default function Apps({ query }) {
-  const apps = useList(`${APPS}/apps`);
-  const rs = useList('/apis/apps/v1/replicasets', { labelSelector: 'app.skiff.dev/name' });
+  const filterNs = query?.get('ns') || '';
+  // One namespace when the page is asked for one (so a namespace-bound identity can
+  // use it), else all of them.
+  const scope = filterNs ? `/namespaces/${encodeURIComponent(filterNs)}` : '';
+  const apps = useList(`${APPS}${scope}/apps`);
+  const rs = useList(`/apis/apps/v1${scope}/replicasets`, { labelSelector: 'app.skiff.dev/name' });
   const nsList = useList('/api/v1/namespaces');
   // Namespaces to ask about: all of them, or (for an identity that may not list them)
   // those its apps are in, and default.
@@ -234,7 +250,6 @@ export default function Apps({ query }) {
   const createIn = allNs.filter((n) => mayCreate[n]);
   const [actionError, setActionError] = useState(null);
   const [deleting, setDeleting] = useState(null);
-  const filterNs = query?.get('ns') || '';
   const rows = useMemo(() => apps.items.filter((a) => !filterNs || a.metadata.namespace === filterNs), [apps.items, filterNs]);
   const namespaces = useMemo(() => [...new Set(apps.items.map((a) => a.metadata.namespace))].sort(), [apps.items]);
   const { series, missing } = useAppMetrics(namespaces);
@@ -262,6 +277,7 @@ export default function Apps({ query }) {
     ${createIn.length ? html`<${Deploy} namespaces=${createIn} existing=${new Set(apps.items.map((a) => `${a.metadata.namespace}/${a.metadata.name}`))} />` : null}
     <${ErrorBox} error=${actionError} />
     <${ErrorBox} error=${apps.error} />
+    ${apps.error?.status === 403 && !filterNs ? html`<${NamespacePicker} />` : null}
     ${filterNs ? html`<p class="muted">Namespace ${filterNs} · <a href="/ui/apps">all namespaces</a></p>` : null}
     ${apps.loading ? html`<p class="muted">Loading…</p>` : html`<${VirtualTable} label="Apps" columns=${columns} rows=${rows}
       rowKey=${(a) => a.metadata.uid} rowHeight=${40} empty="No apps yet. Drop a .wasm above to deploy one." />`}
