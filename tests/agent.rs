@@ -311,6 +311,16 @@ async fn a_trapping_guest_restarts_under_backoff() {
             .then_some(())
     })
     .await;
+    // A repeat is counted on one Event, as the kubelet aggregates them: the BackOff of
+    // every restart is one object whose count climbs.
+    eventually("the BackOff counted on one Event", WAIT, || async {
+        let (_, events) = api
+            .get("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dtrap,reason%3DBackOff")
+            .await;
+        let items = events["items"].as_array()?;
+        (items.len() == 1 && items[0]["count"].as_i64()? >= 2).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
