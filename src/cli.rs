@@ -425,7 +425,11 @@ fn age(created: Option<&str>) -> String {
     let Some(t) = created.and_then(|t| t.parse::<jiff::Timestamp>().ok()) else {
         return "-".into();
     };
-    let secs = jiff::Timestamp::now().duration_since(t).as_secs().max(0);
+    short_duration(jiff::Timestamp::now().duration_since(t).as_secs().max(0))
+}
+
+/// A span of seconds as kubectl shows ages: `90s`, `45m`, `30h`, `12d`.
+fn short_duration(secs: i64) -> String {
     match secs {
         s if s < 120 => format!("{s}s"),
         s if s < 7200 => format!("{}m", s / 60),
@@ -626,13 +630,7 @@ fn expires_in(expires: Option<&str>) -> String {
     if left <= 0 {
         return "expired".into();
     }
-    let left = std::time::Duration::from_secs(left as u64);
-    match left.as_secs() {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 2 * 86400 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
-    }
+    short_duration(left)
 }
 
 #[derive(clap::Args)]

@@ -152,6 +152,14 @@ async fn kubectl_top_shows_a_busy_pod_above_an_idle_one_within_its_limit() {
     .await;
 }
 
+/// A custom metric's value: a quantity such as `1500m` or `2`.
+fn quantity(value: &str) -> Option<f64> {
+    match value.strip_suffix('m') {
+        Some(milli) => Some(milli.parse::<f64>().ok()? / 1000.0),
+        None => value.parse::<f64>().ok(),
+    }
+}
+
 /// An App's request rate and error rate (answers that are 5xx), through the gateway:
 /// `custom.metrics.k8s.io` serves them for the App (the sum of its pods) and each pod.
 #[tokio::test]
@@ -198,11 +206,7 @@ async fn an_apps_request_rate_is_a_custom_metric() {
             ))
             .await;
         let item = list["items"].get(0)?.clone();
-        let value = item["value"].as_str()?;
-        let rate = match value.strip_suffix('m') {
-            Some(milli) => milli.parse::<f64>().ok()? / 1000.0,
-            None => value.parse::<f64>().ok()?,
-        };
+        let rate = quantity(item["value"].as_str()?)?;
         (code == 200 && rate >= 5.0).then_some(item)
     })
     .await;
@@ -215,11 +219,7 @@ async fn an_apps_request_rate_is_a_custom_metric() {
             ))
             .await;
         let item = list["items"].get(0)?.clone();
-        let value = item["value"].as_str()?;
-        let rate = match value.strip_suffix('m') {
-            Some(milli) => milli.parse::<f64>().ok()? / 1000.0,
-            None => value.parse::<f64>().ok()?,
-        };
+        let rate = quantity(item["value"].as_str()?)?;
         (code == 200 && rate >= 1.0).then_some(rate)
     })
     .await;

@@ -165,3 +165,13 @@ export function Section({ title, children, actions, id, wide }) {
     ${children}
   </section>`;
 }
+
+/** How many pods that have not finished each node runs, from a list of pods. */
+export function activePodsPerNode(pods) {
+  const m = new Map();
+  for (const p of pods) {
+    const n = p.spec?.nodeName;
+    if (n && p.status?.phase !== 'Succeeded' && p.status?.phase !== 'Failed') m.set(n, (m.get(n) || 0) + 1);
+  }
+  return m;
+}

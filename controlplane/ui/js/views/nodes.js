@@ -3,7 +3,7 @@
 // leases and pods are watched; usage (metrics.k8s.io, not watchable) is sampled.
 import { html, useState, useEffect, useMemo } from '../../vendor/preact-htm.js';
 import { useList, get } from '../api.js';
-import { ErrorBox, Age, Badge, VirtualTable, quantity, bytes } from '../components.js';
+import { ErrorBox, Age, Badge, VirtualTable, quantity, bytes, activePodsPerNode } from '../components.js';
 
 export const LEASES = '/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases';
 /** How often node usage is sampled: the metrics server's default resolution. */
@@ -99,14 +99,7 @@ export default function Nodes() {
   const usage = useNodeUsage();
   const now = useTick();
   const leaseOf = useMemo(() => new Map(leases.items.map((l) => [l.metadata.name, l])), [leases.items]);
-  const podsOn = useMemo(() => {
-    const m = new Map();
-    for (const p of pods.items) {
-      const n = p.spec?.nodeName;
-      if (n && p.status?.phase !== 'Succeeded' && p.status?.phase !== 'Failed') m.set(n, (m.get(n) || 0) + 1);
-    }
-    return m;
-  }, [pods.items]);
+  const podsOn = useMemo(() => activePodsPerNode(pods.items), [pods.items]);
 
   const columns = [
     { label: 'Name', render: (n) => html`<a href=${`/ui/nodes/${encodeURIComponent(n.metadata.name)}`}>${n.metadata.name}</a>` },

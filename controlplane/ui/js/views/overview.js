@@ -3,7 +3,7 @@
 // health are not watchable and are re-read every 15 s.
 import { html, useState, useEffect, useMemo } from '../../vendor/preact-htm.js';
 import { useList, get, request } from '../api.js';
-import { ErrorBox, Age, Badge, Section, VirtualTable, quantity, bytes } from '../components.js';
+import { ErrorBox, Age, Badge, Section, VirtualTable, quantity, bytes, activePodsPerNode } from '../components.js';
 
 const EDGE_LABEL = 'skiff.dev/autonomous';
 
@@ -33,14 +33,7 @@ export function usePoll(fn, ms, deps = []) {
 
 function Nodes({ nodes, pods, usage, leases }) {
   const renew = useMemo(() => new Map((leases.value?.items || []).map((l) => [l.metadata.name, l.spec?.renewTime])), [leases.value]);
-  const podCount = useMemo(() => {
-    const m = new Map();
-    for (const p of pods.items) {
-      const n = p.spec?.nodeName;
-      if (n && p.status?.phase !== 'Succeeded' && p.status?.phase !== 'Failed') m.set(n, (m.get(n) || 0) + 1);
-    }
-    return m;
-  }, [pods.items]);
+  const podCount = useMemo(() => activePodsPerNode(pods.items), [pods.items]);
   const use = useMemo(() => new Map((usage.value?.items || []).map((m) => [m.metadata.name, m.usage])), [usage.value]);
   const columns = [
     { label: 'Name', render: (n) => html`<a href=${'/ui/nodes/' + encodeURIComponent(n.metadata.name)}>${n.metadata.name}</a>
