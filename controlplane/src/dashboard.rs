@@ -23,6 +23,7 @@ use std::io::Write;
 use std::sync::OnceLock;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -55,17 +56,21 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
 /// One file, as served: its bytes, gzipped bytes (if smaller), type and ETag.
 #[derive(Clone)]
 struct File {
-    body: Cow<'static, [u8]>,
-    gzip: Option<Vec<u8>>,
+    /// `Bytes`, so that an answer shares the file rather than copying it.
+    body: Bytes,
+    gzip: Option<Bytes>,
     mime: &'static str,
     etag: String,
 }
 
 impl File {
-    fn new(path: &str, body: Cow<'static, [u8]>) -> File {
+    fn new(path: &str, body: Bytes) -> File {
         let mime = mime_of(path);
         let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
-        let gzip = compressible(mime).then(|| gzip(&body)).flatten();
+        let gzip = compressible(mime)
+            .then(|| gzip(&body))
+            .flatten()
+            .map(Bytes::from);
         File {
             body,
             gzip,
@@ -89,7 +94,11 @@ fn embedded() -> &'static HashMap<String, File> {
         Assets::iter()
             .filter_map(|path| {
                 let file = Assets::get(&path)?;
-                Some((path.to_string(), File::new(&path, file.data)))
+                let body = match file.data {
+                    Cow::Borrowed(data) => Bytes::from_static(data),
+                    Cow::Owned(data) => Bytes::from(data),
+                };
+                Some((path.to_string(), File::new(&path, body)))
             })
             .collect()
     })
@@ -105,7 +114,7 @@ fn from_dir(dir: &str, path: &str) -> Option<File> {
         return None;
     }
     let bytes = std::fs::read(std::path::Path::new(dir).join(relative)).ok()?;
-    Some(File::new(path, Cow::Owned(bytes)))
+    Some(File::new(path, Bytes::from(bytes)))
 }
 
 fn lookup(path: &str) -> Option<Cow<'static, File>> {
@@ -142,7 +151,7 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
                 gz.clone(),
             )
                 .into_response(),
-            _ => file.body.to_vec().into_response(),
+            _ => file.body.clone().into_response(),
         }
     };
     let h = response.headers_mut();
