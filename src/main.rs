@@ -134,6 +134,21 @@ pub struct PodFlags {
     /// The largest Wasm artifact pulled from a registry, as a quantity (128Mi).
     #[arg(long, default_value = "128Mi", value_parser = parse_bytes)]
     max_image_size: u64,
+    /// How HTTP apps' per-request instances get their memory: auto (a pool sized from
+    /// the host where one fits, else on demand), pooling, or on-demand. The choice is in
+    /// the agent's log and the Node's skiff.dev/http-instance-allocation annotation.
+    #[arg(long, default_value = "auto", value_name = "auto|pooling|on-demand")]
+    http_instance_allocation: skiff_runtime::wasm::InstanceAllocation,
+    /// The HTTP instance pool's size (concurrent requests across the node's apps),
+    /// instead of the one sized from the host's memory and address space.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    http_pool_instances: Option<u32>,
+    /// What runs guests: auto (Cranelift's native code where it has a backend for the
+    /// host, wasmtime's Pulley interpreter elsewhere, as on 32-bit ARM), cranelift, or
+    /// pulley (slower, but never maps executable memory). Shown by the Node's
+    /// skiff.dev/wasm-engine label.
+    #[arg(long, default_value = "auto", value_name = "auto|cranelift|pulley")]
+    wasm_compiler: skiff_runtime::wasm::Compiler,
 }
 
 fn parse_bytes(s: &str) -> Result<u64, String> {
@@ -155,6 +170,9 @@ impl PodFlags {
             ca_files: self.registry_ca.clone(),
             max_image_bytes: self.max_image_size,
         };
+        config.engine.http_allocation = self.http_instance_allocation;
+        config.engine.http_pool_instances = self.http_pool_instances;
+        config.engine.compiler = self.wasm_compiler;
     }
 }
 

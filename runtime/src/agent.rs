@@ -15,7 +15,7 @@ use crate::images::ImageStore;
 use crate::logs::LogRegistry;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::wasm::{EngineConfig, WasmEngine};
+use crate::wasm::WasmEngine;
 use crate::{node, server, sync};
 
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +94,19 @@ impl Agent {
                 addr: config.listen,
                 source,
             })?;
-        let engine = WasmEngine::new(EngineConfig::default()).map_err(AgentError::EngineFailed)?;
+        let engine = WasmEngine::new(config.engine.clone()).map_err(AgentError::EngineFailed)?;
+        let report = engine.report().clone();
+        tracing::info!(
+            compiler = report.compiler,
+            target = %report.target,
+            memory_reservation = %report.memory.reservation.map_or_else(|| "wasmtime's default".to_owned(), crate::wasm::host_bytes),
+            address_space = %crate::wasm::host_bytes(report.memory.host.address_space),
+            host_memory = %crate::wasm::host_bytes(report.memory.host.memory),
+            "guests run on {} ({}); HTTP instances: {}",
+            report.compiler,
+            report.target,
+            report.memory.http,
+        );
         let images = ImageStore::new(
             client.clone(),
             engine,
@@ -125,7 +137,7 @@ impl Agent {
         // Offline (an edge node cut off from its control plane), the agent starts anyway
         // and runs its pods from the local cache; the Lease loop registers the Node once
         // the API answers. A refusal from the API is still fatal.
-        match node::register(&client, &config, listen).await {
+        match node::register(&client, &config, &report, listen).await {
             Ok(()) => {}
             Err(node::NodeError::RegisterFailed {
                 source: kube::Error::Api(status),
@@ -159,6 +171,7 @@ impl Agent {
             node::keep_alive(
                 client.clone(),
                 config.clone(),
+                report,
                 listen,
                 rt.images.present(),
                 stop.clone(),

@@ -40,6 +40,9 @@ pub struct AgentConfig {
     pub tunnel: Option<TunnelAuth>,
     /// How OCI registries are reached: plain-HTTP ones, extra CAs, the size limit.
     pub registries: crate::oci::RegistrySettings,
+    /// The wasmtime engine's settings: time slices, and how HTTP instances are allocated
+    /// (sized from the host unless said otherwise).
+    pub engine: crate::wasm::EngineConfig,
 }
 
 impl AgentConfig {
@@ -63,6 +66,7 @@ impl AgentConfig {
             max_request_body: crate::wasm::DEFAULT_MAX_REQUEST_BODY,
             tunnel: None,
             registries: Default::default(),
+            engine: Default::default(),
         }
     }
 }

@@ -12,11 +12,41 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
+use crate::wasm::EngineReport;
 
 /// How long the control plane waits for a renewal before it considers the node gone.
 const LEASE_DURATION_SECONDS: i32 = 40;
 
 pub const RUNTIME_LABEL: (&str, &str) = ("skiff.dev/runtime", "wasmtime");
+
+/// The label that says which code generator runs guests here: `cranelift` (native code)
+/// or `pulley` (wasmtime's interpreter). A pod that needs native speed can select it.
+pub const ENGINE_LABEL: &str = "skiff.dev/wasm-engine";
+
+/// The annotations that say how guests' memory is set up on this host, and why.
+pub const TARGET_ANNOTATION: &str = "skiff.dev/wasm-target";
+pub const RESERVATION_ANNOTATION: &str = "skiff.dev/wasm-memory-reservation";
+pub const ALLOCATION_ANNOTATION: &str = "skiff.dev/http-instance-allocation";
+pub const ALLOCATION_REASON_ANNOTATION: &str = "skiff.dev/http-instance-allocation-reason";
+
+fn engine_annotations(engine: &EngineReport) -> BTreeMap<String, String> {
+    let reservation = engine
+        .memory
+        .reservation
+        .map_or_else(|| "wasmtime's default".to_owned(), crate::wasm::host_bytes);
+    BTreeMap::from([
+        (TARGET_ANNOTATION.to_owned(), engine.target.clone()),
+        (RESERVATION_ANNOTATION.to_owned(), reservation),
+        (
+            ALLOCATION_ANNOTATION.to_owned(),
+            engine.memory.http.mode().to_owned(),
+        ),
+        (
+            ALLOCATION_REASON_ANNOTATION.to_owned(),
+            engine.memory.http.to_string(),
+        ),
+    ])
+}
 
 fn arch() -> &'static str {
     match std::env::consts::ARCH {
@@ -41,15 +71,15 @@ fn os_image() -> String {
 }
 
 fn total_memory_kib() -> u64 {
-    read_trimmed("/proc/meminfo")
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    crate::wasm::host_memory_total().unwrap_or(0) / 1024
 }
 
 /// The Node object this agent registers.
-pub fn node_object(config: &AgentConfig, listen: SocketAddr) -> serde_json::Value {
+pub fn node_object(
+    config: &AgentConfig,
+    engine: &EngineReport,
+    listen: SocketAddr,
+) -> serde_json::Value {
     let mut labels = BTreeMap::from([
         ("kubernetes.io/hostname".to_string(), config.name.clone()),
         (
@@ -58,6 +88,7 @@ pub fn node_object(config: &AgentConfig, listen: SocketAddr) -> serde_json::Valu
         ),
         ("kubernetes.io/arch".to_string(), arch().to_string()),
         (RUNTIME_LABEL.0.to_string(), RUNTIME_LABEL.1.to_string()),
+        (ENGINE_LABEL.to_string(), engine.compiler.to_string()),
     ]);
     labels.extend(config.labels.iter().cloned());
     let cpus = std::thread::available_parallelism()
@@ -72,7 +103,11 @@ pub fn node_object(config: &AgentConfig, listen: SocketAddr) -> serde_json::Valu
     json!({
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": config.name, "labels": labels},
+        "metadata": {
+            "name": config.name,
+            "labels": labels,
+            "annotations": engine_annotations(engine),
+        },
         "spec": {},
         "status": {
             "capacity": resources,
@@ -130,10 +165,11 @@ fn is_status(e: &kube::Error, code: u16) -> bool {
 pub async fn register(
     client: &kube::Client,
     config: &AgentConfig,
+    engine: &EngineReport,
     listen: SocketAddr,
 ) -> Result<(), NodeError> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let desired = node_object(config, listen);
+    let desired = node_object(config, engine, listen);
     let fail = |source| NodeError::RegisterFailed {
         name: config.name.clone(),
         source,
@@ -142,7 +178,10 @@ pub async fn register(
     match nodes.create(&PostParams::default(), &node).await {
         Ok(_) => {}
         Err(e) if is_status(&e, 409) => {
-            let meta = json!({"metadata": {"labels": desired["metadata"]["labels"]}});
+            let meta = json!({"metadata": {
+                "labels": desired["metadata"]["labels"],
+                "annotations": desired["metadata"]["annotations"],
+            }});
             nodes
                 .patch(&config.name, &PatchParams::default(), &Patch::Merge(&meta))
                 .await
@@ -197,6 +236,7 @@ async fn renew_lease(client: &kube::Client, config: &AgentConfig) -> Result<(), 
 pub async fn keep_alive(
     client: kube::Client,
     config: AgentConfig,
+    engine: EngineReport,
     listen: SocketAddr,
     mut images: tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>,
     stop: CancellationToken,
@@ -222,7 +262,7 @@ pub async fn keep_alive(
             Ok(Some(_)) => {}
             Ok(None) => {
                 tracing::warn!(node = %config.name, "node object is gone; registering again");
-                if let Err(e) = register(&client, &config, listen).await {
+                if let Err(e) = register(&client, &config, &engine, listen).await {
                     tracing::warn!(error = %e, "re-registration failed");
                     continue;
                 }

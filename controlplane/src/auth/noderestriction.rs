@@ -9,7 +9,8 @@
 //!   subdomains), or
 //! - one the kubelet sets itself: hostname, arch, os, instance type, zone and region,
 //!   or any key in the `kubelet.kubernetes.io` and `node.kubernetes.io` namespaces, or
-//! - `skiff.dev/runtime`, which the agent sets to describe itself;
+//! - `skiff.dev/runtime` and `skiff.dev/wasm-engine`, which the agent sets to describe
+//!   itself (which runtime, and whether it runs guests as native code or interpreted);
 //!
 //! and never a key in the `node-restriction.kubernetes.io` namespace, which exists so
 //! admins can mark nodes in a way nodes cannot. So `node-role.kubernetes.io/*` and
@@ -50,7 +51,7 @@ const KUBELET_NAMESPACES: &[&str] = &["kubelet.kubernetes.io", "node.kubernetes.
 const RESERVED_NAMESPACES: &[&str] = &["kubernetes.io", "k8s.io", "skiff.dev"];
 
 /// The `skiff.dev` labels the agent sets about itself.
-const AGENT_LABELS: &[&str] = &["skiff.dev/runtime"];
+const AGENT_LABELS: &[&str] = &["skiff.dev/runtime", "skiff.dev/wasm-engine"];
 
 /// Never a node's to set.
 const NODE_RESTRICTION_NAMESPACE: &str = "node-restriction.kubernetes.io";
@@ -154,6 +155,7 @@ mod tests {
             "kubelet.kubernetes.io/anything",
             "x.kubelet.kubernetes.io/anything",
             "skiff.dev/runtime",
+            "skiff.dev/wasm-engine",
             "example.com/foo",
             "notkubernetes.io/x",
             "mykubernetes.io/x",

@@ -29,15 +29,19 @@ pub(crate) enum Artifact {
     Component(Component),
 }
 
-/// The directory name for artifacts this engine can load: a stable digest of
-/// `Engine::precompile_compatibility_hash`, so engines with other settings or another
-/// wasmtime version never see (and never try to load) each other's code.
-pub(crate) fn engine_dir_name(engine: &Engine) -> String {
+/// The directory name for artifacts this engine can load: the host's architecture and
+/// code generator, for people (`aarch64-cranelift-…`, `arm-pulley-…`), then a stable
+/// digest of `Engine::precompile_compatibility_hash` (target, CPU features, tunables such
+/// as the memory reservation, wasmtime's version), so engines with other settings or
+/// another wasmtime never see, and never try to load, each other's code. A cache copied
+/// from another device lands in a directory this agent does not read; and a file moved
+/// by hand into this one is still checked by wasmtime when loaded (`read_artifact`).
+pub(crate) fn engine_dir_name(engine: &Engine, compiler: &str) -> String {
     let mut hasher = Sha256Hasher(Sha256::new());
     engine.precompile_compatibility_hash().hash(&mut hasher);
-    let mut name = hex::encode(hasher.0.finalize());
-    name.truncate(ENGINE_DIR_HEX_LEN);
-    name
+    let mut hash = hex::encode(hasher.0.finalize());
+    hash.truncate(ENGINE_DIR_HEX_LEN);
+    format!("{}-{compiler}-{hash}", std::env::consts::ARCH)
 }
 
 /// Where the artifact for `digest_hex` lives. The digest must already be validated (it

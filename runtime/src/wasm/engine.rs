@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use super::host::{self, HostResources, HttpAllocation, InstanceAllocation, MemoryPlan};
 use super::limits::{MAX_MEMORIES_PER_STORE, MAX_TABLE_ELEMENTS, MAX_TABLES_PER_STORE};
 
 /// Pods the pooling allocator has slots for. Command pods hold their slots for their whole
@@ -53,6 +54,52 @@ pub struct EngineConfig {
     /// `POOL_PODS` pods, reserves ~16 TiB of address space and ~15 MB RSS up front.
     /// Command pods start once and live long, so 12 µs per start doesn't pay for that.
     pub pooling: bool,
+    /// How HTTP instances (one per request) are allocated: `Auto` pools them where the
+    /// host has room for a useful pool (see `host::plan`).
+    pub http_allocation: InstanceAllocation,
+    /// The HTTP pool's size in instances, instead of the one sized from the host.
+    pub http_pool_instances: Option<u32>,
+    /// The host to size for; `None` reads this one ([`HostResources::detect`]).
+    pub host: Option<HostResources>,
+    /// What turns guests into code the host runs (`--wasm-compiler`).
+    pub compiler: Compiler,
+}
+
+/// The code generator guests run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compiler {
+    /// Cranelift's native code where it has a backend for the host (x86-64, arm64,
+    /// riscv64, s390x); wasmtime's Pulley interpreter elsewhere (32-bit ARM).
+    #[default]
+    Auto,
+    /// Native code; refused where Cranelift has no backend for the host.
+    Cranelift,
+    /// Pulley bytecode, interpreted: slower, but no executable memory is ever mapped.
+    Pulley,
+}
+
+impl std::str::FromStr for Compiler {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Compiler::Auto),
+            "cranelift" => Ok(Compiler::Cranelift),
+            "pulley" => Ok(Compiler::Pulley),
+            other => Err(format!(
+                "'{other}' is not a compiler: use auto, cranelift or pulley"
+            )),
+        }
+    }
+}
+
+/// Pulley's target for this host's pointer width and byte order.
+fn pulley_target() -> &'static str {
+    match (usize::BITS, cfg!(target_endian = "big")) {
+        (64, false) => "pulley64",
+        (64, true) => "pulley64be",
+        (_, false) => "pulley32",
+        (_, true) => "pulley32be",
+    }
 }
 
 impl Default for EngineConfig {
@@ -61,8 +108,24 @@ impl Default for EngineConfig {
             epoch_tick: Duration::from_millis(1),
             slice_ticks: 10,
             pooling: false,
+            http_allocation: InstanceAllocation::Auto,
+            http_pool_instances: None,
+            host: None,
+            compiler: Compiler::Auto,
         }
     }
+}
+
+/// What a node runs guests with: the code generator and the memory settings chosen for
+/// its host. The agent logs it and puts it on its Node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineReport {
+    /// `cranelift` (native code) or `pulley` (wasmtime's interpreter, where Cranelift
+    /// has no backend for the host, as on 32-bit ARM).
+    pub compiler: &'static str,
+    /// The target code is made for: the host's triple, or `pulley32`/`pulley64`.
+    pub target: String,
+    pub memory: MemoryPlan,
 }
 
 /// Why a [`WasmEngine`](super::WasmEngine) could not be created.
@@ -86,6 +149,7 @@ pub(crate) struct Engine {
 struct EngineInner {
     engine: wasmtime::Engine,
     config: EngineConfig,
+    report: EngineReport,
     /// The engine HTTP components run on, created with the first one: the same code
     /// generation, with the pooling allocator, since every request instantiates.
     http: OnceLock<Result<wasmtime::Engine, String>>,
@@ -101,14 +165,41 @@ impl Engine {
                 config.epoch_tick, config.slice_ticks
             )));
         }
-        let engine = wasmtime::Engine::new(&wasmtime_config(&config))
+        let memory = host::plan(
+            config.host.unwrap_or_else(HostResources::detect),
+            usize::BITS,
+            config.http_allocation,
+            config.http_pool_instances,
+        );
+        let engine = wasmtime_config(&config, &memory)
+            .and_then(|c| wasmtime::Engine::new(&c))
             .map_err(|e| EngineError::ConfigRejected(format!("{e:#}")))?;
+        if config.compiler == Compiler::Cranelift && engine.is_pulley() {
+            return Err(EngineError::ConfigRejected(format!(
+                "Cranelift has no backend for this host ({}): use --wasm-compiler pulley or auto",
+                host_triple()
+            )));
+        }
         let ticker = Ticker::start(engine.clone(), config.epoch_tick)
             .map_err(EngineError::TickerSpawnFailed)?;
+        let report = EngineReport {
+            compiler: if engine.is_pulley() {
+                "pulley"
+            } else {
+                "cranelift"
+            },
+            target: if engine.is_pulley() {
+                pulley_target().to_owned()
+            } else {
+                host_triple()
+            },
+            memory,
+        };
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 engine,
                 config,
+                report,
                 http: OnceLock::new(),
                 ticker,
             }),
@@ -117,6 +208,10 @@ impl Engine {
 
     pub(crate) fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    pub(crate) fn report(&self) -> &EngineReport {
+        &self.inner.report
     }
 
     /// The engine command programs are compiled for and run on.
@@ -130,10 +225,15 @@ impl Engine {
         self.inner
             .http
             .get_or_init(|| {
-                let mut config = wasmtime_config(&self.inner.config);
-                config.allocation_strategy(InstanceAllocationStrategy::Pooling(
-                    http_pooling_config(),
-                ));
+                let memory = &self.inner.report.memory;
+                let mut config =
+                    wasmtime_config(&self.inner.config, memory).map_err(|e| format!("{e:#}"))?;
+                config.allocation_strategy(match memory.http {
+                    HttpAllocation::Pooling { instances, .. } => {
+                        InstanceAllocationStrategy::Pooling(http_pooling_config(instances))
+                    }
+                    HttpAllocation::OnDemand { .. } => InstanceAllocationStrategy::OnDemand,
+                });
                 let engine = wasmtime::Engine::new(&config).map_err(|e| format!("{e:#}"))?;
                 let _ = self.inner.ticker.shared.http.set(engine.clone());
                 Ok(engine)
@@ -148,9 +248,33 @@ impl Engine {
     }
 }
 
-/// The wasmtime configuration behind an [`EngineConfig`].
-fn wasmtime_config(config: &EngineConfig) -> wasmtime::Config {
+/// The target triple this agent was built for, as Rust names it (`aarch64-unknown-linux-gnu`).
+fn host_triple() -> String {
+    let arch = std::env::consts::ARCH;
+    let os = std::env::consts::OS;
+    match (arch, cfg!(target_env = "gnu"), cfg!(target_abi = "eabihf")) {
+        ("arm", true, true) => format!("armv7-unknown-{os}-gnueabihf"),
+        (_, true, _) => format!("{arch}-unknown-{os}-gnu"),
+        _ => format!("{arch}-unknown-{os}"),
+    }
+}
+
+/// The wasmtime configuration behind an [`EngineConfig`] and the host's [`MemoryPlan`].
+fn wasmtime_config(
+    config: &EngineConfig,
+    memory: &MemoryPlan,
+) -> wasmtime::Result<wasmtime::Config> {
     let mut wasmtime = wasmtime::Config::new();
+    // Cranelift is wasmtime's own choice wherever it has a backend (and `Engine::new`'s
+    // caller refuses the engine if it chose Pulley instead); naming the host as target
+    // would turn off its detection of the CPU's features.
+    if config.compiler == Compiler::Pulley {
+        wasmtime.target(pulley_target())?;
+    }
+    if let Some(reservation) = memory.reservation {
+        wasmtime.memory_reservation(reservation);
+        wasmtime.memory_reservation_for_growth(host::reservation_for_growth(reservation));
+    }
     // Preemption and stop both hang off epochs (see `slicing.rs`).
     wasmtime.epoch_interruption(true);
     // Shared memories (threads proposal) bypass the `ResourceLimiter`, and no WASI we
@@ -162,7 +286,7 @@ fn wasmtime_config(config: &EngineConfig) -> wasmtime::Config {
     if config.pooling {
         wasmtime.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config()));
     }
-    wasmtime
+    Ok(wasmtime)
 }
 
 /// Pool sizes for [`POOL_PODS`] command pods.
@@ -186,19 +310,19 @@ fn pooling_config() -> PoolingAllocationConfig {
     pool
 }
 
-/// Concurrent HTTP requests (instances) the pool holds across all apps of the node;
-/// beyond it, instantiation fails and the request gets 503.
-const HTTP_POOL_INSTANCES: u32 = 1000;
-
-/// Pool sizes for per-request instances of HTTP components. A Rust wasi:http component
-/// made by wasm32-wasip2 has a handful of core instances and one or two memories.
-fn http_pooling_config() -> PoolingAllocationConfig {
+/// Pool sizes for `instances` concurrent per-request instances of HTTP components (beyond
+/// them, instantiation fails and the request gets 503). A Rust wasi:http component made by
+/// wasm32-wasip2 has a handful of core instances and one or two memories; each memory slot
+/// holds the largest memory a pod may have (see `host::pool_slot_memory`).
+fn http_pooling_config(instances: u32) -> PoolingAllocationConfig {
+    let slot_memory = host::pool_slot_memory();
     let mut pool = PoolingAllocationConfig::new();
-    pool.total_component_instances(HTTP_POOL_INSTANCES)
-        .total_stacks(HTTP_POOL_INSTANCES)
-        .total_core_instances(HTTP_POOL_INSTANCES * 8)
-        .total_memories(HTTP_POOL_INSTANCES * 2)
-        .total_tables(HTTP_POOL_INSTANCES * 8)
+    pool.total_component_instances(instances)
+        .total_stacks(instances)
+        .total_core_instances(instances * 8)
+        .total_memories(instances * host::HTTP_MEMORIES_PER_INSTANCE)
+        .total_tables(instances * 8)
+        .max_memory_size(usize::try_from(slot_memory).unwrap_or(usize::MAX))
         .table_elements(POOL_TABLE_ELEMENTS.min(MAX_TABLE_ELEMENTS))
         .max_memories_per_module(MAX_MEMORIES_PER_STORE as u32)
         .max_tables_per_module(MAX_TABLES_PER_STORE as u32);

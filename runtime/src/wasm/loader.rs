@@ -62,7 +62,7 @@ impl WasmEngine {
             .map_err(|e| EngineError::LinkerFailed(format!("{e:#}")))?;
         Ok(WasmEngine {
             inner: Arc::new(LoaderInner {
-                engine_dir: cache::engine_dir_name(engine.wasmtime()),
+                engine_dir: cache::engine_dir_name(engine.wasmtime(), engine.report().compiler),
                 engine,
                 module_linker,
                 component_linker,
@@ -75,6 +75,11 @@ impl WasmEngine {
 
     pub fn config(&self) -> &EngineConfig {
         self.inner.engine.config()
+    }
+
+    /// The code generator and memory settings guests run with on this host.
+    pub fn report(&self) -> &super::EngineReport {
+        self.inner.engine.report()
     }
 
     /// How many Cranelift compiles this engine did.

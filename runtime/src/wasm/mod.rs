@@ -23,6 +23,7 @@ pub mod clusterapi;
 mod detect;
 mod engine;
 mod guest;
+mod host;
 mod http;
 mod limits;
 mod loader;
@@ -38,7 +39,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use self::detect::{Format, sniff};
-pub use self::engine::{EngineConfig, EngineError};
+pub use self::engine::{Compiler, EngineConfig, EngineError, EngineReport};
+pub use self::host::{
+    HostResources, HttpAllocation, InstanceAllocation, MemoryPlan, bytes as host_bytes,
+    meminfo_total as host_memory_total,
+};
 pub use self::http::{
     DEFAULT_MAX_REQUEST_BODY, DEFAULT_REQUEST_TIMEOUT, FaultHook, HttpSpec, OutboundHosts,
     host_response,

@@ -193,3 +193,117 @@ fn nonsense_engine_configs_are_rejected() {
         ));
     }
 }
+
+/// An engine sized for a small host (an arm64 board with 39-bit addresses): its memories
+/// reserve 64 MiB, not 4 GiB, so its compiled code differs (bounds checks).
+fn small_host_engine() -> WasmEngine {
+    WasmEngine::new(EngineConfig {
+        host: Some(crate::wasm::HostResources {
+            address_space: 512 << 30,
+            memory: 1 << 30,
+        }),
+        ..EngineConfig::default()
+    })
+    .expect("an engine for a small host")
+}
+
+#[tokio::test]
+async fn the_cache_is_per_architecture_and_engine_settings() -> TestResult {
+    let cache = tempfile::tempdir()?;
+    let bytes = wasm(HELLO);
+    let hash = digest(&bytes);
+    let server = engine();
+    drop(server.load(&hash, &bytes, cache.path())?);
+
+    // The directory says whose code it holds.
+    let dirs: Vec<String> = std::fs::read_dir(cache.path())?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let prefix = format!("{}-{}-", std::env::consts::ARCH, server.report().compiler);
+    assert!(
+        dirs.len() == 1 && dirs[0].starts_with(&prefix),
+        "{dirs:?} should be one directory named {prefix}<hash>"
+    );
+
+    // An engine with other settings does not see that code: it compiles its own, into
+    // a directory of its own.
+    let small = small_host_engine();
+    assert!(small.load_cached(&hash, cache.path())?.is_none());
+    let (_, source) = small.load(&hash, &bytes, cache.path())?;
+    assert!(matches!(source, LoadSource::Compiled(_)), "{source:?}");
+    let artifacts: Vec<std::path::PathBuf> = std::fs::read_dir(cache.path())?
+        .filter_map(Result::ok)
+        .map(|dir| dir.path().join(format!("{hash}.cwasm")))
+        .collect();
+    assert_eq!(
+        artifacts.len(),
+        2,
+        "one directory per engine: {artifacts:?}"
+    );
+
+    // Code copied by hand into the wrong directory is refused by wasmtime's own check,
+    // removed, and compiled again for this engine; the program still runs.
+    let (ours, theirs) = if artifacts[0].parent().unwrap().ends_with(&dirs[0]) {
+        (&artifacts[1], &artifacts[0])
+    } else {
+        (&artifacts[0], &artifacts[1])
+    };
+    std::fs::copy(theirs, ours)?;
+    let fresh = small_host_engine();
+    assert!(fresh.load_cached(&hash, cache.path())?.is_none());
+    assert!(!ours.exists(), "the foreign artifact was removed");
+    let (program, source) = fresh.load(&hash, &bytes, cache.path())?;
+    assert!(matches!(source, LoadSource::Compiled(_)));
+    let output = Capture::new();
+    assert_eq!(
+        run_to_end(&program, spec(output.clone())).await,
+        Outcome::Exited(0)
+    );
+    assert_eq!(output.stdout(), "hello from wasm\n");
+    Ok(())
+}
+
+#[test]
+fn the_engine_reports_what_it_chose_for_the_host() {
+    let small = small_host_engine();
+    let report = small.report();
+    assert_eq!(report.memory.reservation, Some(64 << 20));
+    assert_eq!(report.memory.http.mode(), "on-demand");
+    let expected = if cfg!(target_arch = "x86_64") || cfg!(target_arch = "aarch64") {
+        "cranelift"
+    } else {
+        "pulley"
+    };
+    assert_eq!(report.compiler, expected);
+    assert!(engine().report().target.starts_with(std::env::consts::ARCH));
+}
+
+#[tokio::test]
+async fn pulley_runs_guests_when_asked_and_says_so() -> TestResult {
+    let pulley = WasmEngine::new(EngineConfig {
+        compiler: crate::wasm::Compiler::Pulley,
+        ..EngineConfig::default()
+    })?;
+    assert_eq!(pulley.report().compiler, "pulley");
+    assert_eq!(pulley.report().target, "pulley64");
+    let cache = tempfile::tempdir()?;
+    let bytes = wasm(HELLO);
+    let (program, _) = pulley.load(&digest(&bytes), &bytes, cache.path())?;
+    let output = Capture::new();
+    assert_eq!(
+        run_to_end(&program, spec(output.clone())).await,
+        Outcome::Exited(0)
+    );
+    assert_eq!(output.stdout(), "hello from wasm\n");
+    // Its code is cached apart from Cranelift's.
+    let dir = std::fs::read_dir(cache.path())?
+        .next()
+        .expect("one engine directory")?;
+    let name = dir.file_name().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with(&format!("{}-pulley-", std::env::consts::ARCH)),
+        "{name}"
+    );
+    Ok(())
+}
