@@ -99,7 +99,18 @@ impl Process {
         Self::spawn(command, marker)
     }
 
-    fn spawn(mut command: Command, marker: &str) -> (Process, String) {
+    fn spawn(command: Command, marker: &str) -> (Process, String) {
+        Self::start_command(command, marker, Duration::from_secs(60))
+    }
+
+    /// Spawns `command` (some other way to run skiff, such as under an emulator), with
+    /// stdout piped, and waits up to `within` for a stdout line starting with `marker`;
+    /// returns the rest of that line.
+    pub fn start_command(
+        mut command: Command,
+        marker: &str,
+        within: Duration,
+    ) -> (Process, String) {
         use std::io::{BufRead, BufReader};
         let args: Vec<_> = command.get_args().map(|a| a.to_owned()).collect();
         let mut child = command
@@ -119,13 +130,12 @@ impl Process {
             lines: rx,
             seen: Vec::new(),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = process
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("skiff {args:?} printed no {marker:?} line within 60s"));
+            let line = process.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("skiff {args:?} printed no {marker:?} line within {within:?}")
+            });
             process.seen.push(line.clone());
             if let Some(rest) = line.strip_prefix(marker) {
                 return (process, rest.trim().to_string());
