@@ -2,6 +2,7 @@
 //! where one exists, printed as a table and optionally written as JSON.
 
 mod api;
+mod arch;
 mod coldstart;
 mod dev;
 mod etcd;
@@ -64,6 +65,11 @@ enum Which {
     /// Apps that scale to zero: first request to 200 from zero replicas (p50, p99 over
     /// many cold starts), and the time from a step of load to the new replicas serving.
     ColdStart(coldstart::ColdStartBenchArgs),
+    /// Agents for other architectures, cross-built by scripts/cross and run under
+    /// qemu-user, against the native agent in the same run: pod start and HTTP
+    /// requests/s, Cranelift against Pulley, and the binaries' sizes. Emulated, so only
+    /// the ratios mean anything.
+    Arch(arch::ArchBenchArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -83,6 +89,7 @@ async fn dispatch(which: Which) -> anyhow::Result<()> {
         Which::Ha(a) => ha::run(a).await,
         Which::Registry(a) => registry::run(a).await,
         Which::ColdStart(a) => coldstart::run(a).await,
+        Which::Arch(a) => arch::run(a).await,
     }
 }
 
@@ -114,10 +121,23 @@ impl SkiffProcess {
         args: &[&str],
         marker: &str,
     ) -> anyhow::Result<(SkiffProcess, String)> {
+        Self::start_program(exe.as_os_str(), &[], args, marker, Duration::from_secs(30)).await
+    }
+
+    /// Like `start_binary`, as `PROGRAM PREFIX... ARGS...` (skiff under an emulator,
+    /// say), waiting up to `within` for the marker.
+    pub(crate) async fn start_program(
+        program: &std::ffi::OsStr,
+        prefix: &[&std::ffi::OsStr],
+        args: &[&str],
+        marker: &str,
+        within: Duration,
+    ) -> anyhow::Result<(SkiffProcess, String)> {
         // Skiff's default log level, as users run it (spans included), unless the
         // benchmark's caller sets another.
         let log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-        let mut child = tokio::process::Command::new(exe)
+        let mut child = tokio::process::Command::new(program)
+            .args(prefix)
             .args(args)
             .env("RUST_LOG", log)
             .stdout(Stdio::piped())
@@ -125,7 +145,7 @@ impl SkiffProcess {
             .kill_on_drop(true)
             .spawn()?;
         let mut lines = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let rest = tokio::time::timeout(Duration::from_secs(30), async {
+        let rest = tokio::time::timeout(within, async {
             while let Some(l) = lines.next_line().await? {
                 if let Some(rest) = l.strip_prefix(marker) {
                     return Ok(rest.trim().to_string());

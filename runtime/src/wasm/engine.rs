@@ -151,7 +151,8 @@ struct EngineInner {
     config: EngineConfig,
     report: EngineReport,
     /// The engine HTTP components run on, created with the first one: the same code
-    /// generation, with the pooling allocator, since every request instantiates.
+    /// generation, with the allocator the host's plan chose (a pool where one fits,
+    /// since every request instantiates).
     http: OnceLock<Result<wasmtime::Engine, String>>,
     ticker: Ticker,
 }
