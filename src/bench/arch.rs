@@ -243,50 +243,19 @@ impl Server {
 }
 
 /// wrk against the agent's listener, the pod named by its header: (requests/s, p50 ms).
+/// Any failed request fails the run: a figure with errors in it means nothing here.
 async fn wrk(
     url: &str,
     pod: &str,
     duration: Duration,
     connections: u32,
 ) -> anyhow::Result<(f64, f64)> {
-    let out = tokio::process::Command::new("wrk")
-        .args([
-            "-t1",
-            &format!("-c{connections}"),
-            &format!("-d{}s", duration.as_secs().max(1)),
-            "--latency",
-            "-H",
-            &format!("x-skiff-pod: {pod}"),
-            url,
-        ])
-        .output()
-        .await
-        .context("running wrk (install it: apt-get install wrk)")?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let field = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_owned))
-    };
-    if !out.status.success() || text.contains("Non-2xx") {
-        bail!("wrk failed or saw errors: {text}");
+    let header = format!("x-skiff-pod: {pod}");
+    let load = super::http::wrk_with(url, duration, connections, &[&header]).await?;
+    if load.errors > 0 {
+        bail!("{} requests to {pod} failed", load.errors);
     }
-    let rps: f64 = field("Requests/sec:")
-        .and_then(|v| v.trim().parse().ok())
-        .context("wrk printed no Requests/sec")?;
-    let p50 = field("50%")
-        .and_then(|v| {
-            let v = v.trim();
-            let (n, unit) = v.split_at(v.find(|c: char| c.is_alphabetic())?);
-            let n: f64 = n.parse().ok()?;
-            Some(match unit {
-                "us" => n / 1000.0,
-                "ms" => n,
-                "s" => n * 1000.0,
-                _ => return None,
-            })
-        })
-        .unwrap_or(f64::NAN);
-    Ok((rps, p50))
+    Ok((load.rps, load.p50_ms))
 }
 
 async fn measure(

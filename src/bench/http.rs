@@ -44,11 +44,11 @@ pub struct HttpBenchArgs {
 
 /// What one wrk run measured.
 #[derive(Debug, Clone, Copy)]
-struct Load {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
+pub(super) struct Load {
+    pub(super) rps: f64,
+    pub(super) p50_ms: f64,
+    pub(super) p99_ms: f64,
+    pub(super) errors: u64,
 }
 
 fn parse_ms(text: &str) -> Option<f64> {
@@ -66,7 +66,21 @@ fn parse_ms(text: &str) -> Option<f64> {
 
 /// Runs wrk against `url` and parses requests/s and the latency percentiles.
 async fn wrk(url: &str, duration: Duration, connections: u32) -> anyhow::Result<Load> {
-    let out = tokio::process::Command::new("wrk")
+    wrk_with(url, duration, connections, &[]).await
+}
+
+/// Like `wrk`, with extra request headers (`NAME: VALUE`).
+pub(super) async fn wrk_with(
+    url: &str,
+    duration: Duration,
+    connections: u32,
+    headers: &[&str],
+) -> anyhow::Result<Load> {
+    let mut command = tokio::process::Command::new("wrk");
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    let out = command
         .args([
             "-t2",
             &format!("-c{connections}"),
