@@ -37,6 +37,10 @@ pub struct ArchBenchArgs {
     /// The profile of the cross builds to run.
     #[arg(long, default_value = "release")]
     profile: String,
+    /// The native agent's binary, instead of the x86_64 build in --cross-dir (such as
+    /// this full build, whose agent allocates with jemalloc).
+    #[arg(long)]
+    native_binary: Option<PathBuf>,
     /// Agents to measure, of: native, native-pulley, aarch64, aarch64-pulley, armv7.
     #[arg(
         long,
@@ -77,8 +81,13 @@ fn agent(key: &str, args: &ArchBenchArgs) -> anyhow::Result<Agent> {
             .join("skiff")
     };
     let (emulator, binary, compiler) = match key {
-        "native" => (None, cross("x86_64-unknown-linux-gnu"), "auto"),
-        "native-pulley" => (None, cross("x86_64-unknown-linux-gnu"), "pulley"),
+        "native" | "native-pulley" => (
+            None,
+            args.native_binary
+                .clone()
+                .unwrap_or_else(|| cross("x86_64-unknown-linux-gnu")),
+            if key == "native" { "auto" } else { "pulley" },
+        ),
         "aarch64" | "aarch64-pulley" => (
             Some(("qemu-aarch64", "/usr/aarch64-linux-gnu")),
             cross("aarch64-unknown-linux-gnu"),
