@@ -157,19 +157,7 @@ impl Server {
 
     async fn upload(&self, path: &Path) -> anyhow::Result<String> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let module: Value = self
-            .http
-            .post(format!("{}/apis/skiff.dev/v1/modules", self.url))
-            .header("content-type", "application/wasm")
-            .body(bytes)
-            .send()
-            .await?
-            .json()
-            .await?;
-        Ok(module["digest"]
-            .as_str()
-            .context("the upload answered no digest")?
-            .to_owned())
+        super::upload_module(&self.http, &self.url, bytes).await
     }
 
     fn pods(&self) -> String {

@@ -171,18 +171,7 @@ pub async fn run(args: ColdStartBenchArgs) -> anyhow::Result<()> {
     )
     .await?;
     let (api, http) = skiff_api::client::http_client(Some(&dir.path().join("kubeconfig"))).await?;
-    let uploaded: Value = http
-        .post(format!("{api}/apis/skiff.dev/v1/modules"))
-        .header("content-type", "application/wasm")
-        .body(module)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let digest = uploaded["digest"]
-        .as_str()
-        .context("the upload named no module")?
-        .to_string();
+    let digest = super::upload_module(&http, &api, module).await?;
     let load = reqwest::Client::builder()
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(60))

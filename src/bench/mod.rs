@@ -204,6 +204,26 @@ impl SkiffProcess {
     }
 }
 
+/// Uploads a module's bytes to the API; returns its digest, the image pods name.
+pub(crate) async fn upload_module(
+    http: &reqwest::Client,
+    api: &str,
+    bytes: Vec<u8>,
+) -> anyhow::Result<String> {
+    let module: serde_json::Value = http
+        .post(format!("{api}/apis/skiff.dev/v1/modules"))
+        .header("content-type", "application/wasm")
+        .body(bytes)
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(module["digest"]
+        .as_str()
+        .context("the upload answered no digest")?
+        .to_owned())
+}
+
 /// Writes results as pretty JSON when asked.
 fn write_json(path: Option<&PathBuf>, value: &serde_json::Value) -> anyhow::Result<()> {
     if let Some(path) = path {

@@ -554,18 +554,7 @@ pub async fn run(args: PodBenchArgs) -> anyhow::Result<()> {
     .await?;
     let (_, http) =
         skiff_api::client::http_client(Some(&dir.path().join("server").join("kubeconfig"))).await?;
-    let module: Value = http
-        .post(format!("{url}/apis/skiff.dev/v1/modules"))
-        .header("content-type", "application/wasm")
-        .body(bytes)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let image = module["digest"]
-        .as_str()
-        .context("upload answered no digest")?
-        .to_string();
+    let image = super::upload_module(&http, &url, bytes).await?;
     let idle_samples = sample_rss(&agent, args.rss_samples).await;
     let idle_rss = median(idle_samples.clone());
     eprintln!(
