@@ -99,7 +99,7 @@ impl Agent {
         tracing::info!(
             compiler = report.compiler,
             target = %report.target,
-            memory_reservation = %report.memory.reservation.map_or_else(|| "wasmtime's default".to_owned(), crate::wasm::host_bytes),
+            memory_reservation = %report.memory.reservation_text(),
             address_space = %crate::wasm::host_bytes(report.memory.host.address_space),
             host_memory = %crate::wasm::host_bytes(report.memory.host.memory),
             "guests run on {} ({}); HTTP instances: {}",

@@ -30,13 +30,12 @@ pub const ALLOCATION_ANNOTATION: &str = "skiff.dev/http-instance-allocation";
 pub const ALLOCATION_REASON_ANNOTATION: &str = "skiff.dev/http-instance-allocation-reason";
 
 fn engine_annotations(engine: &EngineReport) -> BTreeMap<String, String> {
-    let reservation = engine
-        .memory
-        .reservation
-        .map_or_else(|| "wasmtime's default".to_owned(), crate::wasm::host_bytes);
     BTreeMap::from([
         (TARGET_ANNOTATION.to_owned(), engine.target.clone()),
-        (RESERVATION_ANNOTATION.to_owned(), reservation),
+        (
+            RESERVATION_ANNOTATION.to_owned(),
+            engine.memory.reservation_text(),
+        ),
         (
             ALLOCATION_ANNOTATION.to_owned(),
             engine.memory.http.mode().to_owned(),

@@ -67,7 +67,7 @@ pub struct ArchBenchArgs {
 /// How one agent is run.
 struct Agent {
     key: String,
-    /// `None`: natively, this binary.
+    /// The emulator and the sysroot it loads the binary's libraries from; `None`: natively.
     emulator: Option<(&'static str, &'static str)>,
     binary: PathBuf,
     compiler: &'static str,
@@ -264,7 +264,7 @@ async fn measure(
 ) -> anyhow::Result<Sample> {
     let node = format!("{}-r{round}", agent.key);
     let data = server.dir.path().join(&node).display().to_string();
-    let mut agent_args = vec![
+    let agent_args = [
         "agent",
         "--server",
         &server.url,
@@ -278,9 +278,9 @@ async fn measure(
         "127.0.0.1:0",
         "--wasm-compiler",
         agent.compiler,
+        "--lease-interval",
+        "2s",
     ];
-    agent_args.push("--lease-interval");
-    agent_args.push("2s");
     let (process, listen) = match agent.emulator {
         None => SkiffProcess::start_binary(&agent.binary, &agent_args, "agent:").await?,
         Some((qemu, sysroot)) => {
@@ -365,11 +365,7 @@ pub async fn run(args: ArchBenchArgs) -> anyhow::Result<()> {
         .await?;
     let mut samples: Vec<Vec<Sample>> = agents.iter().map(|_| Vec::new()).collect();
     for round in 0..args.rounds {
-        let mut order: Vec<usize> = (0..agents.len()).collect();
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for i in order {
+        for i in super::http::round_order(agents.len(), round) {
             let sample = measure(&server, &agents[i], round, (&ticker, &web), &args).await?;
             samples[i].push(sample);
         }
@@ -399,14 +395,12 @@ pub async fn run(args: ArchBenchArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for (i, agent) in agents.iter().enumerate() {
         let (start, rps, starts, all_rps) = summary(i);
-        let size = std::fs::metadata(&agent.binary)
-            .map(|m| m.len() as f64 / 1e6)
-            .unwrap_or(f64::NAN);
+        let bytes = std::fs::metadata(&agent.binary).map_or(0, |m| m.len());
         println!(
             "{:<16} {:<10} {:>10.1} {:>9.1} {:>10.2} {:>9.0} {:>10.3}",
             agent.key,
             samples[i][0].engine,
-            size,
+            bytes as f64 / 1e6,
             start,
             start / native_start,
             rps,
@@ -415,7 +409,7 @@ pub async fn run(args: ArchBenchArgs) -> anyhow::Result<()> {
         rows.push(json!({
             "agent": agent.key,
             "engine": samples[i][0].engine,
-            "binary_bytes": std::fs::metadata(&agent.binary).map(|m| m.len()).unwrap_or(0),
+            "binary_bytes": bytes,
             "pod_start_ms_p50": start,
             "pod_start_ms_p50_per_round": starts,
             "pod_start_vs_native": start / native_start,

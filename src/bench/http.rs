@@ -251,7 +251,7 @@ impl Cluster {
 /// The order the targets are loaded in, round by round: as listed in even rounds,
 /// reversed in odd ones, so no target always runs first (or last) on a machine that
 /// warms up or slows down.
-fn round_order(targets: usize, round: usize) -> Vec<usize> {
+pub(super) fn round_order(targets: usize, round: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..targets).collect();
     if !round.is_multiple_of(2) {
         order.reverse();

@@ -183,17 +183,14 @@ impl Engine {
         }
         let ticker = Ticker::start(engine.clone(), config.epoch_tick)
             .map_err(EngineError::TickerSpawnFailed)?;
+        let (compiler, target) = if engine.is_pulley() {
+            ("pulley", pulley_target().to_owned())
+        } else {
+            ("cranelift", host_triple())
+        };
         let report = EngineReport {
-            compiler: if engine.is_pulley() {
-                "pulley"
-            } else {
-                "cranelift"
-            },
-            target: if engine.is_pulley() {
-                pulley_target().to_owned()
-            } else {
-                host_triple()
-            },
+            compiler,
+            target,
             memory,
         };
         Ok(Engine {
@@ -274,7 +271,7 @@ fn wasmtime_config(
     }
     if let Some(reservation) = memory.reservation {
         wasmtime.memory_reservation(reservation);
-        wasmtime.memory_reservation_for_growth(host::reservation_for_growth(reservation));
+        wasmtime.memory_reservation_for_growth(host::SMALL_RESERVATION_FOR_GROWTH);
     }
     // Preemption and stop both hang off epochs (see `slicing.rs`).
     wasmtime.epoch_interruption(true);
@@ -314,16 +311,15 @@ fn pooling_config() -> PoolingAllocationConfig {
 /// Pool sizes for `instances` concurrent per-request instances of HTTP components (beyond
 /// them, instantiation fails and the request gets 503). A Rust wasi:http component made by
 /// wasm32-wasip2 has a handful of core instances and one or two memories; each memory slot
-/// holds the largest memory a pod may have (see `host::pool_slot_memory`).
+/// holds the largest memory a pod may have (see `host::POOL_SLOT_MEMORY`).
 fn http_pooling_config(instances: u32) -> PoolingAllocationConfig {
-    let slot_memory = host::pool_slot_memory();
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(instances)
         .total_stacks(instances)
         .total_core_instances(instances * 8)
         .total_memories(instances * host::HTTP_MEMORIES_PER_INSTANCE)
         .total_tables(instances * 8)
-        .max_memory_size(usize::try_from(slot_memory).unwrap_or(usize::MAX))
+        .max_memory_size(usize::try_from(host::POOL_SLOT_MEMORY).unwrap_or(usize::MAX))
         .table_elements(POOL_TABLE_ELEMENTS.min(MAX_TABLE_ELEMENTS))
         .max_memories_per_module(MAX_MEMORIES_PER_STORE as u32)
         .max_tables_per_module(MAX_TABLES_PER_STORE as u32);

@@ -12,11 +12,8 @@
 
 use std::fmt;
 
-/// A linear memory's whole reservation on a host with room for it: wasmtime's 64-bit
-/// default (the wasm32 address space), which lets compiled code skip bounds checks.
-const FULL_RESERVATION: u64 = 4 << 30;
-
-/// Address space from which memories get the [`FULL_RESERVATION`]: a node runs up to
+/// Address space from which memories keep wasmtime's 64-bit default reservation (4 GiB,
+/// the wasm32 address space, which lets compiled code skip bounds checks): a node runs up to
 /// thousands of pods (5,000 by default), each with one or two memories, so 4 GiB apiece
 /// needs tens of TiB. x86-64 (47 bits, 128 TiB) and arm64 with 48-bit addresses have it;
 /// an arm64 kernel with 39-bit addresses (512 GiB) would run out at about a hundred pods.
@@ -29,13 +26,13 @@ const SMALL_RESERVATION: u64 = 64 << 20;
 
 /// Extra room reserved when a memory outgrows [`SMALL_RESERVATION`] and moves, so the
 /// next growths do not move it again at once.
-const SMALL_RESERVATION_FOR_GROWTH: u64 = 128 << 20;
+pub(crate) const SMALL_RESERVATION_FOR_GROWTH: u64 = 128 << 20;
 
 /// The largest memory a pooled slot must hold: a pod without a memory limit may use the
 /// whole wasm32 space (`limits::DEFAULT_MEMORY_LIMIT`), and a slot smaller than a pod's
 /// limit would fail a guest that the on-demand allocator serves. So a slot is never
 /// sized below it, and where slots that large do not fit, the pool is not used.
-const POOL_SLOT_MEMORY: u64 = super::limits::DEFAULT_MEMORY_LIMIT;
+pub(crate) const POOL_SLOT_MEMORY: u64 = super::limits::DEFAULT_MEMORY_LIMIT;
 
 /// The guard after each pooled memory slot: wasmtime's 64-bit default, which the engine
 /// keeps.
@@ -181,6 +178,14 @@ pub struct MemoryPlan {
     pub host: HostResources,
 }
 
+impl MemoryPlan {
+    /// The reservation per memory as the Node's annotation and the agent's log say it.
+    pub fn reservation_text(&self) -> String {
+        self.reservation
+            .map_or_else(|| "wasmtime's default".to_owned(), bytes)
+    }
+}
+
 /// The HTTP engine's allocator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HttpAllocation {
@@ -278,20 +283,6 @@ pub fn plan(
         http,
         host,
     }
-}
-
-/// Extra reservation for memories that outgrow a small [`MemoryPlan::reservation`].
-pub(crate) fn reservation_for_growth(reservation: u64) -> u64 {
-    if reservation < FULL_RESERVATION {
-        SMALL_RESERVATION_FOR_GROWTH
-    } else {
-        2 << 30
-    }
-}
-
-/// The largest memory a slot of the HTTP pool holds ([`HttpAllocation::Pooling`]).
-pub(crate) fn pool_slot_memory() -> u64 {
-    POOL_SLOT_MEMORY
 }
 
 /// `1.5 GiB`, `512 MiB`, `8.1 TiB`: sizes as people read them.
