@@ -85,6 +85,15 @@ impl Cache {
             .collect()
     }
 
+    /// Whether any cached object satisfies `f`, read in place, without copying the set.
+    pub fn any(&self, f: impl Fn(&Value) -> bool) -> bool {
+        self.objects
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|object| f(object))
+    }
+
     pub fn get(&self, key: &str) -> Option<Arc<Value>> {
         self.objects
             .read()

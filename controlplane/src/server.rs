@@ -340,6 +340,7 @@ impl Server {
             service_accounts: Arc::new(crate::auth::ServiceAccountTokens::from_pem(
                 &pki.sa_key_pem,
             )?),
+            node_pods: Default::default(),
         });
 
         let stop_loops = CancellationToken::new();
@@ -357,6 +358,7 @@ impl Server {
         if !api.rbac.follow(&scraping).await {
             tracing::warn!("stopped before the RBAC caches were listed");
         }
+        api.node_pods.follow(&scraping);
         // A scope lets its caches go when dropped: this one is held until the server
         // stops, or the scraper's nodes and RBAC's roles would stop following changes.
         loops.spawn({

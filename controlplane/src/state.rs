@@ -81,6 +81,9 @@ pub struct ApiServer {
     /// Signs and verifies ServiceAccount tokens with the cluster's shared key
     /// (`crate::auth::satokens`).
     pub service_accounts: Arc<crate::auth::ServiceAccountTokens>,
+    /// The pods the Node authorizer looks at, from a cache every server keeps
+    /// (`crate::auth::NodePods`).
+    pub node_pods: crate::auth::NodePods,
 }
 
 pub type SharedApi = Arc<ApiServer>;
@@ -104,6 +107,7 @@ impl ApiServer {
             usage: Default::default(),
             rbac: Default::default(),
             service_accounts: Default::default(),
+            node_pods: Default::default(),
         }
     }
 }

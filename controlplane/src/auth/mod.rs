@@ -49,8 +49,8 @@ mod tokens;
 mod verified;
 
 pub use authn::{Identity, authenticate};
-pub use authz::layer;
 pub(crate) use authz::may_create;
+pub use authz::{NodePods, layer};
 pub use bootstrap::{ensure_tokens, routes};
 pub use noderestriction::admit;
 pub use satokens::{ServiceAccountTokens, SigningKeyError};
