@@ -226,13 +226,27 @@ impl Engine {
                 let memory = &self.inner.report.memory;
                 let mut config =
                     wasmtime_config(&self.inner.config, memory).map_err(|e| format!("{e:#}"))?;
-                config.allocation_strategy(match memory.http {
+                let engine = match memory.http {
                     HttpAllocation::Pooling { instances, .. } => {
-                        InstanceAllocationStrategy::Pooling(http_pooling_config(instances))
+                        // Where the kernel has no PAGEMAP_SCAN, slots are reset as
+                        // wasmtime does by default.
+                        config.allocation_strategy(InstanceAllocationStrategy::Pooling(
+                            http_pooling_config(instances, true),
+                        ));
+                        wasmtime::Engine::new(&config).or_else(|e| {
+                            tracing::debug!(error = %format!("{e:#}"), "HTTP instances are reset with madvise: PAGEMAP_SCAN is not available");
+                            config.allocation_strategy(InstanceAllocationStrategy::Pooling(
+                                http_pooling_config(instances, false),
+                            ));
+                            wasmtime::Engine::new(&config)
+                        })
                     }
-                    HttpAllocation::OnDemand { .. } => InstanceAllocationStrategy::OnDemand,
-                });
-                let engine = wasmtime::Engine::new(&config).map_err(|e| format!("{e:#}"))?;
+                    HttpAllocation::OnDemand { .. } => {
+                        config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+                        wasmtime::Engine::new(&config)
+                    }
+                }
+                .map_err(|e| format!("{e:#}"))?;
                 let _ = self.inner.ticker.shared.http.set(engine.clone());
                 Ok(engine)
             })
@@ -308,12 +322,32 @@ fn pooling_config() -> PoolingAllocationConfig {
     pool
 }
 
+/// How much of each pooled HTTP instance's memory stays resident between requests
+/// (only its pages a request wrote; see [`http_pooling_config`]). A Rust guest's stack,
+/// data and first heap pages fit; the host's plan budgets 8 MiB per instance.
+const HTTP_KEEP_RESIDENT: usize = 2 << 20;
+/// The same for its tables.
+const HTTP_TABLE_KEEP_RESIDENT: usize = 64 << 10;
+
 /// Pool sizes for `instances` concurrent per-request instances of HTTP components (beyond
 /// them, instantiation fails and the request gets 503). A Rust wasi:http component made by
 /// wasm32-wasip2 has a handful of core instances and one or two memories; each memory slot
 /// holds the largest memory a pod may have (see `host::POOL_SLOT_MEMORY`).
-fn http_pooling_config(instances: u32) -> PoolingAllocationConfig {
+///
+/// With `scan_dirty_pages` (Linux 6.7's PAGEMAP_SCAN, which wasmtime then requires), a
+/// slot whose instance is done is reset by zeroing only the pages the request wrote, up
+/// to [`HTTP_KEEP_RESIDENT`] bytes of each memory, and those pages stay mapped for the
+/// next request. Without it, wasmtime's default: `madvise` drops every page of the slot,
+/// and the next request faults them in again. Per request that was a quarter of the
+/// agent's CPU serving a small component (the `madvise` and the page faults; see
+/// docs/benchmarks.md, issue 17), which `wasmtime serve` pays too.
+fn http_pooling_config(instances: u32, scan_dirty_pages: bool) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::new();
+    if scan_dirty_pages {
+        pool.pagemap_scan(wasmtime::Enabled::Yes)
+            .linear_memory_keep_resident(HTTP_KEEP_RESIDENT)
+            .table_keep_resident(HTTP_TABLE_KEEP_RESIDENT);
+    }
     pool.total_component_instances(instances)
         .total_stacks(instances)
         .total_core_instances(instances * 8)
