@@ -226,27 +226,13 @@ impl Engine {
                 let memory = &self.inner.report.memory;
                 let mut config =
                     wasmtime_config(&self.inner.config, memory).map_err(|e| format!("{e:#}"))?;
-                let engine = match memory.http {
+                config.allocation_strategy(match memory.http {
                     HttpAllocation::Pooling { instances, .. } => {
-                        // Where the kernel has no PAGEMAP_SCAN, slots are reset as
-                        // wasmtime does by default.
-                        config.allocation_strategy(InstanceAllocationStrategy::Pooling(
-                            http_pooling_config(instances, true),
-                        ));
-                        wasmtime::Engine::new(&config).or_else(|e| {
-                            tracing::debug!(error = %format!("{e:#}"), "HTTP instances are reset with madvise: PAGEMAP_SCAN is not available");
-                            config.allocation_strategy(InstanceAllocationStrategy::Pooling(
-                                http_pooling_config(instances, false),
-                            ));
-                            wasmtime::Engine::new(&config)
-                        })
+                        InstanceAllocationStrategy::Pooling(http_pooling_config(instances))
                     }
-                    HttpAllocation::OnDemand { .. } => {
-                        config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
-                        wasmtime::Engine::new(&config)
-                    }
-                }
-                .map_err(|e| format!("{e:#}"))?;
+                    HttpAllocation::OnDemand { .. } => InstanceAllocationStrategy::OnDemand,
+                });
+                let engine = wasmtime::Engine::new(&config).map_err(|e| format!("{e:#}"))?;
                 let _ = self.inner.ticker.shared.http.set(engine.clone());
                 Ok(engine)
             })
@@ -334,16 +320,16 @@ const HTTP_TABLE_KEEP_RESIDENT: usize = 64 << 10;
 /// wasm32-wasip2 has a handful of core instances and one or two memories; each memory slot
 /// holds the largest memory a pod may have (see `host::POOL_SLOT_MEMORY`).
 ///
-/// With `scan_dirty_pages` (Linux 6.7's PAGEMAP_SCAN, which wasmtime then requires), a
-/// slot whose instance is done is reset by zeroing only the pages the request wrote, up
-/// to [`HTTP_KEEP_RESIDENT`] bytes of each memory, and those pages stay mapped for the
-/// next request. Without it, wasmtime's default: `madvise` drops every page of the slot,
-/// and the next request faults them in again. Per request that was a quarter of the
-/// agent's CPU serving a small component (the `madvise` and the page faults; see
+/// Where the kernel has PAGEMAP_SCAN (Linux 6.7 and later), a slot whose instance is
+/// done is reset by zeroing only the pages the request wrote, up to
+/// [`HTTP_KEEP_RESIDENT`] bytes of each memory, and those pages stay mapped for the next
+/// request. Elsewhere, wasmtime's default: `madvise` drops every page of the slot, and
+/// the next request faults them in again. Per request that was a quarter of the agent's
+/// CPU serving a small component (the `madvise` and the page faults; see
 /// docs/benchmarks.md, issue 17), which `wasmtime serve` pays too.
-fn http_pooling_config(instances: u32, scan_dirty_pages: bool) -> PoolingAllocationConfig {
+fn http_pooling_config(instances: u32) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::new();
-    if scan_dirty_pages {
+    if PoolingAllocationConfig::is_pagemap_scan_available() {
         pool.pagemap_scan(wasmtime::Enabled::Yes)
             .linear_memory_keep_resident(HTTP_KEEP_RESIDENT)
             .table_keep_resident(HTTP_TABLE_KEEP_RESIDENT);
